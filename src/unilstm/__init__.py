@@ -1,0 +1,11 @@
+"""unilstm: one LSTM engine with the semantics of tf.keras, MindSpore and torch.
+
+``unilstm.LSTM`` is the canonical layer with every option of the three frameworks; the front doors
+``unilstm.keras``, ``unilstm.mindspore`` and ``unilstm.torch`` reproduce each framework's own interface.
+"""
+
+from .layer import LSTM
+from .spec import LSTMSpec
+
+__all__ = ["LSTM", "LSTMSpec"]
+__version__ = "0.1.0"

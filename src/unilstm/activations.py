@@ -1,0 +1,168 @@
+"""Activation functions by name, as Keras 3 names them, plus any callable on tensors.
+
+``resolve(None)`` is the identity (Keras's linear). Keras 2's ``hard_sigmoid`` (``clip(0.2x + 0.5, 0, 1)``)
+differs from Keras 3's (``relu6(x + 3) / 6``); the Keras 2 one is registered as ``"hard_sigmoid_keras2"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+Activation = Callable[[torch.Tensor], torch.Tensor]
+
+
+def linear(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """Keras 3: relu6(x + 3) / 6 = clip(x / 6 + 1/2, 0, 1)."""
+    return F.relu6(x + 3.0) / 6.0
+
+
+def hard_sigmoid_keras2(x: torch.Tensor) -> torch.Tensor:
+    """Keras 2 (tf-keras): clip(0.2 x + 0.5, 0, 1)."""
+    return torch.clamp(0.2 * x + 0.5, 0.0, 1.0)
+
+
+def hard_silu(x: torch.Tensor) -> torch.Tensor:
+    return x * hard_sigmoid(x)
+
+
+def selu(x: torch.Tensor) -> torch.Tensor:
+    return F.selu(x)
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """Keras's default gelu is the tanh approximation (approximate=True)."""
+    return F.gelu(x, approximate="tanh")
+
+
+def leaky_relu(x: torch.Tensor) -> torch.Tensor:
+    """Keras's activations.leaky_relu default negative_slope is 0.2."""
+    return F.leaky_relu(x, negative_slope=0.2)
+
+
+def softmax(x: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(x, dim=-1)
+
+
+def log_softmax(x: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(x, dim=-1)
+
+
+def exponential(x: torch.Tensor) -> torch.Tensor:
+    return torch.exp(x)
+
+
+def mish(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.tanh(F.softplus(x))
+
+
+def squareplus(x: torch.Tensor, b: float = 4.0) -> torch.Tensor:
+    return (x + torch.sqrt(x * x + b)) / 2.0
+
+
+def sparse_plus(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x <= -1, torch.zeros_like(x), torch.where(x >= 1, x, (x + 1) ** 2 / 4))
+
+
+def tanh_shrink(x: torch.Tensor) -> torch.Tensor:
+    return x - torch.tanh(x)
+
+
+def celu(x: torch.Tensor) -> torch.Tensor:
+    return F.celu(x, alpha=1.0)
+
+
+def elu(x: torch.Tensor) -> torch.Tensor:
+    return F.elu(x, alpha=1.0)
+
+
+def soft_shrink(x: torch.Tensor) -> torch.Tensor:
+    return F.softshrink(x, lambd=0.5)
+
+
+def hard_shrink(x: torch.Tensor) -> torch.Tensor:
+    return F.hardshrink(x, lambd=0.5)
+
+
+def hard_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.hardtanh(x)
+
+
+def log_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    return F.logsigmoid(x)
+
+
+def glu(x: torch.Tensor) -> torch.Tensor:
+    return F.glu(x, dim=-1)
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    return F.silu(x)
+
+
+def relu6(x: torch.Tensor) -> torch.Tensor:
+    return F.relu6(x)
+
+
+def softsign(x: torch.Tensor) -> torch.Tensor:
+    return F.softsign(x)
+
+
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    return F.softplus(x)
+
+
+
+REGISTRY: dict[str, Activation] = {
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "relu": torch.relu,
+    "linear": linear,
+    "hard_sigmoid": hard_sigmoid,
+    "hard_sigmoid_keras2": hard_sigmoid_keras2,
+    "hard_silu": hard_silu,
+    "hard_swish": hard_silu,
+    "elu": elu,
+    "selu": selu,
+    "celu": celu,
+    "gelu": gelu,
+    "glu": glu,
+    "silu": silu,
+    "swish": silu,
+    "softplus": softplus,
+    "softsign": softsign,
+    "softmax": softmax,
+    "log_softmax": log_softmax,
+    "exponential": exponential,
+    "relu6": relu6,
+    "leaky_relu": leaky_relu,
+    "mish": mish,
+    "squareplus": squareplus,
+    "sparse_plus": sparse_plus,
+    "tanh_shrink": tanh_shrink,
+    "soft_shrink": soft_shrink,
+    "hard_shrink": hard_shrink,
+    "hard_tanh": hard_tanh,
+    "log_sigmoid": log_sigmoid,
+}
+
+
+def resolve(activation: str | None | Activation, argument: str = "activation") -> Activation:
+    """The function for a name, ``None`` (linear) or a callable; a clear error for anything else."""
+    if activation is None:
+        return linear
+    if isinstance(activation, str):
+        try:
+            return REGISTRY[activation]
+        except KeyError:
+            known = ", ".join(sorted(REGISTRY))
+            raise ValueError(f"{argument}: unknown activation {activation!r}; known names: {known}") from None
+    if callable(activation):
+        return activation
+    raise TypeError(f"{argument} must be a name, None or a callable, got {type(activation).__name__}")

@@ -1,0 +1,150 @@
+"""The one place that decides which kernel computes a call.
+
+``run_stack`` hands the whole stack to torch's fused kernel when the spec and inputs allow it, and otherwise
+runs layer by layer and direction by direction with the fastest direction kernel that accepts the run.
+Every kernel computes the same function as :func:`~unilstm.kernels.reference.run_direction_reference`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..activations import resolve
+from ..spec import LSTMSpec
+from .fused import run_stack_fused
+from .reference import GATES, DirectionRun, DirectionWeights, run_direction_reference
+
+DirectionKernel = Callable[[Tensor, Tensor, Tensor, DirectionWeights, DirectionRun], tuple[Tensor, Tensor, Tensor]]
+
+#: Direction kernels tried in order: (name, accepts(x, weights, run) -> bool, kernel). The reference loop,
+#: last, accepts everything. Faster kernels register themselves in front of it.
+DIRECTION_KERNELS: list[tuple[str, Callable[..., bool], DirectionKernel]] = [
+    ("reference", lambda x, weights, run: True, run_direction_reference),
+]
+
+#: When set (to a name in DIRECTION_KERNELS or "reference"), every call uses that kernel: for tests that
+#: compare kernels and for benchmarks.
+_forced_kernel: str | None = None
+
+
+def force_kernel(name: str | None) -> None:
+    """Make every call use the direction kernel ``name`` ("reference", ...) or undo it with ``None``.
+
+    A forced kernel also bypasses torch's fused path, so that the chosen kernel computes every spec."""
+    global _forced_kernel
+    known = [entry[0] for entry in DIRECTION_KERNELS]
+    if name is not None and name not in known:
+        raise ValueError(f"force_kernel: unknown kernel {name!r}, expected one of {known} or None")
+    _forced_kernel = name
+
+
+def lengths_from_right_padded(step_mask: Tensor) -> Tensor | None:
+    """Lengths (B,) when the (T, B) mask is a valid prefix per row (right padding), else None."""
+    lengths = step_mask.sum(dim=0)
+    prefix = torch.arange(step_mask.shape[0], device=step_mask.device).unsqueeze(1) < lengths.unsqueeze(0)
+    return lengths if bool(torch.equal(prefix, step_mask)) else None
+
+
+def fused_can_run(spec: LSTMSpec, x: Tensor, step_mask: Tensor | None) -> bool:
+    """torch's kernel computes the standard cell with, at most, right-padded masks that output zeros."""
+    if _forced_kernel is not None or not spec.is_standard_cell or spec.go_backwards:
+        return False
+    if step_mask is None:
+        return True
+    return spec.masked_output == "zero"
+
+
+def draw_dropout_mask(
+    rate: float, like: Tensor, per_gate: bool, generator: torch.Generator | None
+) -> Tensor | None:
+    """An inverted-dropout mask with the dtype, device and shape of ``like`` (B, F), or (4, B, F) per gate:
+    0 with probability ``rate``, else 1 / (1 - rate). None when ``rate`` drops nothing or everything
+    (Keras applies dropout only for 0 < rate < 1)."""
+    if not 0.0 < rate < 1.0:
+        return None
+    shape = (GATES, *like.shape) if per_gate else tuple(like.shape)
+    keep = torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1.0 - rate, generator=generator)
+    return keep / (1.0 - rate)
+
+
+def select_direction_kernel(x: Tensor, weights: DirectionWeights, run: DirectionRun) -> DirectionKernel:
+    for name, accepts, kernel in DIRECTION_KERNELS:
+        if _forced_kernel is not None:
+            if name == _forced_kernel:
+                return kernel
+            continue
+        if accepts(x, weights, run):
+            return kernel
+    return run_direction_reference
+
+
+def run_stack(
+    spec: LSTMSpec,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    layers: list[list[DirectionWeights]],
+    *,
+    step_mask: Tensor | None = None,
+    training: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run the stack on time-major input.
+
+    Args:
+        spec: what to compute.
+        x: (T, B, F) input.
+        h0: (L*D, B, P) and c0: (L*D, B, H) initial states, index layer * D + direction.
+        layers: L lists of D :class:`DirectionWeights`.
+        step_mask: (T, B) bool, True where a step counts (lengths become a right-padded mask).
+        training: enables dropout, input dropout and recurrent dropout.
+        generator: random source for the dropout masks.
+
+    Returns:
+        output (T, B, D*P) (in processing order when ``spec.go_backwards``), h_n (L*D, B, P), c_n (L*D, B, H).
+    """
+    if fused_can_run(spec, x, step_mask):
+        lengths = None if step_mask is None else lengths_from_right_padded(step_mask)
+        if step_mask is None or lengths is not None:
+            return run_stack_fused(spec, x, h0, c0, layers, lengths=lengths, training=training)
+    if spec.go_backwards:
+        x = x.flip(0)
+        step_mask = None if step_mask is None else step_mask.flip(0)
+    activation = resolve(spec.activation, "activation")
+    recurrent_activation = resolve(spec.recurrent_activation, "recurrent_activation")
+    directions = spec.num_directions
+    h_n: list[Tensor] = []
+    c_n: list[Tensor] = []
+    layer_input = x
+    for layer, layer_weights in enumerate(layers):
+        outputs = []
+        for direction, weights in enumerate(layer_weights):
+            index = layer * directions + direction
+            run = DirectionRun(
+                activation=activation,
+                recurrent_activation=recurrent_activation,
+                step_mask=step_mask,
+                reverse=direction == 1,
+                zero_masked_output=spec.masked_output == "zero",
+                input_dropout_mask=draw_dropout_mask(
+                    spec.input_dropout, layer_input.new_empty(layer_input.shape[1:]), spec.per_gate_dropout,
+                    generator,
+                ) if training else None,
+                recurrent_dropout_mask=draw_dropout_mask(
+                    spec.recurrent_dropout, h0[index], spec.per_gate_dropout, generator
+                ) if training else None,
+            )
+            kernel = select_direction_kernel(layer_input, weights, run)
+            out, h, c = kernel(layer_input, h0[index], c0[index], weights, run)
+            outputs.append(out)
+            h_n.append(h)
+            c_n.append(c)
+        layer_output = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
+        if training and spec.dropout > 0.0 and layer < len(layers) - 1:
+            layer_output = F.dropout(layer_output, p=spec.dropout, training=True)
+        layer_input = layer_output
+    return layer_input, torch.stack(h_n), torch.stack(c_n)

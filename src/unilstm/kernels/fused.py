@@ -1,0 +1,84 @@
+"""torch's own fused LSTM (oneDNN on CPU, cuDNN on GPU) for the specs it can compute.
+
+It computes the standard cell (tanh, sigmoid, no recurrent dropout) over whole stacks, with torch's
+inter-layer dropout, projections, and right-padded lengths through packed sequences.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from ..spec import LSTMSpec
+from .reference import DirectionWeights
+
+
+def flat_weights(layers: list[list[DirectionWeights]]) -> list[Tensor]:
+    """torch's ``_flat_weights`` order: per (layer, direction) w_ih, w_hh[, b_ih, b_hh][, w_hr]."""
+    flat: list[Tensor] = []
+    for directions in layers:
+        for w in directions:
+            flat += [w.w_ih, w.w_hh]
+            if w.b_ih is not None:
+                flat += [w.b_ih, w.b_hh]
+            if w.w_hr is not None:
+                flat.append(w.w_hr)
+    return flat
+
+
+def run_packed_fused(
+    spec: LSTMSpec,
+    data: Tensor,
+    batch_sizes: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    layers: list[list[DirectionWeights]],
+    training: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """torch's packed LSTM. data: (N, F) packed rows; h0, c0 in sorted batch order. Returns packed output
+    (N, D*P) and h_n (L*D, B, P), c_n (L*D, B, H) in sorted order."""
+    out, h_n, c_n = torch._VF.lstm(
+        data, batch_sizes, (h0, c0), flat_weights(layers), spec.bias, spec.num_layers,
+        float(spec.dropout), training, spec.bidirectional,
+    )
+    return out, h_n, c_n
+
+
+def run_stack_fused(
+    spec: LSTMSpec,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    layers: list[list[DirectionWeights]],
+    *,
+    lengths: Tensor | None,
+    training: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The whole stack on time-major x (T, B, F). lengths (B,) gives right-padded sequences: outputs past a
+    length are zeros, states are taken at the last valid step, and a length of 0 returns h0, c0."""
+    if lengths is None:
+        out, h_n, c_n = torch._VF.lstm(
+            x, (h0, c0), flat_weights(layers), spec.bias, spec.num_layers,
+            float(spec.dropout), training, spec.bidirectional, False,
+        )
+        return out, h_n, c_n
+    steps = x.shape[0]
+    empty = lengths == 0
+    # pack_padded_sequence rejects empty rows: run them as length 1, then restore their zeros and h0/c0.
+    packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), enforce_sorted=False)
+    sorted_h0 = h0.index_select(1, packed.sorted_indices)
+    sorted_c0 = c0.index_select(1, packed.sorted_indices)
+    data, h_n, c_n = run_packed_fused(spec, packed.data, packed.batch_sizes, sorted_h0, sorted_c0, layers, training)
+    out, _ = pad_packed_sequence(
+        PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices),
+        total_length=steps,
+    )
+    h_n = h_n.index_select(1, packed.unsorted_indices)
+    c_n = c_n.index_select(1, packed.unsorted_indices)
+    if bool(empty.any()):
+        rows = empty.to(x.device).view(1, -1, 1)
+        out = out.masked_fill(rows, 0.0)
+        h_n = torch.where(rows, h0, h_n)
+        c_n = torch.where(rows, c0, c_n)
+    return out, h_n, c_n

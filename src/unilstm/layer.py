@@ -1,0 +1,382 @@
+"""The canonical layer: every option of Keras, MindSpore and torch LSTMs in one ``nn.Module``.
+
+Parameters use torch's names and layout (``weight_ih_l0``, ``weight_hh_l0_reverse``, ``bias_ih_l1``,
+``weight_hr_l0`` ...), so a ``state_dict`` moves to and from ``torch.nn.LSTM`` and MindSpore unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import torch
+from torch import Tensor, nn
+from torch.nn.parameter import UninitializedParameter
+
+from .activations import resolve
+from .kernels import DirectionWeights, run_stack
+from .spec import ActivationLike, LSTMSpec, MaskedOutput
+
+State = tuple[Tensor, Tensor]
+
+
+def parameter_names(spec: LSTMSpec) -> list[str]:
+    """Parameter names in torch's order: per (layer, direction) weight_ih, weight_hh[, bias_ih, bias_hh]
+    [, weight_hr]."""
+    names: list[str] = []
+    for layer in range(spec.num_layers):
+        for direction in range(spec.num_directions):
+            suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+            kinds = ["weight_ih", "weight_hh"]
+            if spec.bias:
+                kinds += ["bias_ih", "bias_hh"]
+            if spec.proj_size > 0:
+                kinds.append("weight_hr")
+            names += [kind + suffix for kind in kinds]
+    return names
+
+
+def parameter_shape(spec: LSTMSpec, name: str) -> tuple[int, ...]:
+    """The shape of parameter ``name``: weight_ih (4H, F_layer), weight_hh (4H, P), biases (4H,),
+    weight_hr (P, H)."""
+    kind, _, rest = name.rpartition("_l")
+    layer = int(rest.split("_")[0])
+    gates = 4 * spec.hidden_size
+    if kind == "weight_ih":
+        return (gates, spec.layer_input_size(layer))
+    if kind == "weight_hh":
+        return (gates, spec.output_size)
+    if kind in ("bias_ih", "bias_hh"):
+        return (gates,)
+    if kind == "weight_hr":
+        return (spec.proj_size, spec.hidden_size)
+    raise ValueError(f"not an LSTM parameter name: {name!r}")
+
+
+def _shape_text(shape: tuple[int, ...] | torch.Size) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+class LSTM(nn.Module):
+    r"""A multi-layer LSTM with the union of the Keras, MindSpore and torch feature sets.
+
+    For each layer and direction, per step t (gate blocks [i, f, g, o] along 4H)::
+
+        z_t = (x_t * m_x) W_ih^T + b_ih + (h_{t-1} * m_h) W_hh^T + b_hh
+        i, f, o = sigma(z_i), sigma(z_f), sigma(z_o);   c_t = f * c_{t-1} + i * g(z_g)
+        h_t = o * g(c_t),   then h_t = h_t W_hr^T when proj_size > 0
+
+    with ``g = activation`` (tanh), ``sigma = recurrent_activation`` (sigmoid) and ``m_x``, ``m_h`` Keras's
+    variational dropout masks while training.
+
+    Args:
+        input_size: F, features of the input; ``None`` infers it from the first call (or :meth:`build`).
+        hidden_size: H.
+        num_layers: L, stacked layers.
+        bias: keep ``bias_ih`` and ``bias_hh``.
+        batch_first: tensors are (B, T, F) instead of (T, B, F).
+        dropout: dropout on every layer's output but the last, while training (torch, MindSpore).
+        bidirectional: D = 2 directions, outputs concatenated [forward, backward].
+        proj_size: P > 0 adds ``weight_hr`` (P, H) and makes h and outputs P wide (torch).
+        activation, recurrent_activation: names (Keras 3 names), ``None`` (linear) or callables.
+        input_dropout: Keras ``dropout``: a mask on each layer's input, drawn once per call.
+        recurrent_dropout: Keras ``recurrent_dropout``: a mask on h_{t-1}, drawn once per call.
+        per_gate_dropout: one independent mask per gate block; defaults to ``recurrent_dropout > 0`` like
+            Keras.
+        go_backwards: process the sequence reversed and return outputs in processing order (Keras).
+        masked_output: ``"zero"`` or ``"previous"``: what masked steps output (see :class:`LSTMSpec`).
+        stateful: the final states of a call become the initial states of the next one.
+        device, dtype: where and how parameters are created.
+
+    Shapes (N = batch, T = steps, P = proj_size or H):
+        input: (T, N, F), or (N, T, F) with batch_first, or (T, F) unbatched.
+        state: optional ``(h_0, c_0)``, (L*D, N, P) and (L*D, N, H), index ``layer * D + direction``
+            ((L*D, P) and (L*D, H) unbatched); zeros when omitted.
+        lengths: optional (N,) integers in [0, T]: steps at and past a length are padding.
+        mask: optional (N, T) bool (Keras layout), True where a step counts; any pattern.
+        output: (T, N, D*P) or (N, T, D*P); h_n (L*D, N, P), c_n (L*D, N, H): states after each
+            sequence's last counted step.
+    """
+
+    def __init__(
+        self,
+        input_size: int | None,
+        hidden_size: int,
+        num_layers: int = 1,
+        *,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        activation: ActivationLike = "tanh",
+        recurrent_activation: ActivationLike = "sigmoid",
+        input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        per_gate_dropout: bool | None = None,
+        go_backwards: bool = False,
+        masked_output: MaskedOutput = "zero",
+        stateful: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        spec = LSTMSpec(
+            input_size=input_size,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            bias=bias,
+            batch_first=batch_first,
+            dropout=dropout,
+            bidirectional=bidirectional,
+            proj_size=proj_size,
+            activation=activation,
+            recurrent_activation=recurrent_activation,
+            input_dropout=input_dropout,
+            recurrent_dropout=recurrent_dropout,
+            per_gate_dropout=recurrent_dropout > 0 if per_gate_dropout is None else per_gate_dropout,
+            go_backwards=go_backwards,
+            masked_output=masked_output,
+            stateful=stateful,
+        )
+        super().__init__()
+        self._init_from_spec(spec, device=device, dtype=dtype)
+
+    @classmethod
+    def from_spec(
+        cls, spec: LSTMSpec, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> LSTM:
+        """A layer computing ``spec``, with torch's default initialisation."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer._init_from_spec(spec, device=device, dtype=dtype)
+        return layer
+
+    def _init_from_spec(self, spec: LSTMSpec, *, device, dtype) -> None:
+        resolve(spec.activation, "activation")
+        resolve(spec.recurrent_activation, "recurrent_activation")
+        self.spec = spec
+        self.states: State | None = None
+        factory = {"device": device, "dtype": dtype}
+        self._flat_weights_names = parameter_names(spec)
+        for name in self._flat_weights_names:
+            if spec.input_size is None and name.startswith("weight_ih_l0"):
+                self.register_parameter(name, UninitializedParameter(**factory))
+            else:
+                self.register_parameter(name, nn.Parameter(torch.empty(parameter_shape(spec, name), **factory)))
+        self.reset_parameters()
+
+    # -- attributes users of torch.nn.LSTM expect -------------------------------------------------------
+    input_size = property(lambda self: self.spec.input_size)
+    hidden_size = property(lambda self: self.spec.hidden_size)
+    num_layers = property(lambda self: self.spec.num_layers)
+    bias = property(lambda self: self.spec.bias)
+    batch_first = property(lambda self: self.spec.batch_first)
+    dropout = property(lambda self: self.spec.dropout)
+    bidirectional = property(lambda self: self.spec.bidirectional)
+    proj_size = property(lambda self: self.spec.proj_size)
+
+    @property
+    def is_built(self) -> bool:
+        return self.spec.input_size is not None
+
+    def reset_parameters(self) -> None:
+        """torch's initialisation: every parameter U(-1/sqrt(H), 1/sqrt(H)), in parameter order."""
+        bound = 1.0 / math.sqrt(self.spec.hidden_size)
+        with torch.no_grad():
+            for parameter in self.parameters():
+                if not isinstance(parameter, UninitializedParameter):
+                    parameter.uniform_(-bound, bound)
+
+    def build(self, input_size: int) -> None:
+        """Fix the input size of a layer created with ``input_size=None`` and initialise its input weights
+        (U(-1/sqrt(H), 1/sqrt(H))). Does nothing when the layer already has that size."""
+        if self.spec.input_size is not None:
+            if input_size != self.spec.input_size:
+                raise ValueError(f"input_size: the layer was built for {self.spec.input_size}, got {input_size}")
+            return
+        self.spec = self.spec.with_input_size(input_size)
+        bound = 1.0 / math.sqrt(self.spec.hidden_size)
+        for name in self._flat_weights_names:
+            parameter = getattr(self, name)
+            if isinstance(parameter, UninitializedParameter):
+                parameter.materialize(parameter_shape(self.spec, name))
+                with torch.no_grad():
+                    parameter.uniform_(-bound, bound)
+
+    def direction_weights(self) -> list[list[DirectionWeights]]:
+        """The parameters grouped for the kernels: L lists of D :class:`DirectionWeights`."""
+        layers = []
+        for layer in range(self.spec.num_layers):
+            directions = []
+            for direction in range(self.spec.num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                directions.append(
+                    DirectionWeights(
+                        w_ih=getattr(self, "weight_ih" + suffix),
+                        w_hh=getattr(self, "weight_hh" + suffix),
+                        b_ih=getattr(self, "bias_ih" + suffix) if self.spec.bias else None,
+                        b_hh=getattr(self, "bias_hh" + suffix) if self.spec.bias else None,
+                        w_hr=getattr(self, "weight_hr" + suffix) if self.spec.proj_size > 0 else None,
+                    )
+                )
+            layers.append(directions)
+        return layers
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        """torch.nn.LSTM's ``all_weights``: per (layer, direction) the list of its parameters."""
+        per_direction = len(self._flat_weights_names) // (self.spec.num_layers * self.spec.num_directions)
+        flat = [getattr(self, name) for name in self._flat_weights_names]
+        return [flat[i : i + per_direction] for i in range(0, len(flat), per_direction)]
+
+    # -- states ---------------------------------------------------------------------------------------
+    def reset_states(self, states: State | None = None) -> None:
+        """Forget (or set) the stored states of a stateful layer: ``states`` is ``(h, c)`` shaped like
+        ``(h_n, c_n)`` of a call."""
+        if states is None:
+            self.states = None
+            return
+        if not (isinstance(states, (tuple, list)) and len(states) == 2):
+            raise TypeError(f"states must be a pair (h, c), got {type(states).__name__}")
+        h, c = (torch.as_tensor(s, dtype=self._parameter_dtype(), device=self._parameter_device()) for s in states)
+        self.states = (h.detach(), c.detach())
+
+    def _parameter_dtype(self) -> torch.dtype:
+        return getattr(self, self._flat_weights_names[1]).dtype
+
+    def _parameter_device(self) -> torch.device:
+        return getattr(self, self._flat_weights_names[1]).device
+
+    # -- the call -------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input: Tensor,
+        state: State | None = None,
+        *,
+        lengths: Tensor | None = None,
+        mask: Tensor | None = None,
+        training: bool | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, State]:
+        """Run the stack. Shapes are in the class docstring. ``training`` defaults to ``self.training``;
+        ``generator`` draws the dropout masks."""
+        spec = self.spec
+        if not isinstance(input, Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+        if input.dim() not in (2, 3):
+            raise ValueError(
+                f"input must be 3-D (batched) or 2-D (unbatched), got {input.dim()}-D with shape "
+                f"{_shape_text(input.shape)}"
+            )
+        if not input.is_floating_point():
+            raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
+        batched = input.dim() == 3
+        if not self.is_built:
+            self.build(input.shape[-1])
+        spec = self.spec
+        if input.shape[-1] != spec.input_size:
+            raise ValueError(
+                f"input: expected {spec.input_size} features in the last dimension, got "
+                f"{input.shape[-1]} (input shape {_shape_text(input.shape)})"
+            )
+        dtype = self._parameter_dtype()
+        if input.dtype != dtype:
+            raise TypeError(f"input: expected dtype {dtype} (the parameters' dtype), got {input.dtype}")
+        x = input if batched else input.unsqueeze(1)
+        if batched and spec.batch_first:
+            x = x.transpose(0, 1)
+        steps, batch = x.shape[0], x.shape[1]
+
+        h0, c0 = self._initial_state(state, batch, batched, x)
+        step_mask = self._step_mask(lengths, mask, steps, batch, batched, x.device)
+        out, h_n, c_n = run_stack(
+            spec,
+            x,
+            h0,
+            c0,
+            self.direction_weights(),
+            step_mask=step_mask,
+            training=self.training if training is None else bool(training),
+            generator=generator,
+        )
+        if spec.stateful:
+            self.states = (h_n.detach(), c_n.detach())
+        if batched and spec.batch_first:
+            out = out.transpose(0, 1)
+        if not batched:
+            out, h_n, c_n = out.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
+        return out, (h_n, c_n)
+
+    def _initial_state(self, state: State | None, batch: int, batched: bool, x: Tensor) -> State:
+        spec = self.spec
+        layers = spec.num_layers * spec.num_directions
+        h_shape = (layers, batch, spec.output_size)
+        c_shape = (layers, batch, spec.hidden_size)
+        if state is None and spec.stateful and self.states is not None:
+            if self.states[0].shape[1] != batch:
+                raise ValueError(
+                    f"input: this stateful layer holds states for batch size {self.states[0].shape[1]}, got "
+                    f"batch size {batch}; call reset_states() to start over with a new batch size"
+                )
+            return self.states
+        if state is None:
+            return x.new_zeros(h_shape), x.new_zeros(c_shape)
+        if not (isinstance(state, (tuple, list)) and len(state) == 2):
+            raise TypeError(f"state must be a pair (h_0, c_0), got {type(state).__name__}")
+        expected = {"h_0": h_shape, "c_0": c_shape}
+        checked = []
+        for (name, shape), value in zip(expected.items(), state):
+            if not isinstance(value, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+            want = shape if batched else (shape[0], shape[2])
+            if tuple(value.shape) != want:
+                raise ValueError(f"{name}: expected shape {_shape_text(want)}, got {_shape_text(value.shape)}")
+            if value.dtype != x.dtype:
+                raise TypeError(f"{name}: expected dtype {x.dtype} (the input's dtype), got {value.dtype}")
+            checked.append(value if batched else value.unsqueeze(1))
+        return checked[0], checked[1]
+
+    def _step_mask(
+        self, lengths: Tensor | None, mask: Tensor | None, steps: int, batch: int, batched: bool, device
+    ) -> Tensor | None:
+        step_mask = None
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths)
+            if lengths.dtype.is_floating_point or lengths.dtype in (torch.bool, torch.complex64):
+                raise TypeError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
+            if not batched and lengths.dim() == 0:
+                lengths = lengths.reshape(1)
+            if tuple(lengths.shape) != (batch,):
+                raise ValueError(
+                    f"lengths: expected shape ({batch},) (one length per sequence), got {_shape_text(lengths.shape)}"
+                )
+            if batch and (int(lengths.min()) < 0 or int(lengths.max()) > steps):
+                raise ValueError(
+                    f"lengths must lie in [0, {steps}] (the number of steps), got min {int(lengths.min())} "
+                    f"and max {int(lengths.max())}"
+                )
+            lengths = lengths.to(device)
+            step_mask = torch.arange(steps, device=device).unsqueeze(1) < lengths.unsqueeze(0)
+        if mask is not None:
+            mask = torch.as_tensor(mask, device=device)
+            if not batched and mask.dim() == 1:
+                mask = mask.unsqueeze(0)
+            if tuple(mask.shape) != (batch, steps):
+                raise ValueError(
+                    f"mask: expected shape ({batch}, {steps}) (batch, steps), got {_shape_text(mask.shape)}"
+                )
+            time_major = mask.to(torch.bool).t()
+            step_mask = time_major if step_mask is None else step_mask & time_major
+        return step_mask
+
+    def extra_repr(self) -> str:
+        spec = self.spec
+        parts = [f"{spec.input_size}, {spec.hidden_size}"]
+        defaults = LSTMSpec(input_size=spec.input_size, hidden_size=spec.hidden_size)
+        for name in (
+            "num_layers", "bias", "batch_first", "dropout", "bidirectional", "proj_size", "activation",
+            "recurrent_activation", "input_dropout", "recurrent_dropout", "go_backwards", "masked_output",
+            "stateful",
+        ):
+            value = getattr(spec, name)
+            if value != getattr(defaults, name):
+                parts.append(f"{name}={value!r}")
+        return ", ".join(parts)
