@@ -1,0 +1,72 @@
+"""The only place that knows how each framework lays out LSTM weights.
+
+unilstm, torch, MindSpore, Keras and cuDNN all order the four gate blocks along the 4H axis as
+[i, f, g, o]; ONNX orders them [i, o, f, g] (its "iofc"). torch and MindSpore store ``weight_ih`` (4H, F),
+``weight_hh`` (4H, P) and two biases; Keras stores ``kernel`` (F, 4H), ``recurrent_kernel`` (H, 4H) and one
+bias (4H,), which is the sum of torch's two.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+Array = np.ndarray | torch.Tensor
+
+GATE_ORDER = "ifgo"
+ONNX_GATE_ORDER = "iogf"  # ONNX's i, o, f, c with c = the candidate g
+
+
+def _reorder_gates(array: Array, source: str, target: str, axis: int = 0) -> Array:
+    """Permute the four gate blocks along ``axis`` from ``source`` order to ``target`` order."""
+    blocks = np.split(array, 4, axis=axis) if isinstance(array, np.ndarray) else torch.chunk(array, 4, dim=axis)
+    reordered = [blocks[source.index(gate)] for gate in target]
+    if isinstance(array, np.ndarray):
+        return np.concatenate(reordered, axis=axis)
+    return torch.cat(reordered, dim=axis)
+
+
+def to_onnx_gates(array: Array, axis: int = 0) -> Array:
+    """Gate blocks [i, f, g, o] -> ONNX's [i, o, f, c]."""
+    return _reorder_gates(array, GATE_ORDER, ONNX_GATE_ORDER, axis)
+
+
+def from_onnx_gates(array: Array, axis: int = 0) -> Array:
+    """ONNX's gate blocks [i, o, f, c] -> [i, f, g, o]."""
+    return _reorder_gates(array, ONNX_GATE_ORDER, GATE_ORDER, axis)
+
+
+def keras_from_torch(
+    weight_ih: Array, weight_hh: Array, bias_ih: Array | None, bias_hh: Array | None
+) -> list[np.ndarray]:
+    """torch (4H, F), (4H, H), (4H,), (4H,) -> Keras [kernel (F, 4H), recurrent_kernel (H, 4H), bias (4H,)]
+    (no bias entry when both biases are None)."""
+    arrays = [_numpy(weight_ih).T.copy(), _numpy(weight_hh).T.copy()]
+    if bias_ih is not None or bias_hh is not None:
+        total = np.zeros(arrays[0].shape[1], dtype=arrays[0].dtype)
+        for bias in (bias_ih, bias_hh):
+            if bias is not None:
+                total = total + _numpy(bias)
+        arrays.append(total.astype(arrays[0].dtype))
+    return arrays
+
+
+def torch_from_keras(
+    kernel: Array, recurrent_kernel: Array, bias: Array | None = None
+) -> dict[str, np.ndarray]:
+    """Keras [kernel (F, 4H), recurrent_kernel (H, 4H), bias (4H,)] -> torch weight_ih (4H, F),
+    weight_hh (4H, H), and when there is a bias: bias_ih = bias, bias_hh = 0."""
+    result = {
+        "weight_ih": np.ascontiguousarray(_numpy(kernel).T),
+        "weight_hh": np.ascontiguousarray(_numpy(recurrent_kernel).T),
+    }
+    if bias is not None:
+        result["bias_ih"] = _numpy(bias).copy()
+        result["bias_hh"] = np.zeros_like(result["bias_ih"])
+    return result
+
+
+def _numpy(array: Array) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
