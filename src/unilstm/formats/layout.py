@@ -14,7 +14,7 @@ import torch
 Array = np.ndarray | torch.Tensor
 
 GATE_ORDER = "ifgo"
-ONNX_GATE_ORDER = "iogf"  # ONNX's i, o, f, c with c = the candidate g
+ONNX_GATE_ORDER = "iofg"  # ONNX names these i, o, f, c: c is the candidate block g
 
 
 def _reorder_gates(array: Array, source: str, target: str, axis: int = 0) -> Array:
