@@ -340,7 +340,7 @@ class LSTM(nn.Module):
         step_mask = None
         if lengths is not None:
             lengths = torch.as_tensor(lengths)
-            if lengths.dtype.is_floating_point or lengths.dtype in (torch.bool, torch.complex64):
+            if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
                 raise TypeError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
             if not batched and lengths.dim() == 0:
                 lengths = lengths.reshape(1)
