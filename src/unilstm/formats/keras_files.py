@@ -1,0 +1,790 @@
+"""Keras weight files: read LSTM layers from ``.keras``, ``.weights.h5`` and legacy ``.h5`` files, and write
+``.keras`` / ``.weights.h5`` files that real Keras 3 opens.
+
+This module works on plain data (numpy arrays in Keras layout and Keras config dicts); it imports neither
+TensorFlow nor Keras. ``h5py`` is needed (``pip install unilstm[keras]``) and imported only when a file is
+read or written.
+
+What the files hold (measured on Keras 3.15 and tf-keras 2.21):
+
+- ``.keras``: a zip with ``config.json`` (the model, serialized), ``metadata.json`` (``keras_version``) and
+  ``model.weights.h5``. ``.weights.h5`` (``model.save_weights``) is that HDF5 file on its own.
+  Inside it an LSTM's arrays are at ``layers/<key>/cell/vars/{0,1,2}`` = kernel (F, 4H), recurrent_kernel
+  (H, 4H), bias (4H,). The **key** is the snake-case class name plus a counter per container, in container
+  order (``lstm``, ``lstm_1``, ``bidirectional``), not the layer's name. A Bidirectional keeps its two LSTMs
+  at ``layers/bidirectional/forward_layer/...`` and ``.../backward_layer/...``; a nested model nests
+  ``layers/`` (key ``sequential/lstm``). Keras 3 also stores each layer's name as the attribute ``name`` of
+  its ``vars`` group; tf-keras does not.
+- legacy ``.h5`` (``model.save('m.h5')``, or tf-keras ``save_weights('w.h5')``): groups per layer **name**
+  under ``model_weights/`` (or at the root for weights-only files); each group's ``weight_names`` attribute
+  lists its arrays in order (tf-keras names end in ``:0``, Keras 3's do not). The root attribute
+  ``model_config`` holds the model's config as JSON (absent in weights-only files), ``keras_version`` the
+  writer's version.
+
+The records this module returns use **keys**: for ``.keras``/``.weights.h5`` the path of the layer's group
+below ``layers/`` with the inner ``layers/`` removed (``lstm``, ``lstm_1``, ``bidirectional``,
+``sequential/lstm``); for legacy ``.h5`` the layer's name (``nested_model/inner_lstm`` inside a nested
+model).
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PathLike = str | os.PathLike
+
+#: The Keras 3 version whose file layout :func:`write_keras_model` reproduces (written to metadata.json).
+WRITTEN_KERAS_VERSION = "3.15.1"
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
+_MODEL_CLASSES = ("Sequential", "Functional", "Model")
+_LSTM_CLASSES = ("LSTM", "Bidirectional")
+
+
+class KerasFileError(ValueError):
+    """A file is not a Keras file this module can read (corrupt, truncated, foreign, or without the
+    requested layer). The message names the file and what was expected."""
+
+
+@dataclass(frozen=True)
+class KerasLayerRecord:
+    """One LSTM or Bidirectional(LSTM) layer as a Keras file stores it.
+
+    Attributes:
+        key: where the layer sits in the file (see the module docstring); ``load_weights(..., key=)`` takes it.
+        name: the layer's name (from the config or the ``vars`` group), ``None`` when the file does not say.
+        class_name: ``"LSTM"`` or ``"Bidirectional"``.
+        config: the layer's Keras config dict (the ``"config"`` member of its serialized form, what
+            ``from_config`` takes), ``None`` for weights-only files.
+        weights: the arrays in Keras's ``get_weights()`` order and layout: ``[kernel (F, 4H),
+            recurrent_kernel (H, 4H), bias (4H,)]`` (no bias when ``use_bias=False``); for a Bidirectional the
+            forward layer's arrays then the backward layer's.
+        keras_version: the version of Keras that wrote the file, when it says (``"2.21.0"``, ``"3.15.1"``).
+        file_format: ``"keras"`` (zip), ``"weights.h5"`` (Keras 3 weights store) or ``"legacy.h5"``.
+    """
+
+    key: str
+    name: str | None
+    class_name: str
+    config: dict[str, Any] | None
+    weights: list[np.ndarray] = field(repr=False)
+    keras_version: str | None = None
+    file_format: str = "keras"
+
+    @property
+    def input_size(self) -> int:
+        """F, the features the layer reads (rows of the first kernel)."""
+        return int(self.weights[0].shape[0])
+
+    @property
+    def is_keras2(self) -> bool:
+        """True when the layer comes from Keras 2 (tf-keras, Keras < 3): the file's keras_version says so, or
+        the config has Keras 2-only keys (``time_major``, ``implementation``). Such a layer's
+        ``hard_sigmoid`` is Keras 2's ``clip(0.2 x + 0.5, 0, 1)``."""
+        if self.keras_version:
+            major = re.match(r"\s*(\d+)", self.keras_version)
+            if major and int(major.group(1)) < 3:
+                return True
+        return any(_has_keras2_keys(c) for c in _lstm_configs(self.class_name, self.config))
+
+    def describe(self) -> str:
+        """A one-line description for error messages: ``'lstm_1' (LSTM 'encoder', 5 units)``."""
+        units = int(self.weights[1].shape[0]) if len(self.weights) > 1 else "?"
+        label = f"{self.class_name} {self.name!r}" if self.name else self.class_name
+        return f"{self.key!r} ({label}, {units} units)"
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+def _h5py():
+    try:
+        import h5py
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "reading and writing Keras files needs h5py: pip install 'unilstm[keras]' (or pip install h5py)"
+        ) from error
+    return h5py
+
+
+def snake_case(class_name: str) -> str:
+    """Keras 3's ``naming.to_snake_case``: ``'LSTM'`` -> ``'lstm'``, ``'MyLayer'`` -> ``'my_layer'``."""
+    name = re.sub(r"\W+", "", class_name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _has_keras2_keys(config: dict | None) -> bool:
+    return isinstance(config, dict) and ("time_major" in config or "implementation" in config)
+
+
+def _lstm_configs(class_name: str, config: dict | None) -> list[dict]:
+    """The LSTM configs inside a layer config: itself, or a Bidirectional's forward and backward layers."""
+    if not isinstance(config, dict):
+        return []
+    if class_name != "Bidirectional":
+        return [config]
+    found = []
+    for member in ("layer", "backward_layer"):
+        inner = config.get(member)
+        if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
+            found.append(inner["config"])
+    return found
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return _text(value[()])
+    return str(value)
+
+
+def _attr_list(group, name: str) -> list[str] | None:
+    """A list-valued HDF5 attribute, also when Keras split it in chunks ``name0``, ``name1`` ..."""
+    if name in group.attrs:
+        values = group.attrs[name]
+    elif f"{name}0" in group.attrs:
+        values, chunk = [], 0
+        while f"{name}{chunk}" in group.attrs:
+            values.extend(list(group.attrs[f"{name}{chunk}"]))
+            chunk += 1
+    else:
+        return None
+    if isinstance(values, (str, bytes)):
+        return [_text(values)]
+    return [_text(v) for v in np.atleast_1d(values).tolist()] if len(np.atleast_1d(values)) else []
+
+
+def _is_lstm_shapes(arrays: Sequence[np.ndarray]) -> bool:
+    """kernel (F, 4H), recurrent_kernel (H, 4H) [, bias (4H,)]."""
+    if len(arrays) not in (2, 3):
+        return False
+    kernel, recurrent = arrays[0], arrays[1]
+    if kernel.ndim != 2 or recurrent.ndim != 2:
+        return False
+    units = recurrent.shape[0]
+    ok = recurrent.shape[1] == 4 * units and kernel.shape[1] == 4 * units and units > 0
+    if len(arrays) == 3:
+        ok = ok and arrays[2].shape == (4 * units,)
+    return ok
+
+
+def _unwrap_layer(entry: Any) -> tuple[str, dict]:
+    """(class_name, config) of a serialized layer ``{"class_name": ..., "config": {...}}``."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
+        raise ValueError(f"a layer entry must be a dict with a class_name, got {type(entry).__name__}")
+    config = entry.get("config")
+    return entry["class_name"], config if isinstance(config, dict) else {}
+
+
+def _is_lstm_entry(class_name: str, config: dict) -> bool:
+    if class_name == "LSTM":
+        return True
+    if class_name == "Bidirectional":
+        inner = config.get("layer")
+        return isinstance(inner, dict) and inner.get("class_name") == "LSTM"
+    return False
+
+
+def _is_model_entry(class_name: str, config: dict) -> bool:
+    return class_name in _MODEL_CLASSES or isinstance(config.get("layers"), list)
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+def read_keras_lstm_layers(path: PathLike) -> list[KerasLayerRecord]:
+    """Every LSTM and Bidirectional(LSTM) layer of a Keras file, in model order (nested models included).
+
+    Args:
+        path: a ``.keras`` file (zip), a ``.weights.h5`` file or a legacy ``.h5`` file, written by Keras 3 or
+            tf-keras. The format is recognised from the content, not the suffix.
+
+    Returns:
+        one :class:`KerasLayerRecord` per layer; ``config`` is ``None`` for weights-only files (then LSTMs
+        are recognised by their key, ``lstm[_N]`` / ``bidirectional[_N]``, or their weight names, and by
+        their shapes).
+
+    Raises:
+        KerasFileError: the file is missing, empty, truncated, corrupt or not a Keras file.
+    """
+    path = Path(path)
+    head = _read_head(path)
+    try:
+        if head.startswith(_ZIP_SIGNATURES):
+            return _read_keras_zip(path)
+        if head.startswith(_HDF5_SIGNATURE) or _hdf5_signature_later(path):
+            return _read_h5_file(path)
+    except KerasFileError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, IndexError, zipfile.BadZipFile, EOFError) as error:
+        raise KerasFileError(
+            f"{path}: cannot read this Keras file, it looks corrupt or truncated ({type(error).__name__}: "
+            f"{error})"
+        ) from None
+    raise KerasFileError(
+        f"{path}: not a Keras file: expected a .keras zip archive or an HDF5 file (.weights.h5 or legacy .h5), "
+        f"got a file starting with {head[:8]!r}"
+    )
+
+
+def _read_head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except FileNotFoundError:
+        raise KerasFileError(f"{path}: no such file (expected a .keras, .weights.h5 or .h5 file)") from None
+    except IsADirectoryError:
+        raise KerasFileError(f"{path}: is a directory, expected a .keras, .weights.h5 or .h5 file") from None
+    except OSError as error:
+        raise KerasFileError(f"{path}: cannot open it ({error})") from None
+    if not head:
+        raise KerasFileError(f"{path}: the file is empty (expected a .keras, .weights.h5 or .h5 file)")
+    return head
+
+
+def _hdf5_signature_later(path: Path) -> bool:
+    """HDF5 allows a user block: the signature may sit at 512, 1024, 2048 ... bytes."""
+    with open(path, "rb") as handle:
+        offset = 512
+        while True:
+            handle.seek(offset)
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                return False
+            if chunk == _HDF5_SIGNATURE:
+                return True
+            offset *= 2
+
+
+def _open_h5(source, path: Path):
+    h5py = _h5py()
+    try:
+        return h5py.File(source, "r")
+    except (OSError, ValueError) as error:
+        raise KerasFileError(
+            f"{path}: not a readable HDF5 file, it looks corrupt or truncated ({error})"
+        ) from None
+
+
+def _read_keras_zip(path: Path) -> list[KerasLayerRecord]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as error:
+        raise KerasFileError(f"{path}: not a readable .keras zip archive, it looks truncated ({error})") from None
+    with archive:
+        names = set(archive.namelist())
+        missing = [n for n in ("config.json", "model.weights.h5") if n not in names]
+        if missing:
+            extra = " (sharded weights are not supported)" if "model.weights.json" in names else ""
+            raise KerasFileError(
+                f"{path}: a .keras archive must hold config.json and model.weights.h5; missing "
+                f"{', '.join(missing)}{extra}; it holds {sorted(names)}"
+            )
+        try:
+            config = json.loads(archive.read("config.json"))
+            metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
+            weights = archive.read("model.weights.h5")
+        except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as error:
+            raise KerasFileError(f"{path}: a member of the .keras archive is corrupt ({error})") from None
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise KerasFileError(f"{path}: config.json is not a serialized Keras model (no class_name)")
+    version = metadata.get("keras_version") if isinstance(metadata, dict) else None
+    with _open_h5(io.BytesIO(weights), path) as store:
+        if "layers" not in store and "vars" not in store:
+            raise KerasFileError(f"{path}: model.weights.h5 is not a Keras weights store (no 'layers' group)")
+        return _records_from_config(store, config, version, "keras", path)
+
+
+def _read_h5_file(path: Path) -> list[KerasLayerRecord]:
+    with _open_h5(path, path) as store:
+        if "layers" in store or ("vars" in store and "model_weights" not in store):
+            return _records_from_store(store.get("layers"), "", None, "weights.h5", path)
+        root = store["model_weights"] if "model_weights" in store else store
+        if _attr_list(root, "layer_names") is None:
+            raise KerasFileError(
+                f"{path}: an HDF5 file but not a Keras file: expected a 'layers' group (.weights.h5) or "
+                f"'model_weights' / a 'layer_names' attribute (legacy .h5); found {sorted(store.keys())[:10]}"
+            )
+        return _read_legacy(store, root, path)
+
+
+# Keras 3 weights store -------------------------------------------------------------------------------------
+def _vars_name(group) -> str | None:
+    vars_group = group.get("vars")
+    if vars_group is not None and "name" in vars_group.attrs:
+        return _text(vars_group.attrs["name"])
+    return None
+
+
+def _cell_arrays(group, path: Path, where: str) -> list[np.ndarray] | None:
+    """The arrays of ``<group>/cell/vars`` in index order, None when there is no such group."""
+    cell = group.get("cell")
+    vars_group = cell.get("vars") if cell is not None else None
+    if vars_group is None:
+        return None
+    keys = sorted(vars_group.keys(), key=lambda k: int(k) if k.isdigit() else 1 << 30)
+    return [np.asarray(vars_group[k][()]) for k in keys]
+
+
+def _lstm_arrays(group, path: Path, where: str) -> list[np.ndarray]:
+    arrays = _cell_arrays(group, path, where)
+    if arrays is None or not _is_lstm_shapes(arrays):
+        found = "nothing" if arrays is None else [tuple(a.shape) for a in arrays]
+        raise KerasFileError(
+            f"{path}: expected an LSTM's kernel (F, 4H), recurrent_kernel (H, 4H) and bias (4H,) at "
+            f"{where}/cell/vars, found {found}"
+        )
+    return arrays
+
+
+def _store_layer_weights(group, class_name: str, path: Path, where: str) -> list[np.ndarray]:
+    if class_name == "LSTM":
+        return _lstm_arrays(group, path, where)
+    arrays = []
+    for direction in ("forward_layer", "backward_layer"):
+        sub = group.get(direction)
+        if sub is None:
+            raise KerasFileError(f"{path}: expected a Bidirectional's {direction} group at {where}/{direction}")
+        arrays += _lstm_arrays(sub, path, f"{where}/{direction}")
+    return arrays
+
+
+def _records_from_config(
+    store, model_config: dict, version: str | None, file_format: str, path: Path
+) -> list[KerasLayerRecord]:
+    """Walk a serialized model and the weights store side by side."""
+    records: list[KerasLayerRecord] = []
+    top_class, top_config = _unwrap_layer(model_config)
+    if _is_model_entry(top_class, top_config):
+        _walk_config(store.get("layers"), top_config.get("layers", []), "", version, file_format, path, records)
+    elif _is_lstm_entry(top_class, top_config):  # a file holding a bare layer
+        weights = _store_layer_weights(store, top_class, path, "/")
+        records.append(
+            KerasLayerRecord(top_class.lower(), top_config.get("name"), top_class, top_config, weights,
+                             version, file_format)
+        )
+    return records
+
+
+def _walk_config(layers_group, entries: list, prefix: str, version, file_format, path, records) -> None:
+    counters: dict[str, int] = {}
+    for entry in entries:
+        class_name, config = _unwrap_layer(entry)
+        base = snake_case("Functional" if class_name == "Model" else class_name)
+        if base in counters:
+            counters[base] += 1
+            key = f"{base}_{counters[base]}"
+        else:
+            counters[base] = 0
+            key = base
+        is_lstm = _is_lstm_entry(class_name, config)
+        is_model = _is_model_entry(class_name, config)
+        if not (is_lstm or is_model):
+            continue
+        name = config.get("name")
+        group = layers_group.get(key) if layers_group is not None else None
+        if group is not None and name and _vars_name(group) not in (None, name):
+            group, key = _find_by_name(layers_group, name, base, group, key)
+        where = f"layers/{prefix}{key}"
+        if group is None:
+            raise KerasFileError(
+                f"{path}: the config has {class_name} {name!r} but the weights store has no group {where}"
+            )
+        if is_model:
+            _walk_config(group.get("layers"), config.get("layers", []), f"{prefix}{key}/", version, file_format,
+                         path, records)
+            continue
+        weights = _store_layer_weights(group, class_name, path, where)
+        records.append(KerasLayerRecord(prefix + key, name, class_name, config, weights, version, file_format))
+
+
+def _find_by_name(layers_group, name: str, base: str, group, key: str):
+    for other in layers_group:
+        if re.fullmatch(rf"{re.escape(base)}(_\d+)?", other) and _vars_name(layers_group[other]) == name:
+            return layers_group[other], other
+    return group, key
+
+
+def _records_from_store(layers_group, prefix: str, version, file_format, path: Path) -> list[KerasLayerRecord]:
+    """Walk a weights store without a config: keys ``lstm[_N]`` and ``bidirectional[_N]`` with LSTM shapes."""
+    records: list[KerasLayerRecord] = []
+    if layers_group is None:
+        return records
+    for key in sorted(layers_group.keys(), key=_natural_key):
+        group = layers_group[key]
+        if not hasattr(group, "keys"):
+            continue
+        if "layers" in group:
+            records += _records_from_store(group["layers"], f"{prefix}{key}/", version, file_format, path)
+        elif re.fullmatch(r"lstm(_\d+)?", key):
+            arrays = _cell_arrays(group, path, key)
+            if arrays is not None and _is_lstm_shapes(arrays):
+                records.append(KerasLayerRecord(prefix + key, _vars_name(group), "LSTM", None, arrays, version,
+                                                file_format))
+        elif re.fullmatch(r"bidirectional(_\d+)?", key):
+            directions = [group.get(d) for d in ("forward_layer", "backward_layer")]
+            if all(d is not None for d in directions):
+                arrays = [_cell_arrays(d, path, key) for d in directions]
+                if all(a is not None and _is_lstm_shapes(a) for a in arrays):
+                    records.append(KerasLayerRecord(prefix + key, _vars_name(group), "Bidirectional", None,
+                                                    arrays[0] + arrays[1], version, file_format))
+    return records
+
+
+def _natural_key(text: str) -> tuple:
+    """Order ``lstm``, ``lstm_1``, ``lstm_2``, ``lstm_10`` (HDF5 lists children alphabetically)."""
+    match = re.fullmatch(r"(.*?)(?:_(\d+))?", text)
+    return (match.group(1), int(match.group(2)) if match.group(2) else -1)
+
+
+# legacy .h5 ------------------------------------------------------------------------------------------------
+def _legacy_arrays(group, path: Path) -> tuple[list[str], list[np.ndarray]]:
+    names = _attr_list(group, "weight_names") or []
+    arrays = []
+    for name in names:
+        if name not in group:
+            raise KerasFileError(f"{path}: legacy .h5 lists weight {name!r} under {group.name} but it is missing")
+        arrays.append(np.asarray(group[name][()]))
+    return names, arrays
+
+
+def _legacy_version(store, root) -> str | None:
+    for holder in (root, store):
+        if "keras_version" in holder.attrs:
+            return _text(holder.attrs["keras_version"])
+    return None
+
+
+def _read_legacy(store, root, path: Path) -> list[KerasLayerRecord]:
+    version = _legacy_version(store, root)
+    model_config = None
+    if "model_config" in store.attrs:
+        try:
+            model_config = json.loads(_text(store.attrs["model_config"]))
+        except json.JSONDecodeError as error:
+            raise KerasFileError(f"{path}: the model_config attribute is not valid JSON ({error})") from None
+    layer_names = _attr_list(root, "layer_names") or []
+    records: list[KerasLayerRecord] = []
+    if model_config is None:
+        for layer_name in layer_names:
+            if layer_name not in root:
+                continue
+            names, arrays = _legacy_arrays(root[layer_name], path)
+            class_name = _classify_by_weight_names(names, arrays)
+            if class_name:
+                records.append(KerasLayerRecord(layer_name, layer_name, class_name, None, arrays, version,
+                                                "legacy.h5"))
+        return records
+    top_class, top_config = _unwrap_layer(model_config)
+    entries = {}
+    _index_legacy_entries(top_config.get("layers", []), entries) if _is_model_entry(top_class, top_config) else None
+    for layer_name in layer_names:
+        entry = entries.get(layer_name)
+        if entry is None or layer_name not in root:
+            continue
+        class_name, config = entry
+        names, arrays = _legacy_arrays(root[layer_name], path)
+        if _is_lstm_entry(class_name, config):
+            _check_legacy_shapes(class_name, arrays, path, layer_name)
+            records.append(KerasLayerRecord(layer_name, layer_name, class_name, config, arrays, version,
+                                            "legacy.h5"))
+        elif _is_model_entry(class_name, config):
+            records += _legacy_nested(layer_name, config, names, arrays, version, path)
+    return records
+
+
+def _index_legacy_entries(entries: list, index: dict) -> None:
+    for entry in entries:
+        class_name, config = _unwrap_layer(entry)
+        if isinstance(config.get("name"), str):
+            index[config["name"]] = (class_name, config)
+
+
+def _check_legacy_shapes(class_name: str, arrays: list[np.ndarray], path: Path, where: str) -> None:
+    halves = [arrays] if class_name == "LSTM" else [arrays[: len(arrays) // 2], arrays[len(arrays) // 2 :]]
+    if not all(_is_lstm_shapes(h) for h in halves) or (class_name != "LSTM" and len(arrays) % 2):
+        raise KerasFileError(
+            f"{path}: {class_name} {where!r}: expected kernel (F, 4H), recurrent_kernel (H, 4H) and bias (4H,) "
+            f"per LSTM, found shapes {[tuple(a.shape) for a in arrays]}"
+        )
+
+
+def _classify_by_weight_names(names: list[str], arrays: list[np.ndarray]) -> str | None:
+    """LSTM / Bidirectional for a weights-only legacy group, from the names ``.../lstm_cell/kernel:0``."""
+    if not names or not all(re.search(r"lstm_cell[^/]*/(kernel|recurrent_kernel|bias)(:0)?$", n) for n in names):
+        return None
+    if any(re.search(r"(^|/)backward_", n) for n in names) and len(arrays) % 2 == 0:
+        half = len(arrays) // 2
+        if _is_lstm_shapes(arrays[:half]) and _is_lstm_shapes(arrays[half:]):
+            return "Bidirectional"
+    return "LSTM" if _is_lstm_shapes(arrays) else None
+
+
+def _legacy_nested(model_name: str, model_config: dict, names: list[str], arrays: list[np.ndarray], version,
+                   path: Path) -> list[KerasLayerRecord]:
+    """Split a nested model's weights by sublayer: its weight names carry the sublayer's name as a path
+    component (``inner_lstm/lstm_cell/kernel:0``)."""
+    records = []
+    for entry in model_config.get("layers", []):
+        class_name, config = _unwrap_layer(entry)
+        sub_name = config.get("name")
+        if not _is_lstm_entry(class_name, config) or not sub_name:
+            continue
+        picked = [a for n, a in zip(names, arrays) if sub_name in n.split("/")]
+        key = f"{model_name}/{sub_name}"
+        _check_legacy_shapes(class_name, picked, path, key)
+        records.append(KerasLayerRecord(key, sub_name, class_name, config, picked, version, "legacy.h5"))
+    return records
+
+
+# -- choosing one -------------------------------------------------------------------------------------------
+def select_record(
+    records: Sequence[KerasLayerRecord], key: str | None, path: PathLike, class_names: Sequence[str] = _LSTM_CLASSES
+) -> KerasLayerRecord:
+    """The record ``key`` names (a key first, else a unique layer name), or the only one of ``class_names``
+    when ``key`` is None. Errors list the choices."""
+    choices = ", ".join(r.describe() for r in records) or "none"
+    if key is not None:
+        if not isinstance(key, str):
+            raise TypeError(f"key must be a str, got {type(key).__name__}")
+        found = [r for r in records if r.key == key] or [r for r in records if r.name == key]
+        if len(found) != 1:
+            why = "no layer" if not found else "several layers"
+            raise KerasFileError(f"{path}: {why} with key {key!r}; the LSTM layers in it are: {choices}")
+        record = found[0]
+        if record.class_name not in class_names:
+            raise KerasFileError(
+                f"{path}: key {key!r} is a {record.class_name}, expected {' or '.join(class_names)}"
+            )
+        return record
+    fitting = [r for r in records if r.class_name in class_names]
+    if len(fitting) == 1:
+        return fitting[0]
+    if not fitting:
+        raise KerasFileError(
+            f"{path}: no {' or '.join(class_names)} layer in this file; the LSTM layers in it are: {choices}"
+        )
+    raise KerasFileError(
+        f"{path}: holds {len(fitting)} {' / '.join(class_names)} layers, pass key= to pick one: "
+        + ", ".join(r.describe() for r in fitting)
+    )
+
+
+# -- writing --------------------------------------------------------------------------------------------
+def _layer_output_shape(record: KerasLayerRecord, shape: list) -> list:
+    """The output shape of a layer (batch first, None for unknown), to chain build configs."""
+    configs = _lstm_configs(record.class_name, record.config)
+    units = int(record.weights[1].shape[0])
+    inner = configs[0] if configs else {}
+    return_sequences = bool(inner.get("return_sequences", False))
+    width = units
+    if record.class_name == "Bidirectional" and record.config.get("merge_mode", "concat") == "concat":
+        width = 2 * units
+    return [shape[0], shape[1], width] if return_sequences else [shape[0], width]
+
+
+def _serialized_layer(record: KerasLayerRecord, input_shape: list) -> dict:
+    return {
+        "module": "keras.layers",
+        "class_name": record.class_name,
+        "config": record.config,
+        "registered_name": None,
+        "build_config": {"input_shape": list(input_shape)},
+    }
+
+
+def _check_writable(record: KerasLayerRecord, index: int, shape: list, last: bool) -> None:
+    where = f"layers[{index}] ({record.class_name} {record.name!r})"
+    if record.class_name not in _LSTM_CLASSES:
+        raise ValueError(f"{where}: expected an LSTM or a Bidirectional(LSTM), got class {record.class_name!r}")
+    if not isinstance(record.config, dict):
+        raise ValueError(f"{where}: a config dict is needed to write a .keras file, got {record.config!r}")
+    lstm_configs = _lstm_configs(record.class_name, record.config)
+    if record.class_name == "Bidirectional" and not lstm_configs:
+        raise ValueError(f"{where}: the Bidirectional config has no 'layer' entry")
+    if record.class_name == "Bidirectional" and record.config.get("merge_mode", "concat") is None and not last:
+        raise ValueError(f"{where}: merge_mode=None gives two outputs; only the last layer may have it")
+    halves = [record.weights] if record.class_name == "LSTM" else [
+        record.weights[: len(record.weights) // 2], record.weights[len(record.weights) // 2 :]
+    ]
+    if not all(_is_lstm_shapes(h) for h in halves):
+        raise ValueError(
+            f"{where}: expected Keras-layout arrays kernel (F, 4H), recurrent_kernel (H, 4H), bias (4H,), got "
+            f"shapes {[tuple(np.shape(w)) for w in record.weights]}"
+        )
+    if record.input_size != shape[-1]:
+        raise ValueError(
+            f"{where}: its kernel reads {record.input_size} features but the previous layer gives {shape[-1]} "
+            f"(input shape {tuple(shape)})"
+        )
+    if len(shape) != 3:
+        raise ValueError(f"{where}: needs a sequence input, but the previous layer returns a single step")
+    for config in lstm_configs:
+        for forbidden in ("time_major",):
+            if config.get(forbidden):
+                raise ValueError(f"{where}: Keras 3 has no {forbidden}=True; it cannot be written to a .keras file")
+        if config.get("return_state") and not last:
+            raise ValueError(f"{where}: return_state=True gives several outputs; only the last layer may have it")
+
+
+def build_sequential_config(
+    records: Sequence[KerasLayerRecord], input_shape: Sequence[int | None], batch_size: int | None = None,
+    name: str = "sequential",
+) -> dict:
+    """The serialized Keras 3 Sequential model (config.json) holding ``records`` after an InputLayer of
+    ``(batch_size, *input_shape)``."""
+    shape: list = [batch_size, *input_shape]
+    policy = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"}, "registered_name": None}
+    layers = [{
+        "module": "keras.layers",
+        "class_name": "InputLayer",
+        "config": {"batch_shape": list(shape), "dtype": "float32", "sparse": False, "ragged": False,
+                   "name": "input_layer", "optional": False},
+        "registered_name": None,
+    }]
+    for index, record in enumerate(records):
+        _check_writable(record, index, shape, last=index == len(records) - 1)
+        layers.append(_serialized_layer(record, shape))
+        shape = _layer_output_shape(record, shape)
+    return {
+        "module": "keras",
+        "class_name": "Sequential",
+        "config": {"name": name, "trainable": True, "dtype": policy, "layers": layers},
+        "registered_name": None,
+        "build_config": {"input_shape": [batch_size, *input_shape]},
+        "compile_config": None,
+    }
+
+
+def _store_keys(records: Sequence[KerasLayerRecord]) -> list[str]:
+    counters: dict[str, int] = {}
+    keys = []
+    for record in records:
+        base = snake_case(record.class_name)
+        counters[base] = counters.get(base, -1) + 1
+        keys.append(base if counters[base] == 0 else f"{base}_{counters[base]}")
+    return keys
+
+
+def weights_store_bytes(records: Sequence[KerasLayerRecord], model_name: str = "sequential") -> bytes:
+    """A Keras 3 ``model.weights.h5`` for a Sequential of ``records``, as bytes (the layout Keras 3.15 writes)."""
+    h5py = _h5py()
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as store:
+        layers = store.create_group("layers")
+        for key, record in zip(_store_keys(records), records):
+            group = layers.create_group(key)
+            group.create_group("vars").attrs["name"] = record.name or key
+            if record.class_name == "LSTM":
+                _write_cell(group, record.weights)
+            else:
+                half = len(record.weights) // 2
+                for direction, arrays in (("forward_layer", record.weights[:half]),
+                                          ("backward_layer", record.weights[half:])):
+                    sub = group.create_group(direction)
+                    prefix = "forward_" if direction == "forward_layer" else "backward_"
+                    inner = (record.name or key)
+                    sub.create_group("vars").attrs["name"] = f"{prefix}{inner}"
+                    _write_cell(sub, arrays)
+        store.create_group("vars").attrs["name"] = model_name
+    return buffer.getvalue()
+
+
+def _write_cell(group, arrays: Sequence[np.ndarray]) -> None:
+    cell_vars = group.create_group("cell").create_group("vars")
+    cell_vars.attrs["name"] = "lstm_cell"
+    for index, array in enumerate(arrays):
+        cell_vars.create_dataset(str(index), data=np.ascontiguousarray(array))
+
+
+def write_keras_model(
+    records: Sequence[KerasLayerRecord],
+    path: PathLike,
+    input_shape: Sequence[int | None],
+    *,
+    batch_size: int | None = None,
+    name: str = "sequential",
+) -> Path:
+    """Write a Sequential model of ``records`` that Keras 3 opens: a ``.keras`` archive, or when ``path`` ends
+    in ``.weights.h5`` only the weights store (``model.load_weights`` on a model of the same layers).
+
+    Args:
+        records: LSTM / Bidirectional records with Keras 3 configs and Keras-layout weights, in model order.
+        path: the file to write; must end in ``.keras`` or ``.weights.h5``.
+        input_shape: the input's shape without the batch dimension, ``(T, F)``; T may be None.
+        batch_size: a fixed batch size for the InputLayer (needed by stateful layers), or None.
+        name: the Sequential model's name.
+
+    The file appears whole or not at all: it is written to a temporary file in the same directory and moved
+    into place with ``os.replace``; on any error the temporary file is removed.
+    """
+    path = Path(path)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".weights.h5") else path.suffix
+    if suffix not in (".keras", ".weights.h5"):
+        raise ValueError(f"path must end in .keras or .weights.h5, got {str(path)!r}")
+    if not records:
+        raise ValueError("records: expected at least one LSTM or Bidirectional layer, got none")
+    input_shape = list(input_shape)
+    if len(input_shape) != 2 or any(d is not None and (not isinstance(d, int) or d < 1) for d in input_shape):
+        raise ValueError(f"input_shape must be (steps, features) without the batch size, got {tuple(input_shape)}")
+    if input_shape[1] is None:
+        raise ValueError(f"input_shape: the number of features must be known, got {tuple(input_shape)}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    for index, record in enumerate(records):
+        configs = _lstm_configs(record.class_name, record.config)
+        if batch_size is None and any(c.get("stateful") for c in configs):
+            raise ValueError(f"layers[{index}] is stateful: Keras needs a fixed batch_size for it, got None")
+    model_config = build_sequential_config(records, input_shape, batch_size, name)
+    weights = weights_store_bytes(records, name)
+    if suffix == ".weights.h5":
+        payload = weights
+    else:
+        metadata = {
+            "keras_version": WRITTEN_KERAS_VERSION,
+            "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
+        }
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr("metadata.json", json.dumps(metadata))
+            archive.writestr("config.json", json.dumps(model_config))
+            archive.writestr("model.weights.h5", weights)
+        payload = buffer.getvalue()
+    atomic_write_bytes(path, payload)
+    return path
+
+
+def atomic_write_bytes(path: PathLike, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` through a temporary file in the same directory and ``os.replace``;
+    nothing is left behind on error."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"path: the directory {str(directory)!r} does not exist (writing {str(path)!r})")
+    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(handle.name, 0o666 & ~umask)  # a temporary file is 0600; give it a normal file's mode
+        os.replace(handle.name, path)
+    except BaseException:
+        try:
+            os.unlink(handle.name)
+        except FileNotFoundError:
+            pass
+        raise
