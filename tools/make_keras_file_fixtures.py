@@ -91,7 +91,11 @@ def keras3_models(x: np.ndarray) -> None:
             keras.Input((T, F)),
             layers.LSTM(5, return_sequences=True, name="encoder"),
             layers.LSTM(
-                4, return_sequences=True, activation="relu", recurrent_activation="hard_sigmoid", use_bias=False
+                4,
+                return_sequences=True,
+                activation="relu",
+                recurrent_activation="hard_sigmoid",
+                use_bias=False,
             ),
             layers.Bidirectional(layers.LSTM(3), merge_mode="concat"),
             layers.Dense(2),
@@ -137,7 +141,9 @@ def tf_keras_models(x: np.ndarray) -> None:
     with tf_keras.utils.custom_object_scope({"my_act": my_act}):
         seq = tf_keras.Sequential(
             [
-                layers.LSTM(4, return_sequences=True, recurrent_activation="hard_sigmoid", input_shape=(T, F)),
+                layers.LSTM(
+                    4, return_sequences=True, recurrent_activation="hard_sigmoid", input_shape=(T, F)
+                ),
                 layers.LSTM(3, return_sequences=True, activation=my_act),
                 layers.Bidirectional(layers.LSTM(2), merge_mode="sum"),
                 layers.Dense(2),

@@ -29,6 +29,7 @@ model).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import json
@@ -64,7 +65,7 @@ class KerasLayerRecord:
     """One LSTM or Bidirectional(LSTM) layer as a Keras file stores it.
 
     Attributes:
-        key: where the layer sits in the file (see the module docstring); ``load_weights(..., key=)`` takes it.
+        key: where the layer sits in the file (see the module docstring); ``load_weights(key=)`` takes it.
         name: the layer's name (from the config or the ``vars`` group), ``None`` when the file does not say.
         class_name: ``"LSTM"`` or ``"Bidirectional"``.
         config: the layer's Keras config dict (the ``"config"`` member of its serialized form, what
@@ -233,7 +234,7 @@ def read_keras_lstm_layers(path: PathLike) -> list[KerasLayerRecord]:
             f"{error})"
         ) from None
     raise KerasFileError(
-        f"{path}: not a Keras file: expected a .keras zip archive or an HDF5 file (.weights.h5 or legacy .h5), "
+        f"{path}: not a Keras file: expected a .keras zip archive or an HDF5 file (.weights.h5, legacy .h5), "
         f"got a file starting with {head[:8]!r}"
     )
 
@@ -281,7 +282,9 @@ def _read_keras_zip(path: Path) -> list[KerasLayerRecord]:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as error:
-        raise KerasFileError(f"{path}: not a readable .keras zip archive, it looks truncated ({error})") from None
+        raise KerasFileError(
+            f"{path}: not a readable .keras zip archive, it looks truncated ({error})"
+        ) from None
     with archive:
         names = set(archive.namelist())
         missing = [n for n in ("config.json", "model.weights.h5") if n not in names]
@@ -310,7 +313,7 @@ def _read_h5_file(path: Path) -> list[KerasLayerRecord]:
     with _open_h5(path, path) as store:
         if "layers" in store or ("vars" in store and "model_weights" not in store):
             return _records_from_store(store.get("layers"), "", None, "weights.h5", path)
-        root = store["model_weights"] if "model_weights" in store else store
+        root = store.get("model_weights", store)
         if _attr_list(root, "layer_names") is None:
             raise KerasFileError(
                 f"{path}: an HDF5 file but not a Keras file: expected a 'layers' group (.weights.h5) or "
@@ -355,7 +358,9 @@ def _store_layer_weights(group, class_name: str, path: Path, where: str) -> list
     for direction in ("forward_layer", "backward_layer"):
         sub = group.get(direction)
         if sub is None:
-            raise KerasFileError(f"{path}: expected a Bidirectional's {direction} group at {where}/{direction}")
+            raise KerasFileError(
+                f"{path}: expected a Bidirectional's {direction} group at {where}/{direction}"
+            )
         arrays += _lstm_arrays(sub, path, f"{where}/{direction}")
     return arrays
 
@@ -367,12 +372,21 @@ def _records_from_config(
     records: list[KerasLayerRecord] = []
     top_class, top_config = _unwrap_layer(model_config)
     if _is_model_entry(top_class, top_config):
-        _walk_config(store.get("layers"), top_config.get("layers", []), "", version, file_format, path, records)
+        _walk_config(
+            store.get("layers"), top_config.get("layers", []), "", version, file_format, path, records
+        )
     elif _is_lstm_entry(top_class, top_config):  # a file holding a bare layer
         weights = _store_layer_weights(store, top_class, path, "/")
         records.append(
-            KerasLayerRecord(top_class.lower(), top_config.get("name"), top_class, top_config, weights,
-                             version, file_format)
+            KerasLayerRecord(
+                top_class.lower(),
+                top_config.get("name"),
+                top_class,
+                top_config,
+                weights,
+                version,
+                file_format,
+            )
         )
     return records
 
@@ -402,11 +416,20 @@ def _walk_config(layers_group, entries: list, prefix: str, version, file_format,
                 f"{path}: the config has {class_name} {name!r} but the weights store has no group {where}"
             )
         if is_model:
-            _walk_config(group.get("layers"), config.get("layers", []), f"{prefix}{key}/", version, file_format,
-                         path, records)
+            _walk_config(
+                group.get("layers"),
+                config.get("layers", []),
+                f"{prefix}{key}/",
+                version,
+                file_format,
+                path,
+                records,
+            )
             continue
         weights = _store_layer_weights(group, class_name, path, where)
-        records.append(KerasLayerRecord(prefix + key, name, class_name, config, weights, version, file_format))
+        records.append(
+            KerasLayerRecord(prefix + key, name, class_name, config, weights, version, file_format)
+        )
 
 
 def _find_by_name(layers_group, name: str, base: str, group, key: str):
@@ -416,7 +439,9 @@ def _find_by_name(layers_group, name: str, base: str, group, key: str):
     return group, key
 
 
-def _records_from_store(layers_group, prefix: str, version, file_format, path: Path) -> list[KerasLayerRecord]:
+def _records_from_store(
+    layers_group, prefix: str, version, file_format, path: Path
+) -> list[KerasLayerRecord]:
     """Walk a weights store without a config: keys ``lstm[_N]`` and ``bidirectional[_N]`` with LSTM shapes."""
     records: list[KerasLayerRecord] = []
     if layers_group is None:
@@ -430,15 +455,27 @@ def _records_from_store(layers_group, prefix: str, version, file_format, path: P
         elif re.fullmatch(r"lstm(_\d+)?", key):
             arrays = _cell_arrays(group, path, key)
             if arrays is not None and _is_lstm_shapes(arrays):
-                records.append(KerasLayerRecord(prefix + key, _vars_name(group), "LSTM", None, arrays, version,
-                                                file_format))
+                records.append(
+                    KerasLayerRecord(
+                        prefix + key, _vars_name(group), "LSTM", None, arrays, version, file_format
+                    )
+                )
         elif re.fullmatch(r"bidirectional(_\d+)?", key):
             directions = [group.get(d) for d in ("forward_layer", "backward_layer")]
             if all(d is not None for d in directions):
                 arrays = [_cell_arrays(d, path, key) for d in directions]
                 if all(a is not None and _is_lstm_shapes(a) for a in arrays):
-                    records.append(KerasLayerRecord(prefix + key, _vars_name(group), "Bidirectional", None,
-                                                    arrays[0] + arrays[1], version, file_format))
+                    records.append(
+                        KerasLayerRecord(
+                            prefix + key,
+                            _vars_name(group),
+                            "Bidirectional",
+                            None,
+                            arrays[0] + arrays[1],
+                            version,
+                            file_format,
+                        )
+                    )
     return records
 
 
@@ -454,7 +491,9 @@ def _legacy_arrays(group, path: Path) -> tuple[list[str], list[np.ndarray]]:
     arrays = []
     for name in names:
         if name not in group:
-            raise KerasFileError(f"{path}: legacy .h5 lists weight {name!r} under {group.name} but it is missing")
+            raise KerasFileError(
+                f"{path}: legacy .h5 lists weight {name!r} under {group.name} but it is missing"
+            )
         arrays.append(np.asarray(group[name][()]))
     return names, arrays
 
@@ -483,12 +522,15 @@ def _read_legacy(store, root, path: Path) -> list[KerasLayerRecord]:
             names, arrays = _legacy_arrays(root[layer_name], path)
             class_name = _classify_by_weight_names(names, arrays)
             if class_name:
-                records.append(KerasLayerRecord(layer_name, layer_name, class_name, None, arrays, version,
-                                                "legacy.h5"))
+                records.append(
+                    KerasLayerRecord(layer_name, layer_name, class_name, None, arrays, version, "legacy.h5")
+                )
         return records
     top_class, top_config = _unwrap_layer(model_config)
     entries = {}
-    _index_legacy_entries(top_config.get("layers", []), entries) if _is_model_entry(top_class, top_config) else None
+    _index_legacy_entries(top_config.get("layers", []), entries) if _is_model_entry(
+        top_class, top_config
+    ) else None
     for layer_name in layer_names:
         entry = entries.get(layer_name)
         if entry is None or layer_name not in root:
@@ -497,8 +539,9 @@ def _read_legacy(store, root, path: Path) -> list[KerasLayerRecord]:
         names, arrays = _legacy_arrays(root[layer_name], path)
         if _is_lstm_entry(class_name, config):
             _check_legacy_shapes(class_name, arrays, path, layer_name)
-            records.append(KerasLayerRecord(layer_name, layer_name, class_name, config, arrays, version,
-                                            "legacy.h5"))
+            records.append(
+                KerasLayerRecord(layer_name, layer_name, class_name, config, arrays, version, "legacy.h5")
+            )
         elif _is_model_entry(class_name, config):
             records += _legacy_nested(layer_name, config, names, arrays, version, path)
     return records
@@ -515,14 +558,16 @@ def _check_legacy_shapes(class_name: str, arrays: list[np.ndarray], path: Path, 
     halves = [arrays] if class_name == "LSTM" else [arrays[: len(arrays) // 2], arrays[len(arrays) // 2 :]]
     if not all(_is_lstm_shapes(h) for h in halves) or (class_name != "LSTM" and len(arrays) % 2):
         raise KerasFileError(
-            f"{path}: {class_name} {where!r}: expected kernel (F, 4H), recurrent_kernel (H, 4H) and bias (4H,) "
+            f"{path}: {class_name} {where!r}: expected kernel (F, 4H), recurrent_kernel (H, 4H), bias (4H,) "
             f"per LSTM, found shapes {[tuple(a.shape) for a in arrays]}"
         )
 
 
 def _classify_by_weight_names(names: list[str], arrays: list[np.ndarray]) -> str | None:
     """LSTM / Bidirectional for a weights-only legacy group, from the names ``.../lstm_cell/kernel:0``."""
-    if not names or not all(re.search(r"lstm_cell[^/]*/(kernel|recurrent_kernel|bias)(:0)?$", n) for n in names):
+    if not names or not all(
+        re.search(r"lstm_cell[^/]*/(kernel|recurrent_kernel|bias)(:0)?$", n) for n in names
+    ):
         return None
     if any(re.search(r"(^|/)backward_", n) for n in names) and len(arrays) % 2 == 0:
         half = len(arrays) // 2
@@ -531,8 +576,9 @@ def _classify_by_weight_names(names: list[str], arrays: list[np.ndarray]) -> str
     return "LSTM" if _is_lstm_shapes(arrays) else None
 
 
-def _legacy_nested(model_name: str, model_config: dict, names: list[str], arrays: list[np.ndarray], version,
-                   path: Path) -> list[KerasLayerRecord]:
+def _legacy_nested(
+    model_name: str, model_config: dict, names: list[str], arrays: list[np.ndarray], version, path: Path
+) -> list[KerasLayerRecord]:
     """Split a nested model's weights by sublayer: its weight names carry the sublayer's name as a path
     component (``inner_lstm/lstm_cell/kernel:0``)."""
     records = []
@@ -541,7 +587,7 @@ def _legacy_nested(model_name: str, model_config: dict, names: list[str], arrays
         sub_name = config.get("name")
         if not _is_lstm_entry(class_name, config) or not sub_name:
             continue
-        picked = [a for n, a in zip(names, arrays) if sub_name in n.split("/")]
+        picked = [a for n, a in zip(names, arrays, strict=True) if sub_name in n.split("/")]
         key = f"{model_name}/{sub_name}"
         _check_legacy_shapes(class_name, picked, path, key)
         records.append(KerasLayerRecord(key, sub_name, class_name, config, picked, version, "legacy.h5"))
@@ -550,7 +596,10 @@ def _legacy_nested(model_name: str, model_config: dict, names: list[str], arrays
 
 # -- choosing one -------------------------------------------------------------------------------------------
 def select_record(
-    records: Sequence[KerasLayerRecord], key: str | None, path: PathLike, class_names: Sequence[str] = _LSTM_CLASSES
+    records: Sequence[KerasLayerRecord],
+    key: str | None,
+    path: PathLike,
+    class_names: Sequence[str] = _LSTM_CLASSES,
 ) -> KerasLayerRecord:
     """The record ``key`` names (a key first, else a unique layer name), or the only one of ``class_names``
     when ``key`` is None. Errors list the choices."""
@@ -607,25 +656,33 @@ def _serialized_layer(record: KerasLayerRecord, input_shape: list) -> dict:
 def _check_writable(record: KerasLayerRecord, index: int, shape: list, last: bool) -> None:
     where = f"layers[{index}] ({record.class_name} {record.name!r})"
     if record.class_name not in _LSTM_CLASSES:
-        raise ValueError(f"{where}: expected an LSTM or a Bidirectional(LSTM), got class {record.class_name!r}")
+        raise ValueError(
+            f"{where}: expected an LSTM or a Bidirectional(LSTM), got class {record.class_name!r}"
+        )
     if not isinstance(record.config, dict):
         raise ValueError(f"{where}: a config dict is needed to write a .keras file, got {record.config!r}")
     lstm_configs = _lstm_configs(record.class_name, record.config)
     if record.class_name == "Bidirectional" and not lstm_configs:
         raise ValueError(f"{where}: the Bidirectional config has no 'layer' entry")
-    if record.class_name == "Bidirectional" and record.config.get("merge_mode", "concat") is None and not last:
+    if (
+        record.class_name == "Bidirectional"
+        and record.config.get("merge_mode", "concat") is None
+        and not last
+    ):
         raise ValueError(f"{where}: merge_mode=None gives two outputs; only the last layer may have it")
-    halves = [record.weights] if record.class_name == "LSTM" else [
-        record.weights[: len(record.weights) // 2], record.weights[len(record.weights) // 2 :]
-    ]
+    halves = (
+        [record.weights]
+        if record.class_name == "LSTM"
+        else [record.weights[: len(record.weights) // 2], record.weights[len(record.weights) // 2 :]]
+    )
     if not all(_is_lstm_shapes(h) for h in halves):
         raise ValueError(
-            f"{where}: expected Keras-layout arrays kernel (F, 4H), recurrent_kernel (H, 4H), bias (4H,), got "
+            f"{where}: expected Keras-layout kernel (F, 4H), recurrent_kernel (H, 4H), bias (4H,), got "
             f"shapes {[tuple(np.shape(w)) for w in record.weights]}"
         )
     if record.input_size != shape[-1]:
         raise ValueError(
-            f"{where}: its kernel reads {record.input_size} features but the previous layer gives {shape[-1]} "
+            f"{where}: its kernel reads {record.input_size} features, the previous layer gives {shape[-1]} "
             f"(input shape {tuple(shape)})"
         )
     if len(shape) != 3:
@@ -633,26 +690,45 @@ def _check_writable(record: KerasLayerRecord, index: int, shape: list, last: boo
     for config in lstm_configs:
         for forbidden in ("time_major",):
             if config.get(forbidden):
-                raise ValueError(f"{where}: Keras 3 has no {forbidden}=True; it cannot be written to a .keras file")
+                raise ValueError(
+                    f"{where}: Keras 3 has no {forbidden}=True; it cannot be written to a .keras file"
+                )
         if config.get("return_state") and not last:
-            raise ValueError(f"{where}: return_state=True gives several outputs; only the last layer may have it")
+            raise ValueError(
+                f"{where}: return_state=True gives several outputs; only the last layer may have it"
+            )
 
 
 def build_sequential_config(
-    records: Sequence[KerasLayerRecord], input_shape: Sequence[int | None], batch_size: int | None = None,
+    records: Sequence[KerasLayerRecord],
+    input_shape: Sequence[int | None],
+    batch_size: int | None = None,
     name: str = "sequential",
 ) -> dict:
     """The serialized Keras 3 Sequential model (config.json) holding ``records`` after an InputLayer of
     ``(batch_size, *input_shape)``."""
     shape: list = [batch_size, *input_shape]
-    policy = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"}, "registered_name": None}
-    layers = [{
-        "module": "keras.layers",
-        "class_name": "InputLayer",
-        "config": {"batch_shape": list(shape), "dtype": "float32", "sparse": False, "ragged": False,
-                   "name": "input_layer", "optional": False},
+    policy = {
+        "module": "keras",
+        "class_name": "DTypePolicy",
+        "config": {"name": "float32"},
         "registered_name": None,
-    }]
+    }
+    layers = [
+        {
+            "module": "keras.layers",
+            "class_name": "InputLayer",
+            "config": {
+                "batch_shape": list(shape),
+                "dtype": "float32",
+                "sparse": False,
+                "ragged": False,
+                "name": "input_layer",
+                "optional": False,
+            },
+            "registered_name": None,
+        }
+    ]
     for index, record in enumerate(records):
         _check_writable(record, index, shape, last=index == len(records) - 1)
         layers.append(_serialized_layer(record, shape))
@@ -678,23 +754,25 @@ def _store_keys(records: Sequence[KerasLayerRecord]) -> list[str]:
 
 
 def weights_store_bytes(records: Sequence[KerasLayerRecord], model_name: str = "sequential") -> bytes:
-    """A Keras 3 ``model.weights.h5`` for a Sequential of ``records``, as bytes (the layout Keras 3.15 writes)."""
+    """A Keras 3 ``model.weights.h5`` for a Sequential of ``records``, as bytes (Keras 3.15's layout)."""
     h5py = _h5py()
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as store:
         layers = store.create_group("layers")
-        for key, record in zip(_store_keys(records), records):
+        for key, record in zip(_store_keys(records), records, strict=True):
             group = layers.create_group(key)
             group.create_group("vars").attrs["name"] = record.name or key
             if record.class_name == "LSTM":
                 _write_cell(group, record.weights)
             else:
                 half = len(record.weights) // 2
-                for direction, arrays in (("forward_layer", record.weights[:half]),
-                                          ("backward_layer", record.weights[half:])):
+                for direction, arrays in (
+                    ("forward_layer", record.weights[:half]),
+                    ("backward_layer", record.weights[half:]),
+                ):
                     sub = group.create_group(direction)
                     prefix = "forward_" if direction == "forward_layer" else "backward_"
-                    inner = (record.name or key)
+                    inner = record.name or key
                     sub.create_group("vars").attrs["name"] = f"{prefix}{inner}"
                     _write_cell(sub, arrays)
         store.create_group("vars").attrs["name"] = model_name
@@ -737,7 +815,9 @@ def write_keras_model(
         raise ValueError("records: expected at least one LSTM or Bidirectional layer, got none")
     input_shape = list(input_shape)
     if len(input_shape) != 2 or any(d is not None and (not isinstance(d, int) or d < 1) for d in input_shape):
-        raise ValueError(f"input_shape must be (steps, features) without the batch size, got {tuple(input_shape)}")
+        raise ValueError(
+            f"input_shape must be (steps, features) without the batch size, got {tuple(input_shape)}"
+        )
     if input_shape[1] is None:
         raise ValueError(f"input_shape: the number of features must be known, got {tuple(input_shape)}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -771,8 +851,12 @@ def atomic_write_bytes(path: PathLike, payload: bytes) -> None:
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
-        raise FileNotFoundError(f"path: the directory {str(directory)!r} does not exist (writing {str(path)!r})")
-    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+        raise FileNotFoundError(
+            f"path: the directory {str(directory)!r} does not exist (writing {str(path)!r})"
+        )
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, renamed or removed
+        dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
     try:
         with handle:
             handle.write(payload)
@@ -783,8 +867,230 @@ def atomic_write_bytes(path: PathLike, payload: bytes) -> None:
         os.chmod(handle.name, 0o666 & ~umask)  # a temporary file is 0600; give it a normal file's mode
         os.replace(handle.name, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(handle.name)
-        except FileNotFoundError:
-            pass
         raise
+
+
+# -- the layer-level API (unilstm.keras.load_weights / load_layers / save_model) ---------------------------
+_KERAS2_HARD_SIGMOID = "hard_sigmoid_keras2"
+
+
+def _keras_classes():
+    from .. import keras as front  # the Keras front door; imported late (it re-exports this module's API)
+
+    return front.LSTM, front.Bidirectional
+
+
+def _activation_name(value: Any) -> Any:
+    """A serialized Keras activation -> its name: ``'tanh'`` stays, ``{'class_name': 'function', 'config':
+    'my_act'}`` (a custom function) gives ``'my_act'``; anything else is returned unchanged."""
+    if (
+        isinstance(value, dict)
+        and value.get("class_name") == "function"
+        and isinstance(value.get("config"), str)
+    ):
+        return value["config"]
+    return value
+
+
+def _prepare_lstm_config(config: dict, keras2: bool, custom_objects: dict[str, Any], where: str) -> dict:
+    from ..activations import REGISTRY
+
+    config = dict(config)
+    for argument in ("activation", "recurrent_activation"):
+        if argument not in config:
+            continue
+        value = _activation_name(config[argument])
+        if isinstance(value, str):
+            if value in custom_objects:
+                value = custom_objects[value]
+            elif keras2 and value == "hard_sigmoid":
+                value = _KERAS2_HARD_SIGMOID
+            elif value not in REGISTRY:
+                raise KerasFileError(
+                    f"{where}: {argument} {value!r} is not a Keras built-in; pass custom_objects="
+                    f"{{{value!r}: <a function on torch tensors>}}"
+                )
+        config[argument] = value
+    return config
+
+
+def _prepare_config(record: KerasLayerRecord, custom_objects: dict[str, Any], where: str) -> dict:
+    """The record's config, ready for the front door's ``from_config``: Keras 2's hard_sigmoid kept as
+    ``'hard_sigmoid_keras2'``, custom activations resolved through ``custom_objects``."""
+    keras2 = record.is_keras2
+    if record.class_name == "LSTM":
+        return _prepare_lstm_config(record.config, keras2, custom_objects, where)
+    config = dict(record.config)
+    for member in ("layer", "backward_layer"):
+        inner = config.get(member)
+        if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
+            config[member] = {
+                **inner,
+                "config": _prepare_lstm_config(inner["config"], keras2, custom_objects, f"{where} {member}"),
+            }
+    return config
+
+
+def _build_input_shape(record: KerasLayerRecord) -> tuple[None, None, int]:
+    return (None, None, record.input_size)
+
+
+def load_weights(layer: Any, path: PathLike, key: str | None = None) -> Any:
+    """Load an LSTM's or a Bidirectional's weights from a Keras file into ``layer`` (a
+    ``unilstm.keras.LSTM`` or ``unilstm.keras.Bidirectional``), building it first when needed.
+
+    Args:
+        layer: the layer to fill; its kind (LSTM or Bidirectional) and sizes must match the stored layer's.
+        path: a ``.keras``, ``.weights.h5`` or legacy ``.h5`` file written by Keras 3 or tf-keras.
+        key: which layer when the file holds several of that kind: the key of :class:`KerasLayerRecord`
+            (``'lstm'``, ``'lstm_1'``, ``'bidirectional'``, ``'sequential/lstm'``; for legacy .h5 the layer's
+            name) or a layer name the file records. The error message lists the choices.
+
+    Returns:
+        ``layer``.
+
+    Raises:
+        KerasFileError: unreadable file, no such key, several candidates and no key, or the arrays' shapes
+            do not fit ``layer``.
+    """
+    lstm_class, bidirectional_class = _keras_classes()
+    if isinstance(layer, bidirectional_class):
+        wanted = ("Bidirectional",)
+    elif isinstance(layer, lstm_class):
+        wanted = ("LSTM",)
+    else:
+        raise TypeError(
+            f"layer must be a unilstm.keras.LSTM or unilstm.keras.Bidirectional, got {type(layer).__name__}"
+        )
+    record = select_record(read_keras_lstm_layers(path), key, path, wanted)
+    if not getattr(layer, "built", False):
+        layer.build(_build_input_shape(record))
+    current = [np.shape(w) for w in layer.get_weights()]
+    stored = [tuple(w.shape) for w in record.weights]
+    if [tuple(s) for s in current] != stored:
+        raise KerasFileError(
+            f"{path}: layer {record.describe()} has weight shapes {stored}, but the given layer has {current}"
+        )
+    layer.set_weights(record.weights)
+    return layer
+
+
+def load_layers(path: PathLike, custom_objects: dict[str, Any] | None = None) -> list[Any]:
+    """Every LSTM and Bidirectional(LSTM) layer of a ``.keras`` or legacy ``.h5`` model file, as
+    ``unilstm.keras`` layers built from the stored configs, with the stored weights, in model order (layers of
+    nested models included).
+
+    Layers that come from Keras 2 (the file's keras_version < 3, or configs with ``time_major`` /
+    ``implementation``) keep Keras 2's ``hard_sigmoid`` (``clip(0.2 x + 0.5, 0, 1)``), so their numbers are
+    reproduced. Custom activations (stored by name) are looked up in ``custom_objects``: a dict from the
+    stored name to a function on torch tensors.
+
+    Raises:
+        KerasFileError: unreadable file; a weights-only file (no configs: use :func:`load_weights`); an
+            activation neither built in nor in ``custom_objects``.
+    """
+    custom_objects = dict(custom_objects or {})
+    lstm_class, bidirectional_class = _keras_classes()
+    records = read_keras_lstm_layers(path)
+    layers = []
+    for record in records:
+        if record.config is None:
+            raise KerasFileError(
+                f"{path}: a weights-only file has no layer configs; build the layers yourself and use "
+                f"load_weights(layer, path, key=...) (layers in it: "
+                f"{', '.join(r.describe() for r in records)})"
+            )
+        config = _prepare_config(record, custom_objects, f"{path}: layer {record.describe()}")
+        cls = lstm_class if record.class_name == "LSTM" else bidirectional_class
+        try:
+            layer = cls.from_config(config)
+        except (TypeError, ValueError) as error:
+            raise KerasFileError(
+                f"{path}: layer {record.describe()}: its config was refused: {error}"
+            ) from error
+        layer.build(_build_input_shape(record))
+        layer.set_weights(record.weights)
+        layers.append(layer)
+    return layers
+
+
+def _keras3_config(config: dict, where: str) -> dict:
+    """A front-door LSTM config made fit for Keras 3's ``LSTM.from_config``."""
+    config = dict(config)
+    if config.pop("time_major", False):
+        raise ValueError(
+            f"{where}: Keras 3 has no time_major=True; such a layer cannot be written to a Keras 3 file"
+        )
+    for argument in ("activation", "recurrent_activation"):
+        value = config.get(argument)
+        if value == _KERAS2_HARD_SIGMOID:
+            raise ValueError(
+                f"{where}: {argument} is Keras 2's hard_sigmoid, which Keras 3 does not have "
+                "(Keras 3's hard_sigmoid is clip(x / 6 + 0.5, 0, 1)); it cannot be written to a Keras 3 file"
+            )
+        if value is not None and not isinstance(value, (str, dict)):
+            raise ValueError(
+                f"{where}: {argument} is a Python callable ({getattr(value, '__name__', value)!r}); "
+                "Keras files can only name built-in activations"
+            )
+    try:
+        json.dumps(config)
+    except TypeError as error:
+        raise ValueError(f"{where}: the layer's config cannot be written as JSON ({error})") from None
+    return config
+
+
+def _serialized(entry: Any) -> Any:
+    if isinstance(entry, dict) and "class_name" in entry:
+        return {"module": "keras.layers", "registered_name": None, **entry}
+    return entry
+
+
+def record_from_layer(layer: Any, index: int = 0) -> KerasLayerRecord:
+    """A :class:`KerasLayerRecord` of a built ``unilstm.keras`` LSTM or Bidirectional (Keras 3 config)."""
+    lstm_class, bidirectional_class = _keras_classes()
+    where = f"layers[{index}]"
+    if isinstance(layer, bidirectional_class):
+        class_name = "Bidirectional"
+    elif isinstance(layer, lstm_class):
+        class_name = "LSTM"
+    else:
+        raise TypeError(f"{where} must be a unilstm.keras.LSTM or Bidirectional, got {type(layer).__name__}")
+    if not getattr(layer, "built", True):
+        raise ValueError(f"{where} ({class_name}) is not built: call it once or build(input_shape) first")
+    config = layer.get_config()
+    if class_name == "LSTM":
+        config = _keras3_config(config, where)
+    else:
+        config = dict(config)
+        for member in ("layer", "backward_layer"):
+            inner = config.get(member)
+            if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
+                config[member] = _serialized(
+                    {**inner, "config": _keras3_config(inner["config"], f"{where} {member}")}
+                )
+    weights = [np.asarray(w) for w in layer.get_weights()]
+    return KerasLayerRecord(f"layer_{index}", config.get("name"), class_name, config, weights, None, "keras")
+
+
+def save_model(
+    layers: Sequence[Any], path: PathLike, input_shape: Sequence[int | None], *, batch_size: int | None = None
+) -> Path:
+    """Write ``layers`` (built ``unilstm.keras`` LSTMs / Bidirectionals, in order) as a Keras 3 Sequential
+    model: a ``.keras`` file that ``keras.saving.load_model`` opens, or, when ``path`` ends in
+    ``.weights.h5``, its weights for ``model.load_weights`` on the same architecture.
+
+    Args:
+        layers: the layers, each fed by the previous one (all but the last need ``return_sequences=True``).
+        path: ends in ``.keras`` or ``.weights.h5``.
+        input_shape: the model's input shape without the batch: ``(steps, features)``, steps may be None.
+        batch_size: the fixed batch size stateful layers need; None otherwise.
+
+    Written atomically (a temporary file in the same directory, then ``os.replace``).
+    """
+    if not isinstance(layers, (list, tuple)):
+        layers = [layers]
+    records = [record_from_layer(layer, index) for index, layer in enumerate(layers)]
+    return write_keras_model(records, path, input_shape, batch_size=batch_size)
