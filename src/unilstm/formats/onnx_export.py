@@ -1,0 +1,545 @@
+"""Export an LSTM to ONNX with the standard ``LSTM`` operator.
+
+The graph is built node by node with ``onnx.helper`` (not ``torch.onnx``), so that every spec the ONNX LSTM
+operator can express is exported exactly and everything else is refused with an error naming the feature.
+
+What maps to what:
+
+- gate blocks [i, f, g, o] -> ONNX's [i, o, f, c] (through :mod:`unilstm.formats.layout`), ``b_ih`` and
+  ``b_hh`` -> ``B`` = [Wb, Rb] (8H per direction), no ``B`` input without bias;
+- directions: ``forward``, ``bidirectional``; ``go_backwards`` (Keras) runs every direction the other way
+  round in original time (``reverse``, or a bidirectional node with the two directions swapped) and flips the
+  final output in time, which is exact with and without lengths;
+- ``num_layers`` > 1: one LSTM node per layer, ``Y`` (T, D, B, H) -> (T, B, D*H) by Transpose + Reshape;
+- ``batch_first``: Transpose at the input and output (onnxruntime refuses ``layout=1``);
+- lengths: an optional ``lengths`` graph input (B,) int64 -> ``sequence_lens`` (right padding); Keras's
+  ``masked_output="previous"`` is rebuilt with a Where on the forward-running directions of the last layer;
+- activations: sigmoid, tanh, relu, linear/None (Affine 1, 0), Keras 3 ``hard_sigmoid`` (HardSigmoid 1/6,
+  0.5), Keras 2 ``hard_sigmoid_keras2`` (HardSigmoid 0.2, 0.5), elu, softsign, softplus, leaky_relu
+  (LeakyRelu 0.2), and the same functions passed as callables (``torch.tanh`` ...).
+
+Refused with :class:`OnnxExportError`: ``proj_size`` > 0, activations the operator lacks, unknown callables, a
+layer whose input size is not known yet. Dropout of every kind is a training-time feature and is not exported.
+Masks with gaps cannot be given to the graph at all: it takes right-padded lengths only.
+
+onnx (and onnxruntime for checking) are the optional extra ``unilstm[onnx]``; they are imported on use.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import activations as _acts
+from ..layer import LSTM
+from ..spec import LSTMSpec
+from .layout import to_onnx_gates
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 13
+MERGE_MODES = ("concat", "sum", "mul", "ave")
+
+
+class OnnxExportError(ValueError):
+    """The layer uses a feature the ONNX LSTM operator cannot express (the message names it)."""
+
+
+def require_onnx() -> Any:
+    """Import ``onnx`` or explain how to install it."""
+    try:
+        import onnx
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "ONNX export needs the 'onnx' package: pip install 'unilstm[onnx]' (onnx and onnxruntime)"
+        ) from error
+    return onnx
+
+
+def require_onnxruntime() -> Any:
+    """Import ``onnxruntime`` or explain how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "running ONNX models needs the 'onnxruntime' package: pip install 'unilstm[onnx]'"
+        ) from error
+    return onnxruntime
+
+
+# -- activations -------------------------------------------------------------------------------------------
+
+#: unilstm activation name -> (ONNX activation, alpha or None, beta or None)
+ONNX_ACTIVATIONS: dict[str, tuple[str, float | None, float | None]] = {
+    "sigmoid": ("Sigmoid", None, None),
+    "tanh": ("Tanh", None, None),
+    "relu": ("Relu", None, None),
+    "linear": ("Affine", 1.0, 0.0),
+    "hard_sigmoid": ("HardSigmoid", 1.0 / 6.0, 0.5),
+    "hard_sigmoid_keras2": ("HardSigmoid", 0.2, 0.5),
+    "elu": ("Elu", 1.0, None),
+    "softsign": ("Softsign", None, None),
+    "softplus": ("Softplus", None, None),
+    "leaky_relu": ("LeakyRelu", 0.2, None),
+}
+
+_CALLABLE_NAMES = {
+    torch.sigmoid: "sigmoid",
+    torch.tanh: "tanh",
+    torch.relu: "relu",
+    F.relu: "relu",
+    F.softsign: "softsign",
+    torch.nn.functional.elu: "elu",
+}
+
+
+def onnx_activation(activation: object, argument: str) -> tuple[str, float | None, float | None]:
+    """The ONNX LSTM activation (name, alpha, beta) for a unilstm activation, or :class:`OnnxExportError`."""
+    name: str | None
+    if activation is None:
+        name = "linear"
+    elif isinstance(activation, str):
+        name = activation
+    else:
+        name = next((key for key, fn in _acts.REGISTRY.items() if fn is activation), None)
+        if name is None:
+            name = _CALLABLE_NAMES.get(activation)  # type: ignore[call-overload]
+        if name is None:
+            raise OnnxExportError(
+                f"{argument}: the callable {getattr(activation, '__name__', activation)!r} cannot be "
+                f"exported: the ONNX LSTM operator only takes named activations ({_known()})"
+            )
+    if name not in ONNX_ACTIVATIONS:
+        raise OnnxExportError(
+            f"{argument}={name!r} has no counterpart among the ONNX LSTM operator's activations; exportable: "
+            f"{', '.join(sorted(ONNX_ACTIVATIONS))}"
+        )
+    return ONNX_ACTIVATIONS[name]
+
+
+def _known() -> str:
+    return ", ".join(sorted(ONNX_ACTIVATIONS))
+
+
+def check_exportable(spec: LSTMSpec) -> None:
+    """Raise :class:`OnnxExportError` naming the first feature of ``spec`` ONNX's LSTM cannot express."""
+    if spec.input_size is None:
+        raise OnnxExportError("input_size: the layer is not built yet; call it once or give input_size")
+    if spec.proj_size > 0:
+        raise OnnxExportError(
+            f"proj_size={spec.proj_size}: the ONNX LSTM operator has no projection (torch's proj_size)"
+        )
+    onnx_activation(spec.activation, "activation")
+    onnx_activation(spec.recurrent_activation, "recurrent_activation")
+
+
+# -- graph building ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Graph:
+    """Nodes and initializers under construction, with unique names."""
+
+    onnx: Any
+    dtype: np.dtype
+    nodes: list
+    initializers: list
+    counter: int = 0
+
+    def name(self, hint: str) -> str:
+        self.counter += 1
+        return f"{hint}_{self.counter}"
+
+    def const(self, hint: str, array: np.ndarray) -> str:
+        name = self.name(hint)
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def ints(self, hint: str, values: list[int]) -> str:
+        return self.const(hint, np.asarray(values, dtype=np.int64))
+
+    def node(
+        self, op: str, inputs: list[str], hint: str | None = None, outputs: int = 1, **attrs: Any
+    ) -> Any:
+        names = [self.name(hint or op.lower()) for _ in range(outputs)]
+        self.nodes.append(self.onnx.helper.make_node(op, inputs, names, **attrs))
+        return names[0] if outputs == 1 else names
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().cpu().numpy()
+
+
+def _time_flip(g: _Graph, tensor: str) -> str:
+    """Reverse axis 0 (time) with a Slice of step -1."""
+    int_min = np.iinfo(np.int64).min
+    return g.node(
+        "Slice",
+        [
+            tensor,
+            g.ints("flip_start", [-1]),
+            g.ints("flip_end", [int_min]),
+            g.ints("flip_axes", [0]),
+            g.ints("flip_step", [-1]),
+        ],
+        "time_flip",
+    )
+
+
+def build_graph(
+    layer: LSTM,
+    *,
+    opset: int = DEFAULT_OPSET,
+    lengths: bool = False,
+    initial_states: bool = False,
+    return_sequences: bool = True,
+    merge_mode: str | None = "concat",
+    graph_name: str = "unilstm",
+) -> Any:
+    """The ``onnx.ModelProto`` computing ``layer`` in inference mode (see :func:`export_onnx`)."""
+    onnx = require_onnx()
+    helper, tp = onnx.helper, onnx.TensorProto
+    spec = layer.spec
+    check_exportable(spec)
+    if not isinstance(opset, int) or opset < MIN_OPSET:
+        raise OnnxExportError(f"opset must be an int >= {MIN_OPSET}, got {opset!r}")
+    if merge_mode not in MERGE_MODES:
+        raise OnnxExportError(f"merge_mode must be one of {MERGE_MODES}, got {merge_mode!r}")
+    if merge_mode != "concat" and not spec.bidirectional:
+        raise OnnxExportError(f"merge_mode={merge_mode!r} needs a bidirectional layer")
+    weights = layer.direction_weights()
+    dtype = _numpy(weights[0][0].w_ih).dtype
+    elem = helper.np_dtype_to_tensor_dtype(dtype)
+    g = _Graph(onnx, dtype, [], [])
+    hidden, directions = spec.hidden_size, spec.num_directions
+    swap = spec.go_backwards  # every direction runs the other way round in original time
+
+    f_act, g_act = (
+        onnx_activation(spec.recurrent_activation, "recurrent_activation"),
+        onnx_activation(spec.activation, "activation"),
+    )
+    acts = [f_act, g_act, g_act] * directions
+    attrs: dict[str, Any] = {"hidden_size": hidden, "activations": [a[0] for a in acts]}
+    alphas = [a[1] for a in acts if a[1] is not None]
+    betas = [a[2] for a in acts if a[2] is not None]
+    if alphas:
+        attrs["activation_alpha"] = [float(a) for a in alphas]
+    if betas:
+        attrs["activation_beta"] = [float(b) for b in betas]
+    if spec.bidirectional:
+        attrs["direction"] = "bidirectional"
+    else:
+        attrs["direction"] = "reverse" if swap else "forward"
+
+    # ONNX slot k (0 = forward-running, 1 = reverse-running) holds spec direction slot_dirs[k]
+    slot_dirs = [1, 0] if (swap and spec.bidirectional) else list(range(directions))
+
+    inputs = [
+        helper.make_tensor_value_info(
+            "input",
+            elem,
+            ["batch", "steps", spec.input_size] if spec.batch_first else ["steps", "batch", spec.input_size],
+        )
+    ]
+    x = "input"
+    if spec.batch_first:
+        x = g.node("Transpose", [x], "time_major", perm=[1, 0, 2])
+    seq_lens = ""
+    if lengths:
+        inputs.append(helper.make_tensor_value_info("lengths", tp.INT64, ["batch"]))
+        seq_lens = g.node("Cast", ["lengths"], "sequence_lens", to=tp.INT32)
+    if initial_states:
+        for state in ("h0", "c0"):
+            inputs.append(
+                helper.make_tensor_value_info(state, elem, [spec.num_layers * directions, "batch", hidden])
+            )
+
+    h_parts, c_parts = [], []
+    y_slots: list[str] = []
+    for index, layer_weights in enumerate(weights):
+        ordered = [layer_weights[d] for d in slot_dirs]
+        w = np.stack([to_onnx_gates(_numpy(d.w_ih), axis=0) for d in ordered])
+        r = np.stack([to_onnx_gates(_numpy(d.w_hh), axis=0) for d in ordered])
+        node_inputs = [x, g.const(f"W_l{index}", w), g.const(f"R_l{index}", r)]
+        if spec.bias:
+            b = np.stack(
+                [
+                    np.concatenate(
+                        [to_onnx_gates(_numpy(d.b_ih), axis=0), to_onnx_gates(_numpy(d.b_hh), axis=0)]
+                    )
+                    for d in ordered
+                ]
+            )
+            node_inputs.append(g.const(f"B_l{index}", b))
+        else:
+            node_inputs.append("")
+        node_inputs.append(seq_lens)
+        if initial_states:
+            start, stop = index * directions, (index + 1) * directions
+            for state in ("h0", "c0"):
+                part = g.node(
+                    "Slice",
+                    [state, g.ints("start", [start]), g.ints("stop", [stop]), g.ints("axes", [0])],
+                    f"{state}_l{index}",
+                )
+                if slot_dirs != list(range(directions)):
+                    part = g.node(
+                        "Gather", [part, g.ints("slots", slot_dirs)], f"{state}_slots_l{index}", axis=0
+                    )
+                node_inputs.append(part)
+        while node_inputs and node_inputs[-1] == "":
+            node_inputs.pop()
+        y, y_h, y_c = g.node("LSTM", node_inputs, f"lstm_l{index}", outputs=3, **attrs)
+        raw_h = y_h
+        if initial_states and lengths:
+            # onnxruntime returns zeros for a sequence of length 0; the engine returns its initial state
+            empty = g.node(
+                "Unsqueeze",
+                [
+                    g.node("Equal", ["lengths", g.const("zero_len", np.asarray(0, np.int64))], "empty"),
+                    g.ints("ax", [0, 2]),
+                ],
+                "empty_1b1",
+            )
+            y_h = g.node("Where", [empty, node_inputs[-2], y_h], f"h_or_h0_l{index}")
+            y_c = g.node("Where", [empty, node_inputs[-1], y_c], f"c_or_c0_l{index}")
+        if slot_dirs != list(range(directions)):  # back to spec direction order
+            back = g.ints("directions", slot_dirs)  # [1, 0] is its own inverse
+            y = g.node("Gather", [y, back], f"y_dirs_l{index}", axis=1)
+            y_h = g.node("Gather", [y_h, back], f"h_dirs_l{index}", axis=0)
+            y_c = g.node("Gather", [y_c, back], f"c_dirs_l{index}", axis=0)
+            raw_h = g.node("Gather", [raw_h, back], f"raw_h_dirs_l{index}", axis=0)
+        h_parts.append(y_h)
+        c_parts.append(y_c)
+        if index == spec.num_layers - 1 and lengths and spec.masked_output == "previous":
+            y = _previous_output_fix(g, y, raw_h, seq_lens_source="lengths", swap=swap, directions=directions)
+        y_slots.append(y)
+        # (T, D, B, H) -> (T, B, D*H)
+        y = g.node("Transpose", [y], f"y_t_l{index}", perm=[0, 2, 1, 3])
+        x = g.node("Reshape", [y, g.ints("shape", [0, 0, -1])], f"out_l{index}")
+
+    h_n = h_parts[0] if len(h_parts) == 1 else g.node("Concat", h_parts, "h_n_cat", axis=0)
+    c_n = c_parts[0] if len(c_parts) == 1 else g.node("Concat", c_parts, "c_n_cat", axis=0)
+    out = x
+    if swap:
+        out = _time_flip(g, out)  # back to processing order
+    if not return_sequences:
+        # the last output in processing order is the last layer's final h of each direction, concatenated
+        last = g.node(
+            "Slice",
+            [
+                h_n,
+                g.ints("start", [(spec.num_layers - 1) * directions]),
+                g.ints("stop", [spec.num_layers * directions]),
+                g.ints("axes", [0]),
+            ],
+            "last_h",
+        )
+        out = g.node(
+            "Reshape",
+            [g.node("Transpose", [last], "last_bt", perm=[1, 0, 2]), g.ints("shape", [0, -1])],
+            "last_output",
+        )
+    if merge_mode != "concat":
+        forward, backward = g.node(
+            "Split", [out, g.ints("halves", [hidden, hidden])], "halves", outputs=2, axis=-1
+        )
+        if merge_mode == "sum":
+            out = g.node("Add", [forward, backward], "merge_sum")
+        elif merge_mode == "mul":
+            out = g.node("Mul", [forward, backward], "merge_mul")
+        else:
+            total = g.node("Add", [forward, backward], "merge_add")
+            out = g.node("Mul", [total, g.const("half", np.asarray(0.5, dtype=dtype))], "merge_ave")
+    if spec.batch_first and return_sequences:
+        out = g.node("Transpose", [out], "batch_major", perm=[1, 0, 2])
+    g.nodes.append(helper.make_node("Identity", [out], ["output"]))
+    g.nodes.append(helper.make_node("Identity", [h_n], ["h_n"]))
+    g.nodes.append(helper.make_node("Identity", [c_n], ["c_n"]))
+    width = hidden * (directions if merge_mode == "concat" else 1)
+    out_shape = (
+        (["batch", "steps", width] if spec.batch_first else ["steps", "batch", width])
+        if return_sequences
+        else ["batch", width]
+    )
+    outputs = [
+        helper.make_tensor_value_info("output", elem, out_shape),
+        helper.make_tensor_value_info("h_n", elem, [spec.num_layers * directions, "batch", hidden]),
+        helper.make_tensor_value_info("c_n", elem, [spec.num_layers * directions, "batch", hidden]),
+    ]
+    graph = helper.make_graph(g.nodes, graph_name, inputs, outputs, g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="unilstm")
+    model.ir_version = min(model.ir_version, _max_ir_version(onnx, opset))
+    onnx.checker.check_model(model)
+    return model
+
+
+def _max_ir_version(onnx: Any, opset: int) -> int:
+    """The IR version that goes with ``opset`` (so that older runtimes load the file)."""
+    table = getattr(onnx.helper, "VERSION_TABLE", [])
+    versions = [row[1] for row in table if len(row) > 2 and row[2] == opset]
+    return min(versions) if versions else onnx.IR_VERSION
+
+
+def _previous_output_fix(
+    g: _Graph, y: str, y_h: str, *, seq_lens_source: str, swap: bool, directions: int
+) -> str:
+    """Keras's default masking: past a sequence's length the forward-running direction outputs its last valid
+    output (= its final h) instead of ONNX's zeros. y: (T, D, B, H) in spec order, y_h (D, B, H)."""
+    steps = g.node(
+        "Gather", [g.node("Shape", [y], "y_shape"), g.const("zero", np.asarray(0, dtype=np.int64))], "steps"
+    )
+    t = g.node(
+        "Range",
+        [g.const("r0", np.asarray(0, dtype=np.int64)), steps, g.const("r1", np.asarray(1, dtype=np.int64))],
+        "time_index",
+    )
+    valid = g.node(
+        "Less",
+        [
+            g.node("Unsqueeze", [t, g.ints("ax", [1])], "t_col"),
+            g.node("Unsqueeze", [seq_lens_source, g.ints("ax", [0])], "len_row"),
+        ],
+        "valid",
+    )
+    valid = g.node("Unsqueeze", [valid, g.ints("ax", [2])], "valid_thb")  # (T, B, 1)
+    parts = []
+    for direction in range(directions):
+        part = g.node(
+            "Squeeze",
+            [
+                g.node(
+                    "Slice",
+                    [y, g.ints("s", [direction]), g.ints("e", [direction + 1]), g.ints("a", [1])],
+                    "y_dir",
+                ),
+                g.ints("ax", [1]),
+            ],
+            "y_dir_sq",
+        )
+        runs_forward = (direction == 0) != swap
+        if runs_forward:
+            final = g.node(
+                "Gather", [y_h, g.const("d", np.asarray(direction, dtype=np.int64))], "h_dir", axis=0
+            )
+            part = g.node("Where", [valid, part, final], "previous_output")
+        parts.append(g.node("Unsqueeze", [part, g.ints("ax", [1])], "y_dir_back"))
+    return parts[0] if len(parts) == 1 else g.node("Concat", parts, "y_previous", axis=1)
+
+
+# -- public API --------------------------------------------------------------------------------------------
+
+
+def canonical_layer(layer: object) -> LSTM:
+    """The canonical :class:`unilstm.LSTM` behind ``layer`` (itself, or a front door's engine)."""
+    if isinstance(layer, LSTM):
+        return layer
+    for attribute in ("canonical", "lstm", "engine", "core", "_lstm", "_engine", "_core", "layer"):
+        inner = getattr(layer, attribute, None)
+        if callable(inner) and not isinstance(inner, torch.nn.Module):
+            try:
+                inner = inner()
+            except TypeError:
+                continue
+        if isinstance(inner, LSTM):
+            return inner
+    raise TypeError(f"layer must be a unilstm.LSTM or a unilstm front-door LSTM, got {type(layer).__name__}")
+
+
+def export_onnx(
+    layer: object,
+    path: str | os.PathLike[str],
+    *,
+    opset: int = DEFAULT_OPSET,
+    lengths: bool = False,
+    initial_states: bool = False,
+    return_sequences: bool = True,
+    merge_mode: str | None = "concat",
+) -> Path:
+    """Write ``layer`` as an ONNX model built on the standard ``LSTM`` operator.
+
+    Graph inputs: ``input`` (T, B, F), or (B, T, F) with ``batch_first``; with ``lengths=True`` also
+    ``lengths`` (B,) int64 (right-padded sequences, each length in [0, T]); with ``initial_states=True`` also
+    ``h0`` and ``c0`` (L*D, B, H) (zeros otherwise). Graph outputs: ``output`` (T, B, D*H) (or (B, T, D*H)),
+    ``h_n`` and ``c_n`` (L*D, B, H), the same numbers as ``layer(input, lengths=...)`` in eval mode.
+
+    ``return_sequences=False`` and ``merge_mode`` ("concat", "sum", "mul", "ave") add Keras's output glue:
+    ``output`` becomes the last output in processing order (B, D*H), and a bidirectional layer's two halves
+    are merged.
+
+    Example::
+
+        >>> layer = unilstm.LSTM(8, 16, num_layers=2, bidirectional=True)
+        >>> unilstm.export_onnx(layer, "lstm.onnx", lengths=True)
+
+    Raises:
+        OnnxExportError: the spec uses a feature ONNX's LSTM lacks (proj_size, an activation it lacks, a
+            callable activation); the message names it.
+        ImportError: onnx is not installed (``pip install 'unilstm[onnx]'``).
+    """
+    model = build_graph(
+        canonical_layer(layer),
+        opset=opset,
+        lengths=lengths,
+        initial_states=initial_states,
+        return_sequences=return_sequences,
+        merge_mode=merge_mode,
+    )
+    return write_model(model, path)
+
+
+def write_model(model: Any, path: str | os.PathLike[str]) -> Path:
+    """Serialize an ``onnx.ModelProto`` to ``path`` atomically (temporary file in the same folder, rename)."""
+    target = Path(path)
+    data = model.SerializeToString()
+    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, target)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return target
+
+
+def run_onnx(
+    path_or_model: str | os.PathLike[str] | bytes | Any,
+    input: np.ndarray | torch.Tensor,
+    *,
+    lengths: np.ndarray | torch.Tensor | None = None,
+    state: tuple[Any, Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run an exported model with onnxruntime: returns (output, h_n, c_n) as numpy arrays."""
+    ort = require_onnxruntime()
+    if not isinstance(path_or_model, (str, os.PathLike, bytes)):
+        path_or_model = path_or_model.SerializeToString()
+    source = path_or_model if isinstance(path_or_model, bytes) else os.fspath(path_or_model)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    feed: dict[str, np.ndarray] = {"input": _as_numpy(input)}
+    if "lengths" in names:
+        if lengths is None:
+            raise ValueError("lengths: this model has a 'lengths' input; give lengths (B,) int64")
+        feed["lengths"] = _as_numpy(lengths).astype(np.int64)
+    if "h0" in names:
+        if state is None:
+            raise ValueError("state: this model has 'h0' and 'c0' inputs; give state=(h0, c0)")
+        feed["h0"], feed["c0"] = _as_numpy(state[0]), _as_numpy(state[1])
+    output, h_n, c_n = session.run(["output", "h_n", "c_n"], feed)
+    return output, h_n, c_n
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
