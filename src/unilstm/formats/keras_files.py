@@ -228,7 +228,7 @@ def read_keras_lstm_layers(path: PathLike) -> list[KerasLayerRecord]:
             return _read_h5_file(path)
     except KerasFileError:
         raise
-    except (OSError, KeyError, ValueError, TypeError, IndexError, zipfile.BadZipFile, EOFError) as error:
+    except Exception as error:  # corrupt bytes surface as any error of h5py, zipfile or zlib
         raise KerasFileError(
             f"{path}: cannot read this Keras file, it looks corrupt or truncated ({type(error).__name__}: "
             f"{error})"
@@ -448,34 +448,37 @@ def _records_from_store(
         return records
     for key in sorted(layers_group.keys(), key=_natural_key):
         group = layers_group[key]
+        where = f"layers/{prefix}{key}"
         if not hasattr(group, "keys"):
             continue
         if "layers" in group:
             records += _records_from_store(group["layers"], f"{prefix}{key}/", version, file_format, path)
-        elif re.fullmatch(r"lstm(_\d+)?", key):
-            arrays = _cell_arrays(group, path, key)
-            if arrays is not None and _is_lstm_shapes(arrays):
-                records.append(
-                    KerasLayerRecord(
-                        prefix + key, _vars_name(group), "LSTM", None, arrays, version, file_format
-                    )
-                )
+        elif re.fullmatch(r"lstm(_\d+)?", key):  # the key of class LSTM: it must hold an LSTM's arrays
+            arrays = _lstm_arrays(group, path, where)
+            records.append(
+                KerasLayerRecord(prefix + key, _vars_name(group), "LSTM", None, arrays, version, file_format)
+            )
         elif re.fullmatch(r"bidirectional(_\d+)?", key):
             directions = [group.get(d) for d in ("forward_layer", "backward_layer")]
-            if all(d is not None for d in directions):
-                arrays = [_cell_arrays(d, path, key) for d in directions]
-                if all(a is not None and _is_lstm_shapes(a) for a in arrays):
-                    records.append(
-                        KerasLayerRecord(
-                            prefix + key,
-                            _vars_name(group),
-                            "Bidirectional",
-                            None,
-                            arrays[0] + arrays[1],
-                            version,
-                            file_format,
-                        )
+            if any(d is None for d in directions):
+                raise KerasFileError(f"{path}: expected forward_layer and backward_layer groups in {where}")
+            arrays = [_cell_arrays(d, path, where) for d in directions]
+            if any(a is None for a in arrays):
+                raise KerasFileError(
+                    f"{path}: expected cell/vars arrays in {where}'s forward and backward layers"
+                )
+            if all(_is_lstm_shapes(a) for a in arrays):  # else a Bidirectional of another RNN: not ours
+                records.append(
+                    KerasLayerRecord(
+                        prefix + key,
+                        _vars_name(group),
+                        "Bidirectional",
+                        None,
+                        arrays[0] + arrays[1],
+                        version,
+                        file_format,
                     )
+                )
     return records
 
 
@@ -680,13 +683,13 @@ def _check_writable(record: KerasLayerRecord, index: int, shape: list, last: boo
             f"{where}: expected Keras-layout kernel (F, 4H), recurrent_kernel (H, 4H), bias (4H,), got "
             f"shapes {[tuple(np.shape(w)) for w in record.weights]}"
         )
+    if len(shape) != 3:
+        raise ValueError(f"{where}: needs a sequence input, but the previous layer returns a single step")
     if record.input_size != shape[-1]:
         raise ValueError(
             f"{where}: its kernel reads {record.input_size} features, the previous layer gives {shape[-1]} "
             f"(input shape {tuple(shape)})"
         )
-    if len(shape) != 3:
-        raise ValueError(f"{where}: needs a sequence input, but the previous layer returns a single step")
     for config in lstm_configs:
         for forbidden in ("time_major",):
             if config.get(forbidden):
