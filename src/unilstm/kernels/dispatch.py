@@ -15,6 +15,8 @@ from torch import Tensor
 
 from ..activations import resolve
 from ..spec import LSTMSpec
+from .fast import accepts as fast_accepts
+from .fast import run_direction_fast
 from .fused import run_stack_fused
 from .reference import GATES, DirectionRun, DirectionWeights, run_direction_reference
 
@@ -23,6 +25,7 @@ DirectionKernel = Callable[[Tensor, Tensor, Tensor, DirectionWeights, DirectionR
 #: Direction kernels tried in order: (name, accepts(x, weights, run) -> bool, kernel). The reference loop,
 #: last, accepts everything. Faster kernels register themselves in front of it.
 DIRECTION_KERNELS: list[tuple[str, Callable[..., bool], DirectionKernel]] = [
+    ("fast", fast_accepts, run_direction_fast),
     ("reference", lambda x, weights, run: True, run_direction_reference),
 ]
 

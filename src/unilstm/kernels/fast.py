@@ -1,0 +1,568 @@
+# ruff: noqa: N803, N806  (T, B, H, G, ... are the maths names of the module docstring)
+"""The fast flexible kernel: one direction of one layer with a hand-written backward through time.
+
+It computes exactly what :func:`~unilstm.kernels.reference.run_direction_reference` computes (any named
+activation, step masks with gaps, reverse, both masked-output modes, shared or per-gate dropout masks,
+proj_size, float16/bfloat16/float32/float64) but as a :class:`torch.autograd.Function`:
+
+* forward: one GEMM for the input projections of all steps (four batched GEMMs with per-gate input masks),
+  then per step one ``addmm_`` for the recurrent term and a handful of in-place elementwise ops on
+  preallocated buffers. It saves only the gate activations, the cell states and the hidden states.
+* backward: a loop over time that turns the saved gates into the gate gradients ``dz`` in place (one GEMM
+  per step for ``dh_{t-1}``), then the weight gradients as one GEMM each over all steps
+  (``dW_ih = dZ^T X``, ``dW_hh = dZ^T H_prev``, ``dW_hr = dH^T R``) and bias gradients as sums.
+
+Gate rows are reordered internally to [i, f, o, g] so that the three gate sigmoids are one op.
+
+Limits: activations must be named ones with a hand-written derivative (``accepts`` says False for other
+callables and for the non-elementwise ``softmax``, ``log_softmax`` and ``glu``; the reference handles
+those). Double backward is not supported (the backward is ``once_differentiable``). Autocast is disabled
+inside the kernel: it computes in the dtype of its inputs. Under ``torch.compile`` the kernel is an opaque
+call (``torch._dynamo.disable``), so its time loop is never unrolled into a graph.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .. import activations as A
+from .reference import GATES, DirectionRun, DirectionWeights
+
+__all__ = ["accepts", "run_direction_fast", "supported_activation"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Activations with hand-written derivatives.
+#
+# ``grad(g, x, y)`` returns ``g * f'(x)`` where ``y = f(x)``; ``x`` is None when ``y_only`` (the derivative
+# is a function of the output alone, so the kernel keeps only outputs). Each derivative matches what
+# autograd computes for the function in unilstm.activations, including its choice at the kinks.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Act:
+    fn: Callable[[Tensor], Tensor]
+    y_only: bool
+    grad: Callable[[Tensor, Tensor | None, Tensor], Tensor]
+    inplace: Callable[[Tensor], Tensor] | None = None
+
+
+def _grad_sigmoid(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
+    gy = g * y
+    return torch.addcmul(gy, gy, y, value=-1.0)
+
+
+def _grad_tanh(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
+    return torch.addcmul(g, g, y * y, value=-1.0)
+
+
+def _ind(cond: Tensor, like: Tensor) -> Tensor:
+    return cond.to(like.dtype)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _grad_gelu_tanh(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
+    assert x is not None
+    x2 = x * x
+    u = _SQRT_2_OVER_PI * (x + 0.044715 * x2 * x)
+    th = torch.tanh(u)
+    du = _SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x2)
+    return g * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du)
+
+
+def _grad_softplus(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
+    assert x is not None
+    z = torch.exp(x)
+    return torch.where(x > 20.0, g, g * z / (z + 1.0))
+
+
+def _grad_mish(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
+    assert x is not None
+    sp = F.softplus(x)
+    tsp = torch.tanh(sp)
+    z = torch.exp(x)
+    dsp = torch.where(x > 20.0, torch.ones_like(x), z / (z + 1.0))
+    return g * (tsp + x * (1.0 - tsp * tsp) * dsp)
+
+
+def _grad_selu(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
+    assert x is not None
+    alpha, scale = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+    return torch.where(x > 0, g * scale, g * (scale * alpha) * torch.exp(x))
+
+
+def _grad_hard_sigmoid_keras2(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
+    assert x is not None
+    v = 0.2 * x + 0.5
+    return g * (0.2 * _ind((v >= 0.0) & (v <= 1.0), g))
+
+
+def _grad_hard_silu(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
+    assert x is not None
+    s = x + 3.0
+    hs = F.relu6(s) / 6.0
+    return g * (hs + x * _ind((s > 0.0) & (s < 6.0), g) / 6.0)
+
+
+def _grad_squareplus(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
+    assert x is not None
+    return g * (0.5 * (1.0 + x / torch.sqrt(x * x + 4.0)))
+
+
+def _grad_sparse_plus(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
+    assert x is not None
+    inner = g * ((x + 1.0) / 2.0)
+    return torch.where(x <= -1.0, torch.zeros_like(g), torch.where(x >= 1.0, g, inner))
+
+
+def _grad_shrink(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
+    assert x is not None
+    return g * _ind((x < -0.5) | (x > 0.5), g)
+
+
+def _grad_log_sigmoid(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
+    assert x is not None
+    return g * torch.sigmoid(-x)
+
+
+def _grad_silu(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
+    assert x is not None
+    s = torch.sigmoid(x)
+    return g * (s * (1.0 + x * (1.0 - s)))
+
+
+_ACTS: dict[Callable, _Act] = {
+    torch.tanh: _Act(torch.tanh, True, _grad_tanh, torch.tanh_),
+    torch.sigmoid: _Act(torch.sigmoid, True, _grad_sigmoid, torch.sigmoid_),
+    torch.relu: _Act(torch.relu, True, lambda g, x, y: g * _ind(y > 0, g), torch.relu_),
+    A.linear: _Act(A.linear, True, lambda g, x, y: g, lambda v: v),
+    A.exponential: _Act(A.exponential, True, lambda g, x, y: g * y, torch.exp_),
+    A.hard_sigmoid: _Act(A.hard_sigmoid, True, lambda g, x, y: g * (_ind((y > 0) & (y < 1), g) / 6.0)),
+    A.hard_sigmoid_keras2: _Act(A.hard_sigmoid_keras2, False, _grad_hard_sigmoid_keras2),
+    A.hard_silu: _Act(A.hard_silu, False, _grad_hard_silu),
+    A.elu: _Act(A.elu, False, lambda g, x, y: torch.where(x > 0, g, g * (y + 1.0))),
+    A.celu: _Act(A.celu, False, lambda g, x, y: torch.where(x > 0, g, g * (y + 1.0))),
+    A.selu: _Act(A.selu, False, _grad_selu),
+    A.gelu: _Act(A.gelu, False, _grad_gelu_tanh),
+    A.silu: _Act(A.silu, False, _grad_silu),
+    A.softplus: _Act(A.softplus, False, _grad_softplus),
+    A.softsign: _Act(A.softsign, False, lambda g, x, y: g / (1.0 + torch.abs(x)) ** 2),
+    A.relu6: _Act(A.relu6, True, lambda g, x, y: g * _ind((y > 0) & (y < 6), g)),
+    A.leaky_relu: _Act(A.leaky_relu, False, lambda g, x, y: torch.where(x > 0, g, g * 0.2)),
+    A.mish: _Act(A.mish, False, _grad_mish),
+    A.squareplus: _Act(A.squareplus, False, _grad_squareplus),
+    A.sparse_plus: _Act(A.sparse_plus, False, _grad_sparse_plus),
+    A.tanh_shrink: _Act(A.tanh_shrink, False, lambda g, x, y: g * torch.tanh(x) ** 2),
+    A.soft_shrink: _Act(A.soft_shrink, False, _grad_shrink),
+    A.hard_shrink: _Act(A.hard_shrink, False, _grad_shrink),
+    A.hard_tanh: _Act(A.hard_tanh, True, lambda g, x, y: g * _ind((y > -1) & (y < 1), g)),
+    A.log_sigmoid: _Act(A.log_sigmoid, False, _grad_log_sigmoid),
+}
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def supported_activation(fn: Callable) -> bool:
+    """True when the fast kernel has a hand-written derivative for ``fn`` (a resolved activation)."""
+    try:
+        return fn in _ACTS
+    except TypeError:  # unhashable callables
+        return False
+
+
+def accepts(x: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:
+    """Whether :func:`run_direction_fast` computes this run: named elementwise activations, a floating
+    dtype, at least one step and one sequence."""
+    if x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0 or x.dtype not in _DTYPES:
+        return False
+    return supported_activation(run.activation) and supported_activation(run.recurrent_activation)
+
+
+def _apply_inplace(act: _Act, v: Tensor) -> None:
+    if act.inplace is not None:
+        act.inplace(v)
+    else:
+        v.copy_(act.fn(v))
+
+
+def _gate_permutation(hidden: int, device: torch.device) -> Tensor:
+    """[i, f, g, o] <-> [i, f, o, g] row order (its own inverse)."""
+    r = torch.arange(4 * hidden, device=device)
+    return torch.cat([r[: 2 * hidden], r[3 * hidden :], r[2 * hidden : 3 * hidden]])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Buffers and their views. Two layouts of the gate buffer G:
+#   "shared": (T, B, 4H), gate blocks [i, f, o, g] along the last axis (no per-gate dropout mask);
+#   "gatewise": (4, T, B, H), used when a dropout mask is per gate (4, B, F): the per-gate products are
+#   batched GEMMs over the leading gate axis.
+# Hidden and cell states live in (T+1, B, .) buffers indexed so that time step t reads index ``t`` and
+# writes ``t + 1`` going forward, reads ``t + 1`` and writes ``t`` in reverse.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _gate_views(G: Tensor, gatewise: bool, hidden: int) -> tuple[list[Tensor], ...]:
+    H = hidden
+    if gatewise:
+        return (
+            list(G.unbind(1)), list(G[:3].unbind(1)), list(G[3].unbind(0)),
+            list(G[0].unbind(0)), list(G[1].unbind(0)), list(G[2].unbind(0)),
+        )
+    return (
+        list(G.unbind(0)), list(G[:, :, : 3 * H].unbind(0)), list(G[:, :, 3 * H :].unbind(0)),
+        list(G[:, :, :H].unbind(0)), list(G[:, :, H : 2 * H].unbind(0)),
+        list(G[:, :, 2 * H : 3 * H].unbind(0)),
+    )
+
+
+class _FastLSTM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask):  # noqa: N805
+        act, ract, reverse, zero_out = cfg
+        T, B, Fdim = x.shape
+        H = c0.shape[-1]
+        P = h0.shape[-1]
+        dev, dt = x.device, x.dtype
+        perm = _gate_permutation(H, dev)
+        Wih = w_ih.index_select(0, perm)
+        Whh = w_hh.index_select(0, perm)
+        bias = None
+        if b_ih is not None or b_hh is not None:
+            bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
+            bias = bias.index_select(0, perm)
+        gatewise = (mx is not None and mx.dim() == 3) or (mh is not None and mh.dim() == 3)
+        # per-gate masks follow the internal [i, f, o, g] order too
+        if mx is not None and mx.dim() == 3:
+            mx = mx[[0, 1, 3, 2]]
+        if mh is not None and mh.dim() == 3:
+            mh = mh[[0, 1, 3, 2]]
+
+        # ---- all input projections at once
+        X2 = x.reshape(T * B, Fdim)
+        if not gatewise:
+            Xm = X2 if mx is None else (x * mx).reshape(T * B, Fdim)
+            G = torch.addmm(bias, Xm, Wih.t()) if bias is not None else torch.mm(Xm, Wih.t())
+            G = G.view(T, B, 4 * H)
+        elif mx is not None and mx.dim() == 3:
+            Xm4 = (x.unsqueeze(0) * mx.unsqueeze(1)).view(GATES, T * B, Fdim)
+            W4T = Wih.view(GATES, H, Fdim).transpose(1, 2)
+            G = torch.baddbmm(bias.view(GATES, 1, H), Xm4, W4T) if bias is not None else torch.bmm(Xm4, W4T)
+            del Xm4
+            G = G.view(GATES, T, B, H)
+        else:
+            Xm = X2 if mx is None else (x * mx).reshape(T * B, Fdim)
+            Z = torch.addmm(bias, Xm, Wih.t()) if bias is not None else torch.mm(Xm, Wih.t())
+            G = Z.view(T * B, GATES, H).permute(1, 0, 2).contiguous().view(GATES, T, B, H)
+            del Z
+        z_l, sig_l, cand_l, i_l, f_l, o_l = _gate_views(G, gatewise, H)
+
+        Hp = x.new_empty(T + 1, B, P)
+        Cp = x.new_empty(T + 1, B, H)
+        first = T if reverse else 0
+        Hp[first].copy_(h0)
+        Cp[first].copy_(c0)
+        Hs, Cs = Hp.unbind(0), Cp.unbind(0)
+        R = x.new_empty(T, B, H) if w_hr is not None else None
+        Rs = R.unbind(0) if R is not None else None
+        WhrT = w_hr.t() if w_hr is not None else None
+
+        masked = step_mask is not None
+        if masked:
+            kb = step_mask.unsqueeze(-1)
+            per_step = step_mask.all(dim=1).tolist()
+            none_step = (~step_mask.any(dim=1)).tolist()
+            Obuf = x.new_empty(T, B, P)
+            Os = Obuf.unbind(0)
+            kbs = kb.unbind(0)
+            kf = kb.to(dt)
+            kfs = kf.unbind(0)
+            htmp = x.new_empty(B, P)
+            ctmp = x.new_empty(B, H)
+            prev_out = x.new_zeros(B, P)
+        y_only = act.y_only and ract.y_only
+        if not y_only:
+            Abuf = x.new_empty(GATES, B, H) if gatewise else x.new_empty(B, 4 * H)
+            if gatewise:
+                a_sig, a_g, a_i, a_f, a_o = Abuf[:3], Abuf[3], Abuf[0], Abuf[1], Abuf[2]
+            else:
+                a_sig, a_g = Abuf[:, : 3 * H], Abuf[:, 3 * H :]
+                a_i, a_f, a_o = Abuf[:, :H], Abuf[:, H : 2 * H], Abuf[:, 2 * H : 3 * H]
+        tc = x.new_empty(B, H)
+        if gatewise:
+            W4hT = Whh.view(GATES, H, P).transpose(1, 2)
+            hm4 = x.new_empty(GATES, B, P) if (mh is not None and mh.dim() == 3) else None
+        else:
+            WhhT = Whh.t()
+        hm = x.new_empty(B, P) if (mh is not None and mh.dim() == 2) else None
+        act_fn = act.fn
+        tanh_cell = act.fn is torch.tanh
+
+        order = range(T - 1, -1, -1) if reverse else range(T)
+        for t in order:
+            hi, ho = (t + 1, t) if reverse else (t, t + 1)
+            h, c = Hs[hi], Cs[hi]
+            if masked and none_step[t]:
+                Hs[ho].copy_(h)
+                Cs[ho].copy_(c)
+                if Rs is not None:
+                    Rs[t].zero_()
+                if zero_out:
+                    Os[t].zero_()
+                else:
+                    Os[t].copy_(prev_out)
+                    prev_out = Os[t]
+                continue
+            z = z_l[t]
+            if gatewise:
+                if mh is None:
+                    hh4 = h.unsqueeze(0).expand(GATES, B, P)
+                elif hm is not None:
+                    hh4 = torch.mul(h, mh, out=hm).unsqueeze(0).expand(GATES, B, P)
+                else:
+                    hh4 = torch.mul(h.unsqueeze(0), mh, out=hm4)
+                z.baddbmm_(hh4, W4hT)
+            else:
+                z.addmm_(h if hm is None else torch.mul(h, mh, out=hm), WhhT)
+            if y_only:
+                _apply_inplace(ract, sig_l[t])
+                _apply_inplace(act, cand_l[t])
+                i, f, o, g = i_l[t], f_l[t], o_l[t], cand_l[t]
+            else:
+                a_sig.copy_(ract.fn(sig_l[t]))
+                a_g.copy_(act.fn(cand_l[t]))
+                i, f, o, g = a_i, a_f, a_o, a_g
+            partial = masked and not per_step[t]
+            cnew = ctmp if partial else Cs[ho]
+            torch.mul(f, c, out=cnew)
+            cnew.addcmul_(i, g)
+            if tanh_cell:
+                torch.tanh(cnew, out=tc)
+                ac = tc
+            else:
+                ac = act_fn(cnew)
+            hnew = htmp if partial else Hs[ho]
+            if R is not None:
+                torch.mul(o, ac, out=Rs[t])
+                torch.mm(Rs[t], WhrT, out=hnew)
+            else:
+                torch.mul(o, ac, out=hnew)
+            if partial:
+                torch.where(kbs[t], ctmp, c, out=Cs[ho])
+                torch.where(kbs[t], htmp, h, out=Hs[ho])
+                if zero_out:
+                    torch.mul(htmp, kfs[t], out=Os[t])
+                else:
+                    torch.where(kbs[t], htmp, prev_out, out=Os[t])
+                    prev_out = Os[t]
+            elif masked:
+                Os[t].copy_(hnew)
+                prev_out = Os[t]
+
+        last = 0 if reverse else T
+        out = Obuf if masked else (Hp[:T] if reverse else Hp[1:])
+        ctx.cfg = cfg
+        ctx.meta = (T, B, Fdim, H, P, gatewise, masked, y_only)
+        if masked:
+            ctx.mask_info = (per_step, none_step)
+        ctx.save_for_backward(x, Wih, Whh, w_hr, mx, mh, step_mask, G, Hp, Cp, R, perm)
+        ctx.has_bias = (b_ih is not None, b_hh is not None)
+        return out, Hp[last], Cp[last]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout, dhT, dcT):  # noqa: N805
+        act, ract, reverse, zero_out = ctx.cfg
+        T, B, Fdim, H, P, gatewise, masked, y_only = ctx.meta
+        x, Wih, Whh, w_hr, mx, mh, step_mask, G, Hp, Cp, R, perm = ctx.saved_tensors
+        dt = x.dtype
+        z_l, sig_l, cand_l, i_l, f_l, o_l = _gate_views(G, gatewise, H)
+        Cs = Cp.unbind(0)
+        douts = dout.unbind(0)
+        dh = dhT.clone()
+        dc = dcT.clone()
+        proj = w_hr is not None
+        if proj:
+            DH = x.new_empty(T, B, P)
+            DHs = DH.unbind(0)
+        if masked:
+            per_step, none_step = ctx.mask_info
+            kf = step_mask.unsqueeze(-1).to(dt)
+            kfs = kf.unbind(0)
+            nkfs = (1.0 - kf).unbind(0)
+            carry = None if zero_out else x.new_zeros(B, P)
+        if gatewise:
+            D3 = x.new_empty(3, B, H)
+            d_i, d_f, d_o = D3[0], D3[1], D3[2]
+            W4h = Whh.view(GATES, H, P)
+        else:
+            D3 = x.new_empty(B, 3 * H)
+            d_i, d_f, d_o = D3[:, :H], D3[:, H : 2 * H], D3[:, 2 * H :]
+        dg = x.new_empty(B, H)
+        dct = x.new_empty(B, H)
+        tanh_cell = act.fn is torch.tanh
+
+        order = range(T) if reverse else range(T - 1, -1, -1)
+        for t in order:
+            hi, ho = (t + 1, t) if reverse else (t, t + 1)
+            gout = douts[t]
+            dh_pass = dc_pass = None
+            if masked:
+                if carry is not None:
+                    gout = gout + carry
+                if none_step[t]:
+                    if carry is not None:
+                        carry = gout
+                    z_l[t].zero_()
+                    if proj:
+                        DHs[t].zero_()
+                    continue
+                if per_step[t]:
+                    if carry is not None:
+                        carry = torch.zeros_like(carry)
+                    dh_new = dh.add_(gout)
+                    dc_new = dc
+                else:
+                    k, nk = kfs[t], nkfs[t]
+                    if carry is not None:
+                        carry = gout * nk
+                    dh_new = torch.addcmul(gout * k, dh, k)
+                    dh_pass = dh.mul_(nk)
+                    dc_new = dc * k
+                    dc_pass = dc.mul_(nk)
+            else:
+                dh_new = dh.add_(gout)
+                dc_new = dc
+            if proj:
+                DHs[t].copy_(dh_new)
+                dr = torch.mm(dh_new, w_hr)
+            else:
+                dr = dh_new
+            cnew, cprev = Cs[ho], Cs[hi]
+            if y_only:
+                i, f, o, g = i_l[t], f_l[t], o_l[t], cand_l[t]
+                ysig, yg = sig_l[t], cand_l[t]
+            else:
+                xsig, xg = sig_l[t], cand_l[t]
+                ysig, yg = ract.fn(xsig), act.fn(xg)
+                if gatewise:
+                    i, f, o = ysig[0], ysig[1], ysig[2]
+                else:
+                    i, f, o = ysig[:, :H], ysig[:, H : 2 * H], ysig[:, 2 * H :]
+                g = yg
+            ac = torch.tanh(cnew) if tanh_cell else act.fn(cnew)
+            torch.mul(dr, ac, out=d_o)
+            dac = act.grad(dr * o, None if act.y_only else cnew, ac)
+            torch.add(dac, dc_new, out=dct)
+            torch.mul(dct, g, out=d_i)
+            torch.mul(dct, cprev, out=d_f)
+            torch.mul(dct, i, out=dg)
+            dc = torch.mul(dct, f)
+            if dc_pass is not None:
+                dc.add_(dc_pass)
+            # gate pre-activation gradients, written over the saved gates
+            if y_only:
+                sig_l[t].copy_(ract.grad(D3, None, ysig))
+                cand_l[t].copy_(act.grad(dg, None, yg))
+            else:
+                sig_l[t].copy_(ract.grad(D3, None if ract.y_only else xsig, ysig))
+                cand_l[t].copy_(act.grad(dg, None if act.y_only else xg, yg))
+            dz = z_l[t]
+            if gatewise:
+                dh4 = torch.bmm(dz, W4h)
+                if mh is not None and mh.dim() == 3:
+                    dh4.mul_(mh)
+                dh = dh4.sum(0)
+                if mh is not None and mh.dim() == 2:
+                    dh.mul_(mh)
+            else:
+                dh = torch.mm(dz, Whh)
+                if mh is not None:
+                    dh.mul_(mh)
+            if dh_pass is not None:
+                dh.add_(dh_pass)
+
+        needs = ctx.needs_input_grad
+        Hprev = Hp[1:] if reverse else Hp[:T]
+        dx = dwih = dwhh = db = dwhr = None
+        if not gatewise:
+            dZ = G.view(T * B, 4 * H)
+            if needs[4]:
+                Xm = x if mx is None else x * mx
+                dwih = torch.mm(dZ.t(), Xm.reshape(T * B, Fdim)).index_select(0, perm)
+            if needs[5]:
+                Hm = Hprev if mh is None else Hprev * mh
+                dwhh = torch.mm(dZ.t(), Hm.reshape(T * B, P)).index_select(0, perm)
+            if needs[6] or needs[7]:
+                db = dZ.sum(0).index_select(0, perm)
+            if needs[1]:
+                dx = torch.mm(dZ, Wih).view(T, B, Fdim)
+                if mx is not None:
+                    dx.mul_(mx)
+        else:
+            dZ = G.view(GATES, T * B, H)
+            if needs[4]:
+                if mx is not None and mx.dim() == 3:
+                    Xm4 = (x.unsqueeze(0) * mx.unsqueeze(1)).view(GATES, T * B, Fdim)
+                else:
+                    Xm = x if mx is None else x * mx
+                    Xm4 = Xm.reshape(1, T * B, Fdim).expand(GATES, T * B, Fdim)
+                dwih = torch.bmm(dZ.transpose(1, 2), Xm4).reshape(4 * H, Fdim).index_select(0, perm)
+                del Xm4
+            if needs[5]:
+                if mh is not None and mh.dim() == 3:
+                    Hm4 = (Hprev.unsqueeze(0) * mh.unsqueeze(1)).view(GATES, T * B, P)
+                else:
+                    Hm = Hprev if mh is None else Hprev * mh
+                    Hm4 = Hm.reshape(1, T * B, P).expand(GATES, T * B, P)
+                dwhh = torch.bmm(dZ.transpose(1, 2), Hm4).reshape(4 * H, P).index_select(0, perm)
+                del Hm4
+            if needs[6] or needs[7]:
+                db = dZ.sum(1).reshape(4 * H).index_select(0, perm)
+            if needs[1]:
+                dx4 = torch.bmm(dZ, Wih.view(GATES, H, Fdim))
+                if mx is not None and mx.dim() == 3:
+                    dx4 = dx4.view(GATES, T, B, Fdim).mul_(mx.unsqueeze(1))
+                    dx = dx4.sum(0)
+                else:
+                    dx = dx4.sum(0).view(T, B, Fdim)
+                    if mx is not None:
+                        dx.mul_(mx)
+        if proj and needs[8]:
+            dwhr = torch.mm(DH.view(T * B, P).t(), R.view(T * B, H))
+        has_bih, has_bhh = ctx.has_bias
+        db_ih = db if has_bih and needs[6] else None
+        db_hh = db if has_bhh and needs[7] else None
+        if db_ih is not None and db_hh is not None:
+            db_hh = db.clone()
+        return (None, dx, dh if needs[2] else None, dc if needs[3] else None, dwih, dwhh, db_ih, db_hh, dwhr,
+                None, None, None)
+
+
+@torch._dynamo.disable
+def run_direction_fast(
+    x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, run: DirectionRun
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Same contract as :func:`~unilstm.kernels.reference.run_direction_reference` (see the module
+    docstring for what differs: speed, and no double backward)."""
+    act, ract = _ACTS[run.activation], _ACTS[run.recurrent_activation]
+    cfg = (act, ract, bool(run.reverse), bool(run.zero_masked_output))
+    mask = run.step_mask
+    if mask is not None:
+        mask = mask.to(device=x.device, dtype=torch.bool)
+    device_type = x.device.type
+    with torch.autocast(device_type=device_type, enabled=False):
+        out, h, c = _FastLSTM.apply(
+            cfg, x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr,
+            run.input_dropout_mask, run.recurrent_dropout_mask, mask,
+        )
+    return out, h, c

@@ -1,0 +1,227 @@
+# ruff: noqa: N803, N806, E501
+"""The fast kernel computes what the reference loop computes: outputs, states and every gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import unilstm
+from unilstm.activations import REGISTRY, resolve
+from unilstm.kernels import dispatch
+from unilstm.kernels.fast import accepts, run_direction_fast, supported_activation
+from unilstm.kernels.reference import DirectionRun, DirectionWeights, run_direction_reference
+
+ACCEPTED = sorted(name for name, fn in REGISTRY.items() if supported_activation(fn))
+REJECTED = sorted(name for name, fn in REGISTRY.items() if not supported_activation(fn))
+
+
+def make_case(seed, T, B, F, H, P, mask_kind, reverse, zero, mx_kind, mh_kind, act, ract, bias, dtype):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+    out_size = P or H
+    x = rnd(T, B, F).requires_grad_()
+    h0 = rnd(B, out_size, scale=0.5).requires_grad_()
+    c0 = rnd(B, H, scale=0.5).requires_grad_()
+    w = DirectionWeights(
+        w_ih=rnd(4 * H, F, scale=0.4).requires_grad_(),
+        w_hh=rnd(4 * H, out_size, scale=0.4).requires_grad_(),
+        b_ih=rnd(4 * H, scale=0.2).requires_grad_() if bias else None,
+        b_hh=rnd(4 * H, scale=0.2).requires_grad_() if bias else None,
+        w_hr=rnd(P, H, scale=0.4).requires_grad_() if P else None,
+    )
+    step_mask = None
+    if mask_kind != "none":
+        step_mask = torch.rand(T, B, generator=gen) > 0.35
+        if mask_kind == "right":
+            lengths = torch.randint(0, T + 1, (B,), generator=gen)
+            step_mask = torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)
+        if mask_kind == "gaps_empty_row":
+            step_mask[:, 0] = False
+        if mask_kind == "gaps_empty_step":
+            step_mask[T // 2, :] = False
+
+    def dropout_mask(kind, feat):
+        if kind == "none":
+            return None
+        shape = (4, B, feat) if kind == "per_gate" else (B, feat)
+        return (torch.rand(*shape, generator=gen) > 0.3).to(dtype) / 0.7
+
+    run = DirectionRun(
+        activation=resolve(act),
+        recurrent_activation=resolve(ract),
+        step_mask=step_mask,
+        reverse=reverse,
+        zero_masked_output=zero,
+        input_dropout_mask=dropout_mask(mx_kind, F),
+        recurrent_dropout_mask=dropout_mask(mh_kind, out_size),
+    )
+    return x, h0, c0, w, run
+
+
+def outputs_and_grads(kernel, x, h0, c0, w, run, seed=0):
+    leaves = [x, h0, c0] + [p for p in (w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr) if p is not None]
+    out, h, c = kernel(x, h0, c0, w, run)
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)).sum() for t in (out, h, c))
+    grads = torch.autograd.grad(loss, leaves)
+    return [out, h, c, *grads]
+
+
+def assert_same(case, atol, rtol, skip_overflow=False):
+    expected = outputs_and_grads(run_direction_reference, *case)
+    if skip_overflow:
+        # exponential activations can overflow; where they do, inf/nan patterns need not match
+        assume(all(bool(torch.isfinite(t).all()) for t in expected))
+    got = outputs_and_grads(run_direction_fast, *case)
+    names = ["output", "h", "c", "dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dw_hr"]
+    if case[3].b_ih is None:
+        names = [n for n in names if not n.startswith("db")]
+    for name, e, g in zip(names, expected, got, strict=False):
+        assert g.shape == e.shape, name
+        assert g.dtype == e.dtype, name
+        torch.testing.assert_close(g, e, atol=atol, rtol=rtol, equal_nan=True, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    T=st.integers(1, 6),
+    B=st.integers(1, 4),
+    F=st.integers(1, 5),
+    H=st.integers(1, 5),
+    proj=st.booleans(),
+    mask_kind=st.sampled_from(["none", "gaps", "gaps_empty_row", "gaps_empty_step", "right"]),
+    reverse=st.booleans(),
+    zero=st.booleans(),
+    mx_kind=st.sampled_from(["none", "shared", "per_gate"]),
+    mh_kind=st.sampled_from(["none", "shared", "per_gate"]),
+    act=st.sampled_from(ACCEPTED),
+    ract=st.sampled_from(ACCEPTED),
+    bias=st.booleans(),
+)
+def test_fast_equals_reference_float64(
+    seed, T, B, F, H, proj, mask_kind, reverse, zero, mx_kind, mh_kind, act, ract, bias
+):
+    P = (seed % (H - 1)) + 1 if proj and H > 1 else 0
+    case = make_case(seed, T, B, F, H, P, mask_kind, reverse, zero, mx_kind, mh_kind, act, ract, bias, torch.float64)
+    assert accepts(case[0], case[3], case[4])
+    assert_same(case, atol=1e-10, rtol=1e-9, skip_overflow=True)
+
+
+@pytest.mark.parametrize("act", ACCEPTED)
+def test_every_accepted_activation_as_both(act):
+    ract = "sigmoid" if act == "exponential" else act  # exp gates overflow within a few steps
+    case = make_case(7, 4, 3, 3, 4, 0, "gaps", False, False, "none", "shared", act, ract, True, torch.float64)
+    assert_same(case, atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "tol"), [(torch.float32, 1e-4), (torch.bfloat16, 8e-2), (torch.float16, 2e-2)]
+)
+def test_low_precision_close_to_reference(dtype, tol):
+    case = make_case(3, 5, 3, 4, 6, 2, "gaps", True, False, "shared", "per_gate", "tanh", "sigmoid", True, dtype)
+    assert_same(case, atol=tol, rtol=tol)
+
+
+def test_rejects_callables_and_non_elementwise():
+    case = make_case(0, 3, 2, 3, 4, 0, "none", False, True, "none", "none", "tanh", "sigmoid", True, torch.float64)
+    x, _, _, w, run = case
+    assert accepts(x, w, run)
+    for name in REJECTED:
+        assert not accepts(x, w, DirectionRun(resolve(name), run.recurrent_activation))
+    assert not accepts(x, w, DirectionRun(lambda v: torch.tanh(v), run.recurrent_activation))
+    assert not accepts(x[:0], w, run)
+    assert "glu" in REJECTED and "softmax" in REJECTED
+
+
+def test_registered_first_and_picked_by_dispatch():
+    names = [entry[0] for entry in dispatch.DIRECTION_KERNELS]
+    assert names.index("fast") < names.index("reference")
+    case = make_case(0, 3, 2, 3, 4, 0, "gaps", False, True, "none", "none", "relu", "sigmoid", True, torch.float32)
+    assert dispatch.select_direction_kernel(case[0], case[3], case[4]) is run_direction_fast
+
+
+def test_double_backward_is_refused():
+    case = make_case(0, 3, 2, 3, 4, 0, "none", False, True, "none", "none", "tanh", "sigmoid", True, torch.float64)
+    x, h0, c0, w, run = case
+    out, _, _ = run_direction_fast(x, h0, c0, w, run)
+    (gx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(gx.sum(), x)
+
+
+def _layer_pair(**kwargs):
+    torch.manual_seed(0)
+    layer = unilstm.LSTM(5, 6, **kwargs).double()
+    return layer
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(activation="relu", num_layers=2, bidirectional=True, proj_size=3),
+        dict(recurrent_dropout=0.3, input_dropout=0.2, masked_output="previous"),
+        dict(go_backwards=True, masked_output="previous", activation="elu"),
+        dict(bidirectional=True, masked_output="previous"),
+    ],
+)
+def test_layer_fast_equals_reference(kwargs):
+    layer = _layer_pair(**kwargs)
+    x = torch.randn(7, 2, 5, dtype=torch.float64, requires_grad=True)  # (T, N, F)
+    mask = torch.rand(2, 7) > 0.3  # (N, T)
+    mask[1, :3] = True
+    results = []
+    for kernel in ("reference", "fast"):
+        dispatch.force_kernel(kernel)
+        try:
+            gen = torch.Generator().manual_seed(5)
+            out, (h, c) = layer(x, mask=mask, training=True, generator=gen)
+            loss = out.sin().sum() + h.cos().sum() + c.sum()
+            grads = torch.autograd.grad(loss, [x, *layer.parameters()])
+            results.append([out, h, c, *grads])
+        finally:
+            dispatch.force_kernel(None)
+    for e, g in zip(*results, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-10, rtol=1e-9)
+
+
+def test_autocast_bfloat16_cpu():
+    torch.manual_seed(0)
+    for kwargs in (dict(), dict(activation="relu", recurrent_dropout=0.2), dict(masked_output="previous")):
+        layer = unilstm.LSTM(4, 8, **kwargs)
+        x = torch.randn(6, 3, 4)  # (T, N, F)
+        mask = torch.ones(3, 6, dtype=torch.bool)  # (N, T)
+        mask[0, 4:] = False
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, (h, c) = layer(x, mask=mask)
+            loss = out.float().sum() + h.float().sum()
+        loss.backward()
+        assert torch.isfinite(out.float()).all()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+def test_inside_torch_compile():
+    torch.manual_seed(0)
+    for kwargs in (dict(), dict(activation="relu", masked_output="previous")):
+        layer = unilstm.LSTM(4, 8, **kwargs)
+        head = torch.nn.Linear(8, 1)
+
+        def model(x, mask, layer=layer, head=head):
+            out, _ = layer(x, mask=mask)
+            return head(out).sum()
+
+        compiled = torch.compile(model, backend="eager")
+        x = torch.randn(5, 2, 4)  # (T, N, F)
+        mask = torch.ones(2, 5, dtype=torch.bool)  # (N, T)
+        mask[1, 1] = False
+        expected = model(x, mask)
+        got = compiled(x, mask)
+        torch.testing.assert_close(got, expected)
+        got.backward()
+        assert layer.weight_hh_l0.grad is not None
