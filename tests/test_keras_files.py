@@ -32,6 +32,7 @@ FILES = {
     "k3_seq_legacy.h5": ("k3_seq", ["encoder", "lstm", "bidirectional"]),
     "k3_func.keras": ("k3_func", ["sequential/lstm", "bidirectional", "lstm"]),
     "k3_func.weights.h5": ("k3_func", ["bidirectional", "lstm", "sequential/lstm"]),
+    "k3_func_legacy.h5": ("k3_func", ["inner/inner_lstm", "bi", "last"]),
     "tfk_seq.h5": ("tfk_seq", ["lstm", "lstm_1", "bidirectional"]),
     "tfk_seq.keras": ("tfk_seq", ["lstm", "lstm_1", "bidirectional"]),
     "tfk_seq_weights.h5": ("tfk_seq", ["lstm", "lstm_1", "bidirectional"]),

@@ -9,8 +9,8 @@ h5py. Everything goes to ``tests/fixtures/keras_files/`` (a few hundred kB):
 
 - ``k3_seq.keras``, ``k3_seq.weights.h5``, ``k3_seq_legacy.h5``: a Keras 3 Sequential (two LSTMs, a
   Bidirectional(LSTM), a Dense) saved as .keras, as .weights.h5 and in the legacy HDF5 format.
-- ``k3_func.keras``, ``k3_func.weights.h5``: a Keras 3 Functional model with a nested Sequential, a
-  Bidirectional with its own backward layer, and an LSTM without unit_forget_bias.
+- ``k3_func.keras``, ``k3_func.weights.h5``, ``k3_func_legacy.h5``: a Keras 3 Functional model with a
+  nested Sequential, a Bidirectional with its own backward layer, and an LSTM without unit_forget_bias.
 - ``tfk_seq.h5``, ``tfk_seq.keras``, ``tfk_seq_weights.h5``: a tf-keras (Keras 2) Sequential with
   ``hard_sigmoid`` (Keras 2's) and a custom activation ``my_act`` (0.5 * tanh), saved as legacy .h5, as
   tf-keras's .keras, and with ``save_weights`` to .h5 (weights only, no config).
@@ -126,6 +126,7 @@ def keras3_models(x: np.ndarray) -> None:
         layer.set_weights([rng.uniform(-0.6, 0.6, w.shape).astype(w.dtype) for w in layer.get_weights()])
     func.save(OUT / "k3_func.keras")
     func.save_weights(OUT / "k3_func.weights.h5")
+    func.save(OUT / "k3_func_legacy.h5")
     save_reference(func, "k3_func", x)
 
 

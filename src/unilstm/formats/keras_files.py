@@ -567,15 +567,14 @@ def _check_legacy_shapes(class_name: str, arrays: list[np.ndarray], path: Path, 
 
 
 def _classify_by_weight_names(names: list[str], arrays: list[np.ndarray]) -> str | None:
-    """LSTM / Bidirectional for a weights-only legacy group, from the names ``.../lstm_cell/kernel:0``."""
-    if not names or not all(
-        re.search(r"lstm_cell[^/]*/(kernel|recurrent_kernel|bias)(:0)?$", n) for n in names
-    ):
+    """LSTM / Bidirectional for a weights-only legacy group, from the names ``.../lstm_cell/kernel:0`` and
+    the shapes (a Bidirectional holds two LSTMs' arrays, forward then backward)."""
+    pattern = r"lstm_cell[^/]*/(kernel|recurrent_kernel|bias)(:0)?$"
+    if not names or not all(re.search(pattern, n) for n in names):
         return None
-    if any(re.search(r"(^|/)backward_", n) for n in names) and len(arrays) % 2 == 0:
-        half = len(arrays) // 2
-        if _is_lstm_shapes(arrays[:half]) and _is_lstm_shapes(arrays[half:]):
-            return "Bidirectional"
+    half = len(arrays) // 2
+    if len(arrays) in (4, 6) and _is_lstm_shapes(arrays[:half]) and _is_lstm_shapes(arrays[half:]):
+        return "Bidirectional"
     return "LSTM" if _is_lstm_shapes(arrays) else None
 
 
