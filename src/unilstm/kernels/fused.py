@@ -57,7 +57,10 @@ def run_stack_fused(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The whole stack on time-major x (T, B, F). lengths (B,) gives right-padded sequences: outputs past a
     length are zeros, states are taken at the last valid step, and a length of 0 returns h0, c0."""
-    if lengths is None:
+    if x.shape[0] == 0:
+        # torch's kernel rejects zero steps; no step runs, so the states stay h0, c0 (as the reference loop).
+        return x.new_zeros(0, x.shape[1], spec.num_directions * spec.output_size), h0, c0
+    if lengths is None or x.shape[1] == 0:  # an empty batch cannot be packed and has nothing to mask
         out, h_n, c_n = torch._VF.lstm(
             x, (h0, c0), flat_weights(layers), spec.bias, spec.num_layers,
             float(spec.dropout), training, spec.bidirectional, False,
