@@ -7,9 +7,11 @@ Two steps, two environments::
 
 ``write`` makes, in the directory:
 
-- ``records.keras``, ``records.weights.h5``: the LSTM layers of ``tests/fixtures/keras_files/k3_seq.keras``
-  written back by :func:`unilstm.formats.keras_files.write_keras_model` (the format layer alone), with
-  ``records.npz`` = the input and the output real Keras computed for those layers when it made the fixture.
+- ``records_*.keras``, ``records_*.weights.h5``: the LSTM layers of fixtures in tests/fixtures/keras_files
+  (Keras 3 Sequential, Keras 3 Functional with a nested model, tf-keras legacy .h5 with Keras 2 configs)
+  written
+  back by :func:`unilstm.formats.keras_files.write_keras_model` (the format layer alone), with
+  ``records_*.npz`` = the input and the output real Keras computed for those layers when it made the fixture.
 - ``ours.keras``, ``ours.weights.h5`` (when ``unilstm.keras`` exists): a Sequential of our Keras front-door
   layers with random weights, written by ``unilstm.keras.save_model``, with ``ours.npz`` = the input and the
   output of our layers.
@@ -37,13 +39,19 @@ def write(directory: pathlib.Path) -> None:
     from unilstm.formats.keras_files import read_keras_lstm_layers, write_keras_model
 
     directory.mkdir(parents=True, exist_ok=True)
-    records = read_keras_lstm_layers(FIXTURES / "k3_seq.keras")
-    reference = np.load(FIXTURES / "k3_seq.npz")
-    x = reference["x"]
-    write_keras_model(records, directory / "records.keras", x.shape[1:])
-    write_keras_model(records, directory / "records.weights.h5", x.shape[1:])
-    np.savez(directory / "records.npz", x=x, y=reference[f"out_{len(records) - 1}"])
-    print(f"wrote records.keras, records.weights.h5 ({len(records)} layers from k3_seq.keras)")
+    # fixtures whose LSTM layers form a chain: Keras computed the last one's output from x when it made them
+    for stem, source in (
+        ("records_k3", "k3_seq.keras"),
+        ("records_k3func", "k3_func.keras"),
+        ("records_tfk", "tfk_nested.h5"),
+    ):
+        records = read_keras_lstm_layers(FIXTURES / source)
+        reference = np.load(FIXTURES / (source.split(".")[0] + ".npz"))
+        x = reference["x"]
+        write_keras_model(records, directory / f"{stem}.keras", x.shape[1:])
+        write_keras_model(records, directory / f"{stem}.weights.h5", x.shape[1:])
+        np.savez(directory / f"{stem}.npz", x=x, y=reference[f"out_{len(records) - 1}"])
+        print(f"wrote {stem}.keras, {stem}.weights.h5 ({len(records)} layers of {source})")
     try:
         import unilstm.keras as ukeras
     except ImportError:

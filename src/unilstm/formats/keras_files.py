@@ -38,7 +38,7 @@ import re
 import tempfile
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,8 @@ class KerasLayerRecord:
         weights: the arrays in Keras's ``get_weights()`` order and layout: ``[kernel (F, 4H),
             recurrent_kernel (H, 4H), bias (4H,)]`` (no bias when ``use_bias=False``); for a Bidirectional the
             forward layer's arrays then the backward layer's.
-        keras_version: the version of Keras that wrote the file, when it says (``"2.21.0"``, ``"3.15.1"``).
+        keras_version: the version of Keras that wrote the file, when it says (``"2.21.0"``, ``"3.15.1"``);
+            it decides which ``hard_sigmoid`` the config means (see :attr:`is_keras2`).
         file_format: ``"keras"`` (zip), ``"weights.h5"`` (Keras 3 weights store) or ``"legacy.h5"``.
     """
 
@@ -93,12 +94,12 @@ class KerasLayerRecord:
     @property
     def is_keras2(self) -> bool:
         """True when the layer comes from Keras 2 (tf-keras, Keras < 3): the file's keras_version says so, or
-        the config has Keras 2-only keys (``time_major``, ``implementation``). Such a layer's
-        ``hard_sigmoid`` is Keras 2's ``clip(0.2 x + 0.5, 0, 1)``."""
+        when the version is unknown, the config has Keras 2-only keys (``time_major``, ``implementation``).
+        Such a layer's ``hard_sigmoid`` is Keras 2's ``clip(0.2 x + 0.5, 0, 1)``."""
         if self.keras_version:
             major = re.match(r"\s*(\d+)", self.keras_version)
-            if major and int(major.group(1)) < 3:
-                return True
+            if major:
+                return int(major.group(1)) < 3
         return any(_has_keras2_keys(c) for c in _lstm_configs(self.class_name, self.config))
 
     def describe(self) -> str:
@@ -701,6 +702,63 @@ def _check_writable(record: KerasLayerRecord, index: int, shape: list, last: boo
             )
 
 
+#: config keys Keras 2 writes that Keras 3's LSTM refuses (shape hints belong to the InputLayer).
+_KERAS2_ONLY_KEYS = ("batch_input_shape", "input_shape", "input_dim", "batch_size")
+
+
+def keras3_lstm_config(config: dict, where: str, keras2: bool = False) -> dict:
+    """An LSTM config made fit for Keras 3's ``LSTM.from_config``: Keras 2's shape hints and
+    ``time_major=False`` dropped; a clear error for what Keras 3 cannot express (``time_major=True``,
+    Keras 2's hard_sigmoid, Python callables as activations, values JSON cannot hold).
+
+    Args:
+        config: an LSTM config dict (from a Keras file or ``unilstm.keras.LSTM.get_config()``).
+        where: names the layer in error messages.
+        keras2: the config comes from Keras 2, so ``'hard_sigmoid'`` means Keras 2's.
+    """
+    config = {k: v for k, v in config.items() if k not in _KERAS2_ONLY_KEYS}
+    if config.pop("time_major", False):
+        raise ValueError(
+            f"{where}: Keras 3 has no time_major=True; such a layer cannot be written to a Keras 3 file"
+        )
+    for argument in ("activation", "recurrent_activation"):
+        value = config.get(argument)
+        if value == _KERAS2_HARD_SIGMOID or (keras2 and value == "hard_sigmoid"):
+            raise ValueError(
+                f"{where}: {argument} is Keras 2's hard_sigmoid, clip(0.2 x + 0.5, 0, 1), which Keras 3 "
+                "does not have (Keras 3's is clip(x / 6 + 0.5, 0, 1)); it cannot be written to a Keras 3 file"
+            )
+        if value is not None and not isinstance(value, (str, dict)):
+            raise ValueError(
+                f"{where}: {argument} is a Python callable ({getattr(value, '__name__', value)!r}); "
+                "Keras files can only name built-in activations"
+            )
+    try:
+        json.dumps(config)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: the layer's config cannot be written as JSON ({error})") from None
+    return config
+
+
+def keras3_record(record: KerasLayerRecord, index: int = 0) -> KerasLayerRecord:
+    """``record`` with its config made fit for Keras 3 (see :func:`keras3_lstm_config`); Bidirectional
+    members get the ``module`` / ``registered_name`` entries of Keras 3's serialization."""
+    where = f"layers[{index}] ({record.class_name} {record.name!r})"
+    if not isinstance(record.config, dict):
+        raise ValueError(f"{where}: a config dict is needed to write a .keras file, got {record.config!r}")
+    keras2 = record.is_keras2
+    if record.class_name == "LSTM":
+        config = keras3_lstm_config(record.config, where, keras2)
+    else:
+        config = {k: v for k, v in record.config.items() if k not in _KERAS2_ONLY_KEYS}
+        for member in ("layer", "backward_layer"):
+            inner = config.get(member)
+            if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
+                inner_config = keras3_lstm_config(inner["config"], f"{where} {member}", keras2)
+                config[member] = _serialized({**inner, "config": inner_config})
+    return replace(record, config=config)
+
+
 def build_sequential_config(
     records: Sequence[KerasLayerRecord],
     input_shape: Sequence[int | None],
@@ -828,6 +886,7 @@ def write_keras_model(
         configs = _lstm_configs(record.class_name, record.config)
         if batch_size is None and any(c.get("stateful") for c in configs):
             raise ValueError(f"layers[{index}] is stateful: Keras needs a fixed batch_size for it, got None")
+    records = [keras3_record(record, index) for index, record in enumerate(records)]
     model_config = build_sequential_config(records, input_shape, batch_size, name)
     weights = weights_store_bytes(records, name)
     if suffix == ".weights.h5":
@@ -1018,32 +1077,6 @@ def load_layers(path: PathLike, custom_objects: dict[str, Any] | None = None) ->
     return layers
 
 
-def _keras3_config(config: dict, where: str) -> dict:
-    """A front-door LSTM config made fit for Keras 3's ``LSTM.from_config``."""
-    config = dict(config)
-    if config.pop("time_major", False):
-        raise ValueError(
-            f"{where}: Keras 3 has no time_major=True; such a layer cannot be written to a Keras 3 file"
-        )
-    for argument in ("activation", "recurrent_activation"):
-        value = config.get(argument)
-        if value == _KERAS2_HARD_SIGMOID:
-            raise ValueError(
-                f"{where}: {argument} is Keras 2's hard_sigmoid, which Keras 3 does not have "
-                "(Keras 3's hard_sigmoid is clip(x / 6 + 0.5, 0, 1)); it cannot be written to a Keras 3 file"
-            )
-        if value is not None and not isinstance(value, (str, dict)):
-            raise ValueError(
-                f"{where}: {argument} is a Python callable ({getattr(value, '__name__', value)!r}); "
-                "Keras files can only name built-in activations"
-            )
-    try:
-        json.dumps(config)
-    except TypeError as error:
-        raise ValueError(f"{where}: the layer's config cannot be written as JSON ({error})") from None
-    return config
-
-
 def _serialized(entry: Any) -> Any:
     if isinstance(entry, dict) and "class_name" in entry:
         return {"module": "keras.layers", "registered_name": None, **entry}
@@ -1062,19 +1095,16 @@ def record_from_layer(layer: Any, index: int = 0) -> KerasLayerRecord:
         raise TypeError(f"{where} must be a unilstm.keras.LSTM or Bidirectional, got {type(layer).__name__}")
     if not getattr(layer, "built", True):
         raise ValueError(f"{where} ({class_name}) is not built: call it once or build(input_shape) first")
-    config = layer.get_config()
-    if class_name == "LSTM":
-        config = _keras3_config(config, where)
-    else:
-        config = dict(config)
-        for member in ("layer", "backward_layer"):
-            inner = config.get(member)
-            if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
-                config[member] = _serialized(
-                    {**inner, "config": _keras3_config(inner["config"], f"{where} {member}")}
-                )
-    weights = [np.asarray(w) for w in layer.get_weights()]
-    return KerasLayerRecord(f"layer_{index}", config.get("name"), class_name, config, weights, None, "keras")
+    record = KerasLayerRecord(
+        f"layer_{index}",
+        None,
+        class_name,
+        layer.get_config(),
+        [np.asarray(w) for w in layer.get_weights()],
+        keras_version=WRITTEN_KERAS_VERSION,  # the front door's names follow Keras 3 ('hard_sigmoid_keras2')
+    )
+    record = keras3_record(record, index)
+    return replace(record, name=record.config.get("name"))
 
 
 def save_model(
