@@ -9,8 +9,7 @@ Two steps, two environments::
 
 - ``records_*.keras``, ``records_*.weights.h5``: the LSTM layers of fixtures in tests/fixtures/keras_files
   (Keras 3 Sequential, Keras 3 Functional with a nested model, tf-keras legacy .h5 with Keras 2 configs)
-  written
-  back by :func:`unilstm.formats.keras_files.write_keras_model` (the format layer alone), with
+  written back by :func:`unilstm.formats.keras_files.write_keras_model` (the format layer alone), with
   ``records_*.npz`` = the input and the output real Keras computed for those layers when it made the fixture.
 - ``ours.keras``, ``ours.weights.h5`` (when ``unilstm.keras`` exists): a Sequential of our Keras front-door
   layers with random weights, written by ``unilstm.keras.save_model``, with ``ours.npz`` = the input and the
