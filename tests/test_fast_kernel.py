@@ -225,3 +225,44 @@ def test_inside_torch_compile():
         torch.testing.assert_close(got, expected)
         got.backward()
         assert layer.weight_hh_l0.grad is not None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "padding"),
+    [
+        (dict(masked_output="previous"), "right"),
+        (dict(masked_output="previous", num_layers=2, bidirectional=True, proj_size=3), "right"),
+        (dict(go_backwards=True), "none"),
+        (dict(go_backwards=True, bidirectional=True, num_layers=2), "none"),
+        (dict(go_backwards=True, masked_output="previous"), "left"),
+        (dict(go_backwards=True, masked_output="zero", bidirectional=True), "left"),
+    ],
+)
+def test_fused_flexible_dispatch_equals_reference(kwargs, padding):
+    """Standard cells with go_backwards or right-padded "previous" masks run on torch's fused kernel and
+    still compute the reference's function."""
+    layer = _layer_pair(**kwargs)
+    T, N = 6, 4
+    x = torch.randn(T, N, 5, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([6, 3, 0, 1])
+    steps = torch.arange(T).unsqueeze(0)
+    mask = {"none": None, "right": steps < lengths.unsqueeze(1), "left": steps >= (T - lengths).unsqueeze(1)}[padding]
+    h0 = torch.randn(layer.num_layers * (2 if layer.bidirectional else 1), N, layer.spec.output_size,
+                     dtype=torch.float64)
+    c0 = torch.randn(h0.shape[0], N, 6, dtype=torch.float64)
+    assert dispatch.run_stack_fused_flexible(
+        layer.spec, x, h0, c0, layer.direction_weights(), None if mask is None else mask.t(), False
+    ) is not None
+    results = []
+    for kernel in ("reference", None):
+        dispatch.force_kernel(kernel)
+        try:
+            out, (h, c) = layer(x, (h0, c0), mask=mask)
+            loss = (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum()
+            loss = loss + h.square().sum() + c.sum()
+            grads = torch.autograd.grad(loss, [x, *layer.parameters()])
+            results.append([out, h, c, *grads])
+        finally:
+            dispatch.force_kernel(None)
+    for e, g in zip(*results, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-10, rtol=1e-9)

@@ -61,6 +61,44 @@ def fused_can_run(spec: LSTMSpec, x: Tensor, step_mask: Tensor | None) -> bool:
     return spec.masked_output == "zero"
 
 
+def carry_last_valid_output(out: Tensor, lengths: Tensor, forward_features: int) -> Tensor:
+    """Turn a packed run's zero padding into Keras's "previous" outputs: for t >= length, the first
+    ``forward_features`` features (the forward direction) repeat the output at step length - 1 (zeros when
+    the length is 0); the reverse direction meets its padding before any valid step, so zeros stay."""
+    steps = out.shape[0]
+    lengths = lengths.to(out.device)
+    last = (lengths - 1).clamp(min=0)
+    index = torch.minimum(torch.arange(steps, device=out.device).unsqueeze(1), last.unsqueeze(0))
+    forward = out[..., :forward_features]
+    carried = forward.gather(0, index.unsqueeze(-1).expand_as(forward))
+    carried = carried.masked_fill((lengths == 0).view(1, -1, 1), 0.0)
+    if forward_features == out.shape[-1]:
+        return carried
+    return torch.cat([carried, out[..., forward_features:]], dim=-1)
+
+
+def run_stack_fused_flexible(
+    spec: LSTMSpec, x: Tensor, h0: Tensor, c0: Tensor, layers: list[list[DirectionWeights]],
+    step_mask: Tensor | None, training: bool,
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """torch's fused kernel for standard cells beyond ``fused_can_run``: go_backwards (run on the input
+    flipped in time: Keras's output stays in processing order) and right-padded masks with
+    masked_output "previous" (a packed run plus a gather that carries the last valid output forward).
+    None when the mask (after the flip) is not right-padded."""
+    if spec.go_backwards:
+        x = x.flip(0)
+        step_mask = None if step_mask is None else step_mask.flip(0)
+    if step_mask is None:
+        return run_stack_fused(spec, x, h0, c0, layers, lengths=None, training=training)
+    lengths = lengths_from_right_padded(step_mask)
+    if lengths is None:
+        return None
+    out, h_n, c_n = run_stack_fused(spec, x, h0, c0, layers, lengths=lengths, training=training)
+    if spec.masked_output == "previous":
+        out = carry_last_valid_output(out, lengths, spec.output_size)
+    return out, h_n, c_n
+
+
 def draw_dropout_mask(
     rate: float, like: Tensor, per_gate: bool, generator: torch.Generator | None
 ) -> Tensor | None:
@@ -114,6 +152,10 @@ def run_stack(
         lengths = None if step_mask is None else lengths_from_right_padded(step_mask)
         if step_mask is None or lengths is not None:
             return run_stack_fused(spec, x, h0, c0, layers, lengths=lengths, training=training)
+    if _forced_kernel is None and spec.is_standard_cell and (spec.go_backwards or step_mask is not None):
+        fused = run_stack_fused_flexible(spec, x, h0, c0, layers, step_mask, training)
+        if fused is not None:
+            return fused
     if spec.go_backwards:
         x = x.flip(0)
         step_mask = None if step_mask is None else step_mask.flip(0)
