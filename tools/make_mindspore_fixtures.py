@@ -14,8 +14,9 @@ What it writes (all small; numbers in .npz, files in .ckpt):
   ``out``, ``h_n``, ``c_n``, the cotangents ``w_out``, ``w_h``, ``w_c`` of the loss
   ``sum(out * w_out) + sum(h_n * w_h) + sum(c_n * w_c)`` and its gradients ``grad/x``, ``grad/h0``,
   ``grad/c0``, ``grad/param/<name>``. For float16/float64 inputs without seq_length also
-  ``per_step_grad/...``: MindSpore 2.10's fused CPU backward gives wrong gradients for those dtypes, and
-  these are the gradients of its per-step path (seq_length = T everywhere), the same function.
+  ``per_step_out``, ``per_step_h_n``, ``per_step_c_n``, ``per_step_grad/...``: MindSpore 2.10's fused CPU
+  kernel gives wrong gradients (and at times a garbage c_n) for those dtypes; these are the results of its
+  per-step path (seq_length = T everywhere), the same function.
 - ``init.npz``: the initial weights MindSpore draws after ``numpy.random.seed(seed)`` for some configurations,
   keys ``<k>/config`` (JSON) and ``<k>/<parameter name>``, in MindSpore's listing order (``<k>/names``).
 - ``*.ckpt``: checkpoints written by ``mindspore.save_checkpoint`` and ``checkpoints.json``, what
@@ -172,10 +173,12 @@ def run_case(name: str, case: dict, seed: int) -> dict[str, np.ndarray]:
     for parameter, grad in zip(weights, weight_grads, strict=True):
         record[f"grad/param/{parameter.name}"] = grad.asnumpy()
     if x_dtype != np.float32 and seq is None:
-        # MindSpore 2.10's fused CPU LSTM backward is wrong for float16/float64 inputs (zero or garbage
-        # gradients); its per-step path (taken whenever seq_length is given) is right. Record that path's
-        # gradients with every length = T, which is the same function.
+        # MindSpore 2.10's fused CPU LSTM is unreliable for float16/float64 inputs: zero or garbage gradients,
+        # and now and then garbage in c_n (values like -512 in one run of two); its per-step path (taken
+        # whenever seq_length is given) is right. Record that path with every length = T: the same function.
         seq_tensor = Tensor(np.full(batch, steps, np.int32))
+        out, (h_n, c_n) = forward(*inputs)
+        record.update(per_step_out=out.asnumpy(), per_step_h_n=h_n.asnumpy(), per_step_c_n=c_n.asnumpy())
         _, (input_grads, weight_grads) = grad_fn(*inputs)
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)

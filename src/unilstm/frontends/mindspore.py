@@ -97,7 +97,7 @@ def _as_tensor(name: str, value: object) -> Tensor:
 
 
 def _shape_text(shape) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
+    return str(tuple(int(s) for s in shape))
 
 
 class LSTM(CanonicalLSTM):
