@@ -347,3 +347,119 @@ def test_copies_keep_working(tmp_path: pathlib.Path) -> None:
     copy = tmp_path / "renamed.bin"
     shutil.copy(FIXTURES / "k3_seq.keras", copy)
     assert [r.key for r in read_keras_lstm_layers(copy)] == ["lstm", "lstm_1", "bidirectional"]
+
+
+# -- through the Keras front door (unilstm.keras) -------------------------------------------------------------
+@pytest.fixture
+def ukeras():
+    module = pytest.importorskip("unilstm.keras")
+    if not hasattr(module, "load_layers"):
+        pytest.skip("unilstm.keras does not re-export the Keras file functions")
+    return module
+
+
+def _numpy(value) -> np.ndarray:
+    if isinstance(value, (tuple, list)):
+        value = value[0]
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+@pytest.mark.parametrize("filename", WITH_CONFIG)
+def test_load_layers_give_kerass_numbers(ukeras, filename: str) -> None:
+    stem, _ = FILES[filename]
+    ref = reference(stem)
+    names = [str(n) for n in ref["names"]]
+    records = read_keras_lstm_layers(FIXTURES / filename)
+    layers = ukeras.load_layers(FIXTURES / filename, custom_objects={"my_act": my_act})
+    assert len(layers) == len(records)
+    for position, (layer, record) in enumerate(zip(layers, records, strict=True)):
+        i = reference_index(record, position, names)
+        assert isinstance(
+            layer, ukeras.Bidirectional if record.class_name == "Bidirectional" else ukeras.LSTM
+        )
+        for got, want in zip(layer.get_weights(), record.weights, strict=True):
+            assert np.array_equal(np.asarray(got), want)
+        np.testing.assert_allclose(_numpy(layer(ref[f"in_{i}"])), ref[f"out_{i}"], rtol=1e-5, atol=2e-6)
+
+
+def test_load_layers_needs_custom_objects_for_custom_activations(ukeras) -> None:
+    path = FIXTURES / "tfk_seq.h5"
+    with pytest.raises(KerasFileError, match=r"'my_act'.*custom_objects") as caught:
+        ukeras.load_layers(path)
+    assert str(path) in str(caught.value)
+
+
+def test_load_layers_refuses_weights_only_files(ukeras) -> None:
+    with pytest.raises(KerasFileError, match="weights-only.*load_weights"):
+        ukeras.load_layers(FIXTURES / "k3_seq.weights.h5")
+
+
+def test_load_weights_by_key(ukeras) -> None:
+    ref = reference("k3_seq")
+    for filename, key in (
+        ("k3_seq.weights.h5", "lstm"),
+        ("k3_seq.keras", "encoder"),
+        ("k3_seq_legacy.h5", "encoder"),
+    ):
+        layer = ukeras.LSTM(5, return_sequences=True)
+        assert ukeras.load_weights(layer, FIXTURES / filename, key=key) is layer
+        for j, got in enumerate(layer.get_weights()):
+            assert np.array_equal(np.asarray(got), ref[f"w_0_{j}"])
+        np.testing.assert_allclose(_numpy(layer(ref["in_0"])), ref["out_0"], rtol=1e-5, atol=2e-6)
+
+
+def test_load_weights_bidirectional_needs_no_key_when_alone(ukeras) -> None:
+    ref = reference("k3_seq")
+    layer = ukeras.Bidirectional(ukeras.LSTM(3))
+    ukeras.load_weights(layer, FIXTURES / "k3_seq.weights.h5")
+    np.testing.assert_allclose(_numpy(layer(ref["in_2"])), ref["out_2"], rtol=1e-5, atol=2e-6)
+
+
+def test_load_weights_errors(ukeras) -> None:
+    path = FIXTURES / "k3_seq.weights.h5"
+    with pytest.raises(KerasFileError, match=r"pass key=.*'lstm'.*'lstm_1'"):
+        ukeras.load_weights(ukeras.LSTM(4), path)
+    with pytest.raises(KerasFileError, match="weight shapes"):
+        ukeras.load_weights(ukeras.LSTM(7), path, key="lstm")
+    with pytest.raises(KerasFileError, match="no layer with key 'lstm_9'"):
+        ukeras.load_weights(ukeras.LSTM(4), path, key="lstm_9")
+    with pytest.raises(TypeError, match="unilstm.keras.LSTM"):
+        ukeras.load_weights(torch.nn.LSTM(3, 4), path)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".weights.h5"])
+def test_save_model_round_trip(ukeras, tmp_path: pathlib.Path, suffix: str) -> None:
+    ref = reference("k3_seq")
+    layers = ukeras.load_layers(FIXTURES / "k3_seq.keras")
+    target = tmp_path / f"ours{suffix}"
+    ukeras.save_model(layers, target, input_shape=(6, 3))
+    assert os.listdir(tmp_path) == [target.name]
+    if suffix == ".keras":
+        again = ukeras.load_layers(target)
+    else:
+        again = [
+            ukeras.LSTM(5, return_sequences=True),
+            ukeras.LSTM(
+                4,
+                return_sequences=True,
+                use_bias=False,
+                activation="relu",
+                recurrent_activation="hard_sigmoid",
+            ),
+            ukeras.Bidirectional(ukeras.LSTM(3)),
+        ]
+        for layer, key in zip(again, ("lstm", "lstm_1", "bidirectional"), strict=True):
+            ukeras.load_weights(layer, target, key=key)
+    y = ref["x"]
+    for layer in again:
+        y = _numpy(layer(y))
+    np.testing.assert_allclose(y, ref["out_2"], rtol=1e-5, atol=2e-6)
+
+
+def test_save_model_refuses_what_keras3_lacks(ukeras, tmp_path: pathlib.Path) -> None:
+    layers = ukeras.load_layers(FIXTURES / "tfk_seq.h5", custom_objects={"my_act": my_act})
+    with pytest.raises(ValueError, match="Keras 2's hard_sigmoid"):
+        ukeras.save_model(layers[:1], tmp_path / "m.keras", input_shape=(6, 3))
+    with pytest.raises(ValueError, match="callable"):
+        ukeras.save_model(layers[1:2], tmp_path / "m.keras", input_shape=(6, 4))
+    assert os.listdir(tmp_path) == []
