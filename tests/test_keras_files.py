@@ -349,7 +349,7 @@ def test_copies_keep_working(tmp_path: pathlib.Path) -> None:
     assert [r.key for r in read_keras_lstm_layers(copy)] == ["lstm", "lstm_1", "bidirectional"]
 
 
-# -- through the Keras front door (unilstm.keras) -------------------------------------------------------------
+# -- through the Keras front door (unilstm.keras) ---------------------------------------------------------
 @pytest.fixture
 def ukeras():
     module = pytest.importorskip("unilstm.keras")
