@@ -324,3 +324,16 @@ def test_repr_and_all_weights():
     lstm = make(3, 4, 2, bidirectional=True, activation="relu", stateful=True)
     assert repr(lstm) == "LSTM(3, 4, num_layers=2, bidirectional=True, activation='relu', stateful=True)"
     assert len(lstm.all_weights) == 4 and len(lstm.all_weights[0]) == 4
+
+
+def test_lazy_layer_state_dict_before_and_after_build():
+    lazy = make(None, 4, 2, bidirectional=True)
+    state = lazy.state_dict()
+    assert list(state) == [n for n, _ in lazy.named_parameters()]
+    built = make(3, 4, 2, bidirectional=True, seed=5)
+    lazy.load_state_dict(built.state_dict())
+    assert lazy.is_built and lazy.input_size == 3
+    x = torch.randn(4, 2, 3)
+    assert torch.equal(lazy(x)[0], built(x)[0])
+    with pytest.raises(RuntimeError, match="size mismatch for weight_ih_l0"):
+        make(5, 4, 2, bidirectional=True).load_state_dict(built.state_dict())

@@ -378,3 +378,17 @@ def test_report_measured_errors():
     """Not a check: prints the largest fixture errors seen in this run (pytest -s shows them)."""
     if MEASURED:
         print("torch fixture parity, max errors:", {k: f"{v:.2e}" for k, v in sorted(MEASURED.items())})
+
+
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
+def test_autocast_like_torch(input_dtype):
+    torch.manual_seed(0)
+    theirs = torch.nn.LSTM(4, 6, 2)
+    ours = unilstm.torch.LSTM(4, 6, 2)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(5, 3, 4).to(input_dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, (h, c) = ours(x)
+        want, (h_t, c_t) = theirs(x)
+    assert got.dtype == want.dtype and h.dtype == h_t.dtype
+    assert torch.equal(got, want) and torch.equal(h, h_t) and torch.equal(c, c_t)

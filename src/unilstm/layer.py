@@ -7,6 +7,7 @@ Parameters use torch's names and layout (``weight_ih_l0``, ``weight_hh_l0_revers
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import Tensor, nn
 from torch.nn.parameter import UninitializedParameter
@@ -160,7 +161,8 @@ class LSTM(nn.Module):
             if spec.input_size is None and name.startswith("weight_ih_l0"):
                 self.register_parameter(name, UninitializedParameter(**factory))
             else:
-                self.register_parameter(name, nn.Parameter(torch.empty(parameter_shape(spec, name), **factory)))
+                shape = parameter_shape(spec, name)
+                self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
         self.reset_parameters()
 
     # -- attributes users of torch.nn.LSTM expect -------------------------------------------------------
@@ -190,7 +192,9 @@ class LSTM(nn.Module):
         (U(-1/sqrt(H), 1/sqrt(H))). Does nothing when the layer already has that size."""
         if self.spec.input_size is not None:
             if input_size != self.spec.input_size:
-                raise ValueError(f"input_size: the layer was built for {self.spec.input_size}, got {input_size}")
+                raise ValueError(
+                    f"input_size: the layer was built for {self.spec.input_size}, got {input_size}"
+                )
             return
         self.spec = self.spec.with_input_size(input_size)
         bound = 1.0 / math.sqrt(self.spec.hidden_size)
@@ -200,6 +204,28 @@ class LSTM(nn.Module):
                 parameter.materialize(parameter_shape(self.spec, name))
                 with torch.no_grad():
                     parameter.uniform_(-bound, bound)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[override]
+        """As torch's lazy modules: an unbuilt layer saves its uninitialized input weights as they are."""
+        for name, parameter in self._parameters.items():
+            if parameter is not None:
+                lazy = isinstance(parameter, UninitializedParameter)
+                destination[prefix + name] = parameter if keep_vars or lazy else parameter.detach()
+        for name, buffer in self._buffers.items():
+            if buffer is not None and name not in self._non_persistent_buffers_set:
+                destination[prefix + name] = buffer if keep_vars else buffer.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        """An unbuilt layer takes its input size from the loaded ``weight_ih_l0`` (4H, F) and builds."""
+        loaded = state_dict.get(prefix + "weight_ih_l0")
+        if (
+            not self.is_built
+            and isinstance(loaded, Tensor)
+            and not isinstance(loaded, UninitializedParameter)
+            and loaded.dim() == 2
+        ):
+            self.build(int(loaded.shape[1]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def direction_weights(self) -> list[list[DirectionWeights]]:
         """The parameters grouped for the kernels: L lists of D :class:`DirectionWeights`."""
@@ -236,7 +262,8 @@ class LSTM(nn.Module):
             return
         if not (isinstance(states, (tuple, list)) and len(states) == 2):
             raise TypeError(f"states must be a pair (h, c), got {type(states).__name__}")
-        h, c = (torch.as_tensor(s, dtype=self._parameter_dtype(), device=self._parameter_device()) for s in states)
+        dtype, device = self._parameter_dtype(), self._parameter_device()
+        h, c = (torch.as_tensor(s, dtype=dtype, device=device) for s in states)
         self.states = (h.detach(), c.detach())
 
     def _parameter_dtype(self) -> torch.dtype:
@@ -323,12 +350,14 @@ class LSTM(nn.Module):
             raise TypeError(f"state must be a pair (h_0, c_0), got {type(state).__name__}")
         expected = {"h_0": h_shape, "c_0": c_shape}
         checked = []
-        for (name, shape), value in zip(expected.items(), state):
+        for (name, shape), value in zip(expected.items(), state, strict=True):
             if not isinstance(value, Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
             want = shape if batched else (shape[0], shape[2])
             if tuple(value.shape) != want:
-                raise ValueError(f"{name}: expected shape {_shape_text(want)}, got {_shape_text(value.shape)}")
+                raise ValueError(
+                    f"{name}: expected shape {_shape_text(want)}, got {_shape_text(value.shape)}"
+                )
             if value.dtype != x.dtype:
                 raise TypeError(f"{name}: expected dtype {x.dtype} (the input's dtype), got {value.dtype}")
             checked.append(value if batched else value.unsqueeze(1))
@@ -346,7 +375,8 @@ class LSTM(nn.Module):
                 lengths = lengths.reshape(1)
             if tuple(lengths.shape) != (batch,):
                 raise ValueError(
-                    f"lengths: expected shape ({batch},) (one length per sequence), got {_shape_text(lengths.shape)}"
+                    f"lengths: expected shape ({batch},) (one length per sequence), "
+                    f"got {_shape_text(lengths.shape)}"
                 )
             if batch and (int(lengths.min()) < 0 or int(lengths.max()) > steps):
                 raise ValueError(

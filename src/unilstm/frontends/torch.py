@@ -212,11 +212,19 @@ class LSTM(_layer.LSTM):
             if tuple(value.size()) != size:
                 raise RuntimeError(f"Expected hidden[{index}] size {size}, got {list(value.size())}")
         for index, value in enumerate(hx):
-            if value.dtype != input.dtype:
+            if value.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
                 # torch 2.13 fails here inside its kernel ("get_mkldnn_dtype: unsupported data type").
                 raise RuntimeError(
                     f"Expected hidden[{index}] dtype {input.dtype} (the input's dtype), got {value.dtype}"
                 )
+
+    def _autocast_inputs(self, input: Tensor, hx: State) -> tuple[Tensor, State]:
+        """Under autocast torch accepts inputs in any float dtype (its kernel casts them): cast them to the
+        parameters' dtype, exactly, and let autocast lower the precision inside the kernel as torch does."""
+        dtype = self._parameter_dtype()
+        if not torch.is_autocast_enabled(input.device.type):
+            return input, hx
+        return input.to(dtype), (hx[0].to(dtype), hx[1].to(dtype))
 
     @staticmethod
     def _check_pair(hx: object) -> None:
@@ -266,6 +274,7 @@ class LSTM(_layer.LSTM):
             self._check_hidden(hx, mini_batch, input)
         if input.size(1 if self.spec.batch_first else 0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        input, hx = self._autocast_inputs(input, hx)
         output, (h_n, c_n) = super().forward(input, (hx[0], hx[1]))
         if not is_batched:
             output = output.squeeze(batch_dim)
@@ -283,6 +292,7 @@ class LSTM(_layer.LSTM):
             self._check_pair(hx)
             hx = self.permute_hidden((hx[0], hx[1]), sorted_indices)
             self._check_hidden(hx, mini_batch, data)
+        data, hx = self._autocast_inputs(data, hx)
         spec = self.spec
         layers = self.direction_weights()
         if fused_can_run(spec, data, None):

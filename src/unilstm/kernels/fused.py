@@ -72,7 +72,9 @@ def run_stack_fused(
     packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), enforce_sorted=False)
     sorted_h0 = h0.index_select(1, packed.sorted_indices)
     sorted_c0 = c0.index_select(1, packed.sorted_indices)
-    data, h_n, c_n = run_packed_fused(spec, packed.data, packed.batch_sizes, sorted_h0, sorted_c0, layers, training)
+    data, h_n, c_n = run_packed_fused(
+        spec, packed.data, packed.batch_sizes, sorted_h0, sorted_c0, layers, training
+    )
     out, _ = pad_packed_sequence(
         PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices),
         total_length=steps,
