@@ -1,5 +1,6 @@
-"""Bad input to unilstm.mindspore.LSTM raises what real MindSpore 2.10 raises (tests/fixtures/mindspore/errors.json),
-with a message that names the argument, the expected and the received value."""
+"""Bad input to unilstm.mindspore.LSTM raises what real MindSpore 2.10 raises
+(tests/fixtures/mindspore/errors.json), with a message that names the argument, the expected and the
+received value."""
 
 from __future__ import annotations
 
@@ -89,8 +90,10 @@ def test_error_type_matches_mindspore(name: str) -> None:
     if recorded is None:
         CASES[name]()  # MindSpore accepts it: so do we
         return
-    expected = DEVIATIONS.get(name) or {"TypeError": TypeError, "ValueError": ValueError,
-                                        "RuntimeError": RuntimeError}[recorded]
+    expected = (
+        DEVIATIONS.get(name)
+        or {"TypeError": TypeError, "ValueError": ValueError, "RuntimeError": RuntimeError}[recorded]
+    )
     with pytest.raises(expected) as caught:
         CASES[name]()
     message = str(caught.value)
@@ -112,7 +115,9 @@ def test_messages_name_argument_expected_and_received() -> None:
         net(x, (torch.zeros(1, 2, 4), h))
     with pytest.raises(TypeError, match=r"'hx\[0\]' should be same as 'x'.*torch.float32.*torch.float16"):
         net(x, (h.half(), h))
-    with pytest.raises(TypeError, match=r"'seq_length' should be one of \[int32, int64\], but got torch.float32"):
+    with pytest.raises(
+        TypeError, match=r"'seq_length' should be one of \[int32, int64\], but got torch.float32"
+    ):
         net(x, None, seq([5, 3], torch.float32))
     with pytest.raises(ValueError, match=r"'seq_length' must have shape \(batch,\) = \(2,\), but got \(3,\)"):
         net(x, None, seq([5, 3, 1]))

@@ -38,11 +38,15 @@ def run(net: LSTM, arrays: dict[str, np.ndarray]):
     x = torch.from_numpy(arrays["x"]).requires_grad_()
     hx = None
     if "h0" in arrays:
-        hx = (torch.from_numpy(arrays["h0"]).requires_grad_(), torch.from_numpy(arrays["c0"]).requires_grad_())
+        hx = (
+            torch.from_numpy(arrays["h0"]).requires_grad_(),
+            torch.from_numpy(arrays["c0"]).requires_grad_(),
+        )
     seq = torch.from_numpy(arrays["seq_length"]) if "seq_length" in arrays else None
     out, (h_n, c_n) = net(x, hx, seq)
     loss = sum(
-        (value * torch.from_numpy(arrays[key])).sum() for value, key in ((out, "w_out"), (h_n, "w_h"), (c_n, "w_c"))
+        (value * torch.from_numpy(arrays[key])).sum()
+        for value, key in ((out, "w_out"), (h_n, "w_h"), (c_n, "w_c"))
     )
     loss.backward()
     grads = {"x": x.grad}
@@ -78,10 +82,7 @@ def test_matches_mindspore(name: str) -> None:
     for key, grad in grads.items():
         theirs = arrays[f"{source}/{key}"]
         scale = float(np.abs(theirs.astype(np.float64)).max(initial=0.0))
-        if x_dtype == "float16":
-            limit = 5e-3 + 1e-2 * scale
-        else:
-            limit = max(1e-4 * scale, 1e-6)
+        limit = 5e-3 + 1e-2 * scale if x_dtype == "float16" else max(1e-4 * scale, 1e-6)
         assert max_abs(grad, theirs) <= limit, (key, max_abs(grad, theirs), scale)
 
 
@@ -149,7 +150,10 @@ def test_parameter_listing_in_mindspore_order() -> None:
     assert len(net.trainable_params()) == 16
     no_bias = LSTM(3, 4, 2, has_bias=False)
     assert [n for n, _ in no_bias.parameters_and_names()] == [
-        "weight_ih_l0", "weight_ih_l1", "weight_hh_l0", "weight_hh_l1",
+        "weight_ih_l0",
+        "weight_ih_l1",
+        "weight_hh_l0",
+        "weight_hh_l1",
     ]
 
 
@@ -186,9 +190,14 @@ def test_live_mindspore_random_configs() -> None:
     mindspore = pytest.importorskip("mindspore")
     rng = np.random.RandomState(0)
     for trial in range(5):
-        args = dict(input_size=int(rng.randint(1, 5)), hidden_size=int(rng.randint(1, 6)),
-                    num_layers=int(rng.randint(1, 4)), bidirectional=bool(rng.randint(2)),
-                    batch_first=bool(rng.randint(2)), has_bias=bool(rng.randint(2)))
+        args = dict(
+            input_size=int(rng.randint(1, 5)),
+            hidden_size=int(rng.randint(1, 6)),
+            num_layers=int(rng.randint(1, 4)),
+            bidirectional=bool(rng.randint(2)),
+            batch_first=bool(rng.randint(2)),
+            has_bias=bool(rng.randint(2)),
+        )
         np.random.seed(trial)
         theirs = mindspore.nn.LSTM(**args)
         np.random.seed(trial)
