@@ -8,9 +8,11 @@ respect to the input, the initial states and every weight:
   masked-output modes, projections, and identical shared or per-gate dropout masks handed to both);
 * stack level: ``unilstm.LSTM`` with the default dispatch (torch's fused kernel where it applies) and with
   each registered kernel forced, against ``force_kernel("reference")``, on random specs (layers,
-  bidirectional, proj_size, bias, batch_first, activations, go_backwards, masked_output) and inputs (lengths
-  with 0 and T, random masks). A forced kernel that refuses a direction (its ``accepts`` says no) hands that
-  direction to the reference loop, so forcing never makes a kernel compute what it does not claim.
+  bidirectional, proj_size, bias, batch_first, activations, go_backwards, masked_output, Keras input and
+  recurrent dropout in training mode with one seeded generator) and inputs (lengths with 0 and T, random
+  masks). Inter-layer ``dropout`` is left out: torch's fused kernel draws it internally.
+  A forced kernel that refuses a direction (its ``accepts`` says no) hands that direction to the reference
+  loop, so forcing never makes a kernel compute what it does not claim.
 """
 
 from __future__ import annotations
@@ -144,6 +146,11 @@ def stack_cases(draw):
             activation=draw(st.sampled_from(ACTIVATIONS)),
             recurrent_activation=draw(st.sampled_from(SAFE_GATES)),
             go_backwards=draw(st.booleans()),
+            # Keras dropout: the masks come from the call's generator in the same order whatever kernel runs,
+            # so one seed gives every kernel identical masks.
+            input_dropout=draw(st.sampled_from([0.0, 0.0, 0.3])),
+            recurrent_dropout=draw(st.sampled_from([0.0, 0.0, 0.4])),
+            per_gate_dropout=draw(st.booleans()),
         )
     steps, batch, features = draw(st.integers(1, 6)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
     lengths = mask = None
@@ -161,7 +168,8 @@ def stack_cases(draw):
 
 def _stack_results(lstm, x, state, lengths, mask, seed):
     leaves = [x, *state, *lstm.parameters()]
-    out, (h, c) = lstm(x, state, lengths=lengths, mask=mask)
+    generator = torch.Generator().manual_seed(seed + 2)
+    out, (h, c) = lstm(x, state, lengths=lengths, mask=mask, training=True, generator=generator)
     g = torch.Generator().manual_seed(seed + 1)
     loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in (out, h, c))
     grads = torch.autograd.grad(loss, leaves, allow_unused=True)
