@@ -64,7 +64,8 @@ def same_entries(path: pathlib.Path, expected: dict[str, object], crc: bool = Fa
 
 def lstm_parity(path: pathlib.Path, ours: LSTM, args: dict, strict: bool = True) -> None:
     theirs = ms.nn.LSTM(**args)
-    not_loaded, ckpt_not_loaded = ms.load_param_into_net(theirs, ms.load_checkpoint(str(path)), strict_load=strict)
+    params = ms.load_checkpoint(str(path))
+    not_loaded, _ = ms.load_param_into_net(theirs, params, strict_load=strict)
     check(not_loaded == [], f"{path.name}: load_param_into_net loads every parameter (left {not_loaded})")
     x = np.random.RandomState(0).randn(5, 3, args["input_size"]).astype(np.float32)
     if args.get("batch_first"):
@@ -106,8 +107,10 @@ def main() -> int:
     half = LSTM(2, 3, dtype="float16")
     path = folder / "lstm_float16.ckpt"
     save_checkpoint(half, path, append_dict={"epoch_num": 3, "lr": 0.125, "note": "ünïcode ✓", "done": True})
-    loaded = same_entries(path, {**dict(half.parameters_and_names()), "epoch_num": 3, "lr": 0.125,
-                                 "note": "ünïcode ✓", "done": True})
+    loaded = same_entries(
+        path,
+        {**dict(half.parameters_and_names()), "epoch_num": 3, "lr": 0.125, "note": "ünïcode ✓", "done": True},
+    )
     theirs = ms.nn.LSTM(2, 3, dtype=ms.float16)
     check(ms.load_param_into_net(theirs, loaded, strict_load=True)[0] == [], "float16 LSTM loads strictly")
 
@@ -143,11 +146,13 @@ def main() -> int:
     check(not_loaded == [], "a unilstm LSTM inside a torch model loads into mindspore.nn.LSTM by prefix")
     front = LSTM(3, 4, 2, bidirectional=True)
     front.load_state_dict(model.encoder.state_dict())
-    lstm_parity(path, front, dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True), strict=False)
+    args = dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    lstm_parity(path, front, args, strict=False)
 
     mode = oct(os.stat(folder / "lstm_0.ckpt").st_mode & 0o777)
     check(mode == "0o400", f"file mode {mode} like MindSpore's 0o400")
-    print(f"\nMindSpore {ms.__version__}, torch {torch.__version__}: {len(failures)} failure(s); files in {folder}")
+    print(f"\nMindSpore {ms.__version__}, torch {torch.__version__}: {len(failures)} failure(s)")
+    print(f"files in {folder}")
     return 1 if failures else 0
 
 
