@@ -392,3 +392,16 @@ def test_autocast_like_torch(input_dtype):
         want, (h_t, c_t) = theirs(x)
     assert got.dtype == want.dtype and h.dtype == h_t.dtype
     assert torch.equal(got, want) and torch.equal(h, h_t) and torch.equal(c, c_t)
+
+
+def test_dropout_assignable_and_functional_call():
+    lstm = unilstm.torch.LSTM(3, 4, 2)
+    lstm.dropout = 0.5
+    assert lstm.dropout == 0.5 and lstm.spec.dropout == 0.5 and "dropout=0.5" in repr(lstm)
+    with pytest.raises(ValueError, match=r"dropout must be a float in \[0, 1\], got 2.0"):
+        lstm.dropout = 2.0
+    lstm.eval()
+    x = torch.randn(4, 2, 3)
+    zeros = {name: torch.zeros_like(p) for name, p in lstm.named_parameters()}
+    out, _ = torch.func.functional_call(lstm, zeros, (x,))
+    assert torch.equal(out, torch.zeros(4, 2, 4))

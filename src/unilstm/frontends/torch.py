@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -134,6 +135,15 @@ class LSTM(_layer.LSTM):
         self._init_from_spec(spec, device=device, dtype=dtype)
 
     # -- torch.nn.RNNBase conventions --------------------------------------------------------------------
+    @property
+    def dropout(self) -> float:
+        """Inter-layer dropout probability; assignable after construction, as on torch.nn.LSTM."""
+        return self.spec.dropout
+
+    @dropout.setter
+    def dropout(self, value: float) -> None:
+        self.spec = replace(self.spec, dropout=float(value))
+
     @property
     def _flat_weights(self) -> list[Tensor]:
         """The parameters in torch's flat order (always current: read from the attributes on each access)."""
