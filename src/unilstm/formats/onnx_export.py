@@ -28,7 +28,6 @@ onnx (and onnxruntime for checking) are the optional extra ``unilstm[onnx]``; th
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -496,18 +495,9 @@ def export_onnx(
 
 def write_model(model: Any, path: str | os.PathLike[str]) -> Path:
     """Serialize an ``onnx.ModelProto`` to ``path`` atomically (temporary file in the same folder, rename)."""
-    target = Path(path)
-    data = model.SerializeToString()
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, target)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return target
+    from .torch_files import atomic_write_bytes
+
+    return atomic_write_bytes(path, model.SerializeToString())
 
 
 def run_onnx(

@@ -1,0 +1,158 @@
+"""The ``unilstm`` command line.
+
+    unilstm convert SRC DST [--from FMT] [--to FMT] [--layer NAME] [--prefix encoder.] [--source-prefix P]
+                            [--weights-only] [--tolerance 1e-5] [-q] [--json] [--emit-code PATH]
+    unilstm inspect FILE [--from FMT] [--json]
+    unilstm bench ...        (runs unilstm.bench when installed)
+
+Exit status: 0 done; 1 the target's numbers differ from the source's beyond the tolerance (nothing written);
+2 the conversion cannot be done (unreadable file, semantics the target cannot express, bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+from . import convert as _convert
+
+EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unilstm",
+        description="Move trained LSTMs between Keras, MindSpore, torch, safetensors and ONNX, with proof.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    convert = commands.add_parser(
+        "convert",
+        help="convert SRC to DST and verify the numbers",
+        description="Convert the LSTM layers of SRC to DST, then run both on random inputs and compare. DST is "
+        "written only when the largest difference is within --tolerance. Formats: "
+        + ", ".join(_convert.FORMATS),
+    )
+    convert.add_argument("source", metavar="SRC")
+    convert.add_argument("target", metavar="DST")
+    convert.add_argument("--from", dest="source_format", choices=_convert.READABLE, help="SRC's format")
+    convert.add_argument("--to", dest="target_format", choices=_convert.WRITABLE, help="DST's format")
+    convert.add_argument("--layer", help="convert only this layer (Keras name or key, or parameter prefix)")
+    convert.add_argument("--prefix", default="", help="prefix for the written parameter names, e.g. encoder.")
+    convert.add_argument("--source-prefix", help="read only parameters under this prefix from SRC")
+    convert.add_argument(
+        "--weights-only",
+        action="store_true",
+        help="write the weights even where DST's framework cannot express the source's semantics",
+    )
+    convert.add_argument("--tolerance", type=float, default=1e-5, help="largest accepted difference (1e-5)")
+    convert.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+    convert.add_argument("--emit-code", metavar="PATH", help="also write a torch / MindSpore module rebuilding it")
+    convert.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    convert.add_argument("--json", action="store_true", help="print a machine-readable report")
+    inspect = commands.add_parser("inspect", help="describe the LSTM layers of a file")
+    inspect.add_argument("file", metavar="FILE")
+    inspect.add_argument("--from", dest="format", choices=_convert.FORMATS, help="FILE's format")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    bench = commands.add_parser("bench", help="speed and memory benchmarks (unilstm.bench)", add_help=False)
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _error(message: str, as_json: bool, code: int = EXIT_ERROR, report: dict | None = None) -> int:
+    if as_json:
+        print(json.dumps({"ok": False, "error": message, **({"differences": report} if report else {})}, indent=2))
+    else:
+        print(f"unilstm: error: {message}", file=sys.stderr)
+    return code
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    def progress(message: str) -> None:
+        if not args.quiet and not args.json:
+            print(f"... {message}", file=sys.stderr)
+
+    try:
+        report = _convert.convert(
+            args.source,
+            args.target,
+            source_format=args.source_format,
+            target_format=args.target_format,
+            layer=args.layer,
+            prefix=args.prefix,
+            source_prefix=args.source_prefix,
+            weights_only=args.weights_only,
+            tolerance=args.tolerance,
+            emit_code=args.emit_code,
+            opset=args.opset,
+            progress=progress,
+        )
+    except _convert.VerificationError as error:
+        if not args.json:
+            _print_differences(error.report)
+        return _error(str(error), args.json, EXIT_MISMATCH, error.report)
+    except (ValueError, OSError, ImportError) as error:  # every reader's error type is a ValueError
+        return _error(str(error), args.json)
+    if args.json:
+        print(json.dumps({"ok": True, **report.as_dict()}, indent=2, default=str))
+        return EXIT_OK
+    if not args.quiet:
+        print(f"{report.source} ({report.source_format}) -> {report.target} ({report.target_format})")
+        for layer in report.layers:
+            print(f"  layer {layer}")
+        for note in report.notes:
+            print(f"  note: {note}")
+        if report.verified:
+            _print_differences(report.differences)
+            print(f"verified: max difference {report.max_difference:.3g} <= tolerance {report.tolerance:g}")
+        else:
+            print("not verified (--weights-only with semantics the target cannot express)")
+        if report.emitted:
+            print(f"wrote {report.emitted}")
+    return EXIT_OK
+
+
+def _print_differences(report: dict) -> None:
+    for layer, cases in report.items():
+        for case, outputs in cases.items():
+            text = ", ".join(f"{name} {value:.3g}" for name, value in outputs.items())
+            print(f"  {layer} [{case}]: max |difference| {text}")
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    try:
+        info = _convert.inspect_file(args.file, args.format)
+    except (ValueError, OSError, ImportError) as error:
+        return _error(str(error), args.json)
+    print(json.dumps(info, indent=2, default=str) if args.json else _convert.format_inspection(info))
+    return EXIT_OK
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    try:
+        bench = importlib.import_module("unilstm.bench")
+    except ImportError:
+        return _error("the bench command needs unilstm.bench, which this installation does not have", False)
+    result = bench.main(list(args.args))
+    return int(result or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (``sys.argv[1:]`` when None); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":  # pass everything, --help included, to the bench module
+        return _run_bench(argparse.Namespace(args=argv[1:]))
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "convert":
+        return _run_convert(args)
+    if args.command == "inspect":
+        return _run_inspect(args)
+    parser.print_help()
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
