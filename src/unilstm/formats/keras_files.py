@@ -955,7 +955,7 @@ def _activation_name(value: Any) -> Any:
     return value
 
 
-def _prepare_lstm_config(config: dict, keras2: bool, custom_objects: dict[str, Any], where: str) -> dict:
+def _prepare_lstm_config(config: dict, custom_objects: dict[str, Any], where: str) -> dict:
     from ..activations import REGISTRY
 
     config = dict(config)
@@ -966,9 +966,7 @@ def _prepare_lstm_config(config: dict, keras2: bool, custom_objects: dict[str, A
         if isinstance(value, str):
             if value in custom_objects:
                 value = custom_objects[value]
-            elif keras2 and value == "hard_sigmoid":
-                value = _KERAS2_HARD_SIGMOID
-            elif value not in REGISTRY:
+            elif value.rsplit(".", 1)[-1] not in REGISTRY:
                 raise KerasFileError(
                     f"{where}: {argument} {value!r} is not a Keras built-in; pass custom_objects="
                     f"{{{value!r}: <a function on torch tensors>}}"
@@ -978,18 +976,17 @@ def _prepare_lstm_config(config: dict, keras2: bool, custom_objects: dict[str, A
 
 
 def _prepare_config(record: KerasLayerRecord, custom_objects: dict[str, Any], where: str) -> dict:
-    """The record's config, ready for the front door's ``from_config``: Keras 2's hard_sigmoid kept as
-    ``'hard_sigmoid_keras2'``, custom activations resolved through ``custom_objects``."""
-    keras2 = record.is_keras2
+    """The record's config, ready for the front door's ``from_config``: custom activations resolved through
+    ``custom_objects`` (a clear error for unknown ones)."""
     if record.class_name == "LSTM":
-        return _prepare_lstm_config(record.config, keras2, custom_objects, where)
+        return _prepare_lstm_config(record.config, custom_objects, where)
     config = dict(record.config)
     for member in ("layer", "backward_layer"):
         inner = config.get(member)
         if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
             config[member] = {
                 **inner,
-                "config": _prepare_lstm_config(inner["config"], keras2, custom_objects, f"{where} {member}"),
+                "config": _prepare_lstm_config(inner["config"], custom_objects, f"{where} {member}"),
             }
     return config
 
@@ -1066,7 +1063,7 @@ def load_layers(path: PathLike, custom_objects: dict[str, Any] | None = None) ->
         config = _prepare_config(record, custom_objects, f"{path}: layer {record.describe()}")
         cls = lstm_class if record.class_name == "LSTM" else bidirectional_class
         try:
-            layer = cls.from_config(config)
+            layer = cls.from_config(config, keras2=record.is_keras2)
         except (TypeError, ValueError) as error:
             raise KerasFileError(
                 f"{path}: layer {record.describe()}: its config was refused: {error}"
@@ -1095,6 +1092,22 @@ def record_from_layer(layer: Any, index: int = 0) -> KerasLayerRecord:
         raise TypeError(f"{where} must be a unilstm.keras.LSTM or Bidirectional, got {type(layer).__name__}")
     if not getattr(layer, "built", True):
         raise ValueError(f"{where} ({class_name}) is not built: call it once or build(input_shape) first")
+    label = f"{where} ({class_name} {getattr(layer, 'name', '')!r})"
+    inner_layers = [layer] if class_name == "LSTM" else [layer.forward_layer, layer.backward_layer]
+    for inner in inner_layers:
+        for argument in ("activation", "recurrent_activation"):
+            value = getattr(inner, argument, None)
+            if value == _KERAS2_HARD_SIGMOID:
+                raise ValueError(
+                    f"{label}: {argument} is Keras 2's hard_sigmoid, clip(0.2 x + 0.5, 0, 1), which Keras 3 "
+                    "does not have (Keras 3's is clip(x / 6 + 0.5, 0, 1)); it cannot be written to a Keras 3 "
+                    "file"
+                )
+            if value is not None and not isinstance(value, str):
+                raise ValueError(
+                    f"{label}: {argument} is a Python callable "
+                    f"({getattr(value, '__name__', value)!r}); Keras files can only name built-in activations"
+                )
     record = KerasLayerRecord(
         f"layer_{index}",
         None,
