@@ -37,8 +37,36 @@ def selu(x: torch.Tensor) -> torch.Tensor:
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
-    """Keras's default gelu is the tanh approximation (approximate=True)."""
+    """gelu with the tanh approximation, ``keras.activations.gelu(x, approximate=True)``; registered as
+    ``"gelu_tanh"``. The name ``"gelu"`` is Keras's default, the exact :func:`gelu_exact`."""
     return F.gelu(x, approximate="tanh")
+
+
+def gelu_exact(x: torch.Tensor) -> torch.Tensor:
+    """Keras 3 and tf-keras ``gelu`` (approximate=False): x/2 (1 + erf(x / sqrt 2))."""
+    return F.gelu(x)
+
+
+def sparse_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """Keras 3 ``sparse_sigmoid``: 0 for x <= -1, 1 for x >= 1, (x + 1) / 2 between."""
+    return torch.clamp(0.5 * (x + 1.0), 0.0, 1.0)
+
+
+def sparsemax(x: torch.Tensor) -> torch.Tensor:
+    """Keras 3's ``sparsemax`` over the last axis, as every Keras backend computes it (Keras 3.15).
+
+    With z sorted descending, cumulative sums s_j and the support j <= k where z_j - (s_j - 1) / j > 0, Keras
+    takes tau = (sum_{j<=k} s_j - 1) / k (the sum of the cumulative sums, where the textbook sparsemax of
+    Martins & Astudillo has s_k), then max(x - tau, 0). The two agree when the support has one element; in
+    general Keras's outputs do not sum to 1. Reproduced here so that Keras models keep their numbers."""
+    z, _ = torch.sort(x, dim=-1, descending=True)
+    k = torch.arange(1, x.shape[-1] + 1, dtype=x.dtype, device=x.device)
+    cumulative = z.cumsum(dim=-1)
+    support = z - (cumulative - 1.0) / k > 0
+    k_z = support.sum(dim=-1, keepdim=True).to(x.dtype)
+    kept = torch.where(support, cumulative, torch.zeros_like(cumulative))
+    tau = (kept.sum(dim=-1, keepdim=True) - 1.0) / k_z
+    return torch.clamp(x - tau, min=0.0)
 
 
 def leaky_relu(x: torch.Tensor) -> torch.Tensor:
@@ -118,7 +146,6 @@ def softplus(x: torch.Tensor) -> torch.Tensor:
     return F.softplus(x)
 
 
-
 REGISTRY: dict[str, Activation] = {
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
@@ -131,7 +158,10 @@ REGISTRY: dict[str, Activation] = {
     "elu": elu,
     "selu": selu,
     "celu": celu,
-    "gelu": gelu,
+    "gelu": gelu_exact,
+    "gelu_tanh": gelu,
+    "sparse_sigmoid": sparse_sigmoid,
+    "sparsemax": sparsemax,
     "glu": glu,
     "silu": silu,
     "swish": silu,

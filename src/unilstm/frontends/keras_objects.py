@@ -1,0 +1,125 @@
+"""What Keras's ``initializers.get`` / ``regularizers.get`` / ``constraints.get`` do, shared by the three
+kinds.
+
+An identifier is ``None``, a name (case-sensitive, as Keras: ``"glorot_uniform"`` or ``"GlorotUniform"``),
+a Keras config dict (``{"class_name": ..., "config": {...}}``, with or without Keras 3's ``module`` and
+``registered_name``), one of our objects, a class (instantiated with its defaults), or any callable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+class KerasObject:
+    """Base of our Keras built-ins: a config round trip like Keras's ``get_config`` / ``from_config``."""
+
+    #: Keras's ``module`` in a serialized config ("keras.initializers", ...).
+    keras_module = "keras"
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]):
+        return cls(**config)
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()  # type: ignore[union-attr]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, repr(sorted(self.get_config().items()))))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def lookup(
+    identifier: Any,
+    registry: Mapping[str, type | Callable],
+    *,
+    kind: str,
+    argument: str,
+    base: type,
+) -> Any:
+    """Resolve ``identifier`` like Keras's ``<kind>s.get``; ``None`` stays ``None``.
+
+    Errors name the argument, what is accepted and what was received.
+    """
+    if identifier is None:
+        return None
+    if isinstance(identifier, base):
+        return identifier
+    if isinstance(identifier, str):
+        found = registry.get(identifier)
+        if found is None:
+            known = ", ".join(sorted(registry))
+            raise ValueError(f"{argument}: unknown {kind} {identifier!r}; known names: {known}")
+        return found() if isinstance(found, type) else found
+    if isinstance(identifier, Mapping):
+        return from_keras_config(identifier, registry, kind=kind, argument=argument)
+    if isinstance(identifier, type):
+        return identifier()
+    if callable(identifier):
+        return identifier
+    raise TypeError(
+        f"{argument} must be None, a {kind} name, a Keras config dict or a callable, "
+        f"got {type(identifier).__name__} {identifier!r}"
+    )
+
+
+def from_keras_config(
+    config: Mapping[str, Any], registry: Mapping[str, type | Callable], *, kind: str, argument: str
+) -> Any:
+    """A Keras serialized object ``{"class_name": ..., "config": {...}}`` -> our object."""
+    if "class_name" not in config:
+        raise ValueError(
+            f"{argument}: a {kind} config dict needs 'class_name' (and 'config'), got keys {sorted(config)}"
+        )
+    class_name = config["class_name"]
+    inner = config.get("config") or {}
+    found = registry.get(class_name)
+    if found is None and isinstance(config.get("registered_name"), str):
+        found = registry.get(config["registered_name"])
+    if found is None:
+        known = ", ".join(sorted(k for k in registry if k[:1].isupper()))
+        raise ValueError(
+            f"{argument}: unknown {kind} class {class_name!r} (custom Keras objects are not available here; "
+            f"pass a callable instead); known classes: {known}"
+        )
+    if not isinstance(found, type):
+        return found
+    if not isinstance(inner, Mapping):
+        raise ValueError(f"{argument}: the 'config' of {class_name!r} must be a dict, got {inner!r}")
+    try:
+        return found.from_config(dict(inner))
+    except TypeError as error:
+        raise ValueError(
+            f"{argument}: invalid config for {kind} {class_name!r}: {dict(inner)!r} ({error})"
+        ) from None
+
+
+def serialize(obj: Any, *, legacy: bool = False) -> Any:
+    """Keras 3's serialized form of one of our objects (``legacy``: tf-keras's, the same shape); callables
+    serialize as their ``__name__``; ``None`` stays ``None``."""
+    if obj is None:
+        return None
+    if isinstance(obj, KerasObject):
+        return {
+            "module": obj.keras_module,
+            "class_name": type(obj).__name__,
+            "config": obj.get_config(),
+            "registered_name": None,
+        }
+    return getattr(obj, "__name__", repr(obj))
+
+
+def snake_case(name: str) -> str:
+    """Keras's ``to_snake_case``: "GlorotUniform" -> "glorot_uniform", "L1L2" -> "l1l2"."""
+    import re
+
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
