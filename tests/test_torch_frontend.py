@@ -405,3 +405,16 @@ def test_dropout_assignable_and_functional_call():
     zeros = {name: torch.zeros_like(p) for name, p in lstm.named_parameters()}
     out, _ = torch.func.functional_call(lstm, zeros, (x,))
     assert torch.equal(out, torch.zeros(4, 2, 4))
+
+
+def test_inside_torch_compile():
+    torch.manual_seed(0)
+    ours = unilstm.torch.LSTM(3, 4, 2, batch_first=True)
+    compiled = torch.compile(ours, backend="aot_eager")
+    x = torch.randn(2, 5, 3)
+    out, (h, c) = compiled(x)
+    want, (h_want, _) = ours(x)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(h, h_want)
+    out.sum().backward()
+    assert ours.weight_hh_l1.grad is not None

@@ -27,6 +27,7 @@ def flat_weights(layers: list[list[DirectionWeights]]) -> list[Tensor]:
     return flat
 
 
+@torch._dynamo.disable  # torch.compile cannot trace the oneDNN/cuDNN LSTM op: run it as an opaque call
 def run_packed_fused(
     spec: LSTMSpec,
     data: Tensor,
@@ -45,6 +46,7 @@ def run_packed_fused(
     return out, h_n, c_n
 
 
+@torch._dynamo.disable  # torch.compile cannot trace the oneDNN/cuDNN LSTM op: run it as an opaque call
 def run_stack_fused(
     spec: LSTMSpec,
     x: Tensor,
