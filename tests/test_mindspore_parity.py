@@ -208,3 +208,14 @@ def test_live_mindspore_random_configs() -> None:
         out, (ours_h, _) = ours(x, None, seq)
         assert np.abs(out.detach().numpy() - expected.asnumpy()).max() <= 1e-5
         assert np.abs(ours_h.detach().numpy() - h_n.asnumpy()).max() <= 1e-5
+
+
+def test_mindspore_dtype_objects_and_rejections() -> None:
+    class FakeMindSporeDtype:  # mindspore.float16 prints as "Float16"
+        def __str__(self) -> str:
+            return "Float16"
+
+    assert LSTM(2, 3, dtype=FakeMindSporeDtype()).weight_hh_l0.dtype == torch.float16
+    assert LSTM(2, 3, dtype="bfloat16").weight_hh_l0.dtype == torch.bfloat16
+    with pytest.raises(TypeError, match=r"'dtype' must be one of float16, float32, float64, bfloat16.*int32"):
+        LSTM(2, 3, dtype=torch.int32)
