@@ -2,8 +2,8 @@
 
 Tolerances: float32 outputs and states within 1e-5 absolute, gradients within 1e-4 relative (to the largest
 gradient of the tensor, with a 1e-6 absolute floor). float16 (computed in float16 by both): 2e-3 absolute
-on outputs and states, 5e-3 absolute + 1e-2 relative on gradients. float64 inputs: MindSpore's own forward
-matches ours to 1e-6.
+on outputs and states, 5e-3 absolute + 1e-2 relative on gradients. float64 inputs: 1e-10 against MindSpore's
+per-step path (its fused CPU kernel computes float64 inputs at about float32 precision, 5e-8 off).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def test_matches_mindspore(name: str) -> None:
     x_dtype = config.get("x_dtype", "float32")
     assert out.dtype == h_n.dtype == c_n.dtype == getattr(torch, x_dtype)
     assert out.shape == arrays["out"].shape and h_n.shape == arrays["h_n"].shape
-    forward_tol = {"float32": 1e-5, "float16": 2e-3, "float64": 1e-6}[x_dtype]
+    forward_tol = {"float32": 1e-5, "float16": 2e-3, "float64": 1e-10}[x_dtype]
     # MindSpore 2.10's fused CPU kernel is unreliable for float16/float64 inputs (wrong gradients, at times a
     # garbage c_n): there the fixture also holds its per-step path's results, the same function, and we
     # compare with those.
@@ -82,7 +82,8 @@ def test_matches_mindspore(name: str) -> None:
     for key, grad in grads.items():
         theirs = arrays[f"{source}/{key}"]
         scale = float(np.abs(theirs.astype(np.float64)).max(initial=0.0))
-        limit = 5e-3 + 1e-2 * scale if x_dtype == "float16" else max(1e-4 * scale, 1e-6)
+        floor = 1e-10 if per_step else 1e-6
+        limit = 5e-3 + 1e-2 * scale if x_dtype == "float16" else max(1e-4 * scale, floor)
         assert max_abs(grad, theirs) <= limit, (key, max_abs(grad, theirs), scale)
 
 
