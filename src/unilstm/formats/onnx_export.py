@@ -157,7 +157,7 @@ class _Graph:
 
     def const(self, hint: str, array: np.ndarray) -> str:
         name = self.name(hint)
-        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(array).copy(order="C"), name))
         return name
 
     def ints(self, hint: str, values: list[int]) -> str:
@@ -329,22 +329,32 @@ def build_graph(
     if swap:
         out = _time_flip(g, out)  # back to processing order
     if not return_sequences:
-        # the last output in processing order is the last layer's final h of each direction, concatenated
-        last = g.node(
-            "Slice",
-            [
-                h_n,
-                g.ints("start", [(spec.num_layers - 1) * directions]),
-                g.ints("stop", [spec.num_layers * directions]),
-                g.ints("axes", [0]),
-            ],
-            "last_h",
-        )
-        out = g.node(
-            "Reshape",
-            [g.node("Transpose", [last], "last_bt", perm=[1, 0, 2]), g.ints("shape", [0, -1])],
-            "last_output",
-        )
+        # Keras's last output: each direction's output at the end of its own processing order
+        def at(step: int, hint: str) -> str:
+            return g.node("Gather", [out, g.const("step", np.asarray(step, dtype=np.int64))], hint, axis=0)
+
+        if not spec.bidirectional:
+            out = at(-1, "last_output")
+        else:
+            first, last = (0, -1) if not swap else (-1, 0)
+            halves = [
+                g.node(
+                    "Slice",
+                    [at(last, "fwd_step"), g.ints("s", [0]), g.ints("e", [hidden]), g.ints("a", [-1])],
+                    "fwd_last",
+                ),
+                g.node(
+                    "Slice",
+                    [
+                        at(first, "bwd_step"),
+                        g.ints("s", [hidden]),
+                        g.ints("e", [2 * hidden]),
+                        g.ints("a", [-1]),
+                    ],
+                    "bwd_last",
+                ),
+            ]
+            out = g.node("Concat", halves, "last_output", axis=-1)
     if merge_mode != "concat":
         forward, backward = g.node(
             "Split", [out, g.ints("halves", [hidden, hidden])], "halves", outputs=2, axis=-1
