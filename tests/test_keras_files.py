@@ -463,3 +463,24 @@ def test_save_model_refuses_what_keras3_lacks(ukeras, tmp_path: pathlib.Path) ->
     with pytest.raises(ValueError, match="callable"):
         ukeras.save_model(layers[1:2], tmp_path / "m.keras", input_shape=(6, 4))
     assert os.listdir(tmp_path) == []
+
+
+def test_legacy_attributes_split_in_chunks(tmp_path: pathlib.Path) -> None:
+    """Keras splits HDF5 attributes over 64 kB into name0, name1, ... (many layers or long weight names)."""
+    target = tmp_path / "chunked.h5"
+    shutil.copy(FIXTURES / "tfk_seq.h5", target)
+    with h5py.File(target, "r+") as store:
+        root = store["model_weights"]
+        names = list(root.attrs["layer_names"])
+        del root.attrs["layer_names"]
+        root.attrs["layer_names0"] = names[:2]
+        root.attrs["layer_names1"] = names[2:]
+    assert [r.key for r in read_keras_lstm_layers(target)] == ["lstm", "lstm_1", "bidirectional"]
+
+
+def test_tf_keras_weights_only_h5_by_layer_name(ukeras) -> None:
+    ref = reference("tfk_seq")
+    layer = ukeras.LSTM(3, return_sequences=True)
+    ukeras.load_weights(layer, FIXTURES / "tfk_seq_weights.h5", key="lstm_1")
+    for j, got in enumerate(layer.get_weights()):
+        assert np.array_equal(got, ref[f"w_1_{j}"])

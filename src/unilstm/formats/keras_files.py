@@ -269,6 +269,12 @@ def _hdf5_signature_later(path: Path) -> bool:
             offset *= 2
 
 
+def _listing(names: Any, limit: int = 8) -> str:
+    names = sorted(names)
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "") if names else "nothing"
+
+
 def _open_h5(source, path: Path):
     h5py = _h5py()
     try:
@@ -293,7 +299,7 @@ def _read_keras_zip(path: Path) -> list[KerasLayerRecord]:
             extra = " (sharded weights are not supported)" if "model.weights.json" in names else ""
             raise KerasFileError(
                 f"{path}: a .keras archive must hold config.json and model.weights.h5; missing "
-                f"{', '.join(missing)}{extra}; it holds {sorted(names)}"
+                f"{', '.join(missing)}{extra}; it holds {_listing(names)}"
             )
         try:
             config = json.loads(archive.read("config.json"))
@@ -318,7 +324,7 @@ def _read_h5_file(path: Path) -> list[KerasLayerRecord]:
         if _attr_list(root, "layer_names") is None:
             raise KerasFileError(
                 f"{path}: an HDF5 file but not a Keras file: expected a 'layers' group (.weights.h5) or "
-                f"'model_weights' / a 'layer_names' attribute (legacy .h5); found {sorted(store.keys())[:10]}"
+                f"'model_weights' / a 'layer_names' attribute (legacy .h5); found {_listing(store.keys())}"
             )
         return _read_legacy(store, root, path)
 
