@@ -1598,14 +1598,15 @@ def emit_code(units: list[Unit], target_fmt: str, target_file: Path, prefix: str
         "    model = Model()",
     ]
     if ms:
-        lines += ["    params = mindspore.load_checkpoint(path)"]
+        lines += ["    params = mindspore.load_checkpoint(path)",
+                  "    # MindSpore names a sub-cell's parameters by attribute path: lstm0.weight_ih_l0 ...",
+                  "    renamed = {}"]
         for attr, unit_prefix in zip(attrs, prefixes):
-            lines += [
-                f"    part = {{k[len({unit_prefix!r}):]: v for k, v in params.items() "
-                f"if k.startswith({unit_prefix!r}) and not isinstance(v, str)}}",
-                f"    missing, _ = mindspore.load_param_into_net(model.{attr}, part, strict_load=True)",
-                "    assert not missing, missing",
-            ]
+            lines += [f"    renamed.update({{{attr!r} + '.' + k[len({unit_prefix!r}):]: v for k, v in params.items() "
+                      f"if k.startswith({unit_prefix!r}) and not isinstance(v, str)}})"]
+        lines += ["    missing, _ = mindspore.load_param_into_net(model, renamed, strict_load=True)",
+                  "    if missing:",
+                  "        raise ValueError(f'{path}: no values for {missing}')"]
         lines += ["    model.set_train(False)", "    return model"]
     else:
         if target_fmt == "safetensors":

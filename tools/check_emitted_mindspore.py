@@ -1,0 +1,161 @@
+"""Check that `unilstm convert --emit-code` writes MindSpore code that runs as written and gives the Keras
+numbers, with the real MindSpore.
+
+    .venv/bin/python tools/check_emitted_mindspore.py [--ms-python /work/refenv/ms/bin/python] [--work DIR]
+
+Stage 1 (this interpreter, with unilstm and h5py): for each case, write a Keras 3 .keras file with
+Keras-layout weights and configs, convert it to a MindSpore .ckpt with ``--emit-code``, and save the Keras
+semantics' outputs (computed by unilstm's engine, which the Keras fixtures tie to real Keras) for random
+inputs with and without a right-padded mask.
+Stage 2 (``--ms-python``, with mindspore 2.x): import each emitted module, ``load()`` the checkpoint with
+``mindspore.load_checkpoint`` / ``load_param_into_net``, run it and print the largest difference from the
+saved outputs. Exits non-zero when any case is off by more than 1e-5 or fails to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+TOLERANCE = 1e-5
+
+
+def _cases():
+    """(label, [layer spec dicts]) for the Keras models to convert."""
+    cases = []
+    for rs, gb, zo in itertools.product([True, False], [False, True], [False, True]):
+        cases.append((f"lstm return_sequences={rs} go_backwards={gb} zero_output_for_mask={zo}",
+                      [dict(F=3, H=4, rs=rs, gb=gb, zo=zo)]))
+    for rs, merge in itertools.product([True, False], ["concat", "sum", "mul", "ave"]):
+        cases.append((f"bidirectional return_sequences={rs} merge_mode={merge}",
+                      [dict(F=3, H=4, bi=True, merge=merge, rs=rs)]))
+    cases.append(("stack of 3 LSTMs -> one 3-layer nn.LSTM",
+                  [dict(F=3, H=4), dict(F=4, H=4), dict(F=4, H=4, rs=False)]))
+    cases.append(("stack of 2 Bidirectionals -> one 2-layer bidirectional nn.LSTM",
+                  [dict(F=3, H=4, bi=True), dict(F=8, H=4, bi=True, rs=False, merge="ave")]))
+    cases.append(("two LSTMs of different widths -> two nn.LSTMs", [dict(F=3, H=4), dict(F=4, H=5, rs=False)]))
+    return cases
+
+
+def _record(index: int, F: int, H: int, bi: bool = False, merge: str = "concat", rs: bool = True,
+            gb: bool = False, zo: bool = False, rng: np.random.Generator | None = None):
+    from unilstm.convert import _keras_config
+    from unilstm.formats.keras_files import KerasLayerRecord
+    from unilstm.spec import LSTMSpec
+
+    name = f"layer_{index}"
+    config = _keras_config(name, LSTMSpec(F, H), rs, zo)
+    config["go_backwards"] = gb
+    weights = []
+    for _ in range(2 if bi else 1):
+        weights += [(rng.standard_normal((F, 4 * H)) * 0.5).astype(np.float32),
+                    (rng.standard_normal((H, 4 * H)) * 0.5).astype(np.float32),
+                    (rng.standard_normal(4 * H) * 0.5).astype(np.float32)]
+    if not bi:
+        return KerasLayerRecord(name, name, "LSTM", config, weights, None, "keras")
+    backward = dict(config, go_backwards=not gb, name=f"backward_{name}")
+    wrapper = {"name": name, "merge_mode": merge,
+               "layer": {"module": "keras.layers", "class_name": "LSTM", "config": config, "registered_name": None},
+               "backward_layer": {"module": "keras.layers", "class_name": "LSTM", "config": backward,
+                                  "registered_name": None}}
+    return KerasLayerRecord(name, name, "Bidirectional", wrapper, weights, None, "keras")
+
+
+def prepare(work: Path) -> list[dict]:
+    """Stage 1: files, emitted code and expected outputs under ``work``; returns the case list."""
+    import torch
+
+    from unilstm import convert as cv
+    from unilstm.formats.keras_files import write_keras_model
+
+    rng = np.random.default_rng(0)
+    manifest = []
+    for index, (label, layers) in enumerate(_cases()):
+        folder = work / f"case_{index:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        records = [_record(i, rng=rng, **layer) for i, layer in enumerate(layers)]
+        write_keras_model(records, folder / "model.keras", (None, layers[0]["F"]))
+        report = cv.convert(folder / "model.keras", folder / "model.ckpt", emit_code=folder / "model_ms.py",
+                            prefix="net.")
+        units = cv.read_units(folder / "model.keras")
+        x = rng.standard_normal((3, 6, layers[0]["F"])).astype(np.float32)
+        mask = np.arange(6)[None, :] < np.array([6, 3, 1])[:, None]
+        expected = {"x": x, "mask": mask}
+        masks = [None] if any(u.spec.go_backwards for u in units) else [None, mask]
+        for m in masks:
+            value = torch.from_numpy(x)
+            lengths = None if m is None else torch.from_numpy(m).sum(1)
+            for unit in units:
+                value = cv.run_source(unit, value, lengths)["output"]
+            expected["masked" if m is not None else "plain"] = value.numpy()
+        np.savez(folder / "expected.npz", **expected)
+        manifest.append({"label": label, "folder": str(folder), "layers": report.layers,
+                         "engine_vs_target": report.max_difference})
+    (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def check(work: Path) -> int:
+    """Stage 2, under MindSpore: run every emitted module and compare."""
+    import mindspore
+
+    mindspore.set_context(mode=mindspore.PYNATIVE_MODE, device_target="CPU")
+    manifest = json.loads((work / "manifest.json").read_text())
+    failures = 0
+    for case in manifest:
+        folder = Path(case["folder"])
+        spec = importlib.util.spec_from_file_location(f"emitted_{folder.name}", folder / "model_ms.py")
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+            model = module.load(str(folder / "model.ckpt"))
+            expected = np.load(folder / "expected.npz")
+            diffs = {}
+            for key in ("plain", "masked"):
+                if key not in expected.files:
+                    continue
+                mask = None if key == "plain" else mindspore.Tensor(expected["mask"])
+                got = model(mindspore.Tensor(expected["x"]), mask)
+                if isinstance(got, list):
+                    got = got[-1][0]
+                diffs[key] = float(np.abs(got.asnumpy() - expected[key]).max())
+            worst = max(diffs.values())
+            status = "ok" if worst <= TOLERANCE else "MISMATCH"
+            failures += status != "ok"
+            print(f"{status:8s} {case['label']}: max |MindSpore - Keras semantics| {diffs}")
+        except Exception as error:  # report and go on with the other cases
+            failures += 1
+            print(f"FAILED   {case['label']}: {type(error).__name__}: {error}")
+    print(f"{len(manifest) - failures} passed, {failures} failed")
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ms-python", default="/work/refenv/ms/bin/python", help="a Python with mindspore")
+    parser.add_argument("--work", help="folder for the generated files (a temporary one by default)")
+    parser.add_argument("--stage", choices=("all", "prepare", "check"), default="all")
+    args = parser.parse_args(argv)
+    work = Path(args.work or tempfile.mkdtemp(prefix="unilstm-emit-ms-"))
+    if args.stage in ("all", "prepare"):
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+        prepare(work)
+        print(f"prepared {work}")
+    if args.stage == "check":
+        return check(work)
+    if args.stage == "all":
+        command = [args.ms_python, __file__, "--stage", "check", "--work", str(work)]
+        return subprocess.call(command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
