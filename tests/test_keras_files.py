@@ -484,3 +484,11 @@ def test_tf_keras_weights_only_h5_by_layer_name(ukeras) -> None:
     ukeras.load_weights(layer, FIXTURES / "tfk_seq_weights.h5", key="lstm_1")
     for j, got in enumerate(layer.get_weights()):
         assert np.array_equal(got, ref[f"w_1_{j}"])
+
+
+def test_missing_h5py_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    with pytest.raises(ImportError, match=r"unilstm\[keras\]"):
+        read_keras_lstm_layers(FIXTURES / "k3_seq.keras")

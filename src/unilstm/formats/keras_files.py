@@ -24,7 +24,14 @@ What the files hold (measured on Keras 3.15 and tf-keras 2.21):
 The records this module returns use **keys**: for ``.keras``/``.weights.h5`` the path of the layer's group
 below ``layers/`` with the inner ``layers/`` removed (``lstm``, ``lstm_1``, ``bidirectional``,
 ``sequential/lstm``); for legacy ``.h5`` the layer's name (``nested_model/inner_lstm`` inside a nested
-model).
+model). Files with a config (``.keras``, legacy ``.h5`` from ``model.save``) give their layers in model
+order; a weights-only file carries no order (HDF5 lists groups alphabetically), so its layers come sorted by
+key (``bidirectional``, ``lstm``, ``lstm_1``, ...) or, for tf-keras ``save_weights`` .h5, in its
+``layer_names`` order.
+
+Entry points: :func:`read_keras_lstm_layers` and :func:`write_keras_model` on plain data;
+:func:`load_weights`, :func:`load_layers` and :func:`save_model` on ``unilstm.keras`` layers (re-exported
+there).
 """
 
 from __future__ import annotations
@@ -221,6 +228,7 @@ def read_keras_lstm_layers(path: PathLike) -> list[KerasLayerRecord]:
         KerasFileError: the file is missing, empty, truncated, corrupt or not a Keras file.
     """
     path = Path(path)
+    _h5py()  # a missing h5py is an ImportError, not a bad file
     head = _read_head(path)
     try:
         if head.startswith(_ZIP_SIGNATURES):
