@@ -587,7 +587,7 @@ class LSTM(nn.Module):
             )
         if self.stateful and self._expected_batch_size is None:
             self.build(tuple(x.shape))
-        x_tm = x if self.time_major else x.transpose(0, 1)  # (T, B, F)
+        x_tm = (x if self.time_major else x.transpose(0, 1)).contiguous()  # (T, B, F)
         steps, batch = x_tm.shape[0], x_tm.shape[1]
         if self.stateful and batch != self._expected_batch_size:
             raise ValueError(
@@ -702,17 +702,17 @@ class LSTM(nn.Module):
                 "activation": _serialize_activation(self.activation),
                 "recurrent_activation": _serialize_activation(self.recurrent_activation),
                 "use_bias": self.use_bias,
-                "kernel_initializer": serialize(self.kernel_initializer),
-                "recurrent_initializer": serialize(self.recurrent_initializer),
-                "bias_initializer": serialize(self.bias_initializer),
+                "kernel_initializer": serialize(self.kernel_initializer, legacy=legacy),
+                "recurrent_initializer": serialize(self.recurrent_initializer, legacy=legacy),
+                "bias_initializer": serialize(self.bias_initializer, legacy=legacy),
                 "unit_forget_bias": self.unit_forget_bias,
-                "kernel_regularizer": serialize(self.kernel_regularizer),
-                "recurrent_regularizer": serialize(self.recurrent_regularizer),
-                "bias_regularizer": serialize(self.bias_regularizer),
-                "activity_regularizer": serialize(self.activity_regularizer),
-                "kernel_constraint": serialize(self.kernel_constraint),
-                "recurrent_constraint": serialize(self.recurrent_constraint),
-                "bias_constraint": serialize(self.bias_constraint),
+                "kernel_regularizer": serialize(self.kernel_regularizer, legacy=legacy),
+                "recurrent_regularizer": serialize(self.recurrent_regularizer, legacy=legacy),
+                "bias_regularizer": serialize(self.bias_regularizer, legacy=legacy),
+                "activity_regularizer": serialize(self.activity_regularizer, legacy=legacy),
+                "kernel_constraint": serialize(self.kernel_constraint, legacy=legacy),
+                "recurrent_constraint": serialize(self.recurrent_constraint, legacy=legacy),
+                "bias_constraint": serialize(self.bias_constraint, legacy=legacy),
                 "dropout": self.dropout,
                 "recurrent_dropout": self.recurrent_dropout,
             }
@@ -837,6 +837,8 @@ class Bidirectional(nn.Module):
             )
         else:
             self.backward_layer = backward_layer
+        self._backward_given = backward_layer is not None
+        self._layer_name = layer.name
         if self.forward_layer.go_backwards == self.backward_layer.go_backwards:
             raise ValueError(
                 "Forward layer and backward layer should have different `go_backwards` value. Received: "
@@ -1026,8 +1028,12 @@ class Bidirectional(nn.Module):
             "layer": wrap(self.forward_layer),
             "backward_layer": wrap(self.backward_layer),
         }
+        if self._keras2:  # tf-keras serializes the wrapped layer as given, and a backward layer only if given
+            config["layer"]["config"]["name"] = self._layer_name
+            if not self._backward_given:
+                del config["backward_layer"]
         if self.activity_regularizer is not None:
-            config["activity_regularizer"] = serialize(self.activity_regularizer)
+            config["activity_regularizer"] = serialize(self.activity_regularizer, legacy=self._keras2)
         return config
 
     @classmethod

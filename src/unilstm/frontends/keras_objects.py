@@ -102,15 +102,20 @@ def from_keras_config(
 
 
 def serialize(obj: Any, *, legacy: bool = False) -> Any:
-    """Keras 3's serialized form of one of our objects (``legacy``: tf-keras's, the same shape); callables
-    serialize as their ``__name__``; ``None`` stays ``None``."""
+    """Keras 3's serialized form of one of our objects (``legacy``: tf-keras's, which has no ``input_axes`` /
+    ``output_axes`` in initializer configs); callables serialize as their ``__name__``; ``None`` stays
+    ``None``."""
     if obj is None:
         return None
     if isinstance(obj, KerasObject):
+        config = obj.get_config()
+        if legacy:
+            axes = ("input_axes", "output_axes")
+            config = {k: v for k, v in config.items() if k not in axes or v is not None}
         return {
             "module": obj.keras_module,
             "class_name": type(obj).__name__,
-            "config": obj.get_config(),
+            "config": config,
             "registered_name": None,
         }
     return getattr(obj, "__name__", repr(obj))
