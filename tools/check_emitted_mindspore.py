@@ -32,21 +32,48 @@ def _cases():
     """(label, [layer spec dicts]) for the Keras models to convert."""
     cases = []
     for rs, gb, zo in itertools.product([True, False], [False, True], [False, True]):
-        cases.append((f"lstm return_sequences={rs} go_backwards={gb} zero_output_for_mask={zo}",
-                      [dict(F=3, H=4, rs=rs, gb=gb, zo=zo)]))
+        cases.append(
+            (
+                f"lstm return_sequences={rs} go_backwards={gb} zero_output_for_mask={zo}",
+                [dict(F=3, H=4, rs=rs, gb=gb, zo=zo)],
+            )
+        )
     for rs, merge in itertools.product([True, False], ["concat", "sum", "mul", "ave"]):
-        cases.append((f"bidirectional return_sequences={rs} merge_mode={merge}",
-                      [dict(F=3, H=4, bi=True, merge=merge, rs=rs)]))
-    cases.append(("stack of 3 LSTMs -> one 3-layer nn.LSTM",
-                  [dict(F=3, H=4), dict(F=4, H=4), dict(F=4, H=4, rs=False)]))
-    cases.append(("stack of 2 Bidirectionals -> one 2-layer bidirectional nn.LSTM",
-                  [dict(F=3, H=4, bi=True), dict(F=8, H=4, bi=True, rs=False, merge="ave")]))
-    cases.append(("two LSTMs of different widths -> two nn.LSTMs", [dict(F=3, H=4), dict(F=4, H=5, rs=False)]))
+        cases.append(
+            (
+                f"bidirectional return_sequences={rs} merge_mode={merge}",
+                [dict(F=3, H=4, bi=True, merge=merge, rs=rs)],
+            )
+        )
+    cases.append(
+        (
+            "stack of 3 LSTMs -> one 3-layer nn.LSTM",
+            [dict(F=3, H=4), dict(F=4, H=4), dict(F=4, H=4, rs=False)],
+        )
+    )
+    cases.append(
+        (
+            "stack of 2 Bidirectionals -> one 2-layer bidirectional nn.LSTM",
+            [dict(F=3, H=4, bi=True), dict(F=8, H=4, bi=True, rs=False, merge="ave")],
+        )
+    )
+    cases.append(
+        ("two LSTMs of different widths -> two nn.LSTMs", [dict(F=3, H=4), dict(F=4, H=5, rs=False)])
+    )
     return cases
 
 
-def _record(index: int, F: int, H: int, bi: bool = False, merge: str = "concat", rs: bool = True,
-            gb: bool = False, zo: bool = False, rng: np.random.Generator | None = None):
+def _record(
+    index: int,
+    F: int,  # noqa: N803
+    H: int,  # noqa: N803
+    bi: bool = False,
+    merge: str = "concat",
+    rs: bool = True,
+    gb: bool = False,
+    zo: bool = False,
+    rng: np.random.Generator | None = None,
+):
     from unilstm.convert import _keras_config
     from unilstm.formats.keras_files import KerasLayerRecord
     from unilstm.spec import LSTMSpec
@@ -56,16 +83,25 @@ def _record(index: int, F: int, H: int, bi: bool = False, merge: str = "concat",
     config["go_backwards"] = gb
     weights = []
     for _ in range(2 if bi else 1):
-        weights += [(rng.standard_normal((F, 4 * H)) * 0.5).astype(np.float32),
-                    (rng.standard_normal((H, 4 * H)) * 0.5).astype(np.float32),
-                    (rng.standard_normal(4 * H) * 0.5).astype(np.float32)]
+        weights += [
+            (rng.standard_normal((F, 4 * H)) * 0.5).astype(np.float32),
+            (rng.standard_normal((H, 4 * H)) * 0.5).astype(np.float32),
+            (rng.standard_normal(4 * H) * 0.5).astype(np.float32),
+        ]
     if not bi:
         return KerasLayerRecord(name, name, "LSTM", config, weights, None, "keras")
     backward = dict(config, go_backwards=not gb, name=f"backward_{name}")
-    wrapper = {"name": name, "merge_mode": merge,
-               "layer": {"module": "keras.layers", "class_name": "LSTM", "config": config, "registered_name": None},
-               "backward_layer": {"module": "keras.layers", "class_name": "LSTM", "config": backward,
-                                  "registered_name": None}}
+    wrapper = {
+        "name": name,
+        "merge_mode": merge,
+        "layer": {"module": "keras.layers", "class_name": "LSTM", "config": config, "registered_name": None},
+        "backward_layer": {
+            "module": "keras.layers",
+            "class_name": "LSTM",
+            "config": backward,
+            "registered_name": None,
+        },
+    }
     return KerasLayerRecord(name, name, "Bidirectional", wrapper, weights, None, "keras")
 
 
@@ -83,8 +119,9 @@ def prepare(work: Path) -> list[dict]:
         folder.mkdir(parents=True, exist_ok=True)
         records = [_record(i, rng=rng, **layer) for i, layer in enumerate(layers)]
         write_keras_model(records, folder / "model.keras", (None, layers[0]["F"]))
-        report = cv.convert(folder / "model.keras", folder / "model.ckpt", emit_code=folder / "model_ms.py",
-                            prefix="net.")
+        report = cv.convert(
+            folder / "model.keras", folder / "model.ckpt", emit_code=folder / "model_ms.py", prefix="net."
+        )
         units = cv.read_units(folder / "model.keras")
         x = rng.standard_normal((3, 6, layers[0]["F"])).astype(np.float32)
         mask = np.arange(6)[None, :] < np.array([6, 3, 1])[:, None]
@@ -97,8 +134,14 @@ def prepare(work: Path) -> list[dict]:
                 value = cv.run_source(unit, value, lengths)["output"]
             expected["masked" if m is not None else "plain"] = value.numpy()
         np.savez(folder / "expected.npz", **expected)
-        manifest.append({"label": label, "folder": str(folder), "layers": report.layers,
-                         "engine_vs_target": report.max_difference})
+        manifest.append(
+            {
+                "label": label,
+                "folder": str(folder),
+                "layers": report.layers,
+                "engine_vs_target": report.max_difference,
+            }
+        )
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 

@@ -31,8 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     convert = commands.add_parser(
         "convert",
         help="convert SRC to DST and verify the numbers",
-        description="Convert the LSTM layers of SRC to DST, then run both on random inputs and compare. DST is "
-        "written only when the largest difference is within --tolerance. Formats: "
+        description="Convert the LSTM layers of SRC to DST, then run both on random inputs and compare. DST "
+        "is written only when the largest difference is within --tolerance. Formats: "
         + ", ".join(_convert.FORMATS),
     )
     convert.add_argument("source", metavar="SRC")
@@ -49,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--tolerance", type=float, default=1e-5, help="largest accepted difference (1e-5)")
     convert.add_argument("--opset", type=int, help="ONNX opset (default 17)")
-    convert.add_argument("--emit-code", metavar="PATH", help="also write a torch / MindSpore module rebuilding it")
+    convert.add_argument(
+        "--emit-code", metavar="PATH", help="also write a torch / MindSpore module rebuilding it"
+    )
     convert.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     convert.add_argument("--json", action="store_true", help="print a machine-readable report")
     inspect = commands.add_parser("inspect", help="describe the LSTM layers of a file")
@@ -63,7 +65,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _error(message: str, as_json: bool, code: int = EXIT_ERROR, report: dict | None = None) -> int:
     if as_json:
-        print(json.dumps({"ok": False, "error": message, **({"differences": report} if report else {})}, indent=2))
+        print(
+            json.dumps(
+                {"ok": False, "error": message, **({"differences": report} if report else {})}, indent=2
+            )
+        )
     else:
         print(f"unilstm: error: {message}", file=sys.stderr)
     return code

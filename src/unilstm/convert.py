@@ -570,7 +570,7 @@ def _mark_adjacent(units: list[Unit], sequence: list[str] | None) -> list[Unit]:
     if sequence is None:
         return units
     positions = {name: index for index, name in enumerate(sequence)}
-    for previous, unit in zip(units, units[1:]):
+    for previous, unit in zip(units, units[1:], strict=False):
         a = positions.get(previous.keras.names[-1]) if previous.keras else None
         b = positions.get(unit.keras.names[0]) if unit.keras else None
         if a is not None and b is not None and b == a + 1:
@@ -885,7 +885,7 @@ def _ckpt_payload(units: list[Unit], prefixes: list[str]) -> tuple[OrderedDict[s
     from .formats.mindspore_ckpt import mindspore_parameter_order
 
     tensors: OrderedDict[str, Tensor] = OrderedDict()
-    for unit, prefix in zip(units, prefixes):
+    for unit, prefix in zip(units, prefixes, strict=False):
         for name in mindspore_parameter_order(list(unit.state)):
             tensors[prefix + name] = unit.state[name]
     return tensors, _describe_json(units, prefixes)
@@ -893,7 +893,7 @@ def _ckpt_payload(units: list[Unit], prefixes: list[str]) -> tuple[OrderedDict[s
 
 def _describe_json(units: list[Unit], prefixes: list[str]) -> str:
     entries = []
-    for unit, prefix in zip(units, prefixes):
+    for unit, prefix in zip(units, prefixes, strict=False):
         entry = _spec_to_json(unit)
         entry["prefix"] = prefix
         entries.append(entry)
@@ -964,7 +964,7 @@ def _write(
         from .formats.torch_files import save_state_dict
 
         tensors = OrderedDict()
-        for unit, unit_prefix in zip(units, prefixes):
+        for unit, unit_prefix in zip(units, prefixes, strict=False):
             for name, tensor in unit.state.items():
                 tensors[unit_prefix + name] = tensor
         metadata = {METADATA_KEY: _describe_json(units, prefixes)} if fmt == "safetensors" else None
@@ -1027,7 +1027,7 @@ def _target_runner(
             index += unit.spec.num_layers
             runners.append(_keras_chain_runner(unit, chain))
         return runners
-    for unit, target in zip(source, target_units):
+    for unit, target in zip(source, target_units, strict=False):
         layer = LSTM.from_spec(_plain_torch_spec(target.spec), dtype=torch.float32)
         with torch.no_grad():
             for name in parameter_names(layer.spec):
@@ -1065,7 +1065,7 @@ def verify(source: list[Unit], target_fmt: str, path: Path, *, seed: int = 0) ->
             raise ConversionError(f"{path}: read back {len(target_units)} LSTMs, wrote {len(source)}")
     runners = _target_runner(target_units, target_fmt, path, source)
     report: dict[str, Any] = {}
-    for index, (unit, runner) in enumerate(zip(source, runners)):
+    for index, (unit, runner) in enumerate(zip(source, runners, strict=False)):
         diffs: dict[str, Any] = {}
         for x, lengths in _inputs(unit, seed + index):
             expected = run_source(unit, x, lengths)
@@ -1372,7 +1372,7 @@ def format_inspection(info: dict[str, Any]) -> str:
 def _front_door_layer(unit: Unit) -> torch.nn.Module:
     s = unit.spec
     if unit.framework == "mindspore" and s.is_standard_cell and not s.proj_size:
-        from .frontends.mindspore import LSTM as MindSporeLSTM
+        from .frontends.mindspore import LSTM as MindSporeLSTM  # noqa: N811
 
         layer: LSTM = MindSporeLSTM(
             s.input_size,
@@ -1384,7 +1384,7 @@ def _front_door_layer(unit: Unit) -> torch.nn.Module:
             dtype=unit.dtype,
         )
     elif unit.framework == "torch" and s.is_standard_cell and not s.go_backwards:
-        from .frontends.torch import LSTM as TorchLSTM
+        from .frontends.torch import LSTM as TorchLSTM  # noqa: N811
 
         layer = TorchLSTM(
             s.input_size,
@@ -1585,11 +1585,11 @@ def emit_code(units: list[Unit], target_fmt: str, target_file: Path, prefix: str
         + ("mask.astype(mindspore.int32).sum(1)" if ms else "mask.long().sum(1)"),
         "        outputs = []",
     ]
-    for attr, unit in zip(attrs, units):
+    for attr in attrs:
         lines.append(f"        x, states = self._run_{attr}(x, lengths)")
         lines.append("        outputs.append((x, states))")
     lines += ["        return x if len(outputs) == 1 else outputs", ""]
-    for attr, unit in zip(attrs, units):
+    for attr, unit in zip(attrs, units, strict=False):
         lines += _emit_unit_run(attr, unit, ms)
     lines += [
         "",
@@ -1598,22 +1598,28 @@ def emit_code(units: list[Unit], target_fmt: str, target_file: Path, prefix: str
         "    model = Model()",
     ]
     if ms:
-        lines += ["    params = mindspore.load_checkpoint(path)",
-                  "    # MindSpore names a sub-cell's parameters by attribute path: lstm0.weight_ih_l0 ...",
-                  "    renamed = {}"]
-        for attr, unit_prefix in zip(attrs, prefixes):
-            lines += [f"    renamed.update({{{attr!r} + '.' + k[len({unit_prefix!r}):]: v for k, v in params.items() "
-                      f"if k.startswith({unit_prefix!r}) and not isinstance(v, str)}})"]
-        lines += ["    missing, _ = mindspore.load_param_into_net(model, renamed, strict_load=True)",
-                  "    if missing:",
-                  "        raise ValueError(f'{path}: no values for {missing}')"]
+        lines += [
+            "    params = mindspore.load_checkpoint(path)",
+            "    # MindSpore names a sub-cell's parameters by attribute path: lstm0.weight_ih_l0 ...",
+            "    renamed = {}",
+        ]
+        for attr, unit_prefix in zip(attrs, prefixes, strict=False):
+            lines += [
+                f"    renamed.update({{{attr!r} + '.' + k[len({unit_prefix!r}):]: v "
+                f"for k, v in params.items() if k.startswith({unit_prefix!r}) and not isinstance(v, str)}})"
+            ]
+        lines += [
+            "    missing, _ = mindspore.load_param_into_net(model, renamed, strict_load=True)",
+            "    if missing:",
+            "        raise ValueError(f'{path}: no values for {missing}')",
+        ]
         lines += ["    model.set_train(False)", "    return model"]
     else:
         if target_fmt == "safetensors":
             lines += ["    from safetensors.torch import load_file", "", "    state = load_file(path)"]
         else:
             lines += ["    state = torch.load(path, weights_only=True)"]
-        for attr, unit_prefix in zip(attrs, prefixes):
+        for attr, unit_prefix in zip(attrs, prefixes, strict=False):
             lines.append(
                 f"    model.{attr}.load_state_dict({{k[len({unit_prefix!r}):]: v for k, v in state.items() "
                 f"if k.startswith({unit_prefix!r})}})"
@@ -1703,8 +1709,8 @@ def _emit_unit_run(attr: str, unit: Unit, ms: bool) -> list[str]:
                 "        if lengths is not None:  # Keras repeats the last valid output past the length",
                 "            steps = out.shape[1]",
                 "            padded = ops.expand_dims(ops.arange(steps), 0) >= ops.expand_dims(lengths, 1)",
-                f"            fill = ops.expand_dims({last_h} * ops.expand_dims((lengths > 0).astype(out.dtype),"
-                " 1), 1)",
+                f"            fill = ops.expand_dims({last_h} * "
+                "ops.expand_dims((lengths > 0).astype(out.dtype), 1), 1)",
                 f"            forward = ops.where(ops.expand_dims(padded, -1), fill.broadcast_to("
                 f"(out.shape[0], steps, {hidden})), out[:, :, :{hidden}])",
                 f"            out = ops.cat((forward, out[:, :, {hidden}:]), -1) if {directions} == 2 "

@@ -445,22 +445,6 @@ def _previous_output_fix(
 # -- public API --------------------------------------------------------------------------------------------
 
 
-def canonical_layer(layer: object) -> LSTM:
-    """The canonical :class:`unilstm.LSTM` behind ``layer`` (itself, or a front door's engine)."""
-    if isinstance(layer, LSTM):
-        return layer
-    for attribute in ("canonical", "lstm", "engine", "core", "_lstm", "_engine", "_core", "layer"):
-        inner = getattr(layer, attribute, None)
-        if callable(inner) and not isinstance(inner, torch.nn.Module):
-            try:
-                inner = inner()
-            except TypeError:
-                continue
-        if isinstance(inner, LSTM):
-            return inner
-    raise TypeError(f"layer must be a unilstm.LSTM or a unilstm front-door LSTM, got {type(layer).__name__}")
-
-
 def export_onnx(
     layer: object,
     path: str | os.PathLike[str],
@@ -468,8 +452,8 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     lengths: bool = False,
     initial_states: bool = False,
-    return_sequences: bool = True,
-    merge_mode: str | None = "concat",
+    return_sequences: bool | None = None,
+    merge_mode: str | None = None,
 ) -> Path:
     """Write ``layer`` as an ONNX model built on the standard ``LSTM`` operator.
 
@@ -478,9 +462,11 @@ def export_onnx(
     ``h0`` and ``c0`` (L*D, B, H) (zeros otherwise). Graph outputs: ``output`` (T, B, D*H) (or (B, T, D*H)),
     ``h_n`` and ``c_n`` (L*D, B, H), the same numbers as ``layer(input, lengths=...)`` in eval mode.
 
+    ``layer`` is a :class:`unilstm.LSTM` (or the torch / MindSpore front door, which are ones) or a
+    ``unilstm.keras`` LSTM / Bidirectional, whose ``return_sequences`` and ``merge_mode`` are then used.
     ``return_sequences=False`` and ``merge_mode`` ("concat", "sum", "mul", "ave") add Keras's output glue:
-    ``output`` becomes the last output in processing order (B, D*H), and a bidirectional layer's two halves
-    are merged.
+    ``output`` becomes each direction's last output in its processing order (B, D*H), and a bidirectional
+    layer's two halves are merged. Feed ``lengths`` = T for unpadded sequences.
 
     Example::
 
@@ -492,13 +478,24 @@ def export_onnx(
             callable activation); the message names it.
         ImportError: onnx is not installed (``pip install 'unilstm[onnx]'``).
     """
+    if isinstance(layer, LSTM):
+        canonical = layer
+    else:  # a Keras front-door layer: its own output conventions unless given
+        from ..convert import unit_from_layer
+
+        unit = unit_from_layer(layer)
+        canonical = unit.layer()
+        if unit.keras is not None:
+            return_sequences = unit.keras.return_sequences if return_sequences is None else return_sequences
+            if merge_mode is None and unit.spec.bidirectional:
+                merge_mode = unit.keras.merge_mode
     model = build_graph(
-        canonical_layer(layer),
+        canonical,
         opset=opset,
         lengths=lengths,
         initial_states=initial_states,
-        return_sequences=return_sequences,
-        merge_mode=merge_mode,
+        return_sequences=True if return_sequences is None else return_sequences,
+        merge_mode=merge_mode or "concat",
     )
     return write_model(model, path)
 
