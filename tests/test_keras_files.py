@@ -492,3 +492,17 @@ def test_missing_h5py_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(sys.modules, "h5py", None)
     with pytest.raises(ImportError, match=r"unilstm\[keras\]"):
         read_keras_lstm_layers(FIXTURES / "k3_seq.keras")
+
+
+def test_records_of_layers_say_which_hard_sigmoid(ukeras, tmp_path: pathlib.Path) -> None:
+    keras2_layer = ukeras.load_layers(FIXTURES / "tfk_seq.h5", custom_objects={"my_act": my_act})[0]
+    assert kf.record_from_layer(keras2_layer).is_keras2
+    keras3_layer = ukeras.load_layers(FIXTURES / "k3_seq_legacy.h5")[1]
+    assert not kf.record_from_layer(keras3_layer).is_keras2
+    ukeras.save_model([keras3_layer], tmp_path / "k3.keras", input_shape=(None, 5))
+    assert read_keras_lstm_layers(tmp_path / "k3.keras")[0].config["recurrent_activation"] == "hard_sigmoid"
+    odd = ukeras.LSTM(2, recurrent_activation="hard_sigmoid_keras2")
+    odd.build((None, None, 3))
+    with pytest.raises(ValueError, match="no Keras config can say that"):
+        ukeras.save_model([odd], tmp_path / "odd.keras", input_shape=(None, 3))
+    assert os.listdir(tmp_path) == ["k3.keras"]

@@ -949,6 +949,7 @@ def atomic_write_bytes(path: PathLike, payload: bytes) -> None:
 
 # -- the layer-level API (unilstm.keras.load_weights / load_layers / save_model) ---------------------------
 _KERAS2_HARD_SIGMOID = "hard_sigmoid_keras2"
+_KERAS2_SEMANTICS = "2"  # keras_version of records from front-door layers with Keras 2 semantics
 
 
 def _keras_classes():
@@ -1095,7 +1096,15 @@ def _serialized(entry: Any) -> Any:
 
 
 def record_from_layer(layer: Any, index: int = 0) -> KerasLayerRecord:
-    """A :class:`KerasLayerRecord` of a built ``unilstm.keras`` LSTM or Bidirectional (Keras 3 config)."""
+    """A :class:`KerasLayerRecord` of a built ``unilstm.keras`` LSTM or Bidirectional: its ``get_config()``,
+    its ``get_weights()``, and ``keras_version`` ``'2'`` for a layer with Keras 2 semantics (from a Keras 2
+    config) so that :attr:`KerasLayerRecord.is_keras2` tells which ``hard_sigmoid`` the config means.
+    :func:`write_keras_model` makes the config fit for Keras 3 (or refuses what Keras 3 cannot express).
+
+    Raises:
+        TypeError: ``layer`` is not a Keras front-door layer.
+        ValueError: not built, or an activation no Keras config can name (a Python callable).
+    """
     lstm_class, bidirectional_class = _keras_classes()
     where = f"layers[{index}]"
     if isinstance(layer, bidirectional_class):
@@ -1107,31 +1116,32 @@ def record_from_layer(layer: Any, index: int = 0) -> KerasLayerRecord:
     if not getattr(layer, "built", True):
         raise ValueError(f"{where} ({class_name}) is not built: call it once or build(input_shape) first")
     label = f"{where} ({class_name} {getattr(layer, 'name', '')!r})"
+    keras2 = bool(getattr(layer, "_keras2", False))  # the front door's flag: Keras 2 semantics (hard_sigmoid)
     inner_layers = [layer] if class_name == "LSTM" else [layer.forward_layer, layer.backward_layer]
     for inner in inner_layers:
         for argument in ("activation", "recurrent_activation"):
             value = getattr(inner, argument, None)
-            if value == _KERAS2_HARD_SIGMOID:
+            if value == _KERAS2_HARD_SIGMOID and not keras2:
                 raise ValueError(
-                    f"{label}: {argument} is Keras 2's hard_sigmoid, clip(0.2 x + 0.5, 0, 1), which Keras 3 "
-                    "does not have (Keras 3's is clip(x / 6 + 0.5, 0, 1)); it cannot be written to a Keras 3 "
-                    "file"
+                    f"{label}: {argument} is Keras 2's hard_sigmoid, clip(0.2 x + 0.5, 0, 1), in a layer "
+                    "with Keras 3 semantics; no Keras config can say that (use a Keras 2 config: "
+                    "from_config(..., keras2=True))"
                 )
             if value is not None and not isinstance(value, str):
                 raise ValueError(
                     f"{label}: {argument} is a Python callable "
                     f"({getattr(value, '__name__', value)!r}); Keras files can only name built-in activations"
                 )
-    record = KerasLayerRecord(
+    config = layer.get_config()
+    return KerasLayerRecord(
         f"layer_{index}",
-        None,
+        config.get("name"),
         class_name,
-        layer.get_config(),
+        config,
         [np.asarray(w) for w in layer.get_weights()],
-        keras_version=WRITTEN_KERAS_VERSION,  # the front door's names follow Keras 3 ('hard_sigmoid_keras2')
+        # which hard_sigmoid the config's 'hard_sigmoid' means: Keras 2's for layers from Keras 2 configs
+        keras_version=_KERAS2_SEMANTICS if keras2 else WRITTEN_KERAS_VERSION,
     )
-    record = keras3_record(record, index)
-    return replace(record, name=record.config.get("name"))
 
 
 def save_model(
