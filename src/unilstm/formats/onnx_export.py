@@ -483,7 +483,12 @@ def export_onnx(
     else:  # a Keras front-door layer: its own output conventions unless given
         from ..convert import unit_from_layer
 
-        unit = unit_from_layer(layer)
+        try:
+            unit = unit_from_layer(layer)
+        except TypeError:
+            raise TypeError(
+                f"layer must be a unilstm.LSTM or a unilstm front-door LSTM, got {type(layer).__name__}"
+            ) from None
         canonical = unit.layer()
         if unit.keras is not None:
             return_sequences = unit.keras.return_sequences if return_sequences is None else return_sequences
