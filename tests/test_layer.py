@@ -6,12 +6,13 @@ import pytest
 import torch
 
 import unilstm
-from unilstm.kernels import force_kernel
+from unilstm.kernels import dispatch, force_kernel
 
 
-@pytest.fixture(params=["dispatch", "reference"])
+@pytest.fixture(params=["dispatch", *(entry[0] for entry in dispatch.DIRECTION_KERNELS)])
 def kernel(request):
-    force_kernel(None if request.param == "dispatch" else "reference")
+    """The default dispatch, then every registered direction kernel forced (the reference loop included)."""
+    force_kernel(None if request.param == "dispatch" else request.param)
     yield request.param
     force_kernel(None)
 

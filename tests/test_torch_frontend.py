@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence, pad_packed_s
 
 import unilstm
 import unilstm.torch
-from unilstm.kernels import force_kernel
+from unilstm.kernels import dispatch, force_kernel
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "torch"
 CASES = sorted(p.name for p in FIXTURES.glob("*.npz") if not p.name.startswith("init_"))
@@ -25,9 +25,10 @@ TOLERANCE = {  # (abs on outputs and states, relative on gradients)
 CONSTRUCTOR = ("num_layers", "bias", "batch_first", "dropout", "bidirectional", "proj_size")
 
 
-@pytest.fixture(params=["dispatch", "reference"])
+@pytest.fixture(params=["dispatch", *(entry[0] for entry in dispatch.DIRECTION_KERNELS)])
 def kernel(request):
-    force_kernel(None if request.param == "dispatch" else "reference")
+    """The default dispatch, then every registered direction kernel forced (the reference loop included)."""
+    force_kernel(None if request.param == "dispatch" else request.param)
     yield request.param
     force_kernel(None)
 
