@@ -101,6 +101,11 @@ class LSTM(_layer.LSTM):
     Parameters: ``weight_ih_l{k}[_reverse]`` (4H, in), ``weight_hh_l{k}[_reverse]`` (4H, H_out),
     ``bias_ih_l{k}[_reverse]``, ``bias_hh_l{k}[_reverse]`` (4H,), ``weight_hr_l{k}[_reverse]``
     (proj_size, H), all U(-1/sqrt(H), 1/sqrt(H)) drawn in that order, exactly as torch does.
+
+    Where torch 2.13 checks in Python, the errors are its own (type and message). Where it fails inside its
+    C++ kernel with an implementation message (h_0/c_0 of another dtype than the input; a PackedSequence with
+    the wrong feature size, dtype or state shapes), this class raises the same type, RuntimeError, with a
+    message naming the argument, the expected and the received value. Not supported: ``torch.jit.script``.
     """
 
     mode = "LSTM"
