@@ -363,6 +363,21 @@ def losses_and_constraints() -> None:
             data[f"{tag}_w_{i}"] = w
         data[f"{tag}_config"] = json.dumps(layer.get_config())
         data[f"{tag}_losses"] = np.array([float(v) for v in layer.losses], dtype=np.float64)
+    # Bidirectional: the wrapper's activity losses (merged output and four states), then the layers'
+    for tag, module in (("k3bi", keras3), ("k2bi", tf_keras)):
+        layer = module.layers.Bidirectional(
+            module.layers.LSTM(H, return_state=True, kernel_regularizer="l2", activity_regularizer="l1"),
+            activity_regularizer=module.regularizers.L2(0.1),
+        )
+        layer.build((B, T, F))
+        set_random_weights(layer)
+        x = rnd(B, T, F)
+        layer(tf.constant(x))
+        data[f"{tag}_x"] = x
+        for i, w in enumerate(layer.get_weights()):
+            data[f"{tag}_w_{i}"] = w
+        data[f"{tag}_config"] = json.dumps(layer.get_config())
+        data[f"{tag}_losses"] = np.array([float(v) for v in layer.losses], dtype=np.float64)
     # string regularizers and OrthogonalRegularizer (Keras 3)
     w = rnd(F, 4 * H)
     data["reg_w"] = w

@@ -179,12 +179,11 @@ class LSTM(nn.Module):
     linear; any Keras name or a callable on tensors); ``recurrent_activation`` sigma (sigmoid);
     ``use_bias``; ``kernel_initializer`` (glorot_uniform over the whole (F, 4H) matrix),
     ``recurrent_initializer`` (orthogonal over the whole (H, 4H) matrix), ``bias_initializer`` (zeros): Keras
-    names, config dicts or callables ``fn(shape, dtype)``; ``unit_forget_bias`` sets the forget block of the
-    bias
-    to 1; ``*_regularizer`` and ``activity_regularizer`` (see :attr:`losses`); ``*_constraint`` (applied by
-    :func:`apply_constraints` after optimizer steps); ``dropout`` / ``recurrent_dropout`` (Keras 3: one mask
-    per call on x_t and on h_{t-1}, reused at every step, four independent masks per gate when
-    ``recurrent_dropout > 0`` or ``implementation=1``, scaled by 1 / (1 - rate), only in training);
+    names, config dicts or callables ``fn(shape, dtype)``; ``unit_forget_bias`` sets the forget block of
+    the bias to 1; ``*_regularizer`` and ``activity_regularizer`` (see :attr:`losses`); ``*_constraint``
+    (applied by :func:`apply_constraints` after optimizer steps); ``dropout`` / ``recurrent_dropout``
+    (Keras 3: one mask per call on x_t and on h_{t-1}, reused at every step, four independent masks per gate
+    when ``recurrent_dropout > 0`` or ``implementation=1``, scaled by 1 / (1 - rate), only in training);
     ``seed`` (an int seeds a torch.Generator for the dropout masks); ``return_sequences``; ``return_state``;
     ``go_backwards`` (reverse the input and return outputs in processing order); ``stateful``; ``time_major``
     (inputs, outputs and the mask are time-first); ``unroll`` and ``use_cudnn`` (accepted, no numerical
@@ -787,18 +786,17 @@ class Bidirectional(nn.Module):
     r"""``tf.keras.layers.Bidirectional(layer, merge_mode='concat', weights=None, backward_layer=None)``.
 
     As in Keras, the forward layer is a fresh copy of ``layer`` made from its config (named
-    ``forward_<name>``;
-    ``layer``'s own weights are not used) and, without ``backward_layer``, the backward layer is another copy
-    with ``go_backwards=True`` (``backward_<name>``). Both get ``zero_output_for_mask = return_sequences``.
-    The backward output sequence is flipped back to input order before merging:
+    ``forward_<name>``; ``layer``'s own weights are not used) and, without ``backward_layer``, the backward
+    layer is another copy with ``go_backwards=True`` (``backward_<name>``). Both get
+    ``zero_output_for_mask = return_sequences``. The backward output sequence is flipped back to input order
+    before merging:
 
         concat: [y, y_rev] on the last axis (2H);  sum: y + y_rev;  mul: y * y_rev;  ave: (y + y_rev) / 2;
         None: the pair (y, y_rev).
 
     With return_state the call returns ``(output, h_fwd, c_fwd, h_bwd, c_bwd)`` (``(y, y_rev, h_fwd, ...)``
-    for
-    merge_mode None); ``initial_state`` is ``[h_fwd, c_fwd, h_bwd, c_bwd]``. Weights: the forward layer's then
-    the backward layer's.
+    for merge_mode None); ``initial_state`` is ``[h_fwd, c_fwd, h_bwd, c_bwd]``. Weights: the forward
+    layer's then the backward layer's.
     """
 
     def __init__(
@@ -925,8 +923,11 @@ class Bidirectional(nn.Module):
 
     @property
     def losses(self) -> list[Tensor]:
-        """The wrapper's activity losses, the two layers' activity losses, then their "
-        "weight-regularizer losses."""
+        """Keras 3's order: the wrapper's activity losses (each merged output and state, divided by batch
+        size), the two layers' activity losses, then their weight-regularizer losses. A wrapper from a Keras 2
+        config uses tf-keras's order: the wrapper's, then each layer's activity and weight losses in turn."""
+        if self._keras2:
+            return list(self._activity_losses) + self.forward_layer.losses + self.backward_layer.losses
         return (
             list(self._activity_losses)
             + self.forward_layer._activity_losses

@@ -2,9 +2,8 @@
 
 Every class has Keras 3's name, arguments, defaults and config; the distributions are Keras's (the random
 numbers are torch's, so values differ from TensorFlow's, their law does not). Fans follow Keras's
-``compute_fans``: a 2-D shape (in, out) has fan_in = in and fan_out = out, a 1-D shape (n,) fan_in = fan_out
-= n.
-An LSTM kernel (F, 4H) is therefore initialised as one matrix, not per gate block.
+``compute_fans``: a 2-D shape (in, out) has fan_in = in and fan_out = out, a 1-D shape (n,) has
+fan_in = fan_out = n. An LSTM kernel (F, 4H) is therefore initialised as one matrix, not per gate block.
 
 Seeds: an initializer built with ``seed=s`` gives the same values at every call (Keras's rule); with
 ``seed=None`` a seed is drawn once from torch's global generator when the initializer is made, so
