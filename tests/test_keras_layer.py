@@ -281,3 +281,58 @@ def test_callable_activation_and_none():
     linear.set_weights(layer.get_weights())
     with torch.no_grad():
         torch.testing.assert_close(layer(x), linear(x))
+
+
+def test_bidirectional_weights_argument_time_major_and_states():
+    torch.manual_seed(0)
+    reference = Bidirectional(LSTM(3, return_sequences=True, return_state=True), merge_mode="sum")
+    x = rnd(2, 5, 4)
+    out, *states = reference(x)
+    assert len(states) == 4 and tuple(out.shape) == (2, 5, 3)
+    weights = reference.get_weights()
+    again = Bidirectional(LSTM(3, return_sequences=True, return_state=True), "sum", weights=weights)
+    time_major = Bidirectional(LSTM(3, return_sequences=True, return_state=True, time_major=True), "sum")
+    time_major.set_weights(reference.get_weights())
+    with torch.no_grad():
+        torch.testing.assert_close(again(x)[0], out)
+        got, *got_states = time_major(x.transpose(1, 0, 2))
+        torch.testing.assert_close(got.transpose(0, 1), out)
+        for a, b in zip(got_states, states, strict=True):
+            torch.testing.assert_close(a, b)
+    stateful = Bidirectional(LSTM(3, stateful=True))
+    stateful(x)
+    stateful.reset_states([rnd(2, 3) for _ in range(4)])
+    assert len(stateful.states) == 4
+    with pytest.raises(AttributeError, match="must be stateful"):
+        reference.reset_states()
+
+
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_same_numbers_as_the_canonical_layer(go_backwards, activation):
+    """The front door only translates: the canonical unilstm.LSTM with the converted weights
+    (formats.layout.torch_from_keras) and the same options computes the same outputs and states."""
+    import unilstm
+    from unilstm.formats.layout import torch_from_keras
+
+    torch.manual_seed(1)
+    keras_layer = LSTM(
+        4, activation=activation, go_backwards=go_backwards, return_sequences=True, return_state=True
+    )
+    x = rnd(3, 6, 5)
+    mask = RNG.random((3, 6)) > 0.3
+    out, h, c = keras_layer(x, mask=mask)
+    canonical = unilstm.LSTM(
+        5, 4, batch_first=True, activation=activation, go_backwards=go_backwards, masked_output="previous"
+    )
+    state = {f"{k}_l0": torch.tensor(v) for k, v in torch_from_keras(*keras_layer.get_weights()).items()}
+    canonical.load_state_dict(state)
+    expected, (h_n, c_n) = canonical(torch.tensor(x), mask=torch.tensor(mask))
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(h, h_n[0])
+    torch.testing.assert_close(c, c_n[0])
+
+
+def test_glu_is_refused_clearly():
+    with pytest.raises(ValueError, match="glu"):
+        LSTM(4, activation="glu")

@@ -141,6 +141,11 @@ def _activation(identifier: Any, argument: str, keras2: bool) -> str | Callable[
                 "when it is "
                 "called); pass a callable, e.g. lambda x: torch.where(x > t, x, v)"
             )
+        if name == "glu":
+            raise ValueError(
+                f"{argument}: 'glu' halves the last axis (H -> H/2), so it cannot be an LSTM activation "
+                "(Keras fails when the layer is called)"
+            )
         if name == "hard_sigmoid" and keras2:
             return "hard_sigmoid_keras2"
         if name in _activations.REGISTRY:
