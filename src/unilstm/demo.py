@@ -1,0 +1,101 @@
+"""A short tour of unilstm: ``python -m unilstm.demo`` (or ``make demo``).
+
+Each section prints what it does and the numbers that prove it, so the output reads on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+import unilstm
+
+
+def _section(title: str) -> None:
+    print()
+    print(title)
+    print("-" * len(title))
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.detach().double() - b.detach().double()).abs().max())
+
+
+def mindspore_and_torch(workdir: str) -> None:
+    from unilstm import mindspore as ms
+    from unilstm import torch as ut
+
+    _section("1. MindSpore's documented example, in PyTorch, without MindSpore")
+    print("net = unilstm.mindspore.LSTM(10, 16, 1, has_bias=True, batch_first=True, bidirectional=False)")
+    np.random.seed(0)  # MindSpore draws its initial weights from numpy's global RNG: same seed, same weights
+    net = ms.LSTM(10, 16, 1, has_bias=True, batch_first=True, bidirectional=False)
+    x = np.ones([3, 5, 10], dtype=np.float32)
+    h0 = np.zeros([1, 3, 16], dtype=np.float32)
+    c0 = np.zeros([1, 3, 16], dtype=np.float32)
+    output, (hn, cn) = net(x, (torch.from_numpy(h0), torch.from_numpy(c0)))
+    print(f"output: {tuple(output.shape)}   h_n: {tuple(hn.shape)}   c_n: {tuple(cn.shape)}")
+    print(f"h_n squeezed: {tuple(hn.squeeze(0).shape)}   (MindSpore's docs: (3, 5, 16), (1, 3, 16), (1, 3, 16))")
+    print(f"h_n equals the last output step: {bool(torch.equal(hn[0], output[:, -1]))}")
+
+    _section("2. The same weights through the torch.nn.LSTM front door")
+    tnet = ut.LSTM(10, 16, 1, bias=True, batch_first=True)
+    tnet.load_state_dict(net.state_dict())  # torch's parameter names are MindSpore's names
+    reference = torch.nn.LSTM(10, 16, 1, bias=True, batch_first=True)
+    reference.load_state_dict(net.state_dict())
+    t_out, (t_h, t_c) = tnet(torch.from_numpy(x))
+    r_out, _ = reference(torch.from_numpy(x))
+    print(f"unilstm.torch vs unilstm.mindspore, max |difference| of outputs: {_max_diff(t_out, output):.3g}")
+    print(f"unilstm.torch vs the real torch.nn.LSTM:                      {_max_diff(t_out, r_out):.3g}")
+
+    _section("3. A MindSpore checkpoint, written and read back (protobuf, no MindSpore needed)")
+    path = os.path.join(workdir, "lstm.ckpt")
+    ms.save_checkpoint(net, path, append_dict={"epoch": 3, "note": "demo"})
+    params = ms.load_checkpoint(path)
+    print(f"wrote {os.path.basename(path)} ({os.path.getsize(path)} bytes): {sorted(params)}")
+    fresh = ms.LSTM(10, 16, 1, has_bias=True, batch_first=True)
+    not_loaded, unused = ms.load_param_into_net(fresh, params)
+    f_out, _ = fresh(x)
+    print(f"params not loaded: {not_loaded}; checkpoint entries not used: {unused}")
+    print(f"outputs after reloading, max |difference|: {_max_diff(f_out, output):.3g}")
+
+    _section("4. Variable lengths, MindSpore's seq_length (packed semantics)")
+    lengths = torch.tensor([5, 2, 0], dtype=torch.int32)
+    v_out, (v_h, _) = net(x, None, lengths)
+    print(f"seq_length={lengths.tolist()}: outputs past each length are zero: "
+          f"{bool((v_out[1, 2:] == 0).all() and (v_out[2] == 0).all())}; "
+          f"h_n of the length-2 row is its step-2 output: {bool(torch.equal(v_h[0, 1], v_out[1, 1]))}; "
+          f"a length-0 row returns h0: {bool((v_h[0, 2] == 0).all())}")
+
+
+def canonical_union() -> None:
+    _section("5. The canonical unilstm.LSTM: what no single framework offers, combined")
+    print("unilstm.LSTM(8, 32, num_layers=2, bidirectional=True, proj_size=16, activation='relu',")
+    print("             recurrent_dropout=0.25, input_dropout=0.1)  + a mask with gaps")
+    torch.manual_seed(0)
+    layer = unilstm.LSTM(
+        8, 32, num_layers=2, bidirectional=True, proj_size=16, activation="relu",
+        recurrent_dropout=0.25, input_dropout=0.1, batch_first=True,
+    )
+    x = torch.randn(4, 12, 8)
+    mask = torch.rand(4, 12) > 0.3
+    layer.train()
+    out, (h, c) = layer(x, mask=mask, generator=torch.Generator().manual_seed(1))
+    out.sum().backward()
+    print(f"output {tuple(out.shape)}, h_n {tuple(h.shape)}, c_n {tuple(c.shape)}; "
+          f"gradient on weight_hr_l1_reverse: {tuple(layer.weight_hr_l1_reverse.grad.shape)}")
+
+
+def main() -> None:
+    print(f"unilstm {unilstm.__version__} on torch {torch.__version__}")
+    with tempfile.TemporaryDirectory() as workdir:
+        mindspore_and_torch(workdir)
+        canonical_union()
+    print()
+    print("Done. See README.md for the Keras front door, file conversion and benchmarks.")
+
+
+if __name__ == "__main__":
+    main()
