@@ -325,7 +325,7 @@ def _unit_from_keras_record(record: Any, path: PathLike, custom_objects: dict[st
         keras2=keras2,
         time_major=time_major,
     )
-    unit = Unit(record.key, spec, state, "keras", glue, notes, stored)
+    unit = Unit(record.name or record.key, spec, state, "keras", glue, notes, stored)
     if differing:
         unit.blocking = (
             f"its backward layer differs from the forward one ({', '.join(differing)}): one bidirectional "
@@ -1054,6 +1054,22 @@ def _keras_chain_runner(
     return run
 
 
+def _with_written_configs(source: list[Unit], path: Path) -> list[Unit]:
+    """A weights-only Keras file read back with the configs of the model it was written for (the weights go
+    into that architecture), matched by storage key."""
+    from .formats.keras_files import KerasLayerRecord, _store_keys, read_keras_lstm_layers
+
+    written = keras_records(source)
+    stored = {r.key: r for r in read_keras_lstm_layers(path)}
+    units = []
+    for key, record in zip(_store_keys(written), written, strict=True):
+        if key not in stored:
+            raise ConversionError(f"{path}: the weights of layer {record.name!r} (key {key!r}) are missing")
+        again = KerasLayerRecord(key, record.name, record.class_name, record.config, stored[key].weights)
+        units.append(_unit_from_keras_record(again, path, {}))
+    return units
+
+
 def verify(source: list[Unit], target_fmt: str, path: Path, *, seed: int = 0) -> dict[str, Any]:
     """Run source and written target on random inputs; ``{layer: {case: {output: max |diff|}}}``."""
     framework = FRAMEWORK_OF[target_fmt]
@@ -1061,6 +1077,8 @@ def verify(source: list[Unit], target_fmt: str, path: Path, *, seed: int = 0) ->
         target_units: list[Unit] = []
     else:
         target_units = read_units(path, fmt=target_fmt)
+        if target_fmt == "weights.h5":
+            target_units = _with_written_configs(source, path)
         if framework != "keras" and len(target_units) != len(source):
             raise ConversionError(f"{path}: read back {len(target_units)} LSTMs, wrote {len(source)}")
     runners = _target_runner(target_units, target_fmt, path, source)
