@@ -336,3 +336,17 @@ def test_same_numbers_as_the_canonical_layer(go_backwards, activation):
 def test_glu_is_refused_clearly():
     with pytest.raises(ValueError, match="glu"):
         LSTM(4, activation="glu")
+
+
+def test_keras_api_extras():
+    layer = LSTM(4, return_sequences=True, return_state=True)
+    assert layer.compute_output_shape((2, 7, 3)) == ((2, 7, 4), (2, 4), (2, 4))
+    layer.build((2, 7, 3))
+    assert layer.count_params() == 4 * 4 * (3 + 4 + 1)
+    assert [tuple(s.shape) for s in layer.get_initial_state(5)] == [(5, 4), (5, 4)]
+    bi = Bidirectional(LSTM(4, return_state=True), merge_mode=None)
+    assert bi.compute_output_shape((2, 7, 3)) == ((2, 4), (2, 4), (2, 4), (2, 4), (2, 4), (2, 4))
+    assert Bidirectional(LSTM(4, return_sequences=True)).compute_output_shape((2, 7, 3)) == (2, 7, 8)
+    x, state = rnd(2, 7, 3), [rnd(2, 4), rnd(2, 4)]
+    with torch.no_grad():  # Keras's positional order: (inputs, initial_state, mask, training)
+        torch.testing.assert_close(layer(x, state)[0], layer(x, initial_state=state)[0])

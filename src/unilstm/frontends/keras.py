@@ -11,7 +11,7 @@ The layer holds three leaf parameters in Keras layout, ``kernel`` (F, 4H), ``rec
 
 with ``g = activation`` and ``sigma = recurrent_activation``.
 
-Torch conventions kept from Keras: a call ``layer(x, mask=None, training=None, initial_state=None)``
+Torch conventions kept from Keras: a call ``layer(x, initial_state=None, mask=None, training=None)``
 returns the output, or ``(output, h, c)`` with ``return_state``. ``training=None`` means the module's
 ``self.training``, and these layers are created in eval mode (``layer.training`` is False), so a plain call is
 Keras's inference call and ``model.train()`` plays the role of ``fit`` (dropout on).
@@ -417,6 +417,25 @@ class LSTM(nn.Module):
             weights, self._initial_weights = self._initial_weights, None
             self.set_weights(weights)
 
+    def count_params(self) -> int:
+        """Number of weight entries: 4H (F + H + 1) with a bias."""
+        return sum(w.numel() for w in self.weights)
+
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> Any:
+        """Keras's output shape(s) for inputs of ``input_shape``: (B, T, H) or (B, H), then (B, H) twice with
+        return_state ((T, B, H) with time_major and return_sequences)."""
+        shape = tuple(input_shape)
+        batch, steps = (shape[1], shape[0]) if self.time_major else (shape[0], shape[1])
+        if self.return_sequences:
+            output = (steps, batch, self.units) if self.time_major else (batch, steps, self.units)
+        else:
+            output = (batch, self.units)
+        return (output, (batch, self.units), (batch, self.units)) if self.return_state else output
+
+    def get_initial_state(self, batch_size: int) -> list[Tensor]:
+        """Zero states [h0, c0], each (batch_size, H)."""
+        return list(self._zero_states(batch_size))
+
     def get_weights(self) -> list[np.ndarray]:
         """The weights as numpy arrays in Keras layout (copies)."""
         return [w.detach().cpu().numpy().copy() for w in self.weights]
@@ -569,11 +588,12 @@ class LSTM(nn.Module):
     def forward(
         self,
         inputs: Any,
+        initial_state: Sequence[Any] | None = None,
         mask: Any = None,
         training: bool | None = None,
-        initial_state: Sequence[Any] | None = None,
     ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
-        """Run the layer (shapes in the class docstring)."""
+        """Run the layer (shapes in the class docstring). The positional order is Keras's
+        ``call(sequences, initial_state=None, mask=None, training=None)``; pass them by keyword."""
         x = self._as_tensor(inputs, "inputs")
         if x.dim() != 3:
             raise ValueError(
@@ -915,6 +935,23 @@ class Bidirectional(nn.Module):
     def get_weights(self) -> list[np.ndarray]:
         return self.forward_layer.get_weights() + self.backward_layer.get_weights()
 
+    def count_params(self) -> int:
+        return self.forward_layer.count_params() + self.backward_layer.count_params()
+
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> Any:
+        """Keras's output shape(s): the merged output (last axis doubled with concat; two outputs with
+        merge_mode None), then the four states with return_state."""
+        shape = self.forward_layer.compute_output_shape(input_shape)
+        states: tuple = ()
+        if self.return_state:
+            shape, states = shape[0], tuple(shape[1:]) * 2
+        if self.merge_mode == "concat":
+            shape = (*shape[:-1], 2 * shape[-1])
+        outputs = (shape, shape) if self.merge_mode is None else (shape,)
+        if self.return_state or self.merge_mode is None:
+            return outputs + states
+        return shape
+
     def set_weights(self, weights: Sequence[Any]) -> None:
         """The forward layer's arrays then the backward layer's (Keras layout)."""
         weights = list(weights)
@@ -967,11 +1004,12 @@ class Bidirectional(nn.Module):
     def forward(
         self,
         inputs: Any,
+        initial_state: Sequence[Any] | None = None,
         mask: Any = None,
         training: bool | None = None,
-        initial_state: Sequence[Any] | None = None,
     ):
-        """Run both layers on the same inputs and mask and merge (see the class docstring)."""
+        """Run both layers on the same inputs and mask and merge (see the class docstring); Keras's positional
+        order ``(sequences, initial_state=None, mask=None, training=None)``."""
         if self._pending_weights is not None and not self.built:
             shape = inputs.shape if hasattr(inputs, "shape") else np.asarray(inputs).shape
             self.build(tuple(shape))
