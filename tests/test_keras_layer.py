@@ -350,3 +350,8 @@ def test_keras_api_extras():
     x, state = rnd(2, 7, 3), [rnd(2, 4), rnd(2, 4)]
     with torch.no_grad():  # Keras's positional order: (inputs, initial_state, mask, training)
         torch.testing.assert_close(layer(x, state)[0], layer(x, initial_state=state)[0])
+
+
+def test_tf_keras_first_layer_config_keeps_batch_input_shape():
+    config = dict(CONFIGS["k2"]["default"]["config"], batch_input_shape=[None, 5, 3])
+    assert LSTM.from_config(config).get_config() == config

@@ -309,6 +309,7 @@ class LSTM(nn.Module):
             or ((extra["input_dim"],) if extra.get("input_dim") is not None else None)
         )
         self._initial_weights = extra.get("weights")
+        self._batch_input_shape = extra.get("batch_input_shape")
         self.register_parameter("kernel", None)
         self.register_parameter("recurrent_kernel", None)
         self.register_parameter("bias", None)
@@ -716,6 +717,8 @@ class LSTM(nn.Module):
             "stateful": self.stateful,
             "unroll": self.unroll,
         }
+        if legacy and self._batch_input_shape is not None:
+            config["batch_input_shape"] = list(self._batch_input_shape)
         if legacy:
             config["time_major"] = self.time_major
         else:
