@@ -92,8 +92,11 @@ def test_keras_semantics_reproduce_real_keras(name):
 def test_keras2_hard_sigmoid_and_custom_activations_are_kept():
     units = cv.read_units(KERAS / "tfk_seq.h5", custom_objects={"my_act": my_act})
     assert units[1].spec.activation is my_act
+    units = cv.read_units(KERAS / "tfk_seq.h5")  # readable; the layer is blocked until my_act is given
+    assert "custom_objects={'my_act': fn}" in units[1].blocking
     with pytest.raises(cv.ConversionError, match="my_act"):
-        cv.read_units(KERAS / "tfk_seq.h5")
+        cv.convert(KERAS / "tfk_seq.h5", KERAS.parent / "never_written.keras")
+    assert not (KERAS.parent / "never_written.keras").exists()
 
 
 def test_bidirectional_with_a_different_backward_layer_is_blocked_only_when_converted(tmp_path):

@@ -142,8 +142,47 @@ def prepare(work: Path) -> list[dict]:
                 "engine_vs_target": report.max_difference,
             }
         )
+    manifest += _real_keras_cases(work, len(manifest))
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+#: (fixture file, layer name, index in its .npz): LSTM layers whose outputs real Keras computed
+REAL_KERAS = [
+    ("k3_seq.keras", "encoder", 0),
+    ("k3_seq.keras", "bidirectional", 2),
+    ("k3_func.keras", "inner_lstm", 0),
+    ("tfk_seq.h5", "bidirectional", 2),
+    ("tfk_nested.h5", "lstm_3", 0),
+    ("tfk_nested.h5", "bi", 1),
+    ("tfk_nested.h5", "last", 2),
+]
+
+
+def _real_keras_cases(work: Path, start: int) -> list[dict]:
+    """Layers of the Keras fixtures (made by real Keras 3 / tf-keras) converted to .ckpt with emitted code;
+    expected = the outputs real Keras computed (no mask)."""
+    from unilstm import convert as cv
+
+    fixtures = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "keras_files"
+    cases = []
+    for offset, (name, layer, index) in enumerate(REAL_KERAS):
+        folder = work / f"case_{start + offset:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        source = fixtures / name
+        report = cv.convert(source, folder / "model.ckpt", layer=layer, emit_code=folder / "model_ms.py")
+        arrays = np.load(fixtures / (name.split(".")[0] + ".npz"))
+        x, y = arrays[f"in_{index}"], arrays[f"out_{index}"]
+        np.savez(folder / "expected.npz", x=x, mask=np.ones(x.shape[:2], dtype=bool), plain=y)
+        cases.append(
+            {
+                "label": f"real Keras fixture {name} layer {layer!r}",
+                "folder": str(folder),
+                "layers": report.layers,
+                "engine_vs_target": report.max_difference,
+            }
+        )
+    return cases
 
 
 def check(work: Path) -> int:

@@ -281,10 +281,17 @@ def _unit_from_keras_record(record: Any, path: PathLike, custom_objects: dict[st
             "weights only: no config stored, Keras defaults assumed (tanh, sigmoid, return_sequences=False)"
         ]
     )
-    activation = _keras_activation(config.get("activation", "tanh"), keras2, custom_objects, where)
-    recurrent = _keras_activation(
-        config.get("recurrent_activation", "sigmoid"), keras2, custom_objects, where
-    )
+    unreadable = []
+    try:
+        activation = _keras_activation(config.get("activation", "tanh"), keras2, custom_objects, where)
+    except ConversionError as error:
+        activation, unreadable = "tanh", [str(error).split(": ", 2)[-1]]
+    try:
+        recurrent = _keras_activation(
+            config.get("recurrent_activation", "sigmoid"), keras2, custom_objects, where
+        )
+    except ConversionError as error:
+        recurrent, unreadable = "sigmoid", [*unreadable, str(error).split(": ", 2)[-1]]
     return_sequences = bool(config.get("return_sequences", False))
     zero_output = bool(config.get("zero_output_for_mask", False)) or (bidirectional and return_sequences)
     time_major = bool(config.get("time_major", False))
@@ -326,7 +333,10 @@ def _unit_from_keras_record(record: Any, path: PathLike, custom_objects: dict[st
         time_major=time_major,
     )
     unit = Unit(record.name or record.key, spec, state, "keras", glue, notes, stored)
-    if differing:
+    if unreadable:
+        unit.blocking = "; ".join(unreadable)
+        unit.notes.append(unit.blocking)
+    elif differing:
         unit.blocking = (
             f"its backward layer differs from the forward one ({', '.join(differing)}): one bidirectional "
             "LSTM cannot express it"
