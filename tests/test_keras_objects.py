@@ -220,3 +220,32 @@ def test_unknown_objects_are_errors():
         LSTM(2, bias_constraint={"class_name": "Radial", "config": {}})
     with pytest.raises(ValueError, match="STFT"):
         LSTM(2, kernel_initializer="stft").build((1, 2, 3))
+
+
+def test_three_sgd_steps_match_a_keras_training_loop():
+    """A custom Keras 3 loop: loss = <y, cot> + sum(layer.losses) with L1L2 / l2 weight regularizers, an l1
+    activity regularizer, max_norm and non_neg constraints, masks, SGD(0.3), three steps. The torch loop adds
+    ``sum(layer.losses)`` and lets :func:`constrain` apply the constraints after each step."""
+    data = load("training")
+    layer = LSTM(
+        3,
+        return_sequences=True,
+        kernel_regularizer=regularizers.L1L2(0.01, 0.02),
+        recurrent_regularizer="l2",
+        activity_regularizer="l1",
+        kernel_constraint=constraints.MaxNorm(1.0),
+        bias_constraint="non_neg",
+    )
+    layer.set_weights([data[f"w0_{i}"] for i in range(3)])
+    optimizer = torch.optim.SGD(layer.trainable_weights, lr=0.3)
+    constrain(optimizer, layer)
+    layer.train()
+    for step in range(3):
+        optimizer.zero_grad()
+        y = layer(data[f"x_{step}"], mask=data[f"mask_{step}"])
+        loss = (y * torch.tensor(data[f"cot_{step}"])).sum() + sum(layer.losses)
+        np.testing.assert_allclose(float(loss.detach()), float(data[f"loss_{step}"]), rtol=1e-5)
+        loss.backward()
+        optimizer.step()
+    for i, got in enumerate(layer.get_weights()):
+        np.testing.assert_allclose(got, data[f"w3_{i}"], rtol=1e-4, atol=1e-6)

@@ -428,6 +428,31 @@ def losses_and_constraints() -> None:
         cons[f"step_w1_{i}"] = w
     save("constraints", cons)
 
+    # three SGD steps of a custom Keras 3 training loop: loss = <y, cot> + sum(layer.losses)
+    train = {}
+    layer = keras3.layers.LSTM(
+        H, return_sequences=True, kernel_regularizer=keras3.regularizers.L1L2(0.01, 0.02),
+        recurrent_regularizer="l2", activity_regularizer="l1", kernel_constraint=keras3.constraints.MaxNorm(1.0),
+        bias_constraint="non_neg",
+    )
+    layer.build((B, T, F))
+    set_random_weights(layer)
+    for i, w in enumerate(layer.get_weights()):
+        train[f"w0_{i}"] = w
+    opt = keras3.optimizers.SGD(0.3)
+    for step in range(3):
+        x, mask, cot = rnd(B, T, F), RNG.random((B, T)) > 0.3, rnd(B, T, H)
+        train[f"x_{step}"], train[f"mask_{step}"], train[f"cot_{step}"] = x, mask, cot
+        with tf.GradientTape() as tape:
+            y = layer(tf.constant(x), mask=tf.constant(mask), training=True)
+            loss = tf.reduce_sum(y * cot) + tf.add_n(layer.losses)
+        train[f"loss_{step}"] = np.float64(float(loss))
+        grads = tape.gradient(loss, layer.trainable_weights)
+        opt.apply_gradients(zip(grads, layer.trainable_weights, strict=True))
+    for i, w in enumerate(layer.get_weights()):
+        train[f"w3_{i}"] = w
+    save("training", train)
+
 
 def initializers() -> None:
     """Deterministic initializers and the unit_forget_bias structure."""
