@@ -432,8 +432,8 @@ def losses_and_constraints() -> None:
     train = {}
     layer = keras3.layers.LSTM(
         H, return_sequences=True, kernel_regularizer=keras3.regularizers.L1L2(0.01, 0.02),
-        recurrent_regularizer="l2", activity_regularizer="l1", kernel_constraint=keras3.constraints.MaxNorm(1.0),
-        bias_constraint="non_neg",
+        recurrent_regularizer="l2", activity_regularizer="l1",
+        kernel_constraint=keras3.constraints.MaxNorm(1.0), bias_constraint="non_neg",
     )
     layer.build((B, T, F))
     set_random_weights(layer)
