@@ -250,7 +250,6 @@ def test_mindspore_order_and_prefix(tmp_path):
     [
         ("x.ckpt", "activation='relu': mindspore.nn.LSTM computes tanh only"),
         ("x.pt", "activation='relu': torch.nn.LSTM computes tanh only"),
-        ("x.onnx", "pick one with --layer"),
     ],
 )
 def test_inexpressible_semantics_stop_with_the_feature_named(target, needle, tmp_path):
@@ -261,6 +260,21 @@ def test_inexpressible_semantics_stop_with_the_feature_named(target, needle, tmp
         cv.convert(source, tmp_path / target)
     assert not (tmp_path / target).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.keras"]
+
+
+def test_a_keras_sequential_becomes_one_onnx_chain_and_unordered_layers_are_refused(tmp_path):
+    records = [
+        keras_record(0, 3, 4, activation="relu"),
+        keras_record(1, 4, 4, bi=True, rs=False, merge="sum"),
+    ]
+    source = keras_file(tmp_path / "s.keras", records)
+    report = cv.convert(source, tmp_path / "chain.onnx")
+    assert report.verified and report.max_difference < 1e-6
+    [(name, cases)] = report.differences.items()
+    assert set(cases["no mask"]) == {"output", "h_n[layer_0]", "c_n[layer_0]", "h_n[layer_1]", "c_n[layer_1]"}
+    with pytest.raises(cv.ConversionError, match="not known to follow"):
+        cv.convert(KERAS / "tfk_nested.h5", tmp_path / "nested.onnx")
+    assert not (tmp_path / "nested.onnx").exists()
 
 
 def test_weights_only_writes_anyway_without_verification(tmp_path):

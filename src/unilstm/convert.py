@@ -910,6 +910,16 @@ def _describe_json(units: list[Unit], prefixes: list[str]) -> str:
     return json.dumps(entries)
 
 
+def _onnx_chain_problem(units: list[Unit]) -> str | None:
+    """None when ``units`` feed each other in a Keras Sequential (so one ONNX graph can chain them)."""
+    for previous, unit in zip(units, units[1:], strict=False):
+        if previous.keras is None or unit.keras is None or "follows the previous layer" not in unit.notes:
+            return f"{unit.name!r} is not known to follow {previous.name!r} in a Sequential model"
+        if not previous.keras.return_sequences or previous.keras.merge_mode is None:
+            return f"{previous.name!r} does not return one sequence to {unit.name!r}"
+    return None
+
+
 def write_units(
     units: list[Unit],
     path: PathLike,
@@ -937,9 +947,9 @@ def write_units(
             f"{shown}: cannot convert:\n  - " + "\n  - ".join(blocked) + "\n(pick other layers with --layer)"
         )
     problems = [f"layer {unit.name!r}: {p}" for unit in units for p in target_problems(unit, framework)]
-    if framework == "onnx" and len(units) > 1:
+    if framework == "onnx" and len(units) > 1 and _onnx_chain_problem(units):
         problems.append(
-            f"an ONNX file holds one LSTM stack here, got {len(units)} layers that do not form one "
+            f"an ONNX file holds one chain of LSTMs; {_onnx_chain_problem(units)} "
             f"({', '.join(repr(u.name) for u in units)}): pick one with --layer"
         )
     if problems and (not weights_only or framework == "onnx"):
@@ -982,18 +992,17 @@ def _write(
             tensors, path, kind="safetensors" if fmt == "safetensors" else "torch", metadata=metadata
         )
     elif fmt == "onnx":
-        from .formats.onnx_export import DEFAULT_OPSET, build_graph, write_model
+        from .formats.onnx_export import DEFAULT_OPSET, build_chain, write_model
 
-        unit = units[0]
-        glue = unit.keras
-        model = build_graph(
-            unit.layer(),
-            opset=opset or DEFAULT_OPSET,
-            lengths=True,
-            return_sequences=glue.return_sequences if glue else True,
-            merge_mode=(glue.merge_mode if glue and unit.spec.bidirectional else "concat"),
-        )
-        write_model(model, path)
+        stages = [
+            (
+                unit.layer(),
+                unit.keras.return_sequences if unit.keras else True,
+                unit.keras.merge_mode if unit.keras and unit.spec.bidirectional else "concat",
+            )
+            for unit in units
+        ]
+        write_model(build_chain(stages, opset=opset or DEFAULT_OPSET, lengths=True), path)
 
 
 # -- verification -------------------------------------------------------------------------------------------
@@ -1014,6 +1023,19 @@ def _target_runner(
     """Per source unit: a function running the written target (read back from ``path``) with the glue."""
     framework = FRAMEWORK_OF[target_fmt]
     runners = []
+    if framework == "onnx" and len(source) > 1:
+        from .formats.onnx_export import run_onnx
+
+        def run_chain(x: Tensor, lengths: Tensor | None) -> dict[str, Tensor]:
+            use = lengths if lengths is not None else torch.full((x.shape[0],), x.shape[1])
+            values = run_onnx(path, x.numpy(), lengths=use.numpy(), all_outputs=True)
+            result = {"output": torch.from_numpy(values["output"])}
+            for index, unit in enumerate(source):
+                result[f"h_n[{unit.name}]"] = torch.from_numpy(values[f"h_n_{index}"])
+                result[f"c_n[{unit.name}]"] = torch.from_numpy(values[f"c_n_{index}"])
+            return result
+
+        return [run_chain]
     if framework == "onnx":
         from .formats.onnx_export import run_onnx
 
@@ -1092,26 +1114,56 @@ def verify(source: list[Unit], target_fmt: str, path: Path, *, seed: int = 0) ->
         if framework != "keras" and len(target_units) != len(source):
             raise ConversionError(f"{path}: read back {len(target_units)} LSTMs, wrote {len(source)}")
     runners = _target_runner(target_units, target_fmt, path, source)
+    if framework == "onnx" and len(source) > 1:
+        return {
+            "+".join(u.name for u in source): _compare(_source_chain(source), runners[0], source[0], seed)
+        }
     report: dict[str, Any] = {}
     for index, (unit, runner) in enumerate(zip(source, runners, strict=False)):
-        diffs: dict[str, Any] = {}
-        for x, lengths in _inputs(unit, seed + index):
-            expected = run_source(unit, x, lengths)
-            got = runner(x, lengths)
-            case = "no mask" if lengths is None else f"lengths {lengths.tolist()}"
-            diffs[case] = {}
-            for key, value in expected.items():
-                if key not in got:
-                    continue
-                other = got[key].to(value.dtype)
-                if other.shape != value.shape:
-                    raise ConversionError(
-                        f"verification: {unit.name!r} {key} has shape {tuple(other.shape)} in "
-                        f"the target, {tuple(value.shape)} in the source"
-                    )
-                diffs[case][key] = float((other - value).abs().max()) if value.numel() else 0.0
-        report[unit.name] = diffs
+        report[unit.name] = _compare(
+            lambda x, lengths, u=unit: run_source(u, x, lengths), runner, unit, seed + index
+        )
     return report
+
+
+def _source_chain(units: list[Unit]) -> Callable[[Tensor, Tensor | None], dict[str, Tensor]]:
+    """The source semantics of Keras layers feeding each other: final output and every layer's states."""
+
+    def run(x: Tensor, lengths: Tensor | None) -> dict[str, Tensor]:
+        result: dict[str, Tensor] = {}
+        value = x
+        for unit in units:
+            step = run_source(unit, value, lengths)
+            value = step["output"]
+            result[f"h_n[{unit.name}]"], result[f"c_n[{unit.name}]"] = step["h_n"], step["c_n"]
+        return {"output": value, **result}
+
+    return run
+
+
+def _compare(
+    expected_run: Callable[[Tensor, Tensor | None], dict[str, Tensor]],
+    runner: Callable[[Tensor, Tensor | None], dict[str, Tensor]],
+    unit: Unit,
+    seed: int,
+) -> dict[str, Any]:
+    diffs: dict[str, Any] = {}
+    for x, lengths in _inputs(unit, seed):
+        expected = expected_run(x, lengths)
+        got = runner(x, lengths)
+        case = "no mask" if lengths is None else f"lengths {lengths.tolist()}"
+        diffs[case] = {}
+        for key, value in expected.items():
+            if key not in got:
+                continue
+            other = got[key].to(value.dtype)
+            if other.shape != value.shape:
+                raise ConversionError(
+                    f"verification: {unit.name!r} {key} has shape {tuple(other.shape)} in "
+                    f"the target, {tuple(value.shape)} in the source"
+                )
+            diffs[case][key] = float((other - value).abs().max()) if value.numel() else 0.0
+    return diffs
 
 
 def max_difference(report: dict[str, Any]) -> float:

@@ -202,27 +202,107 @@ def build_graph(
     graph_name: str = "unilstm",
 ) -> Any:
     """The ``onnx.ModelProto`` computing ``layer`` in inference mode (see :func:`export_onnx`)."""
+    return build_chain(
+        [(layer, return_sequences, merge_mode)],
+        opset=opset,
+        lengths=lengths,
+        initial_states=initial_states,
+        graph_name=graph_name,
+    )
+
+
+def build_chain(
+    stages: list[tuple[LSTM, bool, str | None]],
+    *,
+    opset: int = DEFAULT_OPSET,
+    lengths: bool = False,
+    initial_states: bool = False,
+    graph_name: str = "unilstm",
+) -> Any:
+    """One ONNX graph for LSTM stacks applied one after the other (a Keras Sequential of LSTM layers):
+    ``stages`` are ``(layer, return_sequences, merge_mode)``; every stage but the last must return
+    sequences, and all see the same ``lengths``. Outputs: ``output``, then ``h_n``, ``c_n`` for one stage or
+    ``h_n_<i>``, ``c_n_<i>`` per stage."""
     onnx = require_onnx()
     helper, tp = onnx.helper, onnx.TensorProto
-    spec = layer.spec
-    check_exportable(spec)
+    if not stages:
+        raise OnnxExportError("stages: expected at least one LSTM")
     if not isinstance(opset, int) or opset < MIN_OPSET:
         raise OnnxExportError(f"opset must be an int >= {MIN_OPSET}, got {opset!r}")
-    if merge_mode not in MERGE_MODES:
-        raise OnnxExportError(f"merge_mode must be one of {MERGE_MODES}, got {merge_mode!r}")
-    if merge_mode != "concat" and not spec.bidirectional:
-        raise OnnxExportError(f"merge_mode={merge_mode!r} needs a bidirectional layer")
-    weights = layer.direction_weights()
-    dtype = _numpy(weights[0][0].w_ih).dtype
+    if initial_states and len(stages) > 1:
+        raise OnnxExportError("initial_states: only a single LSTM stack takes initial states")
+    first = stages[0][0].spec
+    for index, (layer, return_sequences, merge_mode) in enumerate(stages):
+        check_exportable(layer.spec)
+        if merge_mode not in MERGE_MODES:
+            raise OnnxExportError(f"merge_mode must be one of {MERGE_MODES}, got {merge_mode!r}")
+        if merge_mode != "concat" and not layer.spec.bidirectional:
+            raise OnnxExportError(f"merge_mode={merge_mode!r} needs a bidirectional layer")
+        if index < len(stages) - 1 and not return_sequences:
+            raise OnnxExportError(f"stages[{index}] returns one step; the next LSTM needs sequences")
+    dtype = _numpy(stages[0][0].direction_weights()[0][0].w_ih).dtype
     elem = helper.np_dtype_to_tensor_dtype(dtype)
     g = _Graph(onnx, dtype, [], [])
+    feature = (
+        ["batch", "steps", first.input_size] if first.batch_first else ["steps", "batch", first.input_size]
+    )
+    inputs = [helper.make_tensor_value_info("input", elem, feature)]
+    x = "input"
+    if first.batch_first:
+        x = g.node("Transpose", [x], "time_major", perm=[1, 0, 2])
+    seq_lens = ""
+    if lengths:
+        inputs.append(helper.make_tensor_value_info("lengths", tp.INT64, ["batch"]))
+        seq_lens = g.node("Cast", ["lengths"], "sequence_lens", to=tp.INT32)
+    if initial_states:
+        for state in ("h0", "c0"):
+            inputs.append(
+                helper.make_tensor_value_info(
+                    state, elem, [first.num_layers * first.num_directions, "batch", first.hidden_size]
+                )
+            )
+    outputs = []
+    out, width, return_sequences, spec = x, 0, True, first
+    for stage, (layer, return_sequences, merge_mode) in enumerate(stages):
+        spec = layer.spec
+        out, h_n, c_n = _add_stack(g, layer, out, seq_lens, lengths, initial_states, f"s{stage}_")
+        out = _keras_glue(g, out, spec, return_sequences, merge_mode)
+        width = spec.hidden_size * (spec.num_directions if merge_mode == "concat" else 1)
+        suffix = "" if len(stages) == 1 else f"_{stage}"
+        state_shape = [spec.num_layers * spec.num_directions, "batch", spec.hidden_size]
+        g.nodes.append(helper.make_node("Identity", [h_n], [f"h_n{suffix}"]))
+        g.nodes.append(helper.make_node("Identity", [c_n], [f"c_n{suffix}"]))
+        outputs += [
+            helper.make_tensor_value_info(f"h_n{suffix}", elem, state_shape),
+            helper.make_tensor_value_info(f"c_n{suffix}", elem, state_shape),
+        ]
+    batch_major = stages[-1][0].spec.batch_first
+    if batch_major and return_sequences:
+        out = g.node("Transpose", [out], "batch_major", perm=[1, 0, 2])
+    g.nodes.append(helper.make_node("Identity", [out], ["output"]))
+    out_shape = (
+        (["batch", "steps", width] if batch_major else ["steps", "batch", width])
+        if return_sequences
+        else ["batch", width]
+    )
+    outputs.insert(0, helper.make_tensor_value_info("output", elem, out_shape))
+    graph = helper.make_graph(g.nodes, graph_name, inputs, outputs, g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="unilstm")
+    model.ir_version = min(model.ir_version, _max_ir_version(onnx, opset))
+    onnx.checker.check_model(model)
+    return model
+
+
+def _add_stack(
+    g: _Graph, layer: LSTM, x: str, seq_lens: str, lengths: bool, initial_states: bool, tag: str
+) -> tuple[str, str, str]:
+    """The LSTM nodes of one stack on time-major ``x``: (output (T, B, D*H) in processing order, h_n, c_n)."""
+    spec = layer.spec
+    weights = layer.direction_weights()
     hidden, directions = spec.hidden_size, spec.num_directions
     swap = spec.go_backwards  # every direction runs the other way round in original time
-
-    f_act, g_act = (
-        onnx_activation(spec.recurrent_activation, "recurrent_activation"),
-        onnx_activation(spec.activation, "activation"),
-    )
+    f_act = onnx_activation(spec.recurrent_activation, "recurrent_activation")
+    g_act = onnx_activation(spec.activation, "activation")
     acts = [f_act, g_act, g_act] * directions
     attrs: dict[str, Any] = {"hidden_size": hidden, "activations": [a[0] for a in acts]}
     alphas = [a[1] for a in acts if a[1] is not None]
@@ -235,37 +315,15 @@ def build_graph(
         attrs["direction"] = "bidirectional"
     else:
         attrs["direction"] = "reverse" if swap else "forward"
-
     # ONNX slot k (0 = forward-running, 1 = reverse-running) holds spec direction slot_dirs[k]
     slot_dirs = [1, 0] if (swap and spec.bidirectional) else list(range(directions))
-
-    inputs = [
-        helper.make_tensor_value_info(
-            "input",
-            elem,
-            ["batch", "steps", spec.input_size] if spec.batch_first else ["steps", "batch", spec.input_size],
-        )
-    ]
-    x = "input"
-    if spec.batch_first:
-        x = g.node("Transpose", [x], "time_major", perm=[1, 0, 2])
-    seq_lens = ""
-    if lengths:
-        inputs.append(helper.make_tensor_value_info("lengths", tp.INT64, ["batch"]))
-        seq_lens = g.node("Cast", ["lengths"], "sequence_lens", to=tp.INT32)
-    if initial_states:
-        for state in ("h0", "c0"):
-            inputs.append(
-                helper.make_tensor_value_info(state, elem, [spec.num_layers * directions, "batch", hidden])
-            )
-
     h_parts, c_parts = [], []
-    y_slots: list[str] = []
     for index, layer_weights in enumerate(weights):
+        name = f"{tag}l{index}"
         ordered = [layer_weights[d] for d in slot_dirs]
         w = np.stack([to_onnx_gates(_numpy(d.w_ih), axis=0) for d in ordered])
         r = np.stack([to_onnx_gates(_numpy(d.w_hh), axis=0) for d in ordered])
-        node_inputs = [x, g.const(f"W_l{index}", w), g.const(f"R_l{index}", r)]
+        node_inputs = [x, g.const(f"W_{name}", w), g.const(f"R_{name}", r)]
         if spec.bias:
             b = np.stack(
                 [
@@ -275,7 +333,7 @@ def build_graph(
                     for d in ordered
                 ]
             )
-            node_inputs.append(g.const(f"B_l{index}", b))
+            node_inputs.append(g.const(f"B_{name}", b))
         else:
             node_inputs.append("")
         node_inputs.append(seq_lens)
@@ -285,16 +343,16 @@ def build_graph(
                 part = g.node(
                     "Slice",
                     [state, g.ints("start", [start]), g.ints("stop", [stop]), g.ints("axes", [0])],
-                    f"{state}_l{index}",
+                    f"{state}_{name}",
                 )
                 if slot_dirs != list(range(directions)):
                     part = g.node(
-                        "Gather", [part, g.ints("slots", slot_dirs)], f"{state}_slots_l{index}", axis=0
+                        "Gather", [part, g.ints("slots", slot_dirs)], f"{state}_slots_{name}", axis=0
                     )
                 node_inputs.append(part)
         while node_inputs and node_inputs[-1] == "":
             node_inputs.pop()
-        y, y_h, y_c = g.node("LSTM", node_inputs, f"lstm_l{index}", outputs=3, **attrs)
+        y, y_h, y_c = g.node("LSTM", node_inputs, f"lstm_{name}", outputs=3, **attrs)
         raw_h = y_h
         if initial_states and lengths:
             # onnxruntime returns zeros for a sequence of length 0; the engine returns its initial state
@@ -306,28 +364,31 @@ def build_graph(
                 ],
                 "empty_1b1",
             )
-            y_h = g.node("Where", [empty, node_inputs[-2], y_h], f"h_or_h0_l{index}")
-            y_c = g.node("Where", [empty, node_inputs[-1], y_c], f"c_or_c0_l{index}")
+            y_h = g.node("Where", [empty, node_inputs[-2], y_h], f"h_or_h0_{name}")
+            y_c = g.node("Where", [empty, node_inputs[-1], y_c], f"c_or_c0_{name}")
         if slot_dirs != list(range(directions)):  # back to spec direction order
             back = g.ints("directions", slot_dirs)  # [1, 0] is its own inverse
-            y = g.node("Gather", [y, back], f"y_dirs_l{index}", axis=1)
-            y_h = g.node("Gather", [y_h, back], f"h_dirs_l{index}", axis=0)
-            y_c = g.node("Gather", [y_c, back], f"c_dirs_l{index}", axis=0)
-            raw_h = g.node("Gather", [raw_h, back], f"raw_h_dirs_l{index}", axis=0)
+            y = g.node("Gather", [y, back], f"y_dirs_{name}", axis=1)
+            y_h = g.node("Gather", [y_h, back], f"h_dirs_{name}", axis=0)
+            y_c = g.node("Gather", [y_c, back], f"c_dirs_{name}", axis=0)
+            raw_h = g.node("Gather", [raw_h, back], f"raw_h_dirs_{name}", axis=0)
         h_parts.append(y_h)
         c_parts.append(y_c)
         if index == spec.num_layers - 1 and lengths and spec.masked_output == "previous":
             y = _previous_output_fix(g, y, raw_h, seq_lens_source="lengths", swap=swap, directions=directions)
-        y_slots.append(y)
         # (T, D, B, H) -> (T, B, D*H)
-        y = g.node("Transpose", [y], f"y_t_l{index}", perm=[0, 2, 1, 3])
-        x = g.node("Reshape", [y, g.ints("shape", [0, 0, -1])], f"out_l{index}")
-
+        y = g.node("Transpose", [y], f"y_t_{name}", perm=[0, 2, 1, 3])
+        x = g.node("Reshape", [y, g.ints("shape", [0, 0, -1])], f"out_{name}")
     h_n = h_parts[0] if len(h_parts) == 1 else g.node("Concat", h_parts, "h_n_cat", axis=0)
     c_n = c_parts[0] if len(c_parts) == 1 else g.node("Concat", c_parts, "c_n_cat", axis=0)
-    out = x
     if swap:
-        out = _time_flip(g, out)  # back to processing order
+        x = _time_flip(g, x)  # back to processing order
+    return x, h_n, c_n
+
+
+def _keras_glue(g: _Graph, out: str, spec: LSTMSpec, return_sequences: bool, merge_mode: str | None) -> str:
+    """Keras's last-output selection and Bidirectional merge on a time-major stack output."""
+    hidden = spec.hidden_size
     if not return_sequences:
         # Keras's last output: each direction's output at the end of its own processing order
         def at(step: int, hint: str) -> str:
@@ -336,25 +397,18 @@ def build_graph(
         if not spec.bidirectional:
             out = at(-1, "last_output")
         else:
-            first, last = (0, -1) if not swap else (-1, 0)
-            halves = [
-                g.node(
-                    "Slice",
-                    [at(last, "fwd_step"), g.ints("s", [0]), g.ints("e", [hidden]), g.ints("a", [-1])],
-                    "fwd_last",
-                ),
-                g.node(
-                    "Slice",
-                    [
-                        at(first, "bwd_step"),
-                        g.ints("s", [hidden]),
-                        g.ints("e", [2 * hidden]),
-                        g.ints("a", [-1]),
-                    ],
-                    "bwd_last",
-                ),
-            ]
-            out = g.node("Concat", halves, "last_output", axis=-1)
+            first, last = (0, -1) if not spec.go_backwards else (-1, 0)
+            forward = g.node(
+                "Slice",
+                [at(last, "fwd_step"), g.ints("s", [0]), g.ints("e", [hidden]), g.ints("a", [-1])],
+                "fwd",
+            )
+            backward = g.node(
+                "Slice",
+                [at(first, "bwd_step"), g.ints("s", [hidden]), g.ints("e", [2 * hidden]), g.ints("a", [-1])],
+                "bwd",
+            )
+            out = g.node("Concat", [forward, backward], "last_output", axis=-1)
     if merge_mode != "concat":
         forward, backward = g.node(
             "Split", [out, g.ints("halves", [hidden, hidden])], "halves", outputs=2, axis=-1
@@ -365,28 +419,8 @@ def build_graph(
             out = g.node("Mul", [forward, backward], "merge_mul")
         else:
             total = g.node("Add", [forward, backward], "merge_add")
-            out = g.node("Mul", [total, g.const("half", np.asarray(0.5, dtype=dtype))], "merge_ave")
-    if spec.batch_first and return_sequences:
-        out = g.node("Transpose", [out], "batch_major", perm=[1, 0, 2])
-    g.nodes.append(helper.make_node("Identity", [out], ["output"]))
-    g.nodes.append(helper.make_node("Identity", [h_n], ["h_n"]))
-    g.nodes.append(helper.make_node("Identity", [c_n], ["c_n"]))
-    width = hidden * (directions if merge_mode == "concat" else 1)
-    out_shape = (
-        (["batch", "steps", width] if spec.batch_first else ["steps", "batch", width])
-        if return_sequences
-        else ["batch", width]
-    )
-    outputs = [
-        helper.make_tensor_value_info("output", elem, out_shape),
-        helper.make_tensor_value_info("h_n", elem, [spec.num_layers * directions, "batch", hidden]),
-        helper.make_tensor_value_info("c_n", elem, [spec.num_layers * directions, "batch", hidden]),
-    ]
-    graph = helper.make_graph(g.nodes, graph_name, inputs, outputs, g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="unilstm")
-    model.ir_version = min(model.ir_version, _max_ir_version(onnx, opset))
-    onnx.checker.check_model(model)
-    return model
+            out = g.node("Mul", [total, g.const("half", np.asarray(0.5, dtype=g.dtype))], "merge_ave")
+    return out
 
 
 def _max_ir_version(onnx: Any, opset: int) -> int:
@@ -518,8 +552,10 @@ def run_onnx(
     *,
     lengths: np.ndarray | torch.Tensor | None = None,
     state: tuple[Any, Any] | None = None,
+    all_outputs: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run an exported model with onnxruntime: returns (output, h_n, c_n) as numpy arrays."""
+    """Run an exported model with onnxruntime: returns (output, h_n, c_n) as numpy arrays, or with
+    ``all_outputs`` a dict of every graph output (``h_n_<i>``, ``c_n_<i>`` of a chain)."""
     ort = require_onnxruntime()
     if not isinstance(path_or_model, (str, os.PathLike, bytes)):
         path_or_model = path_or_model.SerializeToString()
@@ -537,8 +573,11 @@ def run_onnx(
         if state is None:
             raise ValueError("state: this model has 'h0' and 'c0' inputs; give state=(h0, c0)")
         feed["h0"], feed["c0"] = _as_numpy(state[0]), _as_numpy(state[1])
-    output, h_n, c_n = session.run(["output", "h_n", "c_n"], feed)
-    return output, h_n, c_n
+    outputs = [o.name for o in session.get_outputs()]
+    values = dict(zip(outputs, session.run(outputs, feed), strict=True))
+    if all_outputs:
+        return values  # type: ignore[return-value]
+    return values["output"], values["h_n"], values["c_n"]
 
 
 def _as_numpy(value: Any) -> np.ndarray:
