@@ -485,3 +485,16 @@ def test_damaged_files_raise_only_clear_errors_and_leave_no_half_written_target(
     leftovers = sorted(p.name for p in folder.iterdir())
     assert leftovers == sorted({source.name, existing.name})
     shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("target", ["h.pt", "h.safetensors", "h.ckpt", "h.keras", "h.onnx"])
+def test_float16_checkpoints_keep_their_dtype_where_the_format_can(target, tmp_path):
+    source = FIXTURES / "mindspore" / "lstm_float16.ckpt"
+    report = cv.convert(source, tmp_path / target)
+    assert report.verified and report.max_difference < 1e-6
+    if target.endswith((".keras", ".onnx")):
+        assert any("cast from float16 to float32" in note for note in report.notes)
+    else:
+        [unit] = cv.read_units(tmp_path / target)
+        original = load_checkpoint(source)
+        assert all(torch.equal(t, original[n]) and t.dtype == torch.float16 for n, t in unit.state.items())

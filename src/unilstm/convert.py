@@ -910,6 +910,21 @@ def _describe_json(units: list[Unit], prefixes: list[str]) -> str:
     return json.dumps(entries)
 
 
+def as_float32_for(units: list[Unit], framework: str) -> list[Unit]:
+    """Keras files (float32 policy) and ONNX Runtime's LSTM (float32 only) get float32 weights; a note says
+    so for units of another dtype."""
+    if framework not in ("keras", "onnx"):
+        return units
+    result = []
+    for unit in units:
+        if unit.dtype != torch.float32:
+            state = OrderedDict((name, tensor.to(torch.float32)) for name, tensor in unit.state.items())
+            note = f"weights cast from {str(unit.dtype).replace('torch.', '')} to float32 for {framework}"
+            unit = replace(unit, state=state, notes=[*unit.notes, note])
+        result.append(unit)
+    return result
+
+
 def _onnx_chain_problem(units: list[Unit]) -> str | None:
     """None when ``units`` feed each other in a Keras Sequential (so one ONNX graph can chain them)."""
     for previous, unit in zip(units, units[1:], strict=False):
@@ -1150,7 +1165,14 @@ def _compare(
     diffs: dict[str, Any] = {}
     for x, lengths in _inputs(unit, seed):
         expected = expected_run(x, lengths)
-        got = runner(x, lengths)
+        try:
+            got = runner(x, lengths)
+        except ConversionError:
+            raise
+        except Exception as error:  # the target could not be run (onnxruntime refusing it ...)
+            raise ConversionError(
+                f"verification: running the written target failed ({type(error).__name__}: {error})"
+            ) from None
         case = "no mask" if lengths is None else f"lengths {lengths.tolist()}"
         diffs[case] = {}
         for key, value in expected.items():
@@ -1249,6 +1271,7 @@ def convert(
     framework = FRAMEWORK_OF[dst_fmt]
     if framework in ("torch", "mindspore", "onnx"):
         units = merge_stacks(units)
+    units = as_float32_for(units, framework)
     notes = [f"{u.name}: {n}" for u in units for n in u.notes if n != "follows the previous layer"]
     for unit in units:
         for config in unit.keras.configs if unit.keras else []:
@@ -1567,6 +1590,7 @@ def save(
     """
     modules = list(layers) if isinstance(layers, (list, tuple)) else [layers]
     units = [unit_from_layer(m, i) for i, m in enumerate(modules)]
+    units = as_float32_for(units, FRAMEWORK_OF[detect_format(path, format)])
     fmt = detect_format(path, format)
     target = Path(path)
     temporary = _temporary_path(target)
