@@ -338,8 +338,8 @@ def test_emitted_torch_code_runs_and_gives_the_keras_numbers(records, target, tm
         for unit in units:
             value = cv.run_source(unit, value, None if m is None else m.sum(1))["output"]
         with torch.no_grad():
-            got = model(x, m)
-        got = got[-1][0] if isinstance(got, list) else got
+            got, states = model(x, m)
+        assert len(states) == len(list(model.children()))
         assert (got - value).abs().max() < 1e-6
 
 
@@ -498,3 +498,16 @@ def test_float16_checkpoints_keep_their_dtype_where_the_format_can(target, tmp_p
         [unit] = cv.read_units(tmp_path / target)
         original = load_checkpoint(source)
         assert all(torch.equal(t, original[n]) and t.dtype == torch.float16 for n, t in unit.state.items())
+
+
+def test_emitted_code_for_a_time_major_mindspore_source_returns_its_states(tmp_path):
+    cv.convert(MS_CKPT, tmp_path / "w.pt", emit_code=tmp_path / "rebuilt.py")
+    model = _import(tmp_path / "rebuilt.py").load(str(tmp_path / "w.pt"))
+    [unit] = cv.read_units(MS_CKPT)
+    x = torch.randn(7, 3, 3)
+    mask = torch.arange(7)[None] < torch.tensor([7, 4, 1])[:, None]
+    with torch.no_grad():
+        out, [(h, c)] = model(x, mask)
+    expected = cv.run_source(unit, x.transpose(0, 1), mask.sum(1))
+    assert torch.equal(out.transpose(0, 1), expected["output"])
+    assert torch.equal(h, expected["h_n"]) and torch.equal(c, expected["c_n"])
