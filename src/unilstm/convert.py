@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import secrets
@@ -1184,8 +1185,19 @@ def _compare(
                     f"verification: {unit.name!r} {key} has shape {tuple(other.shape)} in "
                     f"the target, {tuple(value.shape)} in the source"
                 )
-            diffs[case][key] = float((other - value).abs().max()) if value.numel() else 0.0
+            diffs[case][key] = _max_abs_difference(other, value)
     return diffs
+
+
+def _max_abs_difference(a: Tensor, b: Tensor) -> float:
+    """max |a - b|, where equal values (infinities included) and NaN in both count as 0 and a NaN in one
+    only as infinity."""
+    if a.numel() == 0:
+        return 0.0
+    same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+    diff = torch.where(same, torch.zeros_like(a), (a - b).abs())
+    diff = torch.where(torch.isnan(diff), torch.full_like(diff, math.inf), diff)
+    return float(diff.max())
 
 
 def max_difference(report: dict[str, Any]) -> float:
