@@ -3,6 +3,7 @@ code, the load/save API, and a fuzz test over damaged files."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import itertools
 import shutil
@@ -15,11 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import unilstm
-from unilstm import convert as cv
+
 from unilstm.formats import torch_files
 from unilstm.formats.keras_files import KerasFileError, KerasLayerRecord, write_keras_model
 from unilstm.formats.mindspore_ckpt import CheckpointError, load_checkpoint
 from unilstm.spec import LSTMSpec
+
+cv = importlib.import_module("unilstm.convert")  # the module (robust to a top-level convert function)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KERAS = FIXTURES / "keras_files"
@@ -353,7 +356,7 @@ def test_emit_code_refuses_onnx_and_keras_targets(tmp_path):
 
 
 def test_load_gives_front_door_layers(tmp_path):
-    [ms] = unilstm.convert.load(MS_CKPT)
+    [ms] = cv.load(MS_CKPT)
     from unilstm.frontends import mindspore as ms_front
     from unilstm.frontends import torch as torch_front
 

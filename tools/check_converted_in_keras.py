@@ -17,6 +17,7 @@ Stages (each in its own environment, run in turn by the default ``all``):
 from __future__ import annotations
 
 import argparse
+import importlib
 import subprocess
 import sys
 import tempfile
@@ -61,7 +62,7 @@ def reference(work: Path) -> None:
 
 def convert(work: Path) -> None:
     sys.path.insert(0, str(ROOT / "src"))
-    from unilstm import convert as cv
+    cv = importlib.import_module("unilstm.convert")
 
     for source, target in (
         (CKPT, work / "from_mindspore.keras"),

@@ -109,7 +109,7 @@ def prepare(work: Path) -> list[dict]:
     """Stage 1: files, emitted code and expected outputs under ``work``; returns the case list."""
     import torch
 
-    from unilstm import convert as cv
+    cv = importlib.import_module("unilstm.convert")
     from unilstm.formats.keras_files import write_keras_model
 
     rng = np.random.default_rng(0)
@@ -165,7 +165,7 @@ def _torch_case(work: Path, index: int) -> dict:
     expected = real torch's outputs, with packed sequences for the mask."""
     import torch
 
-    from unilstm import convert as cv
+    cv = importlib.import_module("unilstm.convert")
 
     folder = work / f"case_{index:02d}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -192,7 +192,7 @@ def _torch_case(work: Path, index: int) -> dict:
 def _real_keras_cases(work: Path, start: int) -> list[dict]:
     """Layers of the Keras fixtures (made by real Keras 3 / tf-keras) converted to .ckpt with emitted code;
     expected = the outputs real Keras computed (no mask)."""
-    from unilstm import convert as cv
+    cv = importlib.import_module("unilstm.convert")
 
     fixtures = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "keras_files"
     cases = []

@@ -17,7 +17,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from . import convert as _convert
+_convert = importlib.import_module("unilstm.convert")  # the module, even if unilstm.convert is re-exported
 
 EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
 
