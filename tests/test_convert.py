@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import unilstm
-
 from unilstm.formats import torch_files
 from unilstm.formats.keras_files import KerasFileError, KerasLayerRecord, write_keras_model
 from unilstm.formats.mindspore_ckpt import CheckpointError, load_checkpoint
