@@ -437,6 +437,7 @@ def test_nested_training_checkpoints_are_flattened(tmp_path):
     torch.save({"model": {"encoder": torch.nn.LSTM(3, 4).state_dict()}, "epoch": 3}, tmp_path / "ck.pt")
     [unit] = cv.read_units(tmp_path / "ck.pt")
     assert unit.name == "model.encoder"
+    assert any("epoch (int)" in note for note in unit.notes)
 
 
 # -- fuzz: damaged files ------------------------------------------------------------------------------------

@@ -573,7 +573,10 @@ def _read_units(path: PathLike, fmt: str, prefix: str | None, custom_objects: di
         tensors, skipped = read_torch_file(path)
         metadata = None
     tensors = _strip_prefix(tensors, prefix, str(path))
-    return _units_from_state(tensors, str(path), "torch", metadata)
+    units = _units_from_state(tensors, str(path), "torch", metadata)
+    if fmt == "pt" and skipped:
+        units[0].notes.append(f"not tensors, ignored: {', '.join(skipped[:10])}")
+    return units
 
 
 def _mark_adjacent(units: list[Unit], sequence: list[str] | None) -> list[Unit]:
