@@ -23,7 +23,9 @@ call (``torch._dynamo.disable``), so its time loop is never unrolled into a grap
 
 from __future__ import annotations
 
+import contextlib
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -201,6 +203,27 @@ def _gate_permutation(hidden: int, device: torch.device) -> Tensor:
     return torch.cat([r[: 2 * hidden], r[3 * hidden :], r[2 * hidden : 3 * hidden]])
 
 
+#: id(weight) -> (weakref to it, its version, its data pointer, the row-permuted copy). Inference calls
+#: (streaming, one step per call) then reuse the copy until the weight changes (an optimizer step bumps
+#: the version counter).
+_PERMUTED: dict[int, tuple[weakref.ref, int, int, Tensor]] = {}
+
+
+def _permuted_rows(w: Tensor, perm: Tensor) -> Tensor:
+    key = id(w)
+    hit = _PERMUTED.get(key)
+    version = w._version
+    if hit is not None and hit[0]() is w and hit[1] == version and hit[2] == w.data_ptr():
+        return hit[3]
+    permuted = w.detach().index_select(0, perm)
+    if len(_PERMUTED) > 64:
+        for k in [k for k, v in _PERMUTED.items() if v[0]() is None] or list(_PERMUTED)[:32]:
+            _PERMUTED.pop(k, None)
+    with contextlib.suppress(TypeError):  # tensors that take no weak references are not cached
+        _PERMUTED[key] = (weakref.ref(w), version, w.data_ptr(), permuted)
+    return permuted
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Buffers and their views. Two layouts of the gate buffer G:
 #   "shared": (T, B, 4H), gate blocks [i, f, o, g] along the last axis (no per-gate dropout mask);
@@ -234,8 +257,8 @@ class _FastLSTM(torch.autograd.Function):
         P = h0.shape[-1]
         dev, dt = x.device, x.dtype
         perm = _gate_permutation(H, dev)
-        Wih = w_ih.index_select(0, perm)
-        Whh = w_hh.index_select(0, perm)
+        Wih = _permuted_rows(w_ih, perm)
+        Whh = _permuted_rows(w_hh, perm)
         bias = None
         if b_ih is not None or b_hh is not None:
             bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
@@ -254,7 +277,7 @@ class _FastLSTM(torch.autograd.Function):
             G = torch.addmm(bias, Xm, Wih.t()) if bias is not None else torch.mm(Xm, Wih.t())
             G = G.view(T, B, 4 * H)
         elif mx is not None and mx.dim() == 3:
-            Xm4 = (x.unsqueeze(0) * mx.unsqueeze(1)).view(GATES, T * B, Fdim)
+            Xm4 = (x.unsqueeze(0) * mx.unsqueeze(1)).reshape(GATES, T * B, Fdim)
             W4T = Wih.view(GATES, H, Fdim).transpose(1, 2)
             G = torch.baddbmm(bias.view(GATES, 1, H), Xm4, W4T) if bias is not None else torch.bmm(Xm4, W4T)
             del Xm4
@@ -512,7 +535,7 @@ class _FastLSTM(torch.autograd.Function):
             dZ = G.view(GATES, T * B, H)
             if needs[4]:
                 if mx is not None and mx.dim() == 3:
-                    Xm4 = (x.unsqueeze(0) * mx.unsqueeze(1)).view(GATES, T * B, Fdim)
+                    Xm4 = (x.unsqueeze(0) * mx.unsqueeze(1)).reshape(GATES, T * B, Fdim)
                 else:
                     Xm = x if mx is None else x * mx
                     Xm4 = Xm.reshape(1, T * B, Fdim).expand(GATES, T * B, Fdim)
@@ -559,10 +582,12 @@ def run_direction_fast(
     mask = run.step_mask
     if mask is not None:
         mask = mask.to(device=x.device, dtype=torch.bool)
+    args = (
+        cfg, x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr,
+        run.input_dropout_mask, run.recurrent_dropout_mask, mask,
+    )
     device_type = x.device.type
-    with torch.autocast(device_type=device_type, enabled=False):
-        out, h, c = _FastLSTM.apply(
-            cfg, x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr,
-            run.input_dropout_mask, run.recurrent_dropout_mask, mask,
-        )
-    return out, h, c
+    if torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type=device_type, enabled=False):
+            return _FastLSTM.apply(*args)
+    return _FastLSTM.apply(*args)
