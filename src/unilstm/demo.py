@@ -37,7 +37,8 @@ def mindspore_and_torch(workdir: str) -> None:
     c0 = np.zeros([1, 3, 16], dtype=np.float32)
     output, (hn, cn) = net(x, (torch.from_numpy(h0), torch.from_numpy(c0)))
     print(f"output: {tuple(output.shape)}   h_n: {tuple(hn.shape)}   c_n: {tuple(cn.shape)}")
-    print(f"h_n squeezed: {tuple(hn.squeeze(0).shape)}   (MindSpore's docs: (3, 5, 16), (1, 3, 16), (1, 3, 16))")
+    print(f"h_n squeezed: {tuple(hn.squeeze(0).shape)}")
+    print("(MindSpore's docs: (3, 5, 16), (1, 3, 16), (1, 3, 16))")
     print(f"h_n equals the last output step: {bool(torch.equal(hn[0], output[:, -1]))}")
 
     _section("2. The same weights through the torch.nn.LSTM front door")
@@ -84,8 +85,8 @@ def keras_to_mindspore(workdir: str) -> None:
     print(f"whole_seq_output {tuple(whole_seq_output.shape)}, final_memory_state "
           f"{tuple(final_memory_state.shape)}, final_carry_state {tuple(final_carry_state.shape)}")
     print("(Keras's docs: (3, 5, 16), (3, 16), (3, 16))")
-    kernel, recurrent_kernel, bias = lstm.get_weights()  # Keras layout: (10, 64), (16, 64), (64,)
-    print(f"Keras weights: kernel {kernel.shape}, recurrent_kernel {recurrent_kernel.shape}, bias {bias.shape}")
+    kernel, recurrent_kernel, bias = lstm.get_weights()  # Keras layout
+    print(f"kernel {kernel.shape}, recurrent_kernel {recurrent_kernel.shape}, bias {bias.shape}")
     net = ms.LSTM(10, 16, 1, has_bias=True, batch_first=True)
     converted = torch_from_keras(kernel, recurrent_kernel, bias)
     net.load_state_dict({f"{name}_l0": torch.from_numpy(value) for name, value in converted.items()})

@@ -20,11 +20,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 
-ActivationLike = Union[str, None, Callable[[torch.Tensor], torch.Tensor]]
+ActivationLike = str | None | Callable[[torch.Tensor], torch.Tensor]
 MaskedOutput = Literal["zero", "previous"]
 
 

@@ -20,7 +20,9 @@ from .fast import run_direction_fast
 from .fused import run_stack_fused
 from .reference import GATES, DirectionRun, DirectionWeights, run_direction_reference
 
-DirectionKernel = Callable[[Tensor, Tensor, Tensor, DirectionWeights, DirectionRun], tuple[Tensor, Tensor, Tensor]]
+DirectionKernel = Callable[
+    [Tensor, Tensor, Tensor, DirectionWeights, DirectionRun], tuple[Tensor, Tensor, Tensor]
+]
 
 #: Direction kernels tried in order: (name, accepts(x, weights, run) -> bool, kernel). The reference loop,
 #: last, accepts everything. Faster kernels register themselves in front of it.
@@ -108,7 +110,8 @@ def draw_dropout_mask(
     if not 0.0 < rate < 1.0:
         return None
     shape = (GATES, *like.shape) if per_gate else tuple(like.shape)
-    keep = torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1.0 - rate, generator=generator)
+    keep = torch.empty(shape, dtype=like.dtype, device=like.device)
+    keep.bernoulli_(1.0 - rate, generator=generator)
     return keep / (1.0 - rate)
 
 
