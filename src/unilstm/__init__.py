@@ -2,10 +2,14 @@
 
 ``unilstm.LSTM`` is the canonical layer with every option of the three frameworks; the front doors
 ``unilstm.keras``, ``unilstm.mindspore`` and ``unilstm.torch`` reproduce each framework's own interface.
+``unilstm.load`` / ``unilstm.save`` read and write every supported file format, ``unilstm.export_onnx``
+writes the standard ONNX LSTM operator.
 """
 
+from .convert import load, save
+from .formats.onnx_export import export_onnx
 from .layer import LSTM
 from .spec import LSTMSpec
 
-__all__ = ["LSTM", "LSTMSpec"]
+__all__ = ["LSTM", "LSTMSpec", "export_onnx", "load", "save"]
 __version__ = "0.1.0"
