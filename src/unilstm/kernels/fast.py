@@ -55,15 +55,8 @@ class _Act:
     y_only: bool
     grad: Callable[[Tensor, Tensor | None, Tensor], Tensor]
     inplace: Callable[[Tensor], Tensor] | None = None
-
-
-def _grad_sigmoid(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
-    gy = g * y
-    return torch.addcmul(gy, gy, y, value=-1.0)
-
-
-def _grad_tanh(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
-    return torch.addcmul(g, g, y * y, value=-1.0)
+    #: grad_out(g, y, out): ``g * f'`` written into ``out`` (which may be ``y`` itself), for y_only ones
+    grad_out: Callable[[Tensor, Tensor, Tensor], object] | None = None
 
 
 def _ind(cond: Tensor, like: Tensor) -> Tensor:
@@ -73,21 +66,6 @@ def _ind(cond: Tensor, like: Tensor) -> Tensor:
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
-def _grad_gelu_tanh(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
-    assert x is not None
-    x2 = x * x
-    u = _SQRT_2_OVER_PI * (x + 0.044715 * x2 * x)
-    th = torch.tanh(u)
-    du = _SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x2)
-    return g * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du)
-
-
-def _grad_softplus(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
-    assert x is not None
-    z = torch.exp(x)
-    return torch.where(x > 20.0, g, g * z / (z + 1.0))
-
-
 def _grad_mish(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
     assert x is not None
     sp = F.softplus(x)
@@ -95,12 +73,6 @@ def _grad_mish(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
     z = torch.exp(x)
     dsp = torch.where(x > 20.0, torch.ones_like(x), z / (z + 1.0))
     return g * (tsp + x * (1.0 - tsp * tsp) * dsp)
-
-
-def _grad_selu(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
-    assert x is not None
-    alpha, scale = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
-    return torch.where(x > 0, g * scale, g * (scale * alpha) * torch.exp(x))
 
 
 def _grad_hard_sigmoid_keras2(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
@@ -127,47 +99,56 @@ def _grad_sparse_plus(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
     return torch.where(x <= -1.0, torch.zeros_like(g), torch.where(x >= 1.0, g, inner))
 
 
-def _grad_shrink(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
-    assert x is not None
-    return g * _ind((x < -0.5) | (x > 0.5), g)
-
-
 def _grad_log_sigmoid(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
     assert x is not None
     return g * torch.sigmoid(-x)
 
 
-def _grad_silu(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
-    assert x is not None
-    s = torch.sigmoid(x)
-    return g * (s * (1.0 + x * (1.0 - s)))
+_aten = torch.ops.aten
+_sigmoid_bw = _aten.sigmoid_backward.default
+_tanh_bw = _aten.tanh_backward.default
+_threshold_bw = _aten.threshold_backward.default
+_hardtanh_bw = _aten.hardtanh_backward.default
+_elu_bw = _aten.elu_backward.default
+_leaky_bw = _aten.leaky_relu_backward.default
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
 
-
+# The fused aten backward ops are what autograd itself calls for these functions: one op each.
 _ACTS: dict[Callable, _Act] = {
-    torch.tanh: _Act(torch.tanh, True, _grad_tanh, torch.tanh_),
-    torch.sigmoid: _Act(torch.sigmoid, True, _grad_sigmoid, torch.sigmoid_),
-    torch.relu: _Act(torch.relu, True, lambda g, x, y: g * _ind(y > 0, g), torch.relu_),
+    torch.tanh: _Act(
+        torch.tanh, True, lambda g, x, y: _tanh_bw(g, y), torch.tanh_,
+        lambda g, y, out: _aten.tanh_backward.grad_input(g, y, grad_input=out),
+    ),
+    torch.sigmoid: _Act(
+        torch.sigmoid, True, lambda g, x, y: _sigmoid_bw(g, y), torch.sigmoid_,
+        lambda g, y, out: _aten.sigmoid_backward.grad_input(g, y, grad_input=out),
+    ),
+    torch.relu: _Act(
+        torch.relu, True, lambda g, x, y: _threshold_bw(g, y, 0), torch.relu_,
+        lambda g, y, out: _aten.threshold_backward.grad_input(g, y, 0, grad_input=out),
+    ),
     A.linear: _Act(A.linear, True, lambda g, x, y: g, lambda v: v),
     A.exponential: _Act(A.exponential, True, lambda g, x, y: g * y, torch.exp_),
-    A.hard_sigmoid: _Act(A.hard_sigmoid, True, lambda g, x, y: g * (_ind((y > 0) & (y < 1), g) / 6.0)),
+    A.hard_sigmoid: _Act(A.hard_sigmoid, True, lambda g, x, y: _hardtanh_bw(g, y, 0.0, 1.0).mul_(1.0 / 6.0)),
     A.hard_sigmoid_keras2: _Act(A.hard_sigmoid_keras2, False, _grad_hard_sigmoid_keras2),
     A.hard_silu: _Act(A.hard_silu, False, _grad_hard_silu),
-    A.elu: _Act(A.elu, False, lambda g, x, y: torch.where(x > 0, g, g * (y + 1.0))),
-    A.celu: _Act(A.celu, False, lambda g, x, y: torch.where(x > 0, g, g * (y + 1.0))),
-    A.selu: _Act(A.selu, False, _grad_selu),
-    A.gelu: _Act(A.gelu, False, _grad_gelu_tanh),
-    A.silu: _Act(A.silu, False, _grad_silu),
-    A.softplus: _Act(A.softplus, False, _grad_softplus),
+    A.elu: _Act(A.elu, False, lambda g, x, y: _elu_bw(g, 1.0, 1, 1, False, x)),
+    A.celu: _Act(A.celu, False, lambda g, x, y: _elu_bw(g, 1.0, 1, 1, False, x)),
+    A.selu: _Act(A.selu, False, lambda g, x, y: _elu_bw(g, _SELU_ALPHA, _SELU_SCALE, 1, False, x)),
+    A.gelu: _Act(A.gelu, False, lambda g, x, y: _aten.gelu_backward.default(g, x, approximate="tanh")),
+    A.silu: _Act(A.silu, False, lambda g, x, y: _aten.silu_backward.default(g, x)),
+    A.softplus: _Act(A.softplus, False, lambda g, x, y: _aten.softplus_backward.default(g, x, 1, 20)),
     A.softsign: _Act(A.softsign, False, lambda g, x, y: g / (1.0 + torch.abs(x)) ** 2),
-    A.relu6: _Act(A.relu6, True, lambda g, x, y: g * _ind((y > 0) & (y < 6), g)),
-    A.leaky_relu: _Act(A.leaky_relu, False, lambda g, x, y: torch.where(x > 0, g, g * 0.2)),
+    A.relu6: _Act(A.relu6, True, lambda g, x, y: _hardtanh_bw(g, y, 0.0, 6.0)),
+    # leaky_relu's sign is the sign of its input: the output decides
+    A.leaky_relu: _Act(A.leaky_relu, True, lambda g, x, y: _leaky_bw(g, y, 0.2, False)),
     A.mish: _Act(A.mish, False, _grad_mish),
     A.squareplus: _Act(A.squareplus, False, _grad_squareplus),
     A.sparse_plus: _Act(A.sparse_plus, False, _grad_sparse_plus),
     A.tanh_shrink: _Act(A.tanh_shrink, False, lambda g, x, y: g * torch.tanh(x) ** 2),
-    A.soft_shrink: _Act(A.soft_shrink, False, _grad_shrink),
-    A.hard_shrink: _Act(A.hard_shrink, False, _grad_shrink),
-    A.hard_tanh: _Act(A.hard_tanh, True, lambda g, x, y: g * _ind((y > -1) & (y < 1), g)),
+    A.soft_shrink: _Act(A.soft_shrink, False, lambda g, x, y: _aten.softshrink_backward.default(g, x, 0.5)),
+    A.hard_shrink: _Act(A.hard_shrink, False, lambda g, x, y: _aten.hardshrink_backward.default(g, x, 0.5)),
+    A.hard_tanh: _Act(A.hard_tanh, True, lambda g, x, y: _hardtanh_bw(g, y, -1.0, 1.0)),
     A.log_sigmoid: _Act(A.log_sigmoid, False, _grad_log_sigmoid),
 }
 
@@ -494,8 +475,14 @@ class _FastLSTM(torch.autograd.Function):
                 dc.add_(dc_pass)
             # gate pre-activation gradients, written over the saved gates
             if y_only:
-                sig_l[t].copy_(ract.grad(D3, None, ysig))
-                cand_l[t].copy_(act.grad(dg, None, yg))
+                if ract.grad_out is not None:
+                    ract.grad_out(D3, ysig, ysig)
+                else:
+                    ysig.copy_(ract.grad(D3, None, ysig))
+                if act.grad_out is not None:
+                    act.grad_out(dg, yg, yg)
+                else:
+                    yg.copy_(act.grad(dg, None, yg))
             else:
                 sig_l[t].copy_(ract.grad(D3, None if ract.y_only else xsig, ysig))
                 cand_l[t].copy_(act.grad(dg, None if act.y_only else xg, yg))
