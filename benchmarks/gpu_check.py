@@ -1,0 +1,103 @@
+# ruff: noqa: N806, E501
+"""One short GPU check (run by benchmarks/gpu_check.sh on a CUDA machine).
+
+1. Property comparison on CUDA: the fast kernel against the reference loop, outputs, states and all
+   gradients, on random runs (float64 tight, float32 loose).
+2. Timing on CUDA: unilstm standard spec (cuDNN through torch) and flexible specs (fast kernel) against
+   torch.nn.LSTM (cuDNN), forward and forward+backward, via unilstm.bench with --device cuda.
+Writes $OUT/gpu_check.md (or ./gpu_check.md).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_fast_kernel import ACCEPTED, outputs_and_grads  # noqa: E402
+
+from unilstm import bench  # noqa: E402
+from unilstm.kernels.fast import run_direction_fast  # noqa: E402
+from unilstm.kernels.reference import DirectionRun, DirectionWeights, run_direction_reference  # noqa: E402
+
+
+def to_device(case, device):
+    x, h0, c0, w, run = case
+
+    def mv(t):
+        return None if t is None else t.detach().to(device).requires_grad_(t.requires_grad)
+
+    w2 = DirectionWeights(*(mv(getattr(w, k)) for k in ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr")))
+    run2 = DirectionRun(
+        run.activation, run.recurrent_activation,
+        None if run.step_mask is None else run.step_mask.to(device), run.reverse, run.zero_masked_output,
+        None if run.input_dropout_mask is None else run.input_dropout_mask.to(device),
+        None if run.recurrent_dropout_mask is None else run.recurrent_dropout_mask.to(device),
+    )
+    return mv(x), mv(h0), mv(c0), w2, run2
+
+
+def property_check(n: int, dtype, tol, device: str) -> tuple[int, float]:
+    from test_fast_kernel import make_case
+
+    rng = random.Random(0)
+    worst = 0.0
+    for i in range(n):
+        H = rng.randint(1, 6)
+        P = rng.randint(1, H - 1) if H > 1 and rng.random() < 0.3 else 0
+        case = make_case(
+            i, rng.randint(1, 7), rng.randint(1, 5), rng.randint(1, 5), H, P,
+            rng.choice(["none", "gaps", "gaps_empty_row", "gaps_empty_step", "right"]), rng.random() < 0.5,
+            rng.random() < 0.5, rng.choice(["none", "shared", "per_gate"]), rng.choice(["none", "shared", "per_gate"]),
+            rng.choice(ACCEPTED), rng.choice([a for a in ACCEPTED if a != "exponential"]), rng.random() < 0.8, dtype,
+        )
+        case = to_device(case, device)
+        expected = outputs_and_grads(run_direction_reference, *case)
+        if not all(bool(torch.isfinite(t).all()) for t in expected):
+            continue
+        got = outputs_and_grads(run_direction_fast, *case)
+        for e, g in zip(expected, got, strict=True):
+            assert g.device.type == device
+            scale = max(1.0, float(e.abs().max())) if e.numel() else 1.0
+            err = float((g - e).abs().max()) / scale if e.numel() else 0.0
+            worst = max(worst, err)
+            assert err <= tol, (i, err)
+    return n, worst
+
+
+def main() -> int:
+    out_dir = Path(os.environ.get("OUT", "."))
+    dry = not torch.cuda.is_available()  # a dry run on CPU checks the script itself
+    device = "cpu" if dry else "cuda"
+    name = "CPU dry run" if dry else torch.cuda.get_device_name()
+    lines = [f"# GPU check: {name} (torch {torch.__version__})", ""]
+    start = time.time()
+    for dtype, n, tol in ((torch.float64, 150, 1e-9), (torch.float32, 60, 1e-4)):
+        count, worst = property_check(5 if dry else n, dtype, tol, device)
+        msg = f"property check {dtype}: {count} random runs, fast kernel == reference on CUDA, worst scaled error {worst:.2e}"
+        print(msg, flush=True)
+        lines.append("- " + msg)
+    lines.append(f"- property checks took {time.time() - start:.0f} s")
+    print(f"property checks: {time.time() - start:.0f} s", flush=True)
+    report_dir = out_dir / "bench"
+    shapes = ["--shape", "6,3,5,8"] if dry else [
+        "--shape", "100,64,512,512", "--shape", "50,32,64,128", "--shape", "1000,16,256,256",
+    ]
+    bench.main([
+        "--device", device, "--no-peers", "--no-streaming", "--repeats", "2" if dry else "10",
+        "--out", str(report_dir), *shapes,
+        "--spec", "standard", "--spec", "relu", "--spec", "recurrent_dropout", "--spec", "mask_gaps",
+        "--spec", "bidir_proj_mask",
+    ])
+    lines += ["", (report_dir / "results.md").read_text()]
+    (out_dir / "gpu_check.md").write_text("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
