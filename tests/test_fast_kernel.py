@@ -68,7 +68,7 @@ def outputs_and_grads(kernel, x, h0, c0, w, run, seed=0):
     leaves = [x, h0, c0] + [p for p in (w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr) if p is not None]
     out, h, c = kernel(x, h0, c0, w, run)
     gen = torch.Generator().manual_seed(seed)
-    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)).sum() for t in (out, h, c))
+    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device, t.dtype)).sum() for t in (out, h, c))
     grads = torch.autograd.grad(loss, leaves)
     return [out, h, c, *grads]
 

@@ -150,7 +150,10 @@ def run_torch_case(case: Case, repeats: int, device: str) -> dict:
     ref = torch.nn.LSTM(I, H, **case.torch_kwargs).to(device)
     uni = LSTM(I, H, **case.unilstm).to(device)
     uni.load_state_dict(ref.state_dict())
-    uni.train(case.training)
+    # train mode like the torch baseline (cuDNN refuses backward in eval mode); no spec here has dropout
+    # outside its "training" cases
+    uni.train(True)
+    ref.train(True)
     mask_d = None if mask is None else mask.to(device)
     lengths_d = None if lengths is None else lengths.to(device)
 
