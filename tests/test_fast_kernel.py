@@ -271,3 +271,20 @@ def test_fused_flexible_dispatch_equals_reference(kwargs, padding):
             dispatch.force_kernel(None)
     for e, g in zip(*results, strict=True):
         torch.testing.assert_close(g, e, atol=1e-10, rtol=1e-9)
+
+
+def test_lengths_with_gradients_avoid_torch_packed_backward_on_cpu(monkeypatch):
+    """torch's packed CPU backward is very slow: with gradients a masked standard spec runs the fast kernel,
+    without gradients the packed fused kernel (both compute the reference's function)."""
+    calls = []
+    original = dispatch.run_stack_fused
+    monkeypatch.setattr(dispatch, "run_stack_fused", lambda *a, **k: calls.append(k["lengths"]) or original(*a, **k))
+    layer = unilstm.LSTM(3, 4)
+    x = torch.randn(5, 2, 3)
+    lengths = torch.tensor([5, 2])
+    out_grad, _ = layer(x, lengths=lengths)
+    assert calls == []
+    with torch.no_grad():
+        out_fused, _ = layer(x, lengths=lengths)
+    assert len(calls) == 1 and calls[0] is not None
+    torch.testing.assert_close(out_grad.detach(), out_fused, atol=1e-6, rtol=1e-5)

@@ -452,6 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tf-python", default=os.environ.get("UNILSTM_TF_PYTHON"), help="python with Keras 3")
     p.add_argument("--ms-python", default=os.environ.get("UNILSTM_MS_PYTHON"), help="python with MindSpore")
     p.add_argument("--no-peers", action="store_true", help="skip Keras and MindSpore")
+    p.add_argument(
+        "--reuse-peers", type=Path, default=None,
+        help="take the Keras/MindSpore results from an earlier results.json instead of running them",
+    )
     p.add_argument("--no-streaming", action="store_true")
     p.add_argument("--peer-timeout", type=float, default=1800.0)
     p.add_argument("--device", default="cpu")
@@ -487,7 +491,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"streaming {activation} (in={input_size}, H={hidden}): "
                       f"{ {k: round(v * 1e6, 1) for k, v in r['latency'].items()} } µs/step", flush=True)
     report["peer_results"] = {}
-    if not args.no_peers and args.device == "cpu":
+    if args.reuse_peers is not None:
+        earlier = json.loads(args.reuse_peers.read_text())
+        report["peers"] = [f"{p} (from {args.reuse_peers.name})" for p in earlier.get("peers", [])]
+        report["peer_results"] = earlier.get("peer_results", {})
+    elif not args.no_peers and args.device == "cpu":
         peer_reps = max(2, min(repeats, 3))
         if args.tf_python and Path(args.tf_python).exists():
             keras_cases = [c for c in cases if c.keras is not None]
