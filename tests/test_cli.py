@@ -104,6 +104,29 @@ def test_emit_code(tmp_path, capsys):
     assert "Keras masking" in code
 
 
+def test_go_backwards_is_verified_with_a_mask_and_emitted_without_a_caveat(tmp_path, capsys):
+    import importlib
+
+    import numpy as np
+
+    from unilstm.formats.keras_files import KerasLayerRecord, write_keras_model
+    from unilstm.spec import LSTMSpec
+
+    cv = importlib.import_module("unilstm.convert")
+    config = dict(cv._keras_config("back", LSTMSpec(3, 4), True, False), go_backwards=True)
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal(shape).astype(np.float32) * 0.5 for shape in ((3, 16), (4, 16), (16,))]
+    record = KerasLayerRecord("back", "back", "LSTM", config, weights, None, "keras")
+    write_keras_model([record], tmp_path / "b.keras", (None, 3))
+    argv = ["convert", "--json", str(tmp_path / "b.keras"), str(tmp_path / "b.ckpt")]
+    assert cli.main([*argv, "--emit-code", str(tmp_path / "model_ms.py")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["verified"] and report["max_difference"] <= 1e-6
+    assert any(case.startswith("lengths") for case in report["differences"]["back"])
+    code = (tmp_path / "model_ms.py").read_text()
+    assert "ops.gather_elements" in code and "not exact" not in code
+
+
 def test_unreadable_source_exits_2(tmp_path, capsys):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"\x00\x01garbage")

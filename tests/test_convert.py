@@ -319,6 +319,10 @@ def _import(path: Path):
     [
         [keras_record(0, 3, 4, rs=False)],
         [keras_record(0, 3, 4, gb=True, zo=True)],
+        [keras_record(0, 3, 4, gb=True)],
+        [keras_record(0, 3, 4, gb=True, rs=False)],
+        [keras_record(0, 3, 4, gb=True), keras_record(1, 4, 5, rs=False)],
+        [keras_record(0, 3, 4), keras_record(1, 4, 4, gb=True, rs=False)],
         [keras_record(0, 3, 4, bi=True, rs=False, merge="sum")],
         [keras_record(0, 3, 4), keras_record(1, 4, 4, rs=False)],
         [keras_record(0, 3, 4), keras_record(1, 4, 5, rs=False, zo=True)],
@@ -335,14 +339,84 @@ def test_emitted_torch_code_runs_and_gives_the_keras_numbers(records, target, tm
     units = cv.read_units(source)
     x = torch.randn(3, 6, 3)
     mask = torch.arange(6)[None] < torch.tensor([6, 3, 1])[:, None]
-    for m in [None] + ([mask] if not any(u.spec.go_backwards for u in units) else []):
+    for m in [None, mask]:
         value = x
         for unit in units:
-            value = cv.run_source(unit, value, None if m is None else m.sum(1))["output"]
+            expected = cv.run_source(unit, value, None if m is None else m.sum(1))
+            value = expected["output"]
         with torch.no_grad():
             got, states = model(x, m)
         assert len(states) == len(list(model.children()))
         assert (got - value).abs().max() < 1e-6
+        directions = len(states[-1])  # Keras's states of the last layer, one (h, c) per direction
+        for index, name in enumerate(("h_n", "c_n")):
+            got_state = torch.stack([pair[index] for pair in states[-1]])
+            assert (got_state - expected[name][-directions:]).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("rs", [True, False])
+@pytest.mark.parametrize("zo", [True, False])
+def test_go_backwards_with_a_mask_matches_keras_in_the_glue(zo, rs, tmp_path):
+    """Keras's go_backwards reverses input and mask over the whole sequence (LSTM(go_backwards=True)(x, mask)
+    == LSTM()(x[:, ::-1], mask[:, ::-1])): the torch glue (valid prefix reversed, run with lengths, outputs
+    moved behind the padded steps' zeros) gives the engine's numbers, lengths 0 and T included."""
+    keras = pytest.importorskip("unilstm.keras")
+    source = keras_file(tmp_path / "s.keras", [keras_record(0, 3, 5, gb=True, zo=zo, rs=rs)])
+    [unit] = cv.read_units(source)
+    [front] = cv.load(source)
+    x = torch.randn(5, 6, 3, generator=torch.Generator().manual_seed(3))
+    lengths = torch.tensor([6, 3, 1, 0, 5])
+    mask = torch.arange(6)[None] < lengths[:, None]
+    config = dict(front.get_config(), go_backwards=False)
+    forward = type(front).from_config(config)
+    forward(x)
+    forward.load_state_dict(front.state_dict())
+    with torch.no_grad():
+        by_definition = forward(x.flip(1), mask=mask.flip(1))
+        assert torch.equal(front(x, mask=mask), by_definition)
+    expected = cv.run_source(unit, x, lengths)
+    assert (expected["output"] - by_definition).abs().max() < 1e-6
+    target = unilstm.LSTM.from_spec(cv._plain_torch_spec(unit.spec))
+    with torch.no_grad():
+        for name in cv.parameter_names(target.spec):
+            getattr(target, name).copy_(unit.state[name])
+    got = cv.torch_glue_run(unit, target.eval(), x, lengths)
+    for key, value in expected.items():
+        assert (got[key] - value).abs().max() < 1e-6, key
+    assert keras is not None
+
+
+def test_go_backwards_verification_covers_masked_inputs(tmp_path):
+    source = keras_file(tmp_path / "s.keras", [keras_record(0, 3, 4, gb=True, rs=False)])
+    for target in ("w.pt", "w.ckpt", "w.onnx", "w.keras"):
+        if target.endswith(".onnx"):
+            pytest.importorskip("onnxruntime")
+        report = cv.convert(source, tmp_path / target)
+        assert report.verified and report.max_difference < 1e-6, target
+        [cases] = report.differences.values()
+        assert any(case.startswith("lengths") for case in cases), (target, list(cases))
+
+
+def test_emitted_torch_code_for_time_major_go_backwards_with_a_mask(tmp_path):
+    """tf-keras's time_major=True (Keras 3 files cannot hold it): the unit of a batch-major layer with the
+    time-major glue, emitted directly."""
+    from dataclasses import replace
+
+    source = keras_file(tmp_path / "s.keras", [keras_record(0, 3, 4, gb=True)])
+    cv.convert(source, tmp_path / "w.pt")
+    [unit] = cv.read_units(source)
+    spec, glue = replace(unit.spec, batch_first=False), replace(unit.keras, time_major=True)
+    unit = replace(unit, spec=spec, keras=glue)
+    (tmp_path / "rebuilt.py").write_text(cv.emit_code([unit], "pt", tmp_path / "w.pt"))
+    model = _import(tmp_path / "rebuilt.py").load(str(tmp_path / "w.pt"))
+    x = torch.randn(3, 6, 3)
+    mask = torch.arange(6)[None] < torch.tensor([6, 3, 1])[:, None]
+    for m in [None, mask]:
+        expected = cv.run_source(unit, x, None if m is None else m.sum(1))
+        with torch.no_grad():
+            got, [[(h, c)]] = model(x.transpose(0, 1), m)
+        assert (got - expected["output"]).abs().max() < 1e-6
+        assert (h - expected["h_n"][0]).abs().max() < 1e-6 and (c - expected["c_n"][0]).abs().max() < 1e-6
 
 
 def test_emit_code_refuses_onnx_and_keras_targets(tmp_path):

@@ -60,6 +60,18 @@ def _cases():
     cases.append(
         ("two LSTMs of different widths -> two nn.LSTMs", [dict(F=3, H=4), dict(F=4, H=5, rs=False)])
     )
+    cases.append(
+        (
+            "go_backwards LSTM feeding an LSTM -> two nn.LSTMs",
+            [dict(F=3, H=4, gb=True), dict(F=4, H=5, rs=False)],
+        )
+    )
+    cases.append(
+        (
+            "LSTM feeding a go_backwards LSTM -> two nn.LSTMs",
+            [dict(F=3, H=4), dict(F=4, H=4, gb=True, rs=False, zo=True)],
+        )
+    )
     return cases
 
 
@@ -126,8 +138,7 @@ def prepare(work: Path) -> list[dict]:
         x = rng.standard_normal((3, 6, layers[0]["F"])).astype(np.float32)
         mask = np.arange(6)[None, :] < np.array([6, 3, 1])[:, None]
         expected = {"x": x, "mask": mask}
-        masks = [None] if any(u.spec.go_backwards for u in units) else [None, mask]
-        for m in masks:
+        for m in [None, mask]:
             value = torch.from_numpy(x)
             lengths = None if m is None else torch.from_numpy(m).sum(1)
             for unit in units:
@@ -142,10 +153,44 @@ def prepare(work: Path) -> list[dict]:
                 "engine_vs_target": report.max_difference,
             }
         )
+    manifest.append(_time_major_go_backwards_case(work, len(manifest), rng))
     manifest += _real_keras_cases(work, len(manifest))
     manifest.append(_torch_case(work, len(manifest)))
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def _time_major_go_backwards_case(work: Path, index: int, rng: np.random.Generator) -> dict:
+    """tf-keras's time_major=True with go_backwards (Keras 3 files cannot hold time_major): the unit of a
+    batch-major layer given the time-major glue, its code emitted directly; x is (T, B, F), the mask (B, T),
+    the emitted output batch-major."""
+    from dataclasses import replace
+
+    import torch
+
+    cv = importlib.import_module("unilstm.convert")
+    from unilstm.formats.keras_files import write_keras_model
+
+    folder = work / f"case_{index:02d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_keras_model([_record(0, 3, 4, gb=True, rng=rng)], folder / "model.keras", (None, 3))
+    report = cv.convert(folder / "model.keras", folder / "model.ckpt")
+    [unit] = cv.read_units(folder / "model.keras")
+    spec, glue = replace(unit.spec, batch_first=False), replace(unit.keras, time_major=True)
+    unit = replace(unit, spec=spec, keras=glue)
+    (folder / "model_ms.py").write_text(cv.emit_code([unit], "ckpt", folder / "model.ckpt"))
+    x = rng.standard_normal((3, 6, 3)).astype(np.float32)
+    mask = np.arange(6)[None, :] < np.array([6, 3, 1])[:, None]
+    expected = {"x": x.transpose(1, 0, 2).copy(), "mask": mask}
+    for key, lengths in (("plain", None), ("masked", torch.from_numpy(mask).sum(1))):
+        expected[key] = cv.run_source(unit, torch.from_numpy(x), lengths)["output"].numpy()
+    np.savez(folder / "expected.npz", **expected)
+    return {
+        "label": "tf-keras time_major=True go_backwards LSTM (emitted directly)",
+        "folder": str(folder),
+        "layers": report.layers,
+        "engine_vs_target": report.max_difference,
+    }
 
 
 #: (fixture file, layer name, index in its .npz): LSTM layers whose outputs real Keras computed

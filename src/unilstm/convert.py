@@ -752,16 +752,41 @@ def torch_glue_run(unit: Unit, target_layer: LSTM, x: Tensor, lengths: Tensor | 
     """torch / MindSpore semantics (tanh, sigmoid, packed lengths, zeros past a length) of ``target_layer``
     plus the glue the emitted code applies for the source's Keras conventions."""
     keras = unit.keras
-    if keras is not None and unit.spec.go_backwards:
-        x = x.flip(1)
+    backwards = keras is not None and unit.spec.go_backwards
+    if backwards:
+        x = x.flip(1) if lengths is None else gather_steps(x, reversed_prefix_index(lengths, x.shape[1]))
     with torch.no_grad():
         out, (h_n, c_n) = target_layer(x, lengths=lengths)
     if keras is None:
         return {"output": out, "h_n": h_n, "c_n": c_n}
     hidden = unit.spec.hidden_size
-    if lengths is not None and unit.spec.masked_output == "previous":
+    if backwards and lengths is not None:
+        # Keras's processing order: the padded steps first (zeros; the state stays initial), then the valid
+        # prefix reversed, which the packed run left at the front; so "previous output" needs no fix here
+        out = gather_steps(out, processing_order_index(lengths, out.shape[1]))
+    elif lengths is not None and unit.spec.masked_output == "previous":
         out = previous_output_fix(out, h_n[-unit.spec.num_directions], lengths, hidden)
     return keras_outputs(unit, out, h_n, c_n)
+
+
+def reversed_prefix_index(lengths: Tensor, steps: int) -> Tensor:
+    """(B, T) time indices that reverse each row's valid prefix: step t < len reads step len-1-t (steps past
+    the length read padding, which a run with lengths ignores). Keras's go_backwards with a right-padded mask
+    processes exactly these valid steps, after the padded ones (which leave the state alone)."""
+    t = torch.arange(steps, device=lengths.device).unsqueeze(0)
+    return (lengths.long().unsqueeze(1) - 1 - t + steps) % steps
+
+
+def processing_order_index(lengths: Tensor, steps: int) -> Tensor:
+    """(B, T) time indices taking a run on :func:`reversed_prefix_index` input (valid outputs at the front,
+    zeros past the length) to Keras's go_backwards output order: T-len zeros, then the len valid outputs."""
+    t = torch.arange(steps, device=lengths.device).unsqueeze(0)
+    return (t + lengths.long().unsqueeze(1)) % steps
+
+
+def gather_steps(values: Tensor, index: Tensor) -> Tensor:
+    """values (B, T, F) gathered along time with a (B, T) index."""
+    return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
 
 
 def previous_output_fix(out: Tensor, last_h: Tensor, lengths: Tensor, hidden: int) -> Tensor:
@@ -1030,10 +1055,7 @@ def _write(
 def _inputs(unit: Unit, seed: int, batch: int = 3, steps: int = 7) -> list[tuple[Tensor, Tensor | None]]:
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, steps, unit.spec.input_size, generator=generator, dtype=torch.float32)
-    cases: list[tuple[Tensor, Tensor | None]] = [(x, None)]
-    if not (unit.keras is not None and unit.spec.go_backwards):  # the glue flips unmasked input only
-        cases.append((x, torch.tensor([steps, max(1, steps - 3), 1][:batch])))
-    return cases
+    return [(x, None), (x, torch.tensor([steps, max(1, steps - 3), 1][:batch]))]
 
 
 def _target_runner(
@@ -1761,10 +1783,10 @@ def _emit_notes(unit: Unit, framework: str) -> list[str]:
     names = "MindSpore" if framework == "mindspore" else "torch"
     if s.go_backwards:
         notes.append(
-            "Keras go_backwards=True: the input is flipped in time here; outputs stay in processing "
-            "order. With a mask this glue is not exact: keep inputs unpadded."
+            "Keras go_backwards=True: the input is flipped in time here (with a mask: each sequence's "
+            "valid prefix, Keras's padded steps coming first); outputs stay in processing order"
         )
-    if s.masked_output == "previous":
+    if s.masked_output == "previous" and not s.go_backwards:
         notes.append(
             f"Keras masking: past a sequence's length Keras repeats the last output, {names} gives "
             "zeros; the glue below repeats the final h"
@@ -1796,6 +1818,40 @@ def _emit_notes(unit: Unit, framework: str) -> list[str]:
     return notes
 
 
+def _emit_backwards_input(time_axis: int, ms: bool) -> list[str]:
+    """Keras go_backwards on the input: a flip in time, or with a mask each sequence's valid prefix reversed
+    (Keras reverses input and mask together, so its padded steps come first and change nothing)."""
+    flip = "ops.flip" if ms else "torch.flip"
+    lines = [
+        "        if lengths is None:  # Keras go_backwards: the sequence reversed in time",
+        f"            x = {flip}(x, ({time_axis},))",
+        "        else:  # with a mask: the padded steps come first (no effect), then the valid ones reversed",
+        f"            steps = x.shape[{time_axis}]",
+    ]
+    if ms:
+        lines += [
+            "            t = ops.expand_dims(ops.arange(steps).astype(lengths.dtype), 0)",
+            "            index = (ops.expand_dims(lengths, 1) - 1 - t + steps) % steps  # (B, T)",
+        ]
+        if time_axis == 0:
+            lines.append("            index = ops.transpose(index, (1, 0))")
+        lines.append(
+            f"            x = ops.gather_elements(x, {time_axis}, "
+            "ops.expand_dims(index, -1).broadcast_to(x.shape))"
+        )
+    else:
+        lines += [
+            "            t = torch.arange(steps, device=x.device).unsqueeze(0)",
+            "            index = (lengths.unsqueeze(1) - 1 - t + steps) % steps  # (B, T)",
+        ]
+        if time_axis == 0:
+            lines.append("            index = index.t()")
+        lines.append(
+            f"            x = torch.gather(x, {time_axis}, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))"
+        )
+    return lines
+
+
 def _emit_unit_run(attr: str, unit: Unit, ms: bool) -> list[str]:
     s = unit.spec
     keras = unit.keras
@@ -1803,8 +1859,9 @@ def _emit_unit_run(attr: str, unit: Unit, ms: bool) -> list[str]:
     directions = s.num_directions
     lines = [f"    def _run_{attr}(self, x, lengths):"]
     time_axis = 0 if (keras and keras.time_major) or (not keras and not s.batch_first) else 1
-    if keras and s.go_backwards:
-        lines.append(f"        x = {'ops.flip' if ms else 'torch.flip'}(x, ({time_axis},))")
+    backwards = bool(keras and s.go_backwards)
+    if backwards:
+        lines += _emit_backwards_input(time_axis, ms)
     if ms:
         lines += [f"        out, (h, c) = self.{attr}(x, seq_length=lengths)"]
     else:
@@ -1826,7 +1883,23 @@ def _emit_unit_run(attr: str, unit: Unit, ms: bool) -> list[str]:
             f"        out = {'ops.transpose(out, (1, 0, 2))' if ms else 'out.transpose(0, 1)'}"
             "  # to batch-major for the glue"
         )
-    if s.masked_output == "previous":
+    if backwards:
+        if ms:
+            lines += [
+                "        if lengths is not None:  # Keras's order: T-len zeros (padding), then valid outputs",
+                "            index = (ops.expand_dims(ops.arange(out.shape[1]).astype(lengths.dtype), 0) "
+                "+ ops.expand_dims(lengths, 1)) % out.shape[1]",
+                "            out = ops.gather_elements(out, 1, "
+                "ops.expand_dims(index, -1).broadcast_to(out.shape))",
+            ]
+        else:
+            lines += [
+                "        if lengths is not None:  # Keras's order: T-len zeros (padding), then valid outputs",
+                "            index = (torch.arange(out.shape[1], device=out.device) + lengths.unsqueeze(1)) "
+                "% out.shape[1]",
+                "            out = torch.gather(out, 1, index.unsqueeze(-1).expand(-1, -1, out.shape[-1]))",
+            ]
+    elif s.masked_output == "previous":
         last_h = f"h[{-directions}]"
         if ms:
             lines += [
