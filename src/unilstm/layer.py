@@ -305,8 +305,14 @@ class LSTM(nn.Module):
                 f"{input.shape[-1]} (input shape {_shape_text(input.shape)})"
             )
         dtype = self._parameter_dtype()
+        autocasting = torch.is_autocast_enabled(input.device.type)
         if input.dtype != dtype:
-            raise TypeError(f"input: expected dtype {dtype} (the parameters' dtype), got {input.dtype}")
+            if not autocasting:
+                raise TypeError(f"input: expected dtype {dtype} (the parameters' dtype), got {input.dtype}")
+            # Like torch.nn.LSTM under autocast: take any float input; the kernels lower the precision.
+            input = input.to(dtype)
+            if state is not None and isinstance(state, (tuple, list)):
+                state = tuple(s.to(dtype) if isinstance(s, Tensor) else s for s in state)
         x = input if batched else input.unsqueeze(1)
         if batched and spec.batch_first:
             x = x.transpose(0, 1)

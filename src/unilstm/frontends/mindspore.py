@@ -85,11 +85,13 @@ def _check_dropout(dropout: object) -> None:
         )
 
 
-def _as_tensor(name: str, value: object) -> Tensor:
+def _as_tensor(name: str, value: object, device: torch.device) -> Tensor:
+    """A torch tensor as given, or a numpy array moved to ``device`` (the layer's: MindSpore users pass
+    host arrays and expect them to run where the network is)."""
     if isinstance(value, Tensor):
         return value
     if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
+        return torch.from_numpy(np.ascontiguousarray(value)).to(device)
     raise TypeError(
         f"For '{_CLASS}', the '{name}' must be a torch.Tensor or numpy.ndarray, "
         f"but got {type(value).__name__}"
@@ -227,7 +229,7 @@ class LSTM(CanonicalLSTM):
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """``output, (h_n, c_n) = net(x, hx, seq_length)``; shapes and rules in the class docstring."""
         spec = self.spec
-        x = _as_tensor("x", x)
+        x = _as_tensor("x", x, self._parameter_device())
         if x.dim() != 3:
             raise ValueError(
                 f"For '{_CLASS}', 'x' must be 3-D ((T, B, F), or (B, T, F) with batch_first), got "
@@ -264,7 +266,8 @@ class LSTM(CanonicalLSTM):
             )
         if len(hx) != 2:
             raise TypeError(f"For '{_CLASS}', the length of 'hx' must be 2 (h_0, c_0), but got {len(hx)}")
-        h0, c0 = _as_tensor("hx[0]", hx[0]), _as_tensor("hx[1]", hx[1])
+        device = self._parameter_device()
+        h0, c0 = _as_tensor("hx[0]", hx[0], device), _as_tensor("hx[1]", hx[1], device)
         for name, value in (("x", x), ("hx[0]", h0), ("hx[1]", c0)):
             if value.dtype not in (torch.float16, torch.float32):
                 raise TypeError(
@@ -290,7 +293,7 @@ class LSTM(CanonicalLSTM):
         return h0, c0
 
     def _lengths(self, seq_length: object, steps: int, batch: int) -> Tensor:
-        lengths = _as_tensor("seq_length", seq_length)
+        lengths = _as_tensor("seq_length", seq_length, self._parameter_device())
         if lengths.dtype not in (torch.int32, torch.int64):
             raise TypeError(
                 f"For '{_CLASS}', the 'seq_length' should be one of [int32, int64], but got {lengths.dtype}"
