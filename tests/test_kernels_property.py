@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import unilstm
@@ -217,6 +217,9 @@ def test_stack_dispatch_and_forced_kernels_equal_reference(case):
     with _RefusalsGoToReference():
         force_kernel("reference")
         want_values, want_grads = _stack_results(lstm, x, state, lengths, mask, seed)
+        # Linear gates with a linear activation square h at every step: deep stacks overflow to inf/nan in
+        # every kernel alike, and nan never compares equal. Such draws say nothing about the kernels.
+        assume(all(bool(torch.isfinite(t).all()) for t in [*want_values, *want_grads]))
         for name in [None, *kernel_names()]:
             force_kernel(name)
             got_values, got_grads = _stack_results(lstm, x, state, lengths, mask, seed)
