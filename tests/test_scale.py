@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import faulthandler
 import os
-import socket
 
 import pytest
 import torch
@@ -38,12 +37,12 @@ def _loss(model, x, mask, target):
     return ((out.sum(-1) - target) ** 2).mean()
 
 
-def _worker(rank: int, world: int, port: int, kind: str, out_dir: str) -> None:
+def _worker(rank: int, world: int, kind: str, out_dir: str) -> None:
     faulthandler.dump_traceback_later(120, exit=True)  # a hung worker reports where, then exits
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A file rendezvous: no port to race for with other processes on the machine.
+    store = "file://" + os.path.join(out_dir, "rendezvous")
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world)
     try:
         model = torch.nn.parallel.DistributedDataParallel(_model(kind))
         x, mask, target = _data()
@@ -60,16 +59,10 @@ def _worker(rank: int, world: int, port: int, kind: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 @pytest.mark.parametrize("kind", sorted(SPECS))
 def test_ddp_two_cpu_processes_match_one_process(kind, tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), kind, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, kind, str(tmp_path)), nprocs=2, join=True)
     model = _model(kind)
     x, mask, target = _data()
     _loss(model, x, mask, target).backward()
