@@ -121,12 +121,31 @@ def canonical_union() -> None:
           f"gradient on weight_hr_l1_reverse: {tuple(layer.weight_hr_l1_reverse.grad.shape)}")
 
 
+def convert_files(workdir: str) -> None:
+    from unilstm import cli
+
+    _section("7. One command: a Keras model to a MindSpore checkpoint and to ONNX, verified")
+    from unilstm import keras as uk
+
+    torch.manual_seed(0)
+    stack = [uk.LSTM(16, return_sequences=True), uk.LSTM(16, return_sequences=True)]
+    stack[0].build((None, None, 10))
+    stack[1].build((None, None, 16))
+    keras_path = os.path.join(workdir, "stack.keras")
+    uk.save_model(stack, keras_path, input_shape=(None, 10))
+    for target in ("stack.ckpt", "stack.onnx"):
+        print(f"$ unilstm convert stack.keras {target} --prefix encoder.")
+        code = cli.main(["convert", keras_path, os.path.join(workdir, target), "--prefix", "encoder."])
+        print(f"exit code {code}")
+
+
 def main() -> None:
     print(f"unilstm {unilstm.__version__} on torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as workdir:
         mindspore_and_torch(workdir)
         canonical_union()
         keras_to_mindspore(workdir)
+        convert_files(workdir)
     print()
     print("Done. README.md covers every option, file conversion (unilstm convert) and the benchmarks.")
 
