@@ -506,3 +506,18 @@ def test_records_of_layers_say_which_hard_sigmoid(ukeras, tmp_path: pathlib.Path
     with pytest.raises(ValueError, match="no Keras config can say that"):
         ukeras.save_model([odd], tmp_path / "odd.keras", input_shape=(None, 3))
     assert os.listdir(tmp_path) == ["k3.keras"]
+
+
+def test_save_model_builds_unbuilt_layers_like_a_sequential(tmp_path):
+    from unilstm.keras import LSTM, Bidirectional, load_layers, save_model
+
+    torch.manual_seed(0)
+    stack = [Bidirectional(LSTM(4, return_sequences=True)), LSTM(3, return_sequences=True), LSTM(2)]
+    path = save_model(stack, tmp_path / "built.keras", input_shape=(None, 5))
+    assert [layer.built for layer in stack] == [True, True, True]
+    assert stack[1].get_weights()[0].shape == (8, 12)  # fed by the concatenated 2 x 4 features
+    x = np.random.RandomState(0).randn(2, 6, 5).astype(np.float32)
+    loaded = load_layers(path)
+    want = stack[2](stack[1](stack[0](x)))
+    got = loaded[2](loaded[1](loaded[0](x)))
+    assert float((got - want).detach().abs().max()) == 0.0

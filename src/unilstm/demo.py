@@ -129,10 +129,8 @@ def convert_files(workdir: str) -> None:
 
     torch.manual_seed(0)
     stack = [uk.LSTM(16, return_sequences=True), uk.LSTM(16, return_sequences=True)]
-    stack[0].build((None, None, 10))
-    stack[1].build((None, None, 16))
     keras_path = os.path.join(workdir, "stack.keras")
-    uk.save_model(stack, keras_path, input_shape=(None, 10))
+    uk.save_model(stack, keras_path, input_shape=(None, 10))  # builds the layers, as a Sequential would
     for target in ("stack.ckpt", "stack.onnx"):
         print(f"$ unilstm convert stack.keras {target} --prefix encoder.")
         code = cli.main(["convert", keras_path, os.path.join(workdir, target), "--prefix", "encoder."])

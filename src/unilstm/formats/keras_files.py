@@ -1147,7 +1147,8 @@ def record_from_layer(layer: Any, index: int = 0) -> KerasLayerRecord:
 def save_model(
     layers: Sequence[Any], path: PathLike, input_shape: Sequence[int | None], *, batch_size: int | None = None
 ) -> Path:
-    """Write ``layers`` (built ``unilstm.keras`` LSTMs / Bidirectionals, in order) as a Keras 3 Sequential
+    """Write ``layers`` (``unilstm.keras`` LSTMs / Bidirectionals, in order; unbuilt ones are built for the
+    features the previous layer outputs, as a Keras Sequential would) as a Keras 3 Sequential
     model: a ``.keras`` file that ``keras.saving.load_model`` opens, or, when ``path`` ends in
     ``.weights.h5``, its weights for ``model.load_weights`` on the same architecture.
 
@@ -1161,5 +1162,21 @@ def save_model(
     """
     if not isinstance(layers, (list, tuple)):
         layers = [layers]
+    _build_in_order(layers, input_shape, batch_size)
     records = [record_from_layer(layer, index) for index, layer in enumerate(layers)]
     return write_keras_model(records, path, input_shape, batch_size=batch_size)
+
+
+def _build_in_order(layers: Sequence[Any], input_shape: Sequence[int | None], batch_size: int | None) -> None:
+    """Build the unbuilt layers as a Keras Sequential would: each one for the features the previous one
+    outputs (``units``; twice that for a Bidirectional with merge_mode 'concat')."""
+    features = tuple(input_shape)[-1] if len(tuple(input_shape)) else None
+    for layer in layers:
+        if not hasattr(layer, "built") or features is None:
+            return
+        if not layer.built:
+            layer.build((batch_size, None, features))
+        units = getattr(getattr(layer, "forward_layer", layer), "units", None)
+        if units is None:
+            return
+        features = 2 * units if getattr(layer, "merge_mode", None) == "concat" else units
