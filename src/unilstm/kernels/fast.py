@@ -18,7 +18,7 @@ Limits: activations must be named ones with a hand-written derivative (``accepts
 callables and for the non-elementwise ``softmax``, ``log_softmax`` and ``glu``; the reference handles
 those). Double backward is not supported (the backward is ``once_differentiable``). Autocast is disabled
 inside the kernel: it computes in the dtype of its inputs. Under ``torch.compile`` the kernel is an opaque
-call (``torch._dynamo.disable``), so its time loop is never unrolled into a graph.
+call (``opaque_to_compile``), so its time loop is never unrolled into a graph.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import activations as A
+from .opaque import opaque_to_compile
 from .reference import GATES, DirectionRun, DirectionWeights
 
 __all__ = ["accepts", "run_direction_fast", "supported_activation"]
@@ -558,7 +559,7 @@ class _FastLSTM(torch.autograd.Function):
                 None, None, None)
 
 
-@torch._dynamo.disable
+@opaque_to_compile
 def run_direction_fast(
     x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, run: DirectionRun
 ) -> tuple[Tensor, Tensor, Tensor]:

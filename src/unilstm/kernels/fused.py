@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..spec import LSTMSpec
+from .opaque import opaque_to_compile
 from .reference import DirectionWeights
 
 
@@ -27,7 +28,7 @@ def flat_weights(layers: list[list[DirectionWeights]]) -> list[Tensor]:
     return flat
 
 
-@torch._dynamo.disable  # torch.compile cannot trace the oneDNN/cuDNN LSTM op: run it as an opaque call
+@opaque_to_compile  # torch.compile cannot trace the oneDNN/cuDNN LSTM op: run it as an opaque call
 def run_packed_fused(
     spec: LSTMSpec,
     data: Tensor,
@@ -46,7 +47,7 @@ def run_packed_fused(
     return out, h_n, c_n
 
 
-@torch._dynamo.disable  # torch.compile cannot trace the oneDNN/cuDNN LSTM op: run it as an opaque call
+@opaque_to_compile  # torch.compile cannot trace the oneDNN/cuDNN LSTM op: run it as an opaque call
 def run_stack_fused(
     spec: LSTMSpec,
     x: Tensor,
