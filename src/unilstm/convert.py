@@ -66,11 +66,8 @@ _PARAM = re.compile(
     r"^(?P<prefix>.*?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(?P<layer>\d+)"
     r"(?P<reverse>_reverse)?$"
 )
-_KERAS_INFERENCE_ONLY = (
-    "kernel_initializer",
-    "recurrent_initializer",
-    "bias_initializer",
-    "unit_forget_bias",
+# Keras arguments that act only while training (losses and weight projections after optimizer steps).
+_KERAS_TRAINING_PENALTIES = (
     "kernel_regularizer",
     "recurrent_regularizer",
     "bias_regularizer",
@@ -78,6 +75,13 @@ _KERAS_INFERENCE_ONLY = (
     "kernel_constraint",
     "recurrent_constraint",
     "bias_constraint",
+)
+_KERAS_INFERENCE_ONLY = (
+    "kernel_initializer",
+    "recurrent_initializer",
+    "bias_initializer",
+    "unit_forget_bias",
+    *_KERAS_TRAINING_PENALTIES,
     "seed",
     "unroll",
     "trainable",
@@ -1365,15 +1369,7 @@ def _ignored_keras_arguments(config: dict | None) -> list[str]:
         return []
     inner = config.get("layer", {}).get("config", config) if "layer" in config else config
     found = []
-    for key in (
-        "kernel_regularizer",
-        "recurrent_regularizer",
-        "bias_regularizer",
-        "activity_regularizer",
-        "kernel_constraint",
-        "recurrent_constraint",
-        "bias_constraint",
-    ):
+    for key in _KERAS_TRAINING_PENALTIES:
         if inner.get(key) is not None:
             found.append(f"{key}={_short(inner[key])}")
     for key in ("dropout", "recurrent_dropout"):
