@@ -230,6 +230,20 @@ def _gate_views(G: Tensor, gatewise: bool, hidden: int) -> tuple[list[Tensor], .
     )
 
 
+
+def _per_gate_weight_grad(dZ: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
+    """dW (4H, F) = per gate dZ_k^T (values * mask_k) over all steps, as one batched GEMM.
+
+    dZ: (4, T*B, H) gate gradients; values: (T, B, F) the layer's inputs or previous hidden states;
+    mask: None, a shared (B, F) or per-gate (4, B, F) dropout mask."""
+    rows, width = values.shape[0] * values.shape[1], values.shape[-1]
+    if mask is not None and mask.dim() == 3:
+        masked = (values.unsqueeze(0) * mask.unsqueeze(1)).reshape(GATES, rows, width)
+    else:
+        shared = values if mask is None else values * mask
+        masked = shared.reshape(1, rows, width).expand(GATES, rows, width)
+    return torch.bmm(dZ.transpose(1, 2), masked).reshape(-1, width)
+
 class _FastLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask):  # noqa: N805
@@ -522,21 +536,9 @@ class _FastLSTM(torch.autograd.Function):
         else:
             dZ = G.view(GATES, T * B, H)
             if needs[4]:
-                if mx is not None and mx.dim() == 3:
-                    Xm4 = (x.unsqueeze(0) * mx.unsqueeze(1)).reshape(GATES, T * B, Fdim)
-                else:
-                    Xm = x if mx is None else x * mx
-                    Xm4 = Xm.reshape(1, T * B, Fdim).expand(GATES, T * B, Fdim)
-                dwih = torch.bmm(dZ.transpose(1, 2), Xm4).reshape(4 * H, Fdim).index_select(0, perm)
-                del Xm4
+                dwih = _per_gate_weight_grad(dZ, x, mx).index_select(0, perm)
             if needs[5]:
-                if mh is not None and mh.dim() == 3:
-                    Hm4 = (Hprev.unsqueeze(0) * mh.unsqueeze(1)).view(GATES, T * B, P)
-                else:
-                    Hm = Hprev if mh is None else Hprev * mh
-                    Hm4 = Hm.reshape(1, T * B, P).expand(GATES, T * B, P)
-                dwhh = torch.bmm(dZ.transpose(1, 2), Hm4).reshape(4 * H, P).index_select(0, perm)
-                del Hm4
+                dwhh = _per_gate_weight_grad(dZ, Hprev, mh).index_select(0, perm)
             if needs[6] or needs[7]:
                 db = dZ.sum(1).reshape(4 * H).index_select(0, perm)
             if needs[1]:
