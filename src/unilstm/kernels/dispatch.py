@@ -18,6 +18,8 @@ from ..spec import LSTMSpec
 from .fast import accepts as fast_accepts
 from .fast import run_direction_fast
 from .fused import run_stack_fused
+from .native import accepts as native_accepts
+from .native import run_direction_native
 from .reference import GATES, DirectionRun, DirectionWeights, run_direction_reference
 
 DirectionKernel = Callable[
@@ -27,6 +29,7 @@ DirectionKernel = Callable[
 #: Direction kernels tried in order: (name, accepts(x, weights, run) -> bool, kernel). The reference loop,
 #: last, accepts everything. Faster kernels register themselves in front of it.
 DIRECTION_KERNELS: list[tuple[str, Callable[..., bool], DirectionKernel]] = [
+    ("native", native_accepts, run_direction_native),
     ("fast", fast_accepts, run_direction_fast),
     ("reference", lambda x, weights, run: True, run_direction_reference),
 ]

@@ -1,0 +1,219 @@
+/*
+ * The LSTM cell's elementwise work for one time step, forward and backward, in float32.
+ *
+ * The Python driver (unilstm/kernels/native.py) runs the time loop: per step one torch GEMM for the
+ * recurrent term and one call here, instead of a dozen small torch ops. Everything here is a plain loop
+ * over contiguous row-major buffers whose addresses the driver passes as integers; nothing here allocates
+ * or touches Python objects beyond reading those integers.
+ *
+ * Gate blocks are in torch's order [i, f, g, o] along the 4H axis.
+ *
+ * The transcendental functions are branch-free polynomial approximations (exp: Cephes; tanh: the rational
+ * approximation Eigen uses) so that the compiler vectorises the loops: glibc's tanhf costs 20-35 ns per
+ * element here, which would make the cell slower than the torch ops it replaces. Their error is a few
+ * units in the last place, inside the tolerance the property tests hold every kernel to.
+ *
+ * Each derivative matches what autograd computes for the function in unilstm/activations.py, including
+ * its choice at the kinks (relu'(0) = 0, hard_sigmoid'(+-3) = 0, ...).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <math.h>
+#include <string.h>
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(UNILSTM_NO_CLONES)
+#define HOT __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define HOT
+#endif
+
+enum {
+    ACT_LINEAR = 0,
+    ACT_TANH = 1,
+    ACT_SIGMOID = 2,
+    ACT_RELU = 3,
+    ACT_HARD_SIGMOID = 4,        /* Keras 3: relu6(x + 3) / 6 */
+    ACT_HARD_SIGMOID_KERAS2 = 5, /* clip(0.2 x + 0.5, 0, 1) */
+    ACT_ELU = 6,
+    ACT_SELU = 7,
+    ACT_SOFTSIGN = 8,
+    ACT_EXPONENTIAL = 9,
+    ACT_RELU6 = 10,
+    ACT_LEAKY_RELU = 11, /* negative slope 0.2 (Keras's default) */
+    ACT_HARD_TANH = 12,
+    ACT_SILU = 13,
+    ACT_SOFTPLUS = 14, /* torch's: x where x > 20 */
+    ACT_COUNT = 15
+};
+
+#define SELU_ALPHA 1.6732632423543772848170429916717
+#define SELU_SCALE 1.0507009873554804934193349852946
+
+static inline float exp_approx(float x) {
+    /* Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, e^r by a degree-5 polynomial, 2^n from the exponent bits */
+    x = x > 88.3762626647949f ? 88.3762626647949f : x;
+    x = x < -87.3365447504f ? -87.3365447504f : x;
+    const float shifter = 12582912.0f; /* 1.5 * 2^23: adding and subtracting it rounds to the nearest */
+    float n = (x * 1.44269504088896341f + shifter) - shifter;
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return y * scale;
+}
+
+static inline float sigmoid_approx(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+
+static inline float tanh_approx(float x) {
+    /* Eigen's generic_fast_tanh_float: a 13/6 rational function on [-7.9, 7.9] */
+    float ax = x < 0.0f ? -x : x;
+    float xc = x > 7.90531110763549805f ? 7.90531110763549805f : x;
+    xc = xc < -7.90531110763549805f ? -7.90531110763549805f : xc;
+    float x2 = xc * xc;
+    float p = -2.76076847742355e-16f;
+    p = p * x2 + 2.00018790482477e-13f;
+    p = p * x2 + -8.60467152213735e-11f;
+    p = p * x2 + 5.12229709037114e-08f;
+    p = p * x2 + 1.48572235717979e-05f;
+    p = p * x2 + 6.37261928875436e-04f;
+    p = p * x2 + 4.89352455891786e-03f;
+    p = p * xc;
+    float q = 1.19825839466702e-06f;
+    q = q * x2 + 1.18534705686654e-04f;
+    q = q * x2 + 2.26843463243900e-03f;
+    q = q * x2 + 4.89352518554385e-03f;
+    return ax < 0.0004f ? x : p / q;
+}
+
+#define REAL float
+#define NAME(f) f##_f32
+#define EXP exp_approx
+#define SIGMOID sigmoid_approx
+#define TANH tanh_approx
+#define LOG1P log1pf
+#include "_lstm_cell_body.h"
+#undef REAL
+#undef NAME
+#undef EXP
+#undef SIGMOID
+#undef TANH
+#undef LOG1P
+
+/* float64 is for checking (the property tests hold it to 1e-9): libm's exact functions, no speed goal */
+static inline double sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
+#define REAL double
+#define NAME(f) f##_f64
+#define EXP exp
+#define SIGMOID sigmoid_f64
+#define TANH tanh
+#define LOG1P log1p
+#include "_lstm_cell_body.h"
+#undef REAL
+#undef NAME
+#undef EXP
+#undef SIGMOID
+#undef TANH
+#undef LOG1P
+
+static int parse_ints(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expected, const char *name,
+                      long long *out) {
+    if (nargs != expected) {
+        PyErr_Format(PyExc_TypeError, "%s: expected %zd integer arguments, received %zd", name, expected, nargs);
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < nargs; k++) {
+        out[k] = PyLong_AsLongLong(args[k]);
+        if (out[k] == -1 && PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
+#define PTR(type, v) ((type *)(uintptr_t)(v))
+#define CHECK_ACT(name, v)                                                                          \
+    if ((v) < 0 || (v) >= ACT_COUNT) {                                                              \
+        PyErr_Format(PyExc_ValueError, name ": expected an activation id in [0, %d), received %lld", \
+                     ACT_COUNT, (long long)(v));                                                    \
+        return NULL;                                                                                \
+    }
+
+/* Every entry point takes integers: first 0 (float32) or 1 (float64), then sizes and buffer addresses. */
+
+static PyObject *py_forward_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long a[19];
+    if (parse_ints(args, nargs, 19, "forward_step", a) < 0) return NULL;
+    CHECK_ACT("forward_step", a[17]);
+    CHECK_ACT("forward_step", a[18]);
+#define CALL(REAL, fn)                                                                                      \
+    fn((long)a[1], (long)a[2], (long)a[3], PTR(const REAL, a[4]), PTR(const REAL, a[5]), PTR(REAL, a[6]),    \
+       PTR(const REAL, a[7]), PTR(REAL, a[8]), PTR(REAL, a[9]), PTR(const REAL, a[10]),                      \
+       PTR(const uint8_t, a[11]), (int)a[12], PTR(const REAL, a[13]), PTR(REAL, a[14]), PTR(REAL, a[15]),    \
+       PTR(REAL, a[16]), (int)a[17], (int)a[18])
+    if (a[0]) CALL(double, forward_step_f64); else CALL(float, forward_step_f32);
+#undef CALL
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_finish_hidden(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long a[12];
+    if (parse_ints(args, nargs, 12, "finish_hidden", a) < 0) return NULL;
+#define CALL(REAL, fn)                                                                                     \
+    fn((long)a[1], (long)a[2], PTR(const REAL, a[3]), PTR(const REAL, a[4]), PTR(REAL, a[5]),               \
+       PTR(REAL, a[6]), PTR(const REAL, a[7]), PTR(const uint8_t, a[8]), (int)a[9], PTR(const REAL, a[10]), \
+       PTR(REAL, a[11]))
+    if (a[0]) CALL(double, finish_hidden_f64); else CALL(float, finish_hidden_f32);
+#undef CALL
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_backward_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long a[21];
+    if (parse_ints(args, nargs, 21, "backward_step", a) < 0) return NULL;
+    CHECK_ACT("backward_step", a[19]);
+    CHECK_ACT("backward_step", a[20]);
+#define CALL(REAL, fn)                                                                                       \
+    fn((int)a[1], (long)a[2], (long)a[3], (long)a[4], PTR(REAL, a[5]), PTR(const REAL, a[6]),                 \
+       PTR(const REAL, a[7]), PTR(REAL, a[8]), PTR(REAL, a[9]), PTR(const REAL, a[10]), PTR(REAL, a[11]),     \
+       PTR(const uint8_t, a[12]), PTR(REAL, a[13]), PTR(const REAL, a[14]), PTR(const REAL, a[15]),           \
+       PTR(const uint8_t, a[16]), PTR(const REAL, a[17]), PTR(REAL, a[18]), (int)a[19], (int)a[20])
+    if (a[0]) CALL(double, backward_step_f64); else CALL(float, backward_step_f32);
+#undef CALL
+    Py_RETURN_NONE;
+}
+
+/* y = f(x) over a buffer, and out = g * f'(x) when g is given: for the tests of the approximations */
+static PyObject *py_activation(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long a[7];
+    if (parse_ints(args, nargs, 7, "activation", a) < 0) return NULL;
+    CHECK_ACT("activation", a[1]);
+#define CALL(REAL, fwd, bwd)                                                                          \
+    do {                                                                                              \
+        fwd((int)a[1], PTR(const REAL, a[2]), PTR(REAL, a[3]), (long)a[6]);                           \
+        if (a[4] != 0)                                                                                \
+            bwd((int)a[1], PTR(const REAL, a[2]), PTR(const REAL, a[3]), PTR(const REAL, a[4]),       \
+                PTR(REAL, a[5]), (long)a[6]);                                                         \
+    } while (0)
+    if (a[0]) CALL(double, act_forward_f64, act_backward_f64); else CALL(float, act_forward_f32, act_backward_f32);
+#undef CALL
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"forward_step", (PyCFunction)(void (*)(void))py_forward_step, METH_FASTCALL, "one forward step"},
+    {"finish_hidden", (PyCFunction)(void (*)(void))py_finish_hidden, METH_FASTCALL, "hidden-state rows"},
+    {"backward_step", (PyCFunction)(void (*)(void))py_backward_step, METH_FASTCALL, "one backward step"},
+    {"activation", (PyCFunction)(void (*)(void))py_activation, METH_FASTCALL, "an activation over a buffer"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lstm_cell", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__lstm_cell(void) { return PyModule_Create(&module); }

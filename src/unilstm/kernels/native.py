@@ -1,0 +1,295 @@
+# ruff: noqa: N803, N806  (T, B, H, P, ... are the maths names of the module docstring)
+"""The native kernel: the fast kernel's algorithm with each step's elementwise work in one C call.
+
+It computes what :func:`~unilstm.kernels.reference.run_direction_reference` computes, on the CPU, in float32
+and float64, for the named activations of ``NATIVE_ACTIVATION_IDS``, with step masks with gaps, reverse,
+both masked-output modes, proj_size and shared (not per-gate) dropout masks. Per step of the forward pass it
+makes one ``addmm_`` for the recurrent term and one call into ``_lstm_cell.c``; per step of the backward
+pass one call and one ``mm`` (two and two with a projection). The fast kernel makes about twenty torch ops
+per step: on small shapes their dispatch, not the arithmetic, is the cost.
+
+* forward: Z = X W_ih^T + b for all steps in one GEMM; per step Z_t += h_{t-1} W_hh^T, then the cell
+  (c_t = f c_{t-1} + i g, h_t = o act(c_t), masks, outputs). It keeps the pre-activations Z, the states
+  and, with a projection, r_t = o act(c_t).
+* backward: per step the cell recomputes the gate activations from Z_t and overwrites Z_t with the gate
+  gradients dZ_t; dh_{t-1} = dZ_t W_hh. Then dW_ih = dZ^T X, dW_hh = dZ^T H_prev, dW_hr = dH^T R and the
+  bias gradients as one GEMM or sum each over all steps.
+
+float32 uses vectorised polynomial approximations of exp and tanh (a few units in the last place, see
+``_lstm_cell.c``); float64 uses libm's functions, so the float64 property tests hold this kernel to the
+reference at 1e-9. The extension is optional: without a C compiler at install time ``available()`` is False
+and dispatch uses the fast kernel. Double backward is not supported (the backward is ``once_differentiable``
+and consumes the saved pre-activations: a second backward through the same graph raises).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .. import activations as A
+from .opaque import opaque_to_compile
+from .reference import DirectionRun, DirectionWeights
+
+try:
+    from . import _lstm_cell
+except ImportError:  # built without a C compiler: the pure-torch kernels remain
+    _lstm_cell = None
+
+__all__ = ["NATIVE_ACTIVATION_IDS", "accepts", "available", "run_direction_native"]
+
+#: The activations the C cell implements, with their ids in ``_lstm_cell.c``.
+NATIVE_ACTIVATION_IDS: dict[Callable, int] = {
+    A.linear: 0,
+    torch.tanh: 1,
+    torch.sigmoid: 2,
+    torch.relu: 3,
+    A.hard_sigmoid: 4,
+    A.hard_sigmoid_keras2: 5,
+    A.elu: 6,
+    A.selu: 7,
+    A.softsign: 8,
+    A.exponential: 9,
+    A.relu6: 10,
+    A.leaky_relu: 11,
+    A.hard_tanh: 12,
+    A.silu: 13,
+    A.softplus: 14,
+}
+
+_DTYPES = (torch.float32, torch.float64)
+_SCRATCH_PER_HIDDEN = 10  # floats of scratch per hidden unit that the C cell needs (backward: 10 H)
+
+# backward_step phases (bit flags, see _lstm_cell.c)
+_TAIL, _HEAD, _CELL = 1, 2, 4
+
+
+def available() -> bool:
+    """Whether the C cell was built with this installation."""
+    return _lstm_cell is not None
+
+
+def _activation_id(fn: Callable) -> int | None:
+    try:
+        return NATIVE_ACTIVATION_IDS.get(fn)
+    except TypeError:  # unhashable callables
+        return None
+
+
+def accepts(x: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:
+    """Whether :func:`run_direction_native` computes this run: the C cell is built, a CPU tensor in float32
+    or float64 with at least one step and one sequence, activations the C cell implements and dropout
+    masks shared by the four gates."""
+    if _lstm_cell is None or x.device.type != "cpu" or x.dtype not in _DTYPES:
+        return False
+    if x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0:
+        return False
+    for mask in (run.input_dropout_mask, run.recurrent_dropout_mask):
+        if mask is not None and mask.dim() != 2:
+            return False
+    return _activation_id(run.activation) is not None and _activation_id(run.recurrent_activation) is not None
+
+
+def _address(t: Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+class _NativeLSTM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask):  # noqa: N805
+        act, ract, reverse, zero_out = cfg
+        T, B, Fdim = x.shape
+        H, P = c0.shape[-1], h0.shape[-1]
+        f64 = int(x.dtype == torch.float64)
+        proj = w_hr is not None
+
+        Xm = x if mx is None else x * mx
+        bias = None
+        if b_ih is not None or b_hh is not None:
+            bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
+        X2 = Xm.reshape(T * B, Fdim)
+        Z = torch.addmm(bias, X2, w_ih.t()) if bias is not None else torch.mm(X2, w_ih.t())
+        Z = Z.view(T, B, 4 * H)
+
+        Hp = x.new_empty(T + 1, B, P)
+        Cp = x.new_empty(T + 1, B, H)
+        first = T if reverse else 0
+        Hp[first].copy_(h0)
+        Cp[first].copy_(c0)
+        R = x.new_empty(T, B, H) if proj else None
+        hcand = x.new_empty(B, P) if proj else None
+        mh = None if mh is None else mh.contiguous()
+        hm = None
+        if mh is not None:
+            hm = torch.mul(h0, mh)
+        masked = step_mask is not None
+        keep = step_mask.to(torch.uint8).contiguous() if masked else None
+        all_kept = step_mask.all(dim=1).tolist() if masked else None
+        Obuf = x.new_empty(T, B, P) if masked else None
+        zeros = x.new_zeros(B, P) if masked else None
+        scratch = x.new_empty(_SCRATCH_PER_HIDDEN * H)
+
+        esz = x.element_size()
+        z0, zs = Z.data_ptr(), B * 4 * H * esz
+        h_base, hs = Hp.data_ptr(), B * P * esz
+        c_base, cs = Cp.data_ptr(), B * H * esz
+        o_base = _address(Obuf)
+        r_base = _address(R)
+        k_base = _address(keep)
+        mh_p, hm_p, scr_p = _address(mh), _address(hm), scratch.data_ptr()
+        hcand_p = _address(hcand)
+        prev_p = _address(zeros)
+        act_id, ract_id = act, ract
+        zs_list, hs_list = Z.unbind(0), Hp.unbind(0)
+        Rs = R.unbind(0) if proj else None
+        WhhT = w_hh.t()
+        WhrT = w_hr.t() if proj else None
+        forward_step, finish_hidden = _lstm_cell.forward_step, _lstm_cell.finish_hidden
+
+        for t in range(T - 1, -1, -1) if reverse else range(T):
+            hi, ho = (t + 1, t) if reverse else (t, t + 1)
+            zs_list[t].addmm_(hs_list[hi] if hm is None else hm, WhhT)
+            kp = 0 if not masked or all_kept[t] else k_base + t * B
+            out_p = o_base + t * hs if masked else 0
+            if proj:
+                forward_step(
+                    f64, B, H, P, z0 + t * zs, c_base + hi * cs, c_base + ho * cs, 0, 0, 0, 0, kp,
+                    zero_out, 0, 0, r_base + t * cs, scr_p, act_id, ract_id,
+                )
+                torch.mm(Rs[t], WhrT, out=hcand)
+                finish_hidden(
+                    f64, B, P, hcand_p, h_base + hi * hs, h_base + ho * hs, out_p, prev_p, kp, zero_out,
+                    mh_p, hm_p,
+                )
+            else:
+                forward_step(
+                    f64, B, H, P, z0 + t * zs, c_base + hi * cs, c_base + ho * cs, h_base + hi * hs,
+                    h_base + ho * hs, out_p, prev_p, kp, zero_out, mh_p, hm_p, 0, scr_p, act_id, ract_id,
+                )
+            if masked:
+                prev_p = out_p
+
+        last = 0 if reverse else T
+        out = Obuf if masked else (Hp[:T] if reverse else Hp[1:])
+        ctx.cfg = cfg
+        ctx.meta = (T, B, Fdim, H, P, all_kept)
+        ctx.consumed = False
+        ctx.save_for_backward(Xm, w_ih, w_hh, w_hr, mx, mh, keep, Z, Hp, Cp, R)
+        ctx.has_bias = (b_ih is not None, b_hh is not None)
+        return out, Hp[last], Cp[last]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout, dhT, dcT):  # noqa: N805
+        if ctx.consumed:
+            raise RuntimeError(
+                "unilstm native kernel: backward ran twice through the same graph (retain_graph=True); "
+                "its backward reuses the saved pre-activations. Run the forward again, or use "
+                "unilstm.kernels.force_kernel('reference') for repeated or higher-order gradients."
+            )
+        ctx.consumed = True
+        act, ract, reverse, zero_out = ctx.cfg
+        T, B, Fdim, H, P, all_kept = ctx.meta
+        Xm, w_ih, w_hh, w_hr, mx, mh, keep, Z, Hp, Cp, R = ctx.saved_tensors
+        f64 = int(Xm.dtype == torch.float64)
+        proj = w_hr is not None
+        masked = keep is not None
+
+        dout = dout.contiguous()
+        dh = dhT.contiguous().clone()
+        dc = dcT.contiguous().clone()
+        DH = Xm.new_empty(T, B, P) if proj else None
+        dh_new = Xm.new_empty(B, P) if not proj else None
+        dr = Xm.new_empty(B, H) if proj else None
+        dh_tmp = Xm.new_empty(B, P)
+        carry = Xm.new_zeros(B, P) if masked and not zero_out else None
+        scratch = Xm.new_empty(_SCRATCH_PER_HIDDEN * H)
+
+        esz = Xm.element_size()
+        z0, zs = Z.data_ptr(), B * 4 * H * esz
+        hs, cs = B * P * esz, B * H * esz
+        c_base = Cp.data_ptr()
+        dout_base = dout.data_ptr()
+        k_base = _address(keep)
+        dh_p, dc_p, tmp_p = dh.data_ptr(), dc.data_ptr(), dh_tmp.data_ptr()
+        carry_p, mh_p, scr_p = _address(carry), _address(mh), scratch.data_ptr()
+        dr_p, dhn_p, DH_base = _address(dr), _address(dh_new), _address(DH)
+        zs_list = Z.unbind(0)
+        DHs = DH.unbind(0) if proj else None
+        backward_step = _lstm_cell.backward_step
+
+        pending, prev_kp = 0, 0
+        for t in range(T) if reverse else range(T - 1, -1, -1):
+            hi, ho = (t + 1, t) if reverse else (t, t + 1)
+            kp = 0 if not masked or all_kept[t] else k_base + t * B
+            zt, cprev, cnew = z0 + t * zs, c_base + hi * cs, c_base + ho * cs
+            if proj:
+                backward_step(
+                    f64, pending | _HEAD, B, H, P, zt, cprev, cnew, dh_p, dc_p, dout_base + t * hs, carry_p,
+                    kp, DH_base + t * hs, 0, tmp_p, prev_kp, mh_p, scr_p, act, ract,
+                )
+                torch.mm(DHs[t], w_hr, out=dr)
+                backward_step(
+                    f64, _CELL, B, H, P, zt, cprev, cnew, dh_p, dc_p, 0, 0, kp, 0, dr_p, 0, 0, 0, scr_p,
+                    act, ract,
+                )
+            else:
+                backward_step(
+                    f64, pending | _HEAD | _CELL, B, H, P, zt, cprev, cnew, dh_p, dc_p, dout_base + t * hs,
+                    carry_p, kp, dhn_p, dhn_p, tmp_p, prev_kp, mh_p, scr_p, act, ract,
+                )
+            torch.mm(zs_list[t], w_hh, out=dh_tmp)
+            pending, prev_kp = _TAIL, kp
+        backward_step(f64, _TAIL, B, H, P, 0, 0, 0, dh_p, dc_p, 0, 0, 0, 0, 0, tmp_p, prev_kp, mh_p, scr_p,
+                      act, ract)
+
+        needs = ctx.needs_input_grad
+        dZ = Z.view(T * B, 4 * H)
+        dx = dwih = dwhh = db = dwhr = None
+        if needs[4]:
+            dwih = torch.mm(dZ.t(), Xm.reshape(T * B, Fdim))
+        if needs[5]:
+            Hprev = Hp[1:] if reverse else Hp[:T]
+            Hm = Hprev if mh is None else Hprev * mh
+            dwhh = torch.mm(dZ.t(), Hm.reshape(T * B, P))
+        if needs[6] or needs[7]:
+            db = dZ.sum(0)
+        if needs[1]:
+            dx = torch.mm(dZ, w_ih).view(T, B, Fdim)
+            if mx is not None:
+                dx.mul_(mx)
+        if proj and needs[8]:
+            dwhr = torch.mm(DH.view(T * B, P).t(), R.view(T * B, H))
+        has_bih, has_bhh = ctx.has_bias
+        db_ih = db if has_bih and needs[6] else None
+        db_hh = db if has_bhh and needs[7] else None
+        if db_ih is not None and db_hh is not None:
+            db_hh = db.clone()
+        return (None, dx, dh if needs[2] else None, dc if needs[3] else None, dwih, dwhh, db_ih, db_hh, dwhr,
+                None, None, None)
+
+
+@opaque_to_compile
+def run_direction_native(
+    x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, run: DirectionRun
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Same contract as :func:`~unilstm.kernels.reference.run_direction_reference` (see the module
+    docstring for what differs: speed, float32 rounding, and no double backward)."""
+    cfg = (
+        NATIVE_ACTIVATION_IDS[run.activation], NATIVE_ACTIVATION_IDS[run.recurrent_activation],
+        bool(run.reverse), int(bool(run.zero_masked_output)),
+    )
+    mask = run.step_mask
+    if mask is not None:
+        mask = mask.to(device=x.device, dtype=torch.bool)
+    args = (
+        cfg, x.contiguous(), h0.contiguous(), c0.contiguous(), weights.w_ih, weights.w_hh, weights.b_ih,
+        weights.b_hh, weights.w_hr, run.input_dropout_mask, run.recurrent_dropout_mask, mask,
+    )
+    if torch.is_autocast_enabled("cpu"):
+        with torch.autocast(device_type="cpu", enabled=False):
+            return _NativeLSTM.apply(*args)
+    return _NativeLSTM.apply(*args)
