@@ -10,7 +10,7 @@ setup(
             "unilstm.kernels._lstm_cell",
             ["src/unilstm/kernels/_lstm_cell.c"],
             depends=["src/unilstm/kernels/_lstm_cell_body.h"],
-            extra_compile_args=["-O3", "-std=c11", "-fno-math-errno"],
+            extra_compile_args=["-O3", "-std=gnu11", "-fno-math-errno", "-fno-trapping-math"],
             optional=True,
         )
     ]

@@ -27,6 +27,12 @@
 #else
 #define HOT
 #endif
+#if defined(__GNUC__)
+/* the activation loops must be compiled inside each target clone of the step functions, not called */
+#define ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE
+#endif
 
 enum {
     ACT_LINEAR = 0,
@@ -50,7 +56,7 @@ enum {
 #define SELU_ALPHA 1.6732632423543772848170429916717
 #define SELU_SCALE 1.0507009873554804934193349852946
 
-static inline float exp_approx(float x) {
+ALWAYS_INLINE static inline float exp_approx(float x) {
     /* Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, e^r by a degree-5 polynomial, 2^n from the exponent bits */
     x = x > 88.3762626647949f ? 88.3762626647949f : x;
     x = x < -87.3365447504f ? -87.3365447504f : x;
@@ -71,9 +77,9 @@ static inline float exp_approx(float x) {
     return y * scale;
 }
 
-static inline float sigmoid_approx(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+ALWAYS_INLINE static inline float sigmoid_approx(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 
-static inline float tanh_approx(float x) {
+ALWAYS_INLINE static inline float tanh_approx(float x) {
     /* Eigen's generic_fast_tanh_float: a 13/6 rational function on [-7.9, 7.9] */
     float ax = x < 0.0f ? -x : x;
     float xc = x > 7.90531110763549805f ? 7.90531110763549805f : x;
@@ -148,42 +154,43 @@ static int parse_ints(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expect
 /* Every entry point takes integers: first 0 (float32) or 1 (float64), then sizes and buffer addresses. */
 
 static PyObject *py_forward_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[19];
-    if (parse_ints(args, nargs, 19, "forward_step", a) < 0) return NULL;
-    CHECK_ACT("forward_step", a[17]);
-    CHECK_ACT("forward_step", a[18]);
-#define CALL(REAL, fn)                                                                                      \
-    fn((long)a[1], (long)a[2], (long)a[3], PTR(const REAL, a[4]), PTR(const REAL, a[5]), PTR(REAL, a[6]),    \
-       PTR(const REAL, a[7]), PTR(REAL, a[8]), PTR(REAL, a[9]), PTR(const REAL, a[10]),                      \
-       PTR(const uint8_t, a[11]), (int)a[12], PTR(const REAL, a[13]), PTR(REAL, a[14]), PTR(REAL, a[15]),    \
-       PTR(REAL, a[16]), (int)a[17], (int)a[18])
+    long long a[22];
+    if (parse_ints(args, nargs, 22, "forward_step", a) < 0) return NULL;
+    CHECK_ACT("forward_step", a[20]);
+    CHECK_ACT("forward_step", a[21]);
+#define CALL(REAL, fn)                                                                                        \
+    fn((long)a[1], (long)a[2], (long)a[3], PTR(REAL, a[4]), PTR(const REAL, a[5]), PTR(const REAL, a[6]),      \
+       PTR(REAL, a[7]), PTR(const REAL, a[8]), PTR(REAL, a[9]), PTR(REAL, a[10]), PTR(const REAL, a[11]),      \
+       PTR(const uint8_t, a[12]), (int)a[13], PTR(const REAL, a[14]), (int)a[15], PTR(REAL, a[16]),            \
+       PTR(REAL, a[17]), PTR(REAL, a[18]), PTR(REAL, a[19]), (int)a[20], (int)a[21])
     if (a[0]) CALL(double, forward_step_f64); else CALL(float, forward_step_f32);
 #undef CALL
     Py_RETURN_NONE;
 }
 
 static PyObject *py_finish_hidden(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[12];
-    if (parse_ints(args, nargs, 12, "finish_hidden", a) < 0) return NULL;
+    long long a[13];
+    if (parse_ints(args, nargs, 13, "finish_hidden", a) < 0) return NULL;
 #define CALL(REAL, fn)                                                                                     \
     fn((long)a[1], (long)a[2], PTR(const REAL, a[3]), PTR(const REAL, a[4]), PTR(REAL, a[5]),               \
        PTR(REAL, a[6]), PTR(const REAL, a[7]), PTR(const uint8_t, a[8]), (int)a[9], PTR(const REAL, a[10]), \
-       PTR(REAL, a[11]))
+       (int)a[11], PTR(REAL, a[12]))
     if (a[0]) CALL(double, finish_hidden_f64); else CALL(float, finish_hidden_f32);
 #undef CALL
     Py_RETURN_NONE;
 }
 
 static PyObject *py_backward_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[21];
-    if (parse_ints(args, nargs, 21, "backward_step", a) < 0) return NULL;
-    CHECK_ACT("backward_step", a[19]);
-    CHECK_ACT("backward_step", a[20]);
+    long long a[24];
+    if (parse_ints(args, nargs, 24, "backward_step", a) < 0) return NULL;
+    CHECK_ACT("backward_step", a[22]);
+    CHECK_ACT("backward_step", a[23]);
 #define CALL(REAL, fn)                                                                                       \
     fn((int)a[1], (long)a[2], (long)a[3], (long)a[4], PTR(REAL, a[5]), PTR(const REAL, a[6]),                 \
        PTR(const REAL, a[7]), PTR(REAL, a[8]), PTR(REAL, a[9]), PTR(const REAL, a[10]), PTR(REAL, a[11]),     \
-       PTR(const uint8_t, a[12]), PTR(REAL, a[13]), PTR(const REAL, a[14]), PTR(const REAL, a[15]),           \
-       PTR(const uint8_t, a[16]), PTR(const REAL, a[17]), PTR(REAL, a[18]), (int)a[19], (int)a[20])
+       PTR(const uint8_t, a[12]), PTR(REAL, a[13]), PTR(REAL, a[14]), PTR(const REAL, a[15]),                 \
+       PTR(const REAL, a[16]), PTR(const uint8_t, a[17]), PTR(const REAL, a[18]), (int)a[19],                 \
+       PTR(REAL, a[20]), PTR(REAL, a[21]), (int)a[22], (int)a[23])
     if (a[0]) CALL(double, backward_step_f64); else CALL(float, backward_step_f32);
 #undef CALL
     Py_RETURN_NONE;

@@ -3,7 +3,7 @@
  * NAME(f) gives each function a per-type name; EXP, SIGMOID, TANH and LOG1P are the type's functions.
  */
 /* y[j] = f(x[j]) */
-static inline void NAME(act_forward)(int act, const REAL *restrict x, REAL *restrict y, long n) {
+ALWAYS_INLINE static inline void NAME(act_forward)(int act, const REAL *restrict x, REAL *restrict y, long n) {
     long j;
     switch (act) {
     case ACT_TANH:
@@ -68,33 +68,51 @@ static inline void NAME(act_forward)(int act, const REAL *restrict x, REAL *rest
 }
 
 /* out[j] = g[j] * f'(x[j]), with y = f(x); out may be x (each j reads x[j] before writing out[j]) */
-static inline void NAME(act_backward)(int act, const REAL *x, const REAL *y, const REAL *g, REAL *out, long n) {
+ALWAYS_INLINE static inline void NAME(act_backward)(int act, const REAL *x, const REAL *y, const REAL *g, REAL *out, long n) {
     long j;
     switch (act) {
     case ACT_TANH:
-        for (j = 0; j < n; j++) out[j] = g[j] * ((REAL)1.0 - y[j] * y[j]);
+        for (j = 0; j < n; j++) {
+            const REAL gv = g[j], yv = y[j];
+            out[j] = gv * ((REAL)1.0 - yv * yv);
+        }
         break;
     case ACT_SIGMOID:
-        for (j = 0; j < n; j++) out[j] = g[j] * ((REAL)1.0 - y[j]) * y[j];
+        for (j = 0; j < n; j++) {
+            const REAL gv = g[j], yv = y[j];
+            out[j] = gv * ((REAL)1.0 - yv) * yv;
+        }
         break;
     case ACT_RELU:
-        for (j = 0; j < n; j++) out[j] = y[j] > (REAL)0.0 ? g[j] : (REAL)0.0;
+        for (j = 0; j < n; j++) {
+            const REAL gv = g[j], yv = y[j];
+            out[j] = yv > (REAL)0.0 ? gv : (REAL)0.0;
+        }
         break;
     case ACT_HARD_SIGMOID:
-        for (j = 0; j < n; j++) out[j] = (y[j] > (REAL)0.0 && y[j] < (REAL)1.0) ? g[j] * ((REAL)1.0 / (REAL)6.0) : (REAL)0.0;
+        for (j = 0; j < n; j++) {
+            const REAL gv = g[j], yv = y[j];
+            out[j] = (yv > (REAL)0.0 && yv < (REAL)1.0) ? gv * ((REAL)1.0 / (REAL)6.0) : (REAL)0.0;
+        }
         break;
     case ACT_HARD_SIGMOID_KERAS2:
         for (j = 0; j < n; j++) {
+            const REAL gv = g[j];
             REAL v = (REAL)0.2 * x[j] + (REAL)0.5;
-            out[j] = (v >= (REAL)0.0 && v <= (REAL)1.0) ? g[j] * (REAL)0.2 : (REAL)0.0;
+            out[j] = (v >= (REAL)0.0 && v <= (REAL)1.0) ? gv * (REAL)0.2 : (REAL)0.0;
         }
         break;
     case ACT_ELU:
-        for (j = 0; j < n; j++) out[j] = x[j] > (REAL)0.0 ? g[j] : g[j] * EXP(x[j]);
+        for (j = 0; j < n; j++) {
+            const REAL gv = g[j], xv = x[j];
+            out[j] = xv > (REAL)0.0 ? gv : gv * EXP(xv);
+        }
         break;
     case ACT_SELU:
-        for (j = 0; j < n; j++)
-            out[j] = x[j] > (REAL)0.0 ? g[j] * (REAL)SELU_SCALE : g[j] * ((REAL)(SELU_SCALE * SELU_ALPHA)) * EXP(x[j]);
+        for (j = 0; j < n; j++) {
+            const REAL gv = g[j], xv = x[j];
+            out[j] = xv > (REAL)0.0 ? gv * (REAL)SELU_SCALE : gv * ((REAL)(SELU_SCALE * SELU_ALPHA)) * EXP(xv);
+        }
         break;
     case ACT_SOFTSIGN:
         for (j = 0; j < n; j++) {
@@ -103,16 +121,28 @@ static inline void NAME(act_backward)(int act, const REAL *x, const REAL *y, con
         }
         break;
     case ACT_EXPONENTIAL:
-        for (j = 0; j < n; j++) out[j] = g[j] * y[j];
+        for (j = 0; j < n; j++) {
+            const REAL gv = g[j], yv = y[j];
+            out[j] = gv * yv;
+        }
         break;
     case ACT_RELU6:
-        for (j = 0; j < n; j++) out[j] = (y[j] > (REAL)0.0 && y[j] < (REAL)6.0) ? g[j] : (REAL)0.0;
+        for (j = 0; j < n; j++) {
+            const REAL gv = g[j], yv = y[j];
+            out[j] = (yv > (REAL)0.0 && yv < (REAL)6.0) ? gv : (REAL)0.0;
+        }
         break;
     case ACT_LEAKY_RELU:
-        for (j = 0; j < n; j++) out[j] = y[j] > (REAL)0.0 ? g[j] : g[j] * (REAL)0.2;
+        for (j = 0; j < n; j++) {
+            const REAL gv = g[j], yv = y[j];
+            out[j] = yv > (REAL)0.0 ? gv : gv * (REAL)0.2;
+        }
         break;
     case ACT_HARD_TANH:
-        for (j = 0; j < n; j++) out[j] = (y[j] > -(REAL)1.0 && y[j] < (REAL)1.0) ? g[j] : (REAL)0.0;
+        for (j = 0; j < n; j++) {
+            const REAL gv = g[j], yv = y[j];
+            out[j] = (yv > -(REAL)1.0 && yv < (REAL)1.0) ? gv : (REAL)0.0;
+        }
         break;
     case ACT_SILU:
         for (j = 0; j < n; j++) {
@@ -131,94 +161,137 @@ static inline void NAME(act_backward)(int act, const REAL *x, const REAL *y, con
         break;
     }
 }
+/*
+ * Buffers. The driver keeps the per-step tensors its GEMMs read and write at fixed addresses, so that a
+ * step costs it no new tensor views: the functions below copy what the backward pass needs into the
+ * (T, ...) histories themselves.
+ *
+ * n_masks is 1 when the recurrent dropout mask mh is one (B, P) mask (or absent) and 4 when it is one
+ * mask per gate, (4, B, P): then the recurrent GEMM runs per gate and its operands are gate-major,
+ * hnext (4, B, P), rec (4, B, H), dz_copy (4, B, H) and dh_tmp (4, B, P).
+ */
 
 /*
- * The hidden-state half of a forward step for the rows of one batch:
+ * The hidden-state half of a forward step:
  *   kept rows:   h_out = hcand, out_t = hcand;
  *   masked rows: h_out = h_prev, out_t = 0 (zero_out) or prev_out;
- *   and hm_out = h_out * mh (the recurrent dropout mask) for the next step's GEMM.
- * keep, out_t, prev_out, mh and hm_out may be NULL. hcand may alias h_out.
+ * then hnext = h_out * mh (per mask), the next step's GEMM operand. keep, out_t, prev_out and mh may be
+ * NULL. hcand may be h_out itself.
  */
-static void NAME(finish_hidden)(long B, long P, const REAL *hcand, const REAL *h_prev, REAL *h_out, REAL *out_t,
-                          const REAL *prev_out, const uint8_t *keep, int zero_out, const REAL *mh,
-                          REAL *hm_out) {
+static void NAME(finish_hidden)(long B, long P, const REAL *hcand, const REAL *h_prev, REAL *h_out,
+                                REAL *out_t, const REAL *prev_out, const uint8_t *keep, int zero_out,
+                                const REAL *mh, int n_masks, REAL *hnext) {
+    const size_t bytes = (size_t)P * sizeof(REAL);
     for (long b = 0; b < B; b++) {
         const long row = b * P;
-        const int kept = keep == NULL || keep[b];
-        if (kept) {
-            if (h_out + row != hcand + row) memcpy(h_out + row, hcand + row, (size_t)P * sizeof(REAL));
-            if (out_t != NULL) memcpy(out_t + row, hcand + row, (size_t)P * sizeof(REAL));
+        if (keep == NULL || keep[b]) {
+            if (h_out != hcand) memcpy(h_out + row, hcand + row, bytes);
+            if (out_t != NULL) memcpy(out_t + row, hcand + row, bytes);
         } else {
-            memcpy(h_out + row, h_prev + row, (size_t)P * sizeof(REAL));
+            memcpy(h_out + row, h_prev + row, bytes);
             if (out_t != NULL) {
                 if (zero_out || prev_out == NULL)
-                    memset(out_t + row, 0, (size_t)P * sizeof(REAL));
+                    memset(out_t + row, 0, bytes);
                 else
-                    memcpy(out_t + row, prev_out + row, (size_t)P * sizeof(REAL));
+                    memcpy(out_t + row, prev_out + row, bytes);
             }
         }
-        if (hm_out != NULL) {
-            for (long j = 0; j < P; j++) hm_out[row + j] = h_out[row + j] * mh[row + j];
+        if (mh == NULL) {
+            memcpy(hnext + row, h_out + row, bytes);
+            continue;
+        }
+        for (int k = 0; k < n_masks; k++) {
+            const REAL *restrict m = mh + k * B * P + row;
+            const REAL *restrict h = h_out + row;
+            REAL *restrict dst = hnext + k * B * P + row;
+            for (long j = 0; j < P; j++) dst[j] = h[j] * m[j];
         }
     }
 }
 
 /*
- * One forward step. z (B, 4H) holds the gate pre-activations x W_ih^T + b + h_prev W_hh^T and is left
- * untouched (the backward recomputes the activations from it). For kept rows
+ * One forward step. z (B, 4H) holds x_t W_ih^T + b on entry; rec (the driver's h_prev W_hh^T, (B, 4H) or
+ * gate-major) is added to it, and z keeps these pre-activations for the backward pass. For kept rows
  *   c_out = f * c_prev + i * g,   r = o * act(c_out);
  * without projection (r_out NULL) r is the new hidden state and finish_hidden runs here; with projection
- * r goes to r_out (zeros on masked rows) and the driver multiplies it by W_hr^T and calls finish.
- * scratch: 5H REALs.
+ * r goes to r_out and r_hist (zeros on masked rows) and the driver multiplies r_out by W_hr^T and calls
+ * finish_hidden. scratch: 5H.
  */
-HOT static void NAME(forward_step)(long B, long H, long P, const REAL *z, const REAL *c_prev, REAL *c_out,
-                             const REAL *h_prev, REAL *h_out, REAL *out_t, const REAL *prev_out,
-                             const uint8_t *keep, int zero_out, const REAL *mh, REAL *hm_out, REAL *r_out,
-                             REAL *scratch, int act, int ract) {
-    REAL *gi = scratch, *gf = scratch + H, *gg = scratch + 2 * H;
-    REAL *go = scratch + 3 * H, *ac = scratch + 4 * H;
+HOT static void NAME(forward_step)(long B, long H, long P, REAL *z, const REAL *rec, const REAL *c_prev,
+                                   REAL *c_out, const REAL *h_prev, REAL *h_out, REAL *out_t,
+                                   const REAL *prev_out, const uint8_t *keep, int zero_out, const REAL *mh,
+                                   int n_masks, REAL *hnext, REAL *r_out, REAL *r_hist, REAL *scratch, int act,
+                                   int ract) {
+    REAL *restrict gi = scratch, *restrict gf = scratch + H, *restrict gg = scratch + 2 * H;
+    REAL *restrict go = scratch + 3 * H, *restrict ac = scratch + 4 * H;
+    const size_t bytes = (size_t)H * sizeof(REAL);
     for (long b = 0; b < B; b++) {
-        const REAL *zr = z + b * 4 * H;
+        REAL *restrict zr = z + b * 4 * H;
         const REAL *restrict cp = c_prev + b * H;
         REAL *restrict cn = c_out + b * H;
         if (keep != NULL && !keep[b]) {
-            memcpy(cn, cp, (size_t)H * sizeof(REAL));
-            if (r_out != NULL) memset(r_out + b * H, 0, (size_t)H * sizeof(REAL));
+            memcpy(cn, cp, bytes);
+            if (r_out != NULL) {
+                memset(r_out + b * H, 0, bytes);
+                memset(r_hist + b * H, 0, bytes);
+            }
             continue;
         }
-        NAME(act_forward)(ract, zr, gi, 2 * H); /* i and f together */
+        if (rec != NULL) {
+            if (n_masks == 4) {
+                for (int k = 0; k < 4; k++) {
+                    const REAL *restrict rk = rec + (k * B + b) * H;
+                    REAL *restrict zk = zr + k * H;
+                    for (long j = 0; j < H; j++) zk[j] += rk[j];
+                }
+            } else {
+                const REAL *restrict rr = rec + b * 4 * H;
+                for (long j = 0; j < 4 * H; j++) zr[j] += rr[j];
+            }
+        }
+        NAME(act_forward)(ract, zr, gi, H);
+        NAME(act_forward)(ract, zr + H, gf, H);
         NAME(act_forward)(act, zr + 2 * H, gg, H);
         NAME(act_forward)(ract, zr + 3 * H, go, H);
         for (long j = 0; j < H; j++) cn[j] = gf[j] * cp[j] + gi[j] * gg[j];
         NAME(act_forward)(act, cn, ac, H);
         REAL *restrict r = r_out != NULL ? r_out + b * H : h_out + b * P;
         for (long j = 0; j < H; j++) r[j] = go[j] * ac[j];
+        if (r_hist != NULL) memcpy(r_hist + b * H, r, bytes);
     }
-    if (r_out == NULL) NAME(finish_hidden)(B, P, h_out, h_prev, h_out, out_t, prev_out, keep, zero_out, mh, hm_out);
+    if (r_out == NULL)
+        NAME(finish_hidden)(B, P, h_out, h_prev, h_out, out_t, prev_out, keep, zero_out, mh, n_masks, hnext);
 }
 
 /*
  * One backward step, in phases (bit flags):
- *   1 (tail of the previous step): dh = dh_tmp * mh on the rows kept at the previous step (dh_tmp =
- *     dz_prev W_hh, computed by the driver); masked rows keep dh, which passes through them unchanged.
+ *   1 (tail of the previous step): dh = sum over masks of dh_tmp * mh on the rows kept at the previous step
+ *     (dh_tmp: the driver's dz_prev W_hh); masked rows keep dh, which passes through them unchanged.
  *   2 (head): dh_new = dh + gout (+ carry, for "previous" outputs) on kept rows, 0 on masked rows, into
- *     dh_new_out; carry becomes 0 on kept rows and gout + carry on masked rows.
+ *     dh_new_out and dh_hist (when given); carry becomes 0 on kept rows and gout + carry on masked rows.
  *   4 (cell): from dr (the gradient of r = o * act(c): dh_new without projection, dh_new W_hr with it) and
- *     dc, the gate gradients dz overwrite z (zeros on masked rows) and dc becomes dc_prev.
- * scratch: 10H REALs.
+ *     dc, the gate gradients dz overwrite z and go to dz_copy (zeros on masked rows), and dc becomes
+ *     dc_prev. The gate activations are recomputed from z.
+ * scratch: 10H. The scratch slices never overlap (hence restrict).
  */
 HOT static void NAME(backward_step)(int phases, long B, long H, long P, REAL *z, const REAL *c_prev,
-                              const REAL *c_new, REAL *dh, REAL *dc, const REAL *gout, REAL *carry,
-                              const uint8_t *keep, REAL *dh_new_out, const REAL *dr, const REAL *dh_tmp,
-                              const uint8_t *keep_prev, const REAL *mh, REAL *scratch, int act, int ract) {
+                                    const REAL *c_new, REAL *dh, REAL *dc, const REAL *gout, REAL *carry,
+                                    const uint8_t *keep, REAL *dh_new_out, REAL *dh_hist, const REAL *dr,
+                                    const REAL *dh_tmp, const uint8_t *keep_prev, const REAL *mh, int n_masks,
+                                    REAL *dz_copy, REAL *scratch, int act, int ract) {
     if (phases & 1) {
         for (long b = 0; b < B; b++) {
             if (keep_prev != NULL && !keep_prev[b]) continue;
-            const long row = b * P;
-            if (mh != NULL) {
-                for (long j = 0; j < P; j++) dh[row + j] = dh_tmp[row + j] * mh[row + j];
-            } else {
-                memcpy(dh + row, dh_tmp + row, (size_t)P * sizeof(REAL));
+            REAL *restrict d = dh + b * P;
+            if (mh == NULL) {
+                memcpy(d, dh_tmp + b * P, (size_t)P * sizeof(REAL));
+                continue;
+            }
+            for (long j = 0; j < P; j++) d[j] = 0;
+            for (int k = 0; k < n_masks; k++) {
+                const REAL *restrict t = dh_tmp + (k * B + b) * P;
+                const REAL *restrict m = mh + (k * B + b) * P;
+                for (long j = 0; j < P; j++) d[j] += t[j] * m[j];
             }
         }
     }
@@ -228,13 +301,13 @@ HOT static void NAME(backward_step)(int phases, long B, long H, long P, REAL *z,
             const int kept = keep == NULL || keep[b];
             REAL *restrict dn = dh_new_out + row;
             const REAL *restrict d = dh + row;
-            const REAL *go = gout + row;
+            const REAL *restrict go = gout + row;
             if (kept) {
                 if (carry != NULL) {
                     REAL *restrict cr = carry + row;
                     for (long j = 0; j < P; j++) {
                         dn[j] = d[j] + go[j] + cr[j];
-                        cr[j] = (REAL)0.0;
+                        cr[j] = 0;
                     }
                 } else {
                     for (long j = 0; j < P; j++) dn[j] = d[j] + go[j];
@@ -246,29 +319,36 @@ HOT static void NAME(backward_step)(int phases, long B, long H, long P, REAL *z,
                     for (long j = 0; j < P; j++) cr[j] += go[j];
                 }
             }
+            if (dh_hist != NULL) memcpy(dh_hist + row, dn, (size_t)P * sizeof(REAL));
         }
     }
     if (phases & 4) {
-        REAL *yi = scratch, *yf = scratch + H, *yg = scratch + 2 * H;
-        REAL *yo = scratch + 3 * H, *ac = scratch + 4 * H, *t1 = scratch + 5 * H;
-        REAL *t2 = scratch + 6 * H, *di = scratch + 7 * H, *df = scratch + 8 * H;
-        REAL *dg = scratch + 9 * H;
+        REAL *restrict yi = scratch, *restrict yf = scratch + H, *restrict yg = scratch + 2 * H;
+        REAL *restrict yo = scratch + 3 * H, *restrict ac = scratch + 4 * H, *restrict t1 = scratch + 5 * H;
+        REAL *restrict t2 = scratch + 6 * H, *restrict di = scratch + 7 * H, *restrict df = scratch + 8 * H;
+        REAL *restrict dg = scratch + 9 * H;
+        const size_t bytes = (size_t)H * sizeof(REAL);
         for (long b = 0; b < B; b++) {
             REAL *zr = z + b * 4 * H;
             if (keep != NULL && !keep[b]) {
-                memset(zr, 0, (size_t)4 * H * sizeof(REAL));
+                memset(zr, 0, 4 * bytes);
+                for (int k = 0; k < 4; k++) {
+                    const long at = n_masks == 4 ? (k * B + b) * H : b * 4 * H + k * H;
+                    memset(dz_copy + at, 0, bytes);
+                }
                 continue;
             }
             const REAL *restrict cp = c_prev + b * H;
             const REAL *restrict cn = c_new + b * H;
             const REAL *restrict d = dr + b * H;
             REAL *restrict dcr = dc + b * H;
-            NAME(act_forward)(ract, zr, yi, 2 * H); /* yi and yf */
+            NAME(act_forward)(ract, zr, yi, H);
+            NAME(act_forward)(ract, zr + H, yf, H);
             NAME(act_forward)(act, zr + 2 * H, yg, H);
             NAME(act_forward)(ract, zr + 3 * H, yo, H);
             NAME(act_forward)(act, cn, ac, H);
             for (long j = 0; j < H; j++) t1[j] = d[j] * yo[j]; /* the gradient reaching act(c) */
-            NAME(act_backward)(act, cn, ac, t1, t2, H);              /* t2 = dr * o * act'(c) */
+            NAME(act_backward)(act, cn, ac, t1, t2, H);        /* t2 = dr * o * act'(c) */
             for (long j = 0; j < H; j++) {
                 REAL dct = t2[j] + dcr[j];
                 di[j] = dct * yg[j];
@@ -282,6 +362,11 @@ HOT static void NAME(backward_step)(int phases, long B, long H, long P, REAL *z,
             NAME(act_backward)(ract, zr + H, yf, df, zr + H, H);
             NAME(act_backward)(act, zr + 2 * H, yg, dg, zr + 2 * H, H);
             NAME(act_backward)(ract, zr + 3 * H, yo, t1, zr + 3 * H, H);
+            if (n_masks == 4) {
+                for (int k = 0; k < 4; k++) memcpy(dz_copy + (k * B + b) * H, zr + k * H, bytes);
+            } else {
+                memcpy(dz_copy + b * 4 * H, zr, 4 * bytes);
+            }
         }
     }
 }

@@ -23,9 +23,7 @@ call (``opaque_to_compile``), so its time loop is never unrolled into a graph.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +35,7 @@ from torch.autograd.function import once_differentiable
 from .. import activations as A
 from .opaque import opaque_to_compile
 from .reference import GATES, DirectionRun, DirectionWeights
+from .weight_cache import derived_weight
 
 __all__ = ["accepts", "run_direction_fast", "supported_activation"]
 
@@ -185,25 +184,8 @@ def _gate_permutation(hidden: int, device: torch.device) -> Tensor:
     return torch.cat([r[: 2 * hidden], r[3 * hidden :], r[2 * hidden : 3 * hidden]])
 
 
-#: id(weight) -> (weakref to it, its version, its data pointer, the row-permuted copy). Inference calls
-#: (streaming, one step per call) then reuse the copy until the weight changes (an optimizer step bumps
-#: the version counter).
-_PERMUTED: dict[int, tuple[weakref.ref, int, int, Tensor]] = {}
-
-
 def _permuted_rows(w: Tensor, perm: Tensor) -> Tensor:
-    key = id(w)
-    hit = _PERMUTED.get(key)
-    version = w._version
-    if hit is not None and hit[0]() is w and hit[1] == version and hit[2] == w.data_ptr():
-        return hit[3]
-    permuted = w.detach().index_select(0, perm)
-    if len(_PERMUTED) > 64:
-        for k in [k for k, v in _PERMUTED.items() if v[0]() is None] or list(_PERMUTED)[:32]:
-            _PERMUTED.pop(k, None)
-    with contextlib.suppress(TypeError):  # tensors that take no weak references are not cached
-        _PERMUTED[key] = (weakref.ref(w), version, w.data_ptr(), permuted)
-    return permuted
+    return derived_weight(w, "gate rows [i, f, o, g]", lambda v: v.index_select(0, perm))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -231,7 +213,7 @@ def _gate_views(G: Tensor, gatewise: bool, hidden: int) -> tuple[list[Tensor], .
 
 
 
-def _per_gate_weight_grad(dZ: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
+def per_gate_weight_grad(dZ: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
     """dW (4H, F) = per gate dZ_k^T (values * mask_k) over all steps, as one batched GEMM.
 
     dZ: (4, T*B, H) gate gradients; values: (T, B, F) the layer's inputs or previous hidden states;
@@ -536,9 +518,9 @@ class _FastLSTM(torch.autograd.Function):
         else:
             dZ = G.view(GATES, T * B, H)
             if needs[4]:
-                dwih = _per_gate_weight_grad(dZ, x, mx).index_select(0, perm)
+                dwih = per_gate_weight_grad(dZ, x, mx).index_select(0, perm)
             if needs[5]:
-                dwhh = _per_gate_weight_grad(dZ, Hprev, mh).index_select(0, perm)
+                dwhh = per_gate_weight_grad(dZ, Hprev, mh).index_select(0, perm)
             if needs[6] or needs[7]:
                 db = dZ.sum(1).reshape(4 * H).index_select(0, perm)
             if needs[1]:

@@ -3,10 +3,11 @@
 
 It computes what :func:`~unilstm.kernels.reference.run_direction_reference` computes, on the CPU, in float32
 and float64, for the named activations of ``NATIVE_ACTIVATION_IDS``, with step masks with gaps, reverse,
-both masked-output modes, proj_size and shared (not per-gate) dropout masks. Per step of the forward pass it
-makes one ``addmm_`` for the recurrent term and one call into ``_lstm_cell.c``; per step of the backward
-pass one call and one ``mm`` (two and two with a projection). The fast kernel makes about twenty torch ops
-per step: on small shapes their dispatch, not the arithmetic, is the cost.
+both masked-output modes, proj_size and shared or per-gate dropout masks. Per step of the forward pass it
+makes one GEMM for the recurrent term and one call into ``_lstm_cell.c``; per step of the backward pass one
+call and one GEMM (two and two with a projection), all on buffers at fixed addresses, so that a step
+creates no tensor. The fast kernel makes about twenty torch ops per step: on small shapes their dispatch,
+not the arithmetic, is the cost.
 
 * forward: Z = X W_ih^T + b for all steps in one GEMM; per step Z_t += h_{t-1} W_hh^T, then the cell
   (c_t = f c_{t-1} + i g, h_t = o act(c_t), masks, outputs). It keeps the pre-activations Z, the states
@@ -31,8 +32,10 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import activations as A
+from .fast import per_gate_weight_grad
 from .opaque import opaque_to_compile
-from .reference import DirectionRun, DirectionWeights
+from .reference import GATES, DirectionRun, DirectionWeights
+from .weight_cache import derived_weight
 
 try:
     from . import _lstm_cell
@@ -82,19 +85,45 @@ def _activation_id(fn: Callable) -> int | None:
 def accepts(x: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:
     """Whether :func:`run_direction_native` computes this run: the C cell is built, a CPU tensor in float32
     or float64 with at least one step and one sequence, activations the C cell implements and dropout
-    masks shared by the four gates."""
+    masks shared by the four gates or one per gate."""
     if _lstm_cell is None or x.device.type != "cpu" or x.dtype not in _DTYPES:
         return False
     if x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0:
         return False
-    for mask in (run.input_dropout_mask, run.recurrent_dropout_mask):
-        if mask is not None and mask.dim() != 2:
-            return False
     return _activation_id(run.activation) is not None and _activation_id(run.recurrent_activation) is not None
 
 
 def _address(t: Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
+
+
+def _transposed(w: Tensor) -> Tensor:
+    """(out, in) -> a contiguous (in, out) copy: MKL's small GEMMs run 1.2-2.7x faster on it than on the
+    transposed view (measured at B=16-32, H=128-256 on 2 cores)."""
+    return derived_weight(w, "transposed", lambda v: v.t().contiguous())
+
+
+def _gate_major_transposed(w: Tensor) -> Tensor:
+    """(4H, P) -> (4, P, H), contiguous: per-gate recurrent GEMMs as one bmm."""
+    return derived_weight(w, "gate-major transposed", lambda v: v.view(GATES, -1, v.shape[1]).transpose(1, 2)
+                          .contiguous())
+
+
+def _input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None, mx: Tensor | None) -> Tensor:
+    """Z (T, B, 4H) = (x * mx) W_ih^T + b for all steps: one GEMM, or one bmm over the gates when the input
+    dropout mask is per gate (4, B, F)."""
+    T, B, Fdim = x.shape
+    if mx is None or mx.dim() == 2:
+        rows = (x if mx is None else x * mx).reshape(T * B, Fdim)
+        WihT = _transposed(w_ih)
+        Z = torch.addmm(bias, rows, WihT) if bias is not None else torch.mm(rows, WihT)
+        return Z.view(T, B, -1)
+    H = w_ih.shape[0] // GATES
+    rows4 = (x.unsqueeze(0) * mx.unsqueeze(1)).reshape(GATES, T * B, Fdim)
+    Z4 = torch.bmm(rows4, w_ih.view(GATES, H, Fdim).transpose(1, 2))
+    if bias is not None:
+        Z4 += bias.view(GATES, 1, H)
+    return Z4.permute(1, 0, 2).reshape(T, B, GATES * H)
 
 
 class _NativeLSTM(torch.autograd.Function):
@@ -105,69 +134,67 @@ class _NativeLSTM(torch.autograd.Function):
         H, P = c0.shape[-1], h0.shape[-1]
         f64 = int(x.dtype == torch.float64)
         proj = w_hr is not None
-
-        Xm = x if mx is None else x * mx
+        gate_masks = 4 if mh is not None and mh.dim() == 3 else 1
         bias = None
         if b_ih is not None or b_hh is not None:
             bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
-        X2 = Xm.reshape(T * B, Fdim)
-        Z = torch.addmm(bias, X2, w_ih.t()) if bias is not None else torch.mm(X2, w_ih.t())
-        Z = Z.view(T, B, 4 * H)
+        Z = _input_projection(x, w_ih, bias, mx)
 
+        # (T + 1)-step histories: step t reads index t and writes t + 1 (reverse: reads t + 1, writes t)
         Hp = x.new_empty(T + 1, B, P)
         Cp = x.new_empty(T + 1, B, H)
         first = T if reverse else 0
         Hp[first].copy_(h0)
         Cp[first].copy_(c0)
         R = x.new_empty(T, B, H) if proj else None
-        hcand = x.new_empty(B, P) if proj else None
-        mh = None if mh is None else mh.contiguous()
-        hm = None
-        if mh is not None:
-            hm = torch.mul(h0, mh)
         masked = step_mask is not None
         keep = step_mask.to(torch.uint8).contiguous() if masked else None
         all_kept = step_mask.all(dim=1).tolist() if masked else None
         Obuf = x.new_empty(T, B, P) if masked else None
         zeros = x.new_zeros(B, P) if masked else None
+        mh = None if mh is None else mh.contiguous()
+        # fixed per-step operands of the GEMMs (see _lstm_cell_body.h)
+        hnext = h0.clone() if mh is None else h0 * mh  # (B, P) or, per gate, (4, B, P)
+        rec = x.new_empty(GATES, B, H) if gate_masks == 4 else x.new_empty(B, GATES * H)
+        rbuf = x.new_empty(B, H) if proj else None
+        hcand = x.new_empty(B, P) if proj else None
         scratch = x.new_empty(_SCRATCH_PER_HIDDEN * H)
+        if gate_masks == 4:
+            gemm, Wrec = torch.bmm, _gate_major_transposed(w_hh)
+        else:
+            gemm, Wrec = torch.mm, _transposed(w_hh)
+        WhrT = _transposed(w_hr) if proj else None
 
         esz = x.element_size()
-        z0, zs = Z.data_ptr(), B * 4 * H * esz
+        z0, zs = Z.data_ptr(), B * GATES * H * esz
         h_base, hs = Hp.data_ptr(), B * P * esz
         c_base, cs = Cp.data_ptr(), B * H * esz
-        o_base = _address(Obuf)
-        r_base = _address(R)
-        k_base = _address(keep)
-        mh_p, hm_p, scr_p = _address(mh), _address(hm), scratch.data_ptr()
-        hcand_p = _address(hcand)
+        o_base, r_base, k_base = _address(Obuf), _address(R), _address(keep)
+        mh_p, hnext_p, rec_p, scr_p = _address(mh), hnext.data_ptr(), rec.data_ptr(), scratch.data_ptr()
+        rbuf_p, hcand_p = _address(rbuf), _address(hcand)
         prev_p = _address(zeros)
-        act_id, ract_id = act, ract
-        zs_list, hs_list = Z.unbind(0), Hp.unbind(0)
-        Rs = R.unbind(0) if proj else None
-        WhhT = w_hh.t()
-        WhrT = w_hr.t() if proj else None
         forward_step, finish_hidden = _lstm_cell.forward_step, _lstm_cell.finish_hidden
 
         for t in range(T - 1, -1, -1) if reverse else range(T):
             hi, ho = (t + 1, t) if reverse else (t, t + 1)
-            zs_list[t].addmm_(hs_list[hi] if hm is None else hm, WhhT)
+            gemm(hnext, Wrec, out=rec)
             kp = 0 if not masked or all_kept[t] else k_base + t * B
             out_p = o_base + t * hs if masked else 0
             if proj:
                 forward_step(
-                    f64, B, H, P, z0 + t * zs, c_base + hi * cs, c_base + ho * cs, 0, 0, 0, 0, kp,
-                    zero_out, 0, 0, r_base + t * cs, scr_p, act_id, ract_id,
+                    f64, B, H, P, z0 + t * zs, rec_p, c_base + hi * cs, c_base + ho * cs, 0, 0, 0, 0, kp,
+                    zero_out, 0, gate_masks, 0, rbuf_p, r_base + t * cs, scr_p, act, ract,
                 )
-                torch.mm(Rs[t], WhrT, out=hcand)
+                torch.mm(rbuf, WhrT, out=hcand)
                 finish_hidden(
                     f64, B, P, hcand_p, h_base + hi * hs, h_base + ho * hs, out_p, prev_p, kp, zero_out,
-                    mh_p, hm_p,
+                    mh_p, gate_masks, hnext_p,
                 )
             else:
                 forward_step(
-                    f64, B, H, P, z0 + t * zs, c_base + hi * cs, c_base + ho * cs, h_base + hi * hs,
-                    h_base + ho * hs, out_p, prev_p, kp, zero_out, mh_p, hm_p, 0, scr_p, act_id, ract_id,
+                    f64, B, H, P, z0 + t * zs, rec_p, c_base + hi * cs, c_base + ho * cs, h_base + hi * hs,
+                    h_base + ho * hs, out_p, prev_p, kp, zero_out, mh_p, gate_masks, hnext_p, 0, 0, scr_p,
+                    act, ract,
                 )
             if masked:
                 prev_p = out_p
@@ -175,9 +202,9 @@ class _NativeLSTM(torch.autograd.Function):
         last = 0 if reverse else T
         out = Obuf if masked else (Hp[:T] if reverse else Hp[1:])
         ctx.cfg = cfg
-        ctx.meta = (T, B, Fdim, H, P, all_kept)
+        ctx.meta = (T, B, Fdim, H, P, all_kept, gate_masks)
         ctx.consumed = False
-        ctx.save_for_backward(Xm, w_ih, w_hh, w_hr, mx, mh, keep, Z, Hp, Cp, R)
+        ctx.save_for_backward(x, w_ih, w_hh, w_hr, mx, mh, keep, Z, Hp, Cp, R)
         ctx.has_bias = (b_ih is not None, b_hh is not None)
         return out, Hp[last], Cp[last]
 
@@ -192,75 +219,87 @@ class _NativeLSTM(torch.autograd.Function):
             )
         ctx.consumed = True
         act, ract, reverse, zero_out = ctx.cfg
-        T, B, Fdim, H, P, all_kept = ctx.meta
-        Xm, w_ih, w_hh, w_hr, mx, mh, keep, Z, Hp, Cp, R = ctx.saved_tensors
-        f64 = int(Xm.dtype == torch.float64)
+        T, B, Fdim, H, P, all_kept, gate_masks = ctx.meta
+        x, w_ih, w_hh, w_hr, mx, mh, keep, Z, Hp, Cp, R = ctx.saved_tensors
+        f64 = int(x.dtype == torch.float64)
         proj = w_hr is not None
         masked = keep is not None
 
         dout = dout.contiguous()
         dh = dhT.contiguous().clone()
         dc = dcT.contiguous().clone()
-        DH = Xm.new_empty(T, B, P) if proj else None
-        dh_new = Xm.new_empty(B, P) if not proj else None
-        dr = Xm.new_empty(B, H) if proj else None
-        dh_tmp = Xm.new_empty(B, P)
-        carry = Xm.new_zeros(B, P) if masked and not zero_out else None
-        scratch = Xm.new_empty(_SCRATCH_PER_HIDDEN * H)
+        DH = x.new_empty(T, B, P) if proj else None
+        dh_new = x.new_empty(B, P)
+        dr = x.new_empty(B, H) if proj else None
+        dz = x.new_empty(GATES, B, H) if gate_masks == 4 else x.new_empty(B, GATES * H)
+        dh_tmp = x.new_empty(GATES, B, P) if gate_masks == 4 else x.new_empty(B, P)
+        carry = x.new_zeros(B, P) if masked and not zero_out else None
+        scratch = x.new_empty(_SCRATCH_PER_HIDDEN * H)
+        w_hh = w_hh.contiguous()
+        if gate_masks == 4:
+            gemm, Wrec = torch.bmm, w_hh.view(GATES, H, P)
+        else:
+            gemm, Wrec = torch.mm, w_hh
 
-        esz = Xm.element_size()
-        z0, zs = Z.data_ptr(), B * 4 * H * esz
+        esz = x.element_size()
+        z0, zs = Z.data_ptr(), B * GATES * H * esz
         hs, cs = B * P * esz, B * H * esz
-        c_base = Cp.data_ptr()
-        dout_base = dout.data_ptr()
-        k_base = _address(keep)
-        dh_p, dc_p, tmp_p = dh.data_ptr(), dc.data_ptr(), dh_tmp.data_ptr()
+        c_base, dout_base, k_base = Cp.data_ptr(), dout.data_ptr(), _address(keep)
+        dh_p, dc_p, tmp_p, dz_p = dh.data_ptr(), dc.data_ptr(), dh_tmp.data_ptr(), dz.data_ptr()
         carry_p, mh_p, scr_p = _address(carry), _address(mh), scratch.data_ptr()
-        dr_p, dhn_p, DH_base = _address(dr), _address(dh_new), _address(DH)
-        zs_list = Z.unbind(0)
-        DHs = DH.unbind(0) if proj else None
+        dr_p, dhn_p, DH_base = _address(dr), dh_new.data_ptr(), _address(DH)
         backward_step = _lstm_cell.backward_step
 
         pending, prev_kp = 0, 0
         for t in range(T) if reverse else range(T - 1, -1, -1):
             hi, ho = (t + 1, t) if reverse else (t, t + 1)
             kp = 0 if not masked or all_kept[t] else k_base + t * B
-            zt, cprev, cnew = z0 + t * zs, c_base + hi * cs, c_base + ho * cs
+            zt, cprev, cnew, gout = z0 + t * zs, c_base + hi * cs, c_base + ho * cs, dout_base + t * hs
             if proj:
                 backward_step(
-                    f64, pending | _HEAD, B, H, P, zt, cprev, cnew, dh_p, dc_p, dout_base + t * hs, carry_p,
-                    kp, DH_base + t * hs, 0, tmp_p, prev_kp, mh_p, scr_p, act, ract,
+                    f64, pending | _HEAD, B, H, P, zt, cprev, cnew, dh_p, dc_p, gout, carry_p, kp, dhn_p,
+                    DH_base + t * hs, 0, tmp_p, prev_kp, mh_p, gate_masks, 0, scr_p, act, ract,
                 )
-                torch.mm(DHs[t], w_hr, out=dr)
+                torch.mm(dh_new, w_hr, out=dr)
                 backward_step(
-                    f64, _CELL, B, H, P, zt, cprev, cnew, dh_p, dc_p, 0, 0, kp, 0, dr_p, 0, 0, 0, scr_p,
-                    act, ract,
+                    f64, _CELL, B, H, P, zt, cprev, cnew, dh_p, dc_p, 0, 0, kp, 0, 0, dr_p, 0, 0, 0,
+                    gate_masks, dz_p, scr_p, act, ract,
                 )
             else:
                 backward_step(
-                    f64, pending | _HEAD | _CELL, B, H, P, zt, cprev, cnew, dh_p, dc_p, dout_base + t * hs,
-                    carry_p, kp, dhn_p, dhn_p, tmp_p, prev_kp, mh_p, scr_p, act, ract,
+                    f64, pending | _HEAD | _CELL, B, H, P, zt, cprev, cnew, dh_p, dc_p, gout, carry_p, kp,
+                    dhn_p, 0, dhn_p, tmp_p, prev_kp, mh_p, gate_masks, dz_p, scr_p, act, ract,
                 )
-            torch.mm(zs_list[t], w_hh, out=dh_tmp)
+            gemm(dz, Wrec, out=dh_tmp)
             pending, prev_kp = _TAIL, kp
-        backward_step(f64, _TAIL, B, H, P, 0, 0, 0, dh_p, dc_p, 0, 0, 0, 0, 0, tmp_p, prev_kp, mh_p, scr_p,
-                      act, ract)
+        backward_step(f64, _TAIL, B, H, P, 0, 0, 0, dh_p, dc_p, 0, 0, 0, 0, 0, 0, tmp_p, prev_kp, mh_p,
+                      gate_masks, 0, scr_p, act, ract)
 
         needs = ctx.needs_input_grad
-        dZ = Z.view(T * B, 4 * H)
+        dZ = Z.view(T * B, GATES * H)
+        dZ4 = dZ.view(T * B, GATES, H).transpose(0, 1)
+        Hprev = Hp[1:] if reverse else Hp[:T]
         dx = dwih = dwhh = db = dwhr = None
         if needs[4]:
-            dwih = torch.mm(dZ.t(), Xm.reshape(T * B, Fdim))
+            if mx is not None and mx.dim() == 3:
+                dwih = per_gate_weight_grad(dZ4, x, mx)
+            else:
+                dwih = torch.mm(dZ.t(), (x if mx is None else x * mx).reshape(T * B, Fdim))
         if needs[5]:
-            Hprev = Hp[1:] if reverse else Hp[:T]
-            Hm = Hprev if mh is None else Hprev * mh
-            dwhh = torch.mm(dZ.t(), Hm.reshape(T * B, P))
+            if gate_masks == 4:
+                dwhh = per_gate_weight_grad(dZ4, Hprev, mh)
+            else:
+                dwhh = torch.mm(dZ.t(), (Hprev if mh is None else Hprev * mh).reshape(T * B, P))
         if needs[6] or needs[7]:
             db = dZ.sum(0)
         if needs[1]:
-            dx = torch.mm(dZ, w_ih).view(T, B, Fdim)
-            if mx is not None:
-                dx.mul_(mx)
+            if mx is not None and mx.dim() == 3:
+                dx4 = torch.bmm(dZ4, w_ih.view(GATES, H, Fdim)).view(GATES, T, B, Fdim)
+                dx = dx4.mul_(mx.unsqueeze(1)).sum(0)
+            else:
+                dx = torch.mm(dZ, w_ih).view(T, B, Fdim)
+                if mx is not None:
+                    dx.mul_(mx)
         if proj and needs[8]:
             dwhr = torch.mm(DH.view(T * B, P).t(), R.view(T * B, H))
         has_bih, has_bhh = ctx.has_bias
