@@ -145,11 +145,13 @@ def test_rejects_callables_and_non_elementwise():
     assert "glu" in REJECTED and "softmax" in REJECTED
 
 
-def test_registered_first_and_picked_by_dispatch():
+def test_registered_before_reference_and_picked_where_native_refuses():
     names = [entry[0] for entry in dispatch.DIRECTION_KERNELS]
-    assert names.index("fast") < names.index("reference")
-    case = make_case(0, 3, 2, 3, 4, 0, "gaps", False, True, "none", "none", "relu", "sigmoid", True, torch.float32)
-    assert dispatch.select_direction_kernel(case[0], case[3], case[4]) is run_direction_fast
+    assert names.index("native") < names.index("fast") < names.index("reference")
+    # mish has no C implementation, bfloat16 no C loop: both come here
+    for act, dtype in (("mish", torch.float32), ("relu", torch.bfloat16)):
+        case = make_case(0, 3, 2, 3, 4, 0, "gaps", False, True, "none", "none", act, "sigmoid", True, dtype)
+        assert dispatch.select_direction_kernel(case[0], case[3], case[4]) is run_direction_fast
 
 
 def test_double_backward_is_refused():

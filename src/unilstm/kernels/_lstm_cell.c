@@ -57,9 +57,11 @@ enum {
 #define SELU_SCALE 1.0507009873554804934193349852946
 
 ALWAYS_INLINE static inline float exp_approx(float x) {
-    /* Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, e^r by a degree-5 polynomial, 2^n from the exponent bits */
-    x = x > 88.3762626647949f ? 88.3762626647949f : x;
-    x = x < -87.3365447504f ? -87.3365447504f : x;
+    /* Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, e^r by a degree-5 polynomial, times 2^n built from exponent
+     * bits in two halves so that n may leave the normal range: overflow gives inf and deep underflow
+     * subnormals or 0, like expf (torch's exp(89) is inf, and Keras's "exponential" activation reaches it) */
+    x = x > 89.0f ? 89.0f : x;
+    x = x < -104.0f ? -104.0f : x;
     const float shifter = 12582912.0f; /* 1.5 * 2^23: adding and subtracting it rounds to the nearest */
     float n = (x * 1.44269504088896341f + shifter) - shifter;
     float r = x - n * 0.693359375f;
@@ -71,10 +73,13 @@ ALWAYS_INLINE static inline float exp_approx(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     float y = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return y * scale;
+    int32_t ni = (int32_t)n;
+    int32_t half = ni / 2;
+    int32_t bits1 = (half + 127) << 23, bits2 = (ni - half + 127) << 23;
+    float scale1, scale2;
+    memcpy(&scale1, &bits1, sizeof scale1);
+    memcpy(&scale2, &bits2, sizeof scale2);
+    return y * scale1 * scale2;
 }
 
 ALWAYS_INLINE static inline float sigmoid_approx(float x) { return 1.0f / (1.0f + exp_approx(-x)); }

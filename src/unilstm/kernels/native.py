@@ -34,7 +34,7 @@ from torch.autograd.function import once_differentiable
 from .. import activations as A
 from .fast import per_gate_weight_grad
 from .opaque import opaque_to_compile
-from .reference import GATES, DirectionRun, DirectionWeights
+from .reference import GATES, DirectionRun, DirectionWeights, run_direction_reference
 from .weight_cache import derived_weight
 
 try:
@@ -123,7 +123,8 @@ def _input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None, mx: Tensor |
     Z4 = torch.bmm(rows4, w_ih.view(GATES, H, Fdim).transpose(1, 2))
     if bias is not None:
         Z4 += bias.view(GATES, 1, H)
-    return Z4.permute(1, 0, 2).reshape(T, B, GATES * H)
+    # contiguous(): with sizes of 1, reshape may return a strided view, and the C cell assumes row-major
+    return Z4.permute(1, 0, 2).reshape(T, B, GATES * H).contiguous()
 
 
 class _NativeLSTM(torch.autograd.Function):
@@ -154,7 +155,8 @@ class _NativeLSTM(torch.autograd.Function):
         zeros = x.new_zeros(B, P) if masked else None
         mh = None if mh is None else mh.contiguous()
         # fixed per-step operands of the GEMMs (see _lstm_cell_body.h)
-        hnext = h0.clone() if mh is None else h0 * mh  # (B, P) or, per gate, (4, B, P)
+        # hnext: (B, P), or (4, B, P) with per-gate masks
+        hnext = h0.clone(memory_format=torch.contiguous_format) if mh is None else (h0 * mh).contiguous()
         rec = x.new_empty(GATES, B, H) if gate_masks == 4 else x.new_empty(B, GATES * H)
         rbuf = x.new_empty(B, H) if proj else None
         hcand = x.new_empty(B, P) if proj else None
@@ -317,6 +319,8 @@ def run_direction_native(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Same contract as :func:`~unilstm.kernels.reference.run_direction_reference` (see the module
     docstring for what differs: speed, float32 rounding, and no double backward)."""
+    if not accepts(x, weights, run):  # dispatch asks first; force_kernel("native") does not
+        return run_direction_reference(x, h0, c0, weights, run)
     cfg = (
         NATIVE_ACTIVATION_IDS[run.activation], NATIVE_ACTIVATION_IDS[run.recurrent_activation],
         bool(run.reverse), int(bool(run.zero_masked_output)),
