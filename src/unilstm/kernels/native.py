@@ -127,88 +127,95 @@ def _input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None, mx: Tensor |
     return Z4.permute(1, 0, 2).reshape(T, B, GATES * H).contiguous()
 
 
+def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask):
+    """The forward time loop. Returns (output, h_T, c_T) and what the backward pass needs: (meta, tensors)."""
+    act, ract, reverse, zero_out = cfg
+    T, B, Fdim = x.shape
+    H, P = c0.shape[-1], h0.shape[-1]
+    f64 = int(x.dtype == torch.float64)
+    proj = w_hr is not None
+    gate_masks = 4 if mh is not None and mh.dim() == 3 else 1
+    bias = None
+    if b_ih is not None or b_hh is not None:
+        bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
+    Z = _input_projection(x, w_ih, bias, mx)
+
+    # (T + 1)-step histories: step t reads index t and writes t + 1 (reverse: reads t + 1, writes t)
+    Hp = x.new_empty(T + 1, B, P)
+    Cp = x.new_empty(T + 1, B, H)
+    first = T if reverse else 0
+    Hp[first].copy_(h0)
+    Cp[first].copy_(c0)
+    R = x.new_empty(T, B, H) if proj else None
+    masked = step_mask is not None
+    keep = step_mask.to(torch.uint8).contiguous() if masked else None
+    all_kept = step_mask.all(dim=1).tolist() if masked else None
+    Obuf = x.new_empty(T, B, P) if masked else None
+    zeros = x.new_zeros(B, P) if masked else None
+    mh = None if mh is None else mh.contiguous()
+    # fixed per-step operands of the GEMMs (see _lstm_cell_body.h)
+    # hnext: (B, P), or (4, B, P) with per-gate masks
+    hnext = h0.clone(memory_format=torch.contiguous_format) if mh is None else (h0 * mh).contiguous()
+    rec = x.new_empty(GATES, B, H) if gate_masks == 4 else x.new_empty(B, GATES * H)
+    rbuf = x.new_empty(B, H) if proj else None
+    hcand = x.new_empty(B, P) if proj else None
+    scratch = x.new_empty(_SCRATCH_PER_HIDDEN * H)
+    if gate_masks == 4:
+        gemm, Wrec = torch.bmm, _gate_major_transposed(w_hh)
+    else:
+        gemm, Wrec = torch.mm, _transposed(w_hh)
+    WhrT = _transposed(w_hr) if proj else None
+
+    esz = x.element_size()
+    z0, zs = Z.data_ptr(), B * GATES * H * esz
+    h_base, hs = Hp.data_ptr(), B * P * esz
+    c_base, cs = Cp.data_ptr(), B * H * esz
+    o_base, r_base, k_base = _address(Obuf), _address(R), _address(keep)
+    mh_p, hnext_p, rec_p, scr_p = _address(mh), hnext.data_ptr(), rec.data_ptr(), scratch.data_ptr()
+    rbuf_p, hcand_p = _address(rbuf), _address(hcand)
+    prev_p = _address(zeros)
+    forward_step, finish_hidden = _lstm_cell.forward_step, _lstm_cell.finish_hidden
+
+    for t in range(T - 1, -1, -1) if reverse else range(T):
+        hi, ho = (t + 1, t) if reverse else (t, t + 1)
+        gemm(hnext, Wrec, out=rec)
+        kp = 0 if not masked or all_kept[t] else k_base + t * B
+        out_p = o_base + t * hs if masked else 0
+        if proj:
+            forward_step(
+                f64, B, H, P, z0 + t * zs, rec_p, c_base + hi * cs, c_base + ho * cs, 0, 0, 0, 0, kp,
+                zero_out, 0, gate_masks, 0, rbuf_p, r_base + t * cs, scr_p, act, ract,
+            )
+            torch.mm(rbuf, WhrT, out=hcand)
+            finish_hidden(
+                f64, B, P, hcand_p, h_base + hi * hs, h_base + ho * hs, out_p, prev_p, kp, zero_out,
+                mh_p, gate_masks, hnext_p,
+            )
+        else:
+            forward_step(
+                f64, B, H, P, z0 + t * zs, rec_p, c_base + hi * cs, c_base + ho * cs, h_base + hi * hs,
+                h_base + ho * hs, out_p, prev_p, kp, zero_out, mh_p, gate_masks, hnext_p, 0, 0, scr_p,
+                act, ract,
+            )
+        if masked:
+            prev_p = out_p
+
+    last = 0 if reverse else T
+    out = Obuf if masked else (Hp[:T] if reverse else Hp[1:])
+    meta = (T, B, Fdim, H, P, all_kept, gate_masks)
+    return (out, Hp[last], Cp[last]), (meta, (x, w_ih, w_hh, w_hr, mx, mh, keep, Z, Hp, Cp, R))
+
+
 class _NativeLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask):  # noqa: N805
-        act, ract, reverse, zero_out = cfg
-        T, B, Fdim = x.shape
-        H, P = c0.shape[-1], h0.shape[-1]
-        f64 = int(x.dtype == torch.float64)
-        proj = w_hr is not None
-        gate_masks = 4 if mh is not None and mh.dim() == 3 else 1
-        bias = None
-        if b_ih is not None or b_hh is not None:
-            bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
-        Z = _input_projection(x, w_ih, bias, mx)
-
-        # (T + 1)-step histories: step t reads index t and writes t + 1 (reverse: reads t + 1, writes t)
-        Hp = x.new_empty(T + 1, B, P)
-        Cp = x.new_empty(T + 1, B, H)
-        first = T if reverse else 0
-        Hp[first].copy_(h0)
-        Cp[first].copy_(c0)
-        R = x.new_empty(T, B, H) if proj else None
-        masked = step_mask is not None
-        keep = step_mask.to(torch.uint8).contiguous() if masked else None
-        all_kept = step_mask.all(dim=1).tolist() if masked else None
-        Obuf = x.new_empty(T, B, P) if masked else None
-        zeros = x.new_zeros(B, P) if masked else None
-        mh = None if mh is None else mh.contiguous()
-        # fixed per-step operands of the GEMMs (see _lstm_cell_body.h)
-        # hnext: (B, P), or (4, B, P) with per-gate masks
-        hnext = h0.clone(memory_format=torch.contiguous_format) if mh is None else (h0 * mh).contiguous()
-        rec = x.new_empty(GATES, B, H) if gate_masks == 4 else x.new_empty(B, GATES * H)
-        rbuf = x.new_empty(B, H) if proj else None
-        hcand = x.new_empty(B, P) if proj else None
-        scratch = x.new_empty(_SCRATCH_PER_HIDDEN * H)
-        if gate_masks == 4:
-            gemm, Wrec = torch.bmm, _gate_major_transposed(w_hh)
-        else:
-            gemm, Wrec = torch.mm, _transposed(w_hh)
-        WhrT = _transposed(w_hr) if proj else None
-
-        esz = x.element_size()
-        z0, zs = Z.data_ptr(), B * GATES * H * esz
-        h_base, hs = Hp.data_ptr(), B * P * esz
-        c_base, cs = Cp.data_ptr(), B * H * esz
-        o_base, r_base, k_base = _address(Obuf), _address(R), _address(keep)
-        mh_p, hnext_p, rec_p, scr_p = _address(mh), hnext.data_ptr(), rec.data_ptr(), scratch.data_ptr()
-        rbuf_p, hcand_p = _address(rbuf), _address(hcand)
-        prev_p = _address(zeros)
-        forward_step, finish_hidden = _lstm_cell.forward_step, _lstm_cell.finish_hidden
-
-        for t in range(T - 1, -1, -1) if reverse else range(T):
-            hi, ho = (t + 1, t) if reverse else (t, t + 1)
-            gemm(hnext, Wrec, out=rec)
-            kp = 0 if not masked or all_kept[t] else k_base + t * B
-            out_p = o_base + t * hs if masked else 0
-            if proj:
-                forward_step(
-                    f64, B, H, P, z0 + t * zs, rec_p, c_base + hi * cs, c_base + ho * cs, 0, 0, 0, 0, kp,
-                    zero_out, 0, gate_masks, 0, rbuf_p, r_base + t * cs, scr_p, act, ract,
-                )
-                torch.mm(rbuf, WhrT, out=hcand)
-                finish_hidden(
-                    f64, B, P, hcand_p, h_base + hi * hs, h_base + ho * hs, out_p, prev_p, kp, zero_out,
-                    mh_p, gate_masks, hnext_p,
-                )
-            else:
-                forward_step(
-                    f64, B, H, P, z0 + t * zs, rec_p, c_base + hi * cs, c_base + ho * cs, h_base + hi * hs,
-                    h_base + ho * hs, out_p, prev_p, kp, zero_out, mh_p, gate_masks, hnext_p, 0, 0, scr_p,
-                    act, ract,
-                )
-            if masked:
-                prev_p = out_p
-
-        last = 0 if reverse else T
-        out = Obuf if masked else (Hp[:T] if reverse else Hp[1:])
-        ctx.cfg = cfg
-        ctx.meta = (T, B, Fdim, H, P, all_kept, gate_masks)
-        ctx.consumed = False
-        ctx.save_for_backward(x, w_ih, w_hh, w_hr, mx, mh, keep, Z, Hp, Cp, R)
+        results, (meta, saved) = _forward_pass(
+            cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask
+        )
+        ctx.cfg, ctx.meta, ctx.consumed = cfg, meta, False
+        ctx.save_for_backward(*saved)
         ctx.has_bias = (b_ih is not None, b_hh is not None)
-        return out, Hp[last], Cp[last]
+        return results
 
     @staticmethod
     @once_differentiable
@@ -332,7 +339,13 @@ def run_direction_native(
         cfg, x.contiguous(), h0.contiguous(), c0.contiguous(), weights.w_ih, weights.w_hh, weights.b_ih,
         weights.b_hh, weights.w_hr, run.input_dropout_mask, run.recurrent_dropout_mask, mask,
     )
+    if not _needs_graph(args):  # inference (streaming): no autograd.Function bookkeeping, nothing saved
+        return _forward_pass(*args)[0]
     if torch.is_autocast_enabled("cpu"):
         with torch.autocast(device_type="cpu", enabled=False):
             return _NativeLSTM.apply(*args)
     return _NativeLSTM.apply(*args)
+
+
+def _needs_graph(args: tuple) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)
