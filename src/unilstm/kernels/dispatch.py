@@ -140,7 +140,8 @@ def select_direction_kernel(x: Tensor, weights: DirectionWeights, run: Direction
     return run_direction_reference
 
 
-def _needs_grad(x: Tensor, h0: Tensor, c0: Tensor, layers: list[list[DirectionWeights]]) -> bool:
+def needs_grad(x: Tensor, h0: Tensor, c0: Tensor, layers: list[list[DirectionWeights]]) -> bool:
+    """Whether autograd will record this call (grad mode on and an input or weight requires grad)."""
     if not torch.is_grad_enabled():
         return False
     if x.requires_grad or h0.requires_grad or c0.requires_grad:
@@ -179,7 +180,7 @@ def run_stack(
     # torch's packed (lengths) LSTM has no oneDNN path on CPU and its backward is very slow (20 s against
     # 0.5 s for T=1000, B=16, H=256 on 2 cores): with a mask and gradients, the fast kernel runs instead
     fused_ok = not short_for_fused(x) and (
-        step_mask is None or not (x.device.type == "cpu" and _needs_grad(x, h0, c0, layers))
+        step_mask is None or not (x.device.type == "cpu" and needs_grad(x, h0, c0, layers))
     )
     if fused_can_run(spec, x, step_mask) and fused_ok:
         lengths = None if step_mask is None else lengths_from_right_padded(step_mask)
