@@ -201,6 +201,51 @@ static PyObject *py_backward_step(PyObject *self, PyObject *const *args, Py_ssiz
     Py_RETURN_NONE;
 }
 
+/* Whole loops (see _lstm_cell_body.h); the GIL is released: they touch only the buffers they are given. */
+static PyObject *py_forward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long a[26];
+    if (parse_ints(args, nargs, 26, "forward_loop", a) < 0) return NULL;
+    CHECK_ACT("forward_loop", a[24]);
+    CHECK_ACT("forward_loop", a[25]);
+    if (a[1] == 0) {
+        PyErr_SetString(PyExc_ValueError, "forward_loop: expected the address of a BLAS gemm, received 0");
+        return NULL;
+    }
+#define CALL(REAL, fn, gemm_t)                                                                               \
+    fn((gemm_t)(uintptr_t)a[1], (long)a[2], (long)a[3], (long)a[4], (long)a[5], (int)a[6], PTR(REAL, a[7]), \
+       PTR(REAL, a[8]), PTR(REAL, a[9]), PTR(REAL, a[10]), PTR(const uint8_t, a[11]), (int)a[12],           \
+       PTR(const REAL, a[13]), (int)a[14], PTR(REAL, a[15]), PTR(REAL, a[16]), PTR(const REAL, a[17]),      \
+       PTR(REAL, a[18]), PTR(REAL, a[19]), PTR(REAL, a[20]), PTR(const REAL, a[21]), PTR(const REAL, a[22]), \
+       PTR(REAL, a[23]), (int)a[24], (int)a[25])
+    Py_BEGIN_ALLOW_THREADS
+    if (a[0]) CALL(double, forward_loop_f64, gemm_t_f64); else CALL(float, forward_loop_f32, gemm_t_f32);
+    Py_END_ALLOW_THREADS
+#undef CALL
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_backward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long a[26];
+    if (parse_ints(args, nargs, 26, "backward_loop", a) < 0) return NULL;
+    CHECK_ACT("backward_loop", a[24]);
+    CHECK_ACT("backward_loop", a[25]);
+    if (a[1] == 0) {
+        PyErr_SetString(PyExc_ValueError, "backward_loop: expected the address of a BLAS gemm, received 0");
+        return NULL;
+    }
+#define CALL(REAL, fn, gemm_t)                                                                              \
+    fn((gemm_t)(uintptr_t)a[1], (long)a[2], (long)a[3], (long)a[4], (long)a[5], (int)a[6], PTR(REAL, a[7]), \
+       PTR(const REAL, a[8]), PTR(const REAL, a[9]), PTR(const uint8_t, a[10]), PTR(REAL, a[11]),           \
+       PTR(REAL, a[12]), PTR(REAL, a[13]), PTR(REAL, a[14]), PTR(REAL, a[15]), PTR(REAL, a[16]),            \
+       PTR(const REAL, a[17]), PTR(REAL, a[18]), PTR(REAL, a[19]), PTR(const REAL, a[20]),                  \
+       PTR(const REAL, a[21]), (int)a[22], PTR(REAL, a[23]), (int)a[24], (int)a[25])
+    Py_BEGIN_ALLOW_THREADS
+    if (a[0]) CALL(double, backward_loop_f64, gemm_t_f64); else CALL(float, backward_loop_f32, gemm_t_f32);
+    Py_END_ALLOW_THREADS
+#undef CALL
+    Py_RETURN_NONE;
+}
+
 /* y = f(x) over a buffer, and out = g * f'(x) when g is given: for the tests of the approximations */
 static PyObject *py_activation(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     long long a[7];
@@ -222,6 +267,8 @@ static PyMethodDef methods[] = {
     {"forward_step", (PyCFunction)(void (*)(void))py_forward_step, METH_FASTCALL, "one forward step"},
     {"finish_hidden", (PyCFunction)(void (*)(void))py_finish_hidden, METH_FASTCALL, "hidden-state rows"},
     {"backward_step", (PyCFunction)(void (*)(void))py_backward_step, METH_FASTCALL, "one backward step"},
+    {"forward_loop", (PyCFunction)(void (*)(void))py_forward_loop, METH_FASTCALL, "the forward time loop"},
+    {"backward_loop", (PyCFunction)(void (*)(void))py_backward_loop, METH_FASTCALL, "the backward time loop"},
     {"activation", (PyCFunction)(void (*)(void))py_activation, METH_FASTCALL, "an activation over a buffer"},
     {NULL, NULL, 0, NULL},
 };

@@ -371,3 +371,110 @@ HOT static void NAME(backward_step)(int phases, long B, long H, long P, REAL *z,
     }
 }
 
+/*
+ * Whole time loops, for when the driver found the BLAS gemm that torch itself links (Fortran interface,
+ * column-major; see native.py): per step the GEMMs and the cell run here with no Python in between.
+ * Integers go to gemm by reference as int64_t: on a little-endian machine an LP64 BLAS reads the low 32
+ * bits, which hold the same (small) value, and an ILP64 BLAS reads all 64.
+ */
+typedef void (*NAME(gemm_t))(const char *, const char *, const int64_t *, const int64_t *, const int64_t *,
+                             const REAL *, const REAL *, const int64_t *, const REAL *, const int64_t *,
+                             const REAL *, REAL *, const int64_t *);
+
+/* row-major C (M, N) = A (M, K) B (K, N), as the column-major C^T = B^T A^T */
+static void NAME(gemm_rows)(NAME(gemm_t) gemm, long M, long N, long K, const REAL *A, long lda, const REAL *Bm,
+                            long ldb, REAL *C, long ldc) {
+    const int64_t m = N, n = M, k = K, la = ldb, lb = lda, lc = ldc;
+    const REAL one = 1, zero = 0;
+    gemm("N", "N", &m, &n, &k, &one, Bm, &la, A, &lb, &zero, C, &lc);
+}
+
+/* the rows of step t to treat as masked, or NULL when every row counts */
+static const uint8_t *NAME(step_keep)(const uint8_t *keep, long t, long B) {
+    if (keep == NULL) return NULL;
+    const uint8_t *row = keep + t * B;
+    for (long b = 0; b < B; b++)
+        if (!row[b]) return row;
+    return NULL;
+}
+
+/*
+ * The forward loop of native.py's _forward_pass: Z (T, B, 4H) input projections, Hp (T+1, B, P) and
+ * Cp (T+1, B, H) histories with the initial states in place, Obuf (T, B, P) outputs when masked, keep
+ * (T, B) or NULL, hnext the first GEMM operand (h0, times mh), WrecT the recurrent weights as (P, 4H) or
+ * gate-major (4, P, H), R (T, B, H) / rbuf / hcand / WhrT (H, P) for the projection, zeros (B, P).
+ */
+static void NAME(forward_loop)(NAME(gemm_t) gemm, long T, long B, long H, long P, int reverse, REAL *Z,
+                               REAL *Hp, REAL *Cp, REAL *Obuf, const uint8_t *keep, int zero_out,
+                               const REAL *mh, int n_masks, REAL *hnext, REAL *rec, const REAL *WrecT, REAL *R,
+                               REAL *rbuf, REAL *hcand, const REAL *WhrT, const REAL *zeros, REAL *scratch,
+                               int act, int ract) {
+    const REAL *prev = zeros;
+    for (long s = 0; s < T; s++) {
+        const long t = reverse ? T - 1 - s : s;
+        const long hi = reverse ? t + 1 : t, ho = reverse ? t : t + 1;
+        if (n_masks == 4) {
+            for (int k = 0; k < 4; k++)
+                NAME(gemm_rows)(gemm, B, H, P, hnext + k * B * P, P, WrecT + k * P * H, H, rec + k * B * H, H);
+        } else {
+            NAME(gemm_rows)(gemm, B, 4 * H, P, hnext, P, WrecT, 4 * H, rec, 4 * H);
+        }
+        const uint8_t *kp = NAME(step_keep)(keep, t, B);
+        REAL *out_t = Obuf != NULL ? Obuf + t * B * P : NULL;
+        REAL *zt = Z + t * B * 4 * H;
+        if (R != NULL) {
+            NAME(forward_step)(B, H, P, zt, rec, Cp + hi * B * H, Cp + ho * B * H, NULL, NULL, NULL, NULL, kp,
+                               zero_out, NULL, n_masks, NULL, rbuf, R + t * B * H, scratch, act, ract);
+            NAME(gemm_rows)(gemm, B, P, H, rbuf, H, WhrT, P, hcand, P);
+            NAME(finish_hidden)(B, P, hcand, Hp + hi * B * P, Hp + ho * B * P, out_t, prev, kp, zero_out, mh,
+                                n_masks, hnext);
+        } else {
+            NAME(forward_step)(B, H, P, zt, rec, Cp + hi * B * H, Cp + ho * B * H, Hp + hi * B * P,
+                               Hp + ho * B * P, out_t, prev, kp, zero_out, mh, n_masks, hnext, NULL, NULL,
+                               scratch, act, ract);
+        }
+        if (Obuf != NULL) prev = out_t;
+    }
+}
+
+/*
+ * The backward loop of native.py's _NativeLSTM.backward: dh (B, P) and dc (B, H) enter as the gradients
+ * of h_T and c_T and leave as those of h0 and c0; Z becomes dZ. carry (B, P) for "previous" outputs or
+ * NULL; DH (T, B, P), dr (B, H) and w_hr (P, H) for the projection; dz and dh_tmp the per-step GEMM
+ * operands ((B, 4H) and (B, P), gate-major with per-gate masks); Wrec = W_hh as (4H, P).
+ */
+static void NAME(backward_loop)(NAME(gemm_t) gemm, long T, long B, long H, long P, int reverse, REAL *Z,
+                                const REAL *Cp, const REAL *dout, const uint8_t *keep, REAL *dh, REAL *dc,
+                                REAL *carry, REAL *dh_new, REAL *DH, REAL *dr, const REAL *w_hr, REAL *dz,
+                                REAL *dh_tmp, const REAL *Wrec, const REAL *mh, int n_masks, REAL *scratch,
+                                int act, int ract) {
+    int pending = 0;
+    const uint8_t *prev_kp = NULL;
+    for (long s = 0; s < T; s++) {
+        const long t = reverse ? s : T - 1 - s;
+        const long hi = reverse ? t + 1 : t, ho = reverse ? t : t + 1;
+        const uint8_t *kp = NAME(step_keep)(keep, t, B);
+        REAL *zt = Z + t * B * 4 * H;
+        const REAL *cprev = Cp + hi * B * H, *cnew = Cp + ho * B * H, *gout = dout + t * B * P;
+        if (DH != NULL) {
+            NAME(backward_step)(pending | 2, B, H, P, zt, cprev, cnew, dh, dc, gout, carry, kp, dh_new,
+                                DH + t * B * P, NULL, dh_tmp, prev_kp, mh, n_masks, NULL, scratch, act, ract);
+            NAME(gemm_rows)(gemm, B, H, P, dh_new, P, w_hr, H, dr, H);
+            NAME(backward_step)(4, B, H, P, zt, cprev, cnew, dh, dc, NULL, NULL, kp, NULL, NULL, dr, NULL, NULL,
+                                NULL, n_masks, dz, scratch, act, ract);
+        } else {
+            NAME(backward_step)(pending | 6, B, H, P, zt, cprev, cnew, dh, dc, gout, carry, kp, dh_new, NULL,
+                                dh_new, dh_tmp, prev_kp, mh, n_masks, dz, scratch, act, ract);
+        }
+        if (n_masks == 4) {
+            for (int k = 0; k < 4; k++)
+                NAME(gemm_rows)(gemm, B, P, H, dz + k * B * H, H, Wrec + k * H * P, P, dh_tmp + k * B * P, P);
+        } else {
+            NAME(gemm_rows)(gemm, B, P, 4 * H, dz, 4 * H, Wrec, P, dh_tmp, P);
+        }
+        pending = 1;
+        prev_kp = kp;
+    }
+    NAME(backward_step)(1, B, H, P, NULL, NULL, NULL, dh, dc, NULL, NULL, NULL, NULL, NULL, NULL, dh_tmp,
+                        prev_kp, mh, n_masks, NULL, scratch, act, ract);
+}

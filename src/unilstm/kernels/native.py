@@ -70,6 +70,60 @@ _SCRATCH_PER_HIDDEN = 10  # floats of scratch per hidden unit that the C cell ne
 _TAIL, _HEAD, _CELL = 1, 2, 4
 
 
+def _find_blas_gemm() -> dict[torch.dtype, int]:
+    """The addresses of sgemm_/dgemm_ in the BLAS torch links (MKL in the x86 wheels), checked on one small
+    product against torch.mm; {} where they are not exported or disagree, and the per-step Python loop
+    runs instead."""
+    if _lstm_cell is None:
+        return {}
+    import ctypes
+    import os
+
+    found: dict[torch.dtype, int] = {}
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        names = {torch.float32: "sgemm_", torch.float64: "dgemm_"}
+        for dtype, name in names.items():
+            address = ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+            if address and _gemm_agrees(address, dtype):
+                found[dtype] = address
+    except (OSError, AttributeError):
+        return {}
+    return found
+
+
+def _gemm_agrees(address: int, dtype: torch.dtype) -> bool:
+    """One forward step through forward_loop with this gemm equals the per-step driver's torch.mm."""
+    generator = torch.Generator().manual_seed(0)
+    B, H = 3, 5
+    z = torch.randn(1, B, 4 * H, generator=generator, dtype=dtype)
+    h0 = torch.randn(B, H, generator=generator, dtype=dtype)
+    w_hh = torch.randn(4 * H, H, generator=generator, dtype=dtype)
+    Hp = torch.zeros(2, B, H, dtype=dtype)
+    Cp = torch.zeros(2, B, H, dtype=dtype)
+    Hp[0] = h0
+    hnext, rec, WrecT = h0.clone(), torch.empty(B, 4 * H, dtype=dtype), w_hh.t().contiguous()
+    scratch = torch.empty(_SCRATCH_PER_HIDDEN * H, dtype=dtype)
+    want = z[0] + h0 @ w_hh.t()
+    _lstm_cell.forward_loop(
+        int(dtype == torch.float64), address, 1, B, H, H, 0, z.data_ptr(), Hp.data_ptr(), Cp.data_ptr(), 0, 0,
+        1, 0, 1, hnext.data_ptr(), rec.data_ptr(), WrecT.data_ptr(), 0, 0, 0, 0, 0, scratch.data_ptr(),
+        NATIVE_ACTIVATION_IDS[A.linear], NATIVE_ACTIVATION_IDS[A.linear],
+    )
+    return bool(torch.allclose(z[0], want, rtol=1e-4, atol=1e-4))
+
+
+_BLAS_GEMM: dict[torch.dtype, int] | None = None
+
+
+def blas_gemm(dtype: torch.dtype) -> int:
+    """The checked gemm address for ``dtype`` (found on first use), or 0."""
+    global _BLAS_GEMM
+    if _BLAS_GEMM is None:
+        _BLAS_GEMM = _find_blas_gemm()
+    return _BLAS_GEMM.get(dtype, 0)
+
+
 def available() -> bool:
     """Whether the C cell was built with this installation."""
     return _lstm_cell is not None
@@ -174,31 +228,39 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
     mh_p, hnext_p, rec_p, scr_p = _address(mh), hnext.data_ptr(), rec.data_ptr(), scratch.data_ptr()
     rbuf_p, hcand_p = _address(rbuf), _address(hcand)
     prev_p = _address(zeros)
-    forward_step, finish_hidden = _lstm_cell.forward_step, _lstm_cell.finish_hidden
+    gemm_address = blas_gemm(x.dtype)
+    if gemm_address:  # the whole loop in C, calling the BLAS gemm directly
+        _lstm_cell.forward_loop(
+            f64, gemm_address, T, B, H, P, int(reverse), z0, h_base, c_base, o_base, k_base, zero_out, mh_p,
+            gate_masks, hnext_p, rec_p, Wrec.data_ptr(), r_base, rbuf_p, hcand_p, _address(WhrT), prev_p,
+            scr_p, act, ract,
+        )
+    else:  # per step: one torch GEMM and one C call
+        forward_step, finish_hidden = _lstm_cell.forward_step, _lstm_cell.finish_hidden
 
-    for t in range(T - 1, -1, -1) if reverse else range(T):
-        hi, ho = (t + 1, t) if reverse else (t, t + 1)
-        gemm(hnext, Wrec, out=rec)
-        kp = 0 if not masked or all_kept[t] else k_base + t * B
-        out_p = o_base + t * hs if masked else 0
-        if proj:
-            forward_step(
-                f64, B, H, P, z0 + t * zs, rec_p, c_base + hi * cs, c_base + ho * cs, 0, 0, 0, 0, kp,
-                zero_out, 0, gate_masks, 0, rbuf_p, r_base + t * cs, scr_p, act, ract,
-            )
-            torch.mm(rbuf, WhrT, out=hcand)
-            finish_hidden(
-                f64, B, P, hcand_p, h_base + hi * hs, h_base + ho * hs, out_p, prev_p, kp, zero_out,
-                mh_p, gate_masks, hnext_p,
-            )
-        else:
-            forward_step(
-                f64, B, H, P, z0 + t * zs, rec_p, c_base + hi * cs, c_base + ho * cs, h_base + hi * hs,
-                h_base + ho * hs, out_p, prev_p, kp, zero_out, mh_p, gate_masks, hnext_p, 0, 0, scr_p,
-                act, ract,
-            )
-        if masked:
-            prev_p = out_p
+        for t in range(T - 1, -1, -1) if reverse else range(T):
+            hi, ho = (t + 1, t) if reverse else (t, t + 1)
+            gemm(hnext, Wrec, out=rec)
+            kp = 0 if not masked or all_kept[t] else k_base + t * B
+            out_p = o_base + t * hs if masked else 0
+            if proj:
+                forward_step(
+                    f64, B, H, P, z0 + t * zs, rec_p, c_base + hi * cs, c_base + ho * cs, 0, 0, 0, 0, kp,
+                    zero_out, 0, gate_masks, 0, rbuf_p, r_base + t * cs, scr_p, act, ract,
+                )
+                torch.mm(rbuf, WhrT, out=hcand)
+                finish_hidden(
+                    f64, B, P, hcand_p, h_base + hi * hs, h_base + ho * hs, out_p, prev_p, kp, zero_out,
+                    mh_p, gate_masks, hnext_p,
+                )
+            else:
+                forward_step(
+                    f64, B, H, P, z0 + t * zs, rec_p, c_base + hi * cs, c_base + ho * cs, h_base + hi * hs,
+                    h_base + ho * hs, out_p, prev_p, kp, zero_out, mh_p, gate_masks, hnext_p, 0, 0, scr_p,
+                    act, ract,
+                )
+            if masked:
+                prev_p = out_p
 
     last = 0 if reverse else T
     out = Obuf if masked else (Hp[:T] if reverse else Hp[1:])
@@ -257,32 +319,41 @@ class _NativeLSTM(torch.autograd.Function):
         dh_p, dc_p, tmp_p, dz_p = dh.data_ptr(), dc.data_ptr(), dh_tmp.data_ptr(), dz.data_ptr()
         carry_p, mh_p, scr_p = _address(carry), _address(mh), scratch.data_ptr()
         dr_p, dhn_p, DH_base = _address(dr), dh_new.data_ptr(), _address(DH)
-        backward_step = _lstm_cell.backward_step
+        gemm_address = blas_gemm(x.dtype)
+        if gemm_address:
+            w_hr_rows = w_hr.contiguous() if proj else None
+            _lstm_cell.backward_loop(
+                f64, gemm_address, T, B, H, P, int(reverse), z0, c_base, dout_base, k_base, dh_p, dc_p,
+                carry_p, dhn_p, DH_base, dr_p, _address(w_hr_rows), dz_p, tmp_p, Wrec.data_ptr(), mh_p,
+                gate_masks, scr_p, act, ract,
+            )
+        else:
+            backward_step = _lstm_cell.backward_step
 
-        pending, prev_kp = 0, 0
-        for t in range(T) if reverse else range(T - 1, -1, -1):
-            hi, ho = (t + 1, t) if reverse else (t, t + 1)
-            kp = 0 if not masked or all_kept[t] else k_base + t * B
-            zt, cprev, cnew, gout = z0 + t * zs, c_base + hi * cs, c_base + ho * cs, dout_base + t * hs
-            if proj:
-                backward_step(
-                    f64, pending | _HEAD, B, H, P, zt, cprev, cnew, dh_p, dc_p, gout, carry_p, kp, dhn_p,
-                    DH_base + t * hs, 0, tmp_p, prev_kp, mh_p, gate_masks, 0, scr_p, act, ract,
-                )
-                torch.mm(dh_new, w_hr, out=dr)
-                backward_step(
-                    f64, _CELL, B, H, P, zt, cprev, cnew, dh_p, dc_p, 0, 0, kp, 0, 0, dr_p, 0, 0, 0,
-                    gate_masks, dz_p, scr_p, act, ract,
-                )
-            else:
-                backward_step(
-                    f64, pending | _HEAD | _CELL, B, H, P, zt, cprev, cnew, dh_p, dc_p, gout, carry_p, kp,
-                    dhn_p, 0, dhn_p, tmp_p, prev_kp, mh_p, gate_masks, dz_p, scr_p, act, ract,
-                )
-            gemm(dz, Wrec, out=dh_tmp)
-            pending, prev_kp = _TAIL, kp
-        backward_step(f64, _TAIL, B, H, P, 0, 0, 0, dh_p, dc_p, 0, 0, 0, 0, 0, 0, tmp_p, prev_kp, mh_p,
-                      gate_masks, 0, scr_p, act, ract)
+            pending, prev_kp = 0, 0
+            for t in range(T) if reverse else range(T - 1, -1, -1):
+                hi, ho = (t + 1, t) if reverse else (t, t + 1)
+                kp = 0 if not masked or all_kept[t] else k_base + t * B
+                zt, cprev, cnew, gout = z0 + t * zs, c_base + hi * cs, c_base + ho * cs, dout_base + t * hs
+                if proj:
+                    backward_step(
+                        f64, pending | _HEAD, B, H, P, zt, cprev, cnew, dh_p, dc_p, gout, carry_p, kp, dhn_p,
+                        DH_base + t * hs, 0, tmp_p, prev_kp, mh_p, gate_masks, 0, scr_p, act, ract,
+                    )
+                    torch.mm(dh_new, w_hr, out=dr)
+                    backward_step(
+                        f64, _CELL, B, H, P, zt, cprev, cnew, dh_p, dc_p, 0, 0, kp, 0, 0, dr_p, 0, 0, 0,
+                        gate_masks, dz_p, scr_p, act, ract,
+                    )
+                else:
+                    backward_step(
+                        f64, pending | _HEAD | _CELL, B, H, P, zt, cprev, cnew, dh_p, dc_p, gout, carry_p, kp,
+                        dhn_p, 0, dhn_p, tmp_p, prev_kp, mh_p, gate_masks, dz_p, scr_p, act, ract,
+                    )
+                gemm(dz, Wrec, out=dh_tmp)
+                pending, prev_kp = _TAIL, kp
+            backward_step(f64, _TAIL, B, H, P, 0, 0, 0, dh_p, dc_p, 0, 0, 0, 0, 0, 0, tmp_p, prev_kp, mh_p,
+                          gate_masks, 0, scr_p, act, ract)
 
         needs = ctx.needs_input_grad
         dZ = Z.view(T * B, GATES * H)
