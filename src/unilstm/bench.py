@@ -454,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-peers", action="store_true", help="skip Keras and MindSpore")
     p.add_argument(
         "--reuse-peers", type=Path, default=None,
-        help="take the Keras/MindSpore results from an earlier results.json instead of running them",
+        help="peers this run does not measure (no --tf-python/--ms-python) come from an earlier results.json",
     )
     p.add_argument("--no-streaming", action="store_true")
     p.add_argument("--peer-timeout", type=float, default=1800.0)
@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     if not args.no_streaming:
-        sizes = [(8, 16)] if args.quick else [(64, 128), (32, 64)]
+        sizes = [(8, 16)] if args.quick else [(64, 128), (32, 64), (512, 512)]
         for input_size, hidden in sizes:
             for activation in ("tanh", "relu"):
                 r = run_streaming(hidden, input_size, 20 if args.quick else 200, repeats, activation)
@@ -491,11 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"streaming {activation} (in={input_size}, H={hidden}): "
                       f"{ {k: round(v * 1e6, 1) for k, v in r['latency'].items()} } µs/step", flush=True)
     report["peer_results"] = {}
-    if args.reuse_peers is not None:
-        earlier = json.loads(args.reuse_peers.read_text())
-        report["peers"] = [f"{p} (from {args.reuse_peers.name})" for p in earlier.get("peers", [])]
-        report["peer_results"] = earlier.get("peer_results", {})
-    elif not args.no_peers and args.device == "cpu":
+    if not args.no_peers and args.device == "cpu":
         peer_reps = max(2, min(repeats, 3))
         if args.tf_python and Path(args.tf_python).exists():
             keras_cases = [c for c in cases if c.keras is not None]
@@ -509,6 +505,15 @@ def main(argv: list[str] | None = None) -> int:
             if got:
                 report["peers"].append(got["version"])
                 report["peer_results"]["mindspore"] = got["results"]
+    if args.reuse_peers is not None:
+        # peers this run did not measure (their environment is absent) come from the earlier file, labelled
+        earlier = json.loads(args.reuse_peers.read_text())
+        for name, results in earlier.get("peer_results", {}).items():
+            if name not in report["peer_results"]:
+                report["peer_results"][name] = results
+                versions = [v for v in earlier.get("peers", []) if name.lower() in v.lower()] or [name]
+                source = args.reuse_peers.name
+                report["peers"] += [f"{v.split(' (from ')[0]} (from {source})" for v in versions]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=1))
     markdown = render_markdown(report)
