@@ -1,0 +1,731 @@
+# ruff: noqa: N803, N806
+"""The native kernel (``kernels/native.py`` + ``_lstm_cell.c``) computes what the reference loop computes.
+
+Direction-level comparisons against :func:`run_direction_reference` (float64 at 1e-9, float32 against a
+float64 reference), the C activation approximations against torch, dispatch, the fallback without the
+extension, the refused second backward, the C argument checks, the transposed-weight cache and
+non-contiguous inputs. The kernel has two time loops, the whole loop in C calling the BLAS gemm torch links
+(where ``native.blas_gemm`` finds it) and a per-step Python loop: the ``cell`` fixture runs each test on
+both and checks which entry points ran. The random property tests (tests/test_kernels_property.py) cover
+native too; here every combination of the run options is enumerated once.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+
+import pytest
+import torch
+
+import unilstm
+from unilstm.activations import REGISTRY, resolve
+from unilstm.kernels import dispatch, force_kernel, native
+from unilstm.kernels.native import NATIVE_ACTIVATION_IDS, run_direction_native
+from unilstm.kernels.reference import DirectionRun, DirectionWeights, run_direction_reference
+
+# one registered name per C activation (silu and swish are one function)
+NATIVE_NAMES = sorted({fn: name for name, fn in sorted(REGISTRY.items(), reverse=True)
+                       if fn in NATIVE_ACTIVATION_IDS}.values())
+
+needs_extension = pytest.mark.skipif(
+    not native.available(), reason="unilstm.kernels._lstm_cell was not built (no C compiler at install time)"
+)
+RTOL64, ATOL64 = 1e-9, 1e-10
+
+# (T=6, B=3) step mask with gaps: step 1 and step 5 mask every row, step 2 none; row 1 starts masked
+GAPS = torch.tensor(
+    [[1, 0, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=torch.bool
+)
+
+
+def make_case(seed, T=6, B=3, F=3, H=4, P=0, mask=None, reverse=False, zero=True, mx_kind="none",
+              mh_kind="none", act="tanh", ract="sigmoid", bias="both", dtype=torch.float64, scale=1.0):
+    """Inputs, weights and run, all leaves requiring grad, drawn in float64 and cast to ``dtype``."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, s=1.0):
+        t = torch.randn(*shape, generator=gen, dtype=torch.float64) * (s * scale)
+        return t.to(dtype).requires_grad_()
+
+    out_size = P or H
+    x = rnd(T, B, F)
+    h0 = rnd(B, out_size, s=0.5)
+    c0 = rnd(B, H, s=0.5)
+    w = DirectionWeights(
+        w_ih=rnd(4 * H, F, s=0.5),
+        w_hh=rnd(4 * H, out_size, s=0.5),
+        b_ih=rnd(4 * H, s=0.3) if bias in ("both", "ih") else None,
+        b_hh=rnd(4 * H, s=0.3) if bias in ("both", "hh") else None,
+        w_hr=rnd(P, H, s=0.5) if P else None,
+    )
+
+    def dropout_mask(kind, feat):
+        if kind == "none":
+            return None
+        shape = (4, B, feat) if kind == "per_gate" else (B, feat)
+        keep = torch.rand(*shape, generator=gen) > 0.3
+        keep.view(-1)[0] = False  # at least one dropped unit
+        return keep.to(dtype) / 0.7
+
+    run = DirectionRun(
+        activation=resolve(act),
+        recurrent_activation=resolve(ract),
+        step_mask=mask,
+        reverse=reverse,
+        zero_masked_output=zero,
+        input_dropout_mask=dropout_mask(mx_kind, F),
+        recurrent_dropout_mask=dropout_mask(mh_kind, out_size),
+    )
+    return x, h0, c0, w, run
+
+
+def leaves_of(x, h0, c0, w):
+    named = [("x", x), ("h0", h0), ("c0", c0), ("w_ih", w.w_ih), ("w_hh", w.w_hh), ("b_ih", w.b_ih),
+             ("b_hh", w.b_hh), ("w_hr", w.w_hr)]
+    return [(n, t) for n, t in named if t is not None and t.requires_grad]
+
+
+def cast_case(x, h0, c0, w, run, dtype):
+    """The same case in ``dtype``: copies of every tensor, leaves requiring grad as before."""
+
+    def cast(t):
+        return None if t is None else t.detach().to(dtype).requires_grad_(t.requires_grad)
+
+    weights = DirectionWeights(*(cast(t) for t in (w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr)))
+    masks = (run.input_dropout_mask, run.recurrent_dropout_mask)
+    run = DirectionRun(**{**run.__dict__, "input_dropout_mask": cast(masks[0]),
+                          "recurrent_dropout_mask": cast(masks[1])})
+    return cast(x), cast(h0), cast(c0), weights, run
+
+
+def results(kernel, x, h0, c0, w, run, *, seed=123):
+    """{name: tensor} for output, h_T, c_T and the gradient of a loss that weighs every element of the
+    three results differently, w.r.t. every leaf."""
+    leaves = leaves_of(x, h0, c0, w)
+    out, h, c = kernel(x, h0, c0, w, run)
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum(
+        (t * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)).sum() for t in (out, h, c)
+    )
+    grads = torch.autograd.grad(loss, [t for _, t in leaves])
+    found = {"output": out, "h_T": h, "c_T": c}
+    found.update({"d" + n: g for (n, _), g in zip(leaves, grads, strict=True)})
+    return {k: v.detach() for k, v in found.items()}
+
+
+_REFERENCE_RESULTS: dict = {}
+
+
+def reference_results(key, case):
+    """results(run_direction_reference, *case), computed once per key (each case runs on both loops)."""
+    if key not in _REFERENCE_RESULTS:
+        _REFERENCE_RESULTS[key] = results(run_direction_reference, *case)
+    return _REFERENCE_RESULTS[key]
+
+
+def assert_results_close(got, want, rtol, atol, context="", scaled=False):
+    """Every result close; ``scaled``: atol relative to the tensor's largest magnitude (float32 sums the same
+    terms in another order, and unbounded activations make values of 1e3-1e5 over 20 steps)."""
+    assert got.keys() == want.keys()
+    for name in want:
+        g, e = got[name], want[name].to(got[name].dtype)
+        assert g.shape == e.shape, f"{context} {name}: shape {tuple(g.shape)} != {tuple(e.shape)}"
+        tol = atol * max(1.0, float(want[name].abs().max())) if scaled else atol
+        torch.testing.assert_close(
+            g, e, rtol=rtol, atol=tol, msg=lambda m, name=name: f"{context} {name}: {m}"
+        )
+
+
+def assert_native_path(x, h0, c0, w, run):
+    """The case really runs the C cell (run_direction_native falls back to the reference otherwise)."""
+    assert native.accepts(x, w, run)
+    out, _, _ = run_direction_native(x, h0, c0, w, run)
+    assert type(out.grad_fn).__name__.startswith("_NativeLSTM"), type(out.grad_fn).__name__
+
+
+class CountingCell:
+    """Stands in for ``native._lstm_cell``: delegates every entry point and counts its calls."""
+
+    def __init__(self, real, path):
+        self.real, self.path, self.calls = real, path, collections.Counter()
+
+    def __getattr__(self, name):
+        fn = getattr(self.real, name)
+
+        def call(*args):
+            self.calls[name] += 1
+            return fn(*args)
+
+        return call
+
+    def loop_in_c(self, dtype):
+        return self.path == "c_loop" and native.blas_gemm(dtype) != 0
+
+    def forward_runs(self, dtype, T):
+        """How many forward passes ran, checking that they took this fixture's path."""
+        if self.loop_in_c(dtype):
+            assert self.calls["forward_step"] == 0
+            return self.calls["forward_loop"]
+        assert self.calls["forward_loop"] == 0 and self.calls["forward_step"] % T == 0
+        return self.calls["forward_step"] // T
+
+    def assert_ran(self, dtype, backward=True):
+        loop = self.loop_in_c(dtype)
+        fwd, other_fwd = ("forward_loop", "forward_step")[:: 1 if loop else -1]
+        bwd, other_bwd = ("backward_loop", "backward_step")[:: 1 if loop else -1]
+        assert self.calls[fwd] > 0 and self.calls[other_fwd] == 0, dict(self.calls)
+        if backward:
+            assert self.calls[bwd] > 0 and self.calls[other_bwd] == 0, dict(self.calls)
+
+
+@pytest.fixture(params=["c_loop", "per_step"])
+def cell(request, monkeypatch):
+    """Runs the test on the C time loop (where the BLAS gemm is found) or the per-step Python loop."""
+    native.blas_gemm(torch.float32)  # find (and check) the gemm before counting
+    counting = CountingCell(native._lstm_cell, request.param)
+    monkeypatch.setattr(native, "_lstm_cell", counting)
+    if request.param == "per_step":
+        monkeypatch.setattr(native, "_BLAS_GEMM", {})
+    return counting
+
+
+# -- 1. every combination of the run options, float64 --------------------------------------------------
+COMBOS = list(itertools.product(
+    (0, 2), ("none", "gaps"), (False, True), (True, False), ("none", "shared", "per_gate"),
+    ("none", "shared", "per_gate"),
+))
+
+
+@needs_extension
+@pytest.mark.parametrize(("P", "mask", "reverse", "zero", "mx_kind", "mh_kind"), COMBOS)
+def test_all_option_combinations_float64(P, mask, reverse, zero, mx_kind, mh_kind, cell):
+    key = (P, mask, reverse, zero, mx_kind, mh_kind)
+    case = make_case(COMBOS.index(key), P=P, mask=GAPS if mask == "gaps" else None, reverse=reverse,
+                     zero=zero, mx_kind=mx_kind, mh_kind=mh_kind)
+    assert_native_path(*case)
+    want = reference_results(key, case)
+    got = results(run_direction_native, *case)
+    assert set(got) == {"output", "h_T", "c_T", "dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh"} | (
+        {"dw_hr"} if P else set()
+    )
+    assert_results_close(got, want, RTOL64, ATOL64)
+    cell.assert_ran(torch.float64)
+
+
+@needs_extension
+@pytest.mark.parametrize("bias", ["none", "ih", "hh", "both"])
+@pytest.mark.parametrize("P", [0, 3])
+def test_bias_variants_float64(bias, P, cell):
+    case = make_case(11, T=5, B=3, F=2, H=4, P=P, mask=GAPS[:5], bias=bias, mh_kind="per_gate", zero=False)
+    assert_native_path(*case)
+    assert_results_close(results(run_direction_native, *case), results(run_direction_reference, *case),
+                         RTOL64, ATOL64)
+    cell.assert_ran(torch.float64)
+
+
+@needs_extension
+@pytest.mark.parametrize(
+    ("T", "B", "F", "H", "P", "mx_kind", "mh_kind"),
+    [
+        (1, 1, 1, 1, 0, "none", "none"),
+        (1, 1, 1, 1, 0, "per_gate", "per_gate"),
+        (1, 1, 1, 2, 1, "per_gate", "per_gate"),
+        (3, 1, 1, 1, 0, "shared", "per_gate"),
+        (1, 4, 2, 3, 1, "per_gate", "shared"),
+        (4, 2, 1, 5, 4, "per_gate", "per_gate"),
+    ],
+)
+def test_degenerate_sizes_float64(T, B, F, H, P, mx_kind, mh_kind, cell):
+    mask = torch.ones(T, B, dtype=torch.bool)
+    mask[0, 0] = T == 1 and B == 1  # a masked first step, except when it is the only step
+    case = make_case(5, T=T, B=B, F=F, H=H, P=P, mask=mask, mx_kind=mx_kind, mh_kind=mh_kind, zero=False)
+    assert_native_path(*case)
+    assert_results_close(results(run_direction_native, *case), results(run_direction_reference, *case),
+                         RTOL64, ATOL64)
+    cell.assert_ran(torch.float64)
+
+
+@needs_extension
+def test_partial_requires_grad_and_unused_outputs(cell):
+    """Only some leaves need gradients; the loss uses only h_T, only c_T or only the output."""
+    x, h0, c0, w, run = make_case(3, P=2, mask=GAPS, reverse=True, zero=False, mx_kind="per_gate",
+                                  mh_kind="shared")
+    for t in (x, h0, c0, w.b_ih, w.w_hr):
+        t.requires_grad_(False)
+    for pick in range(3):
+        grads = []
+        for kernel in (run_direction_reference, run_direction_native):
+            res = kernel(x, h0, c0, w, run)
+            grads.append(torch.autograd.grad(res[pick].sin().sum(), [w.w_ih, w.w_hh, w.b_hh]))
+        for e, g in zip(*grads, strict=True):
+            torch.testing.assert_close(g, e, rtol=RTOL64, atol=ATOL64)
+    with torch.no_grad():
+        got = run_direction_native(x, h0, c0, w, run)
+        want = run_direction_reference(x, h0, c0, w, run)
+    for e, g in zip(want, got, strict=True):
+        assert not g.requires_grad
+        torch.testing.assert_close(g, e, rtol=RTOL64, atol=ATOL64)
+    cell.assert_ran(torch.float64)
+
+
+# -- 2. every native activation, float64 ---------------------------------------------------------------
+@needs_extension
+@pytest.mark.parametrize("role", ["activation", "recurrent_activation", "both"])
+@pytest.mark.parametrize("act", NATIVE_NAMES)
+def test_every_native_activation_float64(act, role, cell):
+    act_name = act if role != "recurrent_activation" else "tanh"
+    ract_name = act if role != "activation" else "sigmoid"
+    # exponential grows like exp(exp(.)) over the steps: small inputs and weights keep it finite
+    scale = 0.3 if act == "exponential" else 1.0
+    case = make_case(17, T=5, P=2 if role == "both" else 0, mask=GAPS[:5], reverse=role == "both",
+                     zero=False, mh_kind="shared", act=act_name, ract=ract_name, scale=scale)
+    assert_native_path(*case)
+    want = reference_results(("activation", act, role), case)
+    assert all(bool(torch.isfinite(t).all()) for t in want.values()), "reference overflowed: shrink the case"
+    assert_results_close(results(run_direction_native, *case), want, RTOL64, ATOL64, context=act)
+    cell.assert_ran(torch.float64)
+
+
+@needs_extension
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("act", "ract"), [("relu", "relu"), ("relu6", "hard_sigmoid"), ("tanh", "relu")])
+def test_nan_input_propagates_like_reference(act, ract, dtype, cell):
+    """A nan in x makes the reference's outputs nan from its step on; the kernel must not turn it into 0."""
+    x, h0, c0, w, run = make_case(21, T=4, B=2, act=act, ract=ract, dtype=dtype)
+    x = x.detach().clone()
+    x[1, 0, 0] = float("nan")
+    with torch.no_grad():
+        want = run_direction_reference(x, h0, c0, w, run)
+        got = run_direction_native(x, h0, c0, w, run)
+    for name, g, e in zip(("output", "h_T", "c_T"), got, want, strict=True):
+        differ = g.isnan() != e.isnan()
+        assert not differ.any(), (
+            f"{act}/{ract} {name}: {int(differ.sum())} elements nan in one and not the other, first at "
+            f"{differ.nonzero()[0].tolist()}: got {g[differ][:4].tolist()}, reference "
+            f"{e[differ][:4].tolist()}"
+        )
+    cell.assert_ran(dtype, backward=False)
+
+
+# -- 3. float32 (polynomial exp/tanh) against the float64 reference ------------------------------------
+@needs_extension
+@pytest.mark.parametrize(
+    ("act", "ract", "P", "mx_kind", "mh_kind"),
+    [
+        ("tanh", "sigmoid", 0, "none", "none"),
+        ("tanh", "sigmoid", 3, "shared", "per_gate"),
+        ("relu", "hard_sigmoid", 0, "per_gate", "shared"),
+        ("elu", "sigmoid", 2, "none", "per_gate"),
+        ("silu", "softsign", 0, "shared", "none"),
+        ("softplus", "sigmoid", 0, "none", "shared"),
+        ("selu", "hard_sigmoid_keras2", 0, "none", "none"),
+        ("tanh", "exponential", 0, "none", "none"),
+    ],
+)
+def test_float32_close_to_float64_reference(act, ract, P, mx_kind, mh_kind, cell):
+    T, B = 20, 3
+    mask = torch.rand(T, B, generator=torch.Generator().manual_seed(1)) > 0.3
+    mask[4] = False
+    mask[5] = True
+    scale = 0.35 if ract == "exponential" else 0.8
+    case = make_case(29, T=T, B=B, F=4, H=6, P=P, mask=mask, reverse=P == 2, zero=mx_kind != "shared",
+                     mx_kind=mx_kind, mh_kind=mh_kind, act=act, ract=ract, scale=scale)
+    want = reference_results(("float32", act, ract, P), case)  # float64
+    assert all(bool(torch.isfinite(t).all()) for t in want.values())
+    case32 = cast_case(*case, torch.float32)
+    assert_native_path(*case32)
+    got = results(run_direction_native, *case32)
+    assert all(t.dtype == torch.float32 for t in got.values())
+    assert_results_close(got, want, rtol=2e-5, atol=2e-5, context=f"{act}/{ract}", scaled=True)
+    cell.assert_ran(torch.float32)
+
+
+# -- 4. the C activation approximations against torch --------------------------------------------------
+SPECIAL = [0.0, 3.0, -3.0, 1.0, -1.0, 6.0, -6.0, 2.5, -2.5, 20.0, -20.0, 88.7, 89.0, -104.0, -110.0]
+NONFINITE = [float("inf"), float("-inf"), float("nan")]
+
+
+def c_activation(act_id, x, g):
+    y, out = torch.full_like(x, 7.0), torch.full_like(x, 7.0)
+    native._lstm_cell.activation(int(x.dtype == torch.float64), act_id, x.data_ptr(), y.data_ptr(),
+                                 g.data_ptr(), out.data_ptr(), x.numel())
+    return y, out
+
+
+def torch_activation(fn, x, g):
+    leaf = x.clone().requires_grad_()
+    y = fn(leaf)
+    (d,) = torch.autograd.grad(y, leaf, g)
+    return y.detach(), d
+
+
+def assert_same_specials(got, want, x, where):
+    """nan exactly where torch gives nan, inf of the same sign exactly where torch gives inf."""
+    bad = (got.isnan() != want.isnan()) | (got.isinf() != want.isinf()) | (got.isinf() & (got != want))
+    assert not bad.any(), f"{where}: x={x[bad].tolist()} got {got[bad].tolist()} want {want[bad].tolist()}"
+
+
+def assert_ulp_close(got, want64, want32, x, where):
+    """|got - want| <= 1e-6 + 4e-6 |want| where finite, against float64 torch or, at the kinks that float32
+    rounding moves (hard_sigmoid's x + 3 == 6 for x just below 3), float32 torch."""
+    finite = got.isfinite() & want32.isfinite()
+    close64 = (got.double() - want64).abs() <= 1e-6 + 4e-6 * want64.abs()
+    close32 = (got.double() - want32.double()).abs() <= 1e-6 + 4e-6 * want32.double().abs()
+    bad = finite & ~(close64 | close32)
+    assert not bad.any(), (
+        f"{where}: x={x[bad][:10].tolist()} got {got[bad][:10].tolist()} want {want64[bad][:10].tolist()}"
+    )
+
+
+@needs_extension
+@pytest.mark.parametrize("act", NATIVE_NAMES)
+def test_c_activation_float32_matches_torch(act):
+    fn = resolve(act)
+    act_id = NATIVE_ACTIVATION_IDS[fn]
+    x = torch.cat([torch.linspace(-30.0, 30.0, 24001), torch.tensor(SPECIAL + NONFINITE)]).float()
+    g = torch.linspace(-2.0, 2.0, x.numel()).float()
+    y, d = c_activation(act_id, x, g)
+    y64, d64 = torch_activation(fn, x.double(), g.double())
+    y32, d32 = torch_activation(fn, x, g)
+    # values: everywhere, specials included
+    assert_same_specials(y, y32, x, f"{act} value")
+    assert_ulp_close(y, y64, y32, x, f"{act} value")
+    # derivatives: at finite inputs (at +-inf and nan torch's composite formulas give arbitrary values)
+    fin = x.isfinite()
+    assert_same_specials(d[fin], d32[fin], x[fin], f"{act} derivative")
+    assert_ulp_close(d[fin], d64[fin], d32[fin], x[fin], f"{act} derivative")
+    # without g, the C call computes y alone and leaves out untouched
+    y_only, untouched = torch.full_like(x, 7.0), torch.full_like(x, 7.0)
+    native._lstm_cell.activation(0, act_id, x.data_ptr(), y_only.data_ptr(), 0, untouched.data_ptr(),
+                                 x.numel())
+    torch.testing.assert_close(y_only, y, equal_nan=True, rtol=0, atol=0)
+    assert bool((untouched == 7.0).all())
+
+
+@needs_extension
+def test_c_exp_overflow_and_underflow_like_torch():
+    x = torch.tensor([88.0, 88.7, 88.72, 88.73, 89.0, 100.0, 1e30, float("inf"), -87.0, -100.0, -103.9,
+                      -104.0, -110.0, -1e30, float("-inf"), float("nan")])
+    y, _ = c_activation(NATIVE_ACTIVATION_IDS[resolve("exponential")], x, torch.ones_like(x))
+    want = torch.exp(x)
+    assert torch.equal(y.isinf(), want.isinf()), (y.tolist(), want.tolist())
+    assert torch.equal(y.isnan(), want.isnan())
+    assert bool((y[want == 0] == 0).all())
+    finite = want.isfinite() & (want > 0)
+    torch.testing.assert_close(y[finite], want[finite], rtol=4e-6, atol=0)
+
+
+@needs_extension
+@pytest.mark.parametrize("act", NATIVE_NAMES)
+def test_c_activation_float64_is_exact(act):
+    fn = resolve(act)
+    x = torch.cat([torch.linspace(-30.0, 30.0, 3001, dtype=torch.float64), torch.tensor(SPECIAL).double()])
+    g = torch.linspace(-2.0, 2.0, x.numel(), dtype=torch.float64)
+    y, d = c_activation(NATIVE_ACTIVATION_IDS[fn], x, g)
+    want_y, want_d = torch_activation(fn, x, g)
+    torch.testing.assert_close(y, want_y, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(d, want_d, rtol=1e-12, atol=1e-14)
+
+
+# -- 5. dispatch ---------------------------------------------------------------------------------------
+@needs_extension
+def test_dispatch_picks_native_first():
+    names = [entry[0] for entry in dispatch.DIRECTION_KERNELS]
+    assert names.index("native") < names.index("fast") < names.index("reference")
+    x, _, _, w, run = make_case(0, mask=GAPS, act="relu", dtype=torch.float32)
+    assert dispatch.select_direction_kernel(x, w, run) is run_direction_native
+    x64, _, _, w64, run64 = make_case(0, act="relu", mh_kind="per_gate")
+    assert dispatch.select_direction_kernel(x64, w64, run64) is run_direction_native
+
+
+@needs_extension
+def test_dispatch_skips_native_where_it_refuses():
+    x, _, _, w, run = make_case(0, act="relu", dtype=torch.float32)
+    assert native.accepts(x, w, run)
+    for bad in (
+        dict(activation=resolve("mish")),
+        dict(recurrent_activation=resolve("hard_silu")),
+        dict(activation=lambda v: torch.tanh(v)),
+        dict(recurrent_activation=lambda v: torch.sigmoid(v)),
+    ):
+        other = DirectionRun(**{**run.__dict__, **bad})
+        assert not native.accepts(x, w, other)
+        picked = dispatch.select_direction_kernel(x, w, other)
+        assert picked is not run_direction_native
+    for dtype in (torch.bfloat16, torch.float16):
+        xb, _, _, wb, runb = make_case(0, act="relu", dtype=dtype)
+        assert not native.accepts(xb, wb, runb)
+        assert dispatch.select_direction_kernel(xb, wb, runb) is not run_direction_native
+    assert not native.accepts(x[:0], w, run)
+    assert not native.accepts(x[:, :0], w, run)
+    assert dispatch.select_direction_kernel(
+        x, w, DirectionRun(resolve("mish"), run.recurrent_activation)
+    ).__name__ == "run_direction_fast"
+
+
+@needs_extension
+def test_short_standard_runs_go_to_native(cell):
+    """A few steps of a standard spec on the CPU skip torch's fused kernel for the native one."""
+    torch.manual_seed(0)
+    layer = unilstm.LSTM(3, 5)
+    x = torch.randn(3, 2, 3)
+    assert dispatch.short_for_fused(x) and not dispatch.short_for_fused(torch.randn(5, 2, 3))
+    with torch.no_grad():
+        got, (h, c) = layer(x)
+        force_kernel("reference")
+        try:
+            want, (h_ref, c_ref) = layer(x)
+        finally:
+            force_kernel(None)
+    assert cell.forward_runs(torch.float32, 3) == 1
+    for g, e in ((got, want), (h, h_ref), (c, c_ref)):
+        torch.testing.assert_close(g, e, rtol=2e-5, atol=2e-6)
+
+
+@needs_extension
+def test_forced_native_hands_refused_runs_to_reference():
+    """force_kernel("native") skips accepts: run_direction_native computes a run it refuses with the
+    reference."""
+    case = make_case(4, mask=GAPS, act="mish", zero=False)
+    assert not native.accepts(case[0], case[3], case[4])
+    assert_results_close(results(run_direction_native, *case), results(run_direction_reference, *case),
+                         rtol=0, atol=0)
+
+
+# -- 6. without the extension --------------------------------------------------------------------------
+def test_fallback_without_extension(monkeypatch):
+    monkeypatch.setattr(native, "_lstm_cell", None)
+    assert not native.available()
+    x, h0, c0, w, run = make_case(2, mask=GAPS, act="relu")
+    assert not native.accepts(x, w, run)
+    assert dispatch.select_direction_kernel(x, w, run) is not run_direction_native
+    assert not dispatch.short_for_fused(x)
+    torch.manual_seed(0)
+    layer = unilstm.LSTM(3, 5, activation="relu", proj_size=2, bidirectional=True).double()
+    xs = torch.randn(6, 3, 3, dtype=torch.float64, requires_grad=True)
+    mask = GAPS.t().clone()  # (N, T)
+    outs = []
+    for kernel in (None, "native", "reference"):
+        force_kernel(kernel)
+        try:
+            out, (h, c) = layer(xs, mask=mask)
+            grads = torch.autograd.grad(out.sum() + h.square().sum() + c.sum(), [xs, *layer.parameters()])
+            outs.append([out, h, c, *grads])
+        finally:
+            force_kernel(None)
+    for got in outs[:2]:
+        for g, e in zip(got, outs[2], strict=True):
+            torch.testing.assert_close(g, e, rtol=RTOL64, atol=ATOL64)
+
+
+# -- 7. one backward per forward -----------------------------------------------------------------------
+@needs_extension
+def test_second_backward_through_the_same_graph_raises(cell):
+    x, h0, c0, w, run = make_case(0, mask=GAPS, P=2)
+    out, h, c = run_direction_native(x, h0, c0, w, run)
+    loss = out.sum() + h.sum() + c.sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
+    cell.assert_ran(torch.float64)
+
+
+@needs_extension
+def test_double_backward_is_refused():
+    x, h0, c0, w, run = make_case(0)
+    out, _, _ = run_direction_native(x, h0, c0, w, run)
+    (gx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(gx.sum(), x)
+
+
+# -- 8. argument checks of the C entry points ----------------------------------------------------------
+@needs_extension
+def test_c_entry_points_check_their_arguments():
+    cell = native._lstm_cell
+    assert set(NATIVE_ACTIVATION_IDS.values()) == set(range(15))
+    for bad in (99, -1, 15):
+        with pytest.raises(ValueError, match="activation id"):
+            cell.forward_step(*([0] * 20), bad, 1)
+        with pytest.raises(ValueError, match="activation id"):
+            cell.forward_step(*([0] * 20), 1, bad)
+        with pytest.raises(ValueError, match="activation id"):
+            cell.backward_step(*([0] * 22), bad, 2)
+        with pytest.raises(ValueError, match="activation id"):
+            cell.backward_step(*([0] * 22), 2, bad)
+        with pytest.raises(ValueError, match="activation id"):
+            cell.activation(0, bad, 0, 0, 0, 0, 0)
+        for loop in (cell.forward_loop, cell.backward_loop):
+            with pytest.raises(ValueError, match="activation id"):
+                loop(*([0] * 24), bad, 1)
+            with pytest.raises(ValueError, match="activation id"):
+                loop(*([0] * 24), 1, bad)
+    for loop in (cell.forward_loop, cell.backward_loop):  # gemm address 0
+        with pytest.raises(ValueError, match="BLAS gemm"):
+            loop(*([0] * 24), 1, 2)
+    for fn, count in ((cell.forward_step, 22), (cell.backward_step, 24), (cell.finish_hidden, 13),
+                      (cell.forward_loop, 26), (cell.backward_loop, 26), (cell.activation, 7)):
+        for wrong in (0, count - 1, count + 1):
+            with pytest.raises(TypeError, match="expected"):
+                fn(*([0] * wrong))
+        with pytest.raises(TypeError):
+            fn(*([0] * (count - 1)), 1.5)
+    # n = 0: nothing is read or written
+    cell.activation(0, 1, 0, 0, 0, 0, 0)
+
+
+# -- 9. the cache of transposed weights ----------------------------------------------------------------
+def _layer_results(layer, x, **kwargs):
+    outs = []
+    for kernel in (None, "reference"):
+        force_kernel(kernel)
+        try:
+            gen = torch.Generator().manual_seed(9)
+            out, (h, c) = layer(x, generator=gen, **kwargs)
+            outs.append((out, h, c))
+        finally:
+            force_kernel(None)
+    return outs
+
+
+def _assert_layer_equals_reference(layer, x, **kwargs):
+    got, want = _layer_results(layer, x, **kwargs)
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g, e, rtol=RTOL64, atol=ATOL64)
+    return got[0]
+
+
+@needs_extension
+@pytest.mark.parametrize(
+    ("kwargs", "training"),
+    [
+        (dict(), False),
+        (dict(proj_size=3), False),
+        (dict(recurrent_dropout=0.3, input_dropout=0.2), True),  # per-gate masks: gate-major copy
+        (dict(recurrent_dropout=0.3, per_gate_dropout=False, proj_size=2), True),
+    ],
+)
+def test_weight_cache_sees_in_place_changes(kwargs, training, cell):
+    torch.manual_seed(0)
+    layer = unilstm.LSTM(3, 5, activation="relu", **kwargs).double()
+    layer.train(training)
+    x = torch.randn(7, 2, 3, dtype=torch.float64)
+    assert dispatch.select_direction_kernel(
+        x, layer.direction_weights()[0][0], DirectionRun(torch.relu, torch.sigmoid)
+    ) is run_direction_native
+    with torch.no_grad():
+        before = _assert_layer_equals_reference(layer, x)
+        assert cell.forward_runs(torch.float64, 7) == 1
+        names = ["weight_hh_l0", "weight_ih_l0"] + (["weight_hr_l0"] if layer.spec.proj_size else [])
+        for name in names:
+            getattr(layer, name).add_(0.1)
+            after = _assert_layer_equals_reference(layer, x)
+            assert not torch.allclose(after, before)
+            before = after
+        # an optimizer-style update
+        opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    out, _ = layer(x)
+    out.sum().backward()
+    opt.step()
+    with torch.no_grad():
+        after = _assert_layer_equals_reference(layer, x)
+        assert not torch.allclose(after, before)
+    cell.assert_ran(torch.float64)
+
+
+@needs_extension
+def test_weight_cache_sees_changes_through_data(cell):
+    """``p.data`` has its own version counter: an update through it (old-style optimizers, EMA helpers) does
+    not bump ``p._version``, yet the next call must use the new values."""
+    torch.manual_seed(0)
+    layer = unilstm.LSTM(3, 5, activation="relu").double().eval()
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        before = _assert_layer_equals_reference(layer, x)
+        layer.weight_hh_l0.data.mul_(-1.0)
+        after = _assert_layer_equals_reference(layer, x)
+        assert cell.forward_runs(torch.float64, 4) == 2
+        assert not torch.allclose(after, before)
+
+
+@needs_extension
+def test_weight_cache_with_load_state_dict_and_fresh_layers(cell):
+    torch.manual_seed(0)
+    source = unilstm.LSTM(3, 5, activation="relu", proj_size=2).double().eval()
+    target = unilstm.LSTM(3, 5, activation="relu", proj_size=2).double().eval()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        old = _assert_layer_equals_reference(target, x)
+        target.load_state_dict(source.state_dict())
+        new = _assert_layer_equals_reference(target, x)
+        torch.testing.assert_close(new, source(x)[0], rtol=RTOL64, atol=ATOL64)
+        assert not torch.allclose(new, old)
+        # assign=True swaps in new tensors
+        third = unilstm.LSTM(3, 5, activation="relu", proj_size=2).double().eval()
+        target.load_state_dict(third.state_dict(), assign=True)
+        torch.testing.assert_close(_assert_layer_equals_reference(target, x), third(x)[0], rtol=RTOL64,
+                                   atol=ATOL64)
+        # layers made and dropped one after another: memory (and ids) get reused, the copies must not
+        previous = None
+        for seed in range(6):
+            torch.manual_seed(seed)
+            layer = unilstm.LSTM(3, 5, activation="relu").double().eval()
+            out = _assert_layer_equals_reference(layer, x)
+            if previous is not None:
+                assert not torch.allclose(out, previous)
+            previous = out
+            del layer
+    assert cell.forward_runs(torch.float64, 5) == 5 + 6  # 5 calls above and 6 fresh layers
+
+
+# -- 10. non-contiguous inputs -------------------------------------------------------------------------
+@needs_extension
+@pytest.mark.parametrize(("P", "mh_kind"), [(0, "none"), (2, "per_gate"), (0, "shared")])
+def test_non_contiguous_inputs(P, mh_kind, cell):
+    x, h0, c0, w, run = make_case(8, P=P, mask=GAPS, zero=False, mx_kind="per_gate", mh_kind=mh_kind)
+    gen = torch.Generator().manual_seed(3)
+    # x: a batch-first tensor seen time-major; h0 and c0: transposed and strided views
+    x_bf = x.detach().transpose(0, 1).contiguous().requires_grad_()
+    x_nc = x_bf.transpose(0, 1)
+    h_big = torch.randn(h0.shape[1], 2 * h0.shape[0], generator=gen, dtype=torch.float64, requires_grad=True)
+    h0_nc = h_big[:, ::2].t()
+    c_big = torch.randn(c0.shape[0], c0.shape[1] + 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    c0_nc = c_big[:, 1:-2]
+    mask_nc = GAPS.t().contiguous().t()  # a transposed step mask
+    run_nc = DirectionRun(**{**run.__dict__, "step_mask": mask_nc})
+    assert not any(t.is_contiguous() for t in (x_nc, h0_nc, c0_nc, mask_nc))
+    grads = []
+    for kernel in (run_direction_reference, run_direction_native):
+        out, h, c = kernel(x_nc, h0_nc, c0_nc, w, run_nc)
+        loss = (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum()
+        loss = loss + h.square().sum() + c.sum()
+        grads.append([out, h, c, *torch.autograd.grad(loss, [x_bf, h_big, c_big, w.w_ih, w.w_hh])])
+    for e, g in zip(*grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=RTOL64, atol=ATOL64)
+    cell.assert_ran(torch.float64)
+
+
+@needs_extension
+@pytest.mark.parametrize("mx_kind", ["shared", "per_gate"])
+def test_non_contiguous_weights_and_masks(mx_kind, cell):
+    x, h0, c0, w, run = make_case(12, P=2, mask=GAPS, mx_kind=mx_kind, mh_kind="per_gate")
+
+    def strided(t):  # same values, column-major storage
+        return t.detach().t().contiguous().t().requires_grad_()
+
+    leaves = [strided(t) for t in (w.w_ih, w.w_hh, w.w_hr)]
+    w_nc = DirectionWeights(leaves[0], leaves[1], w.b_ih, w.b_hh, leaves[2])
+    mx = run.input_dropout_mask
+    mx_nc = mx.transpose(-1, -2).contiguous().transpose(-1, -2)
+    mh_nc = run.recurrent_dropout_mask.transpose(-1, -2).contiguous().transpose(-1, -2)
+    run_nc = DirectionRun(**{**run.__dict__, "input_dropout_mask": mx_nc, "recurrent_dropout_mask": mh_nc})
+    assert not (leaves[0].is_contiguous() or leaves[1].is_contiguous() or mx_nc.is_contiguous())
+    grads = []
+    for kernel in (run_direction_reference, run_direction_native):
+        out, h, c = kernel(x, h0, c0, w_nc, run_nc)
+        loss = (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum() + h.sum()
+        grads.append([out, h, c, *torch.autograd.grad(loss + c.sum(), [x, *leaves])])
+    for e, g in zip(*grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=RTOL64, atol=ATOL64)
+    cell.assert_ran(torch.float64)
