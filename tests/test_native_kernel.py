@@ -3,7 +3,7 @@
 
 Direction-level comparisons against :func:`run_direction_reference` (float64 at 1e-9, float32 against a
 float64 reference), the C activation approximations against torch, dispatch, the fallback without the
-extension, the refused second backward, the C argument checks, the transposed-weight cache and
+extension, the refused second backward, the C argument checks, weights changed between calls and
 non-contiguous inputs. The kernel has two time loops, the whole loop in C calling the BLAS gemm torch links
 (where ``native.blas_gemm`` finds it) and a per-step Python loop: the ``cell`` fixture runs each test on
 both and checks which entry points ran. The random property tests (tests/test_kernels_property.py) cover
@@ -556,16 +556,16 @@ def test_c_entry_points_check_their_arguments():
             cell.backward_step(*([0] * 22), 2, bad)
         with pytest.raises(ValueError, match="activation id"):
             cell.activation(0, bad, 0, 0, 0, 0, 0)
-        for loop in (cell.forward_loop, cell.backward_loop):
+        for loop, count in ((cell.forward_loop, 27), (cell.backward_loop, 26)):
             with pytest.raises(ValueError, match="activation id"):
-                loop(*([0] * 24), bad, 1)
+                loop(*([0] * (count - 2)), bad, 1)
             with pytest.raises(ValueError, match="activation id"):
-                loop(*([0] * 24), 1, bad)
-    for loop in (cell.forward_loop, cell.backward_loop):  # gemm address 0
+                loop(*([0] * (count - 2)), 1, bad)
+    for loop, count in ((cell.forward_loop, 27), (cell.backward_loop, 26)):  # gemm address 0
         with pytest.raises(ValueError, match="BLAS gemm"):
-            loop(*([0] * 24), 1, 2)
+            loop(*([0] * (count - 2)), 1, 2)
     for fn, count in ((cell.forward_step, 22), (cell.backward_step, 24), (cell.finish_hidden, 13),
-                      (cell.forward_loop, 26), (cell.backward_loop, 26), (cell.activation, 7)):
+                      (cell.forward_loop, 27), (cell.backward_loop, 26), (cell.activation, 7)):
         for wrong in (0, count - 1, count + 1):
             with pytest.raises(TypeError, match="expected"):
                 fn(*([0] * wrong))
@@ -575,7 +575,7 @@ def test_c_entry_points_check_their_arguments():
     cell.activation(0, 1, 0, 0, 0, 0, 0)
 
 
-# -- 9. the cache of transposed weights ----------------------------------------------------------------
+# -- 9. weights changed between calls: no stale transposed copies -----------------------------------------
 def _layer_results(layer, x, **kwargs):
     outs = []
     for kernel in (None, "reference"):

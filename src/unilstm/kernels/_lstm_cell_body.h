@@ -13,7 +13,7 @@ ALWAYS_INLINE static inline void NAME(act_forward)(int act, const REAL *restrict
         for (j = 0; j < n; j++) y[j] = SIGMOID(x[j]);
         break;
     case ACT_RELU:
-        for (j = 0; j < n; j++) y[j] = x[j] > (REAL)0.0 ? x[j] : (REAL)0.0;
+        for (j = 0; j < n; j++) y[j] = x[j] <= (REAL)0.0 ? (REAL)0.0 : x[j]; /* nan stays nan, like torch */
         break;
     case ACT_HARD_SIGMOID:
         for (j = 0; j < n; j++) {
@@ -86,13 +86,13 @@ ALWAYS_INLINE static inline void NAME(act_backward)(int act, const REAL *x, cons
     case ACT_RELU:
         for (j = 0; j < n; j++) {
             const REAL gv = g[j], yv = y[j];
-            out[j] = yv > (REAL)0.0 ? gv : (REAL)0.0;
+            out[j] = yv <= (REAL)0.0 ? (REAL)0.0 : gv;
         }
         break;
     case ACT_HARD_SIGMOID:
         for (j = 0; j < n; j++) {
             const REAL gv = g[j], yv = y[j];
-            out[j] = (yv > (REAL)0.0 && yv < (REAL)1.0) ? gv * ((REAL)1.0 / (REAL)6.0) : (REAL)0.0;
+            out[j] = (yv <= (REAL)0.0 || yv >= (REAL)1.0) ? (REAL)0.0 : gv * ((REAL)1.0 / (REAL)6.0);
         }
         break;
     case ACT_HARD_SIGMOID_KERAS2:
@@ -129,7 +129,7 @@ ALWAYS_INLINE static inline void NAME(act_backward)(int act, const REAL *x, cons
     case ACT_RELU6:
         for (j = 0; j < n; j++) {
             const REAL gv = g[j], yv = y[j];
-            out[j] = (yv > (REAL)0.0 && yv < (REAL)6.0) ? gv : (REAL)0.0;
+            out[j] = (yv <= (REAL)0.0 || yv >= (REAL)6.0) ? (REAL)0.0 : gv;
         }
         break;
     case ACT_LEAKY_RELU:
@@ -141,7 +141,7 @@ ALWAYS_INLINE static inline void NAME(act_backward)(int act, const REAL *x, cons
     case ACT_HARD_TANH:
         for (j = 0; j < n; j++) {
             const REAL gv = g[j], yv = y[j];
-            out[j] = (yv > -(REAL)1.0 && yv < (REAL)1.0) ? gv : (REAL)0.0;
+            out[j] = (yv <= -(REAL)1.0 || yv >= (REAL)1.0) ? (REAL)0.0 : gv;
         }
         break;
     case ACT_SILU:
@@ -381,12 +381,13 @@ typedef void (*NAME(gemm_t))(const char *, const char *, const int64_t *, const 
                              const REAL *, const REAL *, const int64_t *, const REAL *, const int64_t *,
                              const REAL *, REAL *, const int64_t *);
 
-/* row-major C (M, N) = A (M, K) B (K, N), as the column-major C^T = B^T A^T */
+/* row-major C (M, N) = A (M, K) B (K, N), as the column-major C^T = B^T A^T; with trans_b, Bm holds B^T
+ * as (N, K) rows (a weight in its own (out, in) layout, no transposed copy) */
 static void NAME(gemm_rows)(NAME(gemm_t) gemm, long M, long N, long K, const REAL *A, long lda, const REAL *Bm,
-                            long ldb, REAL *C, long ldc) {
+                            long ldb, int trans_b, REAL *C, long ldc) {
     const int64_t m = N, n = M, k = K, la = ldb, lb = lda, lc = ldc;
     const REAL one = 1, zero = 0;
-    gemm("N", "N", &m, &n, &k, &one, Bm, &la, A, &lb, &zero, C, &lc);
+    gemm(trans_b ? "T" : "N", "N", &m, &n, &k, &one, Bm, &la, A, &lb, &zero, C, &lc);
 }
 
 /* the rows of step t to treat as masked, or NULL when every row counts */
@@ -402,9 +403,11 @@ static const uint8_t *NAME(step_keep)(const uint8_t *keep, long t, long B) {
  * The forward loop of native.py's _forward_pass: Z (T, B, 4H) input projections, Hp (T+1, B, P) and
  * Cp (T+1, B, H) histories with the initial states in place, Obuf (T, B, P) outputs when masked, keep
  * (T, B) or NULL, hnext the first GEMM operand (h0, times mh), WrecT the recurrent weights as (P, 4H) or
- * gate-major (4, P, H), R (T, B, H) / rbuf / hcand / WhrT (H, P) for the projection, zeros (B, P).
+ * gate-major (4, P, H), R (T, B, H) / rbuf / hcand / WhrT (H, P) for the projection, zeros (B, P). With
+ * trans_w, WrecT and WhrT are the weights in their own layouts instead, W_hh (4H, P) and W_hr (P, H).
  */
-static void NAME(forward_loop)(NAME(gemm_t) gemm, long T, long B, long H, long P, int reverse, REAL *Z,
+static void NAME(forward_loop)(NAME(gemm_t) gemm, int trans_w, long T, long B, long H, long P, int reverse,
+                               REAL *Z,
                                REAL *Hp, REAL *Cp, REAL *Obuf, const uint8_t *keep, int zero_out,
                                const REAL *mh, int n_masks, REAL *hnext, REAL *rec, const REAL *WrecT, REAL *R,
                                REAL *rbuf, REAL *hcand, const REAL *WhrT, const REAL *zeros, REAL *scratch,
@@ -415,9 +418,10 @@ static void NAME(forward_loop)(NAME(gemm_t) gemm, long T, long B, long H, long P
         const long hi = reverse ? t + 1 : t, ho = reverse ? t : t + 1;
         if (n_masks == 4) {
             for (int k = 0; k < 4; k++)
-                NAME(gemm_rows)(gemm, B, H, P, hnext + k * B * P, P, WrecT + k * P * H, H, rec + k * B * H, H);
+                NAME(gemm_rows)(gemm, B, H, P, hnext + k * B * P, P, WrecT + k * P * H, trans_w ? P : H, trans_w,
+                                rec + k * B * H, H);
         } else {
-            NAME(gemm_rows)(gemm, B, 4 * H, P, hnext, P, WrecT, 4 * H, rec, 4 * H);
+            NAME(gemm_rows)(gemm, B, 4 * H, P, hnext, P, WrecT, trans_w ? P : 4 * H, trans_w, rec, 4 * H);
         }
         const uint8_t *kp = NAME(step_keep)(keep, t, B);
         REAL *out_t = Obuf != NULL ? Obuf + t * B * P : NULL;
@@ -425,7 +429,7 @@ static void NAME(forward_loop)(NAME(gemm_t) gemm, long T, long B, long H, long P
         if (R != NULL) {
             NAME(forward_step)(B, H, P, zt, rec, Cp + hi * B * H, Cp + ho * B * H, NULL, NULL, NULL, NULL, kp,
                                zero_out, NULL, n_masks, NULL, rbuf, R + t * B * H, scratch, act, ract);
-            NAME(gemm_rows)(gemm, B, P, H, rbuf, H, WhrT, P, hcand, P);
+            NAME(gemm_rows)(gemm, B, P, H, rbuf, H, WhrT, trans_w ? H : P, trans_w, hcand, P);
             NAME(finish_hidden)(B, P, hcand, Hp + hi * B * P, Hp + ho * B * P, out_t, prev, kp, zero_out, mh,
                                 n_masks, hnext);
         } else {
@@ -459,7 +463,7 @@ static void NAME(backward_loop)(NAME(gemm_t) gemm, long T, long B, long H, long 
         if (DH != NULL) {
             NAME(backward_step)(pending | 2, B, H, P, zt, cprev, cnew, dh, dc, gout, carry, kp, dh_new,
                                 DH + t * B * P, NULL, dh_tmp, prev_kp, mh, n_masks, NULL, scratch, act, ract);
-            NAME(gemm_rows)(gemm, B, H, P, dh_new, P, w_hr, H, dr, H);
+            NAME(gemm_rows)(gemm, B, H, P, dh_new, P, w_hr, H, 0, dr, H);
             NAME(backward_step)(4, B, H, P, zt, cprev, cnew, dh, dc, NULL, NULL, kp, NULL, NULL, dr, NULL, NULL,
                                 NULL, n_masks, dz, scratch, act, ract);
         } else {
@@ -468,9 +472,9 @@ static void NAME(backward_loop)(NAME(gemm_t) gemm, long T, long B, long H, long 
         }
         if (n_masks == 4) {
             for (int k = 0; k < 4; k++)
-                NAME(gemm_rows)(gemm, B, P, H, dz + k * B * H, H, Wrec + k * H * P, P, dh_tmp + k * B * P, P);
+                NAME(gemm_rows)(gemm, B, P, H, dz + k * B * H, H, Wrec + k * H * P, P, 0, dh_tmp + k * B * P, P);
         } else {
-            NAME(gemm_rows)(gemm, B, P, 4 * H, dz, 4 * H, Wrec, P, dh_tmp, P);
+            NAME(gemm_rows)(gemm, B, P, 4 * H, dz, 4 * H, Wrec, P, 0, dh_tmp, P);
         }
         pending = 1;
         prev_kp = kp;

@@ -35,7 +35,6 @@ from torch.autograd.function import once_differentiable
 from .. import activations as A
 from .opaque import opaque_to_compile
 from .reference import GATES, DirectionRun, DirectionWeights
-from .weight_cache import derived_weight
 
 __all__ = ["accepts", "run_direction_fast", "supported_activation"]
 
@@ -185,7 +184,8 @@ def _gate_permutation(hidden: int, device: torch.device) -> Tensor:
 
 
 def _permuted_rows(w: Tensor, perm: Tensor) -> Tensor:
-    return derived_weight(w, "gate rows [i, f, o, g]", lambda v: v.index_select(0, perm))
+    # made on every call: a cache keyed by the version counter would miss changes made through ``w.data``
+    return w.detach().index_select(0, perm)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ from .. import activations as A
 from .fast import per_gate_weight_grad
 from .opaque import opaque_to_compile
 from .reference import GATES, DirectionRun, DirectionWeights, run_direction_reference
-from .weight_cache import derived_weight
 
 try:
     from . import _lstm_cell
@@ -93,24 +92,28 @@ def _find_blas_gemm() -> dict[torch.dtype, int]:
 
 
 def _gemm_agrees(address: int, dtype: torch.dtype) -> bool:
-    """One forward step through forward_loop with this gemm equals the per-step driver's torch.mm."""
+    """One forward step through forward_loop with this gemm, reading the weight transposed and as a
+    transposed copy, equals torch's product."""
     generator = torch.Generator().manual_seed(0)
     B, H = 3, 5
-    z = torch.randn(1, B, 4 * H, generator=generator, dtype=dtype)
     h0 = torch.randn(B, H, generator=generator, dtype=dtype)
     w_hh = torch.randn(4 * H, H, generator=generator, dtype=dtype)
-    Hp = torch.zeros(2, B, H, dtype=dtype)
-    Cp = torch.zeros(2, B, H, dtype=dtype)
-    Hp[0] = h0
-    hnext, rec, WrecT = h0.clone(), torch.empty(B, 4 * H, dtype=dtype), w_hh.t().contiguous()
-    scratch = torch.empty(_SCRATCH_PER_HIDDEN * H, dtype=dtype)
-    want = z[0] + h0 @ w_hh.t()
-    _lstm_cell.forward_loop(
-        int(dtype == torch.float64), address, 1, B, H, H, 0, z.data_ptr(), Hp.data_ptr(), Cp.data_ptr(), 0, 0,
-        1, 0, 1, hnext.data_ptr(), rec.data_ptr(), WrecT.data_ptr(), 0, 0, 0, 0, 0, scratch.data_ptr(),
-        NATIVE_ACTIVATION_IDS[A.linear], NATIVE_ACTIVATION_IDS[A.linear],
-    )
-    return bool(torch.allclose(z[0], want, rtol=1e-4, atol=1e-4))
+    z_in = torch.randn(1, B, 4 * H, generator=generator, dtype=dtype)
+    want = z_in[0] + h0 @ w_hh.t()
+    linear = NATIVE_ACTIVATION_IDS[A.linear]
+    for trans, weight in ((1, w_hh), (0, w_hh.t().contiguous())):
+        z, Hp, Cp = z_in.clone(), torch.zeros(2, B, H, dtype=dtype), torch.zeros(2, B, H, dtype=dtype)
+        Hp[0] = h0
+        hnext, rec = h0.clone(), torch.empty(B, 4 * H, dtype=dtype)
+        scratch = torch.empty(_SCRATCH_PER_HIDDEN * H, dtype=dtype)
+        _lstm_cell.forward_loop(
+            int(dtype == torch.float64), address, trans, 1, B, H, H, 0, z.data_ptr(), Hp.data_ptr(),
+            Cp.data_ptr(), 0, 0, 1, 0, 1, hnext.data_ptr(), rec.data_ptr(), weight.data_ptr(), 0, 0, 0, 0, 0,
+            scratch.data_ptr(), linear, linear,
+        )
+        if not torch.allclose(z[0], want, rtol=1e-4, atol=1e-4):
+            return False
+    return True
 
 
 _BLAS_GEMM: dict[torch.dtype, int] | None = None
@@ -151,16 +154,24 @@ def _address(t: Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-def _transposed(w: Tensor) -> Tensor:
-    """(out, in) -> a contiguous (in, out) copy: MKL's small GEMMs run 1.2-2.7x faster on it than on the
-    transposed view (measured at B=16-32, H=128-256 on 2 cores)."""
-    return derived_weight(w, "transposed", lambda v: v.t().contiguous())
+#: Per-step GEMMs take the recurrent and projection weights as contiguous transposed copies when there are
+#: enough steps to repay the copy: MKL's small GEMMs run 1.4-2.2x faster on them than on the weights'
+#: own layout (B = 16-32, H = 128-256, 2 cores), and equally fast at B = 1. The copies are made per call:
+#: a cache keyed by the version counter would miss changes made through ``weight.data``.
+_COPY_MIN_STEPS, _COPY_MIN_BATCH = 4, 8
 
 
-def _gate_major_transposed(w: Tensor) -> Tensor:
-    """(4H, P) -> (4, P, H), contiguous: per-gate recurrent GEMMs as one bmm."""
-    return derived_weight(w, "gate-major transposed", lambda v: v.view(GATES, -1, v.shape[1]).transpose(1, 2)
-                          .contiguous())
+def _recurrent_operands(w_hh: Tensor, w_hr: Tensor | None, gate_masks: int, copy: bool):
+    """The operands of the per-step products h W_hh^T (per gate with per-gate masks) and r W_hr^T: the
+    transposed copies, or the weights themselves to be read transposed (views for torch, ``trans`` for C)."""
+    w_hh = w_hh.contiguous()  # the C loop reads rows at fixed strides
+    if gate_masks == 4:
+        w4 = w_hh.view(GATES, -1, w_hh.shape[1])
+        rec = w4.transpose(1, 2).contiguous() if copy else w4
+    else:
+        rec = w_hh.t().contiguous() if copy else w_hh
+    proj = None if w_hr is None else (w_hr.t().contiguous() if copy else w_hr.contiguous())
+    return rec, proj
 
 
 def _input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None, mx: Tensor | None) -> Tensor:
@@ -169,8 +180,7 @@ def _input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None, mx: Tensor |
     T, B, Fdim = x.shape
     if mx is None or mx.dim() == 2:
         rows = (x if mx is None else x * mx).reshape(T * B, Fdim)
-        WihT = _transposed(w_ih)
-        Z = torch.addmm(bias, rows, WihT) if bias is not None else torch.mm(rows, WihT)
+        Z = torch.addmm(bias, rows, w_ih.t()) if bias is not None else torch.mm(rows, w_ih.t())
         return Z.view(T, B, -1)
     H = w_ih.shape[0] // GATES
     rows4 = (x.unsqueeze(0) * mx.unsqueeze(1)).reshape(GATES, T * B, Fdim)
@@ -214,11 +224,8 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
     rbuf = x.new_empty(B, H) if proj else None
     hcand = x.new_empty(B, P) if proj else None
     scratch = x.new_empty(_SCRATCH_PER_HIDDEN * H)
-    if gate_masks == 4:
-        gemm, Wrec = torch.bmm, _gate_major_transposed(w_hh)
-    else:
-        gemm, Wrec = torch.mm, _transposed(w_hh)
-    WhrT = _transposed(w_hr) if proj else None
+    copy = T >= _COPY_MIN_STEPS and B >= _COPY_MIN_BATCH  # noqa: SIM300
+    Wrec, Whr = _recurrent_operands(w_hh, w_hr, gate_masks, copy)
 
     esz = x.element_size()
     z0, zs = Z.data_ptr(), B * GATES * H * esz
@@ -231,11 +238,15 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
     gemm_address = blas_gemm(x.dtype)
     if gemm_address:  # the whole loop in C, calling the BLAS gemm directly
         _lstm_cell.forward_loop(
-            f64, gemm_address, T, B, H, P, int(reverse), z0, h_base, c_base, o_base, k_base, zero_out, mh_p,
-            gate_masks, hnext_p, rec_p, Wrec.data_ptr(), r_base, rbuf_p, hcand_p, _address(WhrT), prev_p,
-            scr_p, act, ract,
+            f64, gemm_address, int(not copy), T, B, H, P, int(reverse), z0, h_base, c_base, o_base, k_base,
+            zero_out, mh_p, gate_masks, hnext_p, rec_p, Wrec.data_ptr(), r_base, rbuf_p, hcand_p,
+            _address(Whr), prev_p, scr_p, act, ract,
         )
     else:  # per step: one torch GEMM and one C call
+        gemm = torch.bmm if gate_masks == 4 else torch.mm
+        if not copy:  # torch reads the weights transposed through views
+            Wrec = Wrec.transpose(-1, -2)
+            Whr = None if Whr is None else Whr.t()
         forward_step, finish_hidden = _lstm_cell.forward_step, _lstm_cell.finish_hidden
 
         for t in range(T - 1, -1, -1) if reverse else range(T):
@@ -248,7 +259,7 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
                     f64, B, H, P, z0 + t * zs, rec_p, c_base + hi * cs, c_base + ho * cs, 0, 0, 0, 0, kp,
                     zero_out, 0, gate_masks, 0, rbuf_p, r_base + t * cs, scr_p, act, ract,
                 )
-                torch.mm(rbuf, WhrT, out=hcand)
+                torch.mm(rbuf, Whr, out=hcand)
                 finish_hidden(
                     f64, B, P, hcand_p, h_base + hi * hs, h_base + ho * hs, out_p, prev_p, kp, zero_out,
                     mh_p, gate_masks, hnext_p,
