@@ -178,7 +178,7 @@ def run_stack(
         output (T, B, D*P) (in processing order when ``spec.go_backwards``), h_n (L*D, B, P), c_n (L*D, B, H).
     """
     # torch's packed (lengths) LSTM has no oneDNN path on CPU and its backward is very slow (20 s against
-    # 0.5 s for T=1000, B=16, H=256 on 2 cores): with a mask and gradients, the fast kernel runs instead
+    # 0.5 s for T=1000, B=16, H=256 on 2 cores): with a mask and gradients, a direction kernel runs instead
     fused_ok = not short_for_fused(x) and (
         step_mask is None or not (x.device.type == "cpu" and needs_grad(x, h0, c0, layers))
     )

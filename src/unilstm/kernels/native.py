@@ -1,20 +1,23 @@
 # ruff: noqa: N803, N806  (T, B, H, P, ... are the maths names of the module docstring)
-"""The native kernel: the fast kernel's algorithm with each step's elementwise work in one C call.
+"""The native kernel: the fast kernel's algorithm with the time loop and the cell in C.
 
 It computes what :func:`~unilstm.kernels.reference.run_direction_reference` computes, on the CPU, in float32
 and float64, for the named activations of ``NATIVE_ACTIVATION_IDS``, with step masks with gaps, reverse,
-both masked-output modes, proj_size and shared or per-gate dropout masks. Per step of the forward pass it
-makes one GEMM for the recurrent term and one call into ``_lstm_cell.c``; per step of the backward pass one
-call and one GEMM (two and two with a projection), all on buffers at fixed addresses, so that a step
-creates no tensor. The fast kernel makes about twenty torch ops per step: on small shapes their dispatch,
-not the arithmetic, is the cost.
+both masked-output modes, proj_size and shared or per-gate dropout masks.
 
-* forward: Z = X W_ih^T + b for all steps in one GEMM; per step Z_t += h_{t-1} W_hh^T, then the cell
-  (c_t = f c_{t-1} + i g, h_t = o act(c_t), masks, outputs). It keeps the pre-activations Z, the states
-  and, with a projection, r_t = o act(c_t).
+* forward: Z = X W_ih^T + b for all steps in one torch GEMM; then per step rec = h_{t-1} W_hh^T and the
+  cell (c_t = f c_{t-1} + i g, h_t = o act(c_t), masks, outputs), which keeps the pre-activations in Z_t.
+  It saves Z, the hidden and cell states and, with a projection, r_t = o act(c_t).
 * backward: per step the cell recomputes the gate activations from Z_t and overwrites Z_t with the gate
   gradients dZ_t; dh_{t-1} = dZ_t W_hh. Then dW_ih = dZ^T X, dW_hh = dZ^T H_prev, dW_hr = dH^T R and the
-  bias gradients as one GEMM or sum each over all steps.
+  bias gradients as one torch GEMM or sum each over all steps.
+
+The per-step loop runs in C (``forward_loop`` / ``backward_loop`` in ``_lstm_cell_body.h``) and calls the
+BLAS gemm that torch itself links (``sgemm_`` / ``dgemm_`` of libtorch_cpu, MKL in the x86 wheels), found
+and checked against torch on first use. Where that symbol is missing the same loop runs in Python with one
+torch GEMM and one C call per step, on buffers at fixed addresses (no tensor is created per step). The fast
+kernel makes about twenty torch ops per step: on small shapes their dispatch, not the arithmetic, is the
+cost.
 
 float32 uses vectorised polynomial approximations of exp and tanh (a few units in the last place, see
 ``_lstm_cell.c``); float64 uses libm's functions, so the float64 property tests hold this kernel to the
