@@ -203,10 +203,10 @@ static PyObject *py_backward_step(PyObject *self, PyObject *const *args, Py_ssiz
 
 /* Whole loops (see _lstm_cell_body.h); the GIL is released: they touch only the buffers they are given. */
 static PyObject *py_forward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[27];
-    if (parse_ints(args, nargs, 27, "forward_loop", a) < 0) return NULL;
-    CHECK_ACT("forward_loop", a[25]);
+    long long a[28];
+    if (parse_ints(args, nargs, 28, "forward_loop", a) < 0) return NULL;
     CHECK_ACT("forward_loop", a[26]);
+    CHECK_ACT("forward_loop", a[27]);
     if (a[1] == 0) {
         PyErr_SetString(PyExc_ValueError, "forward_loop: expected the address of a BLAS gemm, received 0");
         return NULL;
@@ -214,9 +214,9 @@ static PyObject *py_forward_loop(PyObject *self, PyObject *const *args, Py_ssize
 #define CALL(REAL, fn, gemm_t)                                                                               \
     fn((gemm_t)(uintptr_t)a[1], (int)a[2], (long)a[3], (long)a[4], (long)a[5], (long)a[6], (int)a[7],       \
        PTR(REAL, a[8]), PTR(REAL, a[9]), PTR(REAL, a[10]), PTR(REAL, a[11]), PTR(const uint8_t, a[12]),     \
-       (int)a[13], PTR(const REAL, a[14]), (int)a[15], PTR(REAL, a[16]), PTR(REAL, a[17]),                  \
-       PTR(const REAL, a[18]), PTR(REAL, a[19]), PTR(REAL, a[20]), PTR(REAL, a[21]), PTR(const REAL, a[22]), \
-       PTR(const REAL, a[23]), PTR(REAL, a[24]), (int)a[25], (int)a[26])
+       (int)a[13], PTR(const REAL, a[14]), (int)a[15], PTR(REAL, a[16]), PTR(REAL, a[17]), PTR(REAL, a[18]), \
+       PTR(const REAL, a[19]), PTR(REAL, a[20]), PTR(REAL, a[21]), PTR(REAL, a[22]), PTR(const REAL, a[23]), \
+       PTR(const REAL, a[24]), PTR(REAL, a[25]), (int)a[26], (int)a[27])
     Py_BEGIN_ALLOW_THREADS
     if (a[0]) CALL(double, forward_loop_f64, gemm_t_f64); else CALL(float, forward_loop_f32, gemm_t_f32);
     Py_END_ALLOW_THREADS

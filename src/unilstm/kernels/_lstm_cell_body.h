@@ -402,20 +402,24 @@ static const uint8_t *NAME(step_keep)(const uint8_t *keep, long t, long B) {
 /*
  * The forward loop of native.py's _forward_pass: Z (T, B, 4H) input projections, Hp (T+1, B, P) and
  * Cp (T+1, B, H) histories with the initial states in place, Obuf (T, B, P) outputs when masked, keep
- * (T, B) or NULL, hnext the first GEMM operand (h0, times mh), WrecT the recurrent weights as (P, 4H) or
+ * (T, B) or NULL, hnext the first GEMM operand (h0, times mh), hm_hist (n_masks, T, B, P) or NULL the
+ * record of that operand at every step, WrecT the recurrent weights as (P, 4H) or
  * gate-major (4, P, H), R (T, B, H) / rbuf / hcand / WhrT (H, P) for the projection, zeros (B, P). With
  * trans_w, WrecT and WhrT are the weights in their own layouts instead, W_hh (4H, P) and W_hr (P, H).
  */
 static void NAME(forward_loop)(NAME(gemm_t) gemm, int trans_w, long T, long B, long H, long P, int reverse,
-                               REAL *Z,
-                               REAL *Hp, REAL *Cp, REAL *Obuf, const uint8_t *keep, int zero_out,
-                               const REAL *mh, int n_masks, REAL *hnext, REAL *rec, const REAL *WrecT, REAL *R,
-                               REAL *rbuf, REAL *hcand, const REAL *WhrT, const REAL *zeros, REAL *scratch,
-                               int act, int ract) {
+                               REAL *Z, REAL *Hp, REAL *Cp, REAL *Obuf, const uint8_t *keep, int zero_out,
+                               const REAL *mh, int n_masks, REAL *hnext, REAL *hm_hist, REAL *rec,
+                               const REAL *WrecT, REAL *R, REAL *rbuf, REAL *hcand, const REAL *WhrT,
+                               const REAL *zeros, REAL *scratch, int act, int ract) {
     const REAL *prev = zeros;
     for (long s = 0; s < T; s++) {
         const long t = reverse ? T - 1 - s : s;
         const long hi = reverse ? t + 1 : t, ho = reverse ? t : t + 1;
+        if (hm_hist != NULL) { /* the masked h_{t-1} of each gate, for dW_hh */
+            for (int k = 0; k < n_masks; k++)
+                memcpy(hm_hist + (k * T + t) * B * P, hnext + k * B * P, (size_t)(B * P) * sizeof(REAL));
+        }
         if (n_masks == 4) {
             for (int k = 0; k < 4; k++)
                 NAME(gemm_rows)(gemm, B, H, P, hnext + k * B * P, P, WrecT + k * P * H, trans_w ? P : H, trans_w,

@@ -111,8 +111,8 @@ def _gemm_agrees(address: int, dtype: torch.dtype) -> bool:
         scratch = torch.empty(_SCRATCH_PER_HIDDEN * H, dtype=dtype)
         _lstm_cell.forward_loop(
             int(dtype == torch.float64), address, trans, 1, B, H, H, 0, z.data_ptr(), Hp.data_ptr(),
-            Cp.data_ptr(), 0, 0, 1, 0, 1, hnext.data_ptr(), rec.data_ptr(), weight.data_ptr(), 0, 0, 0, 0, 0,
-            scratch.data_ptr(), linear, linear,
+            Cp.data_ptr(), 0, 0, 1, 0, 1, hnext.data_ptr(), 0, rec.data_ptr(), weight.data_ptr(), 0, 0, 0, 0,
+            0, scratch.data_ptr(), linear, linear,
         )
         if not torch.allclose(z[0], want, rtol=1e-4, atol=1e-4):
             return False
@@ -194,8 +194,9 @@ def _input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None, mx: Tensor |
     return Z4.permute(1, 0, 2).reshape(T, B, GATES * H).contiguous()
 
 
-def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask):
-    """The forward time loop. Returns (output, h_T, c_T) and what the backward pass needs: (meta, tensors)."""
+def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask, save=True):
+    """The forward time loop. Returns (output, h_T, c_T) and what the backward pass needs: (meta, tensors)
+    (with ``save`` False, nothing beyond what the loop itself needs is recorded)."""
     act, ract, reverse, zero_out = cfg
     T, B, Fdim = x.shape
     H, P = c0.shape[-1], h0.shape[-1]
@@ -223,6 +224,8 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
     # fixed per-step operands of the GEMMs (see _lstm_cell_body.h)
     # hnext: (B, P), or (4, B, P) with per-gate masks
     hnext = h0.clone(memory_format=torch.contiguous_format) if mh is None else (h0 * mh).contiguous()
+    # the masked h_{t-1} of every step (per gate): dW_hh is then one product, with no masking pass
+    HM = x.new_empty(gate_masks, T, B, P) if save and mh is not None else None
     rec = x.new_empty(GATES, B, H) if gate_masks == 4 else x.new_empty(B, GATES * H)
     rbuf = x.new_empty(B, H) if proj else None
     hcand = x.new_empty(B, P) if proj else None
@@ -242,8 +245,8 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
     if gemm_address:  # the whole loop in C, calling the BLAS gemm directly
         _lstm_cell.forward_loop(
             f64, gemm_address, int(not copy), T, B, H, P, int(reverse), z0, h_base, c_base, o_base, k_base,
-            zero_out, mh_p, gate_masks, hnext_p, rec_p, Wrec.data_ptr(), r_base, rbuf_p, hcand_p,
-            _address(Whr), prev_p, scr_p, act, ract,
+            zero_out, mh_p, gate_masks, hnext_p, _address(HM), rec_p, Wrec.data_ptr(), r_base, rbuf_p,
+            hcand_p, _address(Whr), prev_p, scr_p, act, ract,
         )
     else:  # per step: one torch GEMM and one C call
         gemm = torch.bmm if gate_masks == 4 else torch.mm
@@ -254,6 +257,8 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
 
         for t in range(T - 1, -1, -1) if reverse else range(T):
             hi, ho = (t + 1, t) if reverse else (t, t + 1)
+            if HM is not None:
+                HM[:, t].copy_(hnext.view(gate_masks, B, P))
             gemm(hnext, Wrec, out=rec)
             kp = 0 if not masked or all_kept[t] else k_base + t * B
             out_p = o_base + t * hs if masked else 0
@@ -279,7 +284,7 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
     last = 0 if reverse else T
     out = Obuf if masked else (Hp[:T] if reverse else Hp[1:])
     meta = (T, B, Fdim, H, P, all_kept, gate_masks)
-    return (out, Hp[last], Cp[last]), (meta, (x, w_ih, w_hh, w_hr, mx, mh, keep, Z, Hp, Cp, R))
+    return (out, Hp[last], Cp[last]), (meta, (x, w_ih, w_hh, w_hr, mx, mh, keep, Z, Hp, Cp, R, HM))
 
 
 class _NativeLSTM(torch.autograd.Function):
@@ -305,7 +310,7 @@ class _NativeLSTM(torch.autograd.Function):
         ctx.consumed = True
         act, ract, reverse, zero_out = ctx.cfg
         T, B, Fdim, H, P, all_kept, gate_masks = ctx.meta
-        x, w_ih, w_hh, w_hr, mx, mh, keep, Z, Hp, Cp, R = ctx.saved_tensors
+        x, w_ih, w_hh, w_hr, mx, mh, keep, Z, Hp, Cp, R, HM = ctx.saved_tensors
         f64 = int(x.dtype == torch.float64)
         proj = w_hr is not None
         masked = keep is not None
@@ -380,10 +385,12 @@ class _NativeLSTM(torch.autograd.Function):
             else:
                 dwih = torch.mm(dZ.t(), (x if mx is None else x * mx).reshape(T * B, Fdim))
         if needs[5]:
-            if gate_masks == 4:
-                dwhh = per_gate_weight_grad(dZ4, Hprev, mh)
+            if HM is None:
+                dwhh = torch.mm(dZ.t(), Hprev.reshape(T * B, P))
+            elif gate_masks == 4:
+                dwhh = torch.bmm(dZ4.transpose(1, 2), HM.view(GATES, T * B, P)).view(GATES * H, P)
             else:
-                dwhh = torch.mm(dZ.t(), (Hprev if mh is None else Hprev * mh).reshape(T * B, P))
+                dwhh = torch.mm(dZ.t(), HM.view(T * B, P))
         if needs[6] or needs[7]:
             db = dZ.sum(0)
         if needs[1]:
@@ -425,7 +432,7 @@ def run_direction_native(
         weights.b_hh, weights.w_hr, run.input_dropout_mask, run.recurrent_dropout_mask, mask,
     )
     if not _needs_graph(args):  # inference (streaming): no autograd.Function bookkeeping, nothing saved
-        return _forward_pass(*args)[0]
+        return _forward_pass(*args, save=False)[0]
     if torch.is_autocast_enabled("cpu"):
         with torch.autocast(device_type="cpu", enabled=False):
             return _NativeLSTM.apply(*args)
