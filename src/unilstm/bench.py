@@ -13,8 +13,9 @@ What is measured (float32, CPU unless ``--device``):
 * the baseline of every row is torch.nn.LSTM computing the *standard* spec of the same shape (same
   bidirectional / proj_size, no mask); for the "lengths" row torch runs a PackedSequence.
 * memory: the bytes of the tensors autograd keeps for backward (``saved_tensors_hooks``, each storage
-  counted once), for unilstm and torch. Process peak RSS is not used: in one process it only grows, and
-  torch's CPU allocator returns memory to the OS unevenly.
+  counted once, parameters and the input left out: they exist anyway), for unilstm and torch. Process
+  peak RSS is not used: in one process it only grows, and torch's CPU allocator returns memory to the OS
+  unevenly.
 * Keras 3 (on TensorFlow) and MindSpore run in their own interpreters (``--tf-python``, ``--ms-python``, or
   the ``UNILSTM_TF_PYTHON`` / ``UNILSTM_MS_PYTHON`` variables; skipped when absent) on the same shapes and
   features: Keras's layer call inside ``tf.function``, forward and GradientTape gradients of the weights;
@@ -109,13 +110,17 @@ def make_mask(kind: str | None, T: int, B: int, seed: int = 0) -> torch.Tensor |
     return torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
 
 
-def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
-    """Bytes of the tensors autograd saves for backward while ``fn`` runs (each storage once)."""
+def saved_bytes(fn: Callable[[], torch.Tensor], live: list[torch.Tensor] = ()) -> int:
+    """Bytes of the tensors autograd saves for backward while ``fn`` runs (each storage once), leaving out
+    the storages of ``live`` (parameters and inputs: saving them costs no memory, they exist anyway)."""
     seen: dict[int, int] = {}
+    skip = {t.untyped_storage().data_ptr() for t in live}
 
     def pack(t: torch.Tensor):
         try:
             storage = t.untyped_storage()
+            if storage.data_ptr() in skip:
+                return t
             seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
         except (RuntimeError, NotImplementedError):  # opaque (mkldnn) tensors
             seen[id(t)] = t.numel() * t.element_size()
@@ -186,7 +191,10 @@ def run_torch_case(case: Case, repeats: int, device: str) -> dict:
     result = {"shape": list(case.shape), "spec": case.spec}
     result["fw"] = interleaved_medians({"unilstm": fw(uni_forward), "torch": fw(torch_forward)}, repeats)
     result["fw+bw"] = interleaved_medians({"unilstm": fb(uni_forward), "torch": fb(torch_forward)}, repeats)
-    result["saved_bytes"] = {"unilstm": saved_bytes(uni_forward), "torch": saved_bytes(torch_forward)}
+    result["saved_bytes"] = {
+        "unilstm": saved_bytes(uni_forward, [x, *uni.parameters()]),
+        "torch": saved_bytes(torch_forward, [x, *ref.parameters()]),
+    }
     return result
 
 
