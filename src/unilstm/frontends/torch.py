@@ -254,9 +254,10 @@ class LSTM(_layer.LSTM):
     ) -> tuple[Tensor | PackedSequence, State]:
         """Run the LSTM exactly like ``torch.nn.LSTM.forward``; shapes are in the class docstring.
 
-        A PackedSequence goes straight to torch's packed kernel when the spec allows it (always, unless a
-        kernel is forced), otherwise it is padded, run with lengths and packed again; the result has the
-        input's ``batch_sizes``, ``sorted_indices`` and ``unsorted_indices``."""
+        A PackedSequence goes straight to torch's packed kernel, except when a kernel is forced or when
+        autograd records a CPU call (torch's packed CPU backward is slow): then it is padded, run with
+        lengths and packed again. The result has the input's ``batch_sizes``, ``sorted_indices`` and
+        ``unsorted_indices``."""
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
         if input.dim() not in (2, 3):
