@@ -729,3 +729,35 @@ def test_non_contiguous_weights_and_masks(mx_kind, cell):
     for e, g in zip(*grads, strict=True):
         torch.testing.assert_close(g, e, rtol=RTOL64, atol=ATOL64)
     cell.assert_ran(torch.float64)
+
+
+# -- 11. inputs the C loop must never read as raw buffers ------------------------------------------------
+@needs_extension
+def test_autocast_inference_keeps_the_parameters_dtype():
+    """Under CPU autocast the products inside the kernel would come out in bfloat16, which the C loop
+    would read as float32: the kernel turns autocast off, with and without autograd."""
+    torch.manual_seed(0)
+    lstm = unilstm.LSTM(8, 16, activation="relu")
+    x = torch.randn(5, 3, 8)
+    with torch.no_grad():
+        want, (h_want, _) = lstm(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, (h_got, _) = lstm(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(h_got, h_want, rtol=0, atol=0)
+
+
+@needs_extension
+def test_mismatched_dtypes_get_torch_errors_not_raw_reads():
+    """A direction whose weights or states do not share x's dtype goes to the reference loop, which
+    raises torch's own error, instead of the C loop reading buffers of the wrong element size."""
+    g = torch.Generator().manual_seed(0)
+    x, h0, c0 = (torch.randn(*shape, generator=g) for shape in ((5, 3, 8), (3, 16), (3, 16)))
+    run = DirectionRun(torch.relu, torch.sigmoid)
+    weights = DirectionWeights(torch.randn(64, 8, dtype=torch.float64), torch.randn(64, 16))
+    with pytest.raises(RuntimeError, match="dtype"):
+        run_direction_native(x, h0, c0, weights, run)
+    good = DirectionWeights(torch.randn(64, 8), torch.randn(64, 16))
+    with pytest.raises(RuntimeError, match="dtype"):
+        run_direction_native(x, h0.double(), c0, good, run)

@@ -431,12 +431,15 @@ def run_direction_native(
         cfg, x.contiguous(), h0.contiguous(), c0.contiguous(), weights.w_ih, weights.w_hh, weights.b_ih,
         weights.b_hh, weights.w_hr, run.input_dropout_mask, run.recurrent_dropout_mask, mask,
     )
-    if not _needs_graph(args):  # inference (streaming): no autograd.Function bookkeeping, nothing saved
-        return _forward_pass(*args, save=False)[0]
-    if torch.is_autocast_enabled("cpu"):
-        with torch.autocast(device_type="cpu", enabled=False):
-            return _NativeLSTM.apply(*args)
-    return _NativeLSTM.apply(*args)
+    tensors = [a for a in args[1:] if isinstance(a, Tensor)]
+    if any(t.dtype != x.dtype or t.device != x.device for t in tensors if t is not mask):
+        # the C loop reads raw buffers of x's type: anything else goes to the loop that checks types
+        return run_direction_reference(x, h0, c0, weights, run)
+    # autocast off: every product must stay in x's dtype, the C loop reads the buffers as such
+    with torch.autocast(device_type="cpu", enabled=False):
+        if not _needs_graph(args):  # inference (streaming): no autograd.Function bookkeeping
+            return _forward_pass(*args, save=False)[0]
+        return _NativeLSTM.apply(*args)
 
 
 def _needs_graph(args: tuple) -> bool:
