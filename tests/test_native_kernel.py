@@ -761,3 +761,18 @@ def test_mismatched_dtypes_get_torch_errors_not_raw_reads():
     good = DirectionWeights(torch.randn(64, 8), torch.randn(64, 16))
     with pytest.raises(RuntimeError, match="dtype"):
         run_direction_native(x, h0.double(), c0, good, run)
+
+
+@needs_extension
+def test_inconsistent_shapes_get_torch_errors_not_raw_reads():
+    g = torch.Generator().manual_seed(0)
+    x, h0, c0 = (torch.randn(*shape, generator=g) for shape in ((5, 3, 8), (3, 16), (3, 16)))
+    run = DirectionRun(torch.relu, torch.sigmoid)
+    for w_ih, w_hh in (((64, 8), (64, 12)), ((60, 8), (64, 16))):
+        weights = DirectionWeights(torch.randn(*w_ih), torch.randn(*w_hh))
+        with pytest.raises(RuntimeError):
+            run_direction_native(x, h0, c0, weights, run)
+    weights = DirectionWeights(torch.randn(64, 8), torch.randn(64, 16))
+    with pytest.raises(RuntimeError):  # a recurrent dropout mask for another batch size
+        run_direction_native(x, h0, c0, weights, DirectionRun(torch.relu, torch.sigmoid,
+                                                              recurrent_dropout_mask=torch.ones(2, 16)))

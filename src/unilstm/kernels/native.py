@@ -432,14 +432,32 @@ def run_direction_native(
         weights.b_hh, weights.w_hr, run.input_dropout_mask, run.recurrent_dropout_mask, mask,
     )
     tensors = [a for a in args[1:] if isinstance(a, Tensor)]
-    if any(t.dtype != x.dtype or t.device != x.device for t in tensors if t is not mask):
-        # the C loop reads raw buffers of x's type: anything else goes to the loop that checks types
+    same_type = all(t.dtype == x.dtype and t.device == x.device for t in tensors if t is not mask)
+    if not (same_type and _shapes_agree(x, h0, c0, weights, run)):
+        # the C loop reads raw buffers of x's type and of these shapes: anything else goes to the loop
+        # whose torch ops check them and raise torch's errors
         return run_direction_reference(x, h0, c0, weights, run)
     # autocast off: every product must stay in x's dtype, the C loop reads the buffers as such
     with torch.autocast(device_type="cpu", enabled=False):
         if not _needs_graph(args):  # inference (streaming): no autograd.Function bookkeeping
             return _forward_pass(*args, save=False)[0]
         return _NativeLSTM.apply(*args)
+
+
+def _shapes_agree(x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:
+    T, B, F = x.shape
+    H, P = c0.shape[-1], h0.shape[-1]
+    expected = [
+        (h0, (B, P)), (c0, (B, H)), (weights.w_ih, (4 * H, F)), (weights.w_hh, (4 * H, P)),
+        (weights.b_ih, (4 * H,)), (weights.b_hh, (4 * H,)), (weights.w_hr, (P, H) if P != H else None),
+        (run.step_mask, (T, B)),
+    ]
+    for mask, width in ((run.input_dropout_mask, F), (run.recurrent_dropout_mask, P)):
+        if mask is not None:
+            expected.append((mask, (GATES, B, width) if mask.dim() == 3 else (B, width)))
+    if weights.w_hr is None and P != H:
+        return False
+    return all(t is None or tuple(t.shape) == shape for t, shape in expected)
 
 
 def _needs_graph(args: tuple) -> bool:
