@@ -556,16 +556,16 @@ def test_c_entry_points_check_their_arguments():
             cell.backward_step(*([0] * 22), 2, bad)
         with pytest.raises(ValueError, match="activation id"):
             cell.activation(0, bad, 0, 0, 0, 0, 0)
-        for loop, count in ((cell.forward_loop, 28), (cell.backward_loop, 26)):
+        for loop, count in ((cell.forward_loop, 31), (cell.backward_loop, 29)):
             with pytest.raises(ValueError, match="activation id"):
                 loop(*([0] * (count - 2)), bad, 1)
             with pytest.raises(ValueError, match="activation id"):
                 loop(*([0] * (count - 2)), 1, bad)
-    for loop, count in ((cell.forward_loop, 28), (cell.backward_loop, 26)):  # gemm address 0
+    for loop, count in ((cell.forward_loop, 31), (cell.backward_loop, 29)):  # gemm address 0
         with pytest.raises(ValueError, match="BLAS gemm"):
             loop(*([0] * (count - 2)), 1, 2)
     for fn, count in ((cell.forward_step, 22), (cell.backward_step, 24), (cell.finish_hidden, 13),
-                      (cell.forward_loop, 28), (cell.backward_loop, 26), (cell.activation, 7)):
+                      (cell.forward_loop, 31), (cell.backward_loop, 29), (cell.activation, 7)):
         for wrong in (0, count - 1, count + 1):
             with pytest.raises(TypeError, match="expected"):
                 fn(*([0] * wrong))
@@ -776,3 +776,51 @@ def test_inconsistent_shapes_get_torch_errors_not_raw_reads():
     with pytest.raises(RuntimeError):  # a recurrent dropout mask for another batch size
         run_direction_native(x, h0, c0, weights, DirectionRun(torch.relu, torch.sigmoid,
                                                               recurrent_dropout_mask=torch.ones(2, 16)))
+
+
+# -- 12. MKL's packed GEMM (large enough per-step products) ---------------------------------------------
+@needs_extension
+@pytest.mark.parametrize("proj", [0, 96])
+@pytest.mark.parametrize("masked", [False, True])
+def test_packed_products_float32_close_to_reference(proj, masked):
+    """B = 16 and H = 256 make every per-step product large enough to be packed (when the BLAS has
+    cblas_sgemm_pack; the plain gemm otherwise): float32 against the float64 reference."""
+    g = torch.Generator().manual_seed(7)
+    T, B, F, H = 5, 16, 24, 256
+    P = proj or H
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    tensors = [rnd(T, B, F), rnd(B, P, scale=0.5), rnd(B, H, scale=0.5), rnd(4 * H, F, scale=0.05),
+               rnd(4 * H, P, scale=0.05), rnd(4 * H, scale=0.1), rnd(4 * H, scale=0.1)]
+    if proj:
+        tensors.append(rnd(P, H, scale=0.05))
+    mask = (torch.rand(T, B, generator=g) > 0.3) if masked else None
+    run = DirectionRun(torch.relu, torch.sigmoid, mask, False, False)
+    results = []
+    for dtype, kernel in ((torch.float64, run_direction_reference), (torch.float32, run_direction_native)):
+        leaves = [t.to(dtype).requires_grad_() for t in tensors]
+        weights = DirectionWeights(*leaves[3:7], leaves[7] if proj else None)
+        out, h, c = kernel(leaves[0], leaves[1], leaves[2], weights, run)
+        loss = (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)).sum() + h.sum() + c.sum()
+        results.append([out, h, c, *torch.autograd.grad(loss, leaves)])
+    for got, want in zip(results[1], results[0], strict=True):
+        scale = float(want.abs().max())
+        torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=2e-5 * scale)
+
+
+@needs_extension
+def test_packed_product_entry_point_matches_torch():
+    gemm = native.blas_gemm(torch.float32)
+    pack = native._BLAS_PACK.get(torch.float32, (0, 0, 0))
+    if not gemm:
+        pytest.skip("no BLAS gemm exported by this torch build: the per-step loop runs instead")
+    g = torch.Generator().manual_seed(3)
+    for M, K, N in ((16, 256, 1024), (3, 5, 7)):  # packed (when available), plain
+        a, w = torch.randn(M, K, generator=g), torch.randn(K, N, generator=g)
+        for trans, stored in ((0, w), (1, w.t().contiguous())):
+            got = torch.empty(M, N)
+            native._lstm_cell.product(0, gemm, *pack, trans, M, N, K, a.data_ptr(), K, stored.data_ptr(),
+                                      K if trans else N, got.data_ptr(), N)
+            torch.testing.assert_close(got, a @ w, rtol=1e-5, atol=1e-4)

@@ -19,6 +19,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <math.h>
 #include <string.h>
 
@@ -52,6 +53,9 @@ enum {
     ACT_SOFTPLUS = 14, /* torch's: x where x > 20 */
     ACT_COUNT = 15
 };
+
+/* CBLAS constants (MKL's values) for the packed GEMM */
+enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112, CBLAS_PACKED = 151, CBLAS_B_MATRIX = 162 };
 
 #define SELU_ALPHA 1.6732632423543772848170429916717
 #define SELU_SCALE 1.0507009873554804934193349852946
@@ -201,47 +205,109 @@ static PyObject *py_backward_step(PyObject *self, PyObject *const *args, Py_ssiz
     Py_RETURN_NONE;
 }
 
-/* Whole loops (see _lstm_cell_body.h); the GIL is released: they touch only the buffers they are given. */
+/* Whole loops (see _lstm_cell_body.h); the GIL is released: they touch only the buffers they are given.
+ * After the dtype flag come the addresses of gemm and, optionally (all three or none), MKL's
+ * ?gemm_pack_get_size, ?gemm_pack and ?gemm_compute. */
+#define BLAS(R, dst)                                                                                 \
+    R##_blas_t dst = {(R##_gemm_t)(uintptr_t)a[1], NULL, NULL, NULL};                                \
+    if (a[2] != 0 && a[3] != 0 && a[4] != 0) {                                                       \
+        dst.pack_size = (R##_pack_size_t)(uintptr_t)a[2];                                            \
+        dst.pack = (R##_pack_t)(uintptr_t)a[3];                                                      \
+        dst.compute = (R##_compute_t)(uintptr_t)a[4];                                                \
+    }
+typedef gemm_t_f32 f32_gemm_t;
+typedef gemm_t_f64 f64_gemm_t;
+typedef pack_size_t_f32 f32_pack_size_t;
+typedef pack_size_t_f64 f64_pack_size_t;
+typedef pack_t_f32 f32_pack_t;
+typedef pack_t_f64 f64_pack_t;
+typedef compute_t_f32 f32_compute_t;
+typedef compute_t_f64 f64_compute_t;
+typedef blas_t_f32 f32_blas_t;
+typedef blas_t_f64 f64_blas_t;
+typedef operand_t_f32 f32_operand_t;
+typedef operand_t_f64 f64_operand_t;
+
 static PyObject *py_forward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[28];
-    if (parse_ints(args, nargs, 28, "forward_loop", a) < 0) return NULL;
-    CHECK_ACT("forward_loop", a[26]);
-    CHECK_ACT("forward_loop", a[27]);
+    long long a[31];
+    if (parse_ints(args, nargs, 31, "forward_loop", a) < 0) return NULL;
+    CHECK_ACT("forward_loop", a[29]);
+    CHECK_ACT("forward_loop", a[30]);
     if (a[1] == 0) {
         PyErr_SetString(PyExc_ValueError, "forward_loop: expected the address of a BLAS gemm, received 0");
         return NULL;
     }
-#define CALL(REAL, fn, gemm_t)                                                                               \
-    fn((gemm_t)(uintptr_t)a[1], (int)a[2], (long)a[3], (long)a[4], (long)a[5], (long)a[6], (int)a[7],       \
-       PTR(REAL, a[8]), PTR(REAL, a[9]), PTR(REAL, a[10]), PTR(REAL, a[11]), PTR(const uint8_t, a[12]),     \
-       (int)a[13], PTR(const REAL, a[14]), (int)a[15], PTR(REAL, a[16]), PTR(REAL, a[17]), PTR(REAL, a[18]), \
-       PTR(const REAL, a[19]), PTR(REAL, a[20]), PTR(REAL, a[21]), PTR(REAL, a[22]), PTR(const REAL, a[23]), \
-       PTR(const REAL, a[24]), PTR(REAL, a[25]), (int)a[26], (int)a[27])
-    Py_BEGIN_ALLOW_THREADS
-    if (a[0]) CALL(double, forward_loop_f64, gemm_t_f64); else CALL(float, forward_loop_f32, gemm_t_f32);
-    Py_END_ALLOW_THREADS
+#define CALL(REAL, fn, blas)                                                                                 \
+    fn(&blas, (int)a[5], (long)a[6], (long)a[7], (long)a[8], (long)a[9], (int)a[10], PTR(REAL, a[11]),      \
+       PTR(REAL, a[12]), PTR(REAL, a[13]), PTR(REAL, a[14]), PTR(const uint8_t, a[15]), (int)a[16],         \
+       PTR(const REAL, a[17]), (int)a[18], PTR(REAL, a[19]), PTR(REAL, a[20]), PTR(REAL, a[21]),            \
+       PTR(const REAL, a[22]), PTR(REAL, a[23]), PTR(REAL, a[24]), PTR(REAL, a[25]), PTR(const REAL, a[26]), \
+       PTR(const REAL, a[27]), PTR(REAL, a[28]), (int)a[29], (int)a[30])
+    if (a[0]) {
+        BLAS(f64, blas)
+        Py_BEGIN_ALLOW_THREADS
+        CALL(double, forward_loop_f64, blas);
+        Py_END_ALLOW_THREADS
+    } else {
+        BLAS(f32, blas)
+        Py_BEGIN_ALLOW_THREADS
+        CALL(float, forward_loop_f32, blas);
+        Py_END_ALLOW_THREADS
+    }
 #undef CALL
     Py_RETURN_NONE;
 }
 
 static PyObject *py_backward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[26];
-    if (parse_ints(args, nargs, 26, "backward_loop", a) < 0) return NULL;
-    CHECK_ACT("backward_loop", a[24]);
-    CHECK_ACT("backward_loop", a[25]);
+    long long a[29];
+    if (parse_ints(args, nargs, 29, "backward_loop", a) < 0) return NULL;
+    CHECK_ACT("backward_loop", a[27]);
+    CHECK_ACT("backward_loop", a[28]);
     if (a[1] == 0) {
         PyErr_SetString(PyExc_ValueError, "backward_loop: expected the address of a BLAS gemm, received 0");
         return NULL;
     }
-#define CALL(REAL, fn, gemm_t)                                                                              \
-    fn((gemm_t)(uintptr_t)a[1], (long)a[2], (long)a[3], (long)a[4], (long)a[5], (int)a[6], PTR(REAL, a[7]), \
-       PTR(const REAL, a[8]), PTR(const REAL, a[9]), PTR(const uint8_t, a[10]), PTR(REAL, a[11]),           \
-       PTR(REAL, a[12]), PTR(REAL, a[13]), PTR(REAL, a[14]), PTR(REAL, a[15]), PTR(REAL, a[16]),            \
-       PTR(const REAL, a[17]), PTR(REAL, a[18]), PTR(REAL, a[19]), PTR(const REAL, a[20]),                  \
-       PTR(const REAL, a[21]), (int)a[22], PTR(REAL, a[23]), (int)a[24], (int)a[25])
-    Py_BEGIN_ALLOW_THREADS
-    if (a[0]) CALL(double, backward_loop_f64, gemm_t_f64); else CALL(float, backward_loop_f32, gemm_t_f32);
-    Py_END_ALLOW_THREADS
+#define CALL(REAL, fn, blas)                                                                                \
+    fn(&blas, (long)a[5], (long)a[6], (long)a[7], (long)a[8], (int)a[9], PTR(REAL, a[10]),                 \
+       PTR(const REAL, a[11]), PTR(const REAL, a[12]), PTR(const uint8_t, a[13]), PTR(REAL, a[14]),         \
+       PTR(REAL, a[15]), PTR(REAL, a[16]), PTR(REAL, a[17]), PTR(REAL, a[18]), PTR(REAL, a[19]),            \
+       PTR(const REAL, a[20]), PTR(REAL, a[21]), PTR(REAL, a[22]), PTR(const REAL, a[23]),                  \
+       PTR(const REAL, a[24]), (int)a[25], PTR(REAL, a[26]), (int)a[27], (int)a[28])
+    if (a[0]) {
+        BLAS(f64, blas)
+        Py_BEGIN_ALLOW_THREADS
+        CALL(double, backward_loop_f64, blas);
+        Py_END_ALLOW_THREADS
+    } else {
+        BLAS(f32, blas)
+        Py_BEGIN_ALLOW_THREADS
+        CALL(float, backward_loop_f32, blas);
+        Py_END_ALLOW_THREADS
+    }
+#undef CALL
+    Py_RETURN_NONE;
+}
+
+/* C (M, N) = A (M, K) op(W) once through the loops' product helper, packed when the sizes ask for it: the
+ * driver's check of the BLAS functions it found */
+static PyObject *py_product(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long a[15];
+    if (parse_ints(args, nargs, 15, "product", a) < 0) return NULL;
+    if (a[1] == 0) {
+        PyErr_SetString(PyExc_ValueError, "product: expected the address of a BLAS gemm, received 0");
+        return NULL;
+    }
+    /* a[5] trans, a[6..8] M N K, a[9] A, a[10] lda, a[11] W, a[12] ldw, a[13] C, a[14] ldc */
+#define CALL(R, REAL)                                                                                        \
+    do {                                                                                                     \
+        BLAS(R, blas)                                                                                        \
+        R##_operand_t op = {PTR(const REAL, a[11]), (long)a[12], (int)a[5], NULL};                           \
+        operand_pack_##R(&blas, &op, (long)a[6], (long)a[7], (long)a[8]);                                    \
+        product_##R(&blas, &op, (long)a[6], (long)a[7], (long)a[8], PTR(const REAL, a[9]), (long)a[10],       \
+                    PTR(REAL, a[13]), (long)a[14]);                                                          \
+        free(op.packed);                                                                                     \
+    } while (0)
+    if (a[0]) CALL(f64, double); else CALL(f32, float);
 #undef CALL
     Py_RETURN_NONE;
 }
@@ -269,6 +335,7 @@ static PyMethodDef methods[] = {
     {"backward_step", (PyCFunction)(void (*)(void))py_backward_step, METH_FASTCALL, "one backward step"},
     {"forward_loop", (PyCFunction)(void (*)(void))py_forward_loop, METH_FASTCALL, "the forward time loop"},
     {"backward_loop", (PyCFunction)(void (*)(void))py_backward_loop, METH_FASTCALL, "the backward time loop"},
+    {"product", (PyCFunction)(void (*)(void))py_product, METH_FASTCALL, "one checked matrix product"},
     {"activation", (PyCFunction)(void (*)(void))py_activation, METH_FASTCALL, "an activation over a buffer"},
     {NULL, NULL, 0, NULL},
 };
