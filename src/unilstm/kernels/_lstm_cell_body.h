@@ -421,7 +421,7 @@ static void NAME(operand_pack)(const NAME(blas_t) * blas, NAME(operand_t) * op, 
     if (blas->pack_size == NULL || M < 16 || (double)N * (double)K < 262144.0) return;
     size_t bytes = blas->pack_size(CBLAS_B_MATRIX, M, N, K);
     if (bytes == 0) return;
-    REAL *buffer = (REAL *)malloc(bytes);
+    REAL *buffer = (REAL *)aligned_alloc(64, (bytes + 63) / 64 * 64); /* cache-line aligned, as MKL advises */
     if (buffer == NULL) return; /* no memory for the copy: the plain gemm still works */
     blas->pack(CBLAS_ROW_MAJOR, CBLAS_B_MATRIX, op->trans ? CBLAS_TRANS : CBLAS_NO_TRANS, M, N, K, (REAL)1,
                op->w, op->ld, buffer);

@@ -229,4 +229,5 @@ def run_stack(
         if training and spec.dropout > 0.0 and layer < len(layers) - 1:
             layer_output = F.dropout(layer_output, p=spec.dropout, training=True)
         layer_input = layer_output
+    # stacked copies: a kernel's h_T may share memory with its output sequence
     return layer_input, torch.stack(h_n), torch.stack(c_n)

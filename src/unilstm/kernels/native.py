@@ -472,33 +472,37 @@ def run_direction_native(
         cfg, x.contiguous(), h0.contiguous(), c0.contiguous(), weights.w_ih, weights.w_hh, weights.b_ih,
         weights.b_hh, weights.w_hr, run.input_dropout_mask, run.recurrent_dropout_mask, mask,
     )
-    tensors = [a for a in args[1:] if isinstance(a, Tensor)]
-    same_type = all(t.dtype == x.dtype and t.device == x.device for t in tensors if t is not mask)
-    if not (same_type and _shapes_agree(x, h0, c0, weights, run)):
+    if not _buffers_agree(x, h0, c0, weights, run):
         # the C loop reads raw buffers of x's type and of these shapes: anything else goes to the loop
         # whose torch ops check them and raise torch's errors
         return run_direction_reference(x, h0, c0, weights, run)
-    # autocast off: every product must stay in x's dtype, the C loop reads the buffers as such
+    if not _needs_graph(args):  # inference (streaming): no autograd.Function bookkeeping
+        if torch.is_autocast_enabled("cpu"):
+            with torch.autocast(device_type="cpu", enabled=False):  # products must stay in x's dtype
+                return _forward_pass(*args, save=False)[0]
+        return _forward_pass(*args, save=False)[0]
     with torch.autocast(device_type="cpu", enabled=False):
-        if not _needs_graph(args):  # inference (streaming): no autograd.Function bookkeeping
-            return _forward_pass(*args, save=False)[0]
         return _NativeLSTM.apply(*args)
 
 
-def _shapes_agree(x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:
+def _buffers_agree(x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:
+    """Every tensor the C loop reads has x's dtype and device and the shape the run implies."""
     T, B, F = x.shape
     H, P = c0.shape[-1], h0.shape[-1]
+    if weights.w_hr is None and P != H:
+        return False
     expected = [
         (h0, (B, P)), (c0, (B, H)), (weights.w_ih, (4 * H, F)), (weights.w_hh, (4 * H, P)),
         (weights.b_ih, (4 * H,)), (weights.b_hh, (4 * H,)), (weights.w_hr, (P, H) if P != H else None),
-        (run.step_mask, (T, B)),
     ]
     for mask, width in ((run.input_dropout_mask, F), (run.recurrent_dropout_mask, P)):
         if mask is not None:
             expected.append((mask, (GATES, B, width) if mask.dim() == 3 else (B, width)))
-    if weights.w_hr is None and P != H:
-        return False
-    return all(t is None or tuple(t.shape) == shape for t, shape in expected)
+    dtype, device = x.dtype, x.device
+    for tensor, shape in expected:
+        if tensor is not None and (tensor.shape != shape or tensor.dtype != dtype or tensor.device != device):
+            return False
+    return run.step_mask is None or run.step_mask.shape == (T, B)
 
 
 def _needs_graph(args: tuple) -> bool:
