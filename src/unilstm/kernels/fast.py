@@ -226,6 +226,23 @@ def per_gate_weight_grad(dZ: Tensor, values: Tensor, mask: Tensor | None) -> Ten
         masked = shared.reshape(1, rows, width).expand(GATES, rows, width)
     return torch.bmm(dZ.transpose(1, 2), masked).reshape(-1, width)
 
+
+def backward_outputs(
+    needs: tuple[bool, ...], has_bias: tuple[bool, bool], dx: Tensor | None, dh: Tensor, dc: Tensor,
+    dwih: Tensor | None, dwhh: Tensor | None, db: Tensor | None, dwhr: Tensor | None,
+) -> tuple:
+    """The backward result of the fast and native autograd Functions, whose ``forward`` takes
+    (cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask): one bias gradient ``db`` serves both
+    biases (b_ih and b_hh enter as a sum), as separate tensors when both exist."""
+    has_bih, has_bhh = has_bias
+    db_ih = db if has_bih and needs[6] else None
+    db_hh = db if has_bhh and needs[7] else None
+    if db_ih is not None and db_hh is not None:
+        db_hh = db.clone()
+    return (None, dx, dh if needs[2] else None, dc if needs[3] else None, dwih, dwhh, db_ih, db_hh, dwhr,
+            None, None, None)
+
+
 class _FastLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask):  # noqa: N805
@@ -534,13 +551,7 @@ class _FastLSTM(torch.autograd.Function):
                         dx.mul_(mx)
         if proj and needs[8]:
             dwhr = torch.mm(DH.view(T * B, P).t(), R.view(T * B, H))
-        has_bih, has_bhh = ctx.has_bias
-        db_ih = db if has_bih and needs[6] else None
-        db_hh = db if has_bhh and needs[7] else None
-        if db_ih is not None and db_hh is not None:
-            db_hh = db.clone()
-        return (None, dx, dh if needs[2] else None, dc if needs[3] else None, dwih, dwhh, db_ih, db_hh, dwhr,
-                None, None, None)
+        return backward_outputs(needs, ctx.has_bias, dx, dh, dc, dwih, dwhh, db, dwhr)
 
 
 @opaque_to_compile

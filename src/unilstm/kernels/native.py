@@ -38,7 +38,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import activations as A
-from .fast import per_gate_weight_grad
+from .fast import backward_outputs, per_gate_weight_grad
 from .opaque import opaque_to_compile
 from .reference import GATES, DirectionRun, DirectionWeights, run_direction_reference
 
@@ -444,13 +444,7 @@ class _NativeLSTM(torch.autograd.Function):
                     dx.mul_(mx)
         if proj and needs[8]:
             dwhr = torch.mm(DH.view(T * B, P).t(), R.view(T * B, H))
-        has_bih, has_bhh = ctx.has_bias
-        db_ih = db if has_bih and needs[6] else None
-        db_hh = db if has_bhh and needs[7] else None
-        if db_ih is not None and db_hh is not None:
-            db_hh = db.clone()
-        return (None, dx, dh if needs[2] else None, dc if needs[3] else None, dwih, dwhh, db_ih, db_hh, dwhr,
-                None, None, None)
+        return backward_outputs(needs, ctx.has_bias, dx, dh, dc, dwih, dwhh, db, dwhr)
 
 
 @opaque_to_compile
