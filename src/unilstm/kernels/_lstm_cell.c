@@ -215,6 +215,24 @@ static PyObject *py_backward_step(PyObject *self, PyObject *const *args, Py_ssiz
         dst.pack = (R##_pack_t)(uintptr_t)a[3];                                                      \
         dst.compute = (R##_compute_t)(uintptr_t)a[4];                                                \
     }
+#define CHECK_GEMM(name, v)                                                                         \
+    if ((v) == 0) {                                                                                 \
+        PyErr_SetString(PyExc_ValueError, name ": expected the address of a BLAS gemm, received 0"); \
+        return NULL;                                                                                \
+    }
+/* CALL(REAL, fn, blas) for the dtype flag a[0], with the BLAS functions of a[1..4], without the GIL */
+#define RUN_WITHOUT_GIL(fn)                   \
+    if (a[0]) {                               \
+        BLAS(f64, blas)                       \
+        Py_BEGIN_ALLOW_THREADS                \
+        CALL(double, fn##_f64, blas);         \
+        Py_END_ALLOW_THREADS                  \
+    } else {                                  \
+        BLAS(f32, blas)                       \
+        Py_BEGIN_ALLOW_THREADS                \
+        CALL(float, fn##_f32, blas);          \
+        Py_END_ALLOW_THREADS                  \
+    }
 typedef gemm_t_f32 f32_gemm_t;
 typedef gemm_t_f64 f64_gemm_t;
 typedef pack_size_t_f32 f32_pack_size_t;
@@ -233,27 +251,14 @@ static PyObject *py_forward_loop(PyObject *self, PyObject *const *args, Py_ssize
     if (parse_ints(args, nargs, 31, "forward_loop", a) < 0) return NULL;
     CHECK_ACT("forward_loop", a[29]);
     CHECK_ACT("forward_loop", a[30]);
-    if (a[1] == 0) {
-        PyErr_SetString(PyExc_ValueError, "forward_loop: expected the address of a BLAS gemm, received 0");
-        return NULL;
-    }
+    CHECK_GEMM("forward_loop", a[1]);
 #define CALL(REAL, fn, blas)                                                                                 \
     fn(&blas, (int)a[5], (long)a[6], (long)a[7], (long)a[8], (long)a[9], (int)a[10], PTR(REAL, a[11]),      \
        PTR(REAL, a[12]), PTR(REAL, a[13]), PTR(REAL, a[14]), PTR(const uint8_t, a[15]), (int)a[16],         \
        PTR(const REAL, a[17]), (int)a[18], PTR(REAL, a[19]), PTR(REAL, a[20]), PTR(REAL, a[21]),            \
        PTR(const REAL, a[22]), PTR(REAL, a[23]), PTR(REAL, a[24]), PTR(REAL, a[25]), PTR(const REAL, a[26]), \
        PTR(const REAL, a[27]), PTR(REAL, a[28]), (int)a[29], (int)a[30])
-    if (a[0]) {
-        BLAS(f64, blas)
-        Py_BEGIN_ALLOW_THREADS
-        CALL(double, forward_loop_f64, blas);
-        Py_END_ALLOW_THREADS
-    } else {
-        BLAS(f32, blas)
-        Py_BEGIN_ALLOW_THREADS
-        CALL(float, forward_loop_f32, blas);
-        Py_END_ALLOW_THREADS
-    }
+    RUN_WITHOUT_GIL(forward_loop);
 #undef CALL
     Py_RETURN_NONE;
 }
@@ -263,27 +268,14 @@ static PyObject *py_backward_loop(PyObject *self, PyObject *const *args, Py_ssiz
     if (parse_ints(args, nargs, 29, "backward_loop", a) < 0) return NULL;
     CHECK_ACT("backward_loop", a[27]);
     CHECK_ACT("backward_loop", a[28]);
-    if (a[1] == 0) {
-        PyErr_SetString(PyExc_ValueError, "backward_loop: expected the address of a BLAS gemm, received 0");
-        return NULL;
-    }
+    CHECK_GEMM("backward_loop", a[1]);
 #define CALL(REAL, fn, blas)                                                                                \
     fn(&blas, (long)a[5], (long)a[6], (long)a[7], (long)a[8], (int)a[9], PTR(REAL, a[10]),                 \
        PTR(const REAL, a[11]), PTR(const REAL, a[12]), PTR(const uint8_t, a[13]), PTR(REAL, a[14]),         \
        PTR(REAL, a[15]), PTR(REAL, a[16]), PTR(REAL, a[17]), PTR(REAL, a[18]), PTR(REAL, a[19]),            \
        PTR(const REAL, a[20]), PTR(REAL, a[21]), PTR(REAL, a[22]), PTR(const REAL, a[23]),                  \
        PTR(const REAL, a[24]), (int)a[25], PTR(REAL, a[26]), (int)a[27], (int)a[28])
-    if (a[0]) {
-        BLAS(f64, blas)
-        Py_BEGIN_ALLOW_THREADS
-        CALL(double, backward_loop_f64, blas);
-        Py_END_ALLOW_THREADS
-    } else {
-        BLAS(f32, blas)
-        Py_BEGIN_ALLOW_THREADS
-        CALL(float, backward_loop_f32, blas);
-        Py_END_ALLOW_THREADS
-    }
+    RUN_WITHOUT_GIL(backward_loop);
 #undef CALL
     Py_RETURN_NONE;
 }
@@ -293,10 +285,7 @@ static PyObject *py_backward_loop(PyObject *self, PyObject *const *args, Py_ssiz
 static PyObject *py_product(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     long long a[15];
     if (parse_ints(args, nargs, 15, "product", a) < 0) return NULL;
-    if (a[1] == 0) {
-        PyErr_SetString(PyExc_ValueError, "product: expected the address of a BLAS gemm, received 0");
-        return NULL;
-    }
+    CHECK_GEMM("product", a[1]);
     /* a[5] trans, a[6..8] M N K, a[9] A, a[10] lda, a[11] W, a[12] ldw, a[13] C, a[14] ldc */
 #define CALL(R, REAL)                                                                                        \
     do {                                                                                                     \
