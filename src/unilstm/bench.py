@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,7 +110,7 @@ def make_mask(kind: str | None, T: int, B: int, seed: int = 0) -> torch.Tensor |
     return torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
 
 
-def saved_bytes(fn: Callable[[], torch.Tensor], live: list[torch.Tensor] = ()) -> int:
+def saved_bytes(fn: Callable[[], torch.Tensor], live: Sequence[torch.Tensor] = ()) -> int:
     """Bytes of the tensors autograd saves for backward while ``fn`` runs (each storage once), leaving out
     the storages of ``live`` (parameters and inputs: saving them costs no memory, they exist anyway)."""
     seen: dict[int, int] = {}
