@@ -556,16 +556,16 @@ def test_c_entry_points_check_their_arguments():
             cell.backward_step(*([0] * 22), 2, bad)
         with pytest.raises(ValueError, match="activation id"):
             cell.activation(0, bad, 0, 0, 0, 0, 0)
-        for loop, count in ((cell.forward_loop, 31), (cell.backward_loop, 29)):
+        for loop, count in ((cell.forward_loop, 32), (cell.backward_loop, 30)):
             with pytest.raises(ValueError, match="activation id"):
                 loop(*([0] * (count - 2)), bad, 1)
             with pytest.raises(ValueError, match="activation id"):
                 loop(*([0] * (count - 2)), 1, bad)
-    for loop, count in ((cell.forward_loop, 31), (cell.backward_loop, 29)):  # gemm address 0
+    for loop, count in ((cell.forward_loop, 32), (cell.backward_loop, 30)):  # gemm address 0
         with pytest.raises(ValueError, match="BLAS gemm"):
             loop(*([0] * (count - 2)), 1, 2)
     for fn, count in ((cell.forward_step, 22), (cell.backward_step, 24), (cell.finish_hidden, 13),
-                      (cell.forward_loop, 31), (cell.backward_loop, 29), (cell.activation, 7)):
+                      (cell.forward_loop, 32), (cell.backward_loop, 30), (cell.activation, 7)):
         for wrong in (0, count - 1, count + 1):
             with pytest.raises(TypeError, match="expected"):
                 fn(*([0] * wrong))
@@ -821,6 +821,31 @@ def test_packed_product_entry_point_matches_torch():
         a, w = torch.randn(M, K, generator=g), torch.randn(K, N, generator=g)
         for trans, stored in ((0, w), (1, w.t().contiguous())):
             got = torch.empty(M, N)
-            native._lstm_cell.product(0, gemm, *pack, trans, M, N, K, a.data_ptr(), K, stored.data_ptr(),
+            native._lstm_cell.product(0, gemm, *pack, 0, trans, M, N, K, a.data_ptr(), K, stored.data_ptr(),
                                       K if trans else N, got.data_ptr(), N)
             torch.testing.assert_close(got, a @ w, rtol=1e-5, atol=1e-4)
+
+
+# -- 13. MKL's batched GEMM (the four per-gate products of per-gate recurrent dropout masks) ------------
+@needs_extension
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("P", [0, 3])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_per_gate_products_batched_or_four_calls(batched, P, dtype, monkeypatch):
+    """Per-gate recurrent masks run their four products per step as one cblas_?gemm_batch call (where the
+    BLAS exports it) or as four gemm calls: both equal the reference, forward and gradients."""
+    if not native.blas_gemm(dtype):
+        pytest.skip("no BLAS gemm exported by this torch build: the per-step loop runs instead")
+    if batched and not native.blas_functions(dtype)[4]:
+        pytest.skip("no cblas_?gemm_batch exported by this torch build: four calls run instead")
+    if not batched:
+        monkeypatch.setattr(native, "_BLAS_BATCH", {})
+    T, B = 7, 5
+    mask = torch.rand(T, B, generator=torch.Generator().manual_seed(2)) > 0.3
+    case = make_case(31, T=T, B=B, F=4, H=6, P=P, mask=mask, reverse=True, mh_kind="per_gate",
+                     mx_kind="per_gate", act="relu")
+    want = reference_results(("per_gate_batch", P), case)
+    case = cast_case(*case, dtype)
+    got = results(run_direction_native, *case)
+    tol = 1e-9 if dtype == torch.float64 else 2e-5
+    assert_results_close(got, want, rtol=tol, atol=tol, context=f"batched={batched}", scaled=True)

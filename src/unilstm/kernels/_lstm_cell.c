@@ -54,7 +54,7 @@ enum {
     ACT_COUNT = 15
 };
 
-/* CBLAS constants (MKL's values) for the packed GEMM */
+/* CBLAS constants (MKL's values) for the packed and batched GEMMs */
 enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112, CBLAS_PACKED = 151, CBLAS_B_MATRIX = 162 };
 
 #define SELU_ALPHA 1.6732632423543772848170429916717
@@ -206,10 +206,10 @@ static PyObject *py_backward_step(PyObject *self, PyObject *const *args, Py_ssiz
 }
 
 /* Whole loops (see _lstm_cell_body.h); the GIL is released: they touch only the buffers they are given.
- * After the dtype flag come the addresses of gemm and, optionally (all three or none), MKL's
- * ?gemm_pack_get_size, ?gemm_pack and ?gemm_compute. */
+ * After the dtype flag come the addresses of gemm, optionally (all three or none) MKL's
+ * ?gemm_pack_get_size, ?gemm_pack and ?gemm_compute, and optionally (0 for none) cblas_?gemm_batch. */
 #define BLAS(R, dst)                                                                                 \
-    R##_blas_t dst = {(R##_gemm_t)(uintptr_t)a[1], NULL, NULL, NULL};                                \
+    R##_blas_t dst = {(R##_gemm_t)(uintptr_t)a[1], NULL, NULL, NULL, (R##_batch_t)(uintptr_t)a[5]};  \
     if (a[2] != 0 && a[3] != 0 && a[4] != 0) {                                                       \
         dst.pack_size = (R##_pack_size_t)(uintptr_t)a[2];                                            \
         dst.pack = (R##_pack_t)(uintptr_t)a[3];                                                      \
@@ -220,7 +220,7 @@ static PyObject *py_backward_step(PyObject *self, PyObject *const *args, Py_ssiz
         PyErr_SetString(PyExc_ValueError, name ": expected the address of a BLAS gemm, received 0"); \
         return NULL;                                                                                \
     }
-/* CALL(REAL, fn, blas) for the dtype flag a[0], with the BLAS functions of a[1..4], without the GIL */
+/* CALL(REAL, fn, blas) for the dtype flag a[0], with the BLAS functions of a[1..5], without the GIL */
 #define RUN_WITHOUT_GIL(fn)                   \
     if (a[0]) {                               \
         BLAS(f64, blas)                       \
@@ -241,40 +241,42 @@ typedef pack_t_f32 f32_pack_t;
 typedef pack_t_f64 f64_pack_t;
 typedef compute_t_f32 f32_compute_t;
 typedef compute_t_f64 f64_compute_t;
+typedef batch_t_f32 f32_batch_t;
+typedef batch_t_f64 f64_batch_t;
 typedef blas_t_f32 f32_blas_t;
 typedef blas_t_f64 f64_blas_t;
 typedef operand_t_f32 f32_operand_t;
 typedef operand_t_f64 f64_operand_t;
 
 static PyObject *py_forward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[31];
-    if (parse_ints(args, nargs, 31, "forward_loop", a) < 0) return NULL;
-    CHECK_ACT("forward_loop", a[29]);
+    long long a[32];
+    if (parse_ints(args, nargs, 32, "forward_loop", a) < 0) return NULL;
     CHECK_ACT("forward_loop", a[30]);
+    CHECK_ACT("forward_loop", a[31]);
     CHECK_GEMM("forward_loop", a[1]);
 #define CALL(REAL, fn, blas)                                                                                 \
-    fn(&blas, (int)a[5], (long)a[6], (long)a[7], (long)a[8], (long)a[9], (int)a[10], PTR(REAL, a[11]),      \
-       PTR(REAL, a[12]), PTR(REAL, a[13]), PTR(REAL, a[14]), PTR(const uint8_t, a[15]), (int)a[16],         \
-       PTR(const REAL, a[17]), (int)a[18], PTR(REAL, a[19]), PTR(REAL, a[20]), PTR(REAL, a[21]),            \
-       PTR(const REAL, a[22]), PTR(REAL, a[23]), PTR(REAL, a[24]), PTR(REAL, a[25]), PTR(const REAL, a[26]), \
-       PTR(const REAL, a[27]), PTR(REAL, a[28]), (int)a[29], (int)a[30])
+    fn(&blas, (int)a[6], (long)a[7], (long)a[8], (long)a[9], (long)a[10], (int)a[11], PTR(REAL, a[12]),      \
+       PTR(REAL, a[13]), PTR(REAL, a[14]), PTR(REAL, a[15]), PTR(const uint8_t, a[16]), (int)a[17],         \
+       PTR(const REAL, a[18]), (int)a[19], PTR(REAL, a[20]), PTR(REAL, a[21]), PTR(REAL, a[22]),            \
+       PTR(const REAL, a[23]), PTR(REAL, a[24]), PTR(REAL, a[25]), PTR(REAL, a[26]), PTR(const REAL, a[27]), \
+       PTR(const REAL, a[28]), PTR(REAL, a[29]), (int)a[30], (int)a[31])
     RUN_WITHOUT_GIL(forward_loop);
 #undef CALL
     Py_RETURN_NONE;
 }
 
 static PyObject *py_backward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[29];
-    if (parse_ints(args, nargs, 29, "backward_loop", a) < 0) return NULL;
-    CHECK_ACT("backward_loop", a[27]);
+    long long a[30];
+    if (parse_ints(args, nargs, 30, "backward_loop", a) < 0) return NULL;
     CHECK_ACT("backward_loop", a[28]);
+    CHECK_ACT("backward_loop", a[29]);
     CHECK_GEMM("backward_loop", a[1]);
 #define CALL(REAL, fn, blas)                                                                                \
-    fn(&blas, (long)a[5], (long)a[6], (long)a[7], (long)a[8], (int)a[9], PTR(REAL, a[10]),                 \
-       PTR(const REAL, a[11]), PTR(const REAL, a[12]), PTR(const uint8_t, a[13]), PTR(REAL, a[14]),         \
-       PTR(REAL, a[15]), PTR(REAL, a[16]), PTR(REAL, a[17]), PTR(REAL, a[18]), PTR(REAL, a[19]),            \
-       PTR(const REAL, a[20]), PTR(REAL, a[21]), PTR(REAL, a[22]), PTR(const REAL, a[23]),                  \
-       PTR(const REAL, a[24]), (int)a[25], PTR(REAL, a[26]), (int)a[27], (int)a[28])
+    fn(&blas, (long)a[6], (long)a[7], (long)a[8], (long)a[9], (int)a[10], PTR(REAL, a[11]),                 \
+       PTR(const REAL, a[12]), PTR(const REAL, a[13]), PTR(const uint8_t, a[14]), PTR(REAL, a[15]),         \
+       PTR(REAL, a[16]), PTR(REAL, a[17]), PTR(REAL, a[18]), PTR(REAL, a[19]), PTR(REAL, a[20]),            \
+       PTR(const REAL, a[21]), PTR(REAL, a[22]), PTR(REAL, a[23]), PTR(const REAL, a[24]),                  \
+       PTR(const REAL, a[25]), (int)a[26], PTR(REAL, a[27]), (int)a[28], (int)a[29])
     RUN_WITHOUT_GIL(backward_loop);
 #undef CALL
     Py_RETURN_NONE;
@@ -283,17 +285,17 @@ static PyObject *py_backward_loop(PyObject *self, PyObject *const *args, Py_ssiz
 /* C (M, N) = A (M, K) op(W) once through the loops' product helper, packed when the sizes ask for it: the
  * driver's check of the BLAS functions it found */
 static PyObject *py_product(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[15];
-    if (parse_ints(args, nargs, 15, "product", a) < 0) return NULL;
+    long long a[16];
+    if (parse_ints(args, nargs, 16, "product", a) < 0) return NULL;
     CHECK_GEMM("product", a[1]);
-    /* a[5] trans, a[6..8] M N K, a[9] A, a[10] lda, a[11] W, a[12] ldw, a[13] C, a[14] ldc */
+    /* a[6] trans, a[7..9] M N K, a[10] A, a[11] lda, a[12] W, a[13] ldw, a[14] C, a[15] ldc */
 #define CALL(R, REAL)                                                                                        \
     do {                                                                                                     \
         BLAS(R, blas)                                                                                        \
-        R##_operand_t op = {PTR(const REAL, a[11]), (long)a[12], (int)a[5], NULL};                           \
-        operand_pack_##R(&blas, &op, (long)a[6], (long)a[7], (long)a[8]);                                    \
-        product_##R(&blas, &op, (long)a[6], (long)a[7], (long)a[8], PTR(const REAL, a[9]), (long)a[10],       \
-                    PTR(REAL, a[13]), (long)a[14]);                                                          \
+        R##_operand_t op = {PTR(const REAL, a[12]), (long)a[13], (int)a[6], NULL};                           \
+        operand_pack_##R(&blas, &op, (long)a[7], (long)a[8], (long)a[9]);                                    \
+        product_##R(&blas, &op, (long)a[7], (long)a[8], (long)a[9], PTR(const REAL, a[10]), (long)a[11],       \
+                    PTR(REAL, a[14]), (long)a[15]);                                                          \
         free(op.packed);                                                                                     \
     } while (0)
     if (a[0]) CALL(f64, double); else CALL(f32, float);

@@ -399,11 +399,19 @@ typedef void (*NAME(pack_t))(int64_t, int64_t, int64_t, int64_t, int64_t, int64_
 typedef void (*NAME(compute_t))(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const REAL *, int64_t,
                                 const REAL *, int64_t, REAL, REAL *, int64_t);
 
+/* cblas_?gemm_batch, one group: every array holds one value. Integers and enums go by pointer as int64_t:
+ * with one group an LP64 library reads the low 32 bits of element 0, which hold the same (small) value,
+ * and an ILP64 one all 64; group_count goes by value as for the packed functions. */
+typedef void (*NAME(batch_t))(int64_t, const int64_t *, const int64_t *, const int64_t *, const int64_t *,
+                              const int64_t *, const REAL *, const REAL **, const int64_t *, const REAL **,
+                              const int64_t *, const REAL *, REAL **, const int64_t *, int64_t, const int64_t *);
+
 typedef struct {
     NAME(gemm_t) gemm;
     NAME(pack_size_t) pack_size; /* the three are NULL together when packing is not available */
     NAME(pack_t) pack;
     NAME(compute_t) compute;
+    NAME(batch_t) batch; /* NULL when not available: four gemm calls instead */
 } NAME(blas_t);
 
 /* the right operand of row-major products X (M, K) W (K, N): W itself or, with trans, W^T stored (N, K) */
@@ -436,6 +444,33 @@ static void NAME(product)(const NAME(blas_t) * blas, const NAME(operand_t) * op,
                       ldc);
     else
         NAME(gemm_rows)(blas->gemm, M, N, K, A, lda, op->w, op->ld, op->trans, C, ldc);
+}
+
+/*
+ * The four per-gate products of per-gate dropout masks, C_k (M, N) = A_k (M, K) op(W_k) for k = 0..3, with
+ * A_k = A + k * a_step, W_k = W + k * w_step (trans: stored (N, K)) and C_k = C + k * c_step, all
+ * row-major with leading dimensions K, ldw and N. One batched call where MKL exports it: on 2 cores four
+ * (32, 128) x (128, 128) products take 23-29 us batched against 33-53 us as four calls (one parallel
+ * region instead of four), as long as one (32, 128) x (128, 512) product.
+ */
+static void NAME(gate_products)(const NAME(blas_t) * blas, long M, long N, long K, const REAL *A, long a_step,
+                                const REAL *W, long w_step, long ldw, int trans, REAL *C, long c_step) {
+    if (blas->batch == NULL) {
+        for (int k = 0; k < 4; k++)
+            NAME(gemm_rows)(blas->gemm, M, N, K, A + k * a_step, K, W + k * w_step, ldw, trans, C + k * c_step, N);
+        return;
+    }
+    const int64_t ta = CBLAS_NO_TRANS, tb = trans ? CBLAS_TRANS : CBLAS_NO_TRANS, m = M, n = N, k = K;
+    const int64_t lda = K, ldb = ldw, ldc = N, group_size = 4;
+    const REAL one = 1, zero = 0;
+    const REAL *as[4], *ws[4];
+    REAL *cs[4];
+    for (int g = 0; g < 4; g++) {
+        as[g] = A + g * a_step;
+        ws[g] = W + g * w_step;
+        cs[g] = C + g * c_step;
+    }
+    blas->batch(CBLAS_ROW_MAJOR, &ta, &tb, &m, &n, &k, &one, as, &lda, ws, &ldb, &zero, cs, &ldc, 1, &group_size);
 }
 
 /* the rows of step t to treat as masked, or NULL when every row counts */
@@ -473,9 +508,7 @@ static void NAME(forward_loop)(const NAME(blas_t) * blas, int trans_w, long T, l
                 memcpy(hm_hist + (k * T + t) * B * P, hnext + k * B * P, (size_t)(B * P) * sizeof(REAL));
         }
         if (n_masks == 4) {
-            for (int k = 0; k < 4; k++)
-                NAME(gemm_rows)(blas->gemm, B, H, P, hnext + k * B * P, P, WrecT + k * P * H, trans_w ? P : H,
-                                trans_w, rec + k * B * H, H);
+            NAME(gate_products)(blas, B, H, P, hnext, B * P, WrecT, P * H, trans_w ? P : H, trans_w, rec, B * H);
         } else {
             NAME(product)(blas, &rec_w, B, 4 * H, P, hnext, P, rec, 4 * H);
         }
@@ -533,9 +566,7 @@ static void NAME(backward_loop)(const NAME(blas_t) * blas, long T, long B, long 
                                 dh_new, dh_tmp, prev_kp, mh, n_masks, dz, scratch, act, ract);
         }
         if (n_masks == 4) {
-            for (int k = 0; k < 4; k++)
-                NAME(gemm_rows)(blas->gemm, B, P, H, dz + k * B * H, H, Wrec + k * H * P, P, 0, dh_tmp + k * B * P,
-                                P);
+            NAME(gate_products)(blas, B, P, H, dz, B * H, Wrec, H * P, P, 0, dh_tmp, B * P);
         } else {
             NAME(product)(blas, &rec_w, B, P, 4 * H, dz, 4 * H, dh_tmp, P);
         }
