@@ -249,17 +249,19 @@ typedef operand_t_f32 f32_operand_t;
 typedef operand_t_f64 f64_operand_t;
 
 static PyObject *py_forward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[32];
-    if (parse_ints(args, nargs, 32, "forward_loop", a) < 0) return NULL;
-    CHECK_ACT("forward_loop", a[30]);
-    CHECK_ACT("forward_loop", a[31]);
+    long long a[39];
+    if (parse_ints(args, nargs, 39, "forward_loop", a) < 0) return NULL;
+    CHECK_ACT("forward_loop", a[37]);
+    CHECK_ACT("forward_loop", a[38]);
     CHECK_GEMM("forward_loop", a[1]);
 #define CALL(REAL, fn, blas)                                                                                 \
     fn(&blas, (int)a[6], (long)a[7], (long)a[8], (long)a[9], (long)a[10], (int)a[11], PTR(REAL, a[12]),      \
        PTR(REAL, a[13]), PTR(REAL, a[14]), PTR(REAL, a[15]), PTR(const uint8_t, a[16]), (int)a[17],         \
        PTR(const REAL, a[18]), (int)a[19], PTR(REAL, a[20]), PTR(REAL, a[21]), PTR(REAL, a[22]),            \
        PTR(const REAL, a[23]), PTR(REAL, a[24]), PTR(REAL, a[25]), PTR(REAL, a[26]), PTR(const REAL, a[27]), \
-       PTR(const REAL, a[28]), PTR(REAL, a[29]), (int)a[30], (int)a[31])
+       PTR(const REAL, a[28]), PTR(REAL, a[29]), PTR(const REAL, a[30]), (long)a[31], PTR(const REAL, a[32]), \
+       PTR(const REAL, a[33]), PTR(const REAL, a[34]), PTR(const REAL, a[35]), PTR(const REAL, a[36]),      \
+       (int)a[37], (int)a[38])
     RUN_WITHOUT_GIL(forward_loop);
 #undef CALL
     Py_RETURN_NONE;

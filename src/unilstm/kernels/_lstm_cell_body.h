@@ -383,11 +383,29 @@ typedef void (*NAME(gemm_t))(const char *, const char *, const int64_t *, const 
 
 /* row-major C (M, N) = A (M, K) B (K, N), as the column-major C^T = B^T A^T; with trans_b, Bm holds B^T
  * as (N, K) rows (a weight in its own (out, in) layout, no transposed copy) */
+static void NAME(gemm_rows_beta)(NAME(gemm_t) gemm, long M, long N, long K, const REAL *A, long lda,
+                                 const REAL *Bm, long ldb, int trans_b, REAL beta, REAL *C, long ldc) {
+    const int64_t m = N, n = M, k = K, la = ldb > 0 ? ldb : 1, lb = lda > 0 ? lda : 1, lc = ldc;
+    const REAL one = 1;
+    gemm(trans_b ? "T" : "N", "N", &m, &n, &k, &one, Bm, &la, A, &lb, &beta, C, &lc);
+}
+
 static void NAME(gemm_rows)(NAME(gemm_t) gemm, long M, long N, long K, const REAL *A, long lda, const REAL *Bm,
                             long ldb, int trans_b, REAL *C, long ldc) {
-    const int64_t m = N, n = M, k = K, la = ldb, lb = lda, lc = ldc;
-    const REAL one = 1, zero = 0;
-    gemm(trans_b ? "T" : "N", "N", &m, &n, &k, &one, Bm, &la, A, &lb, &zero, C, &lc);
+    NAME(gemm_rows_beta)(gemm, M, N, K, A, lda, Bm, ldb, trans_b, (REAL)0, C, ldc);
+}
+
+/* Z (M, N) = X (M, K) W^T + b_ih + b_hh with W stored (N, K), a weight's own layout; either bias may be
+ * NULL. The biases fill Z first and the product adds to them (beta = 1), as torch's addmm does. */
+static void NAME(project_inputs)(NAME(gemm_t) gemm, long M, long N, long K, const REAL *X, const REAL *W,
+                                 const REAL *b_ih, const REAL *b_hh, REAL *Z) {
+    REAL beta = 0;
+    if (b_ih != NULL || b_hh != NULL) {
+        for (long j = 0; j < N; j++) Z[j] = (b_ih != NULL ? b_ih[j] : (REAL)0) + (b_hh != NULL ? b_hh[j] : (REAL)0);
+        for (long r = 1; r < M; r++) memcpy(Z + r * N, Z, (size_t)N * sizeof(REAL));
+        beta = 1;
+    }
+    NAME(gemm_rows_beta)(gemm, M, N, K, X, K, W, K, 1, beta, Z, N);
 }
 
 /* MKL's packed GEMM (cblas_?gemm_pack / _compute), optional: the weight operand of the per-step products is
@@ -484,18 +502,37 @@ static const uint8_t *NAME(step_keep)(const uint8_t *keep, long t, long B) {
 
 /*
  * The forward loop of native.py's _forward_pass: Z (T, B, 4H) input projections, Hp (T+1, B, P) and
- * Cp (T+1, B, H) histories with the initial states in place, Obuf (T, B, P) outputs when masked, keep
- * (T, B) or NULL, hnext the first GEMM operand (h0, times mh), hm_hist (n_masks, T, B, P) or NULL the
- * record of that operand at every step, WrecT the recurrent weights as (P, 4H) or
- * gate-major (4, P, H), R (T, B, H) / rbuf / hcand / WhrT (H, P) for the projection, zeros (B, P). With
- * trans_w, WrecT and WhrT are the weights in their own layouts instead, W_hh (4H, P) and W_hr (P, H).
+ * Cp (T+1, B, H) histories, Obuf (T, B, P) outputs when masked, keep (T, B) or NULL, hnext (n_masks, B, P)
+ * room for the GEMM operand h_{t-1} (times mh), hm_hist (n_masks, T, B, P) or NULL the record of that
+ * operand at every step, WrecT the recurrent weights as (P, 4H) or gate-major (4, P, H), R (T, B, H) /
+ * rbuf / hcand / WhrT (H, P) for the projection, zeros (B, P). With trans_w, WrecT and WhrT are the weights
+ * in their own layouts instead, W_hh (4H, P) and W_hr (P, H).
+ * With X (T, B, F) given, the loop first computes Z = X W_ih^T + b_ih + b_hh itself (W_ih (4H, F), either
+ * bias NULL); otherwise Z holds it on entry. h0 (B, P) and c0 (B, H) are copied into the histories'
+ * first entries (index T when reverse); NULL means they are in place already.
  */
 static void NAME(forward_loop)(const NAME(blas_t) * blas, int trans_w, long T, long B, long H, long P, int reverse,
                                REAL *Z, REAL *Hp, REAL *Cp, REAL *Obuf, const uint8_t *keep, int zero_out,
                                const REAL *mh, int n_masks, REAL *hnext, REAL *hm_hist, REAL *rec,
                                const REAL *WrecT, REAL *R, REAL *rbuf, REAL *hcand, const REAL *WhrT,
-                               const REAL *zeros, REAL *scratch, int act, int ract) {
+                               const REAL *zeros, REAL *scratch, const REAL *X, long F, const REAL *W_ih,
+                               const REAL *b_ih, const REAL *b_hh, const REAL *h0, const REAL *c0, int act,
+                               int ract) {
     const REAL *prev = zeros;
+    const long first = reverse ? T : 0;
+    if (X != NULL) NAME(project_inputs)(blas->gemm, T * B, 4 * H, F, X, W_ih, b_ih, b_hh, Z);
+    if (h0 != NULL) memcpy(Hp + first * B * P, h0, (size_t)(B * P) * sizeof(REAL));
+    if (c0 != NULL) memcpy(Cp + first * B * H, c0, (size_t)(B * H) * sizeof(REAL));
+    for (int k = 0; k < n_masks; k++) { /* the first GEMM operand: h0, times each mask */
+        const REAL *restrict h = Hp + first * B * P;
+        REAL *restrict dst = hnext + k * B * P;
+        if (mh == NULL) {
+            memcpy(dst, h, (size_t)(B * P) * sizeof(REAL));
+        } else {
+            const REAL *restrict m = mh + k * B * P;
+            for (long j = 0; j < B * P; j++) dst[j] = h[j] * m[j];
+        }
+    }
     NAME(operand_t) rec_w = {WrecT, trans_w ? P : 4 * H, trans_w, NULL};
     NAME(operand_t) proj_w = {WhrT, trans_w ? H : P, trans_w, NULL};
     if (n_masks == 1) NAME(operand_pack)(blas, &rec_w, B, 4 * H, P);

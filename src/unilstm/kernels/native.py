@@ -19,8 +19,10 @@ and checked against torch on first use; where MKL's packed GEMM is exported too 
 least 16 rows and K * N >= 2^18 (per-step GEMMs 10-30 % faster there, forward 0.81x at T=100, B=64,
 H=512), and where its batched GEMM is (``cblas_?gemm_batch``) the four per-gate products of per-gate
 recurrent dropout masks are one call per step (one parallel region instead of four: recurrent_dropout at
-T=50, B=32, H=128 went from 1.34x to 1.23x torch's standard fw+bw). Where the gemm symbol is missing the same loop runs in Python with one
-torch GEMM and one C call per step, on buffers at fixed addresses (no tensor is created per step). The fast
+T=50, B=32, H=128 went from 1.34x to 1.23x torch's standard fw+bw). Without input dropout masks the C loop
+also computes the input projections itself (one GEMM, the biases first), which saves the torch op where it
+matters, in streaming calls. Where the gemm symbol is missing the same loop runs in Python with one torch
+GEMM and one C call per step, on buffers at fixed addresses (no tensor is created per step). The fast
 kernel makes about twenty torch ops per step: on small shapes their dispatch, not the arithmetic, is the
 cost.
 
@@ -161,8 +163,8 @@ def _recurrent_step_agrees(gemm: int, batch: int, dtype: torch.dtype, per_gate: 
     masks = torch.rand(GATES, B, H, generator=generator, dtype=dtype) if per_gate else None
     w4 = w_hh.view(GATES, H, H)
     if per_gate:
-        operand = h0 * masks
-        want = z_in[0] + torch.bmm(operand, w4.transpose(1, 2)).transpose(0, 1).reshape(B, 4 * H)
+        operand = masks
+        want = z_in[0] + torch.bmm(h0 * masks, w4.transpose(1, 2)).transpose(0, 1).reshape(B, 4 * H)
         copies = ((1, w4.contiguous()), (0, w4.transpose(1, 2).contiguous()))
     else:
         operand = h0
@@ -172,14 +174,14 @@ def _recurrent_step_agrees(gemm: int, batch: int, dtype: torch.dtype, per_gate: 
     for trans, weight in copies:
         z, Hp, Cp = z_in.clone(), torch.zeros(2, B, H, dtype=dtype), torch.zeros(2, B, H, dtype=dtype)
         Hp[0] = h0
-        hnext = operand.clone(memory_format=torch.contiguous_format)
+        hnext = torch.full_like(operand, float("nan"))  # the loop computes it from Hp[0] and the masks
         rec = torch.empty(GATES, B, H, dtype=dtype) if per_gate else torch.empty(B, 4 * H, dtype=dtype)
         scratch = torch.empty(_SCRATCH_PER_HIDDEN * H, dtype=dtype)
         _lstm_cell.forward_loop(
             int(dtype == torch.float64), gemm, 0, 0, 0, batch, trans, 1, B, H, H, 0, z.data_ptr(),
             Hp.data_ptr(), Cp.data_ptr(), 0, 0, 1, _address(masks), GATES if per_gate else 1,
-            hnext.data_ptr(), 0, rec.data_ptr(), weight.data_ptr(), 0, 0, 0, 0, 0, scratch.data_ptr(), linear,
-            linear,
+            hnext.data_ptr(), 0, rec.data_ptr(), weight.data_ptr(), 0, 0, 0, 0, 0, scratch.data_ptr(), 0, 0, 0,
+            0, 0, 0, 0, linear, linear,
         )
         if not torch.allclose(z[0], want, rtol=1e-4, atol=1e-4):
             return False
@@ -280,17 +282,23 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
     f64 = int(x.dtype == torch.float64)
     proj = w_hr is not None
     gate_masks = 4 if mh is not None and mh.dim() == 3 else 1
-    bias = None
-    if b_ih is not None or b_hh is not None:
-        bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
-    Z = _input_projection(x, w_ih, bias, mx)
+    blas = blas_functions(x.dtype)
+    loop_in_c = bool(blas[0])
+    # the C loop projects the inputs itself (one fewer torch op per call: it matters when streaming), except
+    # with per-gate or input dropout masks, which torch's bmm / mul handle
+    project_in_c = loop_in_c and mx is None
+    if project_in_c:
+        Z = x.new_empty(T, B, GATES * H)
+    else:
+        bias = None
+        if b_ih is not None or b_hh is not None:
+            bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
+        Z = _input_projection(x, w_ih, bias, mx)
 
     # (T + 1)-step histories: step t reads index t and writes t + 1 (reverse: reads t + 1, writes t)
     Hp = x.new_empty(T + 1, B, P)
     Cp = x.new_empty(T + 1, B, H)
     first = T if reverse else 0
-    Hp[first].copy_(h0)
-    Cp[first].copy_(c0)
     R = x.new_empty(T, B, H) if proj else None
     masked = step_mask is not None
     keep = step_mask.to(torch.uint8).contiguous() if masked else None
@@ -298,15 +306,8 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
     Obuf = x.new_empty(T, B, P) if masked else None
     zeros = x.new_zeros(B, P) if masked else None
     mh = None if mh is None else mh.contiguous()
-    # fixed per-step operands of the GEMMs (see _lstm_cell_body.h)
-    # hnext: (B, P), or (4, B, P) with per-gate masks
-    hnext = h0.clone(memory_format=torch.contiguous_format) if mh is None else (h0 * mh).contiguous()
     # the masked h_{t-1} of every step (per gate): dW_hh is then one product, with no masking pass
     HM = x.new_empty(gate_masks, T, B, P) if save and mh is not None else None
-    rec = x.new_empty(GATES, B, H) if gate_masks == 4 else x.new_empty(B, GATES * H)
-    rbuf = x.new_empty(B, H) if proj else None
-    hcand = x.new_empty(B, P) if proj else None
-    scratch = x.new_empty(_SCRATCH_PER_HIDDEN * H)
     copy = T >= _COPY_MIN_STEPS and B >= _COPY_MIN_BATCH  # noqa: SIM300
     Wrec, Whr = _recurrent_operands(w_hh, w_hr, gate_masks, copy)
 
@@ -315,17 +316,39 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
     h_base, hs = Hp.data_ptr(), B * P * esz
     c_base, cs = Cp.data_ptr(), B * H * esz
     o_base, r_base, k_base = _address(Obuf), _address(R), _address(keep)
-    mh_p, hnext_p, rec_p, scr_p = _address(mh), hnext.data_ptr(), rec.data_ptr(), scratch.data_ptr()
-    rbuf_p, hcand_p = _address(rbuf), _address(hcand)
-    prev_p = _address(zeros)
-    blas = blas_functions(x.dtype)
-    if blas[0]:  # the whole loop in C, calling the BLAS directly
+    mh_p, prev_p = _address(mh), _address(zeros)
+    # fixed per-step operands of the GEMMs (see _lstm_cell_body.h): hnext (B, P) or (4, B, P) with per-gate
+    # masks, rec (B, 4H) or (4, B, H), the cell's scratch, and rbuf (B, H) / hcand (B, P) with a projection
+    sizes = (gate_masks * B * P, GATES * B * H, _SCRATCH_PER_HIDDEN * H, B * H if proj else 0,
+             B * P if proj else 0)
+    if loop_in_c:  # the whole loop in C, calling the BLAS directly; the buffers are addresses in one block
+        aligned = [-(-n // 16) * 16 for n in sizes]  # 64-byte aligned starts
+        work = x.new_empty(sum(aligned))
+        starts = [work.data_ptr()]
+        for n in aligned[:-1]:
+            starts.append(starts[-1] + n * esz)
+        hnext_p, rec_p, scr_p, rbuf_p, hcand_p = starts
+        if not proj:
+            rbuf_p = hcand_p = 0
+        inputs = (0, 0, 0, 0, 0)
+        if project_in_c:  # (the contiguous tensors stay referenced until the loop has run)
+            w_ih, b_ih, b_hh = (None if t is None else t.contiguous() for t in (w_ih, b_ih, b_hh))
+            inputs = (x.data_ptr(), Fdim, w_ih.data_ptr(), _address(b_ih), _address(b_hh))
         _lstm_cell.forward_loop(
             f64, *blas, int(not copy), T, B, H, P, int(reverse), z0, h_base, c_base, o_base, k_base,
             zero_out, mh_p, gate_masks, hnext_p, _address(HM), rec_p, Wrec.data_ptr(), r_base, rbuf_p,
-            hcand_p, _address(Whr), prev_p, scr_p, act, ract,
+            hcand_p, _address(Whr), prev_p, scr_p, *inputs, h0.data_ptr(), c0.data_ptr(), act, ract,
         )
     else:  # per step: one torch GEMM and one C call
+        Hp[first].copy_(h0)
+        Cp[first].copy_(c0)
+        hnext = h0.clone(memory_format=torch.contiguous_format) if mh is None else (h0 * mh).contiguous()
+        rec = x.new_empty(GATES, B, H) if gate_masks == 4 else x.new_empty(B, GATES * H)
+        rbuf = x.new_empty(B, H) if proj else None
+        hcand = x.new_empty(B, P) if proj else None
+        scratch = x.new_empty(sizes[2])
+        hnext_p, rec_p, scr_p = hnext.data_ptr(), rec.data_ptr(), scratch.data_ptr()
+        rbuf_p, hcand_p = _address(rbuf), _address(hcand)
         gemm = torch.bmm if gate_masks == 4 else torch.mm
         if not copy:  # torch reads the weights transposed through views
             Wrec = Wrec.transpose(-1, -2)
