@@ -539,7 +539,7 @@ def run_direction_native(
 
 
 def _buffers_agree(x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:
-    """Every tensor the C loop reads has x's dtype and device and the shape the run implies."""
+    """Every tensor the C loop reads has x's dtype and device (the CPU) and the shape the run implies."""
     T, B, F = x.shape
     H, P = c0.shape[-1], h0.shape[-1]
     if weights.w_hr is None and P != H:
@@ -551,9 +551,9 @@ def _buffers_agree(x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights,
     for mask, width in ((run.input_dropout_mask, F), (run.recurrent_dropout_mask, P)):
         if mask is not None:
             expected.append((mask, (GATES, B, width) if mask.dim() == 3 else (B, width)))
-    dtype, device = x.dtype, x.device
+    dtype = x.dtype  # x is a CPU tensor (accepts)
     for tensor, shape in expected:
-        if tensor is not None and (tensor.shape != shape or tensor.dtype != dtype or tensor.device != device):
+        if tensor is not None and (tensor.shape != shape or tensor.dtype != dtype or not tensor.is_cpu):
             return False
     return run.step_mask is None or run.step_mask.shape == (T, B)
 
