@@ -180,8 +180,8 @@ def _recurrent_step_agrees(gemm: int, batch: int, dtype: torch.dtype, per_gate: 
         _lstm_cell.forward_loop(
             int(dtype == torch.float64), gemm, 0, 0, 0, batch, trans, 1, B, H, H, 0, z.data_ptr(),
             Hp.data_ptr(), Cp.data_ptr(), 0, 0, 1, _address(masks), GATES if per_gate else 1,
-            hnext.data_ptr(), 0, rec.data_ptr(), weight.data_ptr(), 0, 0, 0, 0, 0, scratch.data_ptr(), 0, 0, 0,
-            0, 0, 0, 0, linear, linear,
+            hnext.data_ptr(), 0, rec.data_ptr(), weight.data_ptr(), 0, 0, 0, 0, 0, scratch.data_ptr(),
+            0, 0, 0, 0, 0, 0, 0, linear, linear,
         )
         if not torch.allclose(z[0], want, rtol=1e-4, atol=1e-4):
             return False
