@@ -349,6 +349,7 @@ HOT static void NAME(backward_step)(int phases, long B, long H, long P, REAL *z,
             NAME(act_forward)(act, cn, ac, H);
             for (long j = 0; j < H; j++) t1[j] = d[j] * yo[j]; /* the gradient reaching act(c) */
             NAME(act_backward)(act, cn, ac, t1, t2, H);        /* t2 = dr * o * act'(c) */
+#pragma GCC ivdep
             for (long j = 0; j < H; j++) {
                 REAL dct = t2[j] + dcr[j];
                 di[j] = dct * yg[j];
