@@ -284,8 +284,8 @@ static PyObject *py_backward_loop(PyObject *self, PyObject *const *args, Py_ssiz
     Py_RETURN_NONE;
 }
 
-/* C (M, N) = A (M, K) op(W) once through the loops' product helper, packed when the sizes ask for it: the
- * driver's check of the BLAS functions it found */
+/* C (M, N) = A (M, K) op(W) once through the loops' product helper, packed when the sizes ask for it (as
+ * if repeated over many steps): the driver's check of the BLAS functions it found */
 static PyObject *py_product(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     long long a[16];
     if (parse_ints(args, nargs, 16, "product", a) < 0) return NULL;
@@ -295,7 +295,7 @@ static PyObject *py_product(PyObject *self, PyObject *const *args, Py_ssize_t na
     do {                                                                                                     \
         BLAS(R, blas)                                                                                        \
         R##_operand_t op = {PTR(const REAL, a[12]), (long)a[13], (int)a[6], NULL};                           \
-        operand_pack_##R(&blas, &op, (long)a[7], (long)a[8], (long)a[9]);                                    \
+        operand_pack_##R(&blas, &op, (long)a[7], (long)a[8], (long)a[9], 1L << 30);                          \
         product_##R(&blas, &op, (long)a[7], (long)a[8], (long)a[9], PTR(const REAL, a[10]), (long)a[11],       \
                     PTR(REAL, a[14]), (long)a[15]);                                                          \
         free(op.packed);                                                                                     \
