@@ -556,16 +556,16 @@ def test_c_entry_points_check_their_arguments():
             cell.backward_step(*([0] * 22), 2, bad)
         with pytest.raises(ValueError, match="activation id"):
             cell.activation(0, bad, 0, 0, 0, 0, 0)
-        for loop, count in ((cell.forward_loop, 39), (cell.backward_loop, 30)):
+        for loop, count in ((cell.forward_loop, 40), (cell.backward_loop, 31)):
             with pytest.raises(ValueError, match="activation id"):
                 loop(*([0] * (count - 2)), bad, 1)
             with pytest.raises(ValueError, match="activation id"):
                 loop(*([0] * (count - 2)), 1, bad)
-    for loop, count in ((cell.forward_loop, 39), (cell.backward_loop, 30)):  # gemm address 0
+    for loop, count in ((cell.forward_loop, 40), (cell.backward_loop, 31)):  # gemm address 0
         with pytest.raises(ValueError, match="BLAS gemm"):
             loop(*([0] * (count - 2)), 1, 2)
     for fn, count in ((cell.forward_step, 22), (cell.backward_step, 24), (cell.finish_hidden, 13),
-                      (cell.forward_loop, 39), (cell.backward_loop, 30), (cell.activation, 7)):
+                      (cell.forward_loop, 40), (cell.backward_loop, 31), (cell.activation, 7)):
         for wrong in (0, count - 1, count + 1):
             with pytest.raises(TypeError, match="expected"):
                 fn(*([0] * wrong))
@@ -849,3 +849,42 @@ def test_per_gate_products_batched_or_four_calls(batched, P, dtype, monkeypatch)
     got = results(run_direction_native, *case)
     tol = 1e-9 if dtype == torch.float64 else 2e-5
     assert_results_close(got, want, rtol=tol, atol=tol, context=f"batched={batched}", scaled=True)
+
+
+# -- 14. the cell's rows split among threads (torch's OpenMP team) --------------------------------------
+@needs_extension
+@pytest.mark.parametrize(
+    "act, P, mask, mh_kind, reverse, zero",
+    [
+        ("tanh", 0, False, "none", False, True),  # the single-pass cell
+        ("relu", 0, True, "shared", True, False),  # single pass, masks carried forward, reverse
+        ("elu", 0, True, "per_gate", False, True),  # the per-operation cell, per-gate products
+        ("tanh", 3, True, "none", False, False),  # projection: the hidden half runs as its own split task
+    ],
+)
+def test_cell_split_among_threads_equals_one_thread(act, P, mask, mh_kind, reverse, zero, monkeypatch):
+    """B * H = 4096 units per step reach the C cell's threshold for splitting its rows among torch's threads:
+    two threads give exactly the bits of one, and both equal the reference."""
+    if not native.blas_gemm(torch.float64) or not native._install_openmp():
+        pytest.skip("the C loop or torch's OpenMP runtime is not available: the cell runs on one thread")
+    T, B, H = 3, 8, 512
+    step_mask = torch.rand(T, B, generator=torch.Generator().manual_seed(4)) > 0.3 if mask else None
+    case = make_case(37, T=T, B=B, F=5, H=H, P=P, mask=step_mask, reverse=reverse, zero=zero,
+                     mh_kind=mh_kind, act=act, scale=0.3)
+    got = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(native, "cell_threads", lambda threads=threads: threads)
+        got[threads] = results(run_direction_native, *case)
+    for name in got[1]:
+        assert torch.equal(got[1][name], got[2][name]), name
+    assert_results_close(got[2], results(run_direction_reference, *case), rtol=1e-9, atol=1e-9, scaled=True)
+
+
+@needs_extension
+def test_cell_threads_follow_torch_where_the_split_agrees():
+    """Where torch's OpenMP runtime is found, the first-use check passes and the C loop takes torch's
+    intra-op thread count (a failing check would silently fall back to one thread)."""
+    if not native.blas_gemm(torch.float32) or not native._install_openmp():
+        pytest.skip("the C loop or torch's OpenMP runtime is not available: the cell runs on one thread")
+    assert native._split_step_agrees()
+    assert native.cell_threads() == torch.get_num_threads()

@@ -57,6 +57,39 @@ enum {
 /* CBLAS constants (MKL's values) for the packed and batched GEMMs */
 enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112, CBLAS_PACKED = 151, CBLAS_B_MATRIX = 162 };
 
+/* floats of scratch per hidden unit that one thread of a cell step needs (the backward's 10 H) */
+#define SCRATCH_PER_HIDDEN 10
+
+/*
+ * Threads for the cell: torch's OpenMP runtime (GOMP ABI: GOMP_parallel, omp_get_thread_num,
+ * omp_get_num_threads), whose addresses the driver finds in the libraries torch loaded and passes once
+ * (set_cell_threads); the BLAS calls between the cell steps use the same thread team. Unset: one thread.
+ */
+typedef void (*gomp_parallel_t)(void (*)(void *), void *, unsigned, unsigned);
+typedef int (*omp_query_t)(void);
+static gomp_parallel_t gomp_parallel_fn = NULL;
+static omp_query_t omp_thread_num_fn = NULL, omp_num_threads_fn = NULL;
+
+/* below this many hidden units per step (B * H) the fork costs more than the split saves (2 cores: a step's
+ * cell of B = 32, H = 128 takes 8-20 us, a GOMP_parallel on a hot team 1-3 us) */
+#define CELL_PARALLEL_MIN 4096
+
+/* how many threads should split a cell step of B rows and `units` hidden units */
+static unsigned cell_team(int threads, long B, long units) {
+    if (gomp_parallel_fn == NULL || threads < 2 || B < 2 || units < CELL_PARALLEL_MIN) return 1;
+    return (unsigned)(threads < B ? threads : B);
+}
+
+/* inside the team: this thread's rows [b0, b1) of B, and its index */
+static int cell_rows(long B, long *b0, long *b1) {
+    const int t = omp_thread_num_fn(), n = omp_num_threads_fn();
+    *b0 = B * t / n;
+    *b1 = B * (t + 1) / n;
+    return t;
+}
+
+static void cell_parallel(void (*fn)(void *), void *data, unsigned n) { gomp_parallel_fn(fn, data, n, 0); }
+
 #define SELU_ALPHA 1.6732632423543772848170429916717
 #define SELU_SCALE 1.0507009873554804934193349852946
 
@@ -249,10 +282,10 @@ typedef operand_t_f32 f32_operand_t;
 typedef operand_t_f64 f64_operand_t;
 
 static PyObject *py_forward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[39];
-    if (parse_ints(args, nargs, 39, "forward_loop", a) < 0) return NULL;
-    CHECK_ACT("forward_loop", a[37]);
+    long long a[40];
+    if (parse_ints(args, nargs, 40, "forward_loop", a) < 0) return NULL;
     CHECK_ACT("forward_loop", a[38]);
+    CHECK_ACT("forward_loop", a[39]);
     CHECK_GEMM("forward_loop", a[1]);
 #define CALL(REAL, fn, blas)                                                                                 \
     fn(&blas, (int)a[6], (long)a[7], (long)a[8], (long)a[9], (long)a[10], (int)a[11], PTR(REAL, a[12]),      \
@@ -261,24 +294,24 @@ static PyObject *py_forward_loop(PyObject *self, PyObject *const *args, Py_ssize
        PTR(const REAL, a[23]), PTR(REAL, a[24]), PTR(REAL, a[25]), PTR(REAL, a[26]), PTR(const REAL, a[27]), \
        PTR(const REAL, a[28]), PTR(REAL, a[29]), PTR(const REAL, a[30]), (long)a[31], PTR(const REAL, a[32]), \
        PTR(const REAL, a[33]), PTR(const REAL, a[34]), PTR(const REAL, a[35]), PTR(const REAL, a[36]),      \
-       (int)a[37], (int)a[38])
+       (int)a[37], (int)a[38], (int)a[39])
     RUN_WITHOUT_GIL(forward_loop);
 #undef CALL
     Py_RETURN_NONE;
 }
 
 static PyObject *py_backward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[30];
-    if (parse_ints(args, nargs, 30, "backward_loop", a) < 0) return NULL;
-    CHECK_ACT("backward_loop", a[28]);
+    long long a[31];
+    if (parse_ints(args, nargs, 31, "backward_loop", a) < 0) return NULL;
     CHECK_ACT("backward_loop", a[29]);
+    CHECK_ACT("backward_loop", a[30]);
     CHECK_GEMM("backward_loop", a[1]);
 #define CALL(REAL, fn, blas)                                                                                \
     fn(&blas, (long)a[6], (long)a[7], (long)a[8], (long)a[9], (int)a[10], PTR(REAL, a[11]),                 \
        PTR(const REAL, a[12]), PTR(const REAL, a[13]), PTR(const uint8_t, a[14]), PTR(REAL, a[15]),         \
        PTR(REAL, a[16]), PTR(REAL, a[17]), PTR(REAL, a[18]), PTR(REAL, a[19]), PTR(REAL, a[20]),            \
        PTR(const REAL, a[21]), PTR(REAL, a[22]), PTR(REAL, a[23]), PTR(const REAL, a[24]),                  \
-       PTR(const REAL, a[25]), (int)a[26], PTR(REAL, a[27]), (int)a[28], (int)a[29])
+       PTR(const REAL, a[25]), (int)a[26], PTR(REAL, a[27]), (int)a[28], (int)a[29], (int)a[30])
     RUN_WITHOUT_GIL(backward_loop);
 #undef CALL
     Py_RETURN_NONE;
@@ -322,7 +355,22 @@ static PyObject *py_activation(PyObject *self, PyObject *const *args, Py_ssize_t
     Py_RETURN_NONE;
 }
 
+/* the OpenMP runtime's GOMP_parallel, omp_get_thread_num and omp_get_num_threads, all three or all 0 */
+static PyObject *py_set_cell_threads(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long a[3];
+    if (parse_ints(args, nargs, 3, "set_cell_threads", a) < 0) return NULL;
+    if ((a[0] == 0) != (a[1] == 0) || (a[0] == 0) != (a[2] == 0)) {
+        PyErr_SetString(PyExc_ValueError, "set_cell_threads: expected three function addresses or three zeros");
+        return NULL;
+    }
+    gomp_parallel_fn = (gomp_parallel_t)(uintptr_t)a[0];
+    omp_thread_num_fn = (omp_query_t)(uintptr_t)a[1];
+    omp_num_threads_fn = (omp_query_t)(uintptr_t)a[2];
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"set_cell_threads", (PyCFunction)(void (*)(void))py_set_cell_threads, METH_FASTCALL, "the OpenMP runtime"},
     {"forward_step", (PyCFunction)(void (*)(void))py_forward_step, METH_FASTCALL, "one forward step"},
     {"finish_hidden", (PyCFunction)(void (*)(void))py_finish_hidden, METH_FASTCALL, "hidden-state rows"},
     {"backward_step", (PyCFunction)(void (*)(void))py_backward_step, METH_FASTCALL, "one backward step"},

@@ -250,11 +250,11 @@ ALWAYS_INLINE static inline void NAME(fused_backward_row)(int act, int ract, lon
  * then hnext = h_out * mh (per mask), the next step's GEMM operand. keep, out_t, prev_out and mh may be
  * NULL. hcand may be h_out itself.
  */
-static void NAME(finish_hidden)(long B, long P, const REAL *hcand, const REAL *h_prev, REAL *h_out,
-                                REAL *out_t, const REAL *prev_out, const uint8_t *keep, int zero_out,
-                                const REAL *mh, int n_masks, REAL *hnext) {
+static void NAME(finish_hidden_rows)(long b0, long b1, long B, long P, const REAL *hcand, const REAL *h_prev,
+                                     REAL *h_out, REAL *out_t, const REAL *prev_out, const uint8_t *keep,
+                                     int zero_out, const REAL *mh, int n_masks, REAL *hnext) {
     const size_t bytes = (size_t)P * sizeof(REAL);
-    for (long b = 0; b < B; b++) {
+    for (long b = b0; b < b1; b++) {
         const long row = b * P;
         if (keep == NULL || keep[b]) {
             if (h_out != hcand) memcpy(h_out + row, hcand + row, bytes);
@@ -289,15 +289,15 @@ static void NAME(finish_hidden)(long B, long P, const REAL *hcand, const REAL *h
  * r goes to r_out and r_hist (zeros on masked rows) and the driver multiplies r_out by W_hr^T and calls
  * finish_hidden. scratch: 5H.
  */
-HOT static void NAME(forward_step)(long B, long H, long P, REAL *z, const REAL *rec, const REAL *c_prev,
-                                   REAL *c_out, const REAL *h_prev, REAL *h_out, REAL *out_t,
-                                   const REAL *prev_out, const uint8_t *keep, int zero_out, const REAL *mh,
-                                   int n_masks, REAL *hnext, REAL *r_out, REAL *r_hist, REAL *scratch, int act,
-                                   int ract) {
+HOT static void NAME(forward_step_rows)(long b0, long b1, long B, long H, long P, REAL *z, const REAL *rec,
+                                        const REAL *c_prev, REAL *c_out, const REAL *h_prev, REAL *h_out,
+                                        REAL *out_t, const REAL *prev_out, const uint8_t *keep, int zero_out,
+                                        const REAL *mh, int n_masks, REAL *hnext, REAL *r_out, REAL *r_hist,
+                                        REAL *scratch, int act, int ract) {
     REAL *restrict gi = scratch, *restrict gf = scratch + H, *restrict gg = scratch + 2 * H;
     REAL *restrict go = scratch + 3 * H, *restrict ac = scratch + 4 * H;
     const size_t bytes = (size_t)H * sizeof(REAL);
-    for (long b = 0; b < B; b++) {
+    for (long b = b0; b < b1; b++) {
         REAL *restrict zr = z + b * 4 * H;
         const REAL *restrict cp = c_prev + b * H;
         REAL *restrict cn = c_out + b * H;
@@ -343,7 +343,8 @@ HOT static void NAME(forward_step)(long B, long H, long P, REAL *z, const REAL *
         if (r_hist != NULL) memcpy(r_hist + b * H, r, bytes);
     }
     if (r_out == NULL)
-        NAME(finish_hidden)(B, P, h_out, h_prev, h_out, out_t, prev_out, keep, zero_out, mh, n_masks, hnext);
+        NAME(finish_hidden_rows)(b0, b1, B, P, h_out, h_prev, h_out, out_t, prev_out, keep, zero_out, mh, n_masks,
+                                 hnext);
 }
 
 /*
@@ -357,13 +358,14 @@ HOT static void NAME(forward_step)(long B, long H, long P, REAL *z, const REAL *
  *     dc_prev. The gate activations are recomputed from z.
  * scratch: 10H. The scratch slices never overlap (hence restrict).
  */
-HOT static void NAME(backward_step)(int phases, long B, long H, long P, REAL *z, const REAL *c_prev,
-                                    const REAL *c_new, REAL *dh, REAL *dc, const REAL *gout, REAL *carry,
-                                    const uint8_t *keep, REAL *dh_new_out, REAL *dh_hist, const REAL *dr,
-                                    const REAL *dh_tmp, const uint8_t *keep_prev, const REAL *mh, int n_masks,
-                                    REAL *dz_copy, REAL *scratch, int act, int ract) {
+HOT static void NAME(backward_step_rows)(int phases, long b0, long b1, long B, long H, long P, REAL *z,
+                                         const REAL *c_prev, const REAL *c_new, REAL *dh, REAL *dc,
+                                         const REAL *gout, REAL *carry, const uint8_t *keep, REAL *dh_new_out,
+                                         REAL *dh_hist, const REAL *dr, const REAL *dh_tmp,
+                                         const uint8_t *keep_prev, const REAL *mh, int n_masks, REAL *dz_copy,
+                                         REAL *scratch, int act, int ract) {
     if (phases & 1) {
-        for (long b = 0; b < B; b++) {
+        for (long b = b0; b < b1; b++) {
             if (keep_prev != NULL && !keep_prev[b]) continue;
             REAL *restrict d = dh + b * P;
             if (mh == NULL) {
@@ -379,7 +381,7 @@ HOT static void NAME(backward_step)(int phases, long B, long H, long P, REAL *z,
         }
     }
     if (phases & 2) {
-        for (long b = 0; b < B; b++) {
+        for (long b = b0; b < b1; b++) {
             const long row = b * P;
             const int kept = keep == NULL || keep[b];
             REAL *restrict dn = dh_new_out + row;
@@ -411,7 +413,7 @@ HOT static void NAME(backward_step)(int phases, long B, long H, long P, REAL *z,
         REAL *restrict t2 = scratch + 6 * H, *restrict di = scratch + 7 * H, *restrict df = scratch + 8 * H;
         REAL *restrict dg = scratch + 9 * H;
         const size_t bytes = (size_t)H * sizeof(REAL);
-        for (long b = 0; b < B; b++) {
+        for (long b = b0; b < b1; b++) {
             REAL *zr = z + b * 4 * H;
             if (keep != NULL && !keep[b]) {
                 memset(zr, 0, 4 * bytes);
@@ -466,6 +468,119 @@ HOT static void NAME(backward_step)(int phases, long B, long H, long P, REAL *z,
             }
         }
     }
+}
+
+/* The steps over all rows: the per-step entry points of the Python loop. */
+static void NAME(finish_hidden)(long B, long P, const REAL *hcand, const REAL *h_prev, REAL *h_out, REAL *out_t,
+                                const REAL *prev_out, const uint8_t *keep, int zero_out, const REAL *mh,
+                                int n_masks, REAL *hnext) {
+    NAME(finish_hidden_rows)(0, B, B, P, hcand, h_prev, h_out, out_t, prev_out, keep, zero_out, mh, n_masks, hnext);
+}
+
+static void NAME(forward_step)(long B, long H, long P, REAL *z, const REAL *rec, const REAL *c_prev, REAL *c_out,
+                               const REAL *h_prev, REAL *h_out, REAL *out_t, const REAL *prev_out,
+                               const uint8_t *keep, int zero_out, const REAL *mh, int n_masks, REAL *hnext,
+                               REAL *r_out, REAL *r_hist, REAL *scratch, int act, int ract) {
+    NAME(forward_step_rows)(0, B, B, H, P, z, rec, c_prev, c_out, h_prev, h_out, out_t, prev_out, keep, zero_out,
+                            mh, n_masks, hnext, r_out, r_hist, scratch, act, ract);
+}
+
+static void NAME(backward_step)(int phases, long B, long H, long P, REAL *z, const REAL *c_prev,
+                                const REAL *c_new, REAL *dh, REAL *dc, const REAL *gout, REAL *carry,
+                                const uint8_t *keep, REAL *dh_new_out, REAL *dh_hist, const REAL *dr,
+                                const REAL *dh_tmp, const uint8_t *keep_prev, const REAL *mh, int n_masks,
+                                REAL *dz_copy, REAL *scratch, int act, int ract) {
+    NAME(backward_step_rows)(phases, 0, B, B, H, P, z, c_prev, c_new, dh, dc, gout, carry, keep, dh_new_out,
+                             dh_hist, dr, dh_tmp, keep_prev, mh, n_masks, dz_copy, scratch, act, ract);
+}
+
+/*
+ * The same steps with their rows split among the threads of the OpenMP runtime torch links (its
+ * GOMP_parallel, found by the driver; see cell_threads in _lstm_cell.c): the cell is a tenth to a quarter
+ * of a step and would otherwise run on one core while the BLAS's other threads wait. Thread t takes rows
+ * [B t / n, B (t + 1) / n) and the scratch slice t. A step runs on one thread when threads < 2, when no
+ * runtime was found, or below CELL_PARALLEL_MIN hidden units per step (the fork costs a few microseconds).
+ */
+typedef struct {
+    int kind; /* 0 forward_step, 1 backward_step, 2 finish_hidden */
+    int phases, n_masks, zero_out, act, ract;
+    long B, H, P, scratch_stride;
+    REAL *z, *c_out, *h_out, *out_t, *hnext, *r_out, *r_hist, *scratch, *dh, *dc, *carry, *dh_new_out, *dh_hist;
+    REAL *dz_copy;
+    const REAL *rec, *c_prev, *c_new, *h_prev, *prev_out, *mh, *gout, *dr, *dh_tmp, *hcand;
+    const uint8_t *keep, *keep_prev;
+} NAME(cell_task_t);
+
+static void NAME(cell_task_rows)(const NAME(cell_task_t) * a, long b0, long b1, REAL *scratch) {
+    switch (a->kind) {
+    case 0:
+        NAME(forward_step_rows)(b0, b1, a->B, a->H, a->P, a->z, a->rec, a->c_prev, a->c_out, a->h_prev, a->h_out,
+                                a->out_t, a->prev_out, a->keep, a->zero_out, a->mh, a->n_masks, a->hnext, a->r_out,
+                                a->r_hist, scratch, a->act, a->ract);
+        break;
+    case 1:
+        NAME(backward_step_rows)(a->phases, b0, b1, a->B, a->H, a->P, a->z, a->c_prev, a->c_new, a->dh, a->dc,
+                                 a->gout, a->carry, a->keep, a->dh_new_out, a->dh_hist, a->dr, a->dh_tmp,
+                                 a->keep_prev, a->mh, a->n_masks, a->dz_copy, scratch, a->act, a->ract);
+        break;
+    default:
+        NAME(finish_hidden_rows)(b0, b1, a->B, a->P, a->hcand, a->h_prev, a->h_out, a->out_t, a->prev_out, a->keep,
+                                 a->zero_out, a->mh, a->n_masks, a->hnext);
+        break;
+    }
+}
+
+/* one thread's share of a task (the GOMP_parallel body) */
+static void NAME(cell_task)(void *argument) {
+    const NAME(cell_task_t) *a = (const NAME(cell_task_t) *)argument;
+    long b0, b1;
+    const int t = cell_rows(a->B, &b0, &b1);
+    NAME(cell_task_rows)(a, b0, b1, a->scratch + t * a->scratch_stride);
+}
+
+/* runs the task over all rows, split among up to `threads` threads when that pays */
+static void NAME(cell_run)(const NAME(cell_task_t) * task, int threads) {
+    const unsigned n = cell_team(threads, task->B, task->B * task->H);
+    if (n < 2)
+        NAME(cell_task_rows)(task, 0, task->B, task->scratch);
+    else
+        cell_parallel(NAME(cell_task), (void *)task, n);
+}
+
+static void NAME(forward_step_par)(int threads, long stride, long B, long H, long P, REAL *z, const REAL *rec,
+                                   const REAL *c_prev, REAL *c_out, const REAL *h_prev, REAL *h_out, REAL *out_t,
+                                   const REAL *prev_out, const uint8_t *keep, int zero_out, const REAL *mh,
+                                   int n_masks, REAL *hnext, REAL *r_out, REAL *r_hist, REAL *scratch, int act,
+                                   int ract) {
+    const NAME(cell_task_t) task = {
+        .kind = 0, .n_masks = n_masks, .zero_out = zero_out, .act = act, .ract = ract, .B = B, .H = H, .P = P,
+        .scratch_stride = stride, .z = z, .c_out = c_out, .h_out = h_out, .out_t = out_t, .hnext = hnext,
+        .r_out = r_out, .r_hist = r_hist, .scratch = scratch, .rec = rec, .c_prev = c_prev, .h_prev = h_prev,
+        .prev_out = prev_out, .mh = mh, .keep = keep};
+    NAME(cell_run)(&task, threads);
+}
+
+static void NAME(finish_hidden_par)(int threads, long B, long H, long P, const REAL *hcand, const REAL *h_prev,
+                                    REAL *h_out, REAL *out_t, const REAL *prev_out, const uint8_t *keep,
+                                    int zero_out, const REAL *mh, int n_masks, REAL *hnext) {
+    const NAME(cell_task_t) task = {
+        .kind = 2, .n_masks = n_masks, .zero_out = zero_out, .B = B, .H = H, .P = P, .h_out = h_out,
+        .out_t = out_t, .hnext = hnext, .h_prev = h_prev, .prev_out = prev_out, .mh = mh, .hcand = hcand,
+        .keep = keep};
+    NAME(cell_run)(&task, threads);
+}
+
+static void NAME(backward_step_par)(int threads, long stride, int phases, long B, long H, long P, REAL *z,
+                                    const REAL *c_prev, const REAL *c_new, REAL *dh, REAL *dc, const REAL *gout,
+                                    REAL *carry, const uint8_t *keep, REAL *dh_new_out, REAL *dh_hist,
+                                    const REAL *dr, const REAL *dh_tmp, const uint8_t *keep_prev, const REAL *mh,
+                                    int n_masks, REAL *dz_copy, REAL *scratch, int act, int ract) {
+    const NAME(cell_task_t) task = {
+        .kind = 1, .phases = phases, .n_masks = n_masks, .act = act, .ract = ract, .B = B, .H = H, .P = P,
+        .scratch_stride = stride, .z = z, .scratch = scratch, .dh = dh, .dc = dc, .carry = carry,
+        .dh_new_out = dh_new_out, .dh_hist = dh_hist, .dz_copy = dz_copy, .c_prev = c_prev, .c_new = c_new,
+        .mh = mh, .gout = gout, .dr = dr, .dh_tmp = dh_tmp, .keep = keep, .keep_prev = keep_prev};
+    NAME(cell_run)(&task, threads);
 }
 
 /*
@@ -621,10 +736,10 @@ static void NAME(forward_loop)(const NAME(blas_t) * blas, int trans_w, long T, l
                                const REAL *mh, int n_masks, REAL *hnext, REAL *hm_hist, REAL *rec,
                                const REAL *WrecT, REAL *R, REAL *rbuf, REAL *hcand, const REAL *WhrT,
                                const REAL *zeros, REAL *scratch, const REAL *X, long F, const REAL *W_ih,
-                               const REAL *b_ih, const REAL *b_hh, const REAL *h0, const REAL *c0, int act,
-                               int ract) {
+                               const REAL *b_ih, const REAL *b_hh, const REAL *h0, const REAL *c0, int threads,
+                               int act, int ract) {
     const REAL *prev = zeros;
-    const long first = reverse ? T : 0;
+    const long first = reverse ? T : 0, stride = SCRATCH_PER_HIDDEN * H; /* one scratch slice per thread */
     if (X != NULL) NAME(project_inputs)(blas->gemm, T * B, 4 * H, F, X, W_ih, b_ih, b_hh, Z);
     if (h0 != NULL) memcpy(Hp + first * B * P, h0, (size_t)(B * P) * sizeof(REAL));
     if (c0 != NULL) memcpy(Cp + first * B * H, c0, (size_t)(B * H) * sizeof(REAL));
@@ -658,15 +773,16 @@ static void NAME(forward_loop)(const NAME(blas_t) * blas, int trans_w, long T, l
         REAL *out_t = Obuf != NULL ? Obuf + t * B * P : NULL;
         REAL *zt = Z + t * B * 4 * H;
         if (R != NULL) {
-            NAME(forward_step)(B, H, P, zt, rec, Cp + hi * B * H, Cp + ho * B * H, NULL, NULL, NULL, NULL, kp,
-                               zero_out, NULL, n_masks, NULL, rbuf, R + t * B * H, scratch, act, ract);
+            NAME(forward_step_par)(threads, stride, B, H, P, zt, rec, Cp + hi * B * H, Cp + ho * B * H, NULL, NULL,
+                                   NULL, NULL, kp, zero_out, NULL, n_masks, NULL, rbuf, R + t * B * H, scratch, act,
+                                   ract);
             NAME(product)(blas, &proj_w, B, P, H, rbuf, H, hcand, P);
-            NAME(finish_hidden)(B, P, hcand, Hp + hi * B * P, Hp + ho * B * P, out_t, prev, kp, zero_out, mh,
-                                n_masks, hnext);
+            NAME(finish_hidden_par)(threads, B, H, P, hcand, Hp + hi * B * P, Hp + ho * B * P, out_t, prev, kp,
+                                    zero_out, mh, n_masks, hnext);
         } else {
-            NAME(forward_step)(B, H, P, zt, rec, Cp + hi * B * H, Cp + ho * B * H, Hp + hi * B * P,
-                               Hp + ho * B * P, out_t, prev, kp, zero_out, mh, n_masks, hnext, NULL, NULL,
-                               scratch, act, ract);
+            NAME(forward_step_par)(threads, stride, B, H, P, zt, rec, Cp + hi * B * H, Cp + ho * B * H,
+                                   Hp + hi * B * P, Hp + ho * B * P, out_t, prev, kp, zero_out, mh, n_masks, hnext,
+                                   NULL, NULL, scratch, act, ract);
         }
         if (Obuf != NULL) prev = out_t;
     }
@@ -684,9 +800,10 @@ static void NAME(backward_loop)(const NAME(blas_t) * blas, long T, long B, long 
                                 const REAL *Cp, const REAL *dout, const uint8_t *keep, REAL *dh, REAL *dc,
                                 REAL *carry, REAL *dh_new, REAL *DH, REAL *dr, const REAL *w_hr, REAL *dz,
                                 REAL *dh_tmp, const REAL *Wrec, const REAL *mh, int n_masks, REAL *scratch,
-                                int act, int ract) {
+                                int threads, int act, int ract) {
     int pending = 0;
     const uint8_t *prev_kp = NULL;
+    const long stride = SCRATCH_PER_HIDDEN * H; /* one scratch slice per thread */
     NAME(operand_t) rec_w = {Wrec, P, 0, NULL};
     NAME(operand_t) proj_w = {w_hr, H, 0, NULL};
     if (n_masks == 1) NAME(operand_pack)(blas, &rec_w, B, P, 4 * H, T);
@@ -698,14 +815,15 @@ static void NAME(backward_loop)(const NAME(blas_t) * blas, long T, long B, long 
         REAL *zt = Z + t * B * 4 * H;
         const REAL *cprev = Cp + hi * B * H, *cnew = Cp + ho * B * H, *gout = dout + t * B * P;
         if (DH != NULL) {
-            NAME(backward_step)(pending | 2, B, H, P, zt, cprev, cnew, dh, dc, gout, carry, kp, dh_new,
-                                DH + t * B * P, NULL, dh_tmp, prev_kp, mh, n_masks, NULL, scratch, act, ract);
+            NAME(backward_step_par)(threads, stride, pending | 2, B, H, P, zt, cprev, cnew, dh, dc, gout, carry, kp,
+                                    dh_new, DH + t * B * P, NULL, dh_tmp, prev_kp, mh, n_masks, NULL, scratch, act,
+                                    ract);
             NAME(product)(blas, &proj_w, B, H, P, dh_new, P, dr, H);
-            NAME(backward_step)(4, B, H, P, zt, cprev, cnew, dh, dc, NULL, NULL, kp, NULL, NULL, dr, NULL, NULL,
-                                NULL, n_masks, dz, scratch, act, ract);
+            NAME(backward_step_par)(threads, stride, 4, B, H, P, zt, cprev, cnew, dh, dc, NULL, NULL, kp, NULL, NULL,
+                                    dr, NULL, NULL, NULL, n_masks, dz, scratch, act, ract);
         } else {
-            NAME(backward_step)(pending | 6, B, H, P, zt, cprev, cnew, dh, dc, gout, carry, kp, dh_new, NULL,
-                                dh_new, dh_tmp, prev_kp, mh, n_masks, dz, scratch, act, ract);
+            NAME(backward_step_par)(threads, stride, pending | 6, B, H, P, zt, cprev, cnew, dh, dc, gout, carry, kp,
+                                    dh_new, NULL, dh_new, dh_tmp, prev_kp, mh, n_masks, dz, scratch, act, ract);
         }
         if (n_masks == 4) {
             NAME(gate_products)(blas, B, P, H, dz, B * H, Wrec, H * P, P, 0, dh_tmp, B * P);
@@ -715,8 +833,8 @@ static void NAME(backward_loop)(const NAME(blas_t) * blas, long T, long B, long 
         pending = 1;
         prev_kp = kp;
     }
-    NAME(backward_step)(1, B, H, P, NULL, NULL, NULL, dh, dc, NULL, NULL, NULL, NULL, NULL, NULL, dh_tmp,
-                        prev_kp, mh, n_masks, NULL, scratch, act, ract);
+    NAME(backward_step_par)(threads, stride, 1, B, H, P, NULL, NULL, NULL, dh, dc, NULL, NULL, NULL, NULL, NULL,
+                            NULL, dh_tmp, prev_kp, mh, n_masks, NULL, scratch, act, ract);
     free(rec_w.packed);
     free(proj_w.packed);
 }

@@ -14,23 +14,25 @@ both masked-output modes, proj_size and shared or per-gate dropout masks.
 
 The per-step loop runs in C (``forward_loop`` / ``backward_loop`` in ``_lstm_cell_body.h``) and calls the
 BLAS gemm that torch itself links (``sgemm_`` / ``dgemm_`` of libtorch_cpu, MKL in the x86 wheels), found
-and checked against torch on first use; where MKL's packed GEMM is exported too (``cblas_sgemm_pack`` /
-``_compute``, float32) the recurrent and projection weights are packed once per call for products of at
-least 16 rows and K * N >= 2^18 (per-step GEMMs 10-30 % faster there, forward 0.81x at T=100, B=64,
-H=512), and where its batched GEMM is (``cblas_?gemm_batch``) the four per-gate products of per-gate
-recurrent dropout masks are one call per step (one parallel region instead of four: recurrent_dropout at
-T=50, B=32, H=128 went from 1.34x to 1.23x torch's standard fw+bw). Without input dropout masks the C loop
-also computes the input projections itself (one GEMM, the biases first), which saves the torch op where it
-matters, in streaming calls. Where the gemm symbol is missing the same loop runs in Python with one torch
+and checked against torch on first use. Where MKL's packed GEMM is exported too (``cblas_sgemm_pack`` /
+``_compute``, float32), the recurrent and projection weights are packed once per call for products of at
+least 16 rows and K * N >= 2^16 repeated over at least 8 steps (per-step GEMMs 7-35 % faster there). Where
+its batched GEMM is (``cblas_?gemm_batch``), the four per-gate products of per-gate recurrent dropout masks
+are one call per step (one parallel region instead of four: recurrent_dropout at T=50, B=32, H=128 went
+from 1.34x to 1.23x torch's standard forward+backward). Without input dropout masks the C loop also
+computes the input projections itself (one GEMM, the biases first), which saves torch ops where they
+matter: in streaming calls. Where the gemm symbol is missing, the same loop runs in Python with one torch
 GEMM and one C call per step, on buffers at fixed addresses (no tensor is created per step). The fast
 kernel makes about twenty torch ops per step: on small shapes their dispatch, not the arithmetic, is the
 cost.
 
-float32 uses vectorised polynomial approximations of exp and tanh (a few units in the last place, see
-``_lstm_cell.c``); float64 uses libm's functions, so the float64 property tests hold this kernel to the
-reference at 1e-9. The extension is optional: without a C compiler at install time ``available()`` is False
-and dispatch uses the fast kernel. Double backward is not supported (the backward is ``once_differentiable``
-and consumes the saved pre-activations: a second backward through the same graph raises).
+The cell makes one pass over the hidden units for the pairs (tanh, sigmoid) and (relu, sigmoid), and a pass
+per gate and operation for the other activations. float32 uses vectorised polynomial approximations of exp
+and tanh (a few units in the last place, see ``_lstm_cell.c``); float64 uses libm's functions, so the
+float64 property tests hold this kernel to the reference at 1e-9. The extension is optional: without a C
+compiler at install time ``available()`` is False and dispatch uses the fast kernel. Double backward is not
+supported (the backward is ``once_differentiable`` and consumes the saved pre-activations: a second
+backward through the same graph raises).
 """
 
 from __future__ import annotations
@@ -181,7 +183,7 @@ def _recurrent_step_agrees(gemm: int, batch: int, dtype: torch.dtype, per_gate: 
             int(dtype == torch.float64), gemm, 0, 0, 0, batch, trans, 1, B, H, H, 0, z.data_ptr(),
             Hp.data_ptr(), Cp.data_ptr(), 0, 0, 1, _address(masks), GATES if per_gate else 1,
             hnext.data_ptr(), 0, rec.data_ptr(), weight.data_ptr(), 0, 0, 0, 0, 0, scratch.data_ptr(),
-            0, 0, 0, 0, 0, 0, 0, linear, linear,
+            0, 0, 0, 0, 0, 0, 0, 1, linear, linear,
         )
         if not torch.allclose(z[0], want, rtol=1e-4, atol=1e-4):
             return False
@@ -207,6 +209,71 @@ def blas_functions(dtype: torch.dtype) -> tuple[int, int, int, int, int]:
     if not gemm:
         return (0, 0, 0, 0, 0)
     return (gemm, *_BLAS_PACK.get(dtype, (0, 0, 0)), _BLAS_BATCH.get(dtype, 0))
+
+
+_CELL_THREADS: bool | None = None  # None: not looked for yet
+_threads_for_check: int | None = None  # set while the first-use check runs
+
+
+def cell_threads() -> int:
+    """How many threads the C loop may split a cell step's rows among: torch's intra-op thread count where
+    torch's OpenMP runtime was found and checked on first use, else 1."""
+    global _CELL_THREADS
+    if _threads_for_check is not None:
+        return _threads_for_check
+    if _CELL_THREADS is None:
+        _CELL_THREADS = _install_openmp() and _split_step_agrees()
+        if not _CELL_THREADS and _lstm_cell is not None:
+            _lstm_cell.set_cell_threads(0, 0, 0)
+    return torch.get_num_threads() if _CELL_THREADS else 1
+
+
+def _install_openmp() -> bool:
+    """Give the C cell GOMP_parallel, omp_get_thread_num and omp_get_num_threads of the OpenMP runtime that
+    libtorch_cpu links (looked up through its handle: the runtime whose threads its BLAS uses)."""
+    if _lstm_cell is None or not blas_gemm(torch.float32):
+        return False
+    import ctypes
+    import os
+
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        functions = [
+            ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
+            for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
+        ]
+    except (OSError, AttributeError):
+        return False
+    if not all(functions):
+        return False
+    _lstm_cell.set_cell_threads(*functions)
+    return True
+
+
+def _split_step_agrees() -> bool:
+    """Two steps forward and backward at B = 16, H = 512 (above the C cell's threshold for splitting) give
+    exactly the same results on two threads as on one."""
+    global _threads_for_check
+    generator = torch.Generator().manual_seed(0)
+    T, B, F, H = 2, 16, 3, 512
+    tensors = [
+        torch.randn(T, B, F, generator=generator), torch.randn(4 * H, F, generator=generator) * 0.1,
+        torch.randn(4 * H, H, generator=generator) * 0.05, torch.randn(4 * H, generator=generator) * 0.1,
+    ]
+    run = DirectionRun(torch.tanh, torch.sigmoid, None, False, True)
+    results = []
+    try:
+        for threads in (1, 2):
+            _threads_for_check = threads
+            x, w_ih, w_hh, b_ih = (t.clone().requires_grad_() for t in tensors)
+            weights = DirectionWeights(w_ih, w_hh, b_ih, None, None)
+            with torch.enable_grad():
+                out, h, c = run_direction_native(x, torch.zeros(B, H), torch.zeros(B, H), weights, run)
+                grads = torch.autograd.grad((out * out).sum() + c.sum(), (x, w_ih, w_hh, b_ih))
+            results.append([out, h, c, *grads])
+    finally:
+        _threads_for_check = None
+    return all(torch.equal(a, b) for a, b in zip(*results, strict=True))
 
 
 def available() -> bool:
@@ -319,7 +386,8 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
     mh_p, prev_p = _address(mh), _address(zeros)
     # fixed per-step operands of the GEMMs (see _lstm_cell_body.h): hnext (B, P) or (4, B, P) with per-gate
     # masks, rec (B, 4H) or (4, B, H), the cell's scratch, and rbuf (B, H) / hcand (B, P) with a projection
-    sizes = (gate_masks * B * P, GATES * B * H, _SCRATCH_PER_HIDDEN * H, B * H if proj else 0,
+    threads = cell_threads() if loop_in_c else 1  # the C loop splits the cell's rows among them
+    sizes = (gate_masks * B * P, GATES * B * H, _SCRATCH_PER_HIDDEN * H * threads, B * H if proj else 0,
              B * P if proj else 0)
     if loop_in_c:  # the whole loop in C, calling the BLAS directly; the buffers are addresses in one block
         aligned = [-(-n // 16) * 16 for n in sizes]  # 64-byte aligned starts
@@ -337,7 +405,7 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
         _lstm_cell.forward_loop(
             f64, *blas, int(not copy), T, B, H, P, int(reverse), z0, h_base, c_base, o_base, k_base,
             zero_out, mh_p, gate_masks, hnext_p, _address(HM), rec_p, Wrec.data_ptr(), r_base, rbuf_p,
-            hcand_p, _address(Whr), prev_p, scr_p, *inputs, h0.data_ptr(), c0.data_ptr(), act, ract,
+            hcand_p, _address(Whr), prev_p, scr_p, *inputs, h0.data_ptr(), c0.data_ptr(), threads, act, ract,
         )
     else:  # per step: one torch GEMM and one C call
         Hp[first].copy_(h0)
@@ -424,7 +492,9 @@ class _NativeLSTM(torch.autograd.Function):
         dz = x.new_empty(GATES, B, H) if gate_masks == 4 else x.new_empty(B, GATES * H)
         dh_tmp = x.new_empty(GATES, B, P) if gate_masks == 4 else x.new_empty(B, P)
         carry = x.new_zeros(B, P) if masked and not zero_out else None
-        scratch = x.new_empty(_SCRATCH_PER_HIDDEN * H)
+        blas = blas_functions(x.dtype)
+        threads = cell_threads() if blas[0] else 1
+        scratch = x.new_empty(_SCRATCH_PER_HIDDEN * H * threads)
         w_hh = w_hh.contiguous()
         if gate_masks == 4:
             gemm, Wrec = torch.bmm, w_hh.view(GATES, H, P)
@@ -438,13 +508,12 @@ class _NativeLSTM(torch.autograd.Function):
         dh_p, dc_p, tmp_p, dz_p = dh.data_ptr(), dc.data_ptr(), dh_tmp.data_ptr(), dz.data_ptr()
         carry_p, mh_p, scr_p = _address(carry), _address(mh), scratch.data_ptr()
         dr_p, dhn_p, DH_base = _address(dr), dh_new.data_ptr(), _address(DH)
-        blas = blas_functions(x.dtype)
         if blas[0]:
             w_hr_rows = w_hr.contiguous() if proj else None
             _lstm_cell.backward_loop(
                 f64, *blas, T, B, H, P, int(reverse), z0, c_base, dout_base, k_base, dh_p, dc_p,
                 carry_p, dhn_p, DH_base, dr_p, _address(w_hr_rows), dz_p, tmp_p, Wrec.data_ptr(), mh_p,
-                gate_masks, scr_p, act, ract,
+                gate_masks, scr_p, threads, act, ract,
             )
         else:
             backward_step = _lstm_cell.backward_step
