@@ -888,3 +888,19 @@ def test_cell_threads_follow_torch_where_the_split_agrees():
         pytest.skip("the C loop or torch's OpenMP runtime is not available: the cell runs on one thread")
     assert native._split_step_agrees()
     assert native.cell_threads() == torch.get_num_threads()
+
+
+@needs_extension
+@pytest.mark.parametrize("context", ["inference_mode", "no_grad"])
+def test_first_use_inside_inference_mode_or_no_grad(context, monkeypatch):
+    """The first-use check of the thread split builds its own autograd graph: a first call of the layer inside
+    torch.inference_mode() or torch.no_grad() runs (and the check still passes)."""
+    if not native.blas_gemm(torch.float32) or not native._install_openmp():
+        pytest.skip("the C loop or torch's OpenMP runtime is not available: the cell runs on one thread")
+    monkeypatch.setattr(native, "_CELL_THREADS", None)
+    layer = unilstm.LSTM(4, 512, activation="relu")  # a flexible spec: the native kernel runs
+    manager = torch.inference_mode() if context == "inference_mode" else torch.no_grad()
+    with manager:
+        out, _ = layer(torch.randn(3, 16, 4))
+    assert out.shape == (3, 16, 512)
+    assert native._CELL_THREADS is True

@@ -165,18 +165,17 @@ def _recurrent_step_agrees(gemm: int, batch: int, dtype: torch.dtype, per_gate: 
     masks = torch.rand(GATES, B, H, generator=generator, dtype=dtype) if per_gate else None
     w4 = w_hh.view(GATES, H, H)
     if per_gate:
-        operand = masks
         want = z_in[0] + torch.bmm(h0 * masks, w4.transpose(1, 2)).transpose(0, 1).reshape(B, 4 * H)
         copies = ((1, w4.contiguous()), (0, w4.transpose(1, 2).contiguous()))
     else:
-        operand = h0
         want = z_in[0] + h0 @ w_hh.t()
         copies = ((1, w_hh), (0, w_hh.t().contiguous()))
     linear = NATIVE_ACTIVATION_IDS[A.linear]
     for trans, weight in copies:
         z, Hp, Cp = z_in.clone(), torch.zeros(2, B, H, dtype=dtype), torch.zeros(2, B, H, dtype=dtype)
         Hp[0] = h0
-        hnext = torch.full_like(operand, float("nan"))  # the loop computes it from Hp[0] and the masks
+        # the loop computes its first operand from Hp[0] and the masks: start from nan to see that it does
+        hnext = torch.full((GATES if per_gate else 1, B, H), float("nan"), dtype=dtype)
         rec = torch.empty(GATES, B, H, dtype=dtype) if per_gate else torch.empty(B, 4 * H, dtype=dtype)
         scratch = torch.empty(_SCRATCH_PER_HIDDEN * H, dtype=dtype)
         _lstm_cell.forward_loop(
@@ -254,25 +253,26 @@ def _split_step_agrees() -> bool:
     """Two steps forward and backward at B = 16, H = 512 (above the C cell's threshold for splitting) give
     exactly the same results on two threads as on one."""
     global _threads_for_check
-    generator = torch.Generator().manual_seed(0)
     T, B, F, H = 2, 16, 3, 512
-    tensors = [
-        torch.randn(T, B, F, generator=generator), torch.randn(4 * H, F, generator=generator) * 0.1,
-        torch.randn(4 * H, H, generator=generator) * 0.05, torch.randn(4 * H, generator=generator) * 0.1,
-    ]
     run = DirectionRun(torch.tanh, torch.sigmoid, None, False, True)
     results = []
-    try:
-        for threads in (1, 2):
-            _threads_for_check = threads
-            x, w_ih, w_hh, b_ih = (t.clone().requires_grad_() for t in tensors)
-            weights = DirectionWeights(w_ih, w_hh, b_ih, None, None)
-            with torch.enable_grad():
+    # the first use may come inside no_grad or inference_mode: the check makes its own autograd graph
+    with torch.inference_mode(False), torch.enable_grad():
+        generator = torch.Generator().manual_seed(0)
+        tensors = [
+            torch.randn(T, B, F, generator=generator), torch.randn(4 * H, F, generator=generator) * 0.1,
+            torch.randn(4 * H, H, generator=generator) * 0.05, torch.randn(4 * H, generator=generator) * 0.1,
+        ]
+        try:
+            for threads in (1, 2):
+                _threads_for_check = threads
+                x, w_ih, w_hh, b_ih = (t.clone().requires_grad_() for t in tensors)
+                weights = DirectionWeights(w_ih, w_hh, b_ih, None, None)
                 out, h, c = run_direction_native(x, torch.zeros(B, H), torch.zeros(B, H), weights, run)
                 grads = torch.autograd.grad((out * out).sum() + c.sum(), (x, w_ih, w_hh, b_ih))
-            results.append([out, h, c, *grads])
-    finally:
-        _threads_for_check = None
+                results.append([out, h, c, *grads])
+        finally:
+            _threads_for_check = None
     return all(torch.equal(a, b) for a, b in zip(*results, strict=True))
 
 
