@@ -164,7 +164,8 @@ ALWAYS_INLINE static inline void NAME(act_backward)(int act, const REAL *x, cons
 /*
  * Single-pass cells for the activation pairs most models use, (tanh, sigmoid) and (relu, sigmoid): one loop
  * over the hidden units computes every gate, the cell and the output, where the general path makes a pass
- * per gate and per operation (on 2 cores, B = 32, H = 128: about half the forward cell's time). The
+ * per gate and per operation (B = 32, H = 128, one core: relu cell 10.7 -> 8.2 us forward, 15 -> 12.5 us
+ * backward; tanh 1-2 us less, its polynomials dominate). The
  * functions below are inlined with constant activation ids, so that the switches fold away and each loop
  * vectorises; they compute the same expressions as act_forward / act_backward.
  */
