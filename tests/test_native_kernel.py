@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import unilstm
+import unilstm.torch
 from unilstm.activations import REGISTRY, resolve
 from unilstm.kernels import dispatch, force_kernel, native
 from unilstm.kernels.native import NATIVE_ACTIVATION_IDS, run_direction_native
@@ -481,6 +482,69 @@ def test_short_standard_runs_go_to_native(cell):
     assert cell.forward_runs(torch.float32, 3) == 1
     for g, e in ((got, want), (h, h_ref), (c, c_ref)):
         torch.testing.assert_close(g, e, rtol=2e-5, atol=2e-6)
+
+
+def _fused_calls(monkeypatch) -> list:
+    calls = []
+    original = dispatch.run_stack_fused
+    monkeypatch.setattr(dispatch, "run_stack_fused", lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+@needs_extension
+def test_cpu_training_of_standard_cells_goes_to_native(cell, monkeypatch):
+    """A call that autograd records runs the native kernel for a standard cell too (faster than torch's
+    kernel on the CPU); the results stay within float32 rounding of torch.nn.LSTM's, gradients included."""
+    fused = _fused_calls(monkeypatch)
+    native.cell_threads()  # the first-use check of the thread split runs the kernel too: not counted
+    cell.calls.clear()
+    torch.manual_seed(0)
+    reference = torch.nn.LSTM(6, 8, num_layers=2, bidirectional=True)
+    layer = unilstm.LSTM(6, 8, num_layers=2, bidirectional=True)
+    layer.load_state_dict(reference.state_dict())
+    x = torch.randn(9, 4, 6)
+    out, (h, c) = layer(x)
+    (out.sum() + h.sum() + c.sum()).backward()
+    assert fused == [] and cell.forward_runs(torch.float32, 9) == 4  # 2 layers x 2 directions
+    cell.assert_ran(torch.float32)
+    want, (h_want, c_want) = reference(x)
+    (want.sum() + h_want.sum() + c_want.sum()).backward()
+    for g, e in ((out, want), (h, h_want), (c, c_want)):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(layer.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@needs_extension
+@pytest.mark.parametrize("case", ["no_grad", "torch_door", "autocast", "inter_layer_dropout"])
+def test_where_torch_kernel_still_runs_standard_cells(case, monkeypatch):
+    """torch's own kernel keeps standard cells: without gradients (inference: its oneDNN forward is fast), in
+    the torch door (bit for bit torch.nn.LSTM), under autocast (it lowers the precision, as torch.nn.LSTM
+    does) and with inter-layer dropout in training (its masks, from the same seed, are torch.nn.LSTM's)."""
+    fused = _fused_calls(monkeypatch)
+    torch.manual_seed(0)
+    layers = 2 if case == "inter_layer_dropout" else 1
+    dropout = 0.5 if case == "inter_layer_dropout" else 0.0
+    reference = torch.nn.LSTM(6, 8, num_layers=layers, dropout=dropout)
+    cls = unilstm.torch.LSTM if case == "torch_door" else unilstm.LSTM
+    layer = cls(6, 8, num_layers=layers, dropout=dropout)
+    layer.load_state_dict(reference.state_dict())
+    x = torch.randn(9, 4, 6)
+    if case == "no_grad":
+        with torch.no_grad():
+            got, want = layer(x)[0], reference(x)[0]
+    elif case == "autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, want = layer(x)[0], reference(x)[0]
+    elif case == "inter_layer_dropout":
+        torch.manual_seed(5)
+        got = layer(x)[0]
+        torch.manual_seed(5)
+        want = reference(x)[0]
+    else:
+        got, want = layer(x)[0], reference(x)[0]
+    assert len(fused) == 1
+    assert torch.equal(got, want)
 
 
 @needs_extension

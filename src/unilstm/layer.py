@@ -97,6 +97,10 @@ class LSTM(nn.Module):
             sequence's last counted step.
     """
 
+    #: CPU training runs the native kernel for every cell, standard ones included (faster than torch's
+    #: kernel, float32 results within rounding of it); the torch door keeps torch's kernel, bit for bit.
+    _native_training: bool = True
+
     def __init__(
         self,
         input_size: int | None,
@@ -329,6 +333,7 @@ class LSTM(nn.Module):
             step_mask=step_mask,
             training=self.training if training is None else bool(training),
             generator=generator,
+            native_training=self._native_training,
         )
         if spec.stateful:
             self.states = (h_n.detach(), c_n.detach())

@@ -109,6 +109,7 @@ class LSTM(_layer.LSTM):
     """
 
     mode = "LSTM"
+    _native_training = False  # a drop-in computes what torch.nn.LSTM computes, bit for bit where it can
 
     def __init__(
         self,

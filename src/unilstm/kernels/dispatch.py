@@ -61,6 +61,22 @@ def short_for_fused(x: Tensor) -> bool:
     )
 
 
+def native_trains_faster(
+    spec: LSTMSpec, x: Tensor, h0: Tensor, c0: Tensor, layers: list[list[DirectionWeights]], training: bool
+) -> bool:
+    """CPU training (a call that autograd records) in float32 or float64 goes to the native kernel, standard
+    cells included: its forward+backward took 0.72-1.04x the time of torch's fused kernel over seven shapes
+    (T, B, in, H from (30, 16, 32, 64) to (1000, 16, 256, 256), 2 cores; torch's packed backward, with
+    lengths, is 20-60x slower still). Not under autocast (torch's kernel computes in the lower precision
+    there, as torch.nn.LSTM does) and not with inter-layer dropout in training (torch's kernel draws those
+    masks itself: the same seed then gives torch.nn.LSTM's masks)."""
+    if not native_available() or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if torch.is_autocast_enabled("cpu") or (training and spec.dropout > 0.0 and spec.num_layers > 1):
+        return False
+    return needs_grad(x, h0, c0, layers)
+
+
 def lengths_from_right_padded(step_mask: Tensor) -> Tensor | None:
     """Lengths (B,) when the (T, B) mask is a valid prefix per row (right padding), else None."""
     lengths = step_mask.sum(dim=0)
@@ -162,6 +178,7 @@ def run_stack(
     step_mask: Tensor | None = None,
     training: bool = False,
     generator: torch.Generator | None = None,
+    native_training: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run the stack on time-major input.
 
@@ -173,15 +190,19 @@ def run_stack(
         step_mask: (T, B) bool, True where a step counts (lengths become a right-padded mask).
         training: enables dropout, input dropout and recurrent dropout.
         generator: random source for the dropout masks.
+        native_training: let CPU training of standard cells run the native kernel (see
+            :func:`native_trains_faster`); False keeps torch's own kernel there, bit for bit torch.nn.LSTM.
 
     Returns:
         output (T, B, D*P) (in processing order when ``spec.go_backwards``), h_n (L*D, B, P), c_n (L*D, B, H).
     """
-    # torch's packed (lengths) LSTM has no oneDNN path on CPU and its backward is very slow (20 s against
-    # 0.5 s for T=1000, B=16, H=256 on 2 cores): with a mask and gradients, a direction kernel runs instead
-    fused_ok = not short_for_fused(x) and (
-        step_mask is None or not (x.device.type == "cpu" and needs_grad(x, h0, c0, layers))
-    )
+    fused_ok = not short_for_fused(x)
+    if native_training:
+        fused_ok = fused_ok and not native_trains_faster(spec, x, h0, c0, layers, training)
+    elif step_mask is not None and x.device.type == "cpu" and needs_grad(x, h0, c0, layers):
+        # torch's packed (lengths) CPU backward is 20-60x slower than the native kernel's: even where torch's
+        # kernel is asked for, a masked run with gradients takes the native one
+        fused_ok = False
     if fused_can_run(spec, x, step_mask) and fused_ok:
         lengths = None if step_mask is None else lengths_from_right_padded(step_mask)
         if step_mask is None or lengths is not None:
