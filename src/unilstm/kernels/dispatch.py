@@ -1,7 +1,9 @@
 """The one place that decides which kernel computes a call.
 
-``run_stack`` hands the whole stack to torch's fused kernel when the spec and inputs allow it, and otherwise
-runs layer by layer and direction by direction with the fastest direction kernel that accepts the run.
+``run_stack`` hands the whole stack to torch's fused kernel when the spec and inputs allow it and that kernel
+is the faster one (CUDA; CPU inference of more than a few steps; see ``native_trains_faster`` and
+``short_for_fused`` for where the native kernel wins), and otherwise runs layer by layer and direction by
+direction with the fastest direction kernel that accepts the run.
 Every kernel computes the same function as :func:`~unilstm.kernels.reference.run_direction_reference`.
 """
 
