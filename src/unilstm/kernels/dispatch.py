@@ -198,13 +198,13 @@ def run_stack(
     Returns:
         output (T, B, D*P) (in processing order when ``spec.go_backwards``), h_n (L*D, B, P), c_n (L*D, B, H).
     """
-    fused_ok = not short_for_fused(x)
-    if native_training:
-        fused_ok = fused_ok and not native_trains_faster(spec, x, h0, c0, layers, training)
-    elif step_mask is not None and x.device.type == "cpu" and needs_grad(x, h0, c0, layers):
-        # torch's packed (lengths) CPU backward is 20-60x slower than the native kernel's: even where torch's
-        # kernel is asked for, a masked run with gradients takes the native one
-        fused_ok = False
+    # torch's packed (lengths) CPU backward is 20-60x slower than the native kernel's: a masked run with
+    # gradients never takes it, even where torch's kernel is asked for (the torch door, autocast, dropout)
+    slow_packed_backward = step_mask is not None and x.device.type == "cpu" and needs_grad(x, h0, c0, layers)
+    fused_ok = not (
+        short_for_fused(x) or slow_packed_backward
+        or (native_training and native_trains_faster(spec, x, h0, c0, layers, training))
+    )
     if fused_can_run(spec, x, step_mask) and fused_ok:
         lengths = None if step_mask is None else lengths_from_right_padded(step_mask)
         if step_mask is None or lengths is not None:
