@@ -87,24 +87,16 @@ _TAIL, _HEAD, _CELL = 1, 2, 4
 _Addresses = dict[torch.dtype, int]
 
 
-def _find_blas() -> tuple[_Addresses, dict[torch.dtype, tuple[int, int, int]], _Addresses]:
-    """The addresses of sgemm_/dgemm_ in the BLAS torch links (MKL in the x86 wheels), of MKL's packed GEMM
-    (cblas_?gemm_pack_get_size, _pack, _compute) and of its batched GEMM (cblas_?gemm_batch) where present,
-    each checked on small products against torch; empty where they are not exported or disagree: the
-    per-step Python loop (no gemm), plain gemm calls (no packing) or four calls per step (no batch) run
-    instead."""
-    if _lstm_cell is None:
-        return {}, {}, {}
+def _torch_cpu_symbols(*names: str) -> list[int] | None:
+    """The addresses of ``names`` as libtorch_cpu.so resolves them (its own symbols and those of the
+    libraries it links: its BLAS, its OpenMP runtime), 0 for each one missing; None without the library."""
     import ctypes
     import os
 
-    gemms: _Addresses = {}
-    packs: dict[torch.dtype, tuple[int, int, int]] = {}
-    batches: _Addresses = {}
     try:
         lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
     except OSError:
-        return {}, {}, {}
+        return None
 
     def address(name: str) -> int:
         try:
@@ -112,15 +104,31 @@ def _find_blas() -> tuple[_Addresses, dict[torch.dtype, tuple[int, int, int]], _
         except AttributeError:
             return 0
 
+    return [address(name) for name in names]
+
+
+def _find_blas() -> tuple[_Addresses, dict[torch.dtype, tuple[int, int, int]], _Addresses]:
+    """The addresses of sgemm_/dgemm_ in the BLAS torch links (MKL in the x86 wheels), of MKL's packed GEMM
+    (cblas_?gemm_pack_get_size, _pack, _compute) and of its batched GEMM (cblas_?gemm_batch) where present,
+    each checked on small products against torch; empty where they are not exported or disagree: the
+    per-step Python loop (no gemm), plain gemm calls (no packing) or four calls per step (no batch) run
+    instead."""
+    gemms: _Addresses = {}
+    packs: dict[torch.dtype, tuple[int, int, int]] = {}
+    batches: _Addresses = {}
+    if _lstm_cell is None:
+        return gemms, packs, batches
     for dtype, letter in ((torch.float32, "s"), (torch.float64, "d")):
-        gemm = address(f"{letter}gemm_")
+        packed = (f"cblas_{letter}gemm_{part}" for part in ("pack_get_size", "pack", "compute"))
+        found = _torch_cpu_symbols(f"{letter}gemm_", *packed, f"cblas_{letter}gemm_batch")
+        if found is None:
+            break
+        gemm, pack, batch = found[0], tuple(found[1:4]), found[4]
         if not (gemm and _gemm_agrees(gemm, dtype)):
             continue
         gemms[dtype] = gemm
-        pack = tuple(address(f"cblas_{letter}gemm_{part}") for part in ("pack_get_size", "pack", "compute"))
         if all(pack) and _packed_product_agrees(gemm, pack, dtype):
             packs[dtype] = pack
-        batch = address(f"cblas_{letter}gemm_batch")
         if batch and _gate_products_agree(gemm, batch, dtype):
             batches[dtype] = batch
     return gemms, packs, batches
@@ -235,18 +243,8 @@ def _install_openmp() -> bool:
     libtorch_cpu links (looked up through its handle: the runtime whose threads its BLAS uses)."""
     if _lstm_cell is None or not blas_gemm(torch.float32):
         return False
-    import ctypes
-    import os
-
-    try:
-        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
-        functions = [
-            ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
-            for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
-        ]
-    except (OSError, AttributeError):
-        return False
-    if not all(functions):
+    functions = _torch_cpu_symbols("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
+    if functions is None or not all(functions):
         return False
     _lstm_cell.set_cell_threads(*functions)
     return True
