@@ -227,6 +227,19 @@ def per_gate_weight_grad(dZ: Tensor, values: Tensor, mask: Tensor | None) -> Ten
     return torch.bmm(dZ.transpose(1, 2), masked).reshape(-1, width)
 
 
+def function_arguments(cfg: tuple, x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights,
+                       run: DirectionRun) -> tuple:
+    """The positional arguments of the fast and native autograd Functions: (cfg, x, h0, c0, w_ih, w_hh,
+    b_ih, b_hh, w_hr, input dropout mask, recurrent dropout mask, step mask as bool on x's device)."""
+    mask = run.step_mask
+    if mask is not None:
+        mask = mask.to(device=x.device, dtype=torch.bool)
+    return (
+        cfg, x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr,
+        run.input_dropout_mask, run.recurrent_dropout_mask, mask,
+    )
+
+
 def backward_outputs(
     needs: tuple[bool, ...], has_bias: tuple[bool, bool], dx: Tensor | None, dh: Tensor, dc: Tensor,
     dwih: Tensor | None, dwhh: Tensor | None, db: Tensor | None, dwhr: Tensor | None,
@@ -562,13 +575,7 @@ def run_direction_fast(
     docstring for what differs: speed, and no double backward)."""
     act, ract = _ACTS[run.activation], _ACTS[run.recurrent_activation]
     cfg = (act, ract, bool(run.reverse), bool(run.zero_masked_output))
-    mask = run.step_mask
-    if mask is not None:
-        mask = mask.to(device=x.device, dtype=torch.bool)
-    args = (
-        cfg, x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr,
-        run.input_dropout_mask, run.recurrent_dropout_mask, mask,
-    )
+    args = function_arguments(cfg, x, h0, c0, weights, run)
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         with torch.autocast(device_type=device_type, enabled=False):

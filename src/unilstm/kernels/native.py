@@ -47,7 +47,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import activations as A
-from .fast import backward_outputs, per_gate_weight_grad
+from .fast import backward_outputs, function_arguments, per_gate_weight_grad
 from .opaque import opaque_to_compile
 from .reference import GATES, DirectionRun, DirectionWeights, run_direction_reference
 
@@ -588,17 +588,11 @@ def run_direction_native(
         NATIVE_ACTIVATION_IDS[run.activation], NATIVE_ACTIVATION_IDS[run.recurrent_activation],
         bool(run.reverse), int(bool(run.zero_masked_output)),
     )
-    mask = run.step_mask
-    if mask is not None:
-        mask = mask.to(device=x.device, dtype=torch.bool)
-    args = (
-        cfg, x.contiguous(), h0.contiguous(), c0.contiguous(), weights.w_ih, weights.w_hh, weights.b_ih,
-        weights.b_hh, weights.w_hr, run.input_dropout_mask, run.recurrent_dropout_mask, mask,
-    )
     if not _buffers_agree(x, h0, c0, weights, run):
         # the C loop reads raw buffers of x's type and of these shapes: anything else goes to the loop
         # whose torch ops check them and raise torch's errors
         return run_direction_reference(x, h0, c0, weights, run)
+    args = function_arguments(cfg, x.contiguous(), h0.contiguous(), c0.contiguous(), weights, run)
     if not _needs_graph(args):  # inference (streaming): no autograd.Function bookkeeping
         if torch.is_autocast_enabled("cpu"):
             with torch.autocast(device_type="cpu", enabled=False):  # products must stay in x's dtype
