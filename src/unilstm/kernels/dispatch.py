@@ -63,20 +63,16 @@ def short_for_fused(x: Tensor) -> bool:
     )
 
 
-def native_trains_faster(
-    spec: LSTMSpec, x: Tensor, h0: Tensor, c0: Tensor, layers: list[list[DirectionWeights]], training: bool
-) -> bool:
-    """CPU training (a call that autograd records) in float32 or float64 goes to the native kernel, standard
-    cells included: its forward+backward took 0.72-1.04x the time of torch's fused kernel over seven shapes
-    (T, B, in, H from (30, 16, 32, 64) to (1000, 16, 256, 256), 2 cores; torch's packed backward, with
-    lengths, is 20-60x slower still). Not under autocast (torch's kernel computes in the lower precision
-    there, as torch.nn.LSTM does) and not with inter-layer dropout in training (torch's kernel draws those
-    masks itself: the same seed then gives torch.nn.LSTM's masks)."""
+def native_trains_faster(spec: LSTMSpec, x: Tensor, training: bool) -> bool:
+    """Whether a CPU training call (one that autograd records; the caller checks that) goes to the native
+    kernel, standard cells included: in float32 and float64 its forward+backward took 0.72-1.04x the time of
+    torch's fused kernel over seven shapes (T, B, in, H from (30, 16, 32, 64) to (1000, 16, 256, 256), 2
+    cores; torch's packed backward, with lengths, is 20-60x slower still). Not under autocast (torch's
+    kernel computes in the lower precision there, as torch.nn.LSTM does) and not with inter-layer dropout
+    in training (torch's kernel draws those masks itself: the same seed then gives torch.nn.LSTM's masks)."""
     if not native_available() or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
-    if torch.is_autocast_enabled("cpu") or (training and spec.dropout > 0.0 and spec.num_layers > 1):
-        return False
-    return needs_grad(x, h0, c0, layers)
+    return not (torch.is_autocast_enabled("cpu") or (training and spec.dropout > 0.0 and spec.num_layers > 1))
 
 
 def lengths_from_right_padded(step_mask: Tensor) -> Tensor | None:
@@ -200,10 +196,10 @@ def run_stack(
     """
     # torch's packed (lengths) CPU backward is 20-60x slower than the native kernel's: a masked run with
     # gradients never takes it, even where torch's kernel is asked for (the torch door, autocast, dropout)
-    slow_packed_backward = step_mask is not None and x.device.type == "cpu" and needs_grad(x, h0, c0, layers)
+    cpu_training = x.device.type == "cpu" and needs_grad(x, h0, c0, layers)
     fused_ok = not (
-        short_for_fused(x) or slow_packed_backward
-        or (native_training and native_trains_faster(spec, x, h0, c0, layers, training))
+        short_for_fused(x) or (cpu_training and step_mask is not None)
+        or (cpu_training and native_training and native_trains_faster(spec, x, training))
     )
     if fused_can_run(spec, x, step_mask) and fused_ok:
         lengths = None if step_mask is None else lengths_from_right_padded(step_mask)
