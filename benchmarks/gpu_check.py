@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_fast_kernel import ACCEPTED, outputs_and_grads  # noqa: E402
 
 from unilstm import bench  # noqa: E402
+from unilstm.kernels import cuda_graphs  # noqa: E402
 from unilstm.kernels.fast import run_direction_fast  # noqa: E402
 from unilstm.kernels.reference import DirectionRun, DirectionWeights, run_direction_reference  # noqa: E402
 
@@ -60,14 +61,50 @@ def property_check(n: int, dtype, tol, device: str) -> tuple[int, float]:
         expected = outputs_and_grads(run_direction_reference, *case)
         if not all(bool(torch.isfinite(t).all()) for t in expected):
             continue
-        got = outputs_and_grads(run_direction_fast, *case)
-        for e, g in zip(expected, got, strict=True):
-            assert g.device.type == device
-            scale = max(1.0, float(e.abs().max())) if e.numel() else 1.0
-            err = float((g - e).abs().max()) / scale if e.numel() else 0.0
-            worst = max(worst, err)
-            assert err <= tol, (i, err)
+        # three calls: the first runs directly, the second captures CUDA graphs, the third replays them
+        calls = [outputs_and_grads(run_direction_fast, *case) for _ in range(3)]
+        for call, got in enumerate(calls):
+            for e, g in zip(expected, got, strict=True):
+                assert g.device.type == device
+                scale = max(1.0, float(e.abs().max())) if e.numel() else 1.0
+                err = float((g - e).abs().max()) / scale if e.numel() else 0.0
+                worst = max(worst, err)
+                assert err <= tol, (i, call, err)
     return n, worst
+
+
+def graph_counts() -> str:
+    entries = list(cuda_graphs._entries.values())
+    ready = sum(e.graph_ready for e in entries)
+    failed = sum(e.failed for e in entries)
+    return f"{ready} graphs captured, {failed} captures failed, {len(entries)} keys kept"
+
+
+def peak_memory(device: str) -> list[str]:
+    """Peak CUDA memory of relu fw+bw at (100, 64, 512, 512), with and without graphs."""
+    if device != "cuda":
+        return []
+    import unilstm
+
+    lines = []
+    for use_graphs in (False, True):
+        cuda_graphs.clear()
+        cuda_graphs.enabled = use_graphs
+        layer = unilstm.LSTM(512, 512, activation="relu").cuda()
+        x = torch.randn(100, 64, 512, device="cuda", requires_grad=True)
+        for _ in range(3):
+            layer(x)[0].sum().backward()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        layer(x)[0].sum().backward()
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        kept = torch.cuda.memory_allocated() / 2**20
+        lines.append(f"- relu fw+bw (100, 64, 512, 512), graphs {'on' if use_graphs else 'off'}: peak above "
+                     f"the live tensors {peak:.0f} MiB, allocated after the step {kept:.0f} MiB")
+    cuda_graphs.enabled = True
+    return lines
 
 
 def main() -> int:
@@ -82,9 +119,22 @@ def main() -> int:
         msg = f"property check {dtype}: {count} random runs, fast kernel == reference on CUDA, worst scaled error {worst:.2e}"
         print(msg, flush=True)
         lines.append("- " + msg)
-    lines.append(f"- property checks took {time.time() - start:.0f} s")
-    print(f"property checks: {time.time() - start:.0f} s", flush=True)
-    report_dir = out_dir / "bench"
+    lines.append(f"- property checks took {time.time() - start:.0f} s; each case ran three times (direct, "
+                 f"graph capture, graph replay): {graph_counts()}")
+    print(f"property checks: {time.time() - start:.0f} s; {graph_counts()}", flush=True)
+    lines += peak_memory(device)
+    print("\n".join(lines), flush=True)
+    for use_graphs in (True, False):
+        cuda_graphs.clear()
+        cuda_graphs.enabled = use_graphs
+        lines += ["", f"## Flexible specs with CUDA graphs {'on (default)' if use_graphs else 'off'}", ""]
+        lines += [bench_table(device, dry, out_dir / ("bench" if use_graphs else "bench_nographs"))]
+        print(lines[-1], flush=True)
+    (out_dir / "gpu_check.md").write_text("\n".join(lines))
+    return 0
+
+
+def bench_table(device: str, dry: bool, report_dir: Path) -> str:
     shapes = ["--shape", "6,3,5,8"] if dry else [
         "--shape", "100,64,512,512", "--shape", "50,32,64,128", "--shape", "1000,16,256,256",
     ]
@@ -94,9 +144,7 @@ def main() -> int:
         "--spec", "standard", "--spec", "relu", "--spec", "recurrent_dropout", "--spec", "mask_gaps",
         "--spec", "bidir_proj_mask",
     ])
-    lines += ["", (report_dir / "results.md").read_text()]
-    (out_dir / "gpu_check.md").write_text("\n".join(lines))
-    return 0
+    return (report_dir / "results.md").read_text()
 
 
 if __name__ == "__main__":

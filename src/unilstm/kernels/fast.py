@@ -23,6 +23,7 @@ call (``opaque_to_compile``), so its time loop is never unrolled into a graph.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import activations as A
+from . import cuda_graphs
 from .opaque import opaque_to_compile
 from .reference import GATES, DirectionRun, DirectionWeights
 
@@ -256,315 +258,352 @@ def backward_outputs(
             None, None, None)
 
 
+def _step_patterns(
+    step_mask: Tensor | None, T: int, capturable: bool
+) -> tuple[list[bool], list[bool]] | None:
+    """Per step: whether every sequence is valid, whether none is (both skip work). The capturable variant,
+    for CUDA, treats every step as partly valid: reading the mask on the host would synchronise with the
+    device and cannot be recorded into a CUDA graph. Both give the same numbers."""
+    if step_mask is None:
+        return None
+    if capturable:
+        return [False] * T, [False] * T
+    return step_mask.all(dim=1).tolist(), (~step_mask.any(dim=1)).tolist()
+
+
+def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask):
+    """The forward of :class:`_FastLSTM`: (out, h_T, c_T, then the tensors its backward needs)."""
+    act, ract, reverse, zero_out = cfg
+    T, B, Fdim = x.shape
+    H = c0.shape[-1]
+    P = h0.shape[-1]
+    dev, dt = x.device, x.dtype
+    perm = _gate_permutation(H, dev)
+    Wih = _permuted_rows(w_ih, perm)
+    Whh = _permuted_rows(w_hh, perm)
+    bias = None
+    if b_ih is not None or b_hh is not None:
+        bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
+        bias = bias.index_select(0, perm)
+    gatewise = (mx is not None and mx.dim() == 3) or (mh is not None and mh.dim() == 3)
+    # per-gate masks follow the internal [i, f, o, g] order too
+    # a list index would copy it from the host, which a CUDA graph cannot record
+    if mx is not None and mx.dim() == 3:
+        mx = torch.cat((mx[:2], mx[3:], mx[2:3]))
+    if mh is not None and mh.dim() == 3:
+        mh = torch.cat((mh[:2], mh[3:], mh[2:3]))
+
+    # ---- all input projections at once
+    X2 = x.reshape(T * B, Fdim)
+    if not gatewise:
+        Xm = X2 if mx is None else (x * mx).reshape(T * B, Fdim)
+        G = torch.addmm(bias, Xm, Wih.t()) if bias is not None else torch.mm(Xm, Wih.t())
+        G = G.view(T, B, 4 * H)
+    elif mx is not None and mx.dim() == 3:
+        Xm4 = (x.unsqueeze(0) * mx.unsqueeze(1)).reshape(GATES, T * B, Fdim)
+        W4T = Wih.view(GATES, H, Fdim).transpose(1, 2)
+        G = torch.baddbmm(bias.view(GATES, 1, H), Xm4, W4T) if bias is not None else torch.bmm(Xm4, W4T)
+        del Xm4
+        G = G.view(GATES, T, B, H)
+    else:
+        Xm = X2 if mx is None else (x * mx).reshape(T * B, Fdim)
+        Z = torch.addmm(bias, Xm, Wih.t()) if bias is not None else torch.mm(Xm, Wih.t())
+        G = Z.view(T * B, GATES, H).permute(1, 0, 2).contiguous().view(GATES, T, B, H)
+        del Z
+    z_l, sig_l, cand_l, i_l, f_l, o_l = _gate_views(G, gatewise, H)
+
+    Hp = x.new_empty(T + 1, B, P)
+    Cp = x.new_empty(T + 1, B, H)
+    first = T if reverse else 0
+    Hp[first].copy_(h0)
+    Cp[first].copy_(c0)
+    Hs, Cs = Hp.unbind(0), Cp.unbind(0)
+    R = x.new_empty(T, B, H) if w_hr is not None else None
+    Rs = R.unbind(0) if R is not None else None
+    WhrT = w_hr.t() if w_hr is not None else None
+
+    masked = step_mask is not None
+    if masked:
+        kb = step_mask.unsqueeze(-1)
+        per_step, none_step = patterns
+        Obuf = x.new_empty(T, B, P)
+        Os = Obuf.unbind(0)
+        kbs = kb.unbind(0)
+        kf = kb.to(dt)
+        kfs = kf.unbind(0)
+        htmp = x.new_empty(B, P)
+        ctmp = x.new_empty(B, H)
+        prev_out = x.new_zeros(B, P)
+    y_only = act.y_only and ract.y_only
+    if not y_only:
+        Abuf = x.new_empty(GATES, B, H) if gatewise else x.new_empty(B, 4 * H)
+        if gatewise:
+            a_sig, a_g, a_i, a_f, a_o = Abuf[:3], Abuf[3], Abuf[0], Abuf[1], Abuf[2]
+        else:
+            a_sig, a_g = Abuf[:, : 3 * H], Abuf[:, 3 * H :]
+            a_i, a_f, a_o = Abuf[:, :H], Abuf[:, H : 2 * H], Abuf[:, 2 * H : 3 * H]
+    tc = x.new_empty(B, H)
+    if gatewise:
+        W4hT = Whh.view(GATES, H, P).transpose(1, 2)
+        hm4 = x.new_empty(GATES, B, P) if (mh is not None and mh.dim() == 3) else None
+    else:
+        WhhT = Whh.t()
+    hm = x.new_empty(B, P) if (mh is not None and mh.dim() == 2) else None
+    act_fn = act.fn
+    tanh_cell = act.fn is torch.tanh
+
+    order = range(T - 1, -1, -1) if reverse else range(T)
+    for t in order:
+        hi, ho = (t + 1, t) if reverse else (t, t + 1)
+        h, c = Hs[hi], Cs[hi]
+        if masked and none_step[t]:
+            Hs[ho].copy_(h)
+            Cs[ho].copy_(c)
+            if Rs is not None:
+                Rs[t].zero_()
+            if zero_out:
+                Os[t].zero_()
+            else:
+                Os[t].copy_(prev_out)
+                prev_out = Os[t]
+            continue
+        z = z_l[t]
+        if gatewise:
+            if mh is None:
+                hh4 = h.unsqueeze(0).expand(GATES, B, P)
+            elif hm is not None:
+                hh4 = torch.mul(h, mh, out=hm).unsqueeze(0).expand(GATES, B, P)
+            else:
+                hh4 = torch.mul(h.unsqueeze(0), mh, out=hm4)
+            z.baddbmm_(hh4, W4hT)
+        else:
+            z.addmm_(h if hm is None else torch.mul(h, mh, out=hm), WhhT)
+        if y_only:
+            _apply_inplace(ract, sig_l[t])
+            _apply_inplace(act, cand_l[t])
+            i, f, o, g = i_l[t], f_l[t], o_l[t], cand_l[t]
+        else:
+            a_sig.copy_(ract.fn(sig_l[t]))
+            a_g.copy_(act.fn(cand_l[t]))
+            i, f, o, g = a_i, a_f, a_o, a_g
+        partial = masked and not per_step[t]
+        cnew = ctmp if partial else Cs[ho]
+        torch.mul(f, c, out=cnew)
+        cnew.addcmul_(i, g)
+        if tanh_cell:
+            torch.tanh(cnew, out=tc)
+            ac = tc
+        else:
+            ac = act_fn(cnew)
+        hnew = htmp if partial else Hs[ho]
+        if R is not None:
+            torch.mul(o, ac, out=Rs[t])
+            torch.mm(Rs[t], WhrT, out=hnew)
+        else:
+            torch.mul(o, ac, out=hnew)
+        if partial:
+            torch.where(kbs[t], ctmp, c, out=Cs[ho])
+            torch.where(kbs[t], htmp, h, out=Hs[ho])
+            if zero_out:
+                torch.mul(htmp, kfs[t], out=Os[t])
+            else:
+                torch.where(kbs[t], htmp, prev_out, out=Os[t])
+                prev_out = Os[t]
+        elif masked:
+            Os[t].copy_(hnew)
+            prev_out = Os[t]
+
+    last = 0 if reverse else T
+    out = Obuf if masked else (Hp[:T] if reverse else Hp[1:])
+    return out, Hp[last], Cp[last], x, Wih, Whh, w_hr, mx, mh, step_mask, G, Hp, Cp, R, perm
+
+
+def _backward_body(cfg, meta, patterns, needs, x, Wih, Whh, w_hr, mx, mh, step_mask, G, Hp, Cp, R, perm,
+               dout, dhT, dcT):
+    """The backward of :class:`_FastLSTM`: (dx, dh_0, dc_0, dW_ih, dW_hh, db, dW_hr), None where not
+    needed. Writes the gate gradients over ``G``."""
+    act, ract, reverse, zero_out = cfg
+    T, B, Fdim, H, P, gatewise, masked, y_only = meta
+    dt = x.dtype
+    z_l, sig_l, cand_l, i_l, f_l, o_l = _gate_views(G, gatewise, H)
+    Cs = Cp.unbind(0)
+    douts = dout.unbind(0)
+    dh = dhT.clone()
+    dc = dcT.clone()
+    proj = w_hr is not None
+    if proj:
+        DH = x.new_empty(T, B, P)
+        DHs = DH.unbind(0)
+    if masked:
+        per_step, none_step = patterns
+        kf = step_mask.unsqueeze(-1).to(dt)
+        kfs = kf.unbind(0)
+        nkfs = (1.0 - kf).unbind(0)
+        carry = None if zero_out else x.new_zeros(B, P)
+    if gatewise:
+        D3 = x.new_empty(3, B, H)
+        d_i, d_f, d_o = D3[0], D3[1], D3[2]
+        W4h = Whh.view(GATES, H, P)
+    else:
+        D3 = x.new_empty(B, 3 * H)
+        d_i, d_f, d_o = D3[:, :H], D3[:, H : 2 * H], D3[:, 2 * H :]
+    dg = x.new_empty(B, H)
+    dct = x.new_empty(B, H)
+    tanh_cell = act.fn is torch.tanh
+
+    order = range(T) if reverse else range(T - 1, -1, -1)
+    for t in order:
+        hi, ho = (t + 1, t) if reverse else (t, t + 1)
+        gout = douts[t]
+        dh_pass = dc_pass = None
+        if masked:
+            if carry is not None:
+                gout = gout + carry
+            if none_step[t]:
+                if carry is not None:
+                    carry = gout
+                z_l[t].zero_()
+                if proj:
+                    DHs[t].zero_()
+                continue
+            if per_step[t]:
+                if carry is not None:
+                    carry = torch.zeros_like(carry)
+                dh_new = dh.add_(gout)
+                dc_new = dc
+            else:
+                k, nk = kfs[t], nkfs[t]
+                if carry is not None:
+                    carry = gout * nk
+                dh_new = torch.addcmul(gout * k, dh, k)
+                dh_pass = dh.mul_(nk)
+                dc_new = dc * k
+                dc_pass = dc.mul_(nk)
+        else:
+            dh_new = dh.add_(gout)
+            dc_new = dc
+        if proj:
+            DHs[t].copy_(dh_new)
+            dr = torch.mm(dh_new, w_hr)
+        else:
+            dr = dh_new
+        cnew, cprev = Cs[ho], Cs[hi]
+        if y_only:
+            i, f, o, g = i_l[t], f_l[t], o_l[t], cand_l[t]
+            ysig, yg = sig_l[t], cand_l[t]
+        else:
+            xsig, xg = sig_l[t], cand_l[t]
+            ysig, yg = ract.fn(xsig), act.fn(xg)
+            if gatewise:
+                i, f, o = ysig[0], ysig[1], ysig[2]
+            else:
+                i, f, o = ysig[:, :H], ysig[:, H : 2 * H], ysig[:, 2 * H :]
+            g = yg
+        ac = torch.tanh(cnew) if tanh_cell else act.fn(cnew)
+        torch.mul(dr, ac, out=d_o)
+        dac = act.grad(dr * o, None if act.y_only else cnew, ac)
+        torch.add(dac, dc_new, out=dct)
+        torch.mul(dct, g, out=d_i)
+        torch.mul(dct, cprev, out=d_f)
+        torch.mul(dct, i, out=dg)
+        dc = torch.mul(dct, f)
+        if dc_pass is not None:
+            dc.add_(dc_pass)
+        # gate pre-activation gradients, written over the saved gates
+        if y_only:
+            if ract.grad_out is not None:
+                ract.grad_out(D3, ysig, ysig)
+            else:
+                ysig.copy_(ract.grad(D3, None, ysig))
+            if act.grad_out is not None:
+                act.grad_out(dg, yg, yg)
+            else:
+                yg.copy_(act.grad(dg, None, yg))
+        else:
+            sig_l[t].copy_(ract.grad(D3, None if ract.y_only else xsig, ysig))
+            cand_l[t].copy_(act.grad(dg, None if act.y_only else xg, yg))
+        dz = z_l[t]
+        if gatewise:
+            dh4 = torch.bmm(dz, W4h)
+            if mh is not None and mh.dim() == 3:
+                dh4.mul_(mh)
+            dh = dh4.sum(0)
+            if mh is not None and mh.dim() == 2:
+                dh.mul_(mh)
+        else:
+            dh = torch.mm(dz, Whh)
+            if mh is not None:
+                dh.mul_(mh)
+        if dh_pass is not None:
+            dh.add_(dh_pass)
+
+    Hprev = Hp[1:] if reverse else Hp[:T]
+    dx = dwih = dwhh = db = dwhr = None
+    if not gatewise:
+        dZ = G.view(T * B, 4 * H)
+        if needs[4]:
+            Xm = x if mx is None else x * mx
+            dwih = torch.mm(dZ.t(), Xm.reshape(T * B, Fdim)).index_select(0, perm)
+        if needs[5]:
+            Hm = Hprev if mh is None else Hprev * mh
+            dwhh = torch.mm(dZ.t(), Hm.reshape(T * B, P)).index_select(0, perm)
+        if needs[6] or needs[7]:
+            db = dZ.sum(0).index_select(0, perm)
+        if needs[1]:
+            dx = torch.mm(dZ, Wih).view(T, B, Fdim)
+            if mx is not None:
+                dx.mul_(mx)
+    else:
+        dZ = G.view(GATES, T * B, H)
+        if needs[4]:
+            dwih = per_gate_weight_grad(dZ, x, mx).index_select(0, perm)
+        if needs[5]:
+            dwhh = per_gate_weight_grad(dZ, Hprev, mh).index_select(0, perm)
+        if needs[6] or needs[7]:
+            db = dZ.sum(1).reshape(4 * H).index_select(0, perm)
+        if needs[1]:
+            dx4 = torch.bmm(dZ, Wih.view(GATES, H, Fdim))
+            if mx is not None and mx.dim() == 3:
+                dx4 = dx4.view(GATES, T, B, Fdim).mul_(mx.unsqueeze(1))
+                dx = dx4.sum(0)
+            else:
+                dx = dx4.sum(0).view(T, B, Fdim)
+                if mx is not None:
+                    dx.mul_(mx)
+    if proj and needs[8]:
+        dwhr = torch.mm(DH.view(T * B, P).t(), R.view(T * B, H))
+    return dx, dh, dc, dwih, dwhh, db, dwhr
+
+
 class _FastLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask):  # noqa: N805
-        act, ract, reverse, zero_out = cfg
         T, B, Fdim = x.shape
-        H = c0.shape[-1]
-        P = h0.shape[-1]
-        dev, dt = x.device, x.dtype
-        perm = _gate_permutation(H, dev)
-        Wih = _permuted_rows(w_ih, perm)
-        Whh = _permuted_rows(w_hh, perm)
-        bias = None
-        if b_ih is not None or b_hh is not None:
-            bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
-            bias = bias.index_select(0, perm)
+        graphed = cuda_graphs.usable(x)
+        patterns = _step_patterns(step_mask, T, capturable=x.device.type == "cuda" or graphed)
+        args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask)
+        body = functools.partial(_forward_body, cfg, patterns)
+        results = cuda_graphs.run(("fast forward", cfg), body, args) if graphed else body(*args)
+        out, h_last, c_last = results[:3]
+        H, P = c0.shape[-1], h0.shape[-1]
         gatewise = (mx is not None and mx.dim() == 3) or (mh is not None and mh.dim() == 3)
-        # per-gate masks follow the internal [i, f, o, g] order too
-        if mx is not None and mx.dim() == 3:
-            mx = mx[[0, 1, 3, 2]]
-        if mh is not None and mh.dim() == 3:
-            mh = mh[[0, 1, 3, 2]]
-
-        # ---- all input projections at once
-        X2 = x.reshape(T * B, Fdim)
-        if not gatewise:
-            Xm = X2 if mx is None else (x * mx).reshape(T * B, Fdim)
-            G = torch.addmm(bias, Xm, Wih.t()) if bias is not None else torch.mm(Xm, Wih.t())
-            G = G.view(T, B, 4 * H)
-        elif mx is not None and mx.dim() == 3:
-            Xm4 = (x.unsqueeze(0) * mx.unsqueeze(1)).reshape(GATES, T * B, Fdim)
-            W4T = Wih.view(GATES, H, Fdim).transpose(1, 2)
-            G = torch.baddbmm(bias.view(GATES, 1, H), Xm4, W4T) if bias is not None else torch.bmm(Xm4, W4T)
-            del Xm4
-            G = G.view(GATES, T, B, H)
-        else:
-            Xm = X2 if mx is None else (x * mx).reshape(T * B, Fdim)
-            Z = torch.addmm(bias, Xm, Wih.t()) if bias is not None else torch.mm(Xm, Wih.t())
-            G = Z.view(T * B, GATES, H).permute(1, 0, 2).contiguous().view(GATES, T, B, H)
-            del Z
-        z_l, sig_l, cand_l, i_l, f_l, o_l = _gate_views(G, gatewise, H)
-
-        Hp = x.new_empty(T + 1, B, P)
-        Cp = x.new_empty(T + 1, B, H)
-        first = T if reverse else 0
-        Hp[first].copy_(h0)
-        Cp[first].copy_(c0)
-        Hs, Cs = Hp.unbind(0), Cp.unbind(0)
-        R = x.new_empty(T, B, H) if w_hr is not None else None
-        Rs = R.unbind(0) if R is not None else None
-        WhrT = w_hr.t() if w_hr is not None else None
-
-        masked = step_mask is not None
-        if masked:
-            kb = step_mask.unsqueeze(-1)
-            per_step = step_mask.all(dim=1).tolist()
-            none_step = (~step_mask.any(dim=1)).tolist()
-            Obuf = x.new_empty(T, B, P)
-            Os = Obuf.unbind(0)
-            kbs = kb.unbind(0)
-            kf = kb.to(dt)
-            kfs = kf.unbind(0)
-            htmp = x.new_empty(B, P)
-            ctmp = x.new_empty(B, H)
-            prev_out = x.new_zeros(B, P)
-        y_only = act.y_only and ract.y_only
-        if not y_only:
-            Abuf = x.new_empty(GATES, B, H) if gatewise else x.new_empty(B, 4 * H)
-            if gatewise:
-                a_sig, a_g, a_i, a_f, a_o = Abuf[:3], Abuf[3], Abuf[0], Abuf[1], Abuf[2]
-            else:
-                a_sig, a_g = Abuf[:, : 3 * H], Abuf[:, 3 * H :]
-                a_i, a_f, a_o = Abuf[:, :H], Abuf[:, H : 2 * H], Abuf[:, 2 * H : 3 * H]
-        tc = x.new_empty(B, H)
-        if gatewise:
-            W4hT = Whh.view(GATES, H, P).transpose(1, 2)
-            hm4 = x.new_empty(GATES, B, P) if (mh is not None and mh.dim() == 3) else None
-        else:
-            WhhT = Whh.t()
-        hm = x.new_empty(B, P) if (mh is not None and mh.dim() == 2) else None
-        act_fn = act.fn
-        tanh_cell = act.fn is torch.tanh
-
-        order = range(T - 1, -1, -1) if reverse else range(T)
-        for t in order:
-            hi, ho = (t + 1, t) if reverse else (t, t + 1)
-            h, c = Hs[hi], Cs[hi]
-            if masked and none_step[t]:
-                Hs[ho].copy_(h)
-                Cs[ho].copy_(c)
-                if Rs is not None:
-                    Rs[t].zero_()
-                if zero_out:
-                    Os[t].zero_()
-                else:
-                    Os[t].copy_(prev_out)
-                    prev_out = Os[t]
-                continue
-            z = z_l[t]
-            if gatewise:
-                if mh is None:
-                    hh4 = h.unsqueeze(0).expand(GATES, B, P)
-                elif hm is not None:
-                    hh4 = torch.mul(h, mh, out=hm).unsqueeze(0).expand(GATES, B, P)
-                else:
-                    hh4 = torch.mul(h.unsqueeze(0), mh, out=hm4)
-                z.baddbmm_(hh4, W4hT)
-            else:
-                z.addmm_(h if hm is None else torch.mul(h, mh, out=hm), WhhT)
-            if y_only:
-                _apply_inplace(ract, sig_l[t])
-                _apply_inplace(act, cand_l[t])
-                i, f, o, g = i_l[t], f_l[t], o_l[t], cand_l[t]
-            else:
-                a_sig.copy_(ract.fn(sig_l[t]))
-                a_g.copy_(act.fn(cand_l[t]))
-                i, f, o, g = a_i, a_f, a_o, a_g
-            partial = masked and not per_step[t]
-            cnew = ctmp if partial else Cs[ho]
-            torch.mul(f, c, out=cnew)
-            cnew.addcmul_(i, g)
-            if tanh_cell:
-                torch.tanh(cnew, out=tc)
-                ac = tc
-            else:
-                ac = act_fn(cnew)
-            hnew = htmp if partial else Hs[ho]
-            if R is not None:
-                torch.mul(o, ac, out=Rs[t])
-                torch.mm(Rs[t], WhrT, out=hnew)
-            else:
-                torch.mul(o, ac, out=hnew)
-            if partial:
-                torch.where(kbs[t], ctmp, c, out=Cs[ho])
-                torch.where(kbs[t], htmp, h, out=Hs[ho])
-                if zero_out:
-                    torch.mul(htmp, kfs[t], out=Os[t])
-                else:
-                    torch.where(kbs[t], htmp, prev_out, out=Os[t])
-                    prev_out = Os[t]
-            elif masked:
-                Os[t].copy_(hnew)
-                prev_out = Os[t]
-
-        last = 0 if reverse else T
-        out = Obuf if masked else (Hp[:T] if reverse else Hp[1:])
-        ctx.cfg = cfg
-        ctx.meta = (T, B, Fdim, H, P, gatewise, masked, y_only)
-        if masked:
-            ctx.mask_info = (per_step, none_step)
-        ctx.save_for_backward(x, Wih, Whh, w_hr, mx, mh, step_mask, G, Hp, Cp, R, perm)
+        ctx.cfg, ctx.patterns = cfg, patterns
+        ctx.meta = (T, B, Fdim, H, P, gatewise, step_mask is not None, cfg[0].y_only and cfg[1].y_only)
+        ctx.save_for_backward(*results[3:])
         ctx.has_bias = (b_ih is not None, b_hh is not None)
-        return out, Hp[last], Cp[last]
+        return out, h_last, c_last
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout, dhT, dcT):  # noqa: N805
-        act, ract, reverse, zero_out = ctx.cfg
-        T, B, Fdim, H, P, gatewise, masked, y_only = ctx.meta
-        x, Wih, Whh, w_hr, mx, mh, step_mask, G, Hp, Cp, R, perm = ctx.saved_tensors
-        dt = x.dtype
-        z_l, sig_l, cand_l, i_l, f_l, o_l = _gate_views(G, gatewise, H)
-        Cs = Cp.unbind(0)
-        douts = dout.unbind(0)
-        dh = dhT.clone()
-        dc = dcT.clone()
-        proj = w_hr is not None
-        if proj:
-            DH = x.new_empty(T, B, P)
-            DHs = DH.unbind(0)
-        if masked:
-            per_step, none_step = ctx.mask_info
-            kf = step_mask.unsqueeze(-1).to(dt)
-            kfs = kf.unbind(0)
-            nkfs = (1.0 - kf).unbind(0)
-            carry = None if zero_out else x.new_zeros(B, P)
-        if gatewise:
-            D3 = x.new_empty(3, B, H)
-            d_i, d_f, d_o = D3[0], D3[1], D3[2]
-            W4h = Whh.view(GATES, H, P)
-        else:
-            D3 = x.new_empty(B, 3 * H)
-            d_i, d_f, d_o = D3[:, :H], D3[:, H : 2 * H], D3[:, 2 * H :]
-        dg = x.new_empty(B, H)
-        dct = x.new_empty(B, H)
-        tanh_cell = act.fn is torch.tanh
-
-        order = range(T) if reverse else range(T - 1, -1, -1)
-        for t in order:
-            hi, ho = (t + 1, t) if reverse else (t, t + 1)
-            gout = douts[t]
-            dh_pass = dc_pass = None
-            if masked:
-                if carry is not None:
-                    gout = gout + carry
-                if none_step[t]:
-                    if carry is not None:
-                        carry = gout
-                    z_l[t].zero_()
-                    if proj:
-                        DHs[t].zero_()
-                    continue
-                if per_step[t]:
-                    if carry is not None:
-                        carry = torch.zeros_like(carry)
-                    dh_new = dh.add_(gout)
-                    dc_new = dc
-                else:
-                    k, nk = kfs[t], nkfs[t]
-                    if carry is not None:
-                        carry = gout * nk
-                    dh_new = torch.addcmul(gout * k, dh, k)
-                    dh_pass = dh.mul_(nk)
-                    dc_new = dc * k
-                    dc_pass = dc.mul_(nk)
-            else:
-                dh_new = dh.add_(gout)
-                dc_new = dc
-            if proj:
-                DHs[t].copy_(dh_new)
-                dr = torch.mm(dh_new, w_hr)
-            else:
-                dr = dh_new
-            cnew, cprev = Cs[ho], Cs[hi]
-            if y_only:
-                i, f, o, g = i_l[t], f_l[t], o_l[t], cand_l[t]
-                ysig, yg = sig_l[t], cand_l[t]
-            else:
-                xsig, xg = sig_l[t], cand_l[t]
-                ysig, yg = ract.fn(xsig), act.fn(xg)
-                if gatewise:
-                    i, f, o = ysig[0], ysig[1], ysig[2]
-                else:
-                    i, f, o = ysig[:, :H], ysig[:, H : 2 * H], ysig[:, 2 * H :]
-                g = yg
-            ac = torch.tanh(cnew) if tanh_cell else act.fn(cnew)
-            torch.mul(dr, ac, out=d_o)
-            dac = act.grad(dr * o, None if act.y_only else cnew, ac)
-            torch.add(dac, dc_new, out=dct)
-            torch.mul(dct, g, out=d_i)
-            torch.mul(dct, cprev, out=d_f)
-            torch.mul(dct, i, out=dg)
-            dc = torch.mul(dct, f)
-            if dc_pass is not None:
-                dc.add_(dc_pass)
-            # gate pre-activation gradients, written over the saved gates
-            if y_only:
-                if ract.grad_out is not None:
-                    ract.grad_out(D3, ysig, ysig)
-                else:
-                    ysig.copy_(ract.grad(D3, None, ysig))
-                if act.grad_out is not None:
-                    act.grad_out(dg, yg, yg)
-                else:
-                    yg.copy_(act.grad(dg, None, yg))
-            else:
-                sig_l[t].copy_(ract.grad(D3, None if ract.y_only else xsig, ysig))
-                cand_l[t].copy_(act.grad(dg, None if act.y_only else xg, yg))
-            dz = z_l[t]
-            if gatewise:
-                dh4 = torch.bmm(dz, W4h)
-                if mh is not None and mh.dim() == 3:
-                    dh4.mul_(mh)
-                dh = dh4.sum(0)
-                if mh is not None and mh.dim() == 2:
-                    dh.mul_(mh)
-            else:
-                dh = torch.mm(dz, Whh)
-                if mh is not None:
-                    dh.mul_(mh)
-            if dh_pass is not None:
-                dh.add_(dh_pass)
-
         needs = ctx.needs_input_grad
-        Hprev = Hp[1:] if reverse else Hp[:T]
-        dx = dwih = dwhh = db = dwhr = None
-        if not gatewise:
-            dZ = G.view(T * B, 4 * H)
-            if needs[4]:
-                Xm = x if mx is None else x * mx
-                dwih = torch.mm(dZ.t(), Xm.reshape(T * B, Fdim)).index_select(0, perm)
-            if needs[5]:
-                Hm = Hprev if mh is None else Hprev * mh
-                dwhh = torch.mm(dZ.t(), Hm.reshape(T * B, P)).index_select(0, perm)
-            if needs[6] or needs[7]:
-                db = dZ.sum(0).index_select(0, perm)
-            if needs[1]:
-                dx = torch.mm(dZ, Wih).view(T, B, Fdim)
-                if mx is not None:
-                    dx.mul_(mx)
+        args = (*ctx.saved_tensors, dout, dhT, dcT)
+        body = functools.partial(_backward_body, ctx.cfg, ctx.meta, ctx.patterns, needs)
+        if cuda_graphs.usable(dout):
+            grads = cuda_graphs.run(("fast backward", ctx.cfg, ctx.meta, needs), body, args)
         else:
-            dZ = G.view(GATES, T * B, H)
-            if needs[4]:
-                dwih = per_gate_weight_grad(dZ, x, mx).index_select(0, perm)
-            if needs[5]:
-                dwhh = per_gate_weight_grad(dZ, Hprev, mh).index_select(0, perm)
-            if needs[6] or needs[7]:
-                db = dZ.sum(1).reshape(4 * H).index_select(0, perm)
-            if needs[1]:
-                dx4 = torch.bmm(dZ, Wih.view(GATES, H, Fdim))
-                if mx is not None and mx.dim() == 3:
-                    dx4 = dx4.view(GATES, T, B, Fdim).mul_(mx.unsqueeze(1))
-                    dx = dx4.sum(0)
-                else:
-                    dx = dx4.sum(0).view(T, B, Fdim)
-                    if mx is not None:
-                        dx.mul_(mx)
-        if proj and needs[8]:
-            dwhr = torch.mm(DH.view(T * B, P).t(), R.view(T * B, H))
-        return backward_outputs(needs, ctx.has_bias, dx, dh, dc, dwih, dwhh, db, dwhr)
+            grads = body(*args)
+        return backward_outputs(needs, ctx.has_bias, *grads)
 
 
 @opaque_to_compile

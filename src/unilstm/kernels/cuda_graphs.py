@@ -1,0 +1,164 @@
+"""CUDA graphs for the fast kernel's time loops: one graph launch instead of thousands of small kernels.
+
+On a GPU the fast kernel's forward issues about ten kernels per time step and its backward about twenty.
+Each is microseconds of work behind a Python call and a launch, so a flexible-spec LSTM spends most of its
+time launching. A CUDA graph records the whole loop once and replays it as one launch.
+
+:func:`run` replays a body (a function of tensors or ``None`` that returns a tuple of tensors or ``None``)
+through a graph cached under its key and the shapes, strides and dtypes of its arguments:
+
+* the first call with a key runs the body directly (one-off shapes never pay for a capture);
+* the second warms the body up on a side stream (lazy cuBLAS set-up happens outside the capture), captures
+  it into a graph whose static arguments are private copies, and replays it;
+* later calls copy the arguments into the static copies, replay, and hand out copies of the results, so that
+  results of one call are never overwritten by the next. A result that is one of the arguments comes back
+  as the caller's own tensor; results that are views of one buffer come back as views of one copy.
+
+The body must be capturable: no host synchronisation (``.item()``, ``.tolist()``, data-dependent shapes) and
+no host-to-device copies. The fast kernel runs its capturable variant on CUDA for this reason (see
+``fast._step_patterns``). A capture that fails marks its key, warns once and runs the body directly from then
+on. Graphs are used only on the default stream, outside a user's own capture, and when ``enabled``;
+``UNILSTM_CUDA_GRAPHS=0`` in the environment switches them off. At most ``MAX_GRAPHS`` keys are kept (least
+recently used first out); all graphs of a device share one memory pool, as torch.cuda.make_graphed_callables
+does. Each kept graph holds its static arguments and results: about twice the memory of one call's saved
+tensors. :func:`clear` frees them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+__all__ = ["MAX_GRAPHS", "clear", "enabled", "run", "usable"]
+
+#: switch for every graph of this module; ``UNILSTM_CUDA_GRAPHS=0`` sets it False at import
+enabled: bool = os.environ.get("UNILSTM_CUDA_GRAPHS", "1") != "0"
+MAX_GRAPHS = 16
+
+Body = Callable[..., tuple]
+# capture(body, static_args) -> (replay, static_results); tests replace it to run the logic on the CPU
+Capture = Callable[[Body, tuple], tuple[Callable[[], None], tuple]]
+
+
+@dataclass
+class _Entry:
+    graph_ready: bool = False
+    failed: bool = False
+    static_args: tuple = ()
+    static_results: tuple = ()
+    replay: Callable[[], None] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_entries: OrderedDict[tuple, _Entry] = OrderedDict()
+_entries_lock = threading.Lock()
+_pools: dict[int, object] = {}
+_warned = False
+
+
+def _capture_cuda(body: Body, static_args: tuple) -> tuple[Callable[[], None], tuple]:
+    device = next(a.device for a in static_args if a is not None)
+    current = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        body(*static_args)
+    current.wait_stream(side)
+    if device.index not in _pools:
+        _pools[device.index] = torch.cuda.graph_pool_handle()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=_pools[device.index]):
+        static_results = body(*static_args)
+    return graph.replay, static_results
+
+
+_capture: Capture = _capture_cuda
+
+
+def usable(x: Tensor) -> bool:
+    """Whether :func:`run` may replay graphs for a call on ``x``'s device now: CUDA, ``enabled``, the
+    default stream, and no capture of the caller's own in progress."""
+    if not enabled or x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return False
+    return torch.cuda.current_stream(x.device) == torch.cuda.default_stream(x.device)
+
+
+def clear() -> None:
+    """Drop every cached graph and its buffers."""
+    with _entries_lock:
+        _entries.clear()
+
+
+def _signature(args: Sequence[Tensor | None]) -> tuple:
+    return tuple(
+        None if a is None else (tuple(a.shape), a.stride(), a.dtype, a.device) for a in args
+    )
+
+
+def _export(results: tuple, static_args: tuple, args: tuple) -> tuple:
+    """Copies of a replay's results that the next replay cannot overwrite (see the module docstring)."""
+    callers = {id(s): a for s, a in zip(static_args, args, strict=True) if s is not None}
+    copies: dict[int, Tensor] = {}
+    exported: list[Tensor | None] = []
+    for r in results:
+        if r is None or id(r) in callers:
+            exported.append(None if r is None else callers[id(r)])
+            continue
+        base = r if r._base is None else r._base
+        if id(base) in callers:  # a view of an argument: its own copy
+            exported.append(r.clone())
+            continue
+        if id(base) not in copies:
+            copies[id(base)] = base.clone()
+        copy = copies[id(base)]
+        offset = r.storage_offset() - base.storage_offset() + copy.storage_offset()
+        exported.append(copy.as_strided(r.size(), r.stride(), offset))
+    return tuple(exported)
+
+
+def run(key: tuple, body: Body, args: tuple) -> tuple:
+    """``body(*args)``, through a cached CUDA graph from the second call with the same key and argument
+    layout on (see the module docstring). The caller checks :func:`usable` first."""
+    global _warned
+    full_key = (key, _signature(args))
+    with _entries_lock:
+        entry = _entries.get(full_key)
+        if entry is None:
+            _entries[full_key] = _Entry()
+            while len(_entries) > MAX_GRAPHS:
+                _entries.popitem(last=False)
+            first_call = True
+        else:
+            _entries.move_to_end(full_key)
+            first_call = False
+    if first_call or entry.failed:
+        return body(*args)
+    with entry.lock:
+        if not entry.graph_ready:
+            static_args = tuple(None if a is None else a.detach().clone() for a in args)
+            try:
+                entry.replay, entry.static_results = _capture(body, static_args)
+            except Exception as error:  # noqa: BLE001 - any failure: run without a graph from now on
+                entry.failed = True
+                if not _warned:
+                    _warned = True
+                    warnings.warn(
+                        f"unilstm: a CUDA graph capture failed ({type(error).__name__}: {error}); "
+                        "this call shape runs without graphs", RuntimeWarning, stacklevel=3,
+                    )
+                return body(*args)
+            entry.static_args = static_args
+            entry.graph_ready = True
+        for static, a in zip(entry.static_args, args, strict=True):
+            if static is not None:
+                static.copy_(a)
+        assert entry.replay is not None
+        entry.replay()
+        return _export(entry.static_results, entry.static_args, args)
