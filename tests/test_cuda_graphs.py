@@ -23,17 +23,24 @@ from unilstm.kernels.fast import run_direction_fast
 from unilstm.kernels.reference import run_direction_reference
 
 
-def stand_in_capture(body, static_args):
-    fixed = body(*static_args)
-    captures.append(body)
+class StandInGraph:
+    def __init__(self, body, static_args, fixed):
+        self.body, self.static_args, self.fixed = body, static_args, fixed
 
-    def replay():
-        fresh = body(*static_args)
-        for into, value in zip(fixed, fresh, strict=True):
-            if into is not None and not any(into is s for s in static_args):
+    def replay(self):
+        fresh = self.body(*self.static_args)
+        for into, value in zip(self.fixed, fresh, strict=True):
+            if into is not None and not any(into is s for s in self.static_args):
                 into.copy_(value)
 
-    return replay, fixed
+    def pool(self):
+        return id(self)
+
+
+def stand_in_capture(body, static_args, pool):
+    fixed = body(*static_args)
+    captures.append((body, pool))
+    return StandInGraph(body, static_args, fixed), fixed
 
 
 captures: list = []
@@ -108,6 +115,8 @@ def test_new_layout_captures_again_and_lru_drops_the_oldest(stand_in_graphs, mon
         assert torch.equal(first, a * 2.0) and torch.equal(second, (a + 1.0) * 2.0)
     assert len(cuda_graphs._entries) == 2
     assert len(captures) == 4  # shape (1,) was dropped after (2,) and (3,) came, and captured again
+    first_pool = captures[0][1]
+    assert first_pool is None and all(pool is not None for body, pool in captures[1:])  # shared, live
 
 
 def test_results_that_are_arguments_or_views_of_one_buffer(stand_in_graphs):
@@ -130,7 +139,7 @@ def test_a_failed_capture_warns_once_and_runs_directly(monkeypatch):
     monkeypatch.setattr(cuda_graphs, "usable", lambda x: True)
     monkeypatch.setattr(cuda_graphs, "_warned", False)
 
-    def failing_capture(body, static_args):
+    def failing_capture(body, static_args, pool):
         raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(cuda_graphs, "_capture", failing_capture)

@@ -19,9 +19,10 @@ no host-to-device copies. The fast kernel runs its capturable variant on CUDA fo
 ``fast._step_patterns``). A capture that fails marks its key, warns once and runs the body directly from then
 on. Graphs are used only on the default stream, outside a user's own capture, and when ``enabled``;
 ``UNILSTM_CUDA_GRAPHS=0`` in the environment switches them off. At most ``MAX_GRAPHS`` keys are kept (least
-recently used first out); all graphs of a device share one memory pool, as torch.cuda.make_graphed_callables
-does. Each kept graph holds its static arguments and results: about twice the memory of one call's saved
-tensors. :func:`clear` frees them.
+recently used first out); the graphs kept on a device share one memory pool, as
+torch.cuda.make_graphed_callables does (safe because results are copied out right after each replay). Each
+kept graph holds its static arguments and results: about twice the memory of one call's saved tensors.
+:func:`clear` frees them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -43,27 +45,33 @@ enabled: bool = os.environ.get("UNILSTM_CUDA_GRAPHS", "1") != "0"
 MAX_GRAPHS = 16
 
 Body = Callable[..., tuple]
-# capture(body, static_args) -> (replay, static_results); tests replace it to run the logic on the CPU
-Capture = Callable[[Body, tuple], tuple[Callable[[], None], tuple]]
+
+
+class Graph(Protocol):
+    def replay(self) -> None: ...
+    def pool(self) -> object: ...
+
+
+# capture(body, static_args, pool) -> (graph, static_results), pool being a live graph's pool or None; tests
+# replace it to run the logic on the CPU
+Capture = Callable[[Body, tuple, object], tuple[Graph, tuple]]
 
 
 @dataclass
 class _Entry:
-    graph_ready: bool = False
+    graph: Graph | None = None
     failed: bool = False
     static_args: tuple = ()
     static_results: tuple = ()
-    replay: Callable[[], None] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 _entries: OrderedDict[tuple, _Entry] = OrderedDict()
 _entries_lock = threading.Lock()
-_pools: dict[int, object] = {}
 _warned = False
 
 
-def _capture_cuda(body: Body, static_args: tuple) -> tuple[Callable[[], None], tuple]:
+def _capture_cuda(body: Body, static_args: tuple, pool: object) -> tuple[Graph, tuple]:
     device = next(a.device for a in static_args if a is not None)
     current = torch.cuda.current_stream(device)
     side = torch.cuda.Stream(device)
@@ -71,12 +79,25 @@ def _capture_cuda(body: Body, static_args: tuple) -> tuple[Callable[[], None], t
     with torch.cuda.stream(side):
         body(*static_args)
     current.wait_stream(side)
-    if device.index not in _pools:
-        _pools[device.index] = torch.cuda.graph_pool_handle()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=_pools[device.index]):
-        static_results = body(*static_args)
-    return graph.replay, static_results
+    try:
+        with torch.cuda.graph(graph, pool=pool):
+            static_results = body(*static_args)
+    finally:  # a capture that fails inside capture_end leaves its stream current
+        torch.cuda.set_stream(current)
+    return graph, static_results
+
+
+def _live_pool(device: torch.device) -> object:
+    """The memory pool of a kept graph on ``device``, or None for a new one. A pool handle must not outlive
+    its graphs: torch frees the pool with its last graph, and capturing into a freed pool trips an internal
+    assertion of torch's caching allocator (seen with torch 2.11)."""
+    for key, entry in _entries.items():
+        if entry.graph is not None and any(
+            part is not None and part[3] == device for part in key[1]
+        ):
+            return entry.graph.pool()
+    return None
 
 
 _capture: Capture = _capture_cuda
@@ -141,10 +162,13 @@ def run(key: tuple, body: Body, args: tuple) -> tuple:
     if first_call or entry.failed:
         return body(*args)
     with entry.lock:
-        if not entry.graph_ready:
+        if entry.graph is None:
             static_args = tuple(None if a is None else a.detach().clone() for a in args)
+            device = next(a.device for a in args if a is not None)
+            with _entries_lock:
+                pool = _live_pool(device)
             try:
-                entry.replay, entry.static_results = _capture(body, static_args)
+                graph, static_results = _capture(body, static_args, pool)
             except Exception as error:  # noqa: BLE001 - any failure: run without a graph from now on
                 entry.failed = True
                 if not _warned:
@@ -154,11 +178,9 @@ def run(key: tuple, body: Body, args: tuple) -> tuple:
                         "this call shape runs without graphs", RuntimeWarning, stacklevel=3,
                     )
                 return body(*args)
-            entry.static_args = static_args
-            entry.graph_ready = True
+            entry.static_args, entry.static_results, entry.graph = static_args, static_results, graph
         for static, a in zip(entry.static_args, args, strict=True):
             if static is not None:
                 static.copy_(a)
-        assert entry.replay is not None
-        entry.replay()
+        entry.graph.replay()
         return _export(entry.static_results, entry.static_args, args)
