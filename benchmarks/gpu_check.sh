@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One short GPU check: every front door on CUDA (tools/cuda_check.py), then the fast kernel's property
-# comparison on CUDA with graph capture and replay, peak memory, and cuDNN-vs-flexible timings with CUDA
-# graphs on and off (benchmarks/gpu_check.py). Needs a python3 with CUDA torch (the device image has one);
-# installs nothing. Run from the repo root; writes into $OUT when set, else into the current folder.
+# comparison on CUDA (fused Triton steps, graph capture and replay), peak memory, and cuDNN-vs-flexible
+# timings with CUDA graphs and Triton steps on, and each alone (benchmarks/gpu_check.py). Needs a python3
+# with CUDA torch and Triton (the device image has both); installs nothing. Run from the repo root; writes into $OUT when set, else into the current folder.
 set -euo pipefail
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"

@@ -1,6 +1,10 @@
 import os
 import pathlib
 
+# The Triton cell kernels run through Triton's interpreter on the CPU in the tests (test_triton_cell.py);
+# the switch is read when the kernels are defined, so it must be set before anything imports them.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 from hypothesis import settings
 

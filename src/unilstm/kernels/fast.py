@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import activations as A
-from . import cuda_graphs
+from . import cuda_graphs, triton_cell
 from .opaque import opaque_to_compile
 from .reference import GATES, DirectionRun, DirectionWeights
 
@@ -351,6 +351,10 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
     hm = x.new_empty(B, P) if (mh is not None and mh.dim() == 2) else None
     act_fn = act.fn
     tanh_cell = act.fn is torch.tanh
+    fused = triton_cell.accepts(x, act.fn, ract.fn, projected=R is not None)
+    if fused:
+        codes = triton_cell.codes(act.fn, ract.fn)
+        keep_rows = step_mask.contiguous().view(torch.uint8).unbind(0) if masked else None
 
     order = range(T - 1, -1, -1) if reverse else range(T)
     for t in order:
@@ -378,6 +382,14 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
             z.baddbmm_(hh4, W4hT)
         else:
             z.addmm_(h if hm is None else torch.mul(h, mh, out=hm), WhhT)
+        if fused:
+            triton_cell.forward_step(
+                z, gatewise, codes, y_only, c, Cs[ho], h, Hs[ho], keep_rows[t] if masked else None,
+                Os[t] if masked else None, prev_out if masked else None, zero_out,
+            )
+            if masked:
+                prev_out = Os[t]
+            continue
         if y_only:
             _apply_inplace(ract, sig_l[t])
             _apply_inplace(act, cand_l[t])
@@ -450,78 +462,91 @@ def _backward_body(cfg, meta, patterns, needs, x, Wih, Whh, w_hr, mx, mh, step_m
     dg = x.new_empty(B, H)
     dct = x.new_empty(B, H)
     tanh_cell = act.fn is torch.tanh
+    fused = triton_cell.accepts(x, act.fn, ract.fn, projected=proj)
+    if fused:
+        codes = triton_cell.codes(act.fn, ract.fn)
+        douts = dout.contiguous().unbind(0)
+        keep_rows = step_mask.contiguous().view(torch.uint8).unbind(0) if masked else None
+        dh_pass_rows = x.new_empty(B, H) if masked else None
 
     order = range(T) if reverse else range(T - 1, -1, -1)
     for t in order:
         hi, ho = (t + 1, t) if reverse else (t, t + 1)
         gout = douts[t]
         dh_pass = dc_pass = None
-        if masked:
+        if masked and none_step[t]:
             if carry is not None:
-                gout = gout + carry
-            if none_step[t]:
+                carry = gout + carry
+            z_l[t].zero_()
+            if proj:
+                DHs[t].zero_()
+            continue
+        if fused:  # dc and carry are updated in place
+            triton_cell.backward_step(
+                z_l[t], gatewise, codes, y_only, Cs[ho], Cs[hi], gout, dh, dc, dh_pass_rows,
+                carry if masked else None, keep_rows[t] if masked else None, zero_out,
+            )
+            dh_pass = dh_pass_rows
+        else:
+            if masked:
                 if carry is not None:
-                    carry = gout
-                z_l[t].zero_()
-                if proj:
-                    DHs[t].zero_()
-                continue
-            if per_step[t]:
-                if carry is not None:
-                    carry = torch.zeros_like(carry)
+                    gout = gout + carry
+                if per_step[t]:
+                    if carry is not None:
+                        carry = torch.zeros_like(carry)
+                    dh_new = dh.add_(gout)
+                    dc_new = dc
+                else:
+                    k, nk = kfs[t], nkfs[t]
+                    if carry is not None:
+                        carry = gout * nk
+                    dh_new = torch.addcmul(gout * k, dh, k)
+                    dh_pass = dh.mul_(nk)
+                    dc_new = dc * k
+                    dc_pass = dc.mul_(nk)
+            else:
                 dh_new = dh.add_(gout)
                 dc_new = dc
+            if proj:
+                DHs[t].copy_(dh_new)
+                dr = torch.mm(dh_new, w_hr)
             else:
-                k, nk = kfs[t], nkfs[t]
-                if carry is not None:
-                    carry = gout * nk
-                dh_new = torch.addcmul(gout * k, dh, k)
-                dh_pass = dh.mul_(nk)
-                dc_new = dc * k
-                dc_pass = dc.mul_(nk)
-        else:
-            dh_new = dh.add_(gout)
-            dc_new = dc
-        if proj:
-            DHs[t].copy_(dh_new)
-            dr = torch.mm(dh_new, w_hr)
-        else:
-            dr = dh_new
-        cnew, cprev = Cs[ho], Cs[hi]
-        if y_only:
-            i, f, o, g = i_l[t], f_l[t], o_l[t], cand_l[t]
-            ysig, yg = sig_l[t], cand_l[t]
-        else:
-            xsig, xg = sig_l[t], cand_l[t]
-            ysig, yg = ract.fn(xsig), act.fn(xg)
-            if gatewise:
-                i, f, o = ysig[0], ysig[1], ysig[2]
+                dr = dh_new
+            cnew, cprev = Cs[ho], Cs[hi]
+            if y_only:
+                i, f, o, g = i_l[t], f_l[t], o_l[t], cand_l[t]
+                ysig, yg = sig_l[t], cand_l[t]
             else:
-                i, f, o = ysig[:, :H], ysig[:, H : 2 * H], ysig[:, 2 * H :]
-            g = yg
-        ac = torch.tanh(cnew) if tanh_cell else act.fn(cnew)
-        torch.mul(dr, ac, out=d_o)
-        dac = act.grad(dr * o, None if act.y_only else cnew, ac)
-        torch.add(dac, dc_new, out=dct)
-        torch.mul(dct, g, out=d_i)
-        torch.mul(dct, cprev, out=d_f)
-        torch.mul(dct, i, out=dg)
-        dc = torch.mul(dct, f)
-        if dc_pass is not None:
-            dc.add_(dc_pass)
-        # gate pre-activation gradients, written over the saved gates
-        if y_only:
-            if ract.grad_out is not None:
-                ract.grad_out(D3, ysig, ysig)
+                xsig, xg = sig_l[t], cand_l[t]
+                ysig, yg = ract.fn(xsig), act.fn(xg)
+                if gatewise:
+                    i, f, o = ysig[0], ysig[1], ysig[2]
+                else:
+                    i, f, o = ysig[:, :H], ysig[:, H : 2 * H], ysig[:, 2 * H :]
+                g = yg
+            ac = torch.tanh(cnew) if tanh_cell else act.fn(cnew)
+            torch.mul(dr, ac, out=d_o)
+            dac = act.grad(dr * o, None if act.y_only else cnew, ac)
+            torch.add(dac, dc_new, out=dct)
+            torch.mul(dct, g, out=d_i)
+            torch.mul(dct, cprev, out=d_f)
+            torch.mul(dct, i, out=dg)
+            dc = torch.mul(dct, f)
+            if dc_pass is not None:
+                dc.add_(dc_pass)
+            # gate pre-activation gradients, written over the saved gates
+            if y_only:
+                if ract.grad_out is not None:
+                    ract.grad_out(D3, ysig, ysig)
+                else:
+                    ysig.copy_(ract.grad(D3, None, ysig))
+                if act.grad_out is not None:
+                    act.grad_out(dg, yg, yg)
+                else:
+                    yg.copy_(act.grad(dg, None, yg))
             else:
-                ysig.copy_(ract.grad(D3, None, ysig))
-            if act.grad_out is not None:
-                act.grad_out(dg, yg, yg)
-            else:
-                yg.copy_(act.grad(dg, None, yg))
-        else:
-            sig_l[t].copy_(ract.grad(D3, None if ract.y_only else xsig, ysig))
-            cand_l[t].copy_(act.grad(dg, None if act.y_only else xg, yg))
+                sig_l[t].copy_(ract.grad(D3, None if ract.y_only else xsig, ysig))
+                cand_l[t].copy_(act.grad(dg, None if act.y_only else xg, yg))
         dz = z_l[t]
         if gatewise:
             dh4 = torch.bmm(dz, W4h)

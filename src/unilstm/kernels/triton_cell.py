@@ -1,0 +1,131 @@
+"""Fused cell steps for the fast kernel on CUDA: one Triton kernel per step forward and one backward.
+
+Between its GEMMs the fast kernel's time loop does the LSTM cell's elementwise work,
+
+    i, f, o = rσ(z_i), rσ(z_f), rσ(z_o);  g = act(z_g);  c' = f c + i g;  h' = o act(c')
+
+and, going back, the gate gradients. As torch ops that is six to ten small kernels a step forward and
+fifteen to twenty backward, each a few microseconds of launch on a GPU even inside a CUDA graph. Here each
+direction of each step is one kernel, for the activations with a code in ``ACTIVATION_CODES`` and for every
+step mask, dropout-mask layout, reverse direction and masked-output mode, without a projection (proj_size
+runs the torch ops). Values are computed in float32 (float64 for float64 tensors) and rounded where torch's
+ops store theirs, so results agree with the torch-op loop to a few units in the last place.
+
+Used only where Triton imports and the tensors are on CUDA, and while ``enabled`` (``UNILSTM_TRITON=0``
+switches it off); ``run_on_cpu`` lets the tests run the kernels through Triton's interpreter
+(TRITON_INTERPRET=1) on a machine without a GPU. tools/compile_triton_cell.py compiles every variant for
+sm_90 on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from .. import activations as A
+
+__all__ = ["ACTIVATION_CODES", "accepts", "backward_step", "enabled", "forward_step", "run_on_cpu"]
+
+#: the activations the kernels compute, by their code in _triton_cell_kernels
+ACTIVATION_CODES: dict[Callable, int] = {
+    torch.tanh: 0, torch.sigmoid: 1, torch.relu: 2, A.linear: 3, A.exponential: 4, A.hard_sigmoid: 5,
+    A.hard_sigmoid_keras2: 6, A.elu: 7, A.celu: 7, A.selu: 8, A.softplus: 9, A.softsign: 10, A.relu6: 11,
+    A.leaky_relu: 12, A.hard_tanh: 13, A.silu: 14,
+}
+
+#: switch for the fused steps; ``UNILSTM_TRITON=0`` in the environment sets it False at import
+enabled: bool = os.environ.get("UNILSTM_TRITON", "1") != "0"
+#: tests set this to run the kernels on CPU tensors (needs TRITON_INTERPRET=1 before the first use)
+run_on_cpu = False
+_BLOCK = 256
+
+
+@functools.cache
+def _kernels() -> ModuleType | None:
+    try:
+        from . import _triton_cell_kernels
+    except ImportError:  # no Triton (the CPU wheels of torch do not bring it)
+        return None
+    return _triton_cell_kernels
+
+
+def _code(fn: Callable) -> int | None:
+    try:
+        return ACTIVATION_CODES.get(fn)
+    except TypeError:  # unhashable callables
+        return None
+
+
+def accepts(x: Tensor, activation: Callable, recurrent_activation: Callable, projected: bool) -> bool:
+    """Whether the fused steps serve this run: both activations have a code, no projection, and the
+    tensors are on CUDA with Triton importable (or on the CPU under ``run_on_cpu``)."""
+    if not enabled or projected or _code(activation) is None or _code(recurrent_activation) is None:
+        return False
+    if x.device.type != "cuda" and not (run_on_cpu and x.device.type == "cpu"):
+        return False
+    return _kernels() is not None
+
+
+def _grid(n: int) -> tuple[int]:
+    return ((n + _BLOCK - 1) // _BLOCK,)
+
+
+def _gate_strides(z: Tensor, gatewise: bool) -> tuple[int, int]:
+    """(gate stride, row stride) of step t's gate block: z is (B, 4H) for the shared layout or (4, B, H)."""
+    if gatewise:
+        return z.stride(0), z.stride(1)
+    return z.shape[-1] // 4, z.stride(0)
+
+
+def forward_step(
+    z: Tensor, gatewise: bool, codes: tuple[int, int], store_activations: bool, c_prev: Tensor,
+    c_new: Tensor, h_prev: Tensor, h_new: Tensor, keep: Tensor | None, out: Tensor | None,
+    out_prev: Tensor | None, zero_out: bool,
+) -> None:
+    """One forward step (see the module docstring). z: step t's gate pre-activations, (B, 4H) or (4, B, H),
+    in the order [i, f, o, g], overwritten by the activations when ``store_activations``; c_prev, h_prev,
+    c_new, h_new, out, out_prev: (B, H) contiguous; keep: (B,) uint8 step mask or None (then out and
+    out_prev are unused)."""
+    act, ract = codes
+    gate_stride, row_stride = _gate_strides(z, gatewise)
+    n = c_new.numel()
+    _kernels().forward_step[_grid(n)](
+        z, gate_stride, row_stride, c_prev, c_new, h_prev, h_new,
+        h_new if out is None else out, h_new if out_prev is None else out_prev,
+        c_new if keep is None else keep, n, c_new.shape[-1],
+        ACT=act, RACT=ract, STORE_ACTIVATIONS=store_activations, MASKED=keep is not None,
+        ZERO_OUT=zero_out, FLOAT64=z.dtype == torch.float64, BLOCK=_BLOCK,
+    )
+
+
+def backward_step(
+    z: Tensor, gatewise: bool, codes: tuple[int, int], stored_activations: bool, c_new: Tensor,
+    c_prev: Tensor, dout: Tensor, dh: Tensor, dc: Tensor, dh_pass: Tensor | None, carry: Tensor | None,
+    keep: Tensor | None, zero_out: bool,
+) -> None:
+    """One backward step (see the module docstring): reads dout (step t's output gradient), dh and dc
+    (those of h_t and c_t from later steps), writes the gate gradients over z, dc_{t-1} over dc, and with a
+    step mask the gradient that passes masked rows into dh_pass and (unless ``zero_out``) the output
+    gradient carried to the previous step into carry. All (B, H) contiguous; keep (B,) uint8 or None."""
+    act, ract = codes
+    gate_stride, row_stride = _gate_strides(z, gatewise)
+    n = dc.numel()
+    _kernels().backward_step[_grid(n)](
+        z, gate_stride, row_stride, c_new, c_prev, dout, dh, dc,
+        dc if dh_pass is None else dh_pass, dc if carry is None else carry, dc if keep is None else keep,
+        n, dc.shape[-1],
+        ACT=act, RACT=ract, STORED_ACTIVATIONS=stored_activations, MASKED=keep is not None,
+        ZERO_OUT=zero_out, FLOAT64=z.dtype == torch.float64, BLOCK=_BLOCK,
+    )
+
+
+def codes(activation: Callable, recurrent_activation: Callable) -> tuple[int, int]:
+    """(activation code, recurrent activation code) for runs that :func:`accepts`."""
+    act, ract = _code(activation), _code(recurrent_activation)
+    assert act is not None and ract is not None
+    return act, ract

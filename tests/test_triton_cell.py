@@ -1,0 +1,139 @@
+# ruff: noqa: N803, N806
+"""The fused Triton cell steps of the fast kernel, run through Triton's interpreter on the CPU.
+
+conftest.py sets TRITON_INTERPRET=1 before anything imports Triton, so the kernels written for the GPU run
+here on CPU tensors, with plain-Triton exp and tanh in place of libdevice's (the one difference: see
+_triton_cell_kernels). benchmarks/gpu_check.py runs the same comparison on a GPU with the compiled kernels.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_cuda_graphs import stand_in_graphs  # noqa: F401  (a fixture)
+from test_fast_kernel import assert_same, make_case
+
+from unilstm.activations import REGISTRY
+from unilstm.kernels import triton_cell
+from unilstm.kernels.fast import run_direction_fast
+from unilstm.kernels.reference import DirectionRun
+
+pytest.importorskip("triton")
+
+FUSED = sorted(name for name, fn in REGISTRY.items() if triton_cell._code(fn) is not None)
+
+
+@pytest.fixture
+def triton_on_cpu(monkeypatch):
+    monkeypatch.setattr(triton_cell, "run_on_cpu", True)
+
+
+def test_every_coded_activation_is_registered_and_accepted(triton_on_cpu):
+    assert {REGISTRY[name] for name in FUSED} == set(triton_cell.ACTIVATION_CODES)  # each one has a name
+    x = torch.zeros(2, 1, 1)
+    for name in FUSED:
+        assert triton_cell.accepts(x, REGISTRY[name], REGISTRY["sigmoid"], projected=False)
+    assert not triton_cell.accepts(x, REGISTRY["tanh"], REGISTRY["sigmoid"], projected=True)
+    assert not triton_cell.accepts(x, REGISTRY["mish"], REGISTRY["sigmoid"], projected=False)
+
+
+def test_not_used_on_the_cpu_by_default():
+    assert not triton_cell.accepts(torch.zeros(2, 1, 1), torch.tanh, torch.sigmoid, projected=False)
+
+
+def used_triton(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    for name in ("forward_step", "backward_step"):
+        original = getattr(triton_cell, name)
+
+        def counted(*args, original=original, **kwargs):
+            calls.append(1)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(triton_cell, name, counted)
+    return calls
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    T=st.integers(1, 5),
+    B=st.integers(1, 4),
+    H=st.integers(1, 5),
+    mask_kind=st.sampled_from(["none", "gaps", "gaps_empty_row", "gaps_empty_step", "right"]),
+    reverse=st.booleans(),
+    zero=st.booleans(),
+    mx_kind=st.sampled_from(["none", "shared", "per_gate"]),
+    mh_kind=st.sampled_from(["none", "shared", "per_gate"]),
+    act=st.sampled_from(FUSED),
+    ract=st.sampled_from(FUSED),
+    bias=st.booleans(),
+)
+def test_fused_steps_equal_reference_float64(
+    triton_on_cpu, monkeypatch, seed, T, B, H, mask_kind, reverse, zero, mx_kind, mh_kind, act, ract, bias
+):
+    case = make_case(seed, T, B, 3, H, 0, mask_kind, reverse, zero, mx_kind, mh_kind, act, ract, bias,
+                     torch.float64)
+    calls = used_triton(monkeypatch)
+    assert_same(case, atol=1e-10, rtol=1e-9, skip_overflow=True)
+    step_mask = case[4].step_mask
+    assert calls or not (step_mask is None or bool(step_mask.any())), "the fused steps did not run"
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+def test_fused_steps_in_lower_precision(triton_on_cpu, monkeypatch, dtype, tol):
+    case = make_case(5, 6, 3, 4, 8, 0, "gaps", False, False, "shared", "per_gate", "relu", "hard_sigmoid",
+                     True, dtype)
+    calls = used_triton(monkeypatch)
+    assert_same(case, atol=tol, rtol=tol)
+    assert calls
+
+
+def test_fused_steps_inside_graph_replays(triton_on_cpu, stand_in_graphs, monkeypatch):  # noqa: F811
+    case = make_case(7, 5, 3, 2, 4, 0, "gaps_empty_step", True, False, "none", "shared", "selu", "sigmoid",
+                     True, torch.float64)
+    calls = used_triton(monkeypatch)
+    for _ in range(3):
+        assert_same(case, atol=1e-10, rtol=1e-9)
+    assert calls
+
+
+def test_projection_runs_the_torch_ops(triton_on_cpu, monkeypatch):
+    case = make_case(1, 4, 2, 3, 4, 2, "gaps", False, True, "none", "none", "tanh", "sigmoid", True,
+                     torch.float64)
+    calls = used_triton(monkeypatch)
+    assert_same(case, atol=1e-10, rtol=1e-9)
+    assert not calls
+
+
+def test_direction_run_shapes_unchanged(triton_on_cpu):
+    x = torch.randn(3, 2, 4, dtype=torch.float64)
+    case = make_case(2, 3, 2, 4, 5, 0, "none", False, False, "none", "none", "elu", "sigmoid", True,
+                     torch.float64)
+    out, h, c = run_direction_fast(*case)
+    assert out.shape == (3, 2, 5) and h.shape == (2, 5) and c.shape == (2, 5)
+    assert isinstance(case[4], DirectionRun) and x.dtype == out.dtype
+
+
+def test_kernels_compile_for_hopper():
+    """The interpreter accepts code that Triton's compiler refuses: compile every activation code forward
+    and backward for sm_90 (no GPU needed)."""
+    tool = pathlib.Path(__file__).resolve().parents[1] / "tools" / "compile_triton_cell.py"
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    done = subprocess.run([sys.executable, str(tool), "--quick"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "compiled 60 Triton cell kernels" in done.stdout
+
+
+def test_switched_off(triton_on_cpu, monkeypatch):
+    monkeypatch.setattr(triton_cell, "enabled", False)
+    assert not triton_cell.accepts(torch.zeros(2, 1, 1), torch.tanh, torch.sigmoid, projected=False)
