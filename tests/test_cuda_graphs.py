@@ -14,7 +14,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from test_fast_kernel import ACCEPTED, assert_same, make_case, outputs_and_grads
 
@@ -84,6 +84,7 @@ def test_replays_equal_reference_and_do_not_alias(
     case = make_case(seed, T, B, 3, H, P, mask_kind, reverse, zero, mx_kind, mh_kind, act, "sigmoid", True,
                      torch.float64)
     expected = outputs_and_grads(run_direction_reference, *case)
+    assume(all(bool(torch.isfinite(t).all()) for t in expected))  # overflow: nan patterns need not match
     calls = [outputs_and_grads(run_direction_fast, *case) for _ in range(3)]  # direct, captured, replayed
     assert len(captures) == 2  # the forward and the backward body, each captured once
     for got in calls:  # the first call's results survive the later replays

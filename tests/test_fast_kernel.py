@@ -290,3 +290,29 @@ def test_lengths_with_gradients_avoid_torch_packed_backward_on_cpu(monkeypatch):
         out_fused, _ = layer(x, lengths=lengths)
     assert len(calls) == 1 and calls[0] is not None
     torch.testing.assert_close(out_grad.detach(), out_fused, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("capturable", [False, True])
+@pytest.mark.parametrize("zero", [False, True])
+@pytest.mark.parametrize("proj", [0, 2])
+def test_overflow_in_masked_rows_stays_out(monkeypatch, capturable, zero, proj):
+    """Padding values never matter, not even where they overflow an exponential activation: inf in a row
+    the mask drops must not become nan through a product with the mask. (The reference loop, through
+    autograd, gives nan gradients there: exp's backward multiplies a zero gradient by inf.) The CUDA
+    variant (capturable) computes every masked row; the CPU one skips steps where no row counts."""
+    from unilstm.kernels import fast
+
+    case = make_case(4, 5, 3, 2, 4, proj, "gaps_empty_step", False, zero, "none", "none", "exponential",
+                     "sigmoid", True, torch.float64)
+    x, h0, c0, w, run = case
+    with torch.no_grad():
+        x[~run.step_mask] = 0.0
+    expected = outputs_and_grads(run_direction_reference, *case)
+    assert all(bool(torch.isfinite(t).all()) for t in expected)
+    with torch.no_grad():
+        x[~run.step_mask] = 1e4  # exp(1e4) = inf wherever a masked row is computed
+    original = fast._step_patterns
+    monkeypatch.setattr(fast, "_step_patterns", lambda m, T, **_: original(m, T, capturable))
+    got = outputs_and_grads(run_direction_fast, *case)
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-10, rtol=1e-9)

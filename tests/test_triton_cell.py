@@ -18,12 +18,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_cuda_graphs import stand_in_graphs  # noqa: F401  (a fixture)
-from test_fast_kernel import assert_same, make_case
+from test_fast_kernel import assert_same, make_case, outputs_and_grads
 
 from unilstm.activations import REGISTRY
-from unilstm.kernels import triton_cell
+from unilstm.kernels import fast, triton_cell
 from unilstm.kernels.fast import run_direction_fast
-from unilstm.kernels.reference import DirectionRun
+from unilstm.kernels.reference import DirectionRun, run_direction_reference
 
 pytest.importorskip("triton")
 
@@ -137,3 +137,24 @@ def test_kernels_compile_for_hopper():
 def test_switched_off(triton_on_cpu, monkeypatch):
     monkeypatch.setattr(triton_cell, "enabled", False)
     assert not triton_cell.accepts(torch.zeros(2, 1, 1), torch.tanh, torch.sigmoid, projected=False)
+
+
+@pytest.mark.parametrize("capturable", [False, True])
+@pytest.mark.parametrize("zero", [False, True])
+def test_fused_steps_keep_overflow_in_masked_rows_out(triton_on_cpu, monkeypatch, zero, capturable):
+    """As test_fast_kernel.test_overflow_in_masked_rows_stays_out, through the fused steps."""
+    original = fast._step_patterns
+    monkeypatch.setattr(fast, "_step_patterns", lambda m, T, **_: original(m, T, capturable))
+    case = make_case(4, 5, 3, 2, 4, 0, "gaps_empty_step", False, zero, "none", "shared", "exponential",
+                     "sigmoid", True, torch.float64)
+    x, run = case[0], case[4]
+    with torch.no_grad():
+        x[~run.step_mask] = 0.0
+    expected = outputs_and_grads(run_direction_reference, *case)
+    with torch.no_grad():
+        x[~run.step_mask] = 1e4
+    calls = used_triton(monkeypatch)
+    got = outputs_and_grads(run_direction_fast, *case)
+    assert calls
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-10, rtol=1e-9)

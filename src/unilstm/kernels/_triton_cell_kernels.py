@@ -247,9 +247,18 @@ def backward_step(
     d_i = dct * g
     d_f = dct * tl.load(C_prev + offs, mask=inside, other=0.0).to(compute)
     d_g = dct * i
-    tl.store(Dc + offs, (dct * f + dc_pass).to(Dc.dtype.element_ty), mask=inside)
+    dz_i = _activation_grad(d_i, zi, i, RACT)
+    dz_f = _activation_grad(d_f, zf, f, RACT)
+    dz_o = _activation_grad(d_o, zo, o, RACT)
+    dz_g = _activation_grad(d_g, zg, g, ACT)
+    dc_prev = dct * f
+    if MASKED:  # selections, not products with the mask: a masked row may hold inf, and inf * 0 is nan
+        dc_prev = tl.where(keep, dc_prev, dc_pass)
+        dz_i, dz_f = tl.where(keep, dz_i, 0.0), tl.where(keep, dz_f, 0.0)
+        dz_o, dz_g = tl.where(keep, dz_o, 0.0), tl.where(keep, dz_g, 0.0)
+    tl.store(Dc + offs, dc_prev.to(Dc.dtype.element_ty), mask=inside)
     out_ty = Z.dtype.element_ty
-    tl.store(zp, _activation_grad(d_i, zi, i, RACT).to(out_ty), mask=inside)
-    tl.store(zp + gate_stride, _activation_grad(d_f, zf, f, RACT).to(out_ty), mask=inside)
-    tl.store(zp + 2 * gate_stride, _activation_grad(d_o, zo, o, RACT).to(out_ty), mask=inside)
-    tl.store(zp + 3 * gate_stride, _activation_grad(d_g, zg, g, ACT).to(out_ty), mask=inside)
+    tl.store(zp, dz_i.to(out_ty), mask=inside)
+    tl.store(zp + gate_stride, dz_f.to(out_ty), mask=inside)
+    tl.store(zp + 2 * gate_stride, dz_o.to(out_ty), mask=inside)
+    tl.store(zp + 3 * gate_stride, dz_g.to(out_ty), mask=inside)

@@ -277,7 +277,7 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
     T, B, Fdim = x.shape
     H = c0.shape[-1]
     P = h0.shape[-1]
-    dev, dt = x.device, x.dtype
+    dev = x.device
     perm = _gate_permutation(H, dev)
     Wih = _permuted_rows(w_ih, perm)
     Whh = _permuted_rows(w_hh, perm)
@@ -329,8 +329,7 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
         Obuf = x.new_empty(T, B, P)
         Os = Obuf.unbind(0)
         kbs = kb.unbind(0)
-        kf = kb.to(dt)
-        kfs = kf.unbind(0)
+        zero = x.new_zeros(())
         htmp = x.new_empty(B, P)
         ctmp = x.new_empty(B, H)
         prev_out = x.new_zeros(B, P)
@@ -414,10 +413,14 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
         else:
             torch.mul(o, ac, out=hnew)
         if partial:
+            # selections, not products with the mask: a masked row may hold inf (an exponential activation
+            # of padding), and inf * 0 would be nan
             torch.where(kbs[t], ctmp, c, out=Cs[ho])
             torch.where(kbs[t], htmp, h, out=Hs[ho])
+            if R is not None:
+                torch.where(kbs[t], Rs[t], zero, out=Rs[t])
             if zero_out:
-                torch.mul(htmp, kfs[t], out=Os[t])
+                torch.where(kbs[t], htmp, zero, out=Os[t])
             else:
                 torch.where(kbs[t], htmp, prev_out, out=Os[t])
                 prev_out = Os[t]
@@ -448,6 +451,8 @@ def _backward_body(cfg, meta, patterns, needs, x, Wih, Whh, w_hr, mx, mh, step_m
         DHs = DH.unbind(0)
     if masked:
         per_step, none_step = patterns
+        kbs = step_mask.unsqueeze(-1).unbind(0)
+        zero = x.new_zeros(())
         kf = step_mask.unsqueeze(-1).to(dt)
         kfs = kf.unbind(0)
         nkfs = (1.0 - kf).unbind(0)
@@ -532,8 +537,8 @@ def _backward_body(cfg, meta, patterns, needs, x, Wih, Whh, w_hr, mx, mh, step_m
             torch.mul(dct, cprev, out=d_f)
             torch.mul(dct, i, out=dg)
             dc = torch.mul(dct, f)
-            if dc_pass is not None:
-                dc.add_(dc_pass)
+            if dc_pass is not None:  # masked rows take dc_pass alone (see the forward on inf * 0)
+                torch.where(kbs[t], dc, dc_pass, out=dc)
             # gate pre-activation gradients, written over the saved gates
             if y_only:
                 if ract.grad_out is not None:
@@ -547,6 +552,8 @@ def _backward_body(cfg, meta, patterns, needs, x, Wih, Whh, w_hr, mx, mh, step_m
             else:
                 sig_l[t].copy_(ract.grad(D3, None if ract.y_only else xsig, ysig))
                 cand_l[t].copy_(act.grad(dg, None if act.y_only else xg, yg))
+            if dc_pass is not None:
+                torch.where(kbs[t], z_l[t], zero, out=z_l[t])
         dz = z_l[t]
         if gatewise:
             dh4 = torch.bmm(dz, W4h)
