@@ -3,7 +3,7 @@
 
 1. Property comparison on CUDA: the fast kernel against the reference loop, outputs, states and all
    gradients, on random runs (float64 tight, float32 loose).
-2. Timing on CUDA: unilstm standard spec (cuDNN through torch) and flexible specs (fast kernel) against
+2. Timing on CUDA (``--all``: also with CUDA graphs alone and with the fused Triton steps alone): unilstm standard spec (cuDNN through torch) and flexible specs (fast kernel) against
    torch.nn.LSTM (cuDNN), forward and forward+backward, via unilstm.bench with --device cuda.
 Writes $OUT/gpu_check.md (or ./gpu_check.md).
 """
@@ -157,11 +157,12 @@ def main() -> int:
         stage(lines, f"property check {dtype}", check)
     lines.append(f"- {graph_counts()}")
     stage(lines, "peak memory", lambda: peak_memory(device))
-    configs = [
-        ("CUDA graphs and fused Triton steps (default)", "bench", True, True),
-        ("CUDA graphs, torch-op cell (UNILSTM_TRITON=0)", "bench_graphs_only", True, False),
-        ("fused Triton steps, no graphs (UNILSTM_CUDA_GRAPHS=0)", "bench_triton_only", False, True),
-    ]
+    configs = [("CUDA graphs and fused Triton steps (default)", "bench", True, True)]
+    if "--all" in sys.argv[1:]:  # each part alone, to see what it brings
+        configs += [
+            ("CUDA graphs, torch-op cell (UNILSTM_TRITON=0)", "bench_graphs_only", True, False),
+            ("fused Triton steps, no graphs (UNILSTM_CUDA_GRAPHS=0)", "bench_triton_only", False, True),
+        ]
     for title, folder, use_graphs, use_triton in configs:
         cuda_graphs.clear()
         cuda_graphs.enabled, triton_cell.enabled = use_graphs, use_triton

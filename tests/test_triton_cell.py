@@ -39,13 +39,12 @@ def test_every_coded_activation_is_registered_and_accepted(triton_on_cpu):
     assert {REGISTRY[name] for name in FUSED} == set(triton_cell.ACTIVATION_CODES)  # each one has a name
     x = torch.zeros(2, 1, 1)
     for name in FUSED:
-        assert triton_cell.accepts(x, REGISTRY[name], REGISTRY["sigmoid"], projected=False)
-    assert not triton_cell.accepts(x, REGISTRY["tanh"], REGISTRY["sigmoid"], projected=True)
-    assert not triton_cell.accepts(x, REGISTRY["mish"], REGISTRY["sigmoid"], projected=False)
+        assert triton_cell.accepts(x, REGISTRY[name], REGISTRY["sigmoid"])
+    assert not triton_cell.accepts(x, REGISTRY["mish"], REGISTRY["sigmoid"])
 
 
 def test_not_used_on_the_cpu_by_default():
-    assert not triton_cell.accepts(torch.zeros(2, 1, 1), torch.tanh, torch.sigmoid, projected=False)
+    assert not triton_cell.accepts(torch.zeros(2, 1, 1), torch.tanh, torch.sigmoid)
 
 
 def used_triton(monkeypatch) -> list[int]:
@@ -68,6 +67,7 @@ def used_triton(monkeypatch) -> list[int]:
     T=st.integers(1, 5),
     B=st.integers(1, 4),
     H=st.integers(1, 5),
+    proj=st.booleans(),
     mask_kind=st.sampled_from(["none", "gaps", "gaps_empty_row", "gaps_empty_step", "right"]),
     reverse=st.booleans(),
     zero=st.booleans(),
@@ -78,9 +78,11 @@ def used_triton(monkeypatch) -> list[int]:
     bias=st.booleans(),
 )
 def test_fused_steps_equal_reference_float64(
-    triton_on_cpu, monkeypatch, seed, T, B, H, mask_kind, reverse, zero, mx_kind, mh_kind, act, ract, bias
+    triton_on_cpu, monkeypatch, seed, T, B, H, proj, mask_kind, reverse, zero, mx_kind, mh_kind, act, ract,
+    bias,
 ):
-    case = make_case(seed, T, B, 3, H, 0, mask_kind, reverse, zero, mx_kind, mh_kind, act, ract, bias,
+    P = (seed % (H - 1)) + 1 if proj and H > 1 else 0
+    case = make_case(seed, T, B, 3, H, P, mask_kind, reverse, zero, mx_kind, mh_kind, act, ract, bias,
                      torch.float64)
     calls = used_triton(monkeypatch)
     assert_same(case, atol=1e-10, rtol=1e-9, skip_overflow=True)
@@ -106,12 +108,14 @@ def test_fused_steps_inside_graph_replays(triton_on_cpu, stand_in_graphs, monkey
     assert calls
 
 
-def test_projection_runs_the_torch_ops(triton_on_cpu, monkeypatch):
-    case = make_case(1, 4, 2, 3, 4, 2, "gaps", False, True, "none", "none", "tanh", "sigmoid", True,
+@pytest.mark.parametrize("mask_kind", ["none", "gaps_empty_step"])
+@pytest.mark.parametrize("zero", [False, True])
+def test_projection_through_the_fused_steps(triton_on_cpu, monkeypatch, mask_kind, zero):
+    case = make_case(1, 5, 3, 3, 5, 2, mask_kind, True, zero, "none", "per_gate", "relu", "sigmoid", True,
                      torch.float64)
     calls = used_triton(monkeypatch)
     assert_same(case, atol=1e-10, rtol=1e-9)
-    assert not calls
+    assert calls
 
 
 def test_direction_run_shapes_unchanged(triton_on_cpu):
@@ -131,12 +135,12 @@ def test_kernels_compile_for_hopper():
     done = subprocess.run([sys.executable, str(tool), "--quick"], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "compiled 60 Triton cell kernels" in done.stdout
+    assert "compiled 68 Triton cell kernels" in done.stdout
 
 
 def test_switched_off(triton_on_cpu, monkeypatch):
     monkeypatch.setattr(triton_cell, "enabled", False)
-    assert not triton_cell.accepts(torch.zeros(2, 1, 1), torch.tanh, torch.sigmoid, projected=False)
+    assert not triton_cell.accepts(torch.zeros(2, 1, 1), torch.tanh, torch.sigmoid)
 
 
 @pytest.mark.parametrize("capturable", [False, True])
@@ -145,7 +149,7 @@ def test_fused_steps_keep_overflow_in_masked_rows_out(triton_on_cpu, monkeypatch
     """As test_fast_kernel.test_overflow_in_masked_rows_stays_out, through the fused steps."""
     original = fast._step_patterns
     monkeypatch.setattr(fast, "_step_patterns", lambda m, T, **_: original(m, T, capturable))
-    case = make_case(4, 5, 3, 2, 4, 0, "gaps_empty_step", False, zero, "none", "shared", "exponential",
+    case = make_case(4, 5, 3, 2, 4, 2, "gaps_empty_step", False, zero, "none", "shared", "exponential",
                      "sigmoid", True, torch.float64)
     x, run = case[0], case[4]
     with torch.no_grad():

@@ -25,7 +25,7 @@ from unilstm.kernels import _triton_cell_kernels as kernels  # noqa: E402
 from unilstm.kernels.triton_cell import ACTIVATION_CODES  # noqa: E402
 
 POINTERS_BY_DTYPE = ("Z", "C_prev", "C_new", "H_prev", "H_new", "Out", "Out_prev", "Dout", "Dh", "Dc",
-                     "Dh_pass", "Carry")
+                     "Dh_pass", "Carry", "Dh_new")
 
 
 def compile_one(fn, dtype: str, constants: dict) -> None:
@@ -55,10 +55,15 @@ def main() -> int:
     for dtype, (position, code) in itertools.product(dtypes, enumerate(codes)):
         masked, zero_out, stored = position % 2 == 0, position % 4 == 0, position % 3 != 0
         act, ract = code, codes[(position * 7 + 1) % len(codes)]
-        flags = dict(ACT=act, RACT=ract, MASKED=masked, ZERO_OUT=zero_out, FLOAT64=dtype == "fp64", BLOCK=256)
+        flags = dict(ACT=act, RACT=ract, MASKED=masked, ZERO_OUT=zero_out, PROJECTED=position % 5 == 1,
+                     FLOAT64=dtype == "fp64", BLOCK=256)
         compile_one(kernels.forward_step, dtype, {**flags, "STORE_ACTIVATIONS": stored})
         compile_one(kernels.backward_step, dtype, {**flags, "STORED_ACTIVATIONS": stored})
         count += 2
+    for dtype, masked, zero_out in itertools.product(dtypes, (False, True), (False, True)):
+        flags = dict(MASKED=masked, ZERO_OUT=zero_out, FLOAT64=dtype == "fp64", BLOCK=256)
+        compile_one(kernels.projected_backward_prelude, dtype, flags)
+        count += 1
     print(f"compiled {count} Triton cell kernels for sm_90 in {time.time() - start:.1f} s")
     return 0
 

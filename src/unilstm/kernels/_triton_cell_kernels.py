@@ -163,10 +163,11 @@ def _activation_grad(g, x, y, CODE: tl.constexpr):
 def forward_step(
     Z, gate_stride, row_stride, C_prev, C_new, H_prev, H_new, Out, Out_prev, Keep, n, H,
     ACT: tl.constexpr, RACT: tl.constexpr, STORE_ACTIVATIONS: tl.constexpr, MASKED: tl.constexpr,
-    ZERO_OUT: tl.constexpr, FLOAT64: tl.constexpr, BLOCK: tl.constexpr,
+    ZERO_OUT: tl.constexpr, PROJECTED: tl.constexpr, FLOAT64: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """c' = f c + i g, h' = o act(c'); with a step mask, rows not kept carry c, h over, and the output row is
-    0 (ZERO_OUT) or the previous output. Writes the gate activations over Z when STORE_ACTIVATIONS."""
+    0 (ZERO_OUT) or the previous output. Writes the gate activations over Z when STORE_ACTIVATIONS. When
+    PROJECTED, H_new receives r = o act(c') (0 in rows not kept), whose projection the caller forms."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inside = offs < n
     row = offs // H
@@ -188,12 +189,16 @@ def forward_step(
     if MASKED:
         keep = tl.load(Keep + row, mask=inside, other=0) != 0
         tl.store(C_new + offs, tl.where(keep, c, c_prev), mask=inside)
-        tl.store(H_new + offs, tl.where(keep, h, tl.load(H_prev + offs, mask=inside, other=0.0)), mask=inside)
-        if ZERO_OUT:
-            tl.store(Out + offs, tl.where(keep, h, 0.0), mask=inside)
+        if PROJECTED:
+            tl.store(H_new + offs, tl.where(keep, h, 0.0), mask=inside)
         else:
-            previous = tl.load(Out_prev + offs, mask=inside, other=0.0)
-            tl.store(Out + offs, tl.where(keep, h, previous), mask=inside)
+            h_prev = tl.load(H_prev + offs, mask=inside, other=0.0)
+            tl.store(H_new + offs, tl.where(keep, h, h_prev), mask=inside)
+            if ZERO_OUT:
+                tl.store(Out + offs, tl.where(keep, h, 0.0), mask=inside)
+            else:
+                previous = tl.load(Out_prev + offs, mask=inside, other=0.0)
+                tl.store(Out + offs, tl.where(keep, h, previous), mask=inside)
     else:
         tl.store(C_new + offs, c, mask=inside)
         tl.store(H_new + offs, h, mask=inside)
@@ -203,20 +208,31 @@ def forward_step(
 def backward_step(
     Z, gate_stride, row_stride, C_new, C_prev, Dout, Dh, Dc, Dh_pass, Carry, Keep, n, H,
     ACT: tl.constexpr, RACT: tl.constexpr, STORED_ACTIVATIONS: tl.constexpr, MASKED: tl.constexpr,
-    ZERO_OUT: tl.constexpr, FLOAT64: tl.constexpr, BLOCK: tl.constexpr,
+    ZERO_OUT: tl.constexpr, PROJECTED: tl.constexpr, FLOAT64: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """One step of the backward through time (fast._backward_body without a projection): the gate
-    gradients dz over Z, dc_{t-1} over Dc, and with a step mask the part of dh that passes masked rows
-    (Dh_pass) and, when masked outputs repeat the previous one, the output gradient carried back (Carry)."""
+    """One step of the backward through time (as fast._backward_body): the gate gradients dz over Z,
+    dc_{t-1} over Dc, and with a step mask the part of dh that passes masked rows (Dh_pass) and, when masked
+    outputs repeat the previous one, the output gradient carried back (Carry). When PROJECTED, Dout holds the
+    gradient of r = o act(c') and the (B, P) part ran before (projected_backward_prelude, then a GEMM)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inside = offs < n
     row = offs // H
     zp = Z + row * row_stride + (offs - row * H)
     compute = tl.float64 if FLOAT64 else tl.float32
-    gout = tl.load(Dout + offs, mask=inside, other=0.0).to(compute)
-    dh = tl.load(Dh + offs, mask=inside, other=0.0).to(compute)
     dc = tl.load(Dc + offs, mask=inside, other=0.0).to(compute)
-    if MASKED:
+    if PROJECTED:
+        dr = tl.load(Dout + offs, mask=inside, other=0.0).to(compute)
+        if MASKED:
+            keep = tl.load(Keep + row, mask=inside, other=0) != 0
+            k = tl.where(keep, 1.0, 0.0).to(compute)
+            dc_new = dc * k
+            dc_pass = dc * (1.0 - k)
+        else:
+            dc_new = dc
+            dc_pass = 0.0
+    elif MASKED:
+        gout = tl.load(Dout + offs, mask=inside, other=0.0).to(compute)
+        dh = tl.load(Dh + offs, mask=inside, other=0.0).to(compute)
         if not ZERO_OUT:
             gout = gout + tl.load(Carry + offs, mask=inside, other=0.0).to(compute)
         keep = tl.load(Keep + row, mask=inside, other=0) != 0
@@ -229,7 +245,8 @@ def backward_step(
         dc_new = dc * k
         dc_pass = dc * nk
     else:
-        dr = dh + gout
+        dh = tl.load(Dh + offs, mask=inside, other=0.0).to(compute)
+        dr = dh + tl.load(Dout + offs, mask=inside, other=0.0).to(compute)
         dc_new = dc
         dc_pass = 0.0
     zi = tl.load(zp, mask=inside, other=0.0).to(compute)
@@ -262,3 +279,29 @@ def backward_step(
     tl.store(zp + gate_stride, dz_f.to(out_ty), mask=inside)
     tl.store(zp + 2 * gate_stride, dz_o.to(out_ty), mask=inside)
     tl.store(zp + 3 * gate_stride, dz_g.to(out_ty), mask=inside)
+
+
+@triton.jit
+def projected_backward_prelude(
+    Dout, Dh, Dh_new, Dh_pass, Carry, Keep, n, P,
+    MASKED: tl.constexpr, ZERO_OUT: tl.constexpr, FLOAT64: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """The (B, P) part of a backward step with a projection: dh_t = dout_t + dh (rows not kept: 0, their dh
+    passing into Dh_pass, and unless ZERO_OUT their output gradient carried back in Carry)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < n
+    compute = tl.float64 if FLOAT64 else tl.float32
+    gout = tl.load(Dout + offs, mask=inside, other=0.0).to(compute)
+    dh = tl.load(Dh + offs, mask=inside, other=0.0).to(compute)
+    if MASKED:
+        if not ZERO_OUT:
+            gout = gout + tl.load(Carry + offs, mask=inside, other=0.0).to(compute)
+        keep = tl.load(Keep + offs // P, mask=inside, other=0) != 0
+        k = tl.where(keep, 1.0, 0.0).to(compute)
+        nk = 1.0 - k
+        if not ZERO_OUT:
+            tl.store(Carry + offs, (gout * nk).to(Carry.dtype.element_ty), mask=inside)
+        tl.store(Dh_new + offs, (gout * k + dh * k).to(Dh_new.dtype.element_ty), mask=inside)
+        tl.store(Dh_pass + offs, (dh * nk).to(Dh_pass.dtype.element_ty), mask=inside)
+    else:
+        tl.store(Dh_new + offs, (dh + gout).to(Dh_new.dtype.element_ty), mask=inside)

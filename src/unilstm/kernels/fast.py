@@ -350,7 +350,7 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
     hm = x.new_empty(B, P) if (mh is not None and mh.dim() == 2) else None
     act_fn = act.fn
     tanh_cell = act.fn is torch.tanh
-    fused = triton_cell.accepts(x, act.fn, ract.fn, projected=R is not None)
+    fused = triton_cell.accepts(x, act.fn, ract.fn)
     if fused:
         codes = triton_cell.codes(act.fn, ract.fn)
         keep_rows = step_mask.contiguous().view(torch.uint8).unbind(0) if masked else None
@@ -381,12 +381,23 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
             z.baddbmm_(hh4, W4hT)
         else:
             z.addmm_(h if hm is None else torch.mul(h, mh, out=hm), WhhT)
-        if fused:
+        if fused and R is None:
             triton_cell.forward_step(
                 z, gatewise, codes, y_only, c, Cs[ho], h, Hs[ho], keep_rows[t] if masked else None,
                 Os[t] if masked else None, prev_out if masked else None, zero_out,
             )
             if masked:
+                prev_out = Os[t]
+            continue
+        if fused:  # projected: the kernel writes r = o act(c'), then h' = r W_hr^T
+            triton_cell.forward_step(
+                z, gatewise, codes, y_only, c, Cs[ho], h, Rs[t], keep_rows[t] if masked else None, None, None,
+                zero_out, projected=True,
+            )
+            torch.mm(Rs[t], WhrT, out=htmp if masked else Hs[ho])
+            if masked:
+                torch.where(kbs[t], htmp, h, out=Hs[ho])
+                torch.where(kbs[t], htmp, zero if zero_out else prev_out, out=Os[t])
                 prev_out = Os[t]
             continue
         if y_only:
@@ -467,12 +478,13 @@ def _backward_body(cfg, meta, patterns, needs, x, Wih, Whh, w_hr, mx, mh, step_m
     dg = x.new_empty(B, H)
     dct = x.new_empty(B, H)
     tanh_cell = act.fn is torch.tanh
-    fused = triton_cell.accepts(x, act.fn, ract.fn, projected=proj)
+    fused = triton_cell.accepts(x, act.fn, ract.fn)
     if fused:
         codes = triton_cell.codes(act.fn, ract.fn)
         douts = dout.contiguous().unbind(0)
         keep_rows = step_mask.contiguous().view(torch.uint8).unbind(0) if masked else None
-        dh_pass_rows = x.new_empty(B, H) if masked else None
+        dh_pass_rows = x.new_empty(B, P) if masked else None
+        dr_rows = x.new_empty(B, H) if proj else None
 
     order = range(T) if reverse else range(T - 1, -1, -1)
     for t in order:
@@ -486,10 +498,21 @@ def _backward_body(cfg, meta, patterns, needs, x, Wih, Whh, w_hr, mx, mh, step_m
             if proj:
                 DHs[t].zero_()
             continue
-        if fused:  # dc and carry are updated in place
+        if fused and not proj:  # dc and carry are updated in place
             triton_cell.backward_step(
                 z_l[t], gatewise, codes, y_only, Cs[ho], Cs[hi], gout, dh, dc, dh_pass_rows,
                 carry if masked else None, keep_rows[t] if masked else None, zero_out,
+            )
+            dh_pass = dh_pass_rows
+        elif fused:
+            keep = keep_rows[t] if masked else None
+            triton_cell.projected_backward_prelude(
+                gout, dh, DHs[t], dh_pass_rows, carry if masked else None, keep, zero_out
+            )
+            torch.mm(DHs[t], w_hr, out=dr_rows)
+            triton_cell.backward_step(
+                z_l[t], gatewise, codes, y_only, Cs[ho], Cs[hi], dr_rows, None, dc, None, None, keep,
+                zero_out, projected=True,
             )
             dh_pass = dh_pass_rows
         else:

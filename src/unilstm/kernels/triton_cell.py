@@ -7,9 +7,11 @@ Between its GEMMs the fast kernel's time loop does the LSTM cell's elementwise w
 and, going back, the gate gradients. As torch ops that is six to ten small kernels a step forward and
 fifteen to twenty backward, each a few microseconds of launch on a GPU even inside a CUDA graph. Here each
 direction of each step is one kernel, for the activations with a code in ``ACTIVATION_CODES`` and for every
-step mask, dropout-mask layout, reverse direction and masked-output mode, without a projection (proj_size
-runs the torch ops). Values are computed in float32 (float64 for float64 tensors) and rounded where torch's
-ops store theirs, so results agree with the torch-op loop to a few units in the last place.
+step mask, dropout-mask layout, reverse direction and masked-output mode. With a projection (proj_size) the
+step is the cell kernel and the projection's GEMM forward (plus two selections with a step mask), and a
+(B, P) prelude kernel, the GEMM back to (B, H) and the cell kernel backward. Values are computed in
+float32 (float64 for float64 tensors) and rounded where torch's ops store theirs, so results agree with
+the torch-op loop to a few units in the last place.
 
 Used only where Triton imports and the tensors are on CUDA, and while ``enabled`` (``UNILSTM_TRITON=0``
 switches it off); ``run_on_cpu`` lets the tests run the kernels through Triton's interpreter
@@ -29,7 +31,10 @@ from torch import Tensor
 
 from .. import activations as A
 
-__all__ = ["ACTIVATION_CODES", "accepts", "backward_step", "enabled", "forward_step", "run_on_cpu"]
+__all__ = [
+    "ACTIVATION_CODES", "accepts", "backward_step", "enabled", "forward_step", "projected_backward_prelude",
+    "run_on_cpu",
+]
 
 #: the activations the kernels compute, by their code in _triton_cell_kernels
 ACTIVATION_CODES: dict[Callable, int] = {
@@ -61,10 +66,10 @@ def _code(fn: Callable) -> int | None:
         return None
 
 
-def accepts(x: Tensor, activation: Callable, recurrent_activation: Callable, projected: bool) -> bool:
-    """Whether the fused steps serve this run: both activations have a code, no projection, and the
-    tensors are on CUDA with Triton importable (or on the CPU under ``run_on_cpu``)."""
-    if not enabled or projected or _code(activation) is None or _code(recurrent_activation) is None:
+def accepts(x: Tensor, activation: Callable, recurrent_activation: Callable) -> bool:
+    """Whether the fused steps serve this run: both activations have a code, and the tensors are on CUDA
+    with Triton importable (or on the CPU under ``run_on_cpu``)."""
+    if not enabled or _code(activation) is None or _code(recurrent_activation) is None:
         return False
     if x.device.type != "cuda" and not (run_on_cpu and x.device.type == "cpu"):
         return False
@@ -85,12 +90,13 @@ def _gate_strides(z: Tensor, gatewise: bool) -> tuple[int, int]:
 def forward_step(
     z: Tensor, gatewise: bool, codes: tuple[int, int], store_activations: bool, c_prev: Tensor,
     c_new: Tensor, h_prev: Tensor, h_new: Tensor, keep: Tensor | None, out: Tensor | None,
-    out_prev: Tensor | None, zero_out: bool,
+    out_prev: Tensor | None, zero_out: bool, projected: bool = False,
 ) -> None:
     """One forward step (see the module docstring). z: step t's gate pre-activations, (B, 4H) or (4, B, H),
     in the order [i, f, o, g], overwritten by the activations when ``store_activations``; c_prev, h_prev,
     c_new, h_new, out, out_prev: (B, H) contiguous; keep: (B,) uint8 step mask or None (then out and
-    out_prev are unused)."""
+    out_prev are unused). With ``projected``, h_new receives r = o act(c') instead (0 in rows not kept),
+    and h_prev, out, out_prev are unused: the caller projects r and selects the rows."""
     act, ract = codes
     gate_stride, row_stride = _gate_strides(z, gatewise)
     n = c_new.numel()
@@ -99,28 +105,45 @@ def forward_step(
         h_new if out is None else out, h_new if out_prev is None else out_prev,
         c_new if keep is None else keep, n, c_new.shape[-1],
         ACT=act, RACT=ract, STORE_ACTIVATIONS=store_activations, MASKED=keep is not None,
-        ZERO_OUT=zero_out, FLOAT64=z.dtype == torch.float64, BLOCK=_BLOCK,
+        ZERO_OUT=zero_out, PROJECTED=projected, FLOAT64=z.dtype == torch.float64, BLOCK=_BLOCK,
     )
 
 
 def backward_step(
     z: Tensor, gatewise: bool, codes: tuple[int, int], stored_activations: bool, c_new: Tensor,
-    c_prev: Tensor, dout: Tensor, dh: Tensor, dc: Tensor, dh_pass: Tensor | None, carry: Tensor | None,
-    keep: Tensor | None, zero_out: bool,
+    c_prev: Tensor, dout: Tensor, dh: Tensor | None, dc: Tensor, dh_pass: Tensor | None,
+    carry: Tensor | None, keep: Tensor | None, zero_out: bool, projected: bool = False,
 ) -> None:
     """One backward step (see the module docstring): reads dout (step t's output gradient), dh and dc
     (those of h_t and c_t from later steps), writes the gate gradients over z, dc_{t-1} over dc, and with a
     step mask the gradient that passes masked rows into dh_pass and (unless ``zero_out``) the output
-    gradient carried to the previous step into carry. All (B, H) contiguous; keep (B,) uint8 or None."""
+    gradient carried to the previous step into carry. All (B, H) contiguous; keep (B,) uint8 or None.
+    With ``projected``, dout is the gradient of r = o act(c') (see :func:`projected_backward_prelude`), and
+    dh, dh_pass and carry are unused."""
     act, ract = codes
     gate_stride, row_stride = _gate_strides(z, gatewise)
     n = dc.numel()
     _kernels().backward_step[_grid(n)](
-        z, gate_stride, row_stride, c_new, c_prev, dout, dh, dc,
+        z, gate_stride, row_stride, c_new, c_prev, dout, dc if dh is None else dh, dc,
         dc if dh_pass is None else dh_pass, dc if carry is None else carry, dc if keep is None else keep,
         n, dc.shape[-1],
         ACT=act, RACT=ract, STORED_ACTIVATIONS=stored_activations, MASKED=keep is not None,
-        ZERO_OUT=zero_out, FLOAT64=z.dtype == torch.float64, BLOCK=_BLOCK,
+        ZERO_OUT=zero_out, PROJECTED=projected, FLOAT64=z.dtype == torch.float64, BLOCK=_BLOCK,
+    )
+
+
+def projected_backward_prelude(
+    dout: Tensor, dh: Tensor, dh_new: Tensor, dh_pass: Tensor | None, carry: Tensor | None,
+    keep: Tensor | None, zero_out: bool,
+) -> None:
+    """The (B, P) part of a backward step with a projection: dh_new = dout + dh, and with a step mask 0 in
+    rows not kept, whose dh goes to dh_pass and (unless ``zero_out``) whose output gradient is carried back
+    in carry (read and written). All (B, P) contiguous; keep (B,) uint8 or None."""
+    n = dh_new.numel()
+    _kernels().projected_backward_prelude[_grid(n)](
+        dout, dh, dh_new, dh_new if dh_pass is None else dh_pass, dh_new if carry is None else carry,
+        dh_new if keep is None else keep, n, dh_new.shape[-1],
+        MASKED=keep is not None, ZERO_OUT=zero_out, FLOAT64=dh_new.dtype == torch.float64, BLOCK=_BLOCK,
     )
 
 
