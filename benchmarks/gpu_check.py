@@ -102,7 +102,7 @@ def peak_memory(device: str) -> list[str]:
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
         kept = torch.cuda.memory_allocated() / 2**20
-        lines.append(f"- relu fw+bw (100, 64, 512, 512), graphs {'on' if use_graphs else 'off'}: peak above "
+        lines.append(f"relu fw+bw (100, 64, 512, 512), graphs {'on' if use_graphs else 'off'}: peak above "
                      f"the live tensors {peak:.0f} MiB, allocated after the step {kept:.0f} MiB")
     cuda_graphs.enabled = True
     return lines
