@@ -14,6 +14,13 @@ proj_size, float16/bfloat16/float32/float64) but as a :class:`torch.autograd.Fun
 
 Gate rows are reordered internally to [i, f, o, g] so that the three gate sigmoids are one op.
 
+On CUDA the elementwise part of each step is one Triton kernel forward and one backward where
+:mod:`~unilstm.kernels.triton_cell` has both activations, and the whole forward and backward bodies are
+replayed from CUDA graphs (:mod:`~unilstm.kernels.cuda_graphs`) from the second call with the same shapes
+on. For that the CUDA bodies never read the step mask on the host: they treat every step as partly masked
+(``_step_patterns``), which gives the same numbers. Masked rows are selected with ``where``, never multiplied
+by the mask, so an overflow in a row the mask drops (inf from padding) cannot become nan.
+
 Limits: activations must be named ones with a hand-written derivative (``accepts`` says False for other
 callables and for the non-elementwise ``softmax``, ``log_softmax`` and ``glu``; the reference handles
 those). Double backward is not supported (the backward is ``once_differentiable``). Autocast is disabled
@@ -286,8 +293,8 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
         bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
         bias = bias.index_select(0, perm)
     gatewise = (mx is not None and mx.dim() == 3) or (mh is not None and mh.dim() == 3)
-    # per-gate masks follow the internal [i, f, o, g] order too
-    # a list index would copy it from the host, which a CUDA graph cannot record
+    # per-gate masks follow the internal [i, f, o, g] order too (by slices: a list index would be copied
+    # from the host, which a CUDA graph cannot record)
     if mx is not None and mx.dim() == 3:
         mx = torch.cat((mx[:2], mx[3:], mx[2:3]))
     if mh is not None and mh.dim() == 3:
@@ -444,8 +451,9 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
     return out, Hp[last], Cp[last], x, Wih, Whh, w_hr, mx, mh, step_mask, G, Hp, Cp, R, perm
 
 
-def _backward_body(cfg, meta, patterns, needs, x, Wih, Whh, w_hr, mx, mh, step_mask, G, Hp, Cp, R, perm,
-               dout, dhT, dcT):
+def _backward_body(
+    cfg, meta, patterns, needs, x, Wih, Whh, w_hr, mx, mh, step_mask, G, Hp, Cp, R, perm, dout, dhT, dcT
+):
     """The backward of :class:`_FastLSTM`: (dx, dh_0, dc_0, dW_ih, dW_hh, db, dW_hr), None where not
     needed. Writes the gate gradients over ``G``."""
     act, ract, reverse, zero_out = cfg
