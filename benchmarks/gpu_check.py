@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_fast_kernel import ACCEPTED, outputs_and_grads  # noqa: E402
+from test_triton_cell import count_fused_steps  # noqa: E402
 
 from unilstm import bench  # noqa: E402
 from unilstm.kernels import cuda_graphs, triton_cell  # noqa: E402
@@ -108,20 +109,6 @@ def peak_memory(device: str) -> list[str]:
     return lines
 
 
-def counted_triton_steps() -> list[int]:
-    """Count the fused Triton steps that run (to show that the property checks went through them)."""
-    calls: list[int] = []
-    for name in ("forward_step", "backward_step"):
-        original = getattr(triton_cell, name)
-
-        def counted(*args, original=original, **kwargs):
-            calls.append(1)
-            return original(*args, **kwargs)
-
-        setattr(triton_cell, name, counted)
-    return calls
-
-
 def stage(lines: list[str], title: str, fn) -> None:
     """Run one part of the check; a failure is reported and the next part still runs."""
     start = time.time()
@@ -144,7 +131,7 @@ def main() -> int:
     device = "cpu" if dry else "cuda"
     name = "CPU dry run" if dry else torch.cuda.get_device_name()
     lines = [f"# GPU check: {name} (torch {torch.__version__})", ""]
-    triton_steps = counted_triton_steps()
+    triton_steps = count_fused_steps()
     # each case compiles its own Triton variants (a fraction of a second each): counts sized for a short run
     for dtype, n, tol in ((torch.float64, 50, 1e-9), (torch.float32, 30, 1e-4), (torch.float16, 15, 3e-2),
                           (torch.bfloat16, 15, 1e-1)):

@@ -15,8 +15,7 @@ import warnings
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
-from test_fast_kernel import ACCEPTED, assert_same, make_case, outputs_and_grads
+from test_fast_kernel import ACCEPTED, assert_same, case_strategies, make_case, outputs_and_grads, projection
 
 from unilstm.kernels import cuda_graphs
 from unilstm.kernels.fast import run_direction_fast
@@ -62,27 +61,14 @@ def test_usable_only_on_cuda():
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    T=st.integers(1, 5),
-    B=st.integers(1, 4),
-    H=st.integers(1, 4),
-    proj=st.booleans(),
-    mask_kind=st.sampled_from(["none", "gaps", "gaps_empty_row", "gaps_empty_step", "right"]),
-    reverse=st.booleans(),
-    zero=st.booleans(),
-    mx_kind=st.sampled_from(["none", "shared", "per_gate"]),
-    mh_kind=st.sampled_from(["none", "shared", "per_gate"]),
-    act=st.sampled_from(ACCEPTED),
-)
+@given(**case_strategies(ACCEPTED, ["sigmoid", "hard_sigmoid"], max_steps=5, max_hidden=4))
 def test_replays_equal_reference_and_do_not_alias(
-    stand_in_graphs, seed, T, B, H, proj, mask_kind, reverse, zero, mx_kind, mh_kind, act
+    stand_in_graphs, seed, T, B, H, proj, mask_kind, reverse, zero, mx_kind, mh_kind, act, ract, bias
 ):
     cuda_graphs.clear()
     captures.clear()
-    P = (seed % (H - 1)) + 1 if proj and H > 1 else 0
-    case = make_case(seed, T, B, 3, H, P, mask_kind, reverse, zero, mx_kind, mh_kind, act, "sigmoid", True,
-                     torch.float64)
+    case = make_case(seed, T, B, 3, H, projection(seed, H, proj), mask_kind, reverse, zero, mx_kind, mh_kind,
+                     act, ract, bias, torch.float64)
     expected = outputs_and_grads(run_direction_reference, *case)
     assume(all(bool(torch.isfinite(t).all()) for t in expected))  # overflow: nan patterns need not match
     calls = [outputs_and_grads(run_direction_fast, *case) for _ in range(3)]  # direct, captured, replayed

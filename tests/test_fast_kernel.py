@@ -93,27 +93,38 @@ def assert_same(case, atol, rtol, skip_overflow=False):
         )
 
 
+def case_strategies(activations: list[str], recurrent_activations: list[str], max_steps: int,
+                    max_hidden: int) -> dict:
+    """Hypothesis strategies for the arguments of make_case (the input size F left to the caller) and
+    ``proj``, whether to draw a projection (see :func:`projection`)."""
+    return dict(
+        seed=st.integers(0, 2**31 - 1),
+        T=st.integers(1, max_steps),
+        B=st.integers(1, 4),
+        H=st.integers(1, max_hidden),
+        proj=st.booleans(),
+        mask_kind=st.sampled_from(["none", "gaps", "gaps_empty_row", "gaps_empty_step", "right"]),
+        reverse=st.booleans(),
+        zero=st.booleans(),
+        mx_kind=st.sampled_from(["none", "shared", "per_gate"]),
+        mh_kind=st.sampled_from(["none", "shared", "per_gate"]),
+        act=st.sampled_from(activations),
+        ract=st.sampled_from(recurrent_activations),
+        bias=st.booleans(),
+    )
+
+
+def projection(seed: int, H: int, proj: bool) -> int:
+    """A proj_size in 1..H-1 drawn from the seed, or 0 (none)."""
+    return (seed % (H - 1)) + 1 if proj and H > 1 else 0
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    T=st.integers(1, 6),
-    B=st.integers(1, 4),
-    F=st.integers(1, 5),
-    H=st.integers(1, 5),
-    proj=st.booleans(),
-    mask_kind=st.sampled_from(["none", "gaps", "gaps_empty_row", "gaps_empty_step", "right"]),
-    reverse=st.booleans(),
-    zero=st.booleans(),
-    mx_kind=st.sampled_from(["none", "shared", "per_gate"]),
-    mh_kind=st.sampled_from(["none", "shared", "per_gate"]),
-    act=st.sampled_from(ACCEPTED),
-    ract=st.sampled_from(ACCEPTED),
-    bias=st.booleans(),
-)
+@given(F=st.integers(1, 5), **case_strategies(ACCEPTED, ACCEPTED, max_steps=6, max_hidden=5))
 def test_fast_equals_reference_float64(
     seed, T, B, F, H, proj, mask_kind, reverse, zero, mx_kind, mh_kind, act, ract, bias
 ):
-    P = (seed % (H - 1)) + 1 if proj and H > 1 else 0
+    P = projection(seed, H, proj)
     case = make_case(seed, T, B, F, H, P, mask_kind, reverse, zero, mx_kind, mh_kind, act, ract, bias, torch.float64)
     assert accepts(case[0], case[3], case[4])
     assert_same(case, atol=1e-10, rtol=1e-9, skip_overflow=True)

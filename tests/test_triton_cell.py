@@ -16,9 +16,8 @@ import sys
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from test_cuda_graphs import stand_in_graphs  # noqa: F401  (a fixture)
-from test_fast_kernel import assert_same, make_case, outputs_and_grads
+from test_fast_kernel import assert_same, case_strategies, make_case, outputs_and_grads, projection
 
 from unilstm.activations import REGISTRY
 from unilstm.kernels import fast, triton_cell
@@ -47,7 +46,9 @@ def test_not_used_on_the_cpu_by_default():
     assert not triton_cell.accepts(torch.zeros(2, 1, 1), torch.tanh, torch.sigmoid)
 
 
-def used_triton(monkeypatch) -> list[int]:
+def count_fused_steps(set_attribute=setattr) -> list[int]:
+    """Wrap the fused step functions (through ``set_attribute``: setattr, or a monkeypatch's) so that each
+    call appends to the returned list. benchmarks/gpu_check.py uses it on the GPU."""
     calls: list[int] = []
     for name in ("forward_step", "backward_step"):
         original = getattr(triton_cell, name)
@@ -56,34 +57,23 @@ def used_triton(monkeypatch) -> list[int]:
             calls.append(1)
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(triton_cell, name, counted)
+        set_attribute(triton_cell, name, counted)
     return calls
+
+
+def used_triton(monkeypatch) -> list[int]:
+    return count_fused_steps(monkeypatch.setattr)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    T=st.integers(1, 5),
-    B=st.integers(1, 4),
-    H=st.integers(1, 5),
-    proj=st.booleans(),
-    mask_kind=st.sampled_from(["none", "gaps", "gaps_empty_row", "gaps_empty_step", "right"]),
-    reverse=st.booleans(),
-    zero=st.booleans(),
-    mx_kind=st.sampled_from(["none", "shared", "per_gate"]),
-    mh_kind=st.sampled_from(["none", "shared", "per_gate"]),
-    act=st.sampled_from(FUSED),
-    ract=st.sampled_from(FUSED),
-    bias=st.booleans(),
-)
+@given(**case_strategies(FUSED, FUSED, max_steps=5, max_hidden=5))
 def test_fused_steps_equal_reference_float64(
     triton_on_cpu, monkeypatch, seed, T, B, H, proj, mask_kind, reverse, zero, mx_kind, mh_kind, act, ract,
     bias,
 ):
-    P = (seed % (H - 1)) + 1 if proj and H > 1 else 0
-    case = make_case(seed, T, B, 3, H, P, mask_kind, reverse, zero, mx_kind, mh_kind, act, ract, bias,
-                     torch.float64)
+    case = make_case(seed, T, B, 3, H, projection(seed, H, proj), mask_kind, reverse, zero, mx_kind, mh_kind,
+                     act, ract, bias, torch.float64)
     calls = used_triton(monkeypatch)
     assert_same(case, atol=1e-10, rtol=1e-9, skip_overflow=True)
     step_mask = case[4].step_mask
