@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from unilstm import bench
 
@@ -40,3 +41,40 @@ def test_markdown_renders_peer_columns():
 
 def test_parse_shape():
     assert bench.parse_shape("10,2,3,4") == (10, 2, 3, 4)
+
+
+FAKE_PEER = '''
+import json, sys
+VERSION = "fake peer 1"
+calls = []
+
+
+def measure(case, repeats):
+    calls.append(case["spec"])
+    # the n-th request of a case answers n milliseconds: the report must hold the rounds' median
+    n = calls.count(case["spec"])
+    return {"shape": case["shape"], "spec": case["spec"], "fw": n / 1000, "fw+bw": 2 * n / 1000}
+''' + bench.PEER_MAIN
+
+
+def test_alternate_rounds_ask_a_serving_peer(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "KERAS_SCRIPT", FAKE_PEER)
+    out = tmp_path / "bench"
+    code = bench.main([
+        "--quick", "--out", str(out), "--repeats", "1", "--alternate", "3", "--no-streaming",
+        "--spec", "relu", "--spec", "lengths", "--tf-python", sys.executable,
+    ])
+    assert code == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["rounds"] == 3 and report["peers"] == ["fake peer 1"]
+    assert report["peer_results"]["keras"] == [  # lengths has no Keras case; relu asked three times
+        {"shape": [6, 3, 5, 8], "spec": "relu", "fw": 0.002, "fw+bw": 0.004}
+    ]
+    assert "Each case ran in 3 rounds" in (out / "results.md").read_text()
+
+
+def test_median_of_rounds():
+    rounds = [{"spec": "a", "fw": {"unilstm": t, "torch": 2 * t}, "fw+bw": {"unilstm": t, "torch": t},
+               "saved_bytes": {"unilstm": 1}} for t in (3.0, 1.0, 2.0)]
+    combined = bench.median_of_rounds(rounds)
+    assert combined["fw"] == {"unilstm": 2.0, "torch": 4.0} and combined["saved_bytes"] == {"unilstm": 1}

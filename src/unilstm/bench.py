@@ -224,15 +224,39 @@ def run_streaming(hidden: int, input_size: int, steps: int, repeats: int, activa
 # Peers in their own interpreters
 # ------------------------------------------------------------------------------------------------------
 
+# A peer script measures cases given in a JSON file (``script cfg.json``: all at once, one RESULT line) or,
+# with ``--serve``, one request per stdin line ({"case": ..., "repeats": n}), answering each with a RESULT
+# line, so that bench can alternate peer and unilstm measurements of the same case (``--alternate``).
+PEER_MAIN = r'''
+def main():
+    if sys.argv[1] == "--serve":
+        print("READY " + json.dumps({"version": VERSION}), flush=True)
+        for line in sys.stdin:
+            request = json.loads(line)
+            print("RESULT " + json.dumps(measure(request["case"], request["repeats"])), flush=True)
+        return
+    cfg = json.load(open(sys.argv[1]))
+    results = []
+    for case in cfg["cases"]:
+        results.append(measure(case, cfg["repeats"]))
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    print("RESULT " + json.dumps({"version": VERSION, "results": results}))
+
+
+main()
+'''
+
 KERAS_SCRIPT = r'''
 import json, os, statistics, sys, time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import tensorflow as tf
 import keras
-cfg = json.load(open(sys.argv[1]))
-results = []
-for case in cfg["cases"]:
+VERSION = "keras " + keras.__version__ + ", tensorflow " + tf.__version__
+built = {}
+
+
+def build(case):
     T, B, I, H = case["shape"]
     kw = dict(case["keras"])
     bidirectional = kw.pop("bidirectional", False)
@@ -257,28 +281,34 @@ for case in cfg["cases"]:
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(layer(x, mask=mask, training=training))
         return tape.gradient(loss, layer.trainable_weights)
+    return fw, fb, x, mask
+
+
+def measure(case, repeats):
+    key = json.dumps(case, sort_keys=True)
+    if key not in built:
+        built[key] = build(case)
+    fw, fb, x, mask = built[key]
     out = {}
     for name, f in (("fw", fw), ("fw+bw", fb)):
         r = f(x, mask); tf.nest.map_structure(lambda t: t.numpy(), r)
         ts = []
-        for _ in range(cfg["repeats"]):
+        for _ in range(repeats):
             s = time.perf_counter(); r = f(x, mask); tf.nest.map_structure(lambda t: t.numpy(), r)
             ts.append(time.perf_counter() - s)
         out[name] = statistics.median(ts)
-    results.append({"shape": case["shape"], "spec": case["spec"], **out})
-    print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-print("RESULT " + json.dumps({"version": "keras " + keras.__version__ + ", tensorflow " + tf.__version__,
-                              "results": results}))
-'''
+    return {"shape": case["shape"], "spec": case["spec"], **out}
+''' + PEER_MAIN
 
 MINDSPORE_SCRIPT = r'''
 import json, statistics, sys, time
 import numpy as np
 import mindspore as ms
 from mindspore import nn
-cfg = json.load(open(sys.argv[1]))
-results = []
-for case in cfg["cases"]:
+VERSION = "mindspore " + ms.__version__
+
+
+def measure(case, repeats):
     T, B, I, H = case["shape"]
     net = nn.LSTM(I, H, batch_first=False)
     x = ms.Tensor(np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32))
@@ -294,23 +324,63 @@ for case in cfg["cases"]:
     for name, f in (("fw", fw), ("fw+bw", fb)):
         f()
         ts = []
-        for _ in range(cfg["repeats"]):
+        for _ in range(repeats):
             s = time.perf_counter(); f(); ts.append(time.perf_counter() - s)
         out[name] = statistics.median(ts)
-    results.append({"shape": case["shape"], "spec": case["spec"], **out})
-    print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-print("RESULT " + json.dumps({"version": "mindspore " + ms.__version__, "results": results}))
-'''
+    return {"shape": case["shape"], "spec": case["spec"], **out}
+''' + PEER_MAIN
+
+
+def peer_case(case: Case) -> dict:
+    return {"shape": list(case.shape), "spec": case.spec, "keras": case.keras, "mask": case.mask,
+            "training": case.training}
+
+
+class PeerWorker:
+    """A peer script in ``--serve`` mode: one process, its framework imported once, measuring cases on
+    request while this process waits (and idle while this process measures)."""
+
+    def __init__(self, python: str, script: str, timeout: float) -> None:
+        self.timeout = timeout
+        self._dir = tempfile.TemporaryDirectory()
+        source = Path(self._dir.name, "peer.py")
+        source.write_text(script)
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+        self.process = subprocess.Popen(
+            [python, str(source), "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True, env=env,
+        )
+        self.version = json.loads(self._answer("READY "))["version"]
+
+    def _answer(self, prefix: str) -> str:
+        deadline = time.monotonic() + self.timeout
+        assert self.process.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"peer exited with {self.process.wait()}")
+            if line.startswith(prefix):
+                return line[len(prefix):]
+        raise TimeoutError(f"peer gave no {prefix.strip()} line within {self.timeout} s")
+
+    def measure(self, case: Case, repeats: int) -> dict:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"case": peer_case(case), "repeats": repeats}) + "\n")
+        self.process.stdin.flush()
+        return json.loads(self._answer("RESULT "))
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._dir.cleanup()
 
 
 def run_peer(python: str, script: str, cases: list[Case], repeats: int, timeout: float) -> dict | None:
-    payload = {
-        "repeats": repeats,
-        "cases": [
-            {"shape": list(c.shape), "spec": c.spec, "keras": c.keras, "mask": c.mask, "training": c.training}
-            for c in cases
-        ],
-    }
+    payload = {"repeats": repeats, "cases": [peer_case(c) for c in cases]}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp, "cfg.json")
         cfg.write_text(json.dumps(payload))
@@ -371,7 +441,11 @@ def render_markdown(report: dict) -> str:
         "",
         f"Peers: {', '.join(report['peers']) or 'none found'}. Repeats: {report['repeats']} (median). "
         "Times in ms; ratio = unilstm / torch.nn.LSTM (standard spec of the same shape, measured alternately "
-        "in the same process); x Keras = Keras time / unilstm time.",
+        "in the same process); x Keras = Keras time / unilstm time." + (
+            f" Each case ran in {report['rounds']} rounds, unilstm and torch alternating with the peers "
+            "(each peer one process answering requests): medians of the rounds' medians."
+            if report.get("rounds", 1) > 1 else ""
+        ),
         "",
         "| shape (T, B, in, H) | spec | mode | unilstm | torch.nn.LSTM | ratio | Keras 3 | x Keras "
         "| MindSpore | saved MB unilstm / torch |",
@@ -466,8 +540,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-streaming", action="store_true")
     p.add_argument("--peer-timeout", type=float, default=1800.0)
+    p.add_argument(
+        "--alternate", type=int, default=1, metavar="ROUNDS",
+        help="measure each case ROUNDS times, unilstm and torch alternating with Keras and MindSpore (each "
+             "a process serving requests), and report the median of the rounds' medians; 1 (default): the "
+             "peers run after all unilstm rows",
+    )
     p.add_argument("--device", default="cpu")
     return p
+
+
+def start_peer_workers(args: argparse.Namespace) -> dict[str, PeerWorker]:
+    """Keras and MindSpore serving processes, for those whose interpreter is given and starts."""
+    workers: dict[str, PeerWorker] = {}
+    if args.no_peers or args.device != "cpu":
+        return workers
+    for name, python, script in (("keras", args.tf_python, KERAS_SCRIPT),
+                                 ("mindspore", args.ms_python, MINDSPORE_SCRIPT)):
+        if python and Path(python).exists():
+            try:
+                workers[name] = PeerWorker(python, script, args.peer_timeout)
+            except (OSError, RuntimeError, TimeoutError) as exc:
+                print(f"bench: peer {python} failed to start: {exc}", file=sys.stderr)
+    return workers
+
+
+def median_of_rounds(rounds: list[dict]) -> dict:
+    """One result from several rounds of the same case: the median of each time, the rest from the first."""
+    combined = dict(rounds[0])
+    for mode in ("fw", "fw+bw"):
+        first = rounds[0][mode]
+        if isinstance(first, dict):
+            combined[mode] = {k: statistics.median(r[mode][k] for r in rounds) for k in first}
+        else:
+            combined[mode] = statistics.median(r[mode] for r in rounds)
+    return combined
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -477,19 +584,38 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (2 if args.quick else 5)
     cases = make_cases(shapes, specs)
     dispatch.force_kernel(None)
-    report: dict = {"machine": machine_description(), "repeats": repeats, "results": [], "peers": []}
-    for case in cases:
-        # big shapes: fewer repeats keep the suite within minutes on 2 cores
-        T, B, I, H = case.shape
-        reps = repeats if T * B * H * (I + H) < 2e9 else max(3, repeats // 2)
-        result = run_torch_case(case, reps, args.device)
-        report["results"].append(result)
-        fb = result["fw+bw"]
-        print(
-            f"{case.spec:>18} {str(case.shape):>22}  fw+bw unilstm {fb['unilstm'] * 1e3:9.1f} ms  "
-            f"torch {fb['torch'] * 1e3:9.1f} ms  ratio {fb['unilstm'] / fb['torch']:.2f}",
-            flush=True,
-        )
+    report: dict = {"machine": machine_description(), "repeats": repeats, "results": [], "peers": [],
+                    "rounds": max(1, args.alternate)}
+    report["peer_results"] = {}
+    peer_reps = max(2, min(repeats, 3))
+    workers = start_peer_workers(args) if args.alternate > 1 else {}
+    try:
+        for case in cases:
+            # big shapes: fewer repeats keep the suite within minutes on 2 cores
+            T, B, I, H = case.shape
+            reps = repeats if T * B * H * (I + H) < 2e9 else max(3, repeats // 2)
+            rounds, peer_rounds = [], {name: [] for name in workers}
+            for _ in range(report["rounds"]):
+                rounds.append(run_torch_case(case, reps, args.device))
+                peer_has_case = {"keras": case.keras is not None, "mindspore": case.mindspore}
+                for name, worker in workers.items():
+                    if peer_has_case[name]:
+                        peer_rounds[name].append(worker.measure(case, peer_reps))
+            result = median_of_rounds(rounds)
+            report["results"].append(result)
+            for name, measured in peer_rounds.items():
+                if measured:
+                    report["peer_results"].setdefault(name, []).append(median_of_rounds(measured))
+            fb = result["fw+bw"]
+            print(
+                f"{case.spec:>18} {str(case.shape):>22}  fw+bw unilstm {fb['unilstm'] * 1e3:9.1f} ms  "
+                f"torch {fb['torch'] * 1e3:9.1f} ms  ratio {fb['unilstm'] / fb['torch']:.2f}",
+                flush=True,
+            )
+    finally:
+        for worker in workers.values():
+            worker.close()
+    report["peers"] += [worker.version for worker in workers.values()]
     if not args.no_streaming:
         sizes = [(8, 16)] if args.quick else [(64, 128), (32, 64), (512, 512)]
         for input_size, hidden in sizes:
@@ -498,16 +624,14 @@ def main(argv: list[str] | None = None) -> int:
                 report["results"].append(r)
                 print(f"streaming {activation} (in={input_size}, H={hidden}): "
                       f"{ {k: round(v * 1e6, 1) for k, v in r['latency'].items()} } µs/step", flush=True)
-    report["peer_results"] = {}
     if not args.no_peers and args.device == "cpu":
-        peer_reps = max(2, min(repeats, 3))
-        if args.tf_python and Path(args.tf_python).exists():
+        if args.tf_python and Path(args.tf_python).exists() and "keras" not in workers:
             keras_cases = [c for c in cases if c.keras is not None]
             got = run_peer(args.tf_python, KERAS_SCRIPT, keras_cases, peer_reps, args.peer_timeout)
             if got:
                 report["peers"].append(got["version"])
                 report["peer_results"]["keras"] = got["results"]
-        if args.ms_python and Path(args.ms_python).exists():
+        if args.ms_python and Path(args.ms_python).exists() and "mindspore" not in workers:
             ms_cases = [c for c in cases if c.mindspore]
             got = run_peer(args.ms_python, MINDSPORE_SCRIPT, ms_cases, peer_reps, args.peer_timeout)
             if got:
