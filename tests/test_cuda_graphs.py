@@ -144,3 +144,18 @@ def test_a_failed_capture_warns_once_and_runs_directly(monkeypatch):
 def test_switched_off_by_enabled(monkeypatch):
     monkeypatch.setattr(cuda_graphs, "enabled", False)
     assert not cuda_graphs.usable(torch.zeros(1))
+
+
+def test_byte_budget_drops_the_least_recently_used_graphs(stand_in_graphs, monkeypatch):
+    monkeypatch.setattr(cuda_graphs, "MAX_GRAPH_BYTES", 20_000)  # room for two graphs of 8 kB, not three
+
+    def body(a):
+        return (a + 1.0,)  # static argument and result of (500,) float64: 8 kB a graph
+
+    for n in range(3):
+        a = torch.full((500,), float(n), dtype=torch.float64)
+        for _ in range(2):
+            (got,) = cuda_graphs.run(("add", n), body, (a,))
+            assert torch.equal(got, a + 1.0)
+    assert [key[0][1] for key in cuda_graphs._entries] == [1, 2]  # the first graph went to make room
+    assert all(entry.nbytes == 8000 for entry in cuda_graphs._entries.values())

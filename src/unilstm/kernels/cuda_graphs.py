@@ -18,11 +18,11 @@ The body must be capturable: no host synchronisation (``.item()``, ``.tolist()``
 no host-to-device copies. The fast kernel runs its capturable variant on CUDA for this reason (see
 ``fast._step_patterns``). A capture that fails marks its key, warns once and runs the body directly from then
 on. Graphs are used only on the default stream, outside a user's own capture, and when ``enabled``;
-``UNILSTM_CUDA_GRAPHS=0`` in the environment switches them off. At most ``MAX_GRAPHS`` keys are kept (least
-recently used first out); the graphs kept on a device share one memory pool, as
-torch.cuda.make_graphed_callables does (safe because results are copied out right after each replay). Each
-kept graph holds its static arguments and results: about twice the memory of one call's saved tensors.
-:func:`clear` frees them.
+``UNILSTM_CUDA_GRAPHS=0`` in the environment switches them off. At most ``MAX_GRAPHS`` keys are kept, their
+static tensors at most ``MAX_GRAPH_BYTES`` (least recently used first out); the graphs kept on a device
+share one memory pool, as torch.cuda.make_graphed_callables does (safe because results are copied out right
+after each replay). Each kept graph holds its static arguments and results: about twice the memory of one
+call's saved tensors. :func:`clear` frees them.
 """
 
 from __future__ import annotations
@@ -38,11 +38,15 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_GRAPHS", "clear", "enabled", "run", "usable"]
+__all__ = ["MAX_GRAPHS", "MAX_GRAPH_BYTES", "clear", "enabled", "run", "usable"]
 
 #: switch for every graph of this module; ``UNILSTM_CUDA_GRAPHS=0`` sets it False at import
 enabled: bool = os.environ.get("UNILSTM_CUDA_GRAPHS", "1") != "0"
 MAX_GRAPHS = 16
+#: the static arguments and results that the kept graphs may hold, all devices together; graphs of other
+#: layouts are dropped, least recently used first, to stay under it (a server that sees many batch shapes
+#: would otherwise keep MAX_GRAPHS copies of its largest calls)
+MAX_GRAPH_BYTES = 2 * 2**30
 
 Body = Callable[..., tuple]
 
@@ -63,6 +67,7 @@ class _Entry:
     failed: bool = False
     static_args: tuple = ()
     static_results: tuple = ()
+    nbytes: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -144,6 +149,21 @@ def _export(results: tuple, static_args: tuple, args: tuple) -> tuple:
     return tuple(exported)
 
 
+def _held_bytes(tensors: tuple) -> int:
+    storages = (t.untyped_storage() for t in tensors if t is not None)
+    return sum({storage.data_ptr(): storage.nbytes() for storage in storages}.values())
+
+
+def _drop_beyond_byte_budget(keep: _Entry) -> None:
+    """Drop the least recently used graphs until the kept ones hold at most MAX_GRAPH_BYTES (``keep``, the
+    graph just captured, stays even alone over the budget: it is about to be replayed)."""
+    while sum(e.nbytes for e in _entries.values()) > MAX_GRAPH_BYTES:
+        oldest = next((k for k, e in _entries.items() if e is not keep and e.graph is not None), None)
+        if oldest is None:
+            return
+        del _entries[oldest]
+
+
 def run(key: tuple, body: Body, args: tuple) -> tuple:
     """``body(*args)``, through a cached CUDA graph from the second call with the same key and argument
     layout on (see the module docstring). The caller checks :func:`usable` first."""
@@ -179,6 +199,9 @@ def run(key: tuple, body: Body, args: tuple) -> tuple:
                     )
                 return body(*args)
             entry.static_args, entry.static_results, entry.graph = static_args, static_results, graph
+            entry.nbytes = _held_bytes(static_args + tuple(static_results))
+            with _entries_lock:
+                _drop_beyond_byte_budget(keep=entry)
         for static, a in zip(entry.static_args, args, strict=True):
             if static is not None:
                 static.copy_(a)
