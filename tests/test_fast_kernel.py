@@ -165,6 +165,16 @@ def test_registered_before_reference_and_picked_where_native_refuses():
         assert dispatch.select_direction_kernel(case[0], case[3], case[4]) is run_direction_fast
 
 
+def test_second_backward_through_the_same_graph_raises():
+    case = make_case(0, 4, 2, 3, 4, 2, "gaps", False, False, "none", "none", "relu", "sigmoid", True,
+                     torch.float64)
+    out, h, c = run_direction_fast(*case)
+    loss = out.sum() + h.sum() + c.sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="unilstm fast kernel: backward ran twice"):
+        loss.backward()
+
+
 def test_double_backward_is_refused():
     case = make_case(0, 3, 2, 3, 4, 0, "none", False, True, "none", "none", "tanh", "sigmoid", True, torch.float64)
     x, h0, c0, w, run = case

@@ -638,6 +638,18 @@ def _backward_body(
     return dx, dh, dc, dwih, dwhh, db, dwhr
 
 
+def refuse_second_backward(ctx, kernel: str) -> None:
+    """Raise on a second backward through the same call (retain_graph=True): the fast and native backward
+    passes write the gate gradients over the saved gates."""
+    if getattr(ctx, "consumed", False):
+        raise RuntimeError(
+            f"unilstm {kernel} kernel: backward ran twice through the same graph (retain_graph=True); "
+            "its backward reuses the saved pre-activations. Run the forward again, or use "
+            "unilstm.kernels.force_kernel('reference') for repeated or higher-order gradients."
+        )
+    ctx.consumed = True
+
+
 class _FastLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask):  # noqa: N805
@@ -659,6 +671,7 @@ class _FastLSTM(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dout, dhT, dcT):  # noqa: N805
+        refuse_second_backward(ctx, "fast")
         needs = ctx.needs_input_grad
         args = (*ctx.saved_tensors, dout, dhT, dcT)
         body = functools.partial(_backward_body, ctx.cfg, ctx.meta, ctx.patterns, needs)

@@ -47,7 +47,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import activations as A
-from .fast import backward_outputs, function_arguments, per_gate_weight_grad
+from .fast import backward_outputs, function_arguments, per_gate_weight_grad, refuse_second_backward
 from .opaque import opaque_to_compile
 from .reference import GATES, DirectionRun, DirectionWeights, run_direction_reference
 
@@ -462,7 +462,7 @@ class _NativeLSTM(torch.autograd.Function):
         results, (meta, saved) = _forward_pass(
             cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask
         )
-        ctx.cfg, ctx.meta, ctx.consumed = cfg, meta, False
+        ctx.cfg, ctx.meta = cfg, meta
         ctx.save_for_backward(*saved)
         ctx.has_bias = (b_ih is not None, b_hh is not None)
         return results
@@ -470,13 +470,7 @@ class _NativeLSTM(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dout, dhT, dcT):  # noqa: N805
-        if ctx.consumed:
-            raise RuntimeError(
-                "unilstm native kernel: backward ran twice through the same graph (retain_graph=True); "
-                "its backward reuses the saved pre-activations. Run the forward again, or use "
-                "unilstm.kernels.force_kernel('reference') for repeated or higher-order gradients."
-            )
-        ctx.consumed = True
+        refuse_second_backward(ctx, "native")
         act, ract, reverse, zero_out = ctx.cfg
         T, B, Fdim, H, P, all_kept, gate_masks = ctx.meta
         x, w_ih, w_hh, w_hr, mx, mh, keep, Z, Hp, Cp, R, HM = ctx.saved_tensors
