@@ -125,7 +125,7 @@ def test_kernels_compile_for_hopper():
     done = subprocess.run([sys.executable, str(tool), "--quick"], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "compiled 68 Triton cell kernels" in done.stdout
+    assert "compiled 80 Triton cell kernels" in done.stdout
 
 
 def test_switched_off(triton_on_cpu, monkeypatch):
@@ -152,3 +152,48 @@ def test_fused_steps_keep_overflow_in_masked_rows_out(triton_on_cpu, monkeypatch
     assert calls
     for e, g in zip(expected, got, strict=True):
         torch.testing.assert_close(g, e, atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("mh_kind", ["none", "shared", "per_gate"])
+@pytest.mark.parametrize("mask_kind", ["none", "gaps"])
+def test_gatewise_backward_combines_gate_products_in_one_kernel(
+    triton_on_cpu, monkeypatch, mh_kind, mask_kind
+):
+    """Per-gate input masks make the gate layout per gate whatever the recurrent mask is: every branch of
+    combine_gate_products (no mask, shared, per gate; with and without the masked rows' dh)."""
+    case = make_case(6, 5, 3, 3, 4, 0, mask_kind, False, True, "per_gate", mh_kind, "tanh", "sigmoid", True,
+                     torch.float64)
+    combined: list[int] = []
+    original = triton_cell.combine_gate_products
+
+    def counted(*args):
+        combined.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(triton_cell, "combine_gate_products", counted)
+    assert_same(case, atol=1e-10, rtol=1e-9)
+    assert len(combined) == 5
+
+
+@pytest.mark.parametrize("capturable", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("mh_kind", ["shared", "per_gate"])
+def test_recurrent_mask_folded_into_the_step(triton_on_cpu, monkeypatch, capturable, reverse, mh_kind):
+    """The fused step writes h' * mh for the next step's product; the first step masks h0 itself, and a step
+    where no row counts (skipped on the CPU) keeps both h and the masked operand. Here the first step the
+    direction processes is such a step."""
+    original = fast._step_patterns
+    monkeypatch.setattr(fast, "_step_patterns", lambda m, T, **_: original(m, T, capturable))
+    case = make_case(8, 5, 3, 2, 4, 0, "gaps", reverse, False, "none", mh_kind, "relu", "sigmoid", True,
+                     torch.float64)
+    case[4].step_mask[-1 if reverse else 0, :] = False
+    products: list[int] = []
+    original_mul = torch.mul
+
+    def counted_mul(*args, **kwargs):
+        products.append(1)
+        return original_mul(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "mul", counted_mul)
+    assert_same(case, atol=1e-10, rtol=1e-9)
+    assert len(products) <= 2  # h0 times the mask once a direction (the reference makes no torch.mul call)

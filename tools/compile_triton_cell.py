@@ -25,7 +25,7 @@ from unilstm.kernels import _triton_cell_kernels as kernels  # noqa: E402
 from unilstm.kernels.triton_cell import ACTIVATION_CODES  # noqa: E402
 
 POINTERS_BY_DTYPE = ("Z", "C_prev", "C_new", "H_prev", "H_new", "Out", "Out_prev", "Dout", "Dh", "Dc",
-                     "Dh_pass", "Carry", "Dh_new")
+                     "Dh_pass", "Carry", "Dh_new", "Dh4", "Mask", "Pass", "Mh", "Hm")
 
 
 def compile_one(fn, dtype: str, constants: dict) -> None:
@@ -57,12 +57,17 @@ def main() -> int:
         act, ract = code, codes[(position * 7 + 1) % len(codes)]
         flags = dict(ACT=act, RACT=ract, MASKED=masked, ZERO_OUT=zero_out, PROJECTED=position % 5 == 1,
                      FLOAT64=dtype == "fp64", BLOCK=256)
-        compile_one(kernels.forward_step, dtype, {**flags, "STORE_ACTIVATIONS": stored})
+        h_masks = 0 if flags["PROJECTED"] else (0, 1, 4)[position % 3]
+        compile_one(kernels.forward_step, dtype, {**flags, "STORE_ACTIVATIONS": stored, "H_MASKS": h_masks})
         compile_one(kernels.backward_step, dtype, {**flags, "STORED_ACTIVATIONS": stored})
         count += 2
     for dtype, masked, zero_out in itertools.product(dtypes, (False, True), (False, True)):
         flags = dict(MASKED=masked, ZERO_OUT=zero_out, FLOAT64=dtype == "fp64", BLOCK=256)
         compile_one(kernels.projected_backward_prelude, dtype, flags)
+        count += 1
+    for dtype, mask_kind, with_pass in itertools.product(dtypes, (0, 1, 2), (False, True)):
+        flags = dict(MASK=mask_kind, PASS=with_pass, FLOAT64=dtype == "fp64", BLOCK=256)
+        compile_one(kernels.combine_gate_products, dtype, flags)
         count += 1
     print(f"compiled {count} Triton cell kernels for sm_90 in {time.time() - start:.1f} s")
     return 0

@@ -161,13 +161,16 @@ def _activation_grad(g, x, y, CODE: tl.constexpr):
 
 @triton.jit
 def forward_step(
-    Z, gate_stride, row_stride, C_prev, C_new, H_prev, H_new, Out, Out_prev, Keep, n, H,
+    Z, gate_stride, row_stride, C_prev, C_new, H_prev, H_new, Out, Out_prev, Keep, Mh, Hm, n, H,
     ACT: tl.constexpr, RACT: tl.constexpr, STORE_ACTIVATIONS: tl.constexpr, MASKED: tl.constexpr,
-    ZERO_OUT: tl.constexpr, PROJECTED: tl.constexpr, FLOAT64: tl.constexpr, BLOCK: tl.constexpr,
+    ZERO_OUT: tl.constexpr, PROJECTED: tl.constexpr, H_MASKS: tl.constexpr, FLOAT64: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """c' = f c + i g, h' = o act(c'); with a step mask, rows not kept carry c, h over, and the output row is
     0 (ZERO_OUT) or the previous output. Writes the gate activations over Z when STORE_ACTIVATIONS. When
-    PROJECTED, H_new receives r = o act(c') (0 in rows not kept), whose projection the caller forms."""
+    PROJECTED, H_new receives r = o act(c') (0 in rows not kept), whose projection the caller forms.
+    H_MASKS (1 or 4) recurrent dropout masks Mh, each (B, H): Hm[k] = h' * Mh[k], the next step's GEMM
+    operand."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inside = offs < n
     row = offs // H
@@ -192,16 +195,19 @@ def forward_step(
         if PROJECTED:
             tl.store(H_new + offs, tl.where(keep, h, 0.0), mask=inside)
         else:
-            h_prev = tl.load(H_prev + offs, mask=inside, other=0.0)
-            tl.store(H_new + offs, tl.where(keep, h, h_prev), mask=inside)
             if ZERO_OUT:
                 tl.store(Out + offs, tl.where(keep, h, 0.0), mask=inside)
             else:
                 previous = tl.load(Out_prev + offs, mask=inside, other=0.0)
                 tl.store(Out + offs, tl.where(keep, h, previous), mask=inside)
+            h = tl.where(keep, h, tl.load(H_prev + offs, mask=inside, other=0.0))
+            tl.store(H_new + offs, h, mask=inside)
     else:
         tl.store(C_new + offs, c, mask=inside)
         tl.store(H_new + offs, h, mask=inside)
+    for k in tl.static_range(H_MASKS):
+        m = tl.load(Mh + k * n + offs, mask=inside, other=0.0).to(compute)
+        tl.store(Hm + k * n + offs, (h.to(compute) * m).to(Hm.dtype.element_ty), mask=inside)
 
 
 @triton.jit
@@ -305,3 +311,26 @@ def projected_backward_prelude(
         tl.store(Dh_pass + offs, (dh * nk).to(Dh_pass.dtype.element_ty), mask=inside)
     else:
         tl.store(Dh_new + offs, (dh + gout).to(Dh_new.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def combine_gate_products(
+    Dh4, gate_stride, Mask, Pass, Out, n,
+    MASK: tl.constexpr, PASS: tl.constexpr, FLOAT64: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """dh = sum over the four gates of dz_k W_k (Dh4, (4, B, P)), each times its dropout mask (MASK 2:
+    Mask is (4, B, P)) or the sum times a shared one (MASK 1: (B, P)), plus Pass (the dh of masked rows)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < n
+    compute = tl.float64 if FLOAT64 else tl.float32
+    acc = tl.zeros([BLOCK], dtype=compute)
+    for k in tl.static_range(4):
+        v = tl.load(Dh4 + k * gate_stride + offs, mask=inside, other=0.0).to(compute)
+        if MASK == 2:
+            v = v * tl.load(Mask + k * gate_stride + offs, mask=inside, other=0.0).to(compute)
+        acc = acc + v
+    if MASK == 1:
+        acc = acc * tl.load(Mask + offs, mask=inside, other=0.0).to(compute)
+    if PASS:
+        acc = acc + tl.load(Pass + offs, mask=inside, other=0.0).to(compute)
+    tl.store(Out + offs, acc.to(Out.dtype.element_ty), mask=inside)

@@ -358,15 +358,19 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
     act_fn = act.fn
     tanh_cell = act.fn is torch.tanh
     fused = triton_cell.accepts(x, act.fn, ract.fn)
+    # the fused step also writes h' * mh, the next step's GEMM operand (one kernel fewer a step)
+    fold_mask = fused and R is None and mh is not None
+    premasked = False
     if fused:
         codes = triton_cell.codes(act.fn, ract.fn)
         keep_rows = step_mask.contiguous().view(torch.uint8).unbind(0) if masked else None
+        mh_rows = mh.contiguous() if fold_mask else None
 
     order = range(T - 1, -1, -1) if reverse else range(T)
     for t in order:
         hi, ho = (t + 1, t) if reverse else (t, t + 1)
         h, c = Hs[hi], Cs[hi]
-        if masked and none_step[t]:
+        if masked and none_step[t]:  # h stays, and so does a premasked operand
             Hs[ho].copy_(h)
             Cs[ho].copy_(c)
             if Rs is not None:
@@ -378,21 +382,31 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
                 prev_out = Os[t]
             continue
         z = z_l[t]
+        if mh is None:
+            h_masked = None
+        elif premasked:
+            h_masked = hm if hm is not None else hm4
+        elif hm is not None:
+            h_masked = torch.mul(h, mh, out=hm)
+        else:
+            h_masked = torch.mul(h.unsqueeze(0), mh, out=hm4)
         if gatewise:
-            if mh is None:
+            if h_masked is None:
                 hh4 = h.unsqueeze(0).expand(GATES, B, P)
-            elif hm is not None:
-                hh4 = torch.mul(h, mh, out=hm).unsqueeze(0).expand(GATES, B, P)
+            elif h_masked.dim() == 2:
+                hh4 = h_masked.unsqueeze(0).expand(GATES, B, P)
             else:
-                hh4 = torch.mul(h.unsqueeze(0), mh, out=hm4)
+                hh4 = h_masked
             z.baddbmm_(hh4, W4hT)
         else:
-            z.addmm_(h if hm is None else torch.mul(h, mh, out=hm), WhhT)
+            z.addmm_(h if h_masked is None else h_masked, WhhT)
         if fused and R is None:
             triton_cell.forward_step(
                 z, gatewise, codes, y_only, c, Cs[ho], h, Hs[ho], keep_rows[t] if masked else None,
                 Os[t] if masked else None, prev_out if masked else None, zero_out,
+                h_masks=mh_rows, h_masked=h_masked if fold_mask else None,
             )
+            premasked = fold_mask
             if masked:
                 prev_out = Os[t]
             continue
@@ -493,6 +507,7 @@ def _backward_body(
         keep_rows = step_mask.contiguous().view(torch.uint8).unbind(0) if masked else None
         dh_pass_rows = x.new_empty(B, P) if masked else None
         dr_rows = x.new_empty(B, H) if proj else None
+        mh_rows = None if mh is None else mh.contiguous()
 
     order = range(T) if reverse else range(T - 1, -1, -1)
     for t in order:
@@ -586,19 +601,22 @@ def _backward_body(
             if dc_pass is not None:
                 torch.where(kbs[t], z_l[t], zero, out=z_l[t])
         dz = z_l[t]
-        if gatewise:
+        if gatewise and fused:
+            dh = triton_cell.combine_gate_products(torch.bmm(dz, W4h), mh_rows, dh_pass, x.new_empty(B, P))
+        elif gatewise:
             dh4 = torch.bmm(dz, W4h)
             if mh is not None and mh.dim() == 3:
                 dh4.mul_(mh)
             dh = dh4.sum(0)
             if mh is not None and mh.dim() == 2:
                 dh.mul_(mh)
+            if dh_pass is not None:
+                dh.add_(dh_pass)
+        elif mh is None:  # one kernel fewer a step than a product and then a sum
+            dh = torch.mm(dz, Whh) if dh_pass is None else torch.addmm(dh_pass, dz, Whh)
         else:
             dh = torch.mm(dz, Whh)
-            if mh is not None:
-                dh.mul_(mh)
-        if dh_pass is not None:
-            dh.add_(dh_pass)
+            dh = dh.mul_(mh) if dh_pass is None else torch.addcmul(dh_pass, dh, mh)
 
     Hprev = Hp[1:] if reverse else Hp[:T]
     dx = dwih = dwhh = db = dwhr = None

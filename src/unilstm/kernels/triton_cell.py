@@ -32,8 +32,8 @@ from torch import Tensor
 from .. import activations as A
 
 __all__ = [
-    "ACTIVATION_CODES", "accepts", "backward_step", "enabled", "forward_step", "projected_backward_prelude",
-    "run_on_cpu",
+    "ACTIVATION_CODES", "accepts", "backward_step", "combine_gate_products", "enabled", "forward_step",
+    "projected_backward_prelude", "run_on_cpu",
 ]
 
 #: the activations the kernels compute, by their code in _triton_cell_kernels
@@ -90,22 +90,28 @@ def _gate_strides(z: Tensor, gatewise: bool) -> tuple[int, int]:
 def forward_step(
     z: Tensor, gatewise: bool, codes: tuple[int, int], store_activations: bool, c_prev: Tensor,
     c_new: Tensor, h_prev: Tensor, h_new: Tensor, keep: Tensor | None, out: Tensor | None,
-    out_prev: Tensor | None, zero_out: bool, projected: bool = False,
+    out_prev: Tensor | None, zero_out: bool, projected: bool = False, h_masks: Tensor | None = None,
+    h_masked: Tensor | None = None,
 ) -> None:
     """One forward step (see the module docstring). z: step t's gate pre-activations, (B, 4H) or (4, B, H),
     in the order [i, f, o, g], overwritten by the activations when ``store_activations``; c_prev, h_prev,
     c_new, h_new, out, out_prev: (B, H) contiguous; keep: (B,) uint8 step mask or None (then out and
     out_prev are unused). With ``projected``, h_new receives r = o act(c') instead (0 in rows not kept),
-    and h_prev, out, out_prev are unused: the caller projects r and selects the rows."""
+    and h_prev, out, out_prev are unused: the caller projects r and selects the rows. ``h_masks``, a
+    recurrent dropout mask (B, H) or per-gate masks (4, B, H), makes the step also write
+    ``h_masked[k] = h' * h_masks[k]`` (same shape as the masks), the next step's GEMM operand (not with
+    ``projected``)."""
     act, ract = codes
     gate_stride, row_stride = _gate_strides(z, gatewise)
     n = c_new.numel()
     _kernels().forward_step[_grid(n)](
         z, gate_stride, row_stride, c_prev, c_new, h_prev, h_new,
         h_new if out is None else out, h_new if out_prev is None else out_prev,
-        c_new if keep is None else keep, n, c_new.shape[-1],
+        c_new if keep is None else keep, c_new if h_masks is None else h_masks,
+        c_new if h_masked is None else h_masked, n, c_new.shape[-1],
         ACT=act, RACT=ract, STORE_ACTIVATIONS=store_activations, MASKED=keep is not None,
-        ZERO_OUT=zero_out, PROJECTED=projected, FLOAT64=z.dtype == torch.float64, BLOCK=_BLOCK,
+        ZERO_OUT=zero_out, PROJECTED=projected, H_MASKS=0 if h_masks is None else h_masks.numel() // n,
+        FLOAT64=z.dtype == torch.float64, BLOCK=_BLOCK,
     )
 
 
@@ -152,3 +158,16 @@ def codes(activation: Callable, recurrent_activation: Callable) -> tuple[int, in
     act, ract = _code(activation), _code(recurrent_activation)
     assert act is not None and ract is not None
     return act, ract
+
+
+def combine_gate_products(dh4: Tensor, mask: Tensor | None, dh_pass: Tensor | None, out: Tensor) -> Tensor:
+    """out = sum_k dh4[k] * mask[k] (per-gate mask (4, B, P)), or (sum_k dh4[k]) * mask (shared (B, P)), or
+    the plain sum, plus dh_pass when given: the per-gate products of the backward step's dh_{t-1} in one
+    kernel. All contiguous."""
+    n = out.numel()
+    mask_kind = 0 if mask is None else (2 if mask.dim() == 3 else 1)
+    _kernels().combine_gate_products[_grid(n)](
+        dh4, dh4.stride(0), dh4 if mask is None else mask, out if dh_pass is None else dh_pass, out, n,
+        MASK=mask_kind, PASS=dh_pass is not None, FLOAT64=out.dtype == torch.float64, BLOCK=_BLOCK,
+    )
+    return out
