@@ -197,3 +197,24 @@ def test_recurrent_mask_folded_into_the_step(triton_on_cpu, monkeypatch, captura
     monkeypatch.setattr(torch, "mul", counted_mul)
     assert_same(case, atol=1e-10, rtol=1e-9)
     assert len(products) <= 2  # h0 times the mask once a direction (the reference makes no torch.mul call)
+
+
+def test_first_use_check_passes_through_the_interpreter():
+    triton_cell._works_on.cache_clear()
+    assert triton_cell._works_on(torch.device("cpu"))
+
+
+def test_kernels_that_fail_on_the_device_leave_the_torch_ops(triton_on_cpu, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("PTX .version 9.0 does not support .target sm_120")
+
+    monkeypatch.setattr(triton_cell, "forward_step", broken)
+    triton_cell._works_on.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="Triton cell kernels unusable on cpu"):
+            assert not triton_cell.accepts(torch.zeros(2, 1, 1), torch.tanh, torch.sigmoid)
+        case = make_case(2, 4, 2, 3, 4, 0, "gaps", False, False, "none", "none", "relu", "sigmoid", True,
+                         torch.float64)
+        assert_same(case, atol=1e-10, rtol=1e-9)  # the fast kernel's torch ops
+    finally:
+        triton_cell._works_on.cache_clear()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from types import ModuleType
 
@@ -73,7 +74,41 @@ def accepts(x: Tensor, activation: Callable, recurrent_activation: Callable) -> 
         return False
     if x.device.type != "cuda" and not (run_on_cpu and x.device.type == "cpu"):
         return False
-    return _kernels() is not None
+    return _kernels() is not None and _works_on(x.device)
+
+
+@functools.cache
+def _works_on(device: torch.device) -> bool:
+    """One tiny forward and backward step on ``device``, checked against the same step in torch ops: a
+    Triton that imports but cannot build or run kernels here (driver, toolchain) warns once and leaves the
+    fast kernel on its torch ops instead of failing the call."""
+    try:
+        generator = torch.Generator().manual_seed(0)
+        z = torch.randn(2, 8, generator=generator, dtype=torch.float64).to(device)
+        c_prev = torch.randn(2, 2, generator=generator, dtype=torch.float64).to(device)
+        h_prev, c_new, h_new = torch.zeros_like(c_prev), torch.empty_like(c_prev), torch.empty_like(c_prev)
+        i, f, o = torch.sigmoid(z[:, :2]), torch.sigmoid(z[:, 2:4]), torch.sigmoid(z[:, 4:6])
+        want_c = f * c_prev + i * torch.tanh(z[:, 6:])
+        gates = z.clone()
+        forward_step(gates, False, (0, 1), True, c_prev, c_new, h_prev, h_new, None, None, None, False)
+        dc, zero = torch.ones_like(c_prev), torch.zeros_like(c_prev)
+        backward_step(gates, False, (0, 1), True, c_new, c_prev, zero, zero, dc, None, None, None, False)
+        # with no gradient through h, dc_{t-1} = dc_t * f
+        ok = all(torch.allclose(got, want) for got, want in (
+            (c_new, want_c), (h_new, o * torch.tanh(want_c)), (dc, f)
+        ))
+    except Exception as error:  # noqa: BLE001 - any failure: the torch ops compute these runs
+        warnings.warn(
+            f"unilstm: Triton cell kernels unusable on {device} ({type(error).__name__}: {error}); "
+            "the fast kernel runs its torch ops", RuntimeWarning, stacklevel=2,
+        )
+        return False
+    if not ok:
+        warnings.warn(
+            f"unilstm: Triton cell kernels disagree with torch on {device}; the fast kernel runs its "
+            "torch ops", RuntimeWarning, stacklevel=2,
+        )
+    return ok
 
 
 def _grid(n: int) -> tuple[int]:
