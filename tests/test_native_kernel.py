@@ -163,21 +163,25 @@ class CountingCell:
     def loop_in_c(self, dtype):
         return self.path == "c_loop" and native.blas_gemm(dtype) != 0
 
+    def loops(self, kind):
+        """C loops of this kind (forward or backward) that ran, the two of a pair call counted."""
+        return self.calls[f"{kind}_loop"] + 2 * self.calls[f"{kind}_loop_pair"]
+
     def forward_runs(self, dtype, T):
         """How many forward passes ran, checking that they took this fixture's path."""
         if self.loop_in_c(dtype):
             assert self.calls["forward_step"] == 0
-            return self.calls["forward_loop"]
-        assert self.calls["forward_loop"] == 0 and self.calls["forward_step"] % T == 0
+            return self.loops("forward")
+        assert self.loops("forward") == 0 and self.calls["forward_step"] % T == 0
         return self.calls["forward_step"] // T
 
     def assert_ran(self, dtype, backward=True):
         loop = self.loop_in_c(dtype)
-        fwd, other_fwd = ("forward_loop", "forward_step")[:: 1 if loop else -1]
-        bwd, other_bwd = ("backward_loop", "backward_step")[:: 1 if loop else -1]
-        assert self.calls[fwd] > 0 and self.calls[other_fwd] == 0, dict(self.calls)
-        if backward:
-            assert self.calls[bwd] > 0 and self.calls[other_bwd] == 0, dict(self.calls)
+        for kind in ("forward", "backward") if backward else ("forward",):
+            steps = self.calls[f"{kind}_step"]
+            assert (self.loops(kind) > 0 and steps == 0) if loop else (self.loops(kind) == 0 and steps > 0), (
+                dict(self.calls)
+            )
 
 
 @pytest.fixture(params=["c_loop", "per_step"])
@@ -992,3 +996,60 @@ def test_first_use_inside_inference_mode_or_no_grad(context, monkeypatch):
         out, _ = layer(torch.randn(3, 16, 4))
     assert out.shape == (3, 16, 512)
     assert native._CELL_THREADS is True
+
+
+# -- 8. the two directions of a layer at once ---------------------------------------------------------------
+@needs_extension
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("kwargs", [
+    dict(),
+    dict(proj_size=3, masked_output="previous", activation="relu"),
+    dict(recurrent_dropout=0.3, input_dropout=0.2),  # per-gate masks, drawn per direction
+    dict(num_layers=2, masked_output="zero", go_backwards=True),
+])
+def test_bidirectional_layers_run_both_directions_at_once(cell, grad, kwargs):
+    """Each layer's two directions run as one pair call of the C loops (forward and, with gradients,
+    backward), with the values and gradients of the reference loop; without the C loops (the per-step
+    path) one after the other."""
+    at_once = cell.loop_in_c(torch.float64) and native.cell_threads() >= 2
+    cell.calls.clear()  # (the first-use checks above ran the loops too)
+    torch.manual_seed(0)
+    layer = unilstm.LSTM(5, 6, bidirectional=True, dtype=torch.float64, **kwargs).train(True)
+    x = torch.randn(7, 4, 5, dtype=torch.float64, requires_grad=grad)
+    mask = None
+    if "masked_output" in kwargs:
+        mask = torch.rand(4, 7, generator=torch.Generator().manual_seed(2)) > 0.3
+
+    def run(kernel):
+        force_kernel(kernel)
+        try:
+            torch.manual_seed(1)  # the same dropout masks for both kernels
+            with torch.set_grad_enabled(grad):
+                out, (h, c) = layer(x, mask=mask)
+                if not grad:
+                    return [out, h, c]
+                loss = out.sum() + h.square().sum() + c.sum()
+                return [out, h, c, *torch.autograd.grad(loss, [x, *layer.parameters()])]
+        finally:
+            force_kernel(None)
+
+    got = run(None)
+    # inference of the standard cell is torch's kernel's (dispatch.native_trains_faster)
+    pairs = layer.spec.num_layers if at_once and (grad or kwargs) else 0
+    assert cell.calls["forward_loop_pair"] == pairs and cell.calls["forward_loop"] == 0, dict(cell.calls)
+    assert cell.calls["backward_loop_pair"] == (pairs if grad else 0), dict(cell.calls)
+    assert cell.calls["backward_loop"] == 0
+    want = run("reference")
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g, e, rtol=RTOL64, atol=ATOL64)
+
+
+@needs_extension
+def test_wide_hidden_thin_batch_runs_the_directions_one_after_the_other(cell):
+    """At H > 256 with few sequences the pair was measured slower (1.18-1.27x at H = 512, B = 1-4)."""
+    native.cell_threads()
+    cell.calls.clear()
+    layer = unilstm.LSTM(4, native.PAIR_MAX_HIDDEN + 1, bidirectional=True, activation="relu")
+    with torch.no_grad():
+        layer(torch.randn(3, native.PAIR_MIN_BATCH - 1, 4))
+    assert cell.calls["forward_loop_pair"] == 0 and cell.forward_runs(torch.float32, 3) == 2

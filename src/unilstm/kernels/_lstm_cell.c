@@ -253,19 +253,6 @@ static PyObject *py_backward_step(PyObject *self, PyObject *const *args, Py_ssiz
         PyErr_SetString(PyExc_ValueError, name ": expected the address of a BLAS gemm, received 0"); \
         return NULL;                                                                                \
     }
-/* CALL(REAL, fn, blas) for the dtype flag a[0], with the BLAS functions of a[1..5], without the GIL */
-#define RUN_WITHOUT_GIL(fn)                   \
-    if (a[0]) {                               \
-        BLAS(f64, blas)                       \
-        Py_BEGIN_ALLOW_THREADS                \
-        CALL(double, fn##_f64, blas);         \
-        Py_END_ALLOW_THREADS                  \
-    } else {                                  \
-        BLAS(f32, blas)                       \
-        Py_BEGIN_ALLOW_THREADS                \
-        CALL(float, fn##_f32, blas);          \
-        Py_END_ALLOW_THREADS                  \
-    }
 typedef gemm_t_f32 f32_gemm_t;
 typedef gemm_t_f64 f64_gemm_t;
 typedef pack_size_t_f32 f32_pack_size_t;
@@ -281,12 +268,39 @@ typedef blas_t_f64 f64_blas_t;
 typedef operand_t_f32 f32_operand_t;
 typedef operand_t_f64 f64_operand_t;
 
-static PyObject *py_forward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[40];
-    if (parse_ints(args, nargs, 40, "forward_loop", a) < 0) return NULL;
-    CHECK_ACT("forward_loop", a[38]);
-    CHECK_ACT("forward_loop", a[39]);
-    CHECK_GEMM("forward_loop", a[1]);
+/* forward_loop's 40 integers, checked; 0 or -1 with a Python error set */
+static int forward_loop_args(PyObject *const *args, Py_ssize_t nargs, long long *a) {
+    if (parse_ints(args, nargs, 40, "forward_loop", a) < 0) return -1;
+    for (int k = 38; k < 40; k++) {
+        if (a[k] < 0 || a[k] >= ACT_COUNT) {
+            PyErr_Format(PyExc_ValueError, "forward_loop: expected an activation id in [0, %d), received %lld",
+                         ACT_COUNT, a[k]);
+            return -1;
+        }
+    }
+    if (a[1] == 0) {
+        PyErr_SetString(PyExc_ValueError, "forward_loop: expected the address of a BLAS gemm, received 0");
+        return -1;
+    }
+    return 0;
+}
+
+static int backward_loop_args(PyObject *const *args, Py_ssize_t nargs, long long *a) {
+    if (parse_ints(args, nargs, 31, "backward_loop", a) < 0) return -1;
+    for (int k = 29; k < 31; k++) {
+        if (a[k] < 0 || a[k] >= ACT_COUNT) {
+            PyErr_Format(PyExc_ValueError, "backward_loop: expected an activation id in [0, %d), received %lld",
+                         ACT_COUNT, a[k]);
+            return -1;
+        }
+    }
+    if (a[1] == 0) {
+        PyErr_SetString(PyExc_ValueError, "backward_loop: expected the address of a BLAS gemm, received 0");
+        return -1;
+    }
+    return 0;
+}
+
 #define CALL(REAL, fn, blas)                                                                                 \
     fn(&blas, (int)a[6], (long)a[7], (long)a[8], (long)a[9], (long)a[10], (int)a[11], PTR(REAL, a[12]),      \
        PTR(REAL, a[13]), PTR(REAL, a[14]), PTR(REAL, a[15]), PTR(const uint8_t, a[16]), (int)a[17],         \
@@ -295,26 +309,102 @@ static PyObject *py_forward_loop(PyObject *self, PyObject *const *args, Py_ssize
        PTR(const REAL, a[28]), PTR(REAL, a[29]), PTR(const REAL, a[30]), (long)a[31], PTR(const REAL, a[32]), \
        PTR(const REAL, a[33]), PTR(const REAL, a[34]), PTR(const REAL, a[35]), PTR(const REAL, a[36]),      \
        (int)a[37], (int)a[38], (int)a[39])
-    RUN_WITHOUT_GIL(forward_loop);
-#undef CALL
-    Py_RETURN_NONE;
+static void run_forward_loop(const long long *a) {
+    if (a[0]) {
+        BLAS(f64, blas)
+        CALL(double, forward_loop_f64, blas);
+    } else {
+        BLAS(f32, blas)
+        CALL(float, forward_loop_f32, blas);
+    }
 }
+#undef CALL
 
-static PyObject *py_backward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[31];
-    if (parse_ints(args, nargs, 31, "backward_loop", a) < 0) return NULL;
-    CHECK_ACT("backward_loop", a[29]);
-    CHECK_ACT("backward_loop", a[30]);
-    CHECK_GEMM("backward_loop", a[1]);
 #define CALL(REAL, fn, blas)                                                                                \
     fn(&blas, (long)a[6], (long)a[7], (long)a[8], (long)a[9], (int)a[10], PTR(REAL, a[11]),                 \
        PTR(const REAL, a[12]), PTR(const REAL, a[13]), PTR(const uint8_t, a[14]), PTR(REAL, a[15]),         \
        PTR(REAL, a[16]), PTR(REAL, a[17]), PTR(REAL, a[18]), PTR(REAL, a[19]), PTR(REAL, a[20]),            \
        PTR(const REAL, a[21]), PTR(REAL, a[22]), PTR(REAL, a[23]), PTR(const REAL, a[24]),                  \
        PTR(const REAL, a[25]), (int)a[26], PTR(REAL, a[27]), (int)a[28], (int)a[29], (int)a[30])
-    RUN_WITHOUT_GIL(backward_loop);
+static void run_backward_loop(const long long *a) {
+    if (a[0]) {
+        BLAS(f64, blas)
+        CALL(double, backward_loop_f64, blas);
+    } else {
+        BLAS(f32, blas)
+        CALL(float, backward_loop_f32, blas);
+    }
+}
 #undef CALL
+
+static PyObject *py_forward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long a[40];
+    if (forward_loop_args(args, nargs, a) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    run_forward_loop(a);
+    Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
+}
+
+static PyObject *py_backward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long a[31];
+    if (backward_loop_args(args, nargs, a) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    run_backward_loop(a);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/*
+ * Two whole loops at once (the two directions of a bidirectional layer): one OpenMP team of two threads,
+ * each running one loop with its cell unsplit; the BLAS called inside a parallel region runs on the
+ * calling thread alone. Without the OpenMP runtime, one after the other.
+ */
+typedef struct {
+    const long long *records[2];
+    void (*run)(const long long *);
+} loop_pair_t;
+
+static void loop_pair_task(void *argument) {
+    const loop_pair_t *pair = (const loop_pair_t *)argument;
+    const int t = omp_thread_num_fn();
+    if (t < 2) pair->run(pair->records[t]);
+}
+
+static PyObject *run_loop_pair(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t arity, const char *name,
+                               int (*check)(PyObject *const *, Py_ssize_t, long long *),
+                               void (*run)(const long long *), int threads_index) {
+    long long a[2][40];
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "%s: expected two argument tuples, received %zd arguments", name, nargs);
+        return NULL;
+    }
+    for (int k = 0; k < 2; k++) {
+        if (!PyTuple_Check(args[k]) || PyTuple_GET_SIZE(args[k]) != arity) {
+            PyErr_Format(PyExc_TypeError, "%s: expected tuples of %zd integers", name, arity);
+            return NULL;
+        }
+        if (check(&PyTuple_GET_ITEM(args[k], 0), arity, a[k]) < 0) return NULL;
+        a[k][threads_index] = 1; /* each loop on its own thread: no split of its cell */
+    }
+    loop_pair_t pair = {{a[0], a[1]}, run};
+    Py_BEGIN_ALLOW_THREADS
+    if (gomp_parallel_fn != NULL) {
+        gomp_parallel_fn(loop_pair_task, &pair, 2, 0);
+    } else {
+        run(a[0]);
+        run(a[1]);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_forward_loop_pair(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return run_loop_pair(args, nargs, 40, "forward_loop_pair", forward_loop_args, run_forward_loop, 37);
+}
+
+static PyObject *py_backward_loop_pair(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return run_loop_pair(args, nargs, 31, "backward_loop_pair", backward_loop_args, run_backward_loop, 28);
 }
 
 /* C (M, N) = A (M, K) op(W) once through the loops' product helper, packed when the sizes ask for it (as
@@ -376,6 +466,9 @@ static PyMethodDef methods[] = {
     {"backward_step", (PyCFunction)(void (*)(void))py_backward_step, METH_FASTCALL, "one backward step"},
     {"forward_loop", (PyCFunction)(void (*)(void))py_forward_loop, METH_FASTCALL, "the forward time loop"},
     {"backward_loop", (PyCFunction)(void (*)(void))py_backward_loop, METH_FASTCALL, "the backward time loop"},
+    {"forward_loop_pair", (PyCFunction)(void (*)(void))py_forward_loop_pair, METH_FASTCALL, "two forward loops"},
+    {"backward_loop_pair", (PyCFunction)(void (*)(void))py_backward_loop_pair, METH_FASTCALL,
+     "two backward loops"},
     {"product", (PyCFunction)(void (*)(void))py_product, METH_FASTCALL, "one checked matrix product"},
     {"activation", (PyCFunction)(void (*)(void))py_activation, METH_FASTCALL, "an activation over a buffer"},
     {NULL, NULL, 0, NULL},

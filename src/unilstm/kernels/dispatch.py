@@ -22,7 +22,8 @@ from .fast import run_direction_fast
 from .fused import run_stack_fused
 from .native import accepts as native_accepts
 from .native import available as native_available
-from .native import run_direction_native
+from .native import pair_accepts as native_pair_accepts
+from .native import run_bidirectional_native, run_direction_native
 from .reference import GATES, DirectionRun, DirectionWeights, run_direction_reference
 
 DirectionKernel = Callable[
@@ -223,9 +224,10 @@ def run_stack(
     layer_input = x
     for layer, layer_weights in enumerate(layers):
         outputs = []
-        for direction, weights in enumerate(layer_weights):
+        runs = []
+        for direction in range(directions):
             index = layer * directions + direction
-            run = DirectionRun(
+            runs.append(DirectionRun(
                 activation=activation,
                 recurrent_activation=recurrent_activation,
                 step_mask=step_mask,
@@ -238,9 +240,19 @@ def run_stack(
                 recurrent_dropout_mask=draw_dropout_mask(
                     spec.recurrent_dropout, h0[index], spec.per_gate_dropout, generator
                 ) if training else None,
-            )
-            kernel = select_direction_kernel(layer_input, weights, run)
-            out, h, c = kernel(layer_input, h0[index], c0[index], weights, run)
+            ))
+        first = layer * directions
+        states = h0[first : first + directions], c0[first : first + directions]
+        if directions == 2 and _forced_kernel in (None, "native") and native_pair_accepts(
+            layer_input, *states, tuple(layer_weights), tuple(runs)
+        ):  # both directions at once, one per core
+            results = run_bidirectional_native(layer_input, *states, tuple(layer_weights), tuple(runs))
+        else:
+            results = []
+            for weights, run, h_start, c_start in zip(layer_weights, runs, *states, strict=True):
+                kernel = select_direction_kernel(layer_input, weights, run)
+                results.append(kernel(layer_input, h_start, c_start, weights, run))
+        for out, h, c in results:
             outputs.append(out)
             h_n.append(h)
             c_n.append(c)

@@ -341,9 +341,11 @@ def _input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None, mx: Tensor |
     return Z4.permute(1, 0, 2).reshape(T, B, GATES * H).contiguous()
 
 
-def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask, save=True):
+def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask, save=True, defer=None):
     """The forward time loop. Returns (output, h_T, c_T) and what the backward pass needs: (meta, tensors)
-    (with ``save`` False, nothing beyond what the loop itself needs is recorded)."""
+    (with ``save`` False, nothing beyond what the loop itself needs is recorded). With ``defer`` (a list)
+    and the loop in C, the loop does not run: its arguments and the buffers they point into are appended
+    to ``defer``, and the results hold their values once the caller has run it (forward_loop_pair)."""
     act, ract, reverse, zero_out = cfg
     T, B, Fdim = x.shape
     H, P = c0.shape[-1], h0.shape[-1]
@@ -403,11 +405,17 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
         if project_in_c:  # (the contiguous tensors stay referenced until the loop has run)
             w_ih, b_ih, b_hh = (None if t is None else t.contiguous() for t in (w_ih, b_ih, b_hh))
             inputs = (x.data_ptr(), Fdim, w_ih.data_ptr(), _address(b_ih), _address(b_hh))
-        _lstm_cell.forward_loop(
+        loop_args = (
             f64, *blas, int(not copy), T, B, H, P, int(reverse), z0, h_base, c_base, o_base, k_base,
             zero_out, mh_p, gate_masks, hnext_p, _address(HM), rec_p, Wrec.data_ptr(), r_base, rbuf_p,
             hcand_p, _address(Whr), prev_p, scr_p, *inputs, h0.data_ptr(), c0.data_ptr(), threads, act, ract,
         )
+        if defer is not None:
+            # every buffer the loop reads or writes stays referenced until it has run
+            buffers = (work, w_ih, b_ih, b_hh, Wrec, Whr, zeros, keep, mh, h0, c0, x, Z, Hp, Cp, R, Obuf, HM)
+            defer.append((loop_args, buffers))
+        else:
+            _lstm_cell.forward_loop(*loop_args)
     else:  # per step: one torch GEMM and one C call
         Hp[first].copy_(h0)
         Cp[first].copy_(c0)
@@ -456,89 +464,85 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
     return (out, Hp[last], Cp[last]), (meta, (x, w_ih, w_hh, w_hr, mx, mh, keep, Z, Hp, Cp, R, HM))
 
 
-class _NativeLSTM(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask):  # noqa: N805
-        results, (meta, saved) = _forward_pass(
-            cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask
+def _backward_pass(cfg, meta, saved, needs, has_bias, dout, dhT, dcT, defer=None):
+    """The backward of :class:`_NativeLSTM` (the gradients of its forward's arguments). With ``defer`` (a
+    list) and the loop in C, the loop does not run: its arguments and buffers are appended to ``defer`` and
+    a function is returned that computes the gradients once the caller has run it (backward_loop_pair)."""
+    act, ract, reverse, zero_out = cfg
+    T, B, Fdim, H, P, all_kept, gate_masks = meta
+    x, w_ih, w_hh, w_hr, mx, mh, keep, Z, Hp, Cp, R, HM = saved
+    f64 = int(x.dtype == torch.float64)
+    proj = w_hr is not None
+    masked = keep is not None
+
+    dout = dout.contiguous()
+    dh = dhT.contiguous().clone()
+    dc = dcT.contiguous().clone()
+    DH = x.new_empty(T, B, P) if proj else None
+    dh_new = x.new_empty(B, P)
+    dr = x.new_empty(B, H) if proj else None
+    dz = x.new_empty(GATES, B, H) if gate_masks == 4 else x.new_empty(B, GATES * H)
+    dh_tmp = x.new_empty(GATES, B, P) if gate_masks == 4 else x.new_empty(B, P)
+    carry = x.new_zeros(B, P) if masked and not zero_out else None
+    blas = blas_functions(x.dtype)
+    threads = cell_threads() if blas[0] else 1
+    scratch = x.new_empty(_SCRATCH_PER_HIDDEN * H * threads)
+    w_hh = w_hh.contiguous()
+    if gate_masks == 4:
+        gemm, Wrec = torch.bmm, w_hh.view(GATES, H, P)
+    else:
+        gemm, Wrec = torch.mm, w_hh
+
+    esz = x.element_size()
+    z0, zs = Z.data_ptr(), B * GATES * H * esz
+    hs, cs = B * P * esz, B * H * esz
+    c_base, dout_base, k_base = Cp.data_ptr(), dout.data_ptr(), _address(keep)
+    dh_p, dc_p, tmp_p, dz_p = dh.data_ptr(), dc.data_ptr(), dh_tmp.data_ptr(), dz.data_ptr()
+    carry_p, mh_p, scr_p = _address(carry), _address(mh), scratch.data_ptr()
+    dr_p, dhn_p, DH_base = _address(dr), dh_new.data_ptr(), _address(DH)
+    if blas[0]:
+        w_hr_rows = w_hr.contiguous() if proj else None
+        loop_args = (
+            f64, *blas, T, B, H, P, int(reverse), z0, c_base, dout_base, k_base, dh_p, dc_p,
+            carry_p, dhn_p, DH_base, dr_p, _address(w_hr_rows), dz_p, tmp_p, Wrec.data_ptr(), mh_p,
+            gate_masks, scr_p, threads, act, ract,
         )
-        ctx.cfg, ctx.meta = cfg, meta
-        ctx.save_for_backward(*saved)
-        ctx.has_bias = (b_ih is not None, b_hh is not None)
-        return results
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dout, dhT, dcT):  # noqa: N805
-        refuse_second_backward(ctx, "native")
-        act, ract, reverse, zero_out = ctx.cfg
-        T, B, Fdim, H, P, all_kept, gate_masks = ctx.meta
-        x, w_ih, w_hh, w_hr, mx, mh, keep, Z, Hp, Cp, R, HM = ctx.saved_tensors
-        f64 = int(x.dtype == torch.float64)
-        proj = w_hr is not None
-        masked = keep is not None
-
-        dout = dout.contiguous()
-        dh = dhT.contiguous().clone()
-        dc = dcT.contiguous().clone()
-        DH = x.new_empty(T, B, P) if proj else None
-        dh_new = x.new_empty(B, P)
-        dr = x.new_empty(B, H) if proj else None
-        dz = x.new_empty(GATES, B, H) if gate_masks == 4 else x.new_empty(B, GATES * H)
-        dh_tmp = x.new_empty(GATES, B, P) if gate_masks == 4 else x.new_empty(B, P)
-        carry = x.new_zeros(B, P) if masked and not zero_out else None
-        blas = blas_functions(x.dtype)
-        threads = cell_threads() if blas[0] else 1
-        scratch = x.new_empty(_SCRATCH_PER_HIDDEN * H * threads)
-        w_hh = w_hh.contiguous()
-        if gate_masks == 4:
-            gemm, Wrec = torch.bmm, w_hh.view(GATES, H, P)
+        if defer is not None:
+            # every buffer the loop reads or writes stays referenced until it has run
+            buffers = (dout, dh, dc, DH, dh_new, dr, dz, dh_tmp, carry, scratch, w_hh, w_hr_rows, Z, Cp, keep,
+                       mh)
+            defer.append((loop_args, buffers))
         else:
-            gemm, Wrec = torch.mm, w_hh
+            _lstm_cell.backward_loop(*loop_args)
+    else:
+        backward_step = _lstm_cell.backward_step
 
-        esz = x.element_size()
-        z0, zs = Z.data_ptr(), B * GATES * H * esz
-        hs, cs = B * P * esz, B * H * esz
-        c_base, dout_base, k_base = Cp.data_ptr(), dout.data_ptr(), _address(keep)
-        dh_p, dc_p, tmp_p, dz_p = dh.data_ptr(), dc.data_ptr(), dh_tmp.data_ptr(), dz.data_ptr()
-        carry_p, mh_p, scr_p = _address(carry), _address(mh), scratch.data_ptr()
-        dr_p, dhn_p, DH_base = _address(dr), dh_new.data_ptr(), _address(DH)
-        if blas[0]:
-            w_hr_rows = w_hr.contiguous() if proj else None
-            _lstm_cell.backward_loop(
-                f64, *blas, T, B, H, P, int(reverse), z0, c_base, dout_base, k_base, dh_p, dc_p,
-                carry_p, dhn_p, DH_base, dr_p, _address(w_hr_rows), dz_p, tmp_p, Wrec.data_ptr(), mh_p,
-                gate_masks, scr_p, threads, act, ract,
-            )
-        else:
-            backward_step = _lstm_cell.backward_step
+        pending, prev_kp = 0, 0
+        for t in range(T) if reverse else range(T - 1, -1, -1):
+            hi, ho = (t + 1, t) if reverse else (t, t + 1)
+            kp = 0 if not masked or all_kept[t] else k_base + t * B
+            zt, cprev, cnew, gout = z0 + t * zs, c_base + hi * cs, c_base + ho * cs, dout_base + t * hs
+            if proj:
+                backward_step(
+                    f64, pending | _HEAD, B, H, P, zt, cprev, cnew, dh_p, dc_p, gout, carry_p, kp, dhn_p,
+                    DH_base + t * hs, 0, tmp_p, prev_kp, mh_p, gate_masks, 0, scr_p, act, ract,
+                )
+                torch.mm(dh_new, w_hr, out=dr)
+                backward_step(
+                    f64, _CELL, B, H, P, zt, cprev, cnew, dh_p, dc_p, 0, 0, kp, 0, 0, dr_p, 0, 0, 0,
+                    gate_masks, dz_p, scr_p, act, ract,
+                )
+            else:
+                backward_step(
+                    f64, pending | _HEAD | _CELL, B, H, P, zt, cprev, cnew, dh_p, dc_p, gout, carry_p, kp,
+                    dhn_p, 0, dhn_p, tmp_p, prev_kp, mh_p, gate_masks, dz_p, scr_p, act, ract,
+                )
+            gemm(dz, Wrec, out=dh_tmp)
+            pending, prev_kp = _TAIL, kp
+        backward_step(f64, _TAIL, B, H, P, 0, 0, 0, dh_p, dc_p, 0, 0, 0, 0, 0, 0, tmp_p, prev_kp, mh_p,
+                      gate_masks, 0, scr_p, act, ract)
 
-            pending, prev_kp = 0, 0
-            for t in range(T) if reverse else range(T - 1, -1, -1):
-                hi, ho = (t + 1, t) if reverse else (t, t + 1)
-                kp = 0 if not masked or all_kept[t] else k_base + t * B
-                zt, cprev, cnew, gout = z0 + t * zs, c_base + hi * cs, c_base + ho * cs, dout_base + t * hs
-                if proj:
-                    backward_step(
-                        f64, pending | _HEAD, B, H, P, zt, cprev, cnew, dh_p, dc_p, gout, carry_p, kp, dhn_p,
-                        DH_base + t * hs, 0, tmp_p, prev_kp, mh_p, gate_masks, 0, scr_p, act, ract,
-                    )
-                    torch.mm(dh_new, w_hr, out=dr)
-                    backward_step(
-                        f64, _CELL, B, H, P, zt, cprev, cnew, dh_p, dc_p, 0, 0, kp, 0, 0, dr_p, 0, 0, 0,
-                        gate_masks, dz_p, scr_p, act, ract,
-                    )
-                else:
-                    backward_step(
-                        f64, pending | _HEAD | _CELL, B, H, P, zt, cprev, cnew, dh_p, dc_p, gout, carry_p, kp,
-                        dhn_p, 0, dhn_p, tmp_p, prev_kp, mh_p, gate_masks, dz_p, scr_p, act, ract,
-                    )
-                gemm(dz, Wrec, out=dh_tmp)
-                pending, prev_kp = _TAIL, kp
-            backward_step(f64, _TAIL, B, H, P, 0, 0, 0, dh_p, dc_p, 0, 0, 0, 0, 0, 0, tmp_p, prev_kp, mh_p,
-                          gate_masks, 0, scr_p, act, ract)
-
-        needs = ctx.needs_input_grad
+    def finish() -> tuple:
         dZ = Z.view(T * B, GATES * H)
         dZ4 = dZ.view(T * B, GATES, H).transpose(0, 1)
         Hprev = Hp[1:] if reverse else Hp[:T]
@@ -567,7 +571,118 @@ class _NativeLSTM(torch.autograd.Function):
                     dx.mul_(mx)
         if proj and needs[8]:
             dwhr = torch.mm(DH.view(T * B, P).t(), R.view(T * B, H))
-        return backward_outputs(needs, ctx.has_bias, dx, dh, dc, dwih, dwhh, db, dwhr)
+        return backward_outputs(needs, has_bias, dx, dh, dc, dwih, dwhh, db, dwhr)
+
+    if defer is None:
+        return finish()
+    return finish
+
+
+class _NativeLSTM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask):  # noqa: N805
+        results, (meta, saved) = _forward_pass(
+            cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask
+        )
+        ctx.cfg, ctx.meta = cfg, meta
+        ctx.save_for_backward(*saved)
+        ctx.has_bias = (b_ih is not None, b_hh is not None)
+        return results
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout, dhT, dcT):  # noqa: N805
+        refuse_second_backward(ctx, "native")
+        return _backward_pass(
+            ctx.cfg, ctx.meta, ctx.saved_tensors, ctx.needs_input_grad, ctx.has_bias, dout, dhT, dcT
+        )
+
+
+class _NativeLSTMPair(torch.autograd.Function):
+    """Both directions of a bidirectional layer, their C loops running at once on two threads: arguments
+    (cfg_f, cfg_r, x, the forward direction's h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, the same for
+    the reverse direction, step_mask); results (out, h_T, c_T) of each."""
+
+    @staticmethod
+    def forward(ctx, cfg_f, cfg_r, x, *rest):  # noqa: N805
+        forward_args, reverse_args, step_mask = rest[:9], rest[9:18], rest[18]
+        defer: list = []
+        results_f, (meta_f, saved_f) = _forward_pass(cfg_f, x, *forward_args, step_mask, defer=defer)
+        results_r, (meta_r, saved_r) = _forward_pass(cfg_r, x, *reverse_args, step_mask, defer=defer)
+        _lstm_cell.forward_loop_pair(defer[0][0], defer[1][0])
+        ctx.cfgs, ctx.metas = (cfg_f, cfg_r), (meta_f, meta_r)
+        ctx.save_for_backward(*saved_f, *saved_r)
+        ctx.has_bias = (forward_args[4] is not None, forward_args[5] is not None)
+        return (*results_f, *results_r)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout_f, dh_f, dc_f, dout_r, dh_r, dc_r):  # noqa: N805
+        refuse_second_backward(ctx, "native")
+        saved, needs = ctx.saved_tensors, ctx.needs_input_grad
+        # each direction's needs in _NativeLSTM's argument order (cfg, x, h0, ..., mh, step_mask)
+        needs_f = (False, needs[2], *needs[3:12], False)
+        needs_r = (False, needs[2], *needs[12:21], False)
+        defer: list = []
+        finish_f = _backward_pass(ctx.cfgs[0], ctx.metas[0], saved[:12], needs_f, ctx.has_bias, dout_f, dh_f,
+                                  dc_f, defer)
+        finish_r = _backward_pass(ctx.cfgs[1], ctx.metas[1], saved[12:], needs_r, ctx.has_bias, dout_r, dh_r,
+                                  dc_r, defer)
+        _lstm_cell.backward_loop_pair(defer[0][0], defer[1][0])
+        grads_f, grads_r = finish_f(), finish_r()
+        dx = grads_f[1]
+        if grads_r[1] is not None:
+            dx = grads_r[1] if dx is None else dx + grads_r[1]
+        return (None, None, dx, *grads_f[2:11], *grads_r[2:11], None)
+
+
+#: the two directions of a layer run at once (run_bidirectional_native) when both are this wide or wider in
+#: batch, or their hidden size is at most PAIR_MAX_HIDDEN; measured forward, 2 cores, T = 100: 0.56-0.75x
+#: the time of one after the other at H = 128-256 from B = 1, 0.98x at H = 512 and B = 16, 0.88-0.89x at
+#: B = 32-64; at H = 512 with B = 1-4 (per-step products one row thin: memory-bound) 1.18-1.27x
+PAIR_MIN_BATCH = 16
+PAIR_MAX_HIDDEN = 256
+
+
+def pair_accepts(x: Tensor, h0: Tensor, c0: Tensor, weights: tuple[DirectionWeights, DirectionWeights],
+                 runs: tuple[DirectionRun, DirectionRun]) -> bool:
+    """Whether run_bidirectional_native computes both directions of this layer at once: the C loops and the
+    OpenMP runtime are there, with at least two threads, both directions are native runs and the shape
+    is one where running them at once was measured faster (PAIR_MIN_BATCH, PAIR_MAX_HIDDEN)."""
+    if not (available() and cell_threads() >= 2 and blas_functions(x.dtype)[0]):
+        return False
+    if not all(accepts(x, w, r) and _buffers_agree(x, h, c, w, r)
+               for w, r, h, c in zip(weights, runs, h0, c0, strict=True)):
+        return False
+    return x.shape[1] >= PAIR_MIN_BATCH or c0.shape[-1] <= PAIR_MAX_HIDDEN
+
+
+@opaque_to_compile
+def run_bidirectional_native(
+    x: Tensor, h0: Tensor, c0: Tensor, weights: tuple[DirectionWeights, DirectionWeights],
+    runs: tuple[DirectionRun, DirectionRun],
+) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """Both directions of one layer (h0, c0: (2, B, .)), each as :func:`run_direction_native` computes it,
+    their loops at once on two threads. The caller checks :func:`pair_accepts` first."""
+    x = x.contiguous()
+    direction_args = []
+    for weights_d, run, h, c in zip(weights, runs, h0, c0, strict=True):
+        cfg = (
+            NATIVE_ACTIVATION_IDS[run.activation], NATIVE_ACTIVATION_IDS[run.recurrent_activation],
+            bool(run.reverse), int(bool(run.zero_masked_output)),
+        )
+        args = function_arguments(cfg, x, h.contiguous(), c.contiguous(), weights_d, run)
+        direction_args.append(args)
+    (cfg_f, _, *forward_args, step_mask), (cfg_r, _, *reverse_args, _) = direction_args
+    with torch.autocast(device_type="cpu", enabled=False):  # products must stay in x's dtype
+        if not (_needs_graph(direction_args[0]) or _needs_graph(direction_args[1])):
+            defer: list = []
+            results_f = _forward_pass(cfg_f, x, *forward_args, step_mask, save=False, defer=defer)[0]
+            results_r = _forward_pass(cfg_r, x, *reverse_args, step_mask, save=False, defer=defer)[0]
+            _lstm_cell.forward_loop_pair(defer[0][0], defer[1][0])
+            return results_f, results_r
+        out = _NativeLSTMPair.apply(cfg_f, cfg_r, x, *forward_args, *reverse_args, step_mask)
+    return out[:3], out[3:]
 
 
 @opaque_to_compile
