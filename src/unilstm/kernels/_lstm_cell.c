@@ -268,37 +268,42 @@ typedef blas_t_f64 f64_blas_t;
 typedef operand_t_f32 f32_operand_t;
 typedef operand_t_f64 f64_operand_t;
 
-/* forward_loop's 40 integers, checked; 0 or -1 with a Python error set */
-static int forward_loop_args(PyObject *const *args, Py_ssize_t nargs, long long *a) {
-    if (parse_ints(args, nargs, 40, "forward_loop", a) < 0) return -1;
-    for (int k = 38; k < 40; k++) {
+/* run_<loop>(a): the loop of the dtype flag a[0], with the BLAS functions of a[1..5], through CALL */
+#define DEFINE_RUN_LOOP(loop)                    \
+    static void run_##loop(const long long *a) { \
+        if (a[0]) {                              \
+            BLAS(f64, blas)                      \
+            CALL(double, loop##_f64, blas);      \
+        } else {                                 \
+            BLAS(f32, blas)                      \
+            CALL(float, loop##_f32, blas);       \
+        }                                        \
+    }
+
+/* a loop entry's integers, checked (the last two are the activation ids); 0, or -1 with a Python error */
+static int loop_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t arity, const char *name,
+                     long long *a) {
+    if (parse_ints(args, nargs, arity, name, a) < 0) return -1;
+    for (Py_ssize_t k = arity - 2; k < arity; k++) {
         if (a[k] < 0 || a[k] >= ACT_COUNT) {
-            PyErr_Format(PyExc_ValueError, "forward_loop: expected an activation id in [0, %d), received %lld",
+            PyErr_Format(PyExc_ValueError, "%s: expected an activation id in [0, %d), received %lld", name,
                          ACT_COUNT, a[k]);
             return -1;
         }
     }
     if (a[1] == 0) {
-        PyErr_SetString(PyExc_ValueError, "forward_loop: expected the address of a BLAS gemm, received 0");
+        PyErr_Format(PyExc_ValueError, "%s: expected the address of a BLAS gemm, received 0", name);
         return -1;
     }
     return 0;
 }
 
+static int forward_loop_args(PyObject *const *args, Py_ssize_t nargs, long long *a) {
+    return loop_args(args, nargs, 40, "forward_loop", a);
+}
+
 static int backward_loop_args(PyObject *const *args, Py_ssize_t nargs, long long *a) {
-    if (parse_ints(args, nargs, 31, "backward_loop", a) < 0) return -1;
-    for (int k = 29; k < 31; k++) {
-        if (a[k] < 0 || a[k] >= ACT_COUNT) {
-            PyErr_Format(PyExc_ValueError, "backward_loop: expected an activation id in [0, %d), received %lld",
-                         ACT_COUNT, a[k]);
-            return -1;
-        }
-    }
-    if (a[1] == 0) {
-        PyErr_SetString(PyExc_ValueError, "backward_loop: expected the address of a BLAS gemm, received 0");
-        return -1;
-    }
-    return 0;
+    return loop_args(args, nargs, 31, "backward_loop", a);
 }
 
 #define CALL(REAL, fn, blas)                                                                                 \
@@ -309,15 +314,7 @@ static int backward_loop_args(PyObject *const *args, Py_ssize_t nargs, long long
        PTR(const REAL, a[28]), PTR(REAL, a[29]), PTR(const REAL, a[30]), (long)a[31], PTR(const REAL, a[32]), \
        PTR(const REAL, a[33]), PTR(const REAL, a[34]), PTR(const REAL, a[35]), PTR(const REAL, a[36]),      \
        (int)a[37], (int)a[38], (int)a[39])
-static void run_forward_loop(const long long *a) {
-    if (a[0]) {
-        BLAS(f64, blas)
-        CALL(double, forward_loop_f64, blas);
-    } else {
-        BLAS(f32, blas)
-        CALL(float, forward_loop_f32, blas);
-    }
-}
+DEFINE_RUN_LOOP(forward_loop)
 #undef CALL
 
 #define CALL(REAL, fn, blas)                                                                                \
@@ -326,15 +323,7 @@ static void run_forward_loop(const long long *a) {
        PTR(REAL, a[16]), PTR(REAL, a[17]), PTR(REAL, a[18]), PTR(REAL, a[19]), PTR(REAL, a[20]),            \
        PTR(const REAL, a[21]), PTR(REAL, a[22]), PTR(REAL, a[23]), PTR(const REAL, a[24]),                  \
        PTR(const REAL, a[25]), (int)a[26], PTR(REAL, a[27]), (int)a[28], (int)a[29], (int)a[30])
-static void run_backward_loop(const long long *a) {
-    if (a[0]) {
-        BLAS(f64, blas)
-        CALL(double, backward_loop_f64, blas);
-    } else {
-        BLAS(f32, blas)
-        CALL(float, backward_loop_f32, blas);
-    }
-}
+DEFINE_RUN_LOOP(backward_loop)
 #undef CALL
 
 static PyObject *py_forward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {

@@ -27,15 +27,17 @@ kernel makes about twenty torch ops per step: on small shapes their dispatch, no
 cost.
 
 The cell makes one pass over the hidden units for the pairs (tanh, sigmoid) and (relu, sigmoid), and a pass
-per gate and operation for the other activations. From 4096 hidden units per step (B * H) the C loop splits
-a step's cell rows among torch's intra-op threads through the OpenMP runtime torch links (``GOMP_parallel``,
-the team its BLAS uses; ``cell_threads``), after checking on first use that two threads give exactly the
-bits of one. float32 uses vectorised polynomial approximations of exp
-and tanh (a few units in the last place, see ``_lstm_cell.c``); float64 uses libm's functions, so the
-float64 property tests hold this kernel to the reference at 1e-9. The extension is optional: without a C
-compiler at install time ``available()`` is False and dispatch uses the fast kernel. Double backward is not
-supported (the backward is ``once_differentiable`` and consumes the saved pre-activations: a second
-backward through the same graph raises).
+per gate and operation for the other activations. From 4096 hidden units per step (B * H) the C loop splits a
+step's cell rows among torch's intra-op threads through the OpenMP runtime torch links (``GOMP_parallel``, the
+team its BLAS uses; ``cell_threads``), after checking on first use that two threads give exactly the bits of
+one. The two directions of a bidirectional layer can run at once instead (``run_bidirectional_native``,
+``pair_accepts``): one C loop on each of two threads of that team, each with its cell unsplit and the BLAS
+running on its own thread inside the parallel region. float32 uses vectorised polynomial approximations of exp
+and tanh (a few units in the last place, see ``_lstm_cell.c``); float64 uses libm's functions, so the float64
+property tests hold this kernel to the reference at 1e-9. The extension is optional: without a C compiler at
+install time ``available()`` is False and dispatch uses the fast kernel. Double backward is not supported (the
+backward is ``once_differentiable`` and consumes the saved pre-activations: a second backward through the same
+graph raises).
 """
 
 from __future__ import annotations
