@@ -1011,7 +1011,7 @@ def test_bidirectional_layers_run_both_directions_at_once(cell, grad, kwargs):
     """Each layer's two directions run as one pair call of the C loops (forward and, with gradients,
     backward), with the values and gradients of the reference loop; without the C loops (the per-step
     path) one after the other."""
-    at_once = cell.loop_in_c(torch.float64) and native.cell_threads() >= 2
+    at_once = cell.loop_in_c(torch.float64) and native.cell_threads() == 2
     cell.calls.clear()  # (the first-use checks above ran the loops too)
     torch.manual_seed(0)
     layer = unilstm.LSTM(5, 6, bidirectional=True, dtype=torch.float64, **kwargs).train(True)
@@ -1053,3 +1053,22 @@ def test_wide_hidden_thin_batch_runs_the_directions_one_after_the_other(cell):
     with torch.no_grad():
         layer(torch.randn(3, native.PAIR_MIN_BATCH - 1, 4))
     assert cell.calls["forward_loop_pair"] == 0 and cell.forward_runs(torch.float32, 3) == 2
+
+
+@needs_extension
+@pytest.mark.parametrize("threads", [1, 4])
+def test_directions_at_once_only_on_two_threads(monkeypatch, threads):
+    """Measured on 2 cores only: with one thread there is nothing to share, with more each direction's
+    GEMMs would give up the others."""
+    x = torch.randn(3, 4, 5)
+    h0, c0 = torch.zeros(2, 4, 6), torch.zeros(2, 4, 6)
+    weights = tuple(
+        DirectionWeights(torch.randn(24, 5), torch.randn(24, 6), None, None, None) for _ in range(2)
+    )
+    runs = tuple(
+        DirectionRun(torch.relu, torch.sigmoid, None, reverse, True, None, None) for reverse in (False, True)
+    )
+    if native.blas_gemm(torch.float32) and native.cell_threads() == 2:
+        assert native.pair_accepts(x, h0, c0, weights, runs)
+    monkeypatch.setattr(native, "cell_threads", lambda: threads)
+    assert not native.pair_accepts(x, h0, c0, weights, runs)

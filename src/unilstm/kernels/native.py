@@ -649,9 +649,10 @@ PAIR_MAX_HIDDEN = 256
 def pair_accepts(x: Tensor, h0: Tensor, c0: Tensor, weights: tuple[DirectionWeights, DirectionWeights],
                  runs: tuple[DirectionRun, DirectionRun]) -> bool:
     """Whether run_bidirectional_native computes both directions of this layer at once: the C loops and the
-    OpenMP runtime are there, with at least two threads, both directions are native runs and the shape
-    is one where running them at once was measured faster (PAIR_MIN_BATCH, PAIR_MAX_HIDDEN)."""
-    if not (available() and cell_threads() >= 2 and blas_functions(x.dtype)[0]):
+    OpenMP runtime are there with exactly two threads (measured on 2 cores; with more, each direction's
+    GEMMs would give up the rest), both directions are native runs and the shape is one where running
+    them at once was measured faster (PAIR_MIN_BATCH, PAIR_MAX_HIDDEN)."""
+    if not (available() and cell_threads() == 2 and blas_functions(x.dtype)[0]):
         return False
     if not all(accepts(x, w, r) and _buffers_agree(x, h, c, w, r)
                for w, r, h, c in zip(weights, runs, h0, c0, strict=True)):
