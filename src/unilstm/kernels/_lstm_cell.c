@@ -326,22 +326,24 @@ DEFINE_RUN_LOOP(forward_loop)
 DEFINE_RUN_LOOP(backward_loop)
 #undef CALL
 
-static PyObject *py_forward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+/* one whole loop, without the GIL: it touches only the buffers it is given */
+static PyObject *run_loop(PyObject *const *args, Py_ssize_t nargs,
+                          int (*check)(PyObject *const *, Py_ssize_t, long long *),
+                          void (*run)(const long long *)) {
     long long a[40];
-    if (forward_loop_args(args, nargs, a) < 0) return NULL;
+    if (check(args, nargs, a) < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    run_forward_loop(a);
+    run(a);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
+static PyObject *py_forward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return run_loop(args, nargs, forward_loop_args, run_forward_loop);
+}
+
 static PyObject *py_backward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[31];
-    if (backward_loop_args(args, nargs, a) < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    run_backward_loop(a);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    return run_loop(args, nargs, backward_loop_args, run_backward_loop);
 }
 
 /*

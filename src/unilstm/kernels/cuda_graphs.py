@@ -68,6 +68,7 @@ class _Entry:
     static_args: tuple = ()
     static_results: tuple = ()
     nbytes: int = 0
+    device: torch.device | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -97,10 +98,8 @@ def _live_pool(device: torch.device) -> object:
     """The memory pool of a kept graph on ``device``, or None for a new one. A pool handle must not outlive
     its graphs: torch frees the pool with its last graph, and capturing into a freed pool trips an internal
     assertion of torch's caching allocator (seen with torch 2.11)."""
-    for key, entry in _entries.items():
-        if entry.graph is not None and any(
-            part is not None and part[3] == device for part in key[1]
-        ):
+    for entry in _entries.values():
+        if entry.graph is not None and entry.device == device:
             return entry.graph.pool()
     return None
 
@@ -199,6 +198,7 @@ def run(key: tuple, body: Body, args: tuple) -> tuple:
                     )
                 return body(*args)
             entry.static_args, entry.static_results, entry.graph = static_args, static_results, graph
+            entry.device = device
             entry.nbytes = _held_bytes(static_args + tuple(static_results))
             with _entries_lock:
                 _drop_beyond_byte_budget(keep=entry)

@@ -236,6 +236,13 @@ def per_gate_weight_grad(dZ: Tensor, values: Tensor, mask: Tensor | None) -> Ten
     return torch.bmm(dZ.transpose(1, 2), masked).reshape(-1, width)
 
 
+def summed_bias(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
+    """b_ih + b_hh, either alone where the other is None, or None: both enter the gates as one sum."""
+    if b_ih is None or b_hh is None:
+        return b_hh if b_ih is None else b_ih
+    return b_ih + b_hh
+
+
 def function_arguments(cfg: tuple, x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights,
                        run: DirectionRun) -> tuple:
     """The positional arguments of the fast and native autograd Functions: (cfg, x, h0, c0, w_ih, w_hh,
@@ -288,9 +295,8 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
     perm = _gate_permutation(H, dev)
     Wih = _permuted_rows(w_ih, perm)
     Whh = _permuted_rows(w_hh, perm)
-    bias = None
-    if b_ih is not None or b_hh is not None:
-        bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
+    bias = summed_bias(b_ih, b_hh)
+    if bias is not None:
         bias = bias.index_select(0, perm)
     gatewise = (mx is not None and mx.dim() == 3) or (mh is not None and mh.dim() == 3)
     # per-gate masks follow the internal [i, f, o, g] order too (by slices: a list index would be copied

@@ -49,7 +49,13 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import activations as A
-from .fast import backward_outputs, function_arguments, per_gate_weight_grad, refuse_second_backward
+from .fast import (
+    backward_outputs,
+    function_arguments,
+    per_gate_weight_grad,
+    refuse_second_backward,
+    summed_bias,
+)
 from .opaque import opaque_to_compile
 from .reference import GATES, DirectionRun, DirectionWeights, run_direction_reference
 
@@ -362,10 +368,7 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
     if project_in_c:
         Z = x.new_empty(T, B, GATES * H)
     else:
-        bias = None
-        if b_ih is not None or b_hh is not None:
-            bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
-        Z = _input_projection(x, w_ih, bias, mx)
+        Z = _input_projection(x, w_ih, summed_bias(b_ih, b_hh), mx)
 
     # (T + 1)-step histories: step t reads index t and writes t + 1 (reverse: reads t + 1, writes t)
     Hp = x.new_empty(T + 1, B, P)
@@ -600,6 +603,25 @@ class _NativeLSTM(torch.autograd.Function):
         )
 
 
+def _forward_both(cfgs: tuple, x: Tensor, direction_args: tuple, step_mask: Tensor | None, save: bool):
+    """_forward_pass of both directions (their arguments after x and before step_mask), the two C loops
+    run at once: ((results, (meta, saved)) of each)."""
+    defer: list = []
+    passes = [_forward_pass(cfg, x, *args, step_mask, save=save, defer=defer)
+              for cfg, args in zip(cfgs, direction_args, strict=True)]
+    _lstm_cell.forward_loop_pair(defer[0][0], defer[1][0])
+    return passes
+
+
+def _run_config(run: DirectionRun) -> tuple[int, int, bool, int]:
+    """The cfg argument of the native autograd Functions: (activation id, recurrent activation id,
+    reverse, zero masked outputs)."""
+    return (
+        NATIVE_ACTIVATION_IDS[run.activation], NATIVE_ACTIVATION_IDS[run.recurrent_activation],
+        bool(run.reverse), int(bool(run.zero_masked_output)),
+    )
+
+
 class _NativeLSTMPair(torch.autograd.Function):
     """Both directions of a bidirectional layer, their C loops running at once on two threads: arguments
     (cfg_f, cfg_r, x, the forward direction's h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, the same for
@@ -608,10 +630,9 @@ class _NativeLSTMPair(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cfg_f, cfg_r, x, *rest):  # noqa: N805
         forward_args, reverse_args, step_mask = rest[:9], rest[9:18], rest[18]
-        defer: list = []
-        results_f, (meta_f, saved_f) = _forward_pass(cfg_f, x, *forward_args, step_mask, defer=defer)
-        results_r, (meta_r, saved_r) = _forward_pass(cfg_r, x, *reverse_args, step_mask, defer=defer)
-        _lstm_cell.forward_loop_pair(defer[0][0], defer[1][0])
+        (results_f, (meta_f, saved_f)), (results_r, (meta_r, saved_r)) = _forward_both(
+            (cfg_f, cfg_r), x, (forward_args, reverse_args), step_mask, save=True
+        )
         ctx.cfgs, ctx.metas = (cfg_f, cfg_r), (meta_f, meta_r)
         ctx.save_for_backward(*saved_f, *saved_r)
         ctx.has_bias = (forward_args[4] is not None, forward_args[5] is not None)
@@ -668,22 +689,15 @@ def run_bidirectional_native(
     """Both directions of one layer (h0, c0: (2, B, .)), each as :func:`run_direction_native` computes it,
     their loops at once on two threads. The caller checks :func:`pair_accepts` first."""
     x = x.contiguous()
-    direction_args = []
-    for weights_d, run, h, c in zip(weights, runs, h0, c0, strict=True):
-        cfg = (
-            NATIVE_ACTIVATION_IDS[run.activation], NATIVE_ACTIVATION_IDS[run.recurrent_activation],
-            bool(run.reverse), int(bool(run.zero_masked_output)),
-        )
-        args = function_arguments(cfg, x, h.contiguous(), c.contiguous(), weights_d, run)
-        direction_args.append(args)
+    direction_args = [
+        function_arguments(_run_config(run), x, h.contiguous(), c.contiguous(), weights_d, run)
+        for weights_d, run, h, c in zip(weights, runs, h0, c0, strict=True)
+    ]
     (cfg_f, _, *forward_args, step_mask), (cfg_r, _, *reverse_args, _) = direction_args
     with torch.autocast(device_type="cpu", enabled=False):  # products must stay in x's dtype
         if not (_needs_graph(direction_args[0]) or _needs_graph(direction_args[1])):
-            defer: list = []
-            results_f = _forward_pass(cfg_f, x, *forward_args, step_mask, save=False, defer=defer)[0]
-            results_r = _forward_pass(cfg_r, x, *reverse_args, step_mask, save=False, defer=defer)[0]
-            _lstm_cell.forward_loop_pair(defer[0][0], defer[1][0])
-            return results_f, results_r
+            passes = _forward_both((cfg_f, cfg_r), x, (forward_args, reverse_args), step_mask, save=False)
+            return passes[0][0], passes[1][0]
         out = _NativeLSTMPair.apply(cfg_f, cfg_r, x, *forward_args, *reverse_args, step_mask)
     return out[:3], out[3:]
 
@@ -696,10 +710,7 @@ def run_direction_native(
     docstring for what differs: speed, float32 rounding, and no double backward)."""
     if not accepts(x, weights, run):  # dispatch asks first; force_kernel("native") does not
         return run_direction_reference(x, h0, c0, weights, run)
-    cfg = (
-        NATIVE_ACTIVATION_IDS[run.activation], NATIVE_ACTIVATION_IDS[run.recurrent_activation],
-        bool(run.reverse), int(bool(run.zero_masked_output)),
-    )
+    cfg = _run_config(run)
     if not _buffers_agree(x, h0, c0, weights, run):
         # the C loop reads raw buffers of x's type and of these shapes: anything else goes to the loop
         # whose torch ops check them and raise torch's errors
