@@ -5,12 +5,13 @@ Why: on an H100 with torch 2.11 (2026-11-27) the projection product of a proj_si
 (16, 256) x (256, 128) in float32, took 52 us per call in cuBLAS whatever the weight's layout, against 3-7 us
 for the other per-step products and 6-9 us at B = 32 or 64; it made bidir+proj+mask at (1000, 16, 256, 256)
 2.0x cuDNN forward. This times the product as the kernel forms it and rewrites that compute the same
-numbers (up to summation order), for a few shapes, to pick a replacement. The rewrites were not run yet.
+numbers (up to summation order), for a few shapes, to pick a replacement.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 
 
 def per_call_us(fn, calls: int = 500) -> float:
@@ -41,21 +42,52 @@ def variants(batch: int, hidden: int, proj: int) -> dict:
     h = torch.empty(batch, proj, device="cuda")
     h_t = torch.empty(proj, batch, device="cuda")
     w_hr_t = w_hr.t().contiguous()
+    rows = max(32, batch)
+    r_padded = torch.zeros(rows, hidden, device="cuda")
+    h_padded = torch.empty(rows, proj, device="cuda")
     return {
         "mm(r, w_hr.t(), out=h)  (the kernel's)": lambda: torch.mm(r, w_hr.t(), out=h),
         "mm(r, contiguous w_hr^T, out=h)": lambda: torch.mm(r, w_hr_t, out=h),
         "mm(w_hr, r.t(), out=h^T)": lambda: torch.mm(w_hr, r.t(), out=h_t),
+        "addmm(h, r, w_hr.t(), beta=0, out=h)": lambda: torch.addmm(h, r, w_hr.t(), beta=0, out=h),
+        "F.linear(r, w_hr)": lambda: F.linear(r, w_hr),
         "bmm(r[None], w_hr.t()[None])": lambda: torch.bmm(r[None], w_hr.t()[None]),
+        f"mm on {rows} zero-padded rows + copy": lambda: (
+            torch.mm(r_padded, w_hr.t(), out=h_padded), h.copy_(h_padded[:batch])),
         "(r[:, None, :] * w_hr).sum(-1)": lambda: torch.sum(r[:, None, :] * w_hr, dim=-1),
     }
 
 
 def main() -> None:
     torch.manual_seed(0)
-    for batch, hidden, proj in ((16, 256, 128), (8, 256, 128), (16, 512, 256), (16, 128, 64), (64, 512, 256)):
+    shapes = ((16, 256, 128), (8, 256, 128), (32, 256, 128), (16, 512, 256), (16, 128, 64), (64, 512, 256))
+    for batch, hidden, proj in shapes:
         print(f"B={batch} H={hidden} P={proj}")
         for name, fn in variants(batch, hidden, proj).items():
             print(f"  {name:42s} {per_call_us(fn):8.2f} us", flush=True)
+    # for comparison: the recurrent product of the same run, (16, 128) x (128, 1024)
+    h, w_hh = torch.randn(16, 128, device="cuda"), torch.randn(1024, 128, device="cuda")
+    z = torch.empty(16, 1024, device="cuda")
+    print(f"recurrent z.addmm_(h, W_hh^T), (16, 128) x (128, 1024): "
+          f"{per_call_us(lambda: z.addmm_(h, w_hh.t())):.2f} us")
+    for library in ("cublaslt", "cublas"):
+        try:
+            torch.backends.cuda.preferred_blas_library(library)
+        except Exception as error:  # noqa: BLE001 - older torch: report and go on
+            print(f"preferred_blas_library({library!r}) unavailable: {error}")
+            continue
+        for batch, hidden, proj in ((16, 256, 128), (16, 512, 256)):
+            r, w_hr = torch.randn(batch, hidden, device="cuda"), torch.randn(proj, hidden, device="cuda")
+            h = torch.empty(batch, proj, device="cuda")
+            print(f"{library}: mm(r, w_hr.t(), out=h) B={batch} H={hidden} P={proj}: "
+                  f"{per_call_us(lambda r=r, w=w_hr, h=h: torch.mm(r, w.t(), out=h)):.2f} us", flush=True)
+    torch.backends.cuda.preferred_blas_library("default")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    r, w_hr = torch.randn(16, 256, device="cuda"), torch.randn(128, 256, device="cuda")
+    h = torch.empty(16, 128, device="cuda")
+    print(f"TF32 allowed: mm(r, w_hr.t(), out=h) B=16 H=256 P=128: "
+          f"{per_call_us(lambda: torch.mm(r, w_hr.t(), out=h)):.2f} us")
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 if __name__ == "__main__":

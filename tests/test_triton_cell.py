@@ -108,6 +108,25 @@ def test_projection_through_the_fused_steps(triton_on_cpu, monkeypatch, mask_kin
     assert calls
 
 
+@pytest.mark.parametrize("mask_kind", ["none", "gaps_empty_step"])
+def test_projection_on_padded_rows(triton_on_cpu, monkeypatch, mask_kind):
+    """fast.PROJECTION_MIN_ROWS: the projection runs on zero-padded rows; the numbers stay the reference's."""
+    monkeypatch.setattr(fast, "PROJECTION_MIN_ROWS", 8)
+    case = make_case(4, 5, 3, 3, 5, 2, mask_kind, False, False, "shared", "none", "tanh", "sigmoid", True,
+                     torch.float64)
+    products = []
+    original_mm = torch.mm
+
+    def counted_mm(a, *args, **kwargs):
+        products.append(a.shape[0])
+        return original_mm(a, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "mm", counted_mm)
+    calls = used_triton(monkeypatch)
+    assert_same(case, atol=1e-10, rtol=1e-9)
+    assert calls and 8 in products
+
+
 def test_direction_run_shapes_unchanged(triton_on_cpu):
     x = torch.randn(3, 2, 4, dtype=torch.float64)
     case = make_case(2, 3, 2, 4, 5, 0, "none", False, False, "none", "none", "elu", "sigmoid", True,

@@ -83,6 +83,28 @@ def torch_door() -> None:
                 report(f"torch door {name} {dtype} {config}", got, want, tolerance)
 
 
+def canonical_flattened() -> None:
+    """After .to(cuda) the canonical layer's weights are views into one cuDNN buffer, as torch.nn.LSTM's:
+    cuDNN then neither copies them per call nor warns; numbers equal torch.nn.LSTM's."""
+    import warnings
+
+    config = dict(input_size=6, hidden_size=8, num_layers=2, bidirectional=True, proj_size=3)
+    torch.manual_seed(0)
+    reference = torch.nn.LSTM(**config).to(DEVICE).train()
+    ours = unilstm.LSTM(**config)
+    ours.load_state_dict(reference.state_dict())  # on the CPU: .to() must flatten what it moves
+    ours.to(DEVICE).train()
+    storages = {p.untyped_storage().data_ptr() for p in ours.parameters()}
+    x = torch.randn(7, 4, 6, device=DEVICE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "RNN module weights are not part of single contiguous chunk"
+        want = outputs_and_grads(reference, lambda: flat(reference(x)))
+        got = outputs_and_grads(ours, lambda: flat(ours(x)))
+    expected = 1 if DEVICE.type == "cuda" else len(list(ours.parameters()))  # flattening is for cuDNN only
+    report(f"canonical flattened on .to(): {len(storages)} weight storage(s), {expected} expected",
+           got, want, 1e-5 if len(storages) == expected else -1.0)
+
+
 def flat(result):
     output, (h, c) = result
     return output, h, c
@@ -163,7 +185,8 @@ def autocast_and_compile() -> None:
 def main() -> int:
     print(f"device {DEVICE}: {torch.cuda.get_device_name() if DEVICE.type == 'cuda' else 'cpu'}, "
           f"torch {torch.__version__}")
-    for check in (torch_door, canonical_vs_cpu, mindspore_door, keras_door, autocast_and_compile):
+    for check in (torch_door, canonical_flattened, canonical_vs_cpu, mindspore_door, keras_door,
+                  autocast_and_compile):
         try:
             check()
         except Exception as error:  # a crash is a failure to report, not a reason to skip the rest

@@ -208,6 +208,7 @@ class LSTM(nn.Module):
                 parameter.materialize(parameter_shape(self.spec, name))
                 with torch.no_grad():
                     parameter.uniform_(-bound, bound)
+        self.flatten_parameters()
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[override]
         """As torch's lazy modules: an unbuilt layer saves its uninitialized input weights as they are."""
@@ -230,6 +231,29 @@ class LSTM(nn.Module):
         ):
             self.build(int(loaded.shape[1]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # -- cuDNN weight layout ------------------------------------------------------------------------------
+    mode = "LSTM"  # read by torch.nn.RNNBase.flatten_parameters (the cuDNN mode)
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        """The parameters in torch's flat order (always current: read from the attributes on each access)."""
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def flatten_parameters(self) -> None:
+        """Make the parameters views into one contiguous cuDNN weight buffer, as ``torch.nn.LSTM`` does
+        after ``.cuda()``. Without it cuDNN copies every weight into such a buffer on each call (and warns
+        that the weights are "not part of single contiguous chunk of memory"). A no-op off CUDA and on an
+        unbuilt layer."""
+        weights = self._flat_weights
+        if not self.is_built or not all(isinstance(w, Tensor) and w.is_cuda for w in weights):
+            return
+        nn.RNNBase.flatten_parameters(self)  # type: ignore[arg-type]  # reads only attributes this class has
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        result = super()._apply(fn, recurse)
+        self.flatten_parameters()
+        return result
 
     def direction_weights(self) -> list[list[DirectionWeights]]:
         """The parameters grouped for the kernels: L lists of D :class:`DirectionWeights`."""

@@ -108,7 +108,6 @@ class LSTM(_layer.LSTM):
     message naming the argument, the expected and the received value. Not supported: ``torch.jit.script``.
     """
 
-    mode = "LSTM"
     _native_training = False  # a drop-in computes what torch.nn.LSTM computes, bit for bit where it can
 
     def __init__(
@@ -151,28 +150,11 @@ class LSTM(_layer.LSTM):
         self.spec = replace(self.spec, dropout=float(value))
 
     @property
-    def _flat_weights(self) -> list[Tensor]:
-        """The parameters in torch's flat order (always current: read from the attributes on each access)."""
-        return [getattr(self, name) for name in self._flat_weights_names]
-
-    @property
     def _all_weights(self) -> list[list[str]]:
         """Parameter names per (layer, direction), as torch.nn.LSTM's ``_all_weights``."""
         per_direction = len(self._flat_weights_names) // (self.spec.num_layers * self.spec.num_directions)
         names = self._flat_weights_names
         return [names[i : i + per_direction] for i in range(0, len(names), per_direction)]
-
-    def flatten_parameters(self) -> None:
-        """Pack the weights into one contiguous cuDNN buffer (CUDA only, as torch does); a no-op on CPU."""
-        weights = self._flat_weights
-        if not weights or not all(isinstance(w, Tensor) and w.is_cuda for w in weights):
-            return
-        nn.RNNBase.flatten_parameters(self)  # type: ignore[arg-type]  # reads only attributes we provide
-
-    def _apply(self, fn, recurse=True):  # type: ignore[override]
-        result = super()._apply(fn, recurse)
-        self.flatten_parameters()
-        return result
 
     def extra_repr(self) -> str:
         """torch.nn.LSTM's repr: ``LSTM(10, 20, proj_size=5, num_layers=2, ...)``, defaults omitted."""

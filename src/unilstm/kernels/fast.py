@@ -162,6 +162,11 @@ _ACTS: dict[Callable, _Act] = {
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+# The fused (Triton) forward computes each step's projection h' = r W_hr^T on at least this many rows,
+# zero rows added (0: on the batch's rows only). Why: on an H100 cuBLAS took 52 us for a (16, 256) x
+# (256, 128) float32 product and 6-9 us at 32 rows (benchmarks/gpu_small_gemm.py).
+PROJECTION_MIN_ROWS = 0
+
 
 def supported_activation(fn: Callable) -> bool:
     """True when the fast kernel has a hand-written derivative for ``fn`` (a resolved activation)."""
@@ -371,6 +376,10 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
         codes = triton_cell.codes(act.fn, ract.fn)
         keep_rows = step_mask.contiguous().view(torch.uint8).unbind(0) if masked else None
         mh_rows = mh.contiguous() if fold_mask else None
+    padded = fused and R is not None and B < PROJECTION_MIN_ROWS
+    if padded:  # the step writes r into the first B rows; the rest stay zero
+        Rpad = x.new_zeros(PROJECTION_MIN_ROWS, H)
+        Hpad = x.new_empty(PROJECTION_MIN_ROWS, P)
 
     order = range(T - 1, -1, -1) if reverse else range(T)
     for t in order:
@@ -418,13 +427,21 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
             continue
         if fused:  # projected: the kernel writes r = o act(c'), then h' = r W_hr^T
             triton_cell.forward_step(
-                z, gatewise, codes, y_only, c, Cs[ho], h, Rs[t], keep_rows[t] if masked else None, None, None,
-                zero_out, projected=True,
+                z, gatewise, codes, y_only, c, Cs[ho], h, Rpad[:B] if padded else Rs[t],
+                keep_rows[t] if masked else None, None, None, zero_out, projected=True,
             )
-            torch.mm(Rs[t], WhrT, out=htmp if masked else Hs[ho])
+            if padded:
+                Rs[t].copy_(Rpad[:B])
+                torch.mm(Rpad, WhrT, out=Hpad)
+                h_new = Hpad[:B]
+                if not masked:
+                    Hs[ho].copy_(h_new)
+            else:
+                h_new = htmp if masked else Hs[ho]
+                torch.mm(Rs[t], WhrT, out=h_new)
             if masked:
-                torch.where(kbs[t], htmp, h, out=Hs[ho])
-                torch.where(kbs[t], htmp, zero if zero_out else prev_out, out=Os[t])
+                torch.where(kbs[t], h_new, h, out=Hs[ho])
+                torch.where(kbs[t], h_new, zero if zero_out else prev_out, out=Os[t])
                 prev_out = Os[t]
             continue
         if y_only:
