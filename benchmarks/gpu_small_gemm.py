@@ -45,8 +45,10 @@ def variants(batch: int, hidden: int, proj: int) -> dict:
     rows = max(32, batch)
     r_padded = torch.zeros(rows, hidden, device="cuda")
     h_padded = torch.empty(rows, proj, device="cuda")
+    zero_bias = torch.zeros(proj, device="cuda")
     return {
-        "mm(r, w_hr.t(), out=h)  (the kernel's)": lambda: torch.mm(r, w_hr.t(), out=h),
+        "mm(r, w_hr.t(), out=h)": lambda: torch.mm(r, w_hr.t(), out=h),
+        "addmm(zero (P,) bias, r, w_hr.t(), out=h)": lambda: torch.addmm(zero_bias, r, w_hr.t(), out=h),
         "mm(r, contiguous w_hr^T, out=h)": lambda: torch.mm(r, w_hr_t, out=h),
         "mm(w_hr, r.t(), out=h^T)": lambda: torch.mm(w_hr, r.t(), out=h_t),
         "addmm(h, r, w_hr.t(), beta=0, out=h)": lambda: torch.addmm(h, r, w_hr.t(), beta=0, out=h),
@@ -60,7 +62,8 @@ def variants(batch: int, hidden: int, proj: int) -> dict:
 
 def main() -> None:
     torch.manual_seed(0)
-    shapes = ((16, 256, 128), (8, 256, 128), (32, 256, 128), (16, 512, 256), (16, 128, 64), (64, 512, 256))
+    shapes = ((16, 256, 128), (8, 256, 128), (1, 256, 128), (32, 256, 128), (16, 512, 256), (1, 512, 256),
+              (16, 128, 64), (32, 128, 64), (64, 512, 256), (16, 1024, 512), (4, 64, 32))
     for batch, hidden, proj in shapes:
         print(f"B={batch} H={hidden} P={proj}")
         for name, fn in variants(batch, hidden, proj).items():

@@ -111,6 +111,7 @@ def test_projection_through_the_fused_steps(triton_on_cpu, monkeypatch, mask_kin
 @pytest.mark.parametrize("mask_kind", ["none", "gaps_empty_step"])
 def test_projection_on_padded_rows(triton_on_cpu, monkeypatch, mask_kind):
     """fast.PROJECTION_MIN_ROWS: the projection runs on zero-padded rows; the numbers stay the reference's."""
+    monkeypatch.setattr(fast, "PROJECTION_PRODUCT", "padded")
     monkeypatch.setattr(fast, "PROJECTION_MIN_ROWS", 8)
     case = make_case(4, 5, 3, 3, 5, 2, mask_kind, False, False, "shared", "none", "tanh", "sigmoid", True,
                      torch.float64)

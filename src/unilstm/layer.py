@@ -168,6 +168,7 @@ class LSTM(nn.Module):
                 shape = parameter_shape(spec, name)
                 self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
         self.reset_parameters()
+        self.flatten_parameters()  # as torch.nn.LSTM's constructor: a layer made on CUDA starts flattened
 
     # -- attributes users of torch.nn.LSTM expect -------------------------------------------------------
     input_size = property(lambda self: self.spec.input_size)

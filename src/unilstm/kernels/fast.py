@@ -162,10 +162,12 @@ _ACTS: dict[Callable, _Act] = {
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-# The fused (Triton) forward computes each step's projection h' = r W_hr^T on at least this many rows,
-# zero rows added (0: on the batch's rows only). Why: on an H100 cuBLAS took 52 us for a (16, 256) x
-# (256, 128) float32 product and 6-9 us at 32 rows (benchmarks/gpu_small_gemm.py).
-PROJECTION_MIN_ROWS = 0
+# How the fused (Triton) forward computes each step's projection h' = r W_hr^T (being measured):
+# "mm"; "bias" (addmm with a zero (P,) bias, which torch sends to cublasLt's GEMM with bias epilogue);
+# "padded" (mm on PROJECTION_MIN_ROWS rows, zero rows added). Why: on an H100 cuBLAS took 52 us for a
+# (16, 256) x (256, 128) float32 product, cublasLt 2.9 us (benchmarks/gpu_small_gemm.py).
+PROJECTION_PRODUCT = "bias"
+PROJECTION_MIN_ROWS = 32
 
 
 def supported_activation(fn: Callable) -> bool:
@@ -376,10 +378,11 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
         codes = triton_cell.codes(act.fn, ract.fn)
         keep_rows = step_mask.contiguous().view(torch.uint8).unbind(0) if masked else None
         mh_rows = mh.contiguous() if fold_mask else None
-    padded = fused and R is not None and B < PROJECTION_MIN_ROWS
+    padded = fused and R is not None and PROJECTION_PRODUCT == "padded" and B < PROJECTION_MIN_ROWS
     if padded:  # the step writes r into the first B rows; the rest stay zero
         Rpad = x.new_zeros(PROJECTION_MIN_ROWS, H)
         Hpad = x.new_empty(PROJECTION_MIN_ROWS, P)
+    zero_bias = x.new_zeros(P) if fused and R is not None and PROJECTION_PRODUCT == "bias" else None
 
     order = range(T - 1, -1, -1) if reverse else range(T)
     for t in order:
@@ -438,7 +441,10 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
                     Hs[ho].copy_(h_new)
             else:
                 h_new = htmp if masked else Hs[ho]
-                torch.mm(Rs[t], WhrT, out=h_new)
+                if zero_bias is not None:
+                    torch.addmm(zero_bias, Rs[t], WhrT, out=h_new)
+                else:
+                    torch.mm(Rs[t], WhrT, out=h_new)
             if masked:
                 torch.where(kbs[t], h_new, h, out=Hs[ho])
                 torch.where(kbs[t], h_new, zero if zero_out else prev_out, out=Os[t])
