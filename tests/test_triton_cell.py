@@ -108,24 +108,24 @@ def test_projection_through_the_fused_steps(triton_on_cpu, monkeypatch, mask_kin
     assert calls
 
 
-@pytest.mark.parametrize("mask_kind", ["none", "gaps_empty_step"])
-def test_projection_on_padded_rows(triton_on_cpu, monkeypatch, mask_kind):
-    """fast.PROJECTION_MIN_ROWS: the projection runs on zero-padded rows; the numbers stay the reference's."""
-    monkeypatch.setattr(fast, "PROJECTION_PRODUCT", "padded")
-    monkeypatch.setattr(fast, "PROJECTION_MIN_ROWS", 8)
-    case = make_case(4, 5, 3, 3, 5, 2, mask_kind, False, False, "shared", "none", "tanh", "sigmoid", True,
-                     torch.float64)
-    products = []
-    original_mm = torch.mm
+@pytest.mark.parametrize("through_bias", [False, True])
+def test_projection_product_routes(triton_on_cpu, monkeypatch, through_bias):
+    """fast.PROJECTION_THROUGH_BIAS_MAX_ROWS: the projection as addmm with a zero bias (cublasLt on CUDA) or
+    as mm; the numbers are the reference's either way."""
+    monkeypatch.setattr(fast, "PROJECTION_THROUGH_BIAS_MAX_ROWS", 16 if through_bias else 0)
+    case = make_case(4, 5, 3, 3, 5, 2, "gaps_empty_step", False, False, "shared", "none", "tanh", "sigmoid",
+                     True, torch.float64)
+    biased = []
+    original_addmm = torch.addmm
 
-    def counted_mm(a, *args, **kwargs):
-        products.append(a.shape[0])
-        return original_mm(a, *args, **kwargs)
+    def counted_addmm(bias, *args, **kwargs):
+        biased.append(bias.dim() == 1 and not bool(bias.any()))
+        return original_addmm(bias, *args, **kwargs)
 
-    monkeypatch.setattr(torch, "mm", counted_mm)
+    monkeypatch.setattr(torch, "addmm", counted_addmm)
     calls = used_triton(monkeypatch)
     assert_same(case, atol=1e-10, rtol=1e-9)
-    assert calls and 8 in products
+    assert calls and any(biased) == through_bias
 
 
 def test_direction_run_shapes_unchanged(triton_on_cpu):

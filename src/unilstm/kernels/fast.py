@@ -162,12 +162,12 @@ _ACTS: dict[Callable, _Act] = {
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-# How the fused (Triton) forward computes each step's projection h' = r W_hr^T (being measured):
-# "mm"; "bias" (addmm with a zero (P,) bias, which torch sends to cublasLt's GEMM with bias epilogue);
-# "padded" (mm on PROJECTION_MIN_ROWS rows, zero rows added). Why: on an H100 cuBLAS took 52 us for a
-# (16, 256) x (256, 128) float32 product, cublasLt 2.9 us (benchmarks/gpu_small_gemm.py).
-PROJECTION_PRODUCT = "bias"
-PROJECTION_MIN_ROWS = 32
+# Up to this many rows, the forward on CUDA computes each step's projection h' = r W_hr^T as addmm with a
+# zero (P,) bias, which torch sends to cublasLt's GEMM with a bias epilogue; above it, as mm (cuBLAS).
+# Measured on an H100, torch 2.11, float32 (benchmarks/gpu_small_gemm.py): cuBLAS took 52 us for (16, 256)
+# x (256, 128) and (8, 256) x (256, 128), cublasLt 2.7-2.8; at 16 rows Lt was as fast or faster at every
+# size tried (2.4 against 5.4 us at H = 128), at 32-64 rows slower (13-17 against 6-10 us).
+PROJECTION_THROUGH_BIAS_MAX_ROWS = 16
 
 
 def supported_activation(fn: Callable) -> bool:
@@ -292,6 +292,14 @@ def _step_patterns(
     return step_mask.all(dim=1).tolist(), (~step_mask.any(dim=1)).tolist()
 
 
+def _project(r: Tensor, w_hr_t: Tensor, zero_bias: Tensor | None, out: Tensor) -> None:
+    """out = r W_hr^T, (B, H) x (H, P); through a zero bias where PROJECTION_THROUGH_BIAS_MAX_ROWS says."""
+    if zero_bias is None:
+        torch.mm(r, w_hr_t, out=out)
+    else:
+        torch.addmm(zero_bias, r, w_hr_t, out=out)
+
+
 def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask):
     """The forward of :class:`_FastLSTM`: (out, h_T, c_T, then the tensors its backward needs)."""
     act, ract, reverse, zero_out = cfg
@@ -378,11 +386,9 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
         codes = triton_cell.codes(act.fn, ract.fn)
         keep_rows = step_mask.contiguous().view(torch.uint8).unbind(0) if masked else None
         mh_rows = mh.contiguous() if fold_mask else None
-    padded = fused and R is not None and PROJECTION_PRODUCT == "padded" and B < PROJECTION_MIN_ROWS
-    if padded:  # the step writes r into the first B rows; the rest stay zero
-        Rpad = x.new_zeros(PROJECTION_MIN_ROWS, H)
-        Hpad = x.new_empty(PROJECTION_MIN_ROWS, P)
-    zero_bias = x.new_zeros(P) if fused and R is not None and PROJECTION_PRODUCT == "bias" else None
+    # (the fused steps run on the CPU only in tests, through Triton's interpreter: they take this route too)
+    through_bias = R is not None and (dev.type == "cuda" or fused) and B <= PROJECTION_THROUGH_BIAS_MAX_ROWS
+    zero_bias = x.new_zeros(P) if through_bias else None
 
     order = range(T - 1, -1, -1) if reverse else range(T)
     for t in order:
@@ -430,21 +436,11 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
             continue
         if fused:  # projected: the kernel writes r = o act(c'), then h' = r W_hr^T
             triton_cell.forward_step(
-                z, gatewise, codes, y_only, c, Cs[ho], h, Rpad[:B] if padded else Rs[t],
-                keep_rows[t] if masked else None, None, None, zero_out, projected=True,
+                z, gatewise, codes, y_only, c, Cs[ho], h, Rs[t], keep_rows[t] if masked else None, None, None,
+                zero_out, projected=True,
             )
-            if padded:
-                Rs[t].copy_(Rpad[:B])
-                torch.mm(Rpad, WhrT, out=Hpad)
-                h_new = Hpad[:B]
-                if not masked:
-                    Hs[ho].copy_(h_new)
-            else:
-                h_new = htmp if masked else Hs[ho]
-                if zero_bias is not None:
-                    torch.addmm(zero_bias, Rs[t], WhrT, out=h_new)
-                else:
-                    torch.mm(Rs[t], WhrT, out=h_new)
+            h_new = htmp if masked else Hs[ho]
+            _project(Rs[t], WhrT, zero_bias, h_new)
             if masked:
                 torch.where(kbs[t], h_new, h, out=Hs[ho])
                 torch.where(kbs[t], h_new, zero if zero_out else prev_out, out=Os[t])
@@ -470,7 +466,7 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
         hnew = htmp if partial else Hs[ho]
         if R is not None:
             torch.mul(o, ac, out=Rs[t])
-            torch.mm(Rs[t], WhrT, out=hnew)
+            _project(Rs[t], WhrT, zero_bias, hnew)
         else:
             torch.mul(o, ac, out=hnew)
         if partial:
