@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -339,3 +341,32 @@ def test_lazy_layer_state_dict_before_and_after_build():
     assert torch.equal(lazy(x)[0], built(x)[0])
     with pytest.raises(RuntimeError, match="size mismatch for weight_ih_l0"):
         make(5, 4, 2, bidirectional=True).load_state_dict(built.state_dict())
+
+
+class _OnCuda(torch.Tensor):
+    """A CPU tensor that says it is on CUDA, for the warning filter's choice (no GPU in the suite)."""
+
+    is_cuda = True  # type: ignore[assignment]
+
+
+def test_cudnn_chunk_warning_silenced_only_for_weights_made_per_call():
+    from unilstm.kernels import fused
+
+    made_per_call = torch.Tensor._make_subclass(_OnCuda, torch.zeros(2))
+    own = torch.nn.Parameter(torch.zeros(2))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for weights in ([own], [own, made_per_call]):
+            with fused._quiet_about_derived_weights(weights):
+                warnings.warn(fused._NOT_ONE_CHUNK + ". This means ...", UserWarning, stacklevel=1)
+    assert len(seen) == 1  # a layer's own Parameters keep torch's advice to flatten them
+
+
+def test_flattening_is_a_no_op_off_cuda_and_before_build():
+    unilstm.LSTM(None, 4).flatten_parameters()  # unbuilt: nothing to flatten, no error
+    built = unilstm.LSTM(3, 4, num_layers=2)
+    pointers = [p.data_ptr() for p in built.parameters()]
+    built.flatten_parameters()
+    built.to(torch.float64)
+    assert [p.data_ptr() for p in built.parameters()] != pointers  # moved by .to, and still separate on CPU
+    assert len({p.untyped_storage().data_ptr() for p in built.parameters()}) == len(pointers)

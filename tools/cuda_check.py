@@ -162,6 +162,15 @@ def keras_door() -> None:
     layer.to(DEVICE)
     got = layer(x, mask=mask)
     report("Keras door Bidirectional(sum), mask with gaps", list(got), list(want), 1e-5)
+    import warnings
+
+    standard = uk.LSTM(8, return_sequences=True, return_state=True)  # cuDNN on the Keras-layout kernels
+    want = standard(x)
+    standard.to(DEVICE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # cuDNN's "not part of single contiguous chunk": silenced (fused.py)
+        got = standard(x)
+    report("Keras door standard spec through cuDNN, no warning", list(got), list(want), 1e-5)
     dropout = uk.LSTM(8, recurrent_dropout=0.3, dropout=0.2, seed=7, return_sequences=True)
     dropout.build((None, None, 5))
     dropout.to(DEVICE).train()

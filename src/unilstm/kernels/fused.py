@@ -6,8 +6,12 @@ inter-layer dropout, projections, and right-padded lengths through packed sequen
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..spec import LSTMSpec
@@ -28,6 +32,25 @@ def flat_weights(layers: list[list[DirectionWeights]]) -> list[Tensor]:
     return flat
 
 
+# cuDNN's warning when the weights are not views into one flattened buffer (torch 2.x, cudnn/RNN.cpp)
+_NOT_ONE_CHUNK = "RNN module weights are not part of single contiguous chunk of memory"
+
+
+@contextlib.contextmanager
+def _quiet_about_derived_weights(weights: list[Tensor]) -> Iterator[None]:
+    """cuDNN copies weights that are not one flattened buffer on every call and warns, advising
+    ``flatten_parameters()``. That advice holds for a layer's own Parameters (the canonical layer and the
+    torch door flatten them, as torch.nn.LSTM does), not for weights made per call from them (the Keras
+    door's transposed kernels, the MindSpore door's dtype casts): for those the copy is the price of the
+    layout, and the warning is silenced."""
+    if all(isinstance(w, nn.Parameter) or not w.is_cuda for w in weights):
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NOT_ONE_CHUNK)
+        yield
+
+
 @opaque_to_compile  # torch.compile cannot trace the oneDNN/cuDNN LSTM op: run it as an opaque call
 def run_packed_fused(
     spec: LSTMSpec,
@@ -40,10 +63,12 @@ def run_packed_fused(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """torch's packed LSTM. data: (N, F) packed rows; h0, c0 in sorted batch order. Returns packed output
     (N, D*P) and h_n (L*D, B, P), c_n (L*D, B, H) in sorted order."""
-    out, h_n, c_n = torch._VF.lstm(
-        data, batch_sizes, (h0, c0), flat_weights(layers), spec.bias, spec.num_layers,
-        float(spec.dropout), training, spec.bidirectional,
-    )
+    weights = flat_weights(layers)
+    with _quiet_about_derived_weights(weights):
+        out, h_n, c_n = torch._VF.lstm(
+            data, batch_sizes, (h0, c0), weights, spec.bias, spec.num_layers,
+            float(spec.dropout), training, spec.bidirectional,
+        )
     return out, h_n, c_n
 
 
@@ -64,10 +89,12 @@ def run_stack_fused(
         # torch's kernel rejects zero steps; no step runs, so the states stay h0, c0 (as the reference loop).
         return x.new_zeros(0, x.shape[1], spec.num_directions * spec.output_size), h0, c0
     if lengths is None or x.shape[1] == 0:  # an empty batch cannot be packed and has nothing to mask
-        out, h_n, c_n = torch._VF.lstm(
-            x, (h0, c0), flat_weights(layers), spec.bias, spec.num_layers,
-            float(spec.dropout), training, spec.bidirectional, False,
-        )
+        weights = flat_weights(layers)
+        with _quiet_about_derived_weights(weights):
+            out, h_n, c_n = torch._VF.lstm(
+                x, (h0, c0), weights, spec.bias, spec.num_layers,
+                float(spec.dropout), training, spec.bidirectional, False,
+            )
         return out, h_n, c_n
     steps = x.shape[0]
     empty = lengths == 0
