@@ -5,7 +5,9 @@ Why: on an H100 with torch 2.11 (2026-11-27) the projection product of a proj_si
 (16, 256) x (256, 128) in float32, took 52 us per call in cuBLAS whatever the weight's layout, against 3-7 us
 for the other per-step products and 6-9 us at B = 32 or 64; it made bidir+proj+mask at (1000, 16, 256, 256)
 2.0x cuDNN forward. This times the product as the kernel forms it and rewrites that compute the same
-numbers (up to summation order), for a few shapes, to pick a replacement.
+numbers (up to summation order), for a few shapes. Outcome (benchmarks/GPU_RESULTS.md): cublasLt, reached
+through addmm with a 1-D zero bias, takes 2.7 us there and is as fast or faster up to 16 rows but slower at
+32-64, so the fast kernel uses it up to ``fast.PROJECTION_THROUGH_BIAS_MAX_ROWS`` = 16 rows.
 """
 
 from __future__ import annotations
