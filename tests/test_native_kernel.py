@@ -1072,3 +1072,71 @@ def test_directions_at_once_only_on_two_threads(monkeypatch, threads):
         assert native.pair_accepts(x, h0, c0, weights, runs)
     monkeypatch.setattr(native, "cell_threads", lambda: threads)
     assert not native.pair_accepts(x, h0, c0, weights, runs)
+
+
+# -- 9. the two halves of a batch at once ----------------------------------------------------------------
+@needs_extension
+@pytest.mark.parametrize(("P", "mask", "reverse", "zero", "mx_kind", "mh_kind"), COMBOS)
+def test_batch_halves_equal_the_reference_for_every_option_combination(P, mask, reverse, zero, mx_kind,
+                                                                         mh_kind, cell):
+    """run_direction_native_halves (here on B = 3: halves of 1 and 2 rows) gives the reference's values and
+    gradients; the halves' loops ran as one pair call where the C loops are there."""
+    key = (P, mask, reverse, zero, mx_kind, mh_kind)
+    case = make_case(COMBOS.index(key), P=P, mask=GAPS if mask == "gaps" else None, reverse=reverse,
+                     zero=zero, mx_kind=mx_kind, mh_kind=mh_kind)
+    cell.calls.clear()
+    got = results(native.run_direction_native_halves, *case)
+    assert_results_close(got, reference_results(key, case), RTOL64, ATOL64)
+    if cell.loop_in_c(torch.float64):
+        assert (cell.calls["forward_loop_pair"], cell.calls["backward_loop_pair"]) == (1, 1), dict(cell.calls)
+    with torch.no_grad():  # inference takes the pair too, without the autograd Function
+        out, h, c = native.run_direction_native_halves(*case)
+    torch.testing.assert_close(out, got["output"], rtol=0, atol=0)
+    torch.testing.assert_close(c, got["c_T"], rtol=0, atol=0)
+
+
+@needs_extension
+@pytest.mark.parametrize(("hidden", "halves"), [(8, True), (512, False)])
+def test_layers_split_the_batch_where_measured_faster(cell, hidden, halves):
+    """From HALVES_MIN_BATCH sequences with recurrent weights of at most HALVES_MAX_WEIGHT_BYTES (H <= 256 in
+    float32) a one-direction layer runs its batch's halves at once, with the reference's values and
+    gradients; at H = 512 (measured slower) one loop runs."""
+    at_once = halves and cell.loop_in_c(torch.float32) and native.cell_threads() == 2
+    torch.manual_seed(0)
+    layer = unilstm.LSTM(5, hidden, activation="relu", recurrent_dropout=0.3, proj_size=3 if halves else 0)
+    layer.train()
+    batch = native.HALVES_MIN_BATCH + 1  # odd: halves of 8 and 9 rows
+    x = torch.randn(4, batch, 5, requires_grad=True)
+    mask = torch.rand(batch, 4, generator=torch.Generator().manual_seed(2)) > 0.3
+
+    def run(kernel):
+        force_kernel(kernel)
+        try:
+            torch.manual_seed(1)  # the same dropout masks for both kernels
+            out, (h, c) = layer(x, mask=mask)
+            loss = out.sum() + h.square().sum() + c.sum()
+            return [out, h, c, *torch.autograd.grad(loss, [x, *layer.parameters()])]
+        finally:
+            force_kernel(None)
+
+    native.cell_threads()
+    cell.calls.clear()
+    got = run(None)
+    assert cell.calls["forward_loop_pair"] == int(at_once), dict(cell.calls)
+    assert cell.calls["backward_loop_pair"] == int(at_once), dict(cell.calls)
+    want = run("reference")
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+@needs_extension
+@pytest.mark.parametrize("threads", [1, 4])
+def test_batch_halves_only_on_two_threads(monkeypatch, threads):
+    x, h0, c0 = torch.randn(3, 16, 5), torch.zeros(16, 6), torch.zeros(16, 6)
+    weights = DirectionWeights(torch.randn(24, 5), torch.randn(24, 6), None, None, None)
+    run = DirectionRun(torch.relu, torch.sigmoid, None, False, True, None, None)
+    if native.blas_gemm(torch.float32) and native.cell_threads() == 2:
+        assert native.halves_accept(x, h0, c0, weights, run)
+        assert not native.halves_accept(x[:, :15], h0[:15], c0[:15], weights, run)  # below HALVES_MIN_BATCH
+    monkeypatch.setattr(native, "cell_threads", lambda: threads)
+    assert not native.halves_accept(x, h0, c0, weights, run)

@@ -22,8 +22,9 @@ from .fast import run_direction_fast
 from .fused import run_stack_fused
 from .native import accepts as native_accepts
 from .native import available as native_available
+from .native import halves_accept as native_halves_accept
 from .native import pair_accepts as native_pair_accepts
-from .native import run_bidirectional_native, run_direction_native
+from .native import run_bidirectional_native, run_direction_native, run_direction_native_halves
 from .reference import GATES, DirectionRun, DirectionWeights, run_direction_reference
 
 DirectionKernel = Callable[
@@ -251,6 +252,10 @@ def run_stack(
             results = []
             for weights, run, h_start, c_start in zip(layer_weights, runs, *states, strict=True):
                 kernel = select_direction_kernel(layer_input, weights, run)
+                if kernel is run_direction_native and native_halves_accept(
+                    layer_input, h_start, c_start, weights, run
+                ):  # the batch's two halves at once, one per core
+                    kernel = run_direction_native_halves
                 results.append(kernel(layer_input, h_start, c_start, weights, run))
         for out, h, c in results:
             outputs.append(out)
