@@ -1138,5 +1138,11 @@ def test_batch_halves_only_on_two_threads(monkeypatch, threads):
     if native.blas_gemm(torch.float32) and native.cell_threads() == 2:
         assert native.halves_accept(x, h0, c0, weights, run)
         assert not native.halves_accept(x[:, :15], h0[:15], c0[:15], weights, run)  # below HALVES_MIN_BATCH
+        # H = 256: for training only (forward alone was measured 0.98-1.07x there)
+        wide = DirectionWeights(torch.randn(1024, 5), torch.randn(1024, 256), None, None, None)
+        h0_wide, c0_wide = torch.zeros(16, 256), torch.zeros(16, 256)
+        assert not native.halves_accept(x, h0_wide, c0_wide, wide, run)
+        wide.w_hh.requires_grad_()
+        assert native.halves_accept(x, h0_wide, c0_wide, wide, run)
     monkeypatch.setattr(native, "cell_threads", lambda: threads)
     assert not native.halves_accept(x, h0, c0, weights, run)

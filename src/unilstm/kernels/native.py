@@ -711,23 +711,30 @@ def _run_pair(run_args: list) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tens
 
 
 #: One direction's batch is split in two halves whose loops run at once (run_direction_native_halves) from
-#: HALVES_MIN_BATCH sequences on, when the recurrent weights (4H x P) take at most HALVES_MAX_WEIGHT_BYTES:
-#: each thread then reads all of them every step, where two-thread GEMMs read half each. Measured in-process
-#: A/B, forward+backward of the standard cell, float32, 2 cores: 0.69-0.93x the time of one run at H <= 256
-#: from B = 16 ((50, 32, 64, 128) 0.86, (1000, 16, 256, 256) 0.93, (200, 128, 128, 128) 0.86), 1.00 at
-#: (100, 64, 256, 256); slower at H = 512 (1.05 at B = 64, 1.32 at B = 16), and at B = 8, H = 64 (1.12: the
-#: halves' products fall below _COPY_MIN_BATCH).
+#: HALVES_MIN_BATCH sequences on, when the recurrent weights (4H x P) take at most HALVES_MAX_WEIGHT_BYTES
+#: (HALVES_MAX_WEIGHT_BYTES_INFERENCE without autograd): each thread then reads all of them every step,
+#: where two-thread GEMMs read half each. Measured in-process A/B, float32, 2 cores, the time with halves
+#: over the time of one run: forward+backward 0.69-0.93 at H <= 256 from B = 16 ((50, 32, 64, 128) 0.86,
+#: (1000, 16, 256, 256) 0.89-0.93, (200, 128, 128, 128) 0.86), 1.00 at (100, 64, 256, 256), slower at H = 512
+#: (1.05 at B = 64, 1.32 at B = 16); forward alone 0.69-0.90 at H = 128 but 0.98-1.07 at H = 256.
 HALVES_MIN_BATCH = 16
-HALVES_MAX_WEIGHT_BYTES = 2**20
+HALVES_MAX_WEIGHT_BYTES = 2**20  # H = P = 256 in float32
+HALVES_MAX_WEIGHT_BYTES_INFERENCE = 2**18  # H = P = 128 in float32
 
 
 def halves_accept(x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:
     """Whether run_direction_native_halves computes this run: as :func:`pair_accepts` (the C loops and
-    exactly two torch threads), a native run, at least HALVES_MIN_BATCH sequences and recurrent weights of
-    at most HALVES_MAX_WEIGHT_BYTES."""
+    exactly two torch threads), a native run, at least HALVES_MIN_BATCH sequences and recurrent weights
+    small enough (HALVES_MAX_WEIGHT_BYTES, or HALVES_MAX_WEIGHT_BYTES_INFERENCE when autograd does not
+    record the call)."""
     if not (available() and cell_threads() == 2 and blas_functions(x.dtype)[0]):
         return False
-    if x.shape[1] < HALVES_MIN_BATCH or weights.w_hh.numel() * x.element_size() > HALVES_MAX_WEIGHT_BYTES:
+    records = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad
+        for t in (x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr)
+    )
+    limit = HALVES_MAX_WEIGHT_BYTES if records else HALVES_MAX_WEIGHT_BYTES_INFERENCE
+    if x.shape[1] < HALVES_MIN_BATCH or weights.w_hh.numel() * x.element_size() > limit:
         return False
     return accepts(x, weights, run) and _buffers_agree(x, h0, c0, weights, run)
 
