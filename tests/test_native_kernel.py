@@ -648,16 +648,18 @@ def test_c_entry_points_check_their_arguments():
             cell.backward_step(*([0] * 22), 2, bad)
         with pytest.raises(ValueError, match="activation id"):
             cell.activation(0, bad, 0, 0, 0, 0, 0)
-        for loop, count in ((cell.forward_loop, 40), (cell.backward_loop, 31)):
+        for loop, count in ((cell.forward_loop, 41), (cell.backward_loop, 32)):  # ..., act, ract, stride
             with pytest.raises(ValueError, match="activation id"):
-                loop(*([0] * (count - 2)), bad, 1)
+                loop(*([0] * (count - 3)), bad, 1, 0)
             with pytest.raises(ValueError, match="activation id"):
-                loop(*([0] * (count - 2)), 1, bad)
-    for loop, count in ((cell.forward_loop, 40), (cell.backward_loop, 31)):  # gemm address 0
-        with pytest.raises(ValueError, match="BLAS gemm"):
-            loop(*([0] * (count - 2)), 1, 2)
+                loop(*([0] * (count - 3)), 1, bad, 0)
+    for loop, count in ((cell.forward_loop, 41), (cell.backward_loop, 32)):
+        with pytest.raises(ValueError, match="BLAS gemm"):  # gemm address 0
+            loop(*([0] * (count - 3)), 1, 2, 0)
+        with pytest.raises(ValueError, match="step stride >= 0, received -4"):
+            loop(*([0] * (count - 3)), 1, 2, -4)
     for fn, count in ((cell.forward_step, 22), (cell.backward_step, 24), (cell.finish_hidden, 13),
-                      (cell.forward_loop, 40), (cell.backward_loop, 31), (cell.activation, 7)):
+                      (cell.forward_loop, 41), (cell.backward_loop, 32), (cell.activation, 7)):
         for wrong in (0, count - 1, count + 1):
             with pytest.raises(TypeError, match="expected"):
                 fn(*([0] * wrong))

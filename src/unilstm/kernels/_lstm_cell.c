@@ -280,11 +280,16 @@ typedef operand_t_f64 f64_operand_t;
         }                                        \
     }
 
-/* a loop entry's integers, checked (the last two are the activation ids); 0, or -1 with a Python error */
+/* a loop entry's integers, checked (two activation ids, then the output step stride, last); 0, or -1 with a
+ * Python error */
 static int loop_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t arity, const char *name,
                      long long *a) {
     if (parse_ints(args, nargs, arity, name, a) < 0) return -1;
-    for (Py_ssize_t k = arity - 2; k < arity; k++) {
+    if (a[arity - 1] < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a step stride >= 0, received %lld", name, a[arity - 1]);
+        return -1;
+    }
+    for (Py_ssize_t k = arity - 3; k < arity - 1; k++) {
         if (a[k] < 0 || a[k] >= ACT_COUNT) {
             PyErr_Format(PyExc_ValueError, "%s: expected an activation id in [0, %d), received %lld", name,
                          ACT_COUNT, a[k]);
@@ -299,11 +304,11 @@ static int loop_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t arity, 
 }
 
 static int forward_loop_args(PyObject *const *args, Py_ssize_t nargs, long long *a) {
-    return loop_args(args, nargs, 40, "forward_loop", a);
+    return loop_args(args, nargs, 41, "forward_loop", a);
 }
 
 static int backward_loop_args(PyObject *const *args, Py_ssize_t nargs, long long *a) {
-    return loop_args(args, nargs, 31, "backward_loop", a);
+    return loop_args(args, nargs, 32, "backward_loop", a);
 }
 
 #define CALL(REAL, fn, blas)                                                                                 \
@@ -313,7 +318,7 @@ static int backward_loop_args(PyObject *const *args, Py_ssize_t nargs, long long
        PTR(const REAL, a[23]), PTR(REAL, a[24]), PTR(REAL, a[25]), PTR(REAL, a[26]), PTR(const REAL, a[27]), \
        PTR(const REAL, a[28]), PTR(REAL, a[29]), PTR(const REAL, a[30]), (long)a[31], PTR(const REAL, a[32]), \
        PTR(const REAL, a[33]), PTR(const REAL, a[34]), PTR(const REAL, a[35]), PTR(const REAL, a[36]),      \
-       (int)a[37], (int)a[38], (int)a[39])
+       (int)a[37], (int)a[38], (int)a[39], (long)a[40])
 DEFINE_RUN_LOOP(forward_loop)
 #undef CALL
 
@@ -322,7 +327,7 @@ DEFINE_RUN_LOOP(forward_loop)
        PTR(const REAL, a[12]), PTR(const REAL, a[13]), PTR(const uint8_t, a[14]), PTR(REAL, a[15]),         \
        PTR(REAL, a[16]), PTR(REAL, a[17]), PTR(REAL, a[18]), PTR(REAL, a[19]), PTR(REAL, a[20]),            \
        PTR(const REAL, a[21]), PTR(REAL, a[22]), PTR(REAL, a[23]), PTR(const REAL, a[24]),                  \
-       PTR(const REAL, a[25]), (int)a[26], PTR(REAL, a[27]), (int)a[28], (int)a[29], (int)a[30])
+       PTR(const REAL, a[25]), (int)a[26], PTR(REAL, a[27]), (int)a[28], (int)a[29], (int)a[30], (long)a[31])
 DEFINE_RUN_LOOP(backward_loop)
 #undef CALL
 
@@ -330,7 +335,7 @@ DEFINE_RUN_LOOP(backward_loop)
 static PyObject *run_loop(PyObject *const *args, Py_ssize_t nargs,
                           int (*check)(PyObject *const *, Py_ssize_t, long long *),
                           void (*run)(const long long *)) {
-    long long a[40];
+    long long a[41];
     if (check(args, nargs, a) < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
     run(a);
@@ -365,7 +370,7 @@ static void loop_pair_task(void *argument) {
 static PyObject *run_loop_pair(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t arity, const char *name,
                                int (*check)(PyObject *const *, Py_ssize_t, long long *),
                                void (*run)(const long long *), int threads_index) {
-    long long a[2][40];
+    long long a[2][41];
     if (nargs != 2) {
         PyErr_Format(PyExc_TypeError, "%s: expected two argument tuples, received %zd arguments", name, nargs);
         return NULL;
@@ -391,11 +396,11 @@ static PyObject *run_loop_pair(PyObject *const *args, Py_ssize_t nargs, Py_ssize
 }
 
 static PyObject *py_forward_loop_pair(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    return run_loop_pair(args, nargs, 40, "forward_loop_pair", forward_loop_args, run_forward_loop, 37);
+    return run_loop_pair(args, nargs, 41, "forward_loop_pair", forward_loop_args, run_forward_loop, 37);
 }
 
 static PyObject *py_backward_loop_pair(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    return run_loop_pair(args, nargs, 31, "backward_loop_pair", backward_loop_args, run_backward_loop, 28);
+    return run_loop_pair(args, nargs, 32, "backward_loop_pair", backward_loop_args, run_backward_loop, 28);
 }
 
 /* C (M, N) = A (M, K) op(W) once through the loops' product helper, packed when the sizes ask for it (as

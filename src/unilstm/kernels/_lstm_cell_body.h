@@ -730,7 +730,8 @@ static const uint8_t *NAME(step_keep)(const uint8_t *keep, long t, long B) {
  * in their own layouts instead, W_hh (4H, P) and W_hr (P, H).
  * With X (T, B, F) given, the loop first computes Z = X W_ih^T + b_ih + b_hh itself (W_ih (4H, F), either
  * bias NULL); otherwise Z holds it on entry. h0 (B, P) and c0 (B, H) are copied into the histories'
- * first entries (index T when reverse); NULL means they are in place already.
+ * first entries (index T when reverse); NULL means they are in place already. ostride: the elements between
+ * two steps of Obuf (B * P, or more when Obuf holds these B rows of a wider batch).
  */
 static void NAME(forward_loop)(const NAME(blas_t) * blas, int trans_w, long T, long B, long H, long P, int reverse,
                                REAL *Z, REAL *Hp, REAL *Cp, REAL *Obuf, const uint8_t *keep, int zero_out,
@@ -738,7 +739,7 @@ static void NAME(forward_loop)(const NAME(blas_t) * blas, int trans_w, long T, l
                                const REAL *WrecT, REAL *R, REAL *rbuf, REAL *hcand, const REAL *WhrT,
                                const REAL *zeros, REAL *scratch, const REAL *X, long F, const REAL *W_ih,
                                const REAL *b_ih, const REAL *b_hh, const REAL *h0, const REAL *c0, int threads,
-                               int act, int ract) {
+                               int act, int ract, long ostride) {
     const REAL *prev = zeros;
     const long first = reverse ? T : 0, stride = SCRATCH_PER_HIDDEN * H; /* one scratch slice per thread */
     if (X != NULL) NAME(project_inputs)(blas->gemm, T * B, 4 * H, F, X, W_ih, b_ih, b_hh, Z);
@@ -771,7 +772,7 @@ static void NAME(forward_loop)(const NAME(blas_t) * blas, int trans_w, long T, l
             NAME(product)(blas, &rec_w, B, 4 * H, P, hnext, P, rec, 4 * H);
         }
         const uint8_t *kp = NAME(step_keep)(keep, t, B);
-        REAL *out_t = Obuf != NULL ? Obuf + t * B * P : NULL;
+        REAL *out_t = Obuf != NULL ? Obuf + t * ostride : NULL;
         REAL *zt = Z + t * B * 4 * H;
         if (R != NULL) {
             NAME(forward_step_par)(threads, stride, B, H, P, zt, rec, Cp + hi * B * H, Cp + ho * B * H, NULL, NULL,
@@ -795,13 +796,14 @@ static void NAME(forward_loop)(const NAME(blas_t) * blas, int trans_w, long T, l
  * The backward loop of native.py's _NativeLSTM.backward: dh (B, P) and dc (B, H) enter as the gradients
  * of h_T and c_T and leave as those of h0 and c0; Z becomes dZ. carry (B, P) for "previous" outputs or
  * NULL; DH (T, B, P), dr (B, H) and w_hr (P, H) for the projection; dz and dh_tmp the per-step GEMM
- * operands ((B, 4H) and (B, P), gate-major with per-gate masks); Wrec = W_hh as (4H, P).
+ * operands ((B, 4H) and (B, P), gate-major with per-gate masks); Wrec = W_hh as (4H, P). dstride: the
+ * elements between two steps of dout (B * P, or more when dout holds these B rows of a wider batch).
  */
 static void NAME(backward_loop)(const NAME(blas_t) * blas, long T, long B, long H, long P, int reverse, REAL *Z,
                                 const REAL *Cp, const REAL *dout, const uint8_t *keep, REAL *dh, REAL *dc,
                                 REAL *carry, REAL *dh_new, REAL *DH, REAL *dr, const REAL *w_hr, REAL *dz,
                                 REAL *dh_tmp, const REAL *Wrec, const REAL *mh, int n_masks, REAL *scratch,
-                                int threads, int act, int ract) {
+                                int threads, int act, int ract, long dstride) {
     int pending = 0;
     const uint8_t *prev_kp = NULL;
     const long stride = SCRATCH_PER_HIDDEN * H; /* one scratch slice per thread */
@@ -814,7 +816,7 @@ static void NAME(backward_loop)(const NAME(blas_t) * blas, long T, long B, long 
         const long hi = reverse ? t + 1 : t, ho = reverse ? t : t + 1;
         const uint8_t *kp = NAME(step_keep)(keep, t, B);
         REAL *zt = Z + t * B * 4 * H;
-        const REAL *cprev = Cp + hi * B * H, *cnew = Cp + ho * B * H, *gout = dout + t * B * P;
+        const REAL *cprev = Cp + hi * B * H, *cnew = Cp + ho * B * H, *gout = dout + t * dstride;
         if (DH != NULL) {
             NAME(backward_step_par)(threads, stride, pending | 2, B, H, P, zt, cprev, cnew, dh, dc, gout, carry, kp,
                                     dh_new, DH + t * B * P, NULL, dh_tmp, prev_kp, mh, n_masks, NULL, scratch, act,

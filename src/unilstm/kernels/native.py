@@ -202,7 +202,7 @@ def _recurrent_step_agrees(gemm: int, batch: int, dtype: torch.dtype, per_gate: 
             int(dtype == torch.float64), gemm, 0, 0, 0, batch, trans, 1, B, H, H, 0, z.data_ptr(),
             Hp.data_ptr(), Cp.data_ptr(), 0, 0, 1, _address(masks), GATES if per_gate else 1,
             hnext.data_ptr(), 0, rec.data_ptr(), weight.data_ptr(), 0, 0, 0, 0, 0, scratch.data_ptr(),
-            0, 0, 0, 0, 0, 0, 0, 1, linear, linear,
+            0, 0, 0, 0, 0, 0, 0, 1, linear, linear, 0,
         )
         if not torch.allclose(z[0], want, rtol=1e-4, atol=1e-4):
             return False
@@ -318,6 +318,18 @@ def _address(t: Tensor | None) -> int:
 #: own layout (B = 16-32, H = 128-256, 2 cores), and equally fast at B = 1. The copies are made per call:
 #: a cache keyed by the version counter would miss changes made through ``weight.data``.
 _COPY_MIN_STEPS, _COPY_MIN_BATCH = 4, 8
+#: The C loop packs a per-step product's weights with MKL's packed GEMM from these sizes on (its
+#: PACK_MIN_ROWS, PACK_MIN_WEIGHT, PACK_MIN_STEPS in _lstm_cell_body.h); packing reads either layout, so the
+#: transposed copies are then skipped: they cost about 100 us per (512, 128) float32 weight, 1.5 % of a
+#: forward+backward at (50, 32, 64, 128).
+_PACK_MIN_ROWS, _PACK_MIN_WEIGHT, _PACK_MIN_STEPS = 16, 65536, 8
+
+
+def _all_packed_in_c(blas: tuple, T: int, B: int, H: int, P: int, gate_masks: int, proj: bool) -> bool:
+    """Whether the C forward loop packs the weights of every per-step product it runs."""
+    if not blas[1] or gate_masks != 1 or T < _PACK_MIN_STEPS or B < _PACK_MIN_ROWS:
+        return False
+    return GATES * H * P >= _PACK_MIN_WEIGHT and (not proj or P * H >= _PACK_MIN_WEIGHT)
 
 
 def _recurrent_operands(w_hh: Tensor, w_hr: Tensor | None, gate_masks: int, copy: bool):
@@ -350,11 +362,22 @@ def _input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None, mx: Tensor |
     return Z4.permute(1, 0, 2).reshape(T, B, GATES * H).contiguous()
 
 
-def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask, save=True, defer=None):
+def _step_rows_contiguous(t: Tensor) -> bool:
+    """Whether the C loops can read (T, B, P) ``t`` step by step: each step's (B, P) block row-major (the
+    steps themselves may lie any distance apart)."""
+    _, B, P = t.shape
+    return (t.stride(2) == 1 or P == 1) and (t.stride(1) == P or B == 1)
+
+
+def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask, save=True, defer=None,
+                  output=None):
     """The forward time loop. Returns (output, h_T, c_T) and what the backward pass needs: (meta, tensors)
     (with ``save`` False, nothing beyond what the loop itself needs is recorded). With ``defer`` (a list)
     and the loop in C, the loop does not run: its arguments and the buffers they point into are appended
-    to ``defer``, and the results hold their values once the caller has run it (forward_loop_pair)."""
+    to ``defer``, and the results hold their values once the caller has run it (forward_loop_pair).
+    ``output``: a (T, B, P) tensor, rows contiguous within each step (_step_rows_contiguous), for the
+    outputs (the half of a batch's output buffer: run_direction_native_halves); by default the outputs are
+    the hidden-state history, or a buffer of their own when masked."""
     act, ract, reverse, zero_out = cfg
     T, B, Fdim = x.shape
     H, P = c0.shape[-1], h0.shape[-1]
@@ -379,12 +402,15 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
     masked = step_mask is not None
     keep = step_mask.to(torch.uint8).contiguous() if masked else None
     all_kept = step_mask.all(dim=1).tolist() if masked else None
-    Obuf = x.new_empty(T, B, P) if masked else None
+    Obuf = output if output is not None else (x.new_empty(T, B, P) if masked else None)
+    ostride = 0 if Obuf is None else Obuf.stride(0)  # elements between two steps of Obuf
     zeros = x.new_zeros(B, P) if masked else None
     mh = None if mh is None else mh.contiguous()
     # the masked h_{t-1} of every step (per gate): dW_hh is then one product, with no masking pass
     HM = x.new_empty(gate_masks, T, B, P) if save and mh is not None else None
     copy = T >= _COPY_MIN_STEPS and B >= _COPY_MIN_BATCH  # noqa: SIM300
+    if copy and loop_in_c and _all_packed_in_c(blas, T, B, H, P, gate_masks, proj):
+        copy = False
     Wrec, Whr = _recurrent_operands(w_hh, w_hr, gate_masks, copy)
 
     esz = x.element_size()
@@ -415,6 +441,7 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
             f64, *blas, int(not copy), T, B, H, P, int(reverse), z0, h_base, c_base, o_base, k_base,
             zero_out, mh_p, gate_masks, hnext_p, _address(HM), rec_p, Wrec.data_ptr(), r_base, rbuf_p,
             hcand_p, _address(Whr), prev_p, scr_p, *inputs, h0.data_ptr(), c0.data_ptr(), threads, act, ract,
+            ostride,
         )
         if defer is not None:
             # every buffer the loop reads or writes stays referenced until it has run
@@ -444,7 +471,7 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
                 HM[:, t].copy_(hnext.view(gate_masks, B, P))
             gemm(hnext, Wrec, out=rec)
             kp = 0 if not masked or all_kept[t] else k_base + t * B
-            out_p = o_base + t * hs if masked else 0
+            out_p = o_base + t * ostride * esz if Obuf is not None else 0
             if proj:
                 forward_step(
                     f64, B, H, P, z0 + t * zs, rec_p, c_base + hi * cs, c_base + ho * cs, 0, 0, 0, 0, kp,
@@ -461,11 +488,11 @@ def _forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mas
                     h_base + ho * hs, out_p, prev_p, kp, zero_out, mh_p, gate_masks, hnext_p, 0, 0, scr_p,
                     act, ract,
                 )
-            if masked:
+            if Obuf is not None:
                 prev_p = out_p
 
     last = 0 if reverse else T
-    out = Obuf if masked else (Hp[:T] if reverse else Hp[1:])
+    out = Obuf if Obuf is not None else (Hp[:T] if reverse else Hp[1:])
     meta = (T, B, Fdim, H, P, all_kept, gate_masks)
     return (out, Hp[last], Cp[last]), (meta, (x, w_ih, w_hh, w_hr, mx, mh, keep, Z, Hp, Cp, R, HM))
 
@@ -481,7 +508,8 @@ def _backward_pass(cfg, meta, saved, needs, has_bias, dout, dhT, dcT, defer=None
     proj = w_hr is not None
     masked = keep is not None
 
-    dout = dout.contiguous()
+    dout = dout if _step_rows_contiguous(dout) else dout.contiguous()
+    dstride = dout.stride(0)  # elements between two steps of dout
     dh = dhT.contiguous().clone()
     dc = dcT.contiguous().clone()
     DH = x.new_empty(T, B, P) if proj else None
@@ -511,7 +539,7 @@ def _backward_pass(cfg, meta, saved, needs, has_bias, dout, dhT, dcT, defer=None
         loop_args = (
             f64, *blas, T, B, H, P, int(reverse), z0, c_base, dout_base, k_base, dh_p, dc_p,
             carry_p, dhn_p, DH_base, dr_p, _address(w_hr_rows), dz_p, tmp_p, Wrec.data_ptr(), mh_p,
-            gate_masks, scr_p, threads, act, ract,
+            gate_masks, scr_p, threads, act, ract, dstride,
         )
         if defer is not None:
             # every buffer the loop reads or writes stays referenced until it has run
@@ -527,7 +555,8 @@ def _backward_pass(cfg, meta, saved, needs, has_bias, dout, dhT, dcT, defer=None
         for t in range(T) if reverse else range(T - 1, -1, -1):
             hi, ho = (t + 1, t) if reverse else (t, t + 1)
             kp = 0 if not masked or all_kept[t] else k_base + t * B
-            zt, cprev, cnew, gout = z0 + t * zs, c_base + hi * cs, c_base + ho * cs, dout_base + t * hs
+            zt, cprev, cnew = z0 + t * zs, c_base + hi * cs, c_base + ho * cs
+            gout = dout_base + t * dstride * esz
             if proj:
                 backward_step(
                     f64, pending | _HEAD, B, H, P, zt, cprev, cnew, dh_p, dc_p, gout, carry_p, kp, dhn_p,
@@ -604,15 +633,27 @@ class _NativeLSTM(torch.autograd.Function):
         )
 
 
-def _forward_both(cfgs: tuple, xs: tuple, run_args: tuple, step_masks: tuple, save: bool):
-    """_forward_pass of two runs (each its cfg, x, arguments between x and step_mask, and step_mask), the
-    two C loops run at once: ((results, (meta, saved)) of each)."""
+def _forward_both(cfgs: tuple, xs: tuple, run_args: tuple, step_masks: tuple, save: bool,
+                  outputs: tuple = (None, None)):
+    """_forward_pass of two runs (each its cfg, x, arguments between x and step_mask, step_mask and output
+    buffer), the two C loops run at once: ((results, (meta, saved)) of each)."""
     defer: list = []
-    passes = [_forward_pass(cfg, x, *args, step_mask, save=save, defer=defer)
-              for cfg, x, args, step_mask in zip(cfgs, xs, run_args, step_masks, strict=True)]
+    runs = zip(cfgs, xs, run_args, step_masks, outputs, strict=True)
+    passes = [_forward_pass(cfg, x, *args, step_mask, save=save, defer=defer, output=output)
+              for cfg, x, args, step_mask, output in runs]
     if defer:  # (without the C loops, the per-step loops ran already)
         _lstm_cell.forward_loop_pair(defer[0][0], defer[1][0])
     return passes
+
+
+def _halves_output(xs: tuple, hidden: Tensor) -> tuple[Tensor | None, tuple]:
+    """For two runs on the halves of a batch (xs: their inputs, hidden: an h0 of either): one (T, B, P)
+    output buffer and the view of it each run writes into (None, (None, None) for other runs)."""
+    if xs[0] is xs[1]:  # the two directions of one input
+        return None, (None, None)
+    steps, rows = xs[0].shape[0], xs[0].shape[1]
+    out = xs[0].new_empty(steps, rows + xs[1].shape[1], hidden.shape[-1])
+    return out, (out[:, :rows], out[:, rows:])
 
 
 def _run_config(run: DirectionRun) -> tuple[int, int, bool, int]:
@@ -628,24 +669,34 @@ class _NativeLSTMPair(torch.autograd.Function):
     """Two independent runs, their C loops at once on two threads: the two directions of a bidirectional
     layer (both given the same x and step mask), or the two halves of a batch (each its rows). Arguments
     (cfg_a, cfg_b, x_a, x_b, run a's h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, the same for run b,
-    step_mask_a, step_mask_b); results (out, h_T, c_T) of each. A tensor given to both runs (x, weights)
-    gets the sum of their gradients from autograd."""
+    step_mask_a, step_mask_b). Results: (out, h_T, c_T) of each run; for the halves of a batch (x_a is not
+    x_b) their outputs come as one (T, B, P) tensor instead, written in place by both loops: (out, h_T_a,
+    c_T_a, h_T_b, c_T_b). A tensor given to both runs (x, weights) gets the sum of their gradients."""
 
     @staticmethod
     def forward(ctx, cfg_a, cfg_b, x_a, x_b, *rest):  # noqa: N805
         args_a, args_b, step_masks = rest[:9], rest[9:18], rest[18:20]
+        out, outputs = _halves_output((x_a, x_b), args_a[0])
         (results_a, (meta_a, saved_a)), (results_b, (meta_b, saved_b)) = _forward_both(
-            (cfg_a, cfg_b), (x_a, x_b), (args_a, args_b), step_masks, save=True
+            (cfg_a, cfg_b), (x_a, x_b), (args_a, args_b), step_masks, save=True, outputs=outputs
         )
         ctx.cfgs, ctx.metas = (cfg_a, cfg_b), (meta_a, meta_b)
+        ctx.split = None if out is None else x_a.shape[1]
         ctx.save_for_backward(*saved_a, *saved_b)
         ctx.has_bias = (args_a[4] is not None, args_a[5] is not None)
-        return (*results_a, *results_b)
+        if out is None:
+            return (*results_a, *results_b)
+        return out, *results_a[1:], *results_b[1:]
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dout_a, dh_a, dc_a, dout_b, dh_b, dc_b):  # noqa: N805
+    def backward(ctx, *grads):  # noqa: N805
         refuse_second_backward(ctx, "native")
+        if ctx.split is None:
+            dout_a, dh_a, dc_a, dout_b, dh_b, dc_b = grads
+        else:  # the halves read their rows of the one output gradient in place
+            dout, dh_a, dc_a, dh_b, dc_b = grads
+            dout_a, dout_b = dout[:, : ctx.split], dout[:, ctx.split :]
         saved, needs = ctx.saved_tensors, ctx.needs_input_grad
         # each run's needs in _NativeLSTM's argument order (cfg, x, h0, ..., mh, step_mask)
         needs_a = (False, needs[2], *needs[4:13], False)
@@ -695,19 +746,24 @@ def run_bidirectional_native(
         function_arguments(_run_config(run), x, h.contiguous(), c.contiguous(), weights_d, run)
         for weights_d, run, h, c in zip(weights, runs, h0, c0, strict=True)
     ]
-    return _run_pair(direction_args)
+    out = _run_pair(direction_args)
+    return out[:3], out[3:]
 
 
-def _run_pair(run_args: list) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
-    """Two runs given as function_arguments tuples, their loops at once: the (out, h_T, c_T) of each."""
+def _run_pair(run_args: list) -> tuple:
+    """Two runs given as function_arguments tuples, their loops at once: the (out, h_T, c_T) of each, or for
+    the halves of a batch (different inputs) (out, h_T_a, c_T_a, h_T_b, c_T_b) with one output tensor."""
     (cfg_a, x_a, *args_a, step_mask_a), (cfg_b, x_b, *args_b, step_mask_b) = run_args
     with torch.autocast(device_type="cpu", enabled=False):  # products must stay in x's dtype
         if not (_needs_graph(run_args[0]) or _needs_graph(run_args[1])):
+            out, outputs = _halves_output((x_a, x_b), args_a[0])
             passes = _forward_both((cfg_a, cfg_b), (x_a, x_b), (args_a, args_b), (step_mask_a, step_mask_b),
-                                   save=False)
-            return passes[0][0], passes[1][0]
-        out = _NativeLSTMPair.apply(cfg_a, cfg_b, x_a, x_b, *args_a, *args_b, step_mask_a, step_mask_b)
-    return out[:3], out[3:]
+                                   save=False, outputs=outputs)
+            (results_a, _), (results_b, _) = passes
+            if out is None:
+                return (*results_a, *results_b)
+            return out, *results_a[1:], *results_b[1:]
+        return _NativeLSTMPair.apply(cfg_a, cfg_b, x_a, x_b, *args_a, *args_b, step_mask_a, step_mask_b)
 
 
 #: One direction's batch is split in two halves whose loops run at once (run_direction_native_halves) from
@@ -768,8 +824,8 @@ def run_direction_native_halves(
     for rows in (slice(0, middle), slice(middle, None)):
         halves.append(function_arguments(cfg, x[:, rows].contiguous(), h0[rows].contiguous(),
                                          c0[rows].contiguous(), weights, _batch_rows(run, rows)))
-    (out_a, h_a, c_a), (out_b, h_b, c_b) = _run_pair(halves)
-    return torch.cat((out_a, out_b), 1), torch.cat((h_a, h_b)), torch.cat((c_a, c_b))
+    out, h_a, c_a, h_b, c_b = _run_pair(halves)
+    return out, torch.cat((h_a, h_b)), torch.cat((c_a, c_b))
 
 
 @opaque_to_compile
