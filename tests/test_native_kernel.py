@@ -874,13 +874,15 @@ def test_inconsistent_shapes_get_torch_errors_not_raw_reads():
 
 # -- 12. MKL's packed GEMM (large enough per-step products) ---------------------------------------------
 @needs_extension
+@pytest.mark.parametrize("steps", [5, 9])
 @pytest.mark.parametrize("proj", [0, 96])
 @pytest.mark.parametrize("masked", [False, True])
-def test_packed_products_float32_close_to_reference(proj, masked):
-    """B = 16 and H = 256 make every per-step product large enough to be packed (when the BLAS has
-    cblas_sgemm_pack; the plain gemm otherwise): float32 against the float64 reference."""
+def test_packed_products_float32_close_to_reference(proj, masked, steps):
+    """B = 16 and H = 256 make every per-step product large enough to be packed from 8 steps on (when the
+    BLAS has cblas_sgemm_pack; the plain gemm otherwise): float32 against the float64 reference. At 9 steps
+    without projection the recurrent weights are packed from their own layout (no transposed copy)."""
     g = torch.Generator().manual_seed(7)
-    T, B, F, H = 5, 16, 24, 256
+    T, B, F, H = steps, 16, 24, 256
     P = proj or H
 
     def rnd(*shape, scale=1.0):

@@ -646,10 +646,10 @@ def _forward_both(cfgs: tuple, xs: tuple, run_args: tuple, step_masks: tuple, sa
     return passes
 
 
-def _halves_output(xs: tuple, hidden: Tensor) -> tuple[Tensor | None, tuple]:
+def _halves_output(halves: bool, xs: tuple, hidden: Tensor) -> tuple[Tensor | None, tuple]:
     """For two runs on the halves of a batch (xs: their inputs, hidden: an h0 of either): one (T, B, P)
-    output buffer and the view of it each run writes into (None, (None, None) for other runs)."""
-    if xs[0] is xs[1]:  # the two directions of one input
+    output buffer and the view of it each run writes into; (None, (None, None)) for other runs."""
+    if not halves:
         return None, (None, None)
     steps, rows = xs[0].shape[0], xs[0].shape[1]
     out = xs[0].new_empty(steps, rows + xs[1].shape[1], hidden.shape[-1])
@@ -668,15 +668,15 @@ def _run_config(run: DirectionRun) -> tuple[int, int, bool, int]:
 class _NativeLSTMPair(torch.autograd.Function):
     """Two independent runs, their C loops at once on two threads: the two directions of a bidirectional
     layer (both given the same x and step mask), or the two halves of a batch (each its rows). Arguments
-    (cfg_a, cfg_b, x_a, x_b, run a's h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, the same for run b,
-    step_mask_a, step_mask_b). Results: (out, h_T, c_T) of each run; for the halves of a batch (x_a is not
-    x_b) their outputs come as one (T, B, P) tensor instead, written in place by both loops: (out, h_T_a,
-    c_T_a, h_T_b, c_T_b). A tensor given to both runs (x, weights) gets the sum of their gradients."""
+    (halves, cfg_a, cfg_b, x_a, x_b, run a's h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, the same for run
+    b, step_mask_a, step_mask_b). Results: (out, h_T, c_T) of each run; with ``halves`` their outputs come
+    as one (T, B, P) tensor instead, written in place by both loops: (out, h_T_a, c_T_a, h_T_b, c_T_b). A
+    tensor given to both runs (x, weights) gets the sum of their gradients."""
 
     @staticmethod
-    def forward(ctx, cfg_a, cfg_b, x_a, x_b, *rest):  # noqa: N805
+    def forward(ctx, halves, cfg_a, cfg_b, x_a, x_b, *rest):  # noqa: N805
         args_a, args_b, step_masks = rest[:9], rest[9:18], rest[18:20]
-        out, outputs = _halves_output((x_a, x_b), args_a[0])
+        out, outputs = _halves_output(halves, (x_a, x_b), args_a[0])
         (results_a, (meta_a, saved_a)), (results_b, (meta_b, saved_b)) = _forward_both(
             (cfg_a, cfg_b), (x_a, x_b), (args_a, args_b), step_masks, save=True, outputs=outputs
         )
@@ -699,8 +699,8 @@ class _NativeLSTMPair(torch.autograd.Function):
             dout_a, dout_b = dout[:, : ctx.split], dout[:, ctx.split :]
         saved, needs = ctx.saved_tensors, ctx.needs_input_grad
         # each run's needs in _NativeLSTM's argument order (cfg, x, h0, ..., mh, step_mask)
-        needs_a = (False, needs[2], *needs[4:13], False)
-        needs_b = (False, needs[3], *needs[13:22], False)
+        needs_a = (False, needs[3], *needs[5:14], False)
+        needs_b = (False, needs[4], *needs[14:23], False)
         defer: list = []
         finish_a = _backward_pass(ctx.cfgs[0], ctx.metas[0], saved[:12], needs_a, ctx.has_bias, dout_a, dh_a,
                                   dc_a, defer)
@@ -709,7 +709,7 @@ class _NativeLSTMPair(torch.autograd.Function):
         if defer:
             _lstm_cell.backward_loop_pair(defer[0][0], defer[1][0])
         grads_a, grads_b = finish_a(), finish_b()
-        return (None, None, grads_a[1], grads_b[1], *grads_a[2:11], *grads_b[2:11], None, None)
+        return (None, None, None, grads_a[1], grads_b[1], *grads_a[2:11], *grads_b[2:11], None, None)
 
 
 #: the two directions of a layer run at once (run_bidirectional_native) when both are this wide or wider in
@@ -746,24 +746,26 @@ def run_bidirectional_native(
         function_arguments(_run_config(run), x, h.contiguous(), c.contiguous(), weights_d, run)
         for weights_d, run, h, c in zip(weights, runs, h0, c0, strict=True)
     ]
-    out = _run_pair(direction_args)
+    out = _run_pair(direction_args, halves=False)
     return out[:3], out[3:]
 
 
-def _run_pair(run_args: list) -> tuple:
+def _run_pair(run_args: list, halves: bool) -> tuple:
     """Two runs given as function_arguments tuples, their loops at once: the (out, h_T, c_T) of each, or for
-    the halves of a batch (different inputs) (out, h_T_a, c_T_a, h_T_b, c_T_b) with one output tensor."""
+    the halves of a batch (out, h_T_a, c_T_a, h_T_b, c_T_b) with one output tensor."""
     (cfg_a, x_a, *args_a, step_mask_a), (cfg_b, x_b, *args_b, step_mask_b) = run_args
     with torch.autocast(device_type="cpu", enabled=False):  # products must stay in x's dtype
         if not (_needs_graph(run_args[0]) or _needs_graph(run_args[1])):
-            out, outputs = _halves_output((x_a, x_b), args_a[0])
+            out, outputs = _halves_output(halves, (x_a, x_b), args_a[0])
             passes = _forward_both((cfg_a, cfg_b), (x_a, x_b), (args_a, args_b), (step_mask_a, step_mask_b),
                                    save=False, outputs=outputs)
             (results_a, _), (results_b, _) = passes
             if out is None:
                 return (*results_a, *results_b)
             return out, *results_a[1:], *results_b[1:]
-        return _NativeLSTMPair.apply(cfg_a, cfg_b, x_a, x_b, *args_a, *args_b, step_mask_a, step_mask_b)
+        return _NativeLSTMPair.apply(
+            halves, cfg_a, cfg_b, x_a, x_b, *args_a, *args_b, step_mask_a, step_mask_b
+        )
 
 
 #: One direction's batch is split in two halves whose loops run at once (run_direction_native_halves) from
@@ -820,11 +822,12 @@ def run_direction_native_halves(
     sums of the halves' (another summation order than one run's, within float rounding)."""
     cfg = _run_config(run)
     middle = x.shape[1] // 2
-    halves = []
-    for rows in (slice(0, middle), slice(middle, None)):
-        halves.append(function_arguments(cfg, x[:, rows].contiguous(), h0[rows].contiguous(),
-                                         c0[rows].contiguous(), weights, _batch_rows(run, rows)))
-    out, h_a, c_a, h_b, c_b = _run_pair(halves)
+    runs = [
+        function_arguments(cfg, x[:, rows].contiguous(), h0[rows].contiguous(), c0[rows].contiguous(),
+                           weights, _batch_rows(run, rows))
+        for rows in (slice(0, middle), slice(middle, None))
+    ]
+    out, h_a, c_a, h_b, c_b = _run_pair(runs, halves=True)
     return out, torch.cat((h_a, h_b)), torch.cat((c_a, c_b))
 
 
