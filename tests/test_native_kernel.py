@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import collections
 import itertools
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -1150,3 +1152,33 @@ def test_batch_halves_only_on_two_threads(monkeypatch, threads):
         assert native.halves_accept(x, h0_wide, c0_wide, wide, run)
     monkeypatch.setattr(native, "cell_threads", lambda: threads)
     assert not native.halves_accept(x, h0, c0, weights, run)
+
+
+@needs_extension
+def test_first_call_inside_torch_compile(tmp_path):
+    """A fresh process whose first layer calls run inside torch.compile: the first-use checks (BLAS, threads)
+    are opaque to the tracer, which would otherwise free tensors the C loops write into (this crashed the
+    process with a corrupted heap). One-direction (batch halves) and bidirectional layers, against the
+    reference loop."""
+    script = tmp_path / "first_call.py"
+    script.write_text(
+        "import torch, unilstm\n"
+        "from unilstm.kernels import force_kernel\n"
+        "torch.manual_seed(0)\n"
+        "cases = ((dict(activation='relu'), 20), (dict(bidirectional=True, activation='relu'), 4))\n"
+        "for kw, batch in cases:\n"
+        "    layer = unilstm.LSTM(8, 32, **kw)\n"
+        "    x = torch.randn(6, batch, 8)\n"
+        "    compiled = torch.compile(lambda t, layer=layer: layer(t)[0], backend='eager')\n"
+        "    for _ in range(2):\n"
+        "        out = compiled(x)\n"
+        "        out.sum().backward()\n"
+        "    force_kernel('reference')\n"
+        "    want = layer(x)[0]\n"
+        "    force_kernel(None)\n"
+        "    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)\n"
+        "print('compiled first calls ok')\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "compiled first calls ok" in result.stdout

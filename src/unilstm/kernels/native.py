@@ -214,6 +214,10 @@ _BLAS_PACK: dict[torch.dtype, tuple[int, int, int]] = {}
 _BLAS_BATCH: _Addresses = {}
 
 
+# The first-use checks behind blas_gemm and cell_threads hand tensors to C as addresses: traced by
+# torch.compile, a tensor used only through its address is dead to the tracer and freed before the C call
+# writes into it (heap corruption, seen with a layer's first call inside a compiled model). Hence opaque.
+@opaque_to_compile
 def blas_gemm(dtype: torch.dtype) -> int:
     """The checked gemm address for ``dtype`` (found on first use), or 0."""
     global _BLAS_GEMM, _BLAS_PACK, _BLAS_BATCH
@@ -234,6 +238,7 @@ _CELL_THREADS: bool | None = None  # None: not looked for yet
 _threads_for_check: int | None = None  # set while the first-use check runs
 
 
+@opaque_to_compile
 def cell_threads() -> int:
     """How many threads the C loop may split a cell step's rows among: torch's intra-op thread count where
     torch's OpenMP runtime was found and checked on first use, else 1."""
