@@ -16,14 +16,16 @@ import unilstm
 SPECS = {
     "fast": dict(activation="relu", bidirectional=True, masked_output="previous"),
     "fused": dict(num_layers=2),
+    # one direction: on two threads the one-process reference splits its 32 sequences in halves
+    "halves": dict(activation="relu", masked_output="previous"),
 }
 
 
 def _data(seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(7, 8, 5, generator=gen, dtype=torch.float64)  # (T, N, F)
-    mask = torch.rand(8, 7, generator=gen) > 0.25  # (N, T), with gaps
-    target = torch.randn(7, 8, generator=gen, dtype=torch.float64)
+    x = torch.randn(7, 32, 5, generator=gen, dtype=torch.float64)  # (T, N, F)
+    mask = torch.rand(32, 7, generator=gen) > 0.25  # (N, T), with gaps
+    target = torch.randn(7, 32, generator=gen, dtype=torch.float64)
     return x, mask, target
 
 
