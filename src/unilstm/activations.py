@@ -6,7 +6,8 @@ differs from Keras 3's (``relu6(x + 3) / 6``); the Keras 2 one is registered as 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -196,3 +197,15 @@ def resolve(activation: str | None | Activation, argument: str = "activation") -
     if callable(activation):
         return activation
     raise TypeError(f"{argument} must be a name, None or a callable, got {type(activation).__name__}")
+
+
+Entry = TypeVar("Entry")
+
+
+def kernel_entry(table: Mapping[Callable, Entry], fn: Callable) -> Entry | None:
+    """A kernel's entry for the resolved activation ``fn`` (its code, id, derivative ...), or None when the
+    kernel lacks it; a user's callable may be unhashable, and then no kernel has it either."""
+    try:
+        return table.get(fn)
+    except TypeError:  # unhashable callables
+        return None

@@ -172,10 +172,7 @@ PROJECTION_THROUGH_BIAS_MAX_ROWS = 16
 
 def supported_activation(fn: Callable) -> bool:
     """True when the fast kernel has a hand-written derivative for ``fn`` (a resolved activation)."""
-    try:
-        return fn in _ACTS
-    except TypeError:  # unhashable callables
-        return False
+    return A.kernel_entry(_ACTS, fn) is not None
 
 
 def accepts(x: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:

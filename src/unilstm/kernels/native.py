@@ -297,10 +297,7 @@ def available() -> bool:
 
 
 def _activation_id(fn: Callable) -> int | None:
-    try:
-        return NATIVE_ACTIVATION_IDS.get(fn)
-    except TypeError:  # unhashable callables
-        return None
+    return A.kernel_entry(NATIVE_ACTIVATION_IDS, fn)
 
 
 def accepts(x: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:

@@ -61,10 +61,7 @@ def _kernels() -> ModuleType | None:
 
 
 def _code(fn: Callable) -> int | None:
-    try:
-        return ACTIVATION_CODES.get(fn)
-    except TypeError:  # unhashable callables
-        return None
+    return A.kernel_entry(ACTIVATION_CODES, fn)
 
 
 def accepts(x: Tensor, activation: Callable, recurrent_activation: Callable) -> bool:
