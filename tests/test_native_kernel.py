@@ -1179,6 +1179,31 @@ def test_first_call_inside_torch_compile(tmp_path):
         "    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)\n"
         "print('compiled first calls ok')\n"
     )
+    assert "compiled first calls ok" in _run_fresh(script)
+
+
+def _run_fresh(script) -> str:
+    """Run ``script`` in a fresh interpreter (the first-use checks not run yet); its stdout."""
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "compiled first calls ok" in result.stdout
+    return result.stdout
+
+
+@needs_extension
+def test_first_call_under_autocast_keeps_the_c_loops(tmp_path):
+    """A fresh process whose first layer call runs under CPU autocast finds the same float32 C loop and cell
+    split as one whose first call does not: the first-use checks compare with torch outside autocast (they
+    computed torch's side in bfloat16 and switched both off for the process)."""
+    found = []
+    for autocast in (False, True):
+        script = tmp_path / f"first_call_{autocast}.py"
+        script.write_text(
+            "import torch, unilstm\n"
+            "from unilstm.kernels import native\n"
+            "layer = unilstm.LSTM(4, 8, activation='relu')\n"
+            f"with torch.autocast('cpu', dtype=torch.bfloat16, enabled={autocast}):\n"
+            "    layer(torch.randn(6, 3, 4))\n"
+            "print(bool(native.blas_gemm(torch.float32)), native.cell_threads())\n"
+        )
+        found.append(_run_fresh(script).strip())
+    assert found[1] == found[0], found

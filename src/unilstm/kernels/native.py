@@ -42,6 +42,7 @@ graph raises).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 
@@ -214,6 +215,16 @@ _BLAS_PACK: dict[torch.dtype, tuple[int, int, int]] = {}
 _BLAS_BATCH: _Addresses = {}
 
 
+@contextlib.contextmanager
+def _first_use_checks():
+    """The first-use checks compare the C loops with torch on their own tensors, whatever the call that
+    happens to trigger them is inside: with autocast on, torch's side of a check computed in bfloat16 and
+    the check failed, switching the C loops (or the cell split) off for the whole process; under no_grad or
+    inference_mode the checks could not build their autograd graphs."""
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+        yield
+
+
 # The first-use checks behind blas_gemm and cell_threads hand tensors to C as addresses: traced by
 # torch.compile, a tensor used only through its address is dead to the tracer and freed before the C call
 # writes into it (heap corruption, seen with a layer's first call inside a compiled model). Hence opaque.
@@ -222,7 +233,8 @@ def blas_gemm(dtype: torch.dtype) -> int:
     """The checked gemm address for ``dtype`` (found on first use), or 0."""
     global _BLAS_GEMM, _BLAS_PACK, _BLAS_BATCH
     if _BLAS_GEMM is None:
-        _BLAS_GEMM, _BLAS_PACK, _BLAS_BATCH = _find_blas()
+        with _first_use_checks():
+            _BLAS_GEMM, _BLAS_PACK, _BLAS_BATCH = _find_blas()
     return _BLAS_GEMM.get(dtype, 0)
 
 
@@ -246,7 +258,8 @@ def cell_threads() -> int:
     if _threads_for_check is not None:
         return _threads_for_check
     if _CELL_THREADS is None:
-        _CELL_THREADS = _install_openmp() and _split_step_agrees()
+        with _first_use_checks():
+            _CELL_THREADS = _install_openmp() and _split_step_agrees()
         if not _CELL_THREADS and _lstm_cell is not None:
             _lstm_cell.set_cell_threads(0, 0, 0)
     return torch.get_num_threads() if _CELL_THREADS else 1
@@ -271,23 +284,21 @@ def _split_step_agrees() -> bool:
     T, B, F, H = 2, 16, 3, 512
     run = DirectionRun(torch.tanh, torch.sigmoid, None, False, True)
     results = []
-    # the first use may come inside no_grad or inference_mode: the check makes its own autograd graph
-    with torch.inference_mode(False), torch.enable_grad():
-        generator = torch.Generator().manual_seed(0)
-        tensors = [
-            torch.randn(T, B, F, generator=generator), torch.randn(4 * H, F, generator=generator) * 0.1,
-            torch.randn(4 * H, H, generator=generator) * 0.05, torch.randn(4 * H, generator=generator) * 0.1,
-        ]
-        try:
-            for threads in (1, 2):
-                _threads_for_check = threads
-                x, w_ih, w_hh, b_ih = (t.clone().requires_grad_() for t in tensors)
-                weights = DirectionWeights(w_ih, w_hh, b_ih, None, None)
-                out, h, c = run_direction_native(x, torch.zeros(B, H), torch.zeros(B, H), weights, run)
-                grads = torch.autograd.grad((out * out).sum() + c.sum(), (x, w_ih, w_hh, b_ih))
-                results.append([out, h, c, *grads])
-        finally:
-            _threads_for_check = None
+    generator = torch.Generator().manual_seed(0)
+    tensors = [
+        torch.randn(T, B, F, generator=generator), torch.randn(4 * H, F, generator=generator) * 0.1,
+        torch.randn(4 * H, H, generator=generator) * 0.05, torch.randn(4 * H, generator=generator) * 0.1,
+    ]
+    try:  # (inside _first_use_checks: its own autograd graph whatever the caller's grad mode)
+        for threads in (1, 2):
+            _threads_for_check = threads
+            x, w_ih, w_hh, b_ih = (t.clone().requires_grad_() for t in tensors)
+            weights = DirectionWeights(w_ih, w_hh, b_ih, None, None)
+            out, h, c = run_direction_native(x, torch.zeros(B, H), torch.zeros(B, H), weights, run)
+            grads = torch.autograd.grad((out * out).sum() + c.sum(), (x, w_ih, w_hh, b_ih))
+            results.append([out, h, c, *grads])
+    finally:
+        _threads_for_check = None
     return all(torch.equal(a, b) for a, b in zip(*results, strict=True))
 
 
