@@ -646,27 +646,26 @@ class _NativeLSTM(torch.autograd.Function):
         )
 
 
-def _forward_both(cfgs: tuple, xs: tuple, run_args: tuple, step_masks: tuple, save: bool,
-                  outputs: tuple = (None, None)):
-    """_forward_pass of two runs (each its cfg, x, arguments between x and step_mask, step_mask and output
-    buffer), the two C loops run at once: ((results, (meta, saved)) of each)."""
+def _forward_both(halves: bool, cfgs: tuple, xs: tuple, run_args: tuple, step_masks: tuple, save: bool):
+    """_forward_pass of two runs (each its cfg, x, arguments between x and step_mask, and step_mask), the
+    two C loops run at once. Returns the results, (out, h_T, c_T) of each run or, for the ``halves`` of a
+    batch, (out, h_T_a, c_T_a, h_T_b, c_T_b) with both runs' outputs written in place into one (T, B, P)
+    tensor; and the (meta, saved) of each run."""
+    out, outputs = None, (None, None)
+    if halves:
+        rows = xs[0].shape[1]
+        out = xs[0].new_empty(xs[0].shape[0], rows + xs[1].shape[1], run_args[0][0].shape[-1])  # P from h0
+        outputs = (out[:, :rows], out[:, rows:])
     defer: list = []
     runs = zip(cfgs, xs, run_args, step_masks, outputs, strict=True)
-    passes = [_forward_pass(cfg, x, *args, step_mask, save=save, defer=defer, output=output)
-              for cfg, x, args, step_mask, output in runs]
+    (results_a, saved_a), (results_b, saved_b) = [
+        _forward_pass(cfg, x, *args, step_mask, save=save, defer=defer, output=output)
+        for cfg, x, args, step_mask, output in runs
+    ]
     if defer:  # (without the C loops, the per-step loops ran already)
         _lstm_cell.forward_loop_pair(defer[0][0], defer[1][0])
-    return passes
-
-
-def _halves_output(halves: bool, xs: tuple, hidden: Tensor) -> tuple[Tensor | None, tuple]:
-    """For two runs on the halves of a batch (xs: their inputs, hidden: an h0 of either): one (T, B, P)
-    output buffer and the view of it each run writes into; (None, (None, None)) for other runs."""
-    if not halves:
-        return None, (None, None)
-    steps, rows = xs[0].shape[0], xs[0].shape[1]
-    out = xs[0].new_empty(steps, rows + xs[1].shape[1], hidden.shape[-1])
-    return out, (out[:, :rows], out[:, rows:])
+    results = (*results_a, *results_b) if out is None else (out, *results_a[1:], *results_b[1:])
+    return results, (saved_a, saved_b)
 
 
 def _run_config(run: DirectionRun) -> tuple[int, int, bool, int]:
@@ -689,17 +688,14 @@ class _NativeLSTMPair(torch.autograd.Function):
     @staticmethod
     def forward(ctx, halves, cfg_a, cfg_b, x_a, x_b, *rest):  # noqa: N805
         args_a, args_b, step_masks = rest[:9], rest[9:18], rest[18:20]
-        out, outputs = _halves_output(halves, (x_a, x_b), args_a[0])
-        (results_a, (meta_a, saved_a)), (results_b, (meta_b, saved_b)) = _forward_both(
-            (cfg_a, cfg_b), (x_a, x_b), (args_a, args_b), step_masks, save=True, outputs=outputs
+        results, ((meta_a, saved_a), (meta_b, saved_b)) = _forward_both(
+            halves, (cfg_a, cfg_b), (x_a, x_b), (args_a, args_b), step_masks, save=True
         )
         ctx.cfgs, ctx.metas = (cfg_a, cfg_b), (meta_a, meta_b)
-        ctx.split = None if out is None else x_a.shape[1]
+        ctx.split = x_a.shape[1] if halves else None
         ctx.save_for_backward(*saved_a, *saved_b)
         ctx.has_bias = (args_a[4] is not None, args_a[5] is not None)
-        if out is None:
-            return (*results_a, *results_b)
-        return out, *results_a[1:], *results_b[1:]
+        return results
 
     @staticmethod
     @once_differentiable
@@ -733,13 +729,19 @@ PAIR_MIN_BATCH = 16
 PAIR_MAX_HIDDEN = 256
 
 
+def _two_loops_at_once(dtype: torch.dtype) -> bool:
+    """Two C loops can run at once, one per thread: the C loops for ``dtype`` and the OpenMP runtime are
+    there with exactly two threads (measured on 2 cores only; with more, each loop's GEMMs would give up
+    the other threads)."""
+    return available() and cell_threads() == 2 and bool(blas_functions(dtype)[0])
+
+
 def pair_accepts(x: Tensor, h0: Tensor, c0: Tensor, weights: tuple[DirectionWeights, DirectionWeights],
                  runs: tuple[DirectionRun, DirectionRun]) -> bool:
-    """Whether run_bidirectional_native computes both directions of this layer at once: the C loops and the
-    OpenMP runtime are there with exactly two threads (measured on 2 cores; with more, each direction's
-    GEMMs would give up the rest), both directions are native runs and the shape is one where running
-    them at once was measured faster (PAIR_MIN_BATCH, PAIR_MAX_HIDDEN)."""
-    if not (available() and cell_threads() == 2 and blas_functions(x.dtype)[0]):
+    """Whether run_bidirectional_native computes both directions of this layer at once: two loops can run
+    at once (_two_loops_at_once), both directions are native runs and the shape is one where running them
+    at once was measured faster (PAIR_MIN_BATCH, PAIR_MAX_HIDDEN)."""
+    if not _two_loops_at_once(x.dtype):
         return False
     if not all(accepts(x, w, r) and _buffers_agree(x, h, c, w, r)
                for w, r, h, c in zip(weights, runs, h0, c0, strict=True)):
@@ -769,13 +771,8 @@ def _run_pair(run_args: list, halves: bool) -> tuple:
     (cfg_a, x_a, *args_a, step_mask_a), (cfg_b, x_b, *args_b, step_mask_b) = run_args
     with torch.autocast(device_type="cpu", enabled=False):  # products must stay in x's dtype
         if not (_needs_graph(run_args[0]) or _needs_graph(run_args[1])):
-            out, outputs = _halves_output(halves, (x_a, x_b), args_a[0])
-            passes = _forward_both((cfg_a, cfg_b), (x_a, x_b), (args_a, args_b), (step_mask_a, step_mask_b),
-                                   save=False, outputs=outputs)
-            (results_a, _), (results_b, _) = passes
-            if out is None:
-                return (*results_a, *results_b)
-            return out, *results_a[1:], *results_b[1:]
+            return _forward_both(halves, (cfg_a, cfg_b), (x_a, x_b), (args_a, args_b),
+                                 (step_mask_a, step_mask_b), save=False)[0]
         return _NativeLSTMPair.apply(
             halves, cfg_a, cfg_b, x_a, x_b, *args_a, *args_b, step_mask_a, step_mask_b
         )
@@ -794,16 +791,13 @@ HALVES_MAX_WEIGHT_BYTES_INFERENCE = 2**18  # H = P = 128 in float32
 
 
 def halves_accept(x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:
-    """Whether run_direction_native_halves computes this run: as :func:`pair_accepts` (the C loops and
-    exactly two torch threads), a native run, at least HALVES_MIN_BATCH sequences and recurrent weights
+    """Whether run_direction_native_halves computes this run: two loops can run at once
+    (_two_loops_at_once), a native run, at least HALVES_MIN_BATCH sequences and recurrent weights
     small enough (HALVES_MAX_WEIGHT_BYTES, or HALVES_MAX_WEIGHT_BYTES_INFERENCE when autograd does not
     record the call)."""
-    if not (available() and cell_threads() == 2 and blas_functions(x.dtype)[0]):
+    if not _two_loops_at_once(x.dtype):
         return False
-    records = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad
-        for t in (x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr)
-    )
+    records = _needs_graph((x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr))
     limit = HALVES_MAX_WEIGHT_BYTES if records else HALVES_MAX_WEIGHT_BYTES_INFERENCE
     if x.shape[1] < HALVES_MIN_BATCH or weights.w_hh.numel() * x.element_size() > limit:
         return False
