@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pathlib
 import sys
+import warnings
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))
 
@@ -86,8 +87,6 @@ def torch_door() -> None:
 def canonical_flattened() -> None:
     """After .to(cuda) the canonical layer's weights are views into one cuDNN buffer, as torch.nn.LSTM's:
     cuDNN then neither copies them per call nor warns; numbers equal torch.nn.LSTM's."""
-    import warnings
-
     config = dict(input_size=6, hidden_size=8, num_layers=2, bidirectional=True, proj_size=3)
     torch.manual_seed(0)
     reference = torch.nn.LSTM(**config).to(DEVICE).train()
@@ -162,8 +161,6 @@ def keras_door() -> None:
     layer.to(DEVICE)
     got = layer(x, mask=mask)
     report("Keras door Bidirectional(sum), mask with gaps", list(got), list(want), 1e-5)
-    import warnings
-
     standard = uk.LSTM(8, return_sequences=True, return_state=True)  # cuDNN on the Keras-layout kernels
     want = standard(x)
     standard.to(DEVICE)
