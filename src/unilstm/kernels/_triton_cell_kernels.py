@@ -49,21 +49,7 @@ if INTERPRETED:
 else:
     from triton.language.extra import libdevice
 
-    @triton.jit
-    def _exp(x):
-        return libdevice.exp(x)
-
-    @triton.jit
-    def _expm1(x):
-        return libdevice.expm1(x)
-
-    @triton.jit
-    def _log1p(x):
-        return libdevice.log1p(x)
-
-    @triton.jit
-    def _tanh(x):
-        return libdevice.tanh(x)
+    _exp, _expm1, _log1p, _tanh = libdevice.exp, libdevice.expm1, libdevice.log1p, libdevice.tanh
 
 
 @triton.jit
