@@ -4,8 +4,8 @@
 The stand-in keeps the memory behaviour that matters: a replay writes its results into the same tensors
 every time (as a graph replays into fixed addresses), reading the static arguments that ``run`` copied in.
 So these tests catch results that alias one another across calls, arguments that are not copied in, and a
-capturable variant of the kernel that computes something else. tools/cuda_graphs_check.py and
-benchmarks/gpu_check.py run the real graphs on a GPU.
+capturable variant of the kernel that computes something else. benchmarks/gpu_check.py runs the real graphs
+on a GPU.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Keras files: real files written by Keras 3 and tf-keras (tests/fixtures/keras_files, made by
-tools/make_keras_file_fixtures.py) read with identical arrays and Keras's numbers; our files read back;
-atomic writes; clear errors for corrupt, truncated, foreign and empty files."""
+tools/fixtures/make_keras_file_fixtures.py) read with identical arrays and Keras's numbers; our files read
+back; atomic writes; clear errors for corrupt, truncated, foreign and empty files."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Keras regularizers, constraints and initializers in unilstm.keras against real Keras numbers
-(tests/fixtures/keras/{losses,constraints,initializers}.npz from tools/make_keras_fixtures.py)."""
+(tests/fixtures/keras/{losses,constraints,initializers}.npz from tools/fixtures/make_keras_fixtures.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """unilstm.keras against fixtures made by real Keras 3.15.1 (tf.keras) and tf-keras 2.21
-(tools/make_keras_fixtures.py): outputs, states and gradients, from the real configs and weights."""
+(tools/fixtures/make_keras_fixtures.py): outputs, states and gradients, from the real configs and weights."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """MindSpore .ckpt files: real MindSpore 2.10 files read here with identical tensors, our files read back,
 MindSpore's load_param_into_net rules, and clear errors for bad files.
-(tools/check_mindspore_reads_ours.py checks, with real MindSpore, that it reads our files.)"""
+(tools/live/check_mindspore_reads_ours.py checks, with real MindSpore, that it reads our files.)"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""unilstm.mindspore.LSTM against fixtures made by real MindSpore 2.10 (tools/make_mindspore_fixtures.py).
+"""unilstm.mindspore.LSTM against fixtures made by real MindSpore 2.10
+(tools/fixtures/make_mindspore_fixtures.py).
 
 Tolerances: float32 outputs and states within 1e-5 absolute, gradients within 1e-4 relative (to the largest
 gradient of the tensor, with a 1e-6 absolute floor). float16 (computed in float16 by both): 2e-3 absolute

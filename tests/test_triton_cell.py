@@ -140,7 +140,7 @@ def test_direction_run_shapes_unchanged(triton_on_cpu):
 def test_kernels_compile_for_hopper():
     """The interpreter accepts code that Triton's compiler refuses: compile every activation code forward
     and backward for sm_90 (no GPU needed)."""
-    tool = pathlib.Path(__file__).resolve().parents[1] / "tools" / "compile_triton_cell.py"
+    tool = pathlib.Path(__file__).resolve().parents[1] / "tools" / "gpu" / "compile_triton_cell.py"
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     done = subprocess.run([sys.executable, str(tool), "--quick"], env=env, capture_output=True, text=True,
                           timeout=600)

@@ -1,4 +1,4 @@
-"""Compile the Triton cell kernels for a Hopper GPU (sm_90) without one: ``tools/compile_triton_cell.py``.
+"""Compile the Triton cell kernels for a Hopper GPU (sm_90) without one: ``tools/gpu/compile_triton_cell.py``.
 
 Triton's interpreter, which the tests use on the CPU, accepts code that the compiler refuses (globals that
 are not constexpr, float64 in float32-only functions, libdevice calls it skips). This compiles every
@@ -15,7 +15,7 @@ import pathlib
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "src"))
 
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402

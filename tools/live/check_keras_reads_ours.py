@@ -2,8 +2,8 @@
 
 Two steps, two environments::
 
-    .venv/bin/python tools/check_keras_reads_ours.py write /tmp/ours      # unilstm writes files + our outputs
-    /work/refenv/tf/bin/python tools/check_keras_reads_ours.py check /tmp/ours   # Keras 3 reads and compares
+    .venv/bin/python tools/live/check_keras_reads_ours.py write /tmp/ours    # unilstm writes files + outputs
+    .refenv/tf/bin/python tools/live/check_keras_reads_ours.py check /tmp/ours  # Keras 3 reads, compares
 
 ``write`` makes, in the directory:
 
@@ -29,7 +29,7 @@ import sys
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "keras_files"
 TOLERANCE = 1e-5
 

@@ -1,4 +1,4 @@
-"""CUDA check of every front door: ``python tools/cuda_check.py [cuda|cpu]`` from the repo root.
+"""CUDA check of every front door: ``python tools/gpu/cuda_check.py [cuda|cpu]`` from the repo root.
 
 Runs on a machine with a GPU (no test in the suite needs one). Each line compares a layer on the device
 with the same layer on the CPU (float64) or with torch.nn.LSTM on the device, on outputs, states and
@@ -11,7 +11,7 @@ import pathlib
 import sys
 import warnings
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "src"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -1,7 +1,7 @@
 """Check that `unilstm convert --emit-code` writes MindSpore code that runs as written and gives the Keras
 numbers, with the real MindSpore.
 
-    .venv/bin/python tools/check_emitted_mindspore.py [--ms-python /work/refenv/ms/bin/python] [--work DIR]
+    .venv/bin/python tools/live/check_emitted_mindspore.py [--ms-python .refenv/ms/bin/python] [--work DIR]
 
 Stage 1 (this interpreter, with unilstm and h5py): for each case, write a Keras 3 .keras file with
 Keras-layout weights and configs, convert it to a MindSpore .ckpt with ``--emit-code``, and save the Keras
@@ -18,6 +18,7 @@ import argparse
 import importlib.util
 import itertools
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-5
 
 
@@ -239,7 +241,7 @@ def _real_keras_cases(work: Path, start: int) -> list[dict]:
     expected = the outputs real Keras computed (no mask)."""
     cv = importlib.import_module("unilstm.convert")
 
-    fixtures = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "keras_files"
+    fixtures = ROOT / "tests" / "fixtures" / "keras_files"
     cases = []
     for offset, (name, layer, index) in enumerate(REAL_KERAS):
         folder = work / f"case_{start + offset:02d}"
@@ -295,13 +297,16 @@ def check(work: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ms-python", default="/work/refenv/ms/bin/python", help="a Python with mindspore")
+    parser.add_argument(
+        "--ms-python", default=os.environ.get("UNILSTM_MS_PYTHON", str(ROOT / ".refenv/ms/bin/python")),
+        help="a Python with mindspore (the reference environment of CONTRIBUTING.md by default)",
+    )
     parser.add_argument("--work", help="folder for the generated files (a temporary one by default)")
     parser.add_argument("--stage", choices=("all", "prepare", "check"), default="all")
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="unilstm-emit-ms-"))
     if args.stage in ("all", "prepare"):
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+        sys.path.insert(0, str(ROOT / "src"))
         prepare(work)
         print(f"prepared {work}")
     if args.stage == "check":

@@ -1,9 +1,9 @@
 """Live check: real MindSpore 2.10 reads the .ckpt files unilstm writes, with identical tensors and numbers.
 
-Run in the MindSpore reference environment (see tools/make_mindspore_fixtures.py for the recipe; it also needs
-torch 2.13 and protobuf, which unilstm imports)::
+Run in the MindSpore reference environment (see tools/fixtures/make_mindspore_fixtures.py for the recipe; it
+also needs torch 2.13 and protobuf, which unilstm imports)::
 
-    /work/refenv/ms/bin/python tools/check_mindspore_reads_ours.py
+    .refenv/ms/bin/python tools/live/check_mindspore_reads_ours.py
 
 It writes files with :func:`unilstm.mindspore.save_checkpoint` (LSTMs of several shapes, float16 parameters,
 a CRC trailer, tensors split in chunks, append_dict values, every dtype MindSpore stores, an LSTM inside a
@@ -20,7 +20,7 @@ import sys
 import tempfile
 
 os.environ.setdefault("GLOG_v", "3")
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "src"))
 
 import mindspore as ms  # noqa: E402
 import numpy as np  # noqa: E402

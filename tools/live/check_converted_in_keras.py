@@ -1,7 +1,7 @@
 """Check that checkpoints converted by `unilstm convert` open in real Keras 3 with the source framework's
 numbers: a MindSpore .ckpt and a torch .pt, each converted to .keras.
 
-    .venv/bin/python tools/check_converted_in_keras.py [--ms-python ...] [--tf-python ...] [--work DIR]
+    .venv/bin/python tools/live/check_converted_in_keras.py [--ms-python ...] [--tf-python ...] [--work DIR]
 
 Stages (each in its own environment, run in turn by the default ``all``):
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+# the reference environments CONTRIBUTING.md describes (git-ignored under the repository root)
+MS_PYTHON = ".refenv/ms/bin/python"
+TF_PYTHON = ".refenv/tf/bin/python"
 CKPT = ROOT / "tests" / "fixtures" / "mindspore" / "lstm_l2_bi.ckpt"
 TOLERANCE = 1e-5
 
@@ -106,8 +110,8 @@ def check(work: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ms-python", default="/work/refenv/ms/bin/python")
-    parser.add_argument("--tf-python", default="/work/refenv/tf/bin/python")
+    parser.add_argument("--ms-python", default=os.environ.get("UNILSTM_MS_PYTHON", str(ROOT / MS_PYTHON)))
+    parser.add_argument("--tf-python", default=os.environ.get("UNILSTM_TF_PYTHON", str(ROOT / TF_PYTHON)))
     parser.add_argument("--work")
     parser.add_argument("--stage", choices=("all", "reference", "convert", "check"), default="all")
     args = parser.parse_args(argv)
