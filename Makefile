@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint typecheck bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,14 @@ demo: setup
 
 test: setup
 	$(PY) -m ruff check src tests tools benchmarks
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 lint: setup
 	$(PY) -m ruff check src tests tools benchmarks
+
+typecheck: setup
+	$(PY) -m mypy
 
 bench: setup
 	$(PY) -m unilstm.bench

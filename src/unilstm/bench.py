@@ -3,7 +3,7 @@
 
     python -m unilstm.bench                       # the full suite (minutes on a 2-core CPU)
     python -m unilstm.bench --quick               # tiny shapes, seconds: checks that the suite runs
-    python -m unilstm.bench --tf-python /work/refenv/tf/bin/python --ms-python /work/refenv/ms/bin/python
+    python -m unilstm.bench --tf-python .refenv/tf/bin/python --ms-python .refenv/ms/bin/python
 
 What is measured (float32, CPU unless ``--device``):
 
@@ -23,7 +23,8 @@ What is measured (float32, CPU unless ``--device``):
 * streaming: batch 1, one step per call with the state carried, median latency per call.
 
 Writes ``results.md`` (Markdown tables), ``results.json`` and, when matplotlib is installed, ``chart.png``
-to ``--out`` (default ``benchmarks/out``).
+to ``--out`` (default ``benchmarks/out``). Every report records the CPU model and the BLAS torch was built
+with (``cpu``, ``blas``): they set the GEMM speed every row depends on.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -102,9 +104,15 @@ def make_mask(kind: str | None, T: int, B: int, seed: int = 0) -> torch.Tensor |
     """(B, T) bool, True where a step counts: random gaps (15% masked), or right padding."""
     if kind is None:
         return None
-    gen = torch.Generator().manual_seed(seed)
     if kind == "gaps":
+        gen = torch.Generator().manual_seed(seed)
         return torch.rand(B, T, generator=gen) > 0.15
+    return right_padded_mask(T, B, seed)
+
+
+def right_padded_mask(T: int, B: int, seed: int = 0) -> torch.Tensor:
+    """(B, T) bool: random lengths from T // 2 to T, the first sequence full length."""
+    gen = torch.Generator().manual_seed(seed)
     lengths = torch.randint(T // 2, T + 1, (B,), generator=gen)
     lengths[0] = T
     return torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
@@ -151,7 +159,7 @@ def run_torch_case(case: Case, repeats: int, device: str) -> dict:
     mask = make_mask(case.mask, T, B)
     lengths = None
     if case.lengths:
-        lengths = make_mask("right", T, B).sum(dim=1)
+        lengths = right_padded_mask(T, B).sum(dim=1)
     ref = torch.nn.LSTM(I, H, **case.torch_kwargs).to(device)
     uni = LSTM(I, H, **case.unilstm).to(device)
     uni.load_state_dict(ref.state_dict())
@@ -188,7 +196,7 @@ def run_torch_case(case: Case, repeats: int, device: str) -> dict:
             sync()
         return run
 
-    result = {"shape": list(case.shape), "spec": case.spec}
+    result: dict[str, object] = {"shape": list(case.shape), "spec": case.spec}
     result["fw"] = interleaved_medians({"unilstm": fw(uni_forward), "torch": fw(torch_forward)}, repeats)
     result["fw+bw"] = interleaved_medians({"unilstm": fb(uni_forward), "torch": fb(torch_forward)}, repeats)
     result["saved_bytes"] = {
@@ -407,17 +415,36 @@ def run_peer(python: str, script: str, cases: list[Case], repeats: int, timeout:
 # ------------------------------------------------------------------------------------------------------
 
 
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; elsewhere what ``platform`` knows)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def blas_description() -> str:
+    """The BLAS and LAPACK torch was built with, and whether its oneDNN (mkldnn) kernels are on."""
+    config = torch.__config__.show()
+    built = dict(re.findall(r"\b(BLAS_INFO|LAPACK_INFO)=([^,\s]+)", config))
+    libraries = [
+        line.strip(" -") for line in config.splitlines()
+        if any(name in line for name in ("Math Kernel Library", "MKL-DNN", "oneDNN", "OpenBLAS"))
+    ]
+    mkldnn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    text = (
+        f"BLAS {built.get('BLAS_INFO', 'unknown')}, LAPACK {built.get('LAPACK_INFO', 'unknown')}, "
+        f"oneDNN {'on' if mkldnn else 'off'}"
+    )
+    return f"{text} ({'; '.join(libraries)})" if libraries else text
+
+
+def machine_description() -> str:
     return (
-        f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
+        f"{cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), "
         f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
     )
@@ -439,6 +466,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"Machine: {report['machine']}",
         "",
+        *([f"BLAS: {report['blas']}", ""] if "blas" in report else []),
         f"Peers: {', '.join(report['peers']) or 'none found'}. Repeats: {report['repeats']} (median). "
         "Times in ms; ratio = unilstm / torch.nn.LSTM (standard spec of the same shape, measured alternately "
         "in the same process); x Keras = Keras time / unilstm time." + (
@@ -584,8 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (2 if args.quick else 5)
     cases = make_cases(shapes, specs)
     dispatch.force_kernel(None)
-    report: dict = {"machine": machine_description(), "repeats": repeats, "results": [], "peers": [],
-                    "rounds": max(1, args.alternate)}
+    report: dict = {"machine": machine_description(), "cpu": cpu_model(), "blas": blas_description(),
+                    "repeats": repeats, "results": [], "peers": [], "rounds": max(1, args.alternate)}
     report["peer_results"] = {}
     peer_reps = max(2, min(repeats, 3))
     workers = start_peer_workers(args) if args.alternate > 1 else {}
@@ -594,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
             # big shapes: fewer repeats keep the suite within minutes on 2 cores
             T, B, I, H = case.shape
             reps = repeats if T * B * H * (I + H) < 2e9 else max(3, repeats // 2)
-            rounds, peer_rounds = [], {name: [] for name in workers}
+            rounds: list[dict] = []
+            peer_rounds: dict[str, list[dict]] = {name: [] for name in workers}
             for _ in range(report["rounds"]):
                 rounds.append(run_torch_case(case, reps, args.device))
                 peer_has_case = {"keras": case.keras is not None, "mindspore": case.mindspore}
