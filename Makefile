@@ -32,4 +32,4 @@ bench: setup
 	$(PY) -m unilstm.bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
