@@ -23,6 +23,7 @@ import copy
 import itertools
 import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -31,8 +32,9 @@ from torch import Tensor, nn
 
 from .. import activations as _activations
 from ..formats.layout import torch_views_from_keras
-from ..kernels import DirectionWeights, run_stack
+from ..layer import DirectionWeights, compute_stack
 from ..spec import LSTMSpec
+from ..steps import EVERY_STEP, CountedSteps
 from . import keras_constraints as constraints
 from . import keras_initializers as initializers
 from . import keras_regularizers as regularizers
@@ -595,6 +597,24 @@ class LSTM(nn.Module):
     ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """Run the layer (shapes in the class docstring). The positional order is Keras's
         ``call(sequences, initial_state=None, mask=None, training=None)``; pass them by keyword."""
+        x_tm, counted = self._sequence_and_steps(inputs, mask)
+        h0, c0 = self._initial_state(initial_state, x_tm.shape[1])
+        training = self.training if training is None else bool(training)
+        out, h_n, c_n = compute_stack(
+            self.spec(training),
+            x_tm,
+            h0.unsqueeze(0),
+            c0.unsqueeze(0),
+            [[self._direction_weights()]],
+            counted,
+            training=training,
+            generator=self._generator(x_tm.device),
+        )
+        return self._results(out, h_n[0], c_n[0])
+
+    def _sequence_and_steps(self, inputs: Any, mask: Any) -> tuple[Tensor, CountedSteps]:
+        """The checked input as a time-major (T, B, F) tensor (building the layer on its first call) and the
+        steps its mask counts."""
         x = self._as_tensor(inputs, "inputs")
         if x.dim() != 3:
             raise ValueError(
@@ -606,9 +626,8 @@ class LSTM(nn.Module):
             x = x.to(self._device())
         elif x.shape[-1] != self.input_size:
             raise ValueError(
-                f'Input 0 of layer "{self.name}" is incompatible with the layer: expected axis -1 '
-                'of input shape to '
-                f"have value {self.input_size}, but received input with shape {_shape_text(x.shape)}"
+                f'Input 0 of layer "{self.name}" is incompatible with the layer: expected axis -1 of input '
+                f"shape to have value {self.input_size}, but received input with shape {_shape_text(x.shape)}"
             )
         if self.stateful and self._expected_batch_size is None:
             self.build(tuple(x.shape))
@@ -616,31 +635,20 @@ class LSTM(nn.Module):
         steps, batch = x_tm.shape[0], x_tm.shape[1]
         if self.stateful and batch != self._expected_batch_size:
             raise ValueError(
-                "If an RNN is stateful, the batch size of the input sequences must be the same as "
-                "the batch size of "
-                f"the initial state. Layer {self.name!r}: expected batch size "
-                f"{self._expected_batch_size}, received "
-                f"batch size {batch}"
+                "If an RNN is stateful, the batch size of the input sequences must be the same as the batch "
+                f"size of the initial state. Layer {self.name!r}: expected batch size "
+                f"{self._expected_batch_size}, received batch size {batch}"
             )
         if steps == 0:
             raise ValueError(
                 f"inputs: layer {self.name!r} needs at least one time step, got shape {_shape_text(x.shape)}"
             )
         step_mask = self._step_mask(mask, steps, batch)
-        h0, c0 = self._initial_state(initial_state, batch)
-        training = self.training if training is None else bool(training)
-        w_ih, w_hh, b_ih, b_hh = torch_views_from_keras(self.kernel, self.recurrent_kernel, self.bias)
-        out, h_n, c_n = run_stack(
-            self.spec(training),
-            x_tm,
-            h0.unsqueeze(0),
-            c0.unsqueeze(0),
-            [[DirectionWeights(w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)]],
-            step_mask=step_mask,
-            training=training,
-            generator=self._generator(x.device),
-        )
-        h, c = h_n[0], c_n[0]
+        return x_tm, EVERY_STEP if step_mask is None else CountedSteps(mask=step_mask)
+
+    def _results(self, out: Tensor, h: Tensor, c: Tensor) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        """Keras's return value from the engine's time-major output (T, B, H) (processing order) and the
+        final states (B, H); keeps the states of a stateful layer and records activity losses."""
         if self.stateful:
             self._states = (h.detach(), c.detach())
         sequence = out if self.time_major else out.transpose(0, 1)
@@ -648,6 +656,11 @@ class LSTM(nn.Module):
         result = (output, h, c) if self.return_state else (output,)
         self._record_activity(result)
         return result if self.return_state else output
+
+    def _direction_weights(self) -> DirectionWeights:
+        """The Keras-layout weights as the engine's torch-layout views (differentiable, no copies kept)."""
+        w_ih, w_hh, b_ih, b_hh = torch_views_from_keras(self.kernel, self.recurrent_kernel, self.bias)
+        return DirectionWeights(w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
 
     def _step_mask(self, mask: Any, steps: int, batch: int) -> Tensor | None:
         if mask is None:
@@ -1013,7 +1026,7 @@ class Bidirectional(nn.Module):
     ):
         """Run both layers on the same inputs and mask and merge (see the class docstring); Keras's positional
         order ``(sequences, initial_state=None, mask=None, training=None)``."""
-        if self._pending_weights is not None and not self.built:
+        if not self.built:  # both layers, forward first (Keras's order of initialisation)
             shape = inputs.shape if hasattr(inputs, "shape") else np.asarray(inputs).shape
             self.build(tuple(shape))
         training = self.training if training is None else training
@@ -1022,8 +1035,11 @@ class Bidirectional(nn.Module):
             initial_state = list(initial_state)
             half = len(initial_state) // 2
             forward_state, backward_state = initial_state[:half], initial_state[half:]
-        y = self.forward_layer(inputs, mask=mask, training=training, initial_state=forward_state)
-        y_rev = self.backward_layer(inputs, mask=mask, training=training, initial_state=backward_state)
+        if self.built and self._one_stack_spec(bool(training)) is not None:
+            y, y_rev = self._run_as_one_stack(inputs, mask, bool(training), forward_state, backward_state)
+        else:
+            y = self.forward_layer(inputs, mask=mask, training=training, initial_state=forward_state)
+            y_rev = self.backward_layer(inputs, mask=mask, training=training, initial_state=backward_state)
         states: tuple[Tensor, ...] = ()
         if self.return_state:
             states = tuple(y[1:]) + tuple(y_rev[1:])
@@ -1047,6 +1063,64 @@ class Bidirectional(nn.Module):
         if self.return_state:
             return tuple(flat)
         return output
+
+    #: Run both layers as one bidirectional stack where that computes the same function (see
+    #: :meth:`_one_stack_spec`); False runs them one after the other, as Keras does.
+    one_stack: bool = True
+
+    def _one_stack_spec(self, training: bool) -> LSTMSpec | None:
+        """The bidirectional spec that computes both layers at once, or None where it would not compute
+        exactly what the two layers compute one after the other: the layers differ in anything but
+        ``go_backwards`` (which must be False forward, True backward), a layer records activity losses, or
+        dropout masks would come from per-layer seeded generators (the stack draws them in the two layers'
+        order from one random source)."""
+        forward, backward = self.forward_layer, self.backward_layer
+        if not self.one_stack or forward.go_backwards or not backward.go_backwards:
+            return None
+        forward_spec, backward_spec = forward.spec(training), backward.spec(training)
+        if replace(backward_spec, go_backwards=False) != forward_spec or forward.dtype != backward.dtype:
+            return None
+        if forward.activity_regularizer is not None or backward.activity_regularizer is not None:
+            return None
+        dropping = forward_spec.input_dropout > 0.0 or forward_spec.recurrent_dropout > 0.0
+        if dropping and (forward.seed is not None or backward.seed is not None):
+            return None
+        return replace(forward_spec, bidirectional=True)
+
+    def _run_as_one_stack(
+        self,
+        inputs: Any,
+        mask: Any,
+        training: bool,
+        forward_state: Sequence[Any] | None,
+        backward_state: Sequence[Any] | None,
+    ) -> tuple[Any, Any]:
+        """Both layers' results (each as its own call would return it) from one bidirectional stack: the
+        reverse direction processes the counted steps from the last to the first, exactly as the backward
+        layer does on the flipped input, and its outputs sit at their own time index (the backward layer's
+        processing order flipped back)."""
+        forward, backward = self.forward_layer, self.backward_layer
+        spec = self._one_stack_spec(training)
+        assert spec is not None
+        x_tm, counted = forward._sequence_and_steps(inputs, mask)
+        batch = x_tm.shape[1]
+        if backward.stateful and batch != backward._expected_batch_size:
+            backward._sequence_and_steps(inputs, mask)  # raises Keras's error for that layer
+        h0_forward, c0_forward = forward._initial_state(forward_state, batch)
+        h0_backward, c0_backward = backward._initial_state(backward_state, batch)
+        out, h_n, c_n = compute_stack(
+            spec,
+            x_tm,
+            torch.stack([h0_forward, h0_backward]),
+            torch.stack([c0_forward, c0_backward]),
+            [[forward._direction_weights(), backward._direction_weights()]],
+            counted,
+            training=training,
+        )
+        units = forward.units
+        y = forward._results(out[..., :units], h_n[0], c_n[0])
+        y_rev = backward._results(out[..., units:].flip(0), h_n[1], c_n[1])
+        return y, y_rev
 
     def get_config(self) -> dict[str, Any]:
         """Keras 3's config (tf-keras's for a wrapper made from a Keras 2 config)."""

@@ -6,8 +6,6 @@ Facts this relies on were measured on MindSpore 2.10.0 (CPU); see tools/make_min
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
 import warnings
 from collections import OrderedDict
@@ -18,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from ..formats.mindspore_ckpt import mindspore_named_parameters
-from ..kernels import DirectionWeights
 from ..layer import LSTM as CanonicalLSTM  # noqa: N811 - the canonical layer, subclassed here
 
 #: MindSpore-style dtype names for ``LSTM(dtype=...)``: ``unilstm.mindspore.float16`` reads like
@@ -144,8 +141,6 @@ class LSTM(CanonicalLSTM):
     weight_ih, weight_hh, bias_ih, bias_hh, so ``numpy.random.seed(s)`` reproduces MindSpore bit for bit.
     """
 
-    _compute_dtype: torch.dtype | None = None
-
     def __init__(
         self,
         input_size: int,
@@ -254,8 +249,8 @@ class LSTM(CanonicalLSTM):
             )
         state = None if hx is None else self._initial_state_from_hx(hx, x, batch)
         lengths = None if seq_length is None else self._lengths(seq_length, steps, batch)
-        with self._computing_in(x.dtype):
-            return super().forward(x, state, lengths=lengths)
+        # MindSpore computes in x's dtype: parameters of another dtype are cast (differentiably) for the call
+        return self._checked_call(x, state, lengths=lengths, compute_dtype=x.dtype)
 
     def _initial_state_from_hx(self, hx: object, x: Tensor, batch: int) -> tuple[Tensor, Tensor]:
         spec = self.spec
@@ -315,42 +310,9 @@ class LSTM(CanonicalLSTM):
         # MindSpore's unidirectional loop keeps step t where t < length: negative means 0 steps, > T all.
         return lengths.clamp(0, steps)
 
-    @contextlib.contextmanager
-    def _computing_in(self, dtype: torch.dtype) -> Iterator[None]:
-        """MindSpore computes in x's dtype: parameters of another dtype are cast (differentiably) "
-        "for the call."""
-        previous, self._compute_dtype = self._compute_dtype, dtype
-        try:
-            yield
-        finally:
-            self._compute_dtype = previous
-
-    def _parameter_dtype(self) -> torch.dtype:
-        return self._compute_dtype or super()._parameter_dtype()
-
-    def direction_weights(self) -> list[list[DirectionWeights]]:
-        layers = super().direction_weights()
-        dtype = self._compute_dtype
-        if dtype is None or dtype == super()._parameter_dtype():
-            return layers
-        return [
-            [
-                DirectionWeights(
-                    **{
-                        field.name: None
-                        if getattr(w, field.name) is None
-                        else getattr(w, field.name).to(dtype)
-                        for field in dataclasses.fields(w)
-                    }
-                )
-                for w in directions
-            ]
-            for directions in layers
-        ]
-
     def extra_repr(self) -> str:
         spec = self.spec
         parts = [f"{spec.input_size}, {spec.hidden_size}", f"num_layers={spec.num_layers}"]
         parts += [f"has_bias={spec.bias}", f"batch_first={spec.batch_first}", f"dropout={spec.dropout}"]
-        parts += [f"bidirectional={spec.bidirectional}", f"dtype={super()._parameter_dtype()}"]
+        parts += [f"bidirectional={spec.bidirectional}", f"dtype={self._parameter_dtype()}"]
         return ", ".join(parts)
