@@ -14,8 +14,8 @@ from torch.nn.parameter import UninitializedParameter
 
 from .activations import resolve
 from .kernels import DirectionWeights, run_stack
-from .steps import EVERY_STEP, CountedSteps
 from .spec import ActivationLike, LSTMSpec, MaskedOutput
+from .steps import EVERY_STEP, CountedSteps
 
 State = tuple[Tensor, Tensor]
 
@@ -77,7 +77,8 @@ def compute_stack(
     (N, D*P)), h_n (L*D, B, P), c_n (L*D, B, H). ``native_training=False`` keeps torch's own kernel for CPU
     training of standard cells (the torch door: bit for bit torch.nn.LSTM)."""
     return run_stack(
-        spec, x, h0, c0, weights, steps, training=training, generator=generator, native_training=native_training
+        spec, x, h0, c0, weights, steps,
+        training=training, generator=generator, native_training=native_training,
     )
 
 
