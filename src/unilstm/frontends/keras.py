@@ -113,9 +113,8 @@ def dtype_from(value: Any, argument: str = "dtype") -> torch.dtype:
             return _DTYPES[value]
         if value.startswith("mixed_"):
             raise ValueError(
-                f"{argument}: mixed precision policies are not supported, got {value!r}; use "
-                "'float32' (and torch "
-                "autocast) or 'float16'/'bfloat16'"
+                f"{argument}: mixed precision policies are not supported, got {value!r}; use 'float32' (and "
+                "torch autocast) or 'float16'/'bfloat16'"
             )
     raise ValueError(f"{argument}: expected one of {sorted(_DTYPES)} (or a torch dtype), got {value!r}")
 
@@ -384,9 +383,8 @@ class LSTM(nn.Module):
             batch = input_shape[1] if self.time_major and len(input_shape) == 3 else input_shape[0]
             if len(input_shape) != 3 or batch is None:
                 raise ValueError(
-                    "When using `stateful=True` in a RNN, the batch size must be static. Found "
-                    "dynamic batch size: "
-                    f"sequence.shape={_shape_text(input_shape)}"
+                    "When using `stateful=True` in a RNN, the batch size must be static. Found dynamic "
+                    f"batch size: sequence.shape={_shape_text(input_shape)}"
                 )
             self._expected_batch_size = int(batch)
             self._states = self._zero_states(int(batch))
@@ -536,8 +534,7 @@ class LSTM(nn.Module):
             if tuple(t.shape) != (batch, self.units):
                 raise ValueError(
                     f"reset_states: states[{i}] of layer {self.name!r} must have shape ({batch}, "
-                    f"{self.units}), "
-                    f"got {tuple(t.shape)}"
+                    f"{self.units}), got {tuple(t.shape)}"
                 )
         self._expected_batch_size = int(batch)
         self._states = (tensors[0].detach().clone(), tensors[1].detach().clone())

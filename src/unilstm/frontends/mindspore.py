@@ -76,9 +76,8 @@ def _check_dropout(dropout: object) -> None:
         raise ValueError(f"For '{_CLASS}', the 'dropout' must be a legal float, but got '{dropout}'")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(
-            f"For '{_CLASS}', the 'dropout' must be a number in range [0, 1) representing the "
-            "probability of an "
-            f"element being zeroed, but got {dropout}"
+            f"For '{_CLASS}', the 'dropout' must be a number in range [0, 1) representing the probability of "
+            f"an element being zeroed, but got {dropout}"
         )
 
 
@@ -228,8 +227,7 @@ class LSTM(CanonicalLSTM):
         if x.dim() != 3:
             raise ValueError(
                 f"For '{_CLASS}', 'x' must be 3-D ((T, B, F), or (B, T, F) with batch_first), got "
-                f"{x.dim()}-D "
-                f"with shape {_shape_text(x.shape)}"
+                f"{x.dim()}-D with shape {_shape_text(x.shape)}"
             )
         if x.dtype not in (torch.float16, torch.float32, torch.float64):
             raise TypeError(
@@ -237,9 +235,8 @@ class LSTM(CanonicalLSTM):
             )
         if x.shape[-1] != spec.input_size:
             raise ValueError(
-                f"For '{_CLASS}', 'x' must have input_size={spec.input_size} features in its last "
-                "dimension, got "
-                f"{x.shape[-1]} (x shape {_shape_text(x.shape)})"
+                f"For '{_CLASS}', 'x' must have input_size={spec.input_size} features in its last dimension, "
+                f"got {x.shape[-1]} (x shape {_shape_text(x.shape)})"
             )
         steps, batch = (x.shape[1], x.shape[0]) if spec.batch_first else (x.shape[0], x.shape[1])
         if steps == 0 or batch == 0:
@@ -266,24 +263,21 @@ class LSTM(CanonicalLSTM):
         for name, value in (("x", x), ("hx[0]", h0), ("hx[1]", c0)):
             if value.dtype not in (torch.float16, torch.float32):
                 raise TypeError(
-                    f"For '{_CLASS}', when hx is given the element of '{name}' must be one of "
-                    "float32, float16, "
-                    f"but got {value.dtype}"
+                    f"For '{_CLASS}', when hx is given the element of '{name}' must be one of float32, "
+                    f"float16, but got {value.dtype}"
                 )
         for name, value in (("hx[0]", h0), ("hx[1]", c0)):
             if value.dtype != x.dtype:
                 raise TypeError(
-                    f"For '{_CLASS}', the type of '{name}' should be same as 'x', but got 'x' with "
-                    f"type {x.dtype} "
-                    f"and '{name}' with type {value.dtype}"
+                    f"For '{_CLASS}', the type of '{name}' should be same as 'x', but got 'x' with type "
+                    f"{x.dtype} and '{name}' with type {value.dtype}"
                 )
         expected = (spec.num_layers * spec.num_directions, batch, spec.hidden_size)
         for name, value in (("hx[0]", h0), ("hx[1]", c0)):
             if tuple(value.shape) != expected:
                 raise ValueError(
                     f"For '{_CLASS}', '{name}' must have shape (num_layers * num_directions, batch, "
-                    "hidden_size) "
-                    f"= {_shape_text(expected)}, but got {_shape_text(value.shape)}"
+                    f"hidden_size) = {_shape_text(expected)}, but got {_shape_text(value.shape)}"
                 )
         return h0, c0
 
@@ -302,9 +296,8 @@ class LSTM(CanonicalLSTM):
             low, high = int(lengths.min()), int(lengths.max())
             if low < 0 or high > steps:
                 raise SeqLengthError(
-                    f"For '{_CLASS}', every 'seq_length' value must lie in [0, {steps}] (the number "
-                    "of steps) for a "
-                    f"bidirectional LSTM, but got min {low} and max {high}"
+                    f"For '{_CLASS}', every 'seq_length' value must lie in [0, {steps}] (the number of "
+                    f"steps) for a bidirectional LSTM, but got min {low} and max {high}"
                 )
             return lengths
         # MindSpore's unidirectional loop keeps step t where t < length: negative means 0 steps, > T all.
