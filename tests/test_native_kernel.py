@@ -564,7 +564,9 @@ def test_masked_training_never_takes_torch_packed_backward(case, monkeypatch):
     x, lengths = torch.randn(7, 3, 6), torch.tensor([7, 4, 2])
     if case == "torch_door":
         original = dispatch.run_packed_fused
-        monkeypatch.setattr(dispatch, "run_packed_fused", lambda *a, **k: fused.append(1) or original(*a, **k))
+        monkeypatch.setattr(
+            dispatch, "run_packed_fused", lambda *a, **k: fused.append(1) or original(*a, **k)
+        )
         packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
         layer(packed)[0].data.sum().backward()
     elif case == "autocast":
