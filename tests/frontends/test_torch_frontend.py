@@ -16,7 +16,7 @@ import unilstm
 import unilstm.torch
 from unilstm.kernels import dispatch, force_kernel
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "torch"
+FIXTURES = pathlib.Path(__file__).parents[1] / "fixtures" / "torch"
 CASES = sorted(p.name for p in FIXTURES.glob("*.npz") if not p.name.startswith("init_"))
 TOLERANCE = {  # (abs on outputs and states, relative on gradients)
     "float32": (1e-5, 1e-4),
