@@ -375,10 +375,27 @@ def test_gradients_match_live_torch_float64():
         assert torch.allclose(a.grad, b.grad, atol=1e-12, rtol=0), name
 
 
-def test_report_measured_errors():
-    """Not a check: prints the largest fixture errors seen in this run (pytest -s shows them)."""
-    if MEASURED:
-        print("torch fixture parity, max errors:", {k: f"{v:.2e}" for k, v in sorted(MEASURED.items())})
+#: The README's claim for the default path (torch door vs torch 2.13): (outputs and states abs, gradients rel)
+README_DEFAULT_PATH_ERRORS = {"float32": (1.8e-7, 3.9e-7), "float64": (3.4e-16, 1.1e-15)}
+
+
+def test_default_path_errors_are_the_readmes():
+    """The largest errors of the default path over every fixture stay within what the README states."""
+    force_kernel(None)
+    worst: dict[str, list[float]] = {name: [0.0, 0.0] for name in README_DEFAULT_PATH_ERRORS}
+    for case in CASES:
+        data = np.load(FIXTURES / case)
+        dtype_name = json.loads(str(data["config"]))["dtype"]
+        out, h_n, c_n, grads = run_fixture(data, build_from_fixture(data))
+        for got, want in ((out, data["out"]), (h_n, data["h_n"]), (c_n, data["c_n"])):
+            error = float((got.detach() - torch.from_numpy(want)).abs().max()) if want.size else 0.0
+            worst[dtype_name][0] = max(worst[dtype_name][0], error)
+        for name, got in grads.items():
+            worst[dtype_name][1] = max(worst[dtype_name][1], relative_error(got, data[f"grad/{name}"]))
+    print("torch fixture parity, default path, max errors (values abs, gradients rel):", worst)
+    for dtype_name, (values, gradients) in README_DEFAULT_PATH_ERRORS.items():
+        assert worst[dtype_name][0] <= values, (dtype_name, worst[dtype_name])
+        assert worst[dtype_name][1] <= gradients, (dtype_name, worst[dtype_name])
 
 
 @pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
