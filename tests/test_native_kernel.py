@@ -563,10 +563,10 @@ def test_masked_training_never_takes_torch_packed_backward(case, monkeypatch):
     layer = cls(6, 8, num_layers=2, dropout=0.5 if case == "inter_layer_dropout" else 0.0)
     x, lengths = torch.randn(7, 3, 6), torch.tensor([7, 4, 2])
     if case == "torch_door":
-        import unilstm.frontends.torch as door
-
-        original = door.run_packed_fused
-        monkeypatch.setattr(door, "run_packed_fused", lambda *a, **k: fused.append(1) or original(*a, **k))
+        original = dispatch.run_packed_fused
+        monkeypatch.setattr(
+            dispatch, "run_packed_fused", lambda *a, **k: fused.append(1) or original(*a, **k)
+        )
         packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
         layer(packed)[0].data.sum().backward()
     elif case == "autocast":

@@ -7,7 +7,8 @@ PyTorch. See :mod:`unilstm.frontends.keras`.
 from .frontends import keras_constraints as constraints
 from .frontends import keras_initializers as initializers
 from .frontends import keras_regularizers as regularizers
-from .frontends.keras import LSTM, Bidirectional, apply_constraints, constrain
+from .frontends.keras import LSTM, apply_constraints, constrain
+from .frontends.keras_bidirectional import Bidirectional
 
 __all__ = [
     "LSTM",

@@ -15,8 +15,11 @@ from torch.nn.parameter import UninitializedParameter
 from .activations import resolve
 from .kernels import DirectionWeights, run_stack
 from .spec import ActivationLike, LSTMSpec, MaskedOutput
+from .steps import EVERY_STEP, CountedSteps
 
 State = tuple[Tensor, Tensor]
+
+__all__ = ["LSTM", "DirectionWeights", "compute_stack", "parameter_names", "parameter_shape"]
 
 
 def parameter_names(spec: LSTMSpec) -> list[str]:
@@ -50,6 +53,33 @@ def parameter_shape(spec: LSTMSpec, name: str) -> tuple[int, ...]:
     if kind == "weight_hr":
         return (spec.proj_size, spec.hidden_size)
     raise ValueError(f"not an LSTM parameter name: {name!r}")
+
+
+def compute_stack(
+    spec: LSTMSpec,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    weights: list[list[DirectionWeights]],
+    steps: CountedSteps = EVERY_STEP,
+    *,
+    training: bool,
+    generator: torch.Generator | None = None,
+    native_training: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Where every layer's call meets the kernels, after its front door's checks: the canonical layer's
+    :meth:`LSTM._run`, and the Keras door, whose weights live in Keras's layout and reach here as torch
+    views. ``steps`` travels unchanged to :func:`~unilstm.kernels.dispatch.run_stack`, which picks the
+    kernel.
+
+    Shapes: x (T, B, F) time-major, or packed data (N, F) when ``steps.packed``; h0 (L*D, B, P); c0
+    (L*D, B, H); ``weights`` L lists of D :class:`DirectionWeights`. Returns output (T, B, D*P) (packed:
+    (N, D*P)), h_n (L*D, B, P), c_n (L*D, B, H). ``native_training=False`` keeps torch's own kernel for CPU
+    training of standard cells (the torch door: bit for bit torch.nn.LSTM)."""
+    return run_stack(
+        spec, x, h0, c0, weights, steps,
+        training=training, generator=generator, native_training=native_training,
+    )
 
 
 def _shape_text(shape: tuple[int, ...] | torch.Size) -> str:
@@ -256,8 +286,15 @@ class LSTM(nn.Module):
         self.flatten_parameters()
         return result
 
-    def direction_weights(self) -> list[list[DirectionWeights]]:
-        """The parameters grouped for the kernels: L lists of D :class:`DirectionWeights`."""
+    def direction_weights(self, dtype: torch.dtype | None = None) -> list[list[DirectionWeights]]:
+        """The parameters grouped for the kernels: L lists of D :class:`DirectionWeights`; cast
+        (differentiably) to ``dtype`` when it is given and differs from theirs."""
+        cast = dtype is not None and dtype != self._parameter_dtype()
+
+        def parameter(name: str) -> Tensor:
+            value = getattr(self, name)
+            return value.to(dtype) if cast else value
+
         layers = []
         for layer in range(self.spec.num_layers):
             directions = []
@@ -265,11 +302,11 @@ class LSTM(nn.Module):
                 suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
                 directions.append(
                     DirectionWeights(
-                        w_ih=getattr(self, "weight_ih" + suffix),
-                        w_hh=getattr(self, "weight_hh" + suffix),
-                        b_ih=getattr(self, "bias_ih" + suffix) if self.spec.bias else None,
-                        b_hh=getattr(self, "bias_hh" + suffix) if self.spec.bias else None,
-                        w_hr=getattr(self, "weight_hr" + suffix) if self.spec.proj_size > 0 else None,
+                        w_ih=parameter("weight_ih" + suffix),
+                        w_hh=parameter("weight_hh" + suffix),
+                        b_ih=parameter("bias_ih" + suffix) if self.spec.bias else None,
+                        b_hh=parameter("bias_hh" + suffix) if self.spec.bias else None,
+                        w_hr=parameter("weight_hr" + suffix) if self.spec.proj_size > 0 else None,
                     )
                 )
             layers.append(directions)
@@ -314,6 +351,23 @@ class LSTM(nn.Module):
     ) -> tuple[Tensor, State]:
         """Run the stack. Shapes are in the class docstring. ``training`` defaults to ``self.training``;
         ``generator`` draws the dropout masks."""
+        return self._checked_call(
+            input, state, lengths=lengths, mask=mask, training=training, generator=generator
+        )
+
+    def _checked_call(
+        self,
+        input: Tensor,
+        state: State | None,
+        *,
+        lengths: Tensor | None = None,
+        mask: Tensor | None = None,
+        training: bool | None = None,
+        generator: torch.Generator | None = None,
+        compute_dtype: torch.dtype | None = None,
+    ) -> tuple[Tensor, State]:
+        """:meth:`forward` with the dtype the step is computed in: the parameters' (``None``), or another
+        one they are cast to for the call (MindSpore computes in its input's dtype)."""
         spec = self.spec
         if not isinstance(input, Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
@@ -333,7 +387,7 @@ class LSTM(nn.Module):
                 f"input: expected {spec.input_size} features in the last dimension, got "
                 f"{input.shape[-1]} (input shape {_shape_text(input.shape)})"
             )
-        dtype = self._parameter_dtype()
+        dtype = compute_dtype or self._parameter_dtype()
         autocasting = torch.is_autocast_enabled(input.device.type)
         if input.dtype != dtype:
             if not autocasting:
@@ -348,17 +402,12 @@ class LSTM(nn.Module):
         steps, batch = x.shape[0], x.shape[1]
 
         h0, c0 = self._initial_state(state, batch, batched, x)
-        step_mask = self._step_mask(lengths, mask, steps, batch, batched, x.device)
-        out, h_n, c_n = run_stack(
-            spec,
-            x,
-            h0,
-            c0,
-            self.direction_weights(),
-            step_mask=step_mask,
+        counted = self._counted_steps(lengths, mask, steps, batch, batched, x.device)
+        out, h_n, c_n = self._run(
+            x, h0, c0, counted,
             training=self.training if training is None else bool(training),
             generator=generator,
-            native_training=self._native_training,
+            weights=self.direction_weights(compute_dtype),
         )
         if spec.stateful:
             self.states = (h_n.detach(), c_n.detach())
@@ -367,6 +416,25 @@ class LSTM(nn.Module):
         if not batched:
             out, h_n, c_n = out.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
         return out, (h_n, c_n)
+
+    def _run(
+        self,
+        x: Tensor,
+        h0: Tensor,
+        c0: Tensor,
+        steps: CountedSteps = EVERY_STEP,
+        *,
+        training: bool,
+        generator: torch.Generator | None = None,
+        weights: list[list[DirectionWeights]] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The canonical layer's one internal entry, after every check: x (T, B, F) time-major, or packed
+        data (N, F) when ``steps.packed``; h0 (L*D, B, P), c0 (L*D, B, H); ``weights`` default to this
+        layer's parameters. Returns output (T, B, D*P) (packed: (N, D*P)), h_n, c_n."""
+        return compute_stack(
+            self.spec, x, h0, c0, self.direction_weights() if weights is None else weights, steps,
+            training=training, generator=generator, native_training=self._native_training,
+        )
 
     def _initial_state(self, state: State | None, batch: int, batched: bool, x: Tensor) -> State:
         spec = self.spec
@@ -399,10 +467,11 @@ class LSTM(nn.Module):
             checked.append(value if batched else value.unsqueeze(1))
         return checked[0], checked[1]
 
-    def _step_mask(
+    def _counted_steps(
         self, lengths: Tensor | None, mask: Tensor | None, steps: int, batch: int, batched: bool, device
-    ) -> Tensor | None:
-        step_mask = None
+    ) -> CountedSteps:
+        """The checked ``lengths`` or ``mask`` as :class:`CountedSteps`: lengths alone stay lengths, a mask
+        (alone or with lengths) becomes one (T, B) mask."""
         if lengths is not None:
             lengths = torch.as_tensor(lengths)
             if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
@@ -419,19 +488,20 @@ class LSTM(nn.Module):
                     f"lengths must lie in [0, {steps}] (the number of steps), got min {int(lengths.min())} "
                     f"and max {int(lengths.max())}"
                 )
-            lengths = lengths.to(device)
-            step_mask = torch.arange(steps, device=device).unsqueeze(1) < lengths.unsqueeze(0)
-        if mask is not None:
-            mask = torch.as_tensor(mask, device=device)
-            if not batched and mask.dim() == 1:
-                mask = mask.unsqueeze(0)
-            if tuple(mask.shape) != (batch, steps):
-                raise ValueError(
-                    f"mask: expected shape ({batch}, {steps}) (batch, steps), got {_shape_text(mask.shape)}"
-                )
-            time_major = mask.to(torch.bool).t()
-            step_mask = time_major if step_mask is None else step_mask & time_major
-        return step_mask
+            lengths = lengths.to(device=device, dtype=torch.int64)
+        if mask is None:
+            return EVERY_STEP if lengths is None else CountedSteps(lengths=lengths)
+        mask = torch.as_tensor(mask, device=device)
+        if not batched and mask.dim() == 1:
+            mask = mask.unsqueeze(0)
+        if tuple(mask.shape) != (batch, steps):
+            raise ValueError(
+                f"mask: expected shape ({batch}, {steps}) (batch, steps), got {_shape_text(mask.shape)}"
+            )
+        time_major = mask.to(torch.bool).t()
+        if lengths is not None:
+            time_major = time_major & CountedSteps(lengths=lengths).step_mask(steps, device)
+        return CountedSteps(mask=time_major)
 
     def extra_repr(self) -> str:
         spec = self.spec

@@ -3,8 +3,9 @@ convention, weights and numbers, on unilstm's one engine.
 
 The layer holds three leaf parameters in Keras layout, ``kernel`` (F, 4H), ``recurrent_kernel`` (H, 4H) and
 ``bias`` (4H,) (gate blocks [i, f, c, o]), and at each call hands torch-layout views of them
-(:func:`unilstm.formats.layout.torch_views_from_keras`) to :func:`unilstm.kernels.run_stack` with an
-:class:`~unilstm.spec.LSTMSpec`; it computes nothing itself. Per step (Keras's cell)::
+(:func:`unilstm.formats.layout.torch_views_from_keras`) to the canonical layer's engine entry
+(:func:`unilstm.layer.compute_stack`) with an :class:`~unilstm.spec.LSTMSpec`; it computes nothing itself.
+``Bidirectional`` lives in :mod:`unilstm.frontends.keras_bidirectional`. Per step (Keras's cell)::
 
     z = x_t K + h_{t-1} R + b;  i, f, o = sigma(z_i), sigma(z_f), sigma(z_o)
     c_t = f * c_{t-1} + i * g(z_c);  h_t = o * g(c_t)
@@ -19,7 +20,6 @@ Keras's inference call and ``model.train()`` plays the role of ``fit`` (dropout 
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -31,14 +31,15 @@ from torch import Tensor, nn
 
 from .. import activations as _activations
 from ..formats.layout import torch_views_from_keras
-from ..kernels import DirectionWeights, run_stack
+from ..layer import DirectionWeights, compute_stack
 from ..spec import LSTMSpec
+from ..steps import EVERY_STEP, CountedSteps
 from . import keras_constraints as constraints
 from . import keras_initializers as initializers
 from . import keras_regularizers as regularizers
 from .keras_objects import serialize, snake_case
 
-__all__ = ["LSTM", "Bidirectional", "apply_constraints", "constrain"]
+__all__ = ["LSTM", "apply_constraints", "constrain"]
 
 #: Activation names Keras 3 accepts for a layer (``keras.activations``), plus "linear" for None.
 KERAS_ACTIVATIONS = (
@@ -85,14 +86,14 @@ _DTYPES = {
 _NAME_COUNTS: dict[str, itertools.count] = {}
 
 
-def _auto_name(prefix: str) -> str:
+def auto_name(prefix: str) -> str:
     """Keras's unique default names: "lstm", "lstm_1", "lstm_2", ..."""
     counter = _NAME_COUNTS.setdefault(prefix, itertools.count())
     index = next(counter)
     return prefix if index == 0 else f"{prefix}_{index}"
 
 
-def _dtype_from(value: Any, argument: str = "dtype") -> torch.dtype:
+def dtype_from(value: Any, argument: str = "dtype") -> torch.dtype:
     """A Keras dtype (name, policy name, Keras 3 DTypePolicy dict) or a torch dtype -> torch dtype."""
     if value is None:
         return torch.float32
@@ -104,7 +105,7 @@ def _dtype_from(value: Any, argument: str = "dtype") -> torch.dtype:
         return value
     if isinstance(value, Mapping):
         inner = value.get("config", {})
-        return _dtype_from(inner.get("name") if isinstance(inner, Mapping) else None, argument)
+        return dtype_from(inner.get("name") if isinstance(inner, Mapping) else None, argument)
     if isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic)):
         value = np.dtype(value).name
     if isinstance(value, str):
@@ -112,14 +113,13 @@ def _dtype_from(value: Any, argument: str = "dtype") -> torch.dtype:
             return _DTYPES[value]
         if value.startswith("mixed_"):
             raise ValueError(
-                f"{argument}: mixed precision policies are not supported, got {value!r}; use "
-                "'float32' (and torch "
-                "autocast) or 'float16'/'bfloat16'"
+                f"{argument}: mixed precision policies are not supported, got {value!r}; use 'float32' (and "
+                "torch autocast) or 'float16'/'bfloat16'"
             )
     raise ValueError(f"{argument}: expected one of {sorted(_DTYPES)} (or a torch dtype), got {value!r}")
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
     return next(name for name, value in _DTYPES.items() if value == dtype)
 
 
@@ -299,8 +299,8 @@ class LSTM(nn.Module):
         self.use_cudnn = use_cudnn
         self.time_major = bool(time_major)
         self.zero_output_for_mask = bool(zero_output_for_mask)
-        self.name = name if name is not None else _auto_name("lstm")
-        self.dtype = _dtype_from(dtype)
+        self.name = name if name is not None else auto_name("lstm")
+        self.dtype = dtype_from(dtype)
         self._dtype_arg = dtype
         self._trainable = trainable
         self._input_shape_arg = (
@@ -383,9 +383,8 @@ class LSTM(nn.Module):
             batch = input_shape[1] if self.time_major and len(input_shape) == 3 else input_shape[0]
             if len(input_shape) != 3 or batch is None:
                 raise ValueError(
-                    "When using `stateful=True` in a RNN, the batch size must be static. Found "
-                    "dynamic batch size: "
-                    f"sequence.shape={_shape_text(input_shape)}"
+                    "When using `stateful=True` in a RNN, the batch size must be static. Found dynamic "
+                    f"batch size: sequence.shape={_shape_text(input_shape)}"
                 )
             self._expected_batch_size = int(batch)
             self._states = self._zero_states(int(batch))
@@ -535,8 +534,7 @@ class LSTM(nn.Module):
             if tuple(t.shape) != (batch, self.units):
                 raise ValueError(
                     f"reset_states: states[{i}] of layer {self.name!r} must have shape ({batch}, "
-                    f"{self.units}), "
-                    f"got {tuple(t.shape)}"
+                    f"{self.units}), got {tuple(t.shape)}"
                 )
         self._expected_batch_size = int(batch)
         self._states = (tensors[0].detach().clone(), tensors[1].detach().clone())
@@ -595,6 +593,24 @@ class LSTM(nn.Module):
     ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """Run the layer (shapes in the class docstring). The positional order is Keras's
         ``call(sequences, initial_state=None, mask=None, training=None)``; pass them by keyword."""
+        x_tm, counted = self._sequence_and_steps(inputs, mask)
+        h0, c0 = self._initial_state(initial_state, x_tm.shape[1])
+        training = self.training if training is None else bool(training)
+        out, h_n, c_n = compute_stack(
+            self.spec(training),
+            x_tm,
+            h0.unsqueeze(0),
+            c0.unsqueeze(0),
+            [[self._direction_weights()]],
+            counted,
+            training=training,
+            generator=self._generator(x_tm.device),
+        )
+        return self._results(out, h_n[0], c_n[0])
+
+    def _sequence_and_steps(self, inputs: Any, mask: Any) -> tuple[Tensor, CountedSteps]:
+        """The checked input as a time-major (T, B, F) tensor (building the layer on its first call) and the
+        steps its mask counts."""
         x = self._as_tensor(inputs, "inputs")
         if x.dim() != 3:
             raise ValueError(
@@ -606,9 +622,8 @@ class LSTM(nn.Module):
             x = x.to(self._device())
         elif x.shape[-1] != self.input_size:
             raise ValueError(
-                f'Input 0 of layer "{self.name}" is incompatible with the layer: expected axis -1 '
-                'of input shape to '
-                f"have value {self.input_size}, but received input with shape {_shape_text(x.shape)}"
+                f'Input 0 of layer "{self.name}" is incompatible with the layer: expected axis -1 of input '
+                f"shape to have value {self.input_size}, but received input with shape {_shape_text(x.shape)}"
             )
         if self.stateful and self._expected_batch_size is None:
             self.build(tuple(x.shape))
@@ -616,31 +631,20 @@ class LSTM(nn.Module):
         steps, batch = x_tm.shape[0], x_tm.shape[1]
         if self.stateful and batch != self._expected_batch_size:
             raise ValueError(
-                "If an RNN is stateful, the batch size of the input sequences must be the same as "
-                "the batch size of "
-                f"the initial state. Layer {self.name!r}: expected batch size "
-                f"{self._expected_batch_size}, received "
-                f"batch size {batch}"
+                "If an RNN is stateful, the batch size of the input sequences must be the same as the batch "
+                f"size of the initial state. Layer {self.name!r}: expected batch size "
+                f"{self._expected_batch_size}, received batch size {batch}"
             )
         if steps == 0:
             raise ValueError(
                 f"inputs: layer {self.name!r} needs at least one time step, got shape {_shape_text(x.shape)}"
             )
         step_mask = self._step_mask(mask, steps, batch)
-        h0, c0 = self._initial_state(initial_state, batch)
-        training = self.training if training is None else bool(training)
-        w_ih, w_hh, b_ih, b_hh = torch_views_from_keras(self.kernel, self.recurrent_kernel, self.bias)
-        out, h_n, c_n = run_stack(
-            self.spec(training),
-            x_tm,
-            h0.unsqueeze(0),
-            c0.unsqueeze(0),
-            [[DirectionWeights(w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)]],
-            step_mask=step_mask,
-            training=training,
-            generator=self._generator(x.device),
-        )
-        h, c = h_n[0], c_n[0]
+        return x_tm, EVERY_STEP if step_mask is None else CountedSteps(mask=step_mask)
+
+    def _results(self, out: Tensor, h: Tensor, c: Tensor) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        """Keras's return value from the engine's time-major output (T, B, H) (processing order) and the
+        final states (B, H); keeps the states of a stateful layer and records activity losses."""
         if self.stateful:
             self._states = (h.detach(), c.detach())
         sequence = out if self.time_major else out.transpose(0, 1)
@@ -648,6 +652,11 @@ class LSTM(nn.Module):
         result = (output, h, c) if self.return_state else (output,)
         self._record_activity(result)
         return result if self.return_state else output
+
+    def _direction_weights(self) -> DirectionWeights:
+        """The Keras-layout weights as the engine's torch-layout views (differentiable, no copies kept)."""
+        w_ih, w_hh, b_ih, b_hh = torch_views_from_keras(self.kernel, self.recurrent_kernel, self.bias)
+        return DirectionWeights(w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
 
     def _step_mask(self, mask: Any, steps: int, batch: int) -> Tensor | None:
         if mask is None:
@@ -703,12 +712,12 @@ class LSTM(nn.Module):
         config: dict[str, Any] = {
             "name": self.name,
             "trainable": self._trainable,
-            "dtype": _dtype_name(self.dtype)
+            "dtype": dtype_name(self.dtype)
             if legacy
             else {
                 "module": "keras",
                 "class_name": "DTypePolicy",
-                "config": {"name": _dtype_name(self.dtype)},
+                "config": {"name": dtype_name(self.dtype)},
                 "registered_name": None,
             },
             "return_sequences": self.return_sequences,
@@ -761,7 +770,7 @@ class LSTM(nn.Module):
         (keeps Keras 2's hard_sigmoid); by default detected from tf-keras's ``time_major`` /
         ``implementation``
         keys."""
-        config = _unwrap(config, ("LSTM",))
+        config = unwrap_config(config, ("LSTM",))
         if keras2 is None:
             keras2 = "time_major" in config or "implementation" in config
         config = dict(config)
@@ -777,7 +786,7 @@ class LSTM(nn.Module):
         )
 
 
-def _unwrap(config: Mapping[str, Any], class_names: tuple[str, ...]) -> Mapping[str, Any]:
+def unwrap_config(config: Mapping[str, Any], class_names: tuple[str, ...]) -> Mapping[str, Any]:
     if isinstance(config, str):
         config = json.loads(config)
     if not isinstance(config, Mapping):
@@ -791,320 +800,6 @@ def _unwrap(config: Mapping[str, Any], class_names: tuple[str, ...]) -> Mapping[
     return config
 
 
-def _deserialize_layer(config: Any, argument: str, keras2: bool | None) -> LSTM:
-    if isinstance(config, LSTM):
-        return config
-    if not isinstance(config, Mapping) or config.get("class_name") != "LSTM":
-        name = config.get("class_name") if isinstance(config, Mapping) else type(config).__name__
-        raise ValueError(
-            f"{argument}: expected a serialized LSTM layer ({{'class_name': 'LSTM', ...}}), got {name!r}"
-        )
-    return LSTM.from_config(config["config"], keras2=keras2)
-
-
-def _with_name(layer: LSTM, name: str, **changes: Any) -> LSTM:
-    """A fresh layer from ``layer``'s config (Keras's way of cloning), renamed."""
-    config = layer.get_config()
-    config["name"] = name
-    config.update(changes)
-    return LSTM.from_config(config, keras2=layer._keras2)
-
-
-class Bidirectional(nn.Module):
-    r"""``tf.keras.layers.Bidirectional(layer, merge_mode='concat', weights=None, backward_layer=None)``.
-
-    As in Keras, the forward layer is a fresh copy of ``layer`` made from its config (named
-    ``forward_<name>``; ``layer``'s own weights are not used) and, without ``backward_layer``, the backward
-    layer is another copy with ``go_backwards=True`` (``backward_<name>``). Both get
-    ``zero_output_for_mask = return_sequences``. The backward output sequence is flipped back to input order
-    before merging:
-
-        concat: [y, y_rev] on the last axis (2H);  sum: y + y_rev;  mul: y * y_rev;  ave: (y + y_rev) / 2;
-        None: the pair (y, y_rev).
-
-    With return_state the call returns ``(output, h_fwd, c_fwd, h_bwd, c_bwd)`` (``(y, y_rev, h_fwd, ...)``
-    for merge_mode None); ``initial_state`` is ``[h_fwd, c_fwd, h_bwd, c_bwd]``. Weights: the forward
-    layer's then the backward layer's.
-    """
-
-    def __init__(
-        self,
-        layer: LSTM,
-        merge_mode: str | None = "concat",
-        weights: Sequence[Any] | None = None,
-        backward_layer: LSTM | None = None,
-        *,
-        name: str | None = None,
-        dtype: Any = None,
-        trainable: bool = True,
-        activity_regularizer: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__()
-        for key in ("input_shape", "input_dim", "batch_input_shape", "autocast"):
-            kwargs.pop(key, None)
-        if kwargs:
-            raise ValueError(f"Unrecognized keyword arguments passed to Bidirectional: {kwargs}")
-        if not isinstance(layer, LSTM):
-            raise ValueError(f"layer: expected a unilstm.keras.LSTM instance, got {type(layer).__name__}")
-        if backward_layer is not None and not isinstance(backward_layer, LSTM):
-            raise ValueError(
-                f"backward_layer: expected a unilstm.keras.LSTM instance, got {type(backward_layer).__name__}"
-            )
-        if merge_mode not in ("sum", "mul", "ave", "concat", None):
-            raise ValueError(
-                f"merge_mode: expected one of 'sum', 'mul', 'ave', 'concat', None, got {merge_mode!r}"
-            )
-        base = layer.name.removeprefix("forward_")
-        self.forward_layer = _with_name(layer, f"forward_{base}")
-        if backward_layer is None:
-            self.backward_layer = _with_name(
-                layer, f"backward_{layer.name.removeprefix('backward_')}", go_backwards=True
-            )
-        else:
-            self.backward_layer = backward_layer
-        self._backward_given = backward_layer is not None
-        self._layer_name = layer.name
-        if self.forward_layer.go_backwards == self.backward_layer.go_backwards:
-            raise ValueError(
-                "Forward layer and backward layer should have different `go_backwards` value. Received: "
-                f"forward_layer.go_backwards={self.forward_layer.go_backwards}, "
-                f"backward_layer.go_backwards={self.backward_layer.go_backwards}"
-            )
-        for attribute in ("stateful", "return_sequences", "return_state", "time_major"):
-            forward_value = getattr(self.forward_layer, attribute)
-            backward_value = getattr(self.backward_layer, attribute)
-            if forward_value != backward_value:
-                raise ValueError(
-                    f"Forward layer and backward layer are expected to have the same value for attribute "
-                    f'"{attribute}", got "{forward_value}" for forward layer and "{backward_value}" '
-                    'for backward layer'
-                )
-        for sub in (self.forward_layer, self.backward_layer):
-            sub.zero_output_for_mask = sub.return_sequences
-        self.merge_mode = merge_mode
-        self.stateful = layer.stateful
-        self.return_sequences = layer.return_sequences
-        self.return_state = layer.return_state
-        self.time_major = layer.time_major
-        self.name = name if name is not None else _auto_name("bidirectional")
-        self.dtype = _dtype_from(dtype) if dtype is not None else layer.dtype
-        self._trainable = bool(trainable)
-        self.activity_regularizer = regularizers.get(activity_regularizer, "activity_regularizer")
-        self._activity_losses: list[Tensor] = []
-        self._keras2 = layer._keras2
-        if not trainable:
-            self.trainable = False
-        if weights:
-            self._pending_weights = list(weights)
-        else:
-            self._pending_weights = None
-        self.train(False)
-
-    @property
-    def built(self) -> bool:
-        return self.forward_layer.built and self.backward_layer.built
-
-    @property
-    def trainable(self) -> bool:
-        return self._trainable
-
-    @trainable.setter
-    def trainable(self, value: bool) -> None:
-        self._trainable = bool(value)
-        self.forward_layer.trainable = value
-        self.backward_layer.trainable = value
-
-    @property
-    def weights(self) -> list[nn.Parameter]:
-        return self.forward_layer.weights + self.backward_layer.weights
-
-    @property
-    def trainable_weights(self) -> list[nn.Parameter]:
-        return self.forward_layer.trainable_weights + self.backward_layer.trainable_weights
-
-    @property
-    def non_trainable_weights(self) -> list[nn.Parameter]:
-        return self.forward_layer.non_trainable_weights + self.backward_layer.non_trainable_weights
-
-    def build(self, input_shape: Sequence[int | None]) -> None:
-        """Build both layers for inputs of ``input_shape``."""
-        self.forward_layer.build(input_shape)
-        self.backward_layer.build(input_shape)
-        if self._pending_weights is not None:
-            weights, self._pending_weights = self._pending_weights, None
-            self.set_weights(weights)
-
-    def get_weights(self) -> list[np.ndarray]:
-        return self.forward_layer.get_weights() + self.backward_layer.get_weights()
-
-    def count_params(self) -> int:
-        return self.forward_layer.count_params() + self.backward_layer.count_params()
-
-    def compute_output_shape(self, input_shape: Sequence[int | None]) -> Any:
-        """Keras's output shape(s): the merged output (last axis doubled with concat; two outputs with
-        merge_mode None), then the four states with return_state."""
-        shape = self.forward_layer.compute_output_shape(input_shape)
-        states: tuple = ()
-        if self.return_state:
-            shape, states = shape[0], tuple(shape[1:]) * 2
-        if self.merge_mode == "concat":
-            shape = (*shape[:-1], 2 * shape[-1])
-        outputs = (shape, shape) if self.merge_mode is None else (shape,)
-        if self.return_state or self.merge_mode is None:
-            return outputs + states
-        return shape
-
-    def set_weights(self, weights: Sequence[Any]) -> None:
-        """The forward layer's arrays then the backward layer's (Keras layout)."""
-        weights = list(weights)
-        half = len(weights) // 2
-        if len(weights) % 2:
-            raise ValueError(
-                f"set_weights: expected an even number of arrays (forward then backward), got {len(weights)}"
-            )
-        self.forward_layer.set_weights(weights[:half])
-        self.backward_layer.set_weights(weights[half:])
-
-    @property
-    def losses(self) -> list[Tensor]:
-        """Keras 3's order: the wrapper's activity losses (each merged output and state, divided by batch
-        size), the two layers' activity losses, then their weight-regularizer losses. A wrapper from a Keras 2
-        config uses tf-keras's order: the wrapper's, then each layer's activity and weight losses in turn."""
-        if self._keras2:
-            return list(self._activity_losses) + self.forward_layer.losses + self.backward_layer.losses
-        return (
-            list(self._activity_losses)
-            + self.forward_layer._activity_losses
-            + self.backward_layer._activity_losses
-            + self.forward_layer._weight_losses()
-            + self.backward_layer._weight_losses()
-        )
-
-    @property
-    def states(self) -> tuple[Tensor, ...] | None:
-        if self.forward_layer.states is not None and self.backward_layer.states is not None:
-            return tuple(self.forward_layer.states) + tuple(self.backward_layer.states)
-        return None
-
-    def reset_states(self, states: Sequence[Any] | None = None) -> None:
-        """Zero (or set, with ``[h_fwd, c_fwd, h_bwd, c_bwd]``) both layers' stored states."""
-        if not self.stateful:
-            raise AttributeError(f"reset_states: layer {self.name!r} must be stateful (stateful=False)")
-        if states is None:
-            self.forward_layer.reset_states()
-            self.backward_layer.reset_states()
-            return
-        states = list(states)
-        if len(states) != 4:
-            raise ValueError(f"reset_states: expected [h_fwd, c_fwd, h_bwd, c_bwd], got {len(states)} arrays")
-        self.forward_layer.reset_states(states[:2])
-        self.backward_layer.reset_states(states[2:])
-
-    def reset_state(self) -> None:
-        self.reset_states()
-
-    def forward(
-        self,
-        inputs: Any,
-        initial_state: Sequence[Any] | None = None,
-        mask: Any = None,
-        training: bool | None = None,
-    ):
-        """Run both layers on the same inputs and mask and merge (see the class docstring); Keras's positional
-        order ``(sequences, initial_state=None, mask=None, training=None)``."""
-        if self._pending_weights is not None and not self.built:
-            shape = inputs.shape if hasattr(inputs, "shape") else np.asarray(inputs).shape
-            self.build(tuple(shape))
-        training = self.training if training is None else training
-        forward_state = backward_state = None
-        if initial_state is not None:
-            initial_state = list(initial_state)
-            half = len(initial_state) // 2
-            forward_state, backward_state = initial_state[:half], initial_state[half:]
-        y = self.forward_layer(inputs, mask=mask, training=training, initial_state=forward_state)
-        y_rev = self.backward_layer(inputs, mask=mask, training=training, initial_state=backward_state)
-        states: tuple[Tensor, ...] = ()
-        if self.return_state:
-            states = tuple(y[1:]) + tuple(y_rev[1:])
-            y, y_rev = y[0], y_rev[0]
-        if self.return_sequences:
-            y_rev = y_rev.flip(0 if self.time_major else 1)
-        if self.merge_mode == "concat":
-            output: Any = torch.cat([y, y_rev], dim=-1)
-        elif self.merge_mode == "sum":
-            output = y + y_rev
-        elif self.merge_mode == "ave":
-            output = (y + y_rev) / 2
-        elif self.merge_mode == "mul":
-            output = y * y_rev
-        else:
-            output = (y, y_rev)
-        flat = (list(output) if isinstance(output, tuple) else [output]) + list(states)
-        self._activity_losses = []
-        if self.activity_regularizer is not None:
-            self._activity_losses = [self.activity_regularizer(o) / o.shape[0] for o in flat]
-        if self.return_state:
-            return tuple(flat)
-        return output
-
-    def get_config(self) -> dict[str, Any]:
-        """Keras 3's config (tf-keras's for a wrapper made from a Keras 2 config)."""
-
-        def wrap(layer: LSTM) -> dict[str, Any]:
-            return {
-                "module": "keras.layers",
-                "class_name": "LSTM",
-                "config": layer.get_config(),
-                "registered_name": None,
-            }
-
-        dtype = _dtype_name(self.dtype)
-        config: dict[str, Any] = {
-            "name": self.name,
-            "trainable": self._trainable,
-            "dtype": dtype
-            if self._keras2
-            else {
-                "module": "keras",
-                "class_name": "DTypePolicy",
-                "config": {"name": dtype},
-                "registered_name": None,
-            },
-            "merge_mode": self.merge_mode,
-            "layer": wrap(self.forward_layer),
-            "backward_layer": wrap(self.backward_layer),
-        }
-        if self._keras2:  # tf-keras serializes the wrapped layer as given, and a backward layer only if given
-            config["layer"]["config"]["name"] = self._layer_name
-            if not self._backward_given:
-                del config["backward_layer"]
-        if self.activity_regularizer is not None:
-            config["activity_regularizer"] = serialize(self.activity_regularizer, legacy=self._keras2)
-        return config
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any], keras2: bool | None = None) -> Bidirectional:
-        """A wrapper from a Keras 3 or tf-keras Bidirectional config (``layer`` and optional
-        ``backward_layer``
-        serialized LSTMs)."""
-        config = dict(copy.deepcopy(_unwrap(config, ("Bidirectional",))))
-        if "layer" not in config:
-            raise ValueError(f"config: a Bidirectional config needs 'layer', got keys {sorted(config)}")
-        layer = _deserialize_layer(config.pop("layer"), "layer", keras2)
-        backward = config.pop("backward_layer", None)
-        if backward is not None:
-            backward = _deserialize_layer(backward, "backward_layer", keras2)
-        wrapper = cls(layer, backward_layer=backward, **config)
-        if keras2 is not None or layer._keras2:
-            wrapper._keras2 = bool(keras2) if keras2 is not None else layer._keras2
-        return wrapper
-
-    def extra_repr(self) -> str:
-        return f"name={self.name!r}, merge_mode={self.merge_mode!r}"
-
-
-# -- constraints after optimizer steps ----------------------------------------------------------------
 def apply_constraints(module: nn.Module) -> None:
     """Apply the Keras weight constraints of every :class:`LSTM` in ``module`` (itself included), in place and
     without gradient tracking: call it after each ``optimizer.step()`` (Keras's optimizers do this after every

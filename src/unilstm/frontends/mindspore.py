@@ -6,8 +6,6 @@ Facts this relies on were measured on MindSpore 2.10.0 (CPU); see tools/make_min
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
 import warnings
 from collections import OrderedDict
@@ -18,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from ..formats.mindspore_ckpt import mindspore_named_parameters
-from ..kernels import DirectionWeights
 from ..layer import LSTM as CanonicalLSTM  # noqa: N811 - the canonical layer, subclassed here
 
 #: MindSpore-style dtype names for ``LSTM(dtype=...)``: ``unilstm.mindspore.float16`` reads like
@@ -79,9 +76,8 @@ def _check_dropout(dropout: object) -> None:
         raise ValueError(f"For '{_CLASS}', the 'dropout' must be a legal float, but got '{dropout}'")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(
-            f"For '{_CLASS}', the 'dropout' must be a number in range [0, 1) representing the "
-            "probability of an "
-            f"element being zeroed, but got {dropout}"
+            f"For '{_CLASS}', the 'dropout' must be a number in range [0, 1) representing the probability of "
+            f"an element being zeroed, but got {dropout}"
         )
 
 
@@ -143,8 +139,6 @@ class LSTM(CanonicalLSTM):
     U(-1/sqrt(H), 1/sqrt(H)) from numpy's global RNG as float32, for each (layer, direction) in the order
     weight_ih, weight_hh, bias_ih, bias_hh, so ``numpy.random.seed(s)`` reproduces MindSpore bit for bit.
     """
-
-    _compute_dtype: torch.dtype | None = None
 
     def __init__(
         self,
@@ -233,8 +227,7 @@ class LSTM(CanonicalLSTM):
         if x.dim() != 3:
             raise ValueError(
                 f"For '{_CLASS}', 'x' must be 3-D ((T, B, F), or (B, T, F) with batch_first), got "
-                f"{x.dim()}-D "
-                f"with shape {_shape_text(x.shape)}"
+                f"{x.dim()}-D with shape {_shape_text(x.shape)}"
             )
         if x.dtype not in (torch.float16, torch.float32, torch.float64):
             raise TypeError(
@@ -242,9 +235,8 @@ class LSTM(CanonicalLSTM):
             )
         if x.shape[-1] != spec.input_size:
             raise ValueError(
-                f"For '{_CLASS}', 'x' must have input_size={spec.input_size} features in its last "
-                "dimension, got "
-                f"{x.shape[-1]} (x shape {_shape_text(x.shape)})"
+                f"For '{_CLASS}', 'x' must have input_size={spec.input_size} features in its last dimension, "
+                f"got {x.shape[-1]} (x shape {_shape_text(x.shape)})"
             )
         steps, batch = (x.shape[1], x.shape[0]) if spec.batch_first else (x.shape[0], x.shape[1])
         if steps == 0 or batch == 0:
@@ -254,8 +246,8 @@ class LSTM(CanonicalLSTM):
             )
         state = None if hx is None else self._initial_state_from_hx(hx, x, batch)
         lengths = None if seq_length is None else self._lengths(seq_length, steps, batch)
-        with self._computing_in(x.dtype):
-            return super().forward(x, state, lengths=lengths)
+        # MindSpore computes in x's dtype: parameters of another dtype are cast (differentiably) for the call
+        return self._checked_call(x, state, lengths=lengths, compute_dtype=x.dtype)
 
     def _initial_state_from_hx(self, hx: object, x: Tensor, batch: int) -> tuple[Tensor, Tensor]:
         spec = self.spec
@@ -271,24 +263,21 @@ class LSTM(CanonicalLSTM):
         for name, value in (("x", x), ("hx[0]", h0), ("hx[1]", c0)):
             if value.dtype not in (torch.float16, torch.float32):
                 raise TypeError(
-                    f"For '{_CLASS}', when hx is given the element of '{name}' must be one of "
-                    "float32, float16, "
-                    f"but got {value.dtype}"
+                    f"For '{_CLASS}', when hx is given the element of '{name}' must be one of float32, "
+                    f"float16, but got {value.dtype}"
                 )
         for name, value in (("hx[0]", h0), ("hx[1]", c0)):
             if value.dtype != x.dtype:
                 raise TypeError(
-                    f"For '{_CLASS}', the type of '{name}' should be same as 'x', but got 'x' with "
-                    f"type {x.dtype} "
-                    f"and '{name}' with type {value.dtype}"
+                    f"For '{_CLASS}', the type of '{name}' should be same as 'x', but got 'x' with type "
+                    f"{x.dtype} and '{name}' with type {value.dtype}"
                 )
         expected = (spec.num_layers * spec.num_directions, batch, spec.hidden_size)
         for name, value in (("hx[0]", h0), ("hx[1]", c0)):
             if tuple(value.shape) != expected:
                 raise ValueError(
                     f"For '{_CLASS}', '{name}' must have shape (num_layers * num_directions, batch, "
-                    "hidden_size) "
-                    f"= {_shape_text(expected)}, but got {_shape_text(value.shape)}"
+                    f"hidden_size) = {_shape_text(expected)}, but got {_shape_text(value.shape)}"
                 )
         return h0, c0
 
@@ -307,50 +296,16 @@ class LSTM(CanonicalLSTM):
             low, high = int(lengths.min()), int(lengths.max())
             if low < 0 or high > steps:
                 raise SeqLengthError(
-                    f"For '{_CLASS}', every 'seq_length' value must lie in [0, {steps}] (the number "
-                    "of steps) for a "
-                    f"bidirectional LSTM, but got min {low} and max {high}"
+                    f"For '{_CLASS}', every 'seq_length' value must lie in [0, {steps}] (the number of "
+                    f"steps) for a bidirectional LSTM, but got min {low} and max {high}"
                 )
             return lengths
         # MindSpore's unidirectional loop keeps step t where t < length: negative means 0 steps, > T all.
         return lengths.clamp(0, steps)
 
-    @contextlib.contextmanager
-    def _computing_in(self, dtype: torch.dtype) -> Iterator[None]:
-        """MindSpore computes in x's dtype: parameters of another dtype are cast (differentiably) "
-        "for the call."""
-        previous, self._compute_dtype = self._compute_dtype, dtype
-        try:
-            yield
-        finally:
-            self._compute_dtype = previous
-
-    def _parameter_dtype(self) -> torch.dtype:
-        return self._compute_dtype or super()._parameter_dtype()
-
-    def direction_weights(self) -> list[list[DirectionWeights]]:
-        layers = super().direction_weights()
-        dtype = self._compute_dtype
-        if dtype is None or dtype == super()._parameter_dtype():
-            return layers
-        return [
-            [
-                DirectionWeights(
-                    **{
-                        field.name: None
-                        if getattr(w, field.name) is None
-                        else getattr(w, field.name).to(dtype)
-                        for field in dataclasses.fields(w)
-                    }
-                )
-                for w in directions
-            ]
-            for directions in layers
-        ]
-
     def extra_repr(self) -> str:
         spec = self.spec
         parts = [f"{spec.input_size}, {spec.hidden_size}", f"num_layers={spec.num_layers}"]
         parts += [f"has_bias={spec.bias}", f"batch_first={spec.batch_first}", f"dropout={spec.dropout}"]
-        parts += [f"bidirectional={spec.bidirectional}", f"dtype={super()._parameter_dtype()}"]
+        parts += [f"bidirectional={spec.bidirectional}", f"dtype={self._parameter_dtype()}"]
         return ", ".join(parts)

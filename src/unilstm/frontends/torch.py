@@ -15,13 +15,11 @@ from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from .. import layer as _layer
-from ..kernels import run_stack
-from ..kernels.dispatch import fused_can_run, needs_grad
-from ..kernels.fused import run_packed_fused
 from ..spec import LSTMSpec
+from ..steps import CountedSteps
 
 __all__ = ["LSTM"]
 
@@ -237,10 +235,9 @@ class LSTM(_layer.LSTM):
     ) -> tuple[Tensor | PackedSequence, State]:
         """Run the LSTM exactly like ``torch.nn.LSTM.forward``; shapes are in the class docstring.
 
-        A PackedSequence goes straight to torch's packed kernel, except when a kernel is forced or when
-        autograd records a CPU call (torch's packed CPU backward is slow): then it is padded, run with
-        lengths and packed again. The result has the input's ``batch_sizes``, ``sorted_indices`` and
-        ``unsorted_indices``."""
+        A PackedSequence's data and ``batch_sizes`` go to the engine as they are (dispatch chooses torch's
+        packed kernel or pads them for another kernel); the result has the input's ``batch_sizes``,
+        ``sorted_indices`` and ``unsorted_indices``."""
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
         if input.dim() not in (2, 3):
@@ -292,24 +289,8 @@ class LSTM(_layer.LSTM):
             hx = self.permute_hidden((hx[0], hx[1]), sorted_indices)
             self._check_hidden(hx, mini_batch, data)
         data, hx = self._autocast_inputs(data, hx)
-        spec = self.spec
-        layers = self.direction_weights()
-        # torch's packed CPU backward is very slow (20 s against 0.5 s at T=1000, B=16, H=256 on 2 cores):
-        # with gradients on the CPU the native kernel runs instead
-        slow_backward = data.device.type == "cpu" and needs_grad(data, hx[0], hx[1], layers)
-        if fused_can_run(spec, data, None) and not slow_backward:
-            out_data, h_n, c_n = run_packed_fused(
-                spec, data, batch_sizes, hx[0], hx[1], layers, self.training
-            )
-        else:
-            # Another kernel computes it: pad (in sorted order), run with lengths, pack again.
-            sorted_packed = PackedSequence(data, batch_sizes, None, None)
-            padded, lengths = pad_packed_sequence(sorted_packed)
-            step_mask = torch.arange(padded.shape[0]).unsqueeze(1) < lengths.unsqueeze(0)
-            out, h_n, c_n = run_stack(
-                spec, padded, hx[0], hx[1], layers,
-                step_mask=step_mask.to(data.device), training=self.training,
-            )
-            out_data = pack_padded_sequence(out, lengths, enforce_sorted=True).data
+        out_data, h_n, c_n = self._run(
+            data, hx[0], hx[1], CountedSteps(batch_sizes=batch_sizes), training=self.training
+        )
         output = PackedSequence(out_data, batch_sizes, sorted_indices, unsorted_indices)
         return output, self.permute_hidden((h_n, c_n), unsorted_indices)

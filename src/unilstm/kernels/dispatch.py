@@ -14,12 +14,14 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..activations import resolve
 from ..spec import LSTMSpec
+from ..steps import EVERY_STEP, CountedSteps
 from .fast import accepts as fast_accepts
 from .fast import run_direction_fast
-from .fused import run_stack_fused
+from .fused import run_packed_fused, run_stack_fused
 from .native import accepts as native_accepts
 from .native import available as native_available
 from .native import halves_accept as native_halves_accept
@@ -109,28 +111,6 @@ def carry_last_valid_output(out: Tensor, lengths: Tensor, forward_features: int)
     return torch.cat([carried, out[..., forward_features:]], dim=-1)
 
 
-def run_stack_fused_flexible(
-    spec: LSTMSpec, x: Tensor, h0: Tensor, c0: Tensor, layers: list[list[DirectionWeights]],
-    step_mask: Tensor | None, training: bool,
-) -> tuple[Tensor, Tensor, Tensor] | None:
-    """torch's fused kernel for standard cells beyond ``fused_can_run``: go_backwards (run on the input
-    flipped in time: Keras's output stays in processing order) and right-padded masks with
-    masked_output "previous" (a packed run plus a gather that carries the last valid output forward).
-    None when the mask (after the flip) is not right-padded."""
-    if spec.go_backwards:
-        x = x.flip(0)
-        step_mask = None if step_mask is None else step_mask.flip(0)
-    if step_mask is None:
-        return run_stack_fused(spec, x, h0, c0, layers, lengths=None, training=training)
-    lengths = lengths_from_right_padded(step_mask)
-    if lengths is None:
-        return None
-    out, h_n, c_n = run_stack_fused(spec, x, h0, c0, layers, lengths=lengths, training=training)
-    if spec.masked_output == "previous":
-        out = carry_last_valid_output(out, lengths, spec.output_size)
-    return out, h_n, c_n
-
-
 def draw_dropout_mask(
     rate: float, like: Tensor, per_gate: bool, generator: torch.Generator | None
 ) -> Tensor | None:
@@ -168,52 +148,121 @@ def needs_grad(x: Tensor, h0: Tensor, c0: Tensor, layers: list[list[DirectionWei
     )
 
 
+def _right_padded_lengths(steps: CountedSteps, step_mask: Tensor | None, flipped: bool) -> Tensor | None:
+    """Lengths (B,) when the counted steps of the (possibly time-flipped) input are a prefix per row: given
+    lengths as they are, a mask only after looking (one host sync); None otherwise."""
+    if steps.lengths is not None and not flipped:
+        return steps.lengths
+    return None if step_mask is None else lengths_from_right_padded(step_mask)
+
+
+def run_stack_fused_flexible(
+    spec: LSTMSpec, x: Tensor, h0: Tensor, c0: Tensor, layers: list[list[DirectionWeights]],
+    step_mask: Tensor | None, training: bool, lengths: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """torch's fused kernel for standard cells beyond ``fused_can_run``: go_backwards (run on the input
+    flipped in time: Keras's output stays in processing order) and right-padded masks with
+    masked_output "previous" (a packed run plus a gather that carries the last valid output forward).
+    ``lengths``, when known, are those of ``step_mask`` before any flip. None when the counted steps (after
+    the flip) are not right-padded."""
+    steps = CountedSteps(lengths=lengths) if lengths is not None else CountedSteps(mask=step_mask)
+    if spec.go_backwards:
+        x = x.flip(0)
+        step_mask = None if step_mask is None else step_mask.flip(0)
+    if step_mask is None:
+        return run_stack_fused(spec, x, h0, c0, layers, lengths=None, training=training)
+    right_padded = _right_padded_lengths(steps, step_mask, flipped=spec.go_backwards)
+    if right_padded is None:
+        return None
+    out, h_n, c_n = run_stack_fused(spec, x, h0, c0, layers, lengths=right_padded, training=training)
+    if spec.masked_output == "previous":
+        out = carry_last_valid_output(out, right_padded, spec.output_size)
+    return out, h_n, c_n
+
+
 def run_stack(
     spec: LSTMSpec,
     x: Tensor,
     h0: Tensor,
     c0: Tensor,
     layers: list[list[DirectionWeights]],
+    steps: CountedSteps = EVERY_STEP,
     *,
-    step_mask: Tensor | None = None,
     training: bool = False,
     generator: torch.Generator | None = None,
     native_training: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Run the stack on time-major input.
+    """Run the stack: the one function that chooses a kernel.
 
     Args:
         spec: what to compute.
-        x: (T, B, F) input.
-        h0: (L*D, B, P) and c0: (L*D, B, H) initial states, index layer * D + direction.
+        x: (T, B, F) time-major input, or (N, F) packed data when ``steps.packed``.
+        h0: (L*D, B, P) and c0: (L*D, B, H) initial states, index layer * D + direction (sorted batch
+            order for packed data).
         layers: L lists of D :class:`DirectionWeights`.
-        step_mask: (T, B) bool, True where a step counts (lengths become a right-padded mask).
+        steps: which steps count (:class:`~unilstm.steps.CountedSteps`), as the front door said it.
         training: enables dropout, input dropout and recurrent dropout.
         generator: random source for the dropout masks.
         native_training: let CPU training of standard cells run the native kernel (see
             :func:`native_trains_faster`); False keeps torch's own kernel there, bit for bit torch.nn.LSTM.
 
     Returns:
-        output (T, B, D*P) (in processing order when ``spec.go_backwards``), h_n (L*D, B, P), c_n (L*D, B, H).
+        output (T, B, D*P) (in processing order when ``spec.go_backwards``; packed (N, D*P) for packed
+        data), h_n (L*D, B, P), c_n (L*D, B, H).
     """
-    # torch's packed (lengths) CPU backward is 20-60x slower than the native kernel's: a masked run with
-    # gradients never takes it, even where torch's kernel is asked for (the torch door, autocast, dropout)
+    if steps.packed:
+        return _run_packed(spec, x, steps, h0, c0, layers, training, generator)
     cpu_training = x.device.type == "cpu" and needs_grad(x, h0, c0, layers)
     fused_ok = not (
-        short_for_fused(x) or (cpu_training and step_mask is not None)
+        short_for_fused(x) or torch_backward_too_slow(cpu_training, steps)
         or (cpu_training and native_training and native_trains_faster(spec, x, training))
     )
+    step_mask = steps.step_mask(x.shape[0], x.device)
     if fused_can_run(spec, x, step_mask) and fused_ok:
-        lengths = None if step_mask is None else lengths_from_right_padded(step_mask)
+        lengths = _right_padded_lengths(steps, step_mask, flipped=False)
         if step_mask is None or lengths is not None:
             return run_stack_fused(spec, x, h0, c0, layers, lengths=lengths, training=training)
     if (
         _forced_kernel is None and spec.is_standard_cell and fused_ok
         and (spec.go_backwards or step_mask is not None)
     ):
-        fused = run_stack_fused_flexible(spec, x, h0, c0, layers, step_mask, training)
+        fused = run_stack_fused_flexible(spec, x, h0, c0, layers, step_mask, training, steps.lengths)
         if fused is not None:
             return fused
+    return _run_layer_by_layer(spec, x, h0, c0, layers, step_mask, training, generator)
+
+
+def torch_backward_too_slow(cpu_training: bool, steps: CountedSteps) -> bool:
+    """torch's packed (lengths) CPU backward is 20-60x slower than the native kernel's: a CPU call that
+    autograd records with counted steps never takes torch's kernel, even where it is asked for (the torch
+    door, autocast, inter-layer dropout in training)."""
+    return cpu_training and not steps.every_step
+
+
+def _run_packed(
+    spec: LSTMSpec, data: Tensor, steps: CountedSteps, h0: Tensor, c0: Tensor,
+    layers: list[list[DirectionWeights]], training: bool, generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Packed data: torch's packed kernel, or padded (in sorted order), run with its lengths, packed again."""
+    assert steps.batch_sizes is not None
+    cpu_training = data.device.type == "cpu" and needs_grad(data, h0, c0, layers)
+    if fused_can_run(spec, data, None) and not torch_backward_too_slow(cpu_training, steps):
+        return run_packed_fused(spec, data, steps.batch_sizes, h0, c0, layers, training)
+    padded, lengths = pad_packed_sequence(PackedSequence(data, steps.batch_sizes, None, None))
+    out, h_n, c_n = run_stack(
+        spec, padded, h0, c0, layers, CountedSteps(lengths=lengths.to(data.device)),
+        training=training, generator=generator,
+    )
+    return pack_padded_sequence(out, lengths, enforce_sorted=True).data, h_n, c_n
+
+
+def _run_layer_by_layer(
+    spec: LSTMSpec, x: Tensor, h0: Tensor, c0: Tensor, layers: list[list[DirectionWeights]],
+    step_mask: Tensor | None, training: bool, generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Layer by layer, direction by direction, with the fastest direction kernel that accepts each run
+    (both directions of a layer at once, or a direction's batch halves at once, where the native kernel
+    can)."""
     if spec.go_backwards:
         x = x.flip(0)
         step_mask = None if step_mask is None else step_mask.flip(0)

@@ -15,7 +15,7 @@ from unilstm.keras import LSTM, Bidirectional
 from unilstm.kernels import DirectionRun, DirectionWeights, run_direction_reference
 from unilstm.kernels.dispatch import draw_dropout_mask
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "keras"
+FIXTURES = pathlib.Path(__file__).parents[1] / "fixtures" / "keras"
 CONFIGS = json.loads((FIXTURES / "configs.json").read_text())
 CONFIG_CASES = [(tag, key) for tag in ("k3", "k2") for key in CONFIGS[tag]]
 RNG = np.random.default_rng(7)

@@ -20,7 +20,7 @@ import torch
 import unilstm
 from unilstm.mindspore import LSTM
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "mindspore"
+FIXTURES = pathlib.Path(__file__).parents[1] / "fixtures" / "mindspore"
 CASES = sorted(p.stem.removeprefix("case_") for p in FIXTURES.glob("case_*.npz"))
 
 

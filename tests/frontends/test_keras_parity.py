@@ -12,7 +12,7 @@ import torch
 
 from unilstm.keras import LSTM, Bidirectional
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "keras"
+FIXTURES = pathlib.Path(__file__).parents[1] / "fixtures" / "keras"
 CASES = sorted(p.stem for p in FIXTURES.glob("k[23]_*.npz"))
 OUT_ATOL = 1e-5
 #: exponential activations reach 1e7 in these fixtures: float32 then agrees to about 3e-5 relative

@@ -20,7 +20,7 @@ from unilstm.keras import (
     regularizers,
 )
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "keras"
+FIXTURES = pathlib.Path(__file__).parents[1] / "fixtures" / "keras"
 
 
 def load(name: str) -> dict[str, np.ndarray]:

@@ -13,7 +13,9 @@ import torch
 
 from unilstm.mindspore import LSTM, SeqLengthError
 
-ERRORS = json.loads((pathlib.Path(__file__).parent / "fixtures" / "mindspore" / "errors.json").read_text())
+ERRORS = json.loads(
+    (pathlib.Path(__file__).parents[1] / "fixtures" / "mindspore" / "errors.json").read_text()
+)
 
 # Where MindSpore's error is an accident of its implementation (an IndexError from indexing, a RuntimeError
 # from oneDNN), we raise the error type that says what is wrong instead.
