@@ -224,9 +224,8 @@ def _decode(path: PathLike, name: str, type_name: str, dims: list[int], content:
     count = math.prod(dims)
     if count * numpy_dtype.itemsize != len(content):
         raise CheckpointError(
-            f"{where}: {type_name} with shape {dims} needs {count * numpy_dtype.itemsize} bytes, the "
-            "file holds "
-            f"{len(content)}; the file is corrupted"
+            f"{where}: {type_name} with shape {dims} needs {count * numpy_dtype.itemsize} bytes, "
+            f"the file holds {len(content)}; the file is corrupted"
         )
     array = np.frombuffer(content, dtype=numpy_dtype).reshape(dims)
     tensor = torch.from_numpy(array.astype(numpy_dtype.newbyteorder("="), copy=True))
@@ -417,8 +416,7 @@ def _serialise(name: str, value: Tensor | str, chunk_bytes: int) -> Iterable[byt
         if value.dtype not in _TYPE_NAMES:
             raise TypeError(
                 f"save_checkpoint: {name!r} has dtype {value.dtype}, which MindSpore checkpoints "
-                "cannot hold; "
-                f"supported: {', '.join(str(d) for d in _TYPE_NAMES)}"
+                f"cannot hold; supported: {', '.join(str(d) for d in _TYPE_NAMES)}"
             )
         dims, type_name = list(value.shape), _TYPE_NAMES[value.dtype]
         tensor = value.detach().cpu().contiguous()

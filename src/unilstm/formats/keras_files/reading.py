@@ -58,8 +58,8 @@ def read_keras_lstm_layers(path: PathLike) -> list[KerasLayerRecord]:
         raise
     except Exception as error:  # corrupt bytes surface as any error of h5py, zipfile or zlib
         raise KerasFileError(
-            f"{path}: cannot read this Keras file, it looks corrupt or truncated ({type(error).__name__}: "
-            f"{error})"
+            f"{path}: cannot read this Keras file, it looks corrupt or truncated "
+            f"({type(error).__name__}: {error})"
         ) from None
     raise KerasFileError(
         f"{path}: not a Keras file: expected a .keras zip archive or an HDF5 file (.weights.h5, legacy .h5), "
