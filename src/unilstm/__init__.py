@@ -6,8 +6,7 @@
 writes the standard ONNX LSTM operator.
 """
 
-from .convert import load, save
-from .formats.onnx_export import export_onnx
+from .convert import export_onnx, load, save
 from .layer import LSTM
 from .spec import LSTMSpec
 

@@ -17,7 +17,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-_convert = importlib.import_module("unilstm.convert")  # the module, even if unilstm.convert is re-exported
+from . import convert as _convert
 
 EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
 

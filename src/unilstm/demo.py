@@ -12,6 +12,11 @@ import numpy as np
 import torch
 
 import unilstm
+from unilstm import cli
+from unilstm import keras as uk
+from unilstm import mindspore as ms
+from unilstm import torch as ut
+from unilstm.formats.layout import torch_from_keras
 
 
 def _section(title: str) -> None:
@@ -25,9 +30,6 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def mindspore_and_torch(workdir: str) -> None:
-    from unilstm import mindspore as ms
-    from unilstm import torch as ut
-
     _section("1. MindSpore's documented example, in PyTorch, without MindSpore")
     print("net = unilstm.mindspore.LSTM(10, 16, 1, has_bias=True, batch_first=True, bidirectional=False)")
     np.random.seed(0)  # MindSpore draws its initial weights from numpy's global RNG: same seed, same weights
@@ -72,10 +74,6 @@ def mindspore_and_torch(workdir: str) -> None:
 
 
 def keras_to_mindspore(workdir: str) -> None:
-    from unilstm import keras as uk
-    from unilstm import mindspore as ms
-    from unilstm.formats.layout import torch_from_keras
-
     _section("6. Keras's documented example, and its weights moved to the MindSpore front door")
     print("lstm = unilstm.keras.LSTM(16, return_sequences=True, return_state=True)")
     torch.manual_seed(0)
@@ -122,10 +120,7 @@ def canonical_union() -> None:
 
 
 def convert_files(workdir: str) -> None:
-    from unilstm import cli
-
     _section("7. One command: a Keras model to a MindSpore checkpoint and to ONNX, verified")
-    from unilstm import keras as uk
 
     torch.manual_seed(0)
     stack = [uk.LSTM(16, return_sequences=True), uk.LSTM(16, return_sequences=True)]

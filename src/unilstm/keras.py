@@ -1,7 +1,8 @@
 """unilstm's Keras front door: ``from unilstm.keras import LSTM, Bidirectional``.
 
 The tf.keras layer signature, call convention, weights (Keras layout) and numbers, on unilstm's engine, in
-PyTorch. See :mod:`unilstm.frontends.keras`.
+PyTorch, and Keras files (.keras, .weights.h5, legacy .h5) on such layers. See
+:mod:`unilstm.frontends.keras` and :mod:`unilstm.frontends.keras_files`.
 """
 
 from .frontends import keras_constraints as constraints
@@ -9,18 +10,18 @@ from .frontends import keras_initializers as initializers
 from .frontends import keras_regularizers as regularizers
 from .frontends.keras import LSTM, apply_constraints, constrain
 from .frontends.keras_bidirectional import Bidirectional
+from .frontends.keras_files import KerasFileError, load_layers, load_weights, save_model
 
 __all__ = [
     "LSTM",
     "Bidirectional",
+    "KerasFileError",
     "apply_constraints",
     "constrain",
     "constraints",
     "initializers",
+    "load_layers",
+    "load_weights",
     "regularizers",
+    "save_model",
 ]
-
-# Keras files (.keras, .weights.h5, legacy .h5): unilstm.formats.keras_files
-from .formats.keras_files import KerasFileError, load_layers, load_weights, save_model  # noqa: E402
-
-__all__ += ["KerasFileError", "load_layers", "load_weights", "save_model"]

@@ -14,45 +14,13 @@ from torch.nn.parameter import UninitializedParameter
 
 from .activations import resolve
 from .kernels import DirectionWeights, run_stack
+from .parameter_names import parameter_names, parameter_shape, parameter_suffix
 from .spec import ActivationLike, LSTMSpec, MaskedOutput
 from .steps import EVERY_STEP, CountedSteps
 
 State = tuple[Tensor, Tensor]
 
 __all__ = ["LSTM", "DirectionWeights", "compute_stack", "parameter_names", "parameter_shape"]
-
-
-def parameter_names(spec: LSTMSpec) -> list[str]:
-    """Parameter names in torch's order: per (layer, direction) weight_ih, weight_hh[, bias_ih, bias_hh]
-    [, weight_hr]."""
-    names: list[str] = []
-    for layer in range(spec.num_layers):
-        for direction in range(spec.num_directions):
-            suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-            kinds = ["weight_ih", "weight_hh"]
-            if spec.bias:
-                kinds += ["bias_ih", "bias_hh"]
-            if spec.proj_size > 0:
-                kinds.append("weight_hr")
-            names += [kind + suffix for kind in kinds]
-    return names
-
-
-def parameter_shape(spec: LSTMSpec, name: str) -> tuple[int, ...]:
-    """The shape of parameter ``name``: weight_ih (4H, F_layer), weight_hh (4H, P), biases (4H,),
-    weight_hr (P, H)."""
-    kind, _, rest = name.rpartition("_l")
-    layer = int(rest.split("_")[0])
-    gates = 4 * spec.hidden_size
-    if kind == "weight_ih":
-        return (gates, spec.layer_input_size(layer))
-    if kind == "weight_hh":
-        return (gates, spec.output_size)
-    if kind in ("bias_ih", "bias_hh"):
-        return (gates,)
-    if kind == "weight_hr":
-        return (spec.proj_size, spec.hidden_size)
-    raise ValueError(f"not an LSTM parameter name: {name!r}")
 
 
 def compute_stack(
@@ -299,7 +267,7 @@ class LSTM(nn.Module):
         for layer in range(self.spec.num_layers):
             directions = []
             for direction in range(self.spec.num_directions):
-                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                suffix = parameter_suffix(layer, direction)
                 directions.append(
                     DirectionWeights(
                         w_ih=parameter("weight_ih" + suffix),

@@ -88,7 +88,7 @@ def _record(
     zo: bool = False,
     rng: np.random.Generator | None = None,
 ):
-    from unilstm.convert import _keras_config
+    from unilstm.convert import keras_layer_config as _keras_config
     from unilstm.formats.keras_files import KerasLayerRecord
     from unilstm.spec import LSTMSpec
 

@@ -31,11 +31,6 @@ def to_onnx_gates(array: Array, axis: int = 0) -> Array:
     return _reorder_gates(array, GATE_ORDER, ONNX_GATE_ORDER, axis)
 
 
-def from_onnx_gates(array: Array, axis: int = 0) -> Array:
-    """ONNX's gate blocks [i, o, f, c] -> [i, f, g, o]."""
-    return _reorder_gates(array, ONNX_GATE_ORDER, GATE_ORDER, axis)
-
-
 def keras_from_torch(
     weight_ih: Array, weight_hh: Array, bias_ih: Array | None, bias_hh: Array | None
 ) -> list[np.ndarray]:

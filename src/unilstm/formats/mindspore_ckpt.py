@@ -37,7 +37,6 @@ import binascii
 import math
 import os
 import pathlib
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
@@ -46,6 +45,10 @@ from typing import Any, Union
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from ..parameter_names import PARAMETER_KINDS, parameter_names, parse_parameter_name
+from ..spec import LSTMSpec
+from .atomic import atomic_file
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: What a checkpoint entry reads as: a tensor, a Python scalar (0-d Int64, Float32 and Bool entries, which
@@ -77,7 +80,6 @@ _TYPES: dict[str, tuple[np.dtype, torch.dtype]] = {
 }
 _TYPE_NAMES = {torch_dtype: name for name, (_, torch_dtype) in _TYPES.items()}
 _PYTHON_SCALAR_TYPES = ("Int64", "Float32", "Bool")
-_LSTM_PARAMETER_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 
 class CheckpointError(ValueError):
@@ -222,9 +224,8 @@ def _decode(path: PathLike, name: str, type_name: str, dims: list[int], content:
     count = math.prod(dims)
     if count * numpy_dtype.itemsize != len(content):
         raise CheckpointError(
-            f"{where}: {type_name} with shape {dims} needs {count * numpy_dtype.itemsize} bytes, the "
-            "file holds "
-            f"{len(content)}; the file is corrupted"
+            f"{where}: {type_name} with shape {dims} needs {count * numpy_dtype.itemsize} bytes, "
+            f"the file holds {len(content)}; the file is corrupted"
         )
     array = np.frombuffer(content, dtype=numpy_dtype).reshape(dims)
     tensor = torch.from_numpy(array.astype(numpy_dtype.newbyteorder("="), copy=True))
@@ -309,21 +310,26 @@ def mindspore_parameter_order(names: Iterable[str]) -> list[str]:
     names = list(names)
 
     def kind(name: str) -> int:
-        base = name.rsplit("_l", 1)[0]
-        return (
-            _LSTM_PARAMETER_KINDS.index(base) if base in _LSTM_PARAMETER_KINDS else len(_LSTM_PARAMETER_KINDS)
-        )
+        parsed = parse_parameter_name(name)
+        return PARAMETER_KINDS.index(parsed.kind) if parsed and not parsed.prefix else len(PARAMETER_KINDS)
 
     return sorted(names, key=lambda name: (kind(name), names.index(name)))
+
+
+def _is_lstm(module: nn.Module) -> bool:
+    """A unilstm LSTM (canonical or front door): its own parameters are the ones its spec names."""
+    spec = getattr(module, "spec", None)
+    if not isinstance(spec, LSTMSpec):
+        return False
+    own = [name for name, _ in module.named_parameters(recurse=False)]
+    return sorted(own) == sorted(parameter_names(spec))
 
 
 def mindspore_named_parameters(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Parameter]]:
     """``module.named_parameters()`` in the order MindSpore lists a network's parameters: the parameters of
     every unilstm LSTM inside it grouped by kind (see :func:`mindspore_parameter_order`), the rest in torch's
     order. ``prefix`` is joined to every name with a dot, like MindSpore's ``name_prefix``."""
-    from ..layer import LSTM
-
-    lstm_paths = {path for path, sub in module.named_modules() if isinstance(sub, LSTM)}
+    lstm_paths = {path for path, sub in module.named_modules() if _is_lstm(sub)}
     parameters = dict(module.named_parameters())
     ordered: list[tuple[str, nn.Parameter]] = []
     emitted: set[str] = set()
@@ -410,8 +416,7 @@ def _serialise(name: str, value: Tensor | str, chunk_bytes: int) -> Iterable[byt
         if value.dtype not in _TYPE_NAMES:
             raise TypeError(
                 f"save_checkpoint: {name!r} has dtype {value.dtype}, which MindSpore checkpoints "
-                "cannot hold; "
-                f"supported: {', '.join(str(d) for d in _TYPE_NAMES)}"
+                f"cannot hold; supported: {', '.join(str(d) for d in _TYPE_NAMES)}"
             )
         dims, type_name = list(value.shape), _TYPE_NAMES[value.dtype]
         tensor = value.detach().cpu().contiguous()
@@ -450,7 +455,7 @@ def save_checkpoint(
         append_dict: extra entries: int (saved as 0-d Int64), float (0-d Float32), bool, str, tensors.
         crc: append MindSpore's CRC32 trailer (``crc_check=True`` in MindSpore).
         file_mode: permission bits set on the finished file; MindSpore's 0400 (read-only) by default, ``None``
-            leaves the process's default.
+            keeps the replaced file's permissions (a new file gets the process's default).
         chunk_bytes: split tensors larger than this into chunks, as MindSpore does above 512 MiB.
     """
     if not isinstance(crc, bool):
@@ -459,27 +464,14 @@ def save_checkpoint(
         raise ValueError(f"save_checkpoint: chunk_bytes must be positive, got {chunk_bytes}")
     entries = _entries(net_or_params, append_dict)
     target = pathlib.Path(path)
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, renamed after closing
-        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            checksum = 0
-            for name, value in entries.items():
-                for piece in _serialise(name, value, chunk_bytes):
-                    checksum = binascii.crc32(piece, checksum)
-                    handle.write(piece)
-            if crc:
-                handle.write(_CRC_MARK + checksum.to_bytes(10, "big"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        if target.exists() and os.name == "nt":  # Windows cannot replace a read-only file
-            os.chmod(target, 0o600)
-        os.replace(handle.name, target)
-    except BaseException:
-        if os.path.exists(handle.name):
-            os.remove(handle.name)
-        raise
+    with atomic_file(target) as handle:
+        checksum = 0
+        for name, value in entries.items():
+            for piece in _serialise(name, value, chunk_bytes):
+                checksum = binascii.crc32(piece, checksum)
+                handle.write(piece)
+        if crc:
+            handle.write(_CRC_MARK + checksum.to_bytes(10, "big"))
     if file_mode is not None:
         os.chmod(target, file_mode)
 

@@ -30,20 +30,29 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .. import activations as _acts
-from ..layer import LSTM
 from ..spec import LSTMSpec
+from .atomic import atomic_write_bytes
 from .layout import to_onnx_gates
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
 MERGE_MODES = ("concat", "sum", "mul", "ave")
+
+
+class ExportableLSTM(Protocol):
+    """What the graph builder reads from a layer: its spec and its weights per layer and direction
+    (:meth:`unilstm.LSTM.direction_weights`: objects with ``w_ih``, ``w_hh``, ``b_ih``, ``b_hh``)."""
+
+    spec: LSTMSpec
+
+    def direction_weights(self) -> list[list[Any]]: ...
 
 
 class OnnxExportError(ValueError):
@@ -192,7 +201,7 @@ def _time_flip(g: _Graph, tensor: str) -> str:
 
 
 def build_graph(
-    layer: LSTM,
+    layer: ExportableLSTM,
     *,
     opset: int = DEFAULT_OPSET,
     lengths: bool = False,
@@ -201,7 +210,7 @@ def build_graph(
     merge_mode: str | None = "concat",
     graph_name: str = "unilstm",
 ) -> Any:
-    """The ``onnx.ModelProto`` computing ``layer`` in inference mode (see :func:`export_onnx`)."""
+    """The ``onnx.ModelProto`` computing ``layer`` in inference mode (see :func:`unilstm.export_onnx`)."""
     return build_chain(
         [(layer, return_sequences, merge_mode)],
         opset=opset,
@@ -212,7 +221,7 @@ def build_graph(
 
 
 def build_chain(
-    stages: list[tuple[LSTM, bool, str | None]],
+    stages: list[tuple[ExportableLSTM, bool, str | None]],
     *,
     opset: int = DEFAULT_OPSET,
     lengths: bool = False,
@@ -294,7 +303,7 @@ def build_chain(
 
 
 def _add_stack(
-    g: _Graph, layer: LSTM, x: str, seq_lens: str, lengths: bool, initial_states: bool, tag: str
+    g: _Graph, layer: ExportableLSTM, x: str, seq_lens: str, lengths: bool, initial_states: bool, tag: str
 ) -> tuple[str, str, str]:
     """The LSTM nodes of one stack on time-major ``x``: (output (T, B, D*H) in processing order, h_n, c_n)."""
     spec = layer.spec
@@ -479,70 +488,8 @@ def _previous_output_fix(
 # -- public API --------------------------------------------------------------------------------------------
 
 
-def export_onnx(
-    layer: object,
-    path: str | os.PathLike[str],
-    *,
-    opset: int = DEFAULT_OPSET,
-    lengths: bool = False,
-    initial_states: bool = False,
-    return_sequences: bool | None = None,
-    merge_mode: str | None = None,
-) -> Path:
-    """Write ``layer`` as an ONNX model built on the standard ``LSTM`` operator.
-
-    Graph inputs: ``input`` (T, B, F), or (B, T, F) with ``batch_first``; with ``lengths=True`` also
-    ``lengths`` (B,) int64 (right-padded sequences, each length in [0, T]); with ``initial_states=True`` also
-    ``h0`` and ``c0`` (L*D, B, H) (zeros otherwise). Graph outputs: ``output`` (T, B, D*H) (or (B, T, D*H)),
-    ``h_n`` and ``c_n`` (L*D, B, H), the same numbers as ``layer(input, lengths=...)`` in eval mode.
-
-    ``layer`` is a :class:`unilstm.LSTM` (or the torch / MindSpore front door, which are ones) or a
-    ``unilstm.keras`` LSTM / Bidirectional, whose ``return_sequences`` and ``merge_mode`` are then used.
-    ``return_sequences=False`` and ``merge_mode`` ("concat", "sum", "mul", "ave") add Keras's output glue:
-    ``output`` becomes each direction's last output in its processing order (B, D*H), and a bidirectional
-    layer's two halves are merged. Feed ``lengths`` = T for unpadded sequences.
-
-    Example::
-
-        >>> layer = unilstm.LSTM(8, 16, num_layers=2, bidirectional=True)
-        >>> unilstm.export_onnx(layer, "lstm.onnx", lengths=True)
-
-    Raises:
-        OnnxExportError: the spec uses a feature ONNX's LSTM lacks (proj_size, an activation it lacks, a
-            callable activation); the message names it.
-        ImportError: onnx is not installed (``pip install 'unilstm[onnx]'``).
-    """
-    if isinstance(layer, LSTM):
-        canonical = layer
-    else:  # a Keras front-door layer: its own output conventions unless given
-        from ..convert import unit_from_layer
-
-        try:
-            unit = unit_from_layer(layer)
-        except TypeError:
-            raise TypeError(
-                f"layer must be a unilstm.LSTM or a unilstm front-door LSTM, got {type(layer).__name__}"
-            ) from None
-        canonical = unit.layer()
-        if unit.keras is not None:
-            return_sequences = unit.keras.return_sequences if return_sequences is None else return_sequences
-            if merge_mode is None and unit.spec.bidirectional:
-                merge_mode = unit.keras.merge_mode
-    model = build_graph(
-        canonical,
-        opset=opset,
-        lengths=lengths,
-        initial_states=initial_states,
-        return_sequences=True if return_sequences is None else return_sequences,
-        merge_mode=merge_mode or "concat",
-    )
-    return write_model(model, path)
-
-
 def write_model(model: Any, path: str | os.PathLike[str]) -> Path:
     """Serialize an ``onnx.ModelProto`` to ``path`` atomically (temporary file in the same folder, rename)."""
-    from .torch_files import atomic_write_bytes
-
     return atomic_write_bytes(path, model.SerializeToString())
 
 

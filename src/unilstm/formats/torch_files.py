@@ -16,13 +16,11 @@ target only when complete; on any error the target is untouched.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
 import os
 import struct
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +28,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from .atomic import atomic_write_bytes
 
 PathLike = str | os.PathLike
 
@@ -60,35 +60,6 @@ METADATA_KEY = "__metadata__"
 class TorchFileError(ValueError):
     """A ``.pt`` / ``.pth`` / ``.safetensors`` file that cannot be read: truncated, corrupted, foreign, or
     holding pickled objects that ``weights_only`` loading refuses. The message names the file."""
-
-
-# -- atomic writes -----------------------------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: PathLike, payload: bytes) -> Path:
-    """Write ``payload`` to ``path`` through a temporary file in the same folder and ``os.replace``; the
-    target is never half-written and nothing is left behind on error."""
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    if not directory.is_dir():
-        raise FileNotFoundError(
-            f"path: the folder {str(directory)!r} does not exist (writing {str(target)!r})"
-        )
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    return target
 
 
 # -- safetensors -------------------------------------------------------------------------------------------
@@ -304,7 +275,9 @@ def file_kind(path: PathLike, kind: str | None = None) -> str:
     )
 
 
-def _strip_prefix(tensors: Mapping[str, Tensor], prefix: str | None, where: str) -> OrderedDict[str, Tensor]:
+def strip_prefix(tensors: Mapping[str, Tensor], prefix: str | None, where: str) -> OrderedDict[str, Tensor]:
+    """The tensors whose names start with ``prefix``, renamed without it (all of them when ``prefix`` is
+    empty); :class:`TorchFileError` naming ``where`` when none does."""
     if not prefix:
         return OrderedDict(tensors)
     if not isinstance(prefix, str):
@@ -341,7 +314,7 @@ def load_state_dict(
         tensors, _ = read_safetensors(path)
     else:
         tensors, _ = read_torch_file(path)
-    return _strip_prefix(tensors, prefix, str(path))
+    return strip_prefix(tensors, prefix, str(path))
 
 
 def save_state_dict(

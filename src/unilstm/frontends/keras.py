@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .. import activations as _activations
 from ..formats.layout import torch_views_from_keras
+from ..keras_names import activation_from_keras, activation_to_keras
 from ..layer import DirectionWeights, compute_stack
 from ..spec import LSTMSpec
 from ..steps import EVERY_STEP, CountedSteps
@@ -40,42 +40,6 @@ from . import keras_regularizers as regularizers
 from .keras_objects import serialize, snake_case
 
 __all__ = ["LSTM", "apply_constraints", "constrain"]
-
-#: Activation names Keras 3 accepts for a layer (``keras.activations``), plus "linear" for None.
-KERAS_ACTIVATIONS = (
-    "celu",
-    "elu",
-    "exponential",
-    "gelu",
-    "glu",
-    "hard_shrink",
-    "hard_sigmoid",
-    "hard_silu",
-    "hard_swish",
-    "hard_tanh",
-    "leaky_relu",
-    "linear",
-    "log_sigmoid",
-    "log_softmax",
-    "mish",
-    "relu",
-    "relu6",
-    "selu",
-    "sigmoid",
-    "silu",
-    "soft_shrink",
-    "softmax",
-    "softplus",
-    "softsign",
-    "sparse_plus",
-    "sparse_sigmoid",
-    "sparsemax",
-    "squareplus",
-    "swish",
-    "tanh",
-    "tanh_shrink",
-    "threshold",
-)
 
 _DTYPES = {
     "float32": torch.float32,
@@ -121,50 +85,6 @@ def dtype_from(value: Any, argument: str = "dtype") -> torch.dtype:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return next(name for name, value in _DTYPES.items() if value == dtype)
-
-
-def _activation(identifier: Any, argument: str, keras2: bool) -> str | Callable[[Tensor], Tensor]:
-    """What the spec gets for a Keras activation: a registry name (so kernels can recognise it) or a callable.
-
-    ``None`` is linear; ``hard_sigmoid`` is Keras 2's clip(0.2x + 0.5, 0, 1) for Keras 2 layers, else
-    Keras 3's clip(x / 6 + 0.5, 0, 1)."""
-    if identifier is None:
-        return "linear"
-    if isinstance(identifier, Mapping):  # Keras 3's serialized function, or a legacy {"class_name": name}
-        inner = identifier.get("config")
-        identifier = inner if isinstance(inner, str) else identifier.get("class_name")
-    if isinstance(identifier, str):
-        name = identifier.rsplit(".", 1)[-1]
-        if name == "threshold":
-            raise ValueError(
-                f"{argument}: 'threshold' needs threshold and default_value arguments (Keras fails "
-                "when it is "
-                "called); pass a callable, e.g. lambda x: torch.where(x > t, x, v)"
-            )
-        if name == "glu":
-            raise ValueError(
-                f"{argument}: 'glu' halves the last axis (H -> H/2), so it cannot be an LSTM activation "
-                "(Keras fails when the layer is called)"
-            )
-        if name == "hard_sigmoid" and keras2:
-            return "hard_sigmoid_keras2"
-        if name in _activations.REGISTRY:
-            return name
-        raise ValueError(
-            f"{argument}: unknown activation {identifier!r}; Keras names: {', '.join(KERAS_ACTIVATIONS)}, "
-            "None, or a callable on tensors"
-        )
-    if callable(identifier):
-        return identifier
-    raise TypeError(
-        f"{argument} must be a name, None or a callable, got {type(identifier).__name__} {identifier!r}"
-    )
-
-
-def _serialize_activation(value: str | Callable) -> str:
-    if isinstance(value, str):
-        return "hard_sigmoid" if value == "hard_sigmoid_keras2" else value
-    return getattr(value, "__name__", repr(value))
 
 
 def _rate(name: str, value: Any) -> float:
@@ -272,8 +192,8 @@ class LSTM(nn.Module):
         self._keras2 = False
         self._activation_arg = activation
         self._recurrent_activation_arg = recurrent_activation
-        self.activation = _activation(activation, "activation", False)
-        self.recurrent_activation = _activation(recurrent_activation, "recurrent_activation", False)
+        self.activation = activation_from_keras(activation, "activation", False)
+        self.recurrent_activation = activation_from_keras(recurrent_activation, "recurrent_activation", False)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
         self.recurrent_initializer = initializers.get(recurrent_initializer, "recurrent_initializer")
@@ -324,8 +244,8 @@ class LSTM(nn.Module):
     def _set_keras2(self, keras2: bool) -> None:
         """Layers that come from Keras 2 keep Keras 2's hard_sigmoid (clip(0.2 x + 0.5, 0, 1))."""
         self._keras2 = bool(keras2)
-        self.activation = _activation(self._activation_arg, "activation", self._keras2)
-        self.recurrent_activation = _activation(
+        self.activation = activation_from_keras(self._activation_arg, "activation", self._keras2)
+        self.recurrent_activation = activation_from_keras(
             self._recurrent_activation_arg, "recurrent_activation", self._keras2
         )
 
@@ -735,8 +655,8 @@ class LSTM(nn.Module):
         config.update(
             {
                 "units": self.units,
-                "activation": _serialize_activation(self.activation),
-                "recurrent_activation": _serialize_activation(self.recurrent_activation),
+                "activation": activation_to_keras(self.activation),
+                "recurrent_activation": activation_to_keras(self.recurrent_activation),
                 "use_bias": self.use_bias,
                 "kernel_initializer": serialize(self.kernel_initializer, legacy=legacy),
                 "recurrent_initializer": serialize(self.recurrent_initializer, legacy=legacy),

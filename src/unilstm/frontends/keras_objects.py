@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..keras_names import snake_case as snake_case  # the kinds name their classes with it
+
 
 class KerasObject:
     """Base of our Keras built-ins: a config round trip like Keras's ``get_config`` / ``from_config``."""
@@ -119,12 +121,3 @@ def serialize(obj: Any, *, legacy: bool = False) -> Any:
             "registered_name": None,
         }
     return getattr(obj, "__name__", repr(obj))
-
-
-def snake_case(name: str) -> str:
-    """Keras's ``to_snake_case``: "GlorotUniform" -> "glorot_uniform", "L1L2" -> "l1l2"."""
-    import re
-
-    name = re.sub(r"\W+", "", name)
-    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import unilstm
+from unilstm import export_onnx
 from unilstm.formats.layout import to_onnx_gates
-from unilstm.formats.onnx_export import OnnxExportError, build_graph, export_onnx, run_onnx
+from unilstm.formats.onnx_export import OnnxExportError, build_graph, run_onnx
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -19,11 +19,12 @@ import unilstm
 from unilstm.formats import torch_files
 from unilstm.formats.keras_files import KerasFileError, KerasLayerRecord, write_keras_model
 from unilstm.formats.mindspore_ckpt import CheckpointError, load_checkpoint
+from unilstm.parameter_names import parameter_names
 from unilstm.spec import LSTMSpec
 
 cv = importlib.import_module("unilstm.convert")  # the module (robust to a top-level convert function)
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 KERAS = FIXTURES / "keras_files"
 MS_CKPT = FIXTURES / "mindspore" / "lstm_l2_bi.ckpt"
 pytest.importorskip("h5py")
@@ -49,7 +50,7 @@ def keras_record(
     """A Keras 3 LSTM / Bidirectional record with random weights, as Keras stores it."""
     rng = np.random.default_rng(seed + index)
     name = f"layer_{index}"
-    config = cv._keras_config(name, LSTMSpec(features, units, activation=activation), rs, zo)
+    config = cv.keras_layer_config(name, LSTMSpec(features, units, activation=activation), rs, zo)
     config["go_backwards"] = gb
     weights = []
     for _ in range(2 if bi else 1):
@@ -288,7 +289,8 @@ def test_weights_only_writes_anyway_without_verification(tmp_path):
 def test_a_failed_verification_leaves_the_existing_target_untouched(tmp_path, monkeypatch):
     target = tmp_path / "x.pt"
     target.write_bytes(b"the user's own file")
-    monkeypatch.setattr(cv, "verify", lambda *a, **k: {"lstm": {"no mask": {"output": 0.5}}})
+    api = importlib.import_module("unilstm.convert.api")  # where convert() looks verify up
+    monkeypatch.setattr(api, "verify", lambda *a, **k: {"lstm": {"no mask": {"output": 0.5}}})
     with pytest.raises(cv.VerificationError, match="0.5 > tolerance"):
         cv.convert(MS_CKPT, target)
     assert target.read_bytes() == b"the user's own file"
@@ -376,9 +378,9 @@ def test_go_backwards_with_a_mask_matches_keras_in_the_glue(zo, rs, tmp_path):
         assert torch.equal(front(x, mask=mask), by_definition)
     expected = cv.run_source(unit, x, lengths)
     assert (expected["output"] - by_definition).abs().max() < 1e-6
-    target = unilstm.LSTM.from_spec(cv._plain_torch_spec(unit.spec))
+    target = unilstm.LSTM.from_spec(cv.plain_torch_spec(unit.spec))
     with torch.no_grad():
-        for name in cv.parameter_names(target.spec):
+        for name in parameter_names(target.spec):
             getattr(target, name).copy_(unit.state[name])
     got = cv.torch_glue_run(unit, target.eval(), x, lengths)
     for key, value in expected.items():

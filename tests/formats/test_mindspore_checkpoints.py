@@ -23,7 +23,7 @@ from unilstm.mindspore import (
     save_checkpoint,
 )
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "mindspore"
+FIXTURES = pathlib.Path(__file__).parents[1] / "fixtures" / "mindspore"
 WRITTEN = json.loads((FIXTURES / "checkpoints.json").read_text())
 
 

@@ -22,8 +22,10 @@ import unilstm  # noqa: E402
 from unilstm.formats import keras_files as kf  # noqa: E402
 from unilstm.formats.keras_files import KerasFileError, read_keras_lstm_layers, write_keras_model  # noqa: E402
 from unilstm.formats.layout import torch_from_keras  # noqa: E402
+from unilstm.frontends.keras_files import record_from_layer  # noqa: E402
+from unilstm.keras_names import stored_activation_name  # noqa: E402
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "keras_files"
+FIXTURES = pathlib.Path(__file__).parents[1] / "fixtures" / "keras_files"
 
 #: fixture file -> (reference npz stem, expected keys in read order)
 FILES = {
@@ -57,7 +59,7 @@ def reference_index(record: kf.KerasLayerRecord, position: int, names: list[str]
 
 # -- a plain oracle: a record's numbers through the canonical layer, independent of the Keras front door ----
 def _activation(value, keras2: bool):
-    value = kf._activation_name(value)
+    value = stored_activation_name(value)
     if value == "my_act":
         return my_act
     if keras2 and value == "hard_sigmoid":
@@ -224,7 +226,7 @@ def test_write_is_atomic(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(kf.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         write_keras_model(records, target, (6, 3))
     assert target.read_bytes() == b"old content"
@@ -496,9 +498,9 @@ def test_missing_h5py_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_records_of_layers_say_which_hard_sigmoid(ukeras, tmp_path: pathlib.Path) -> None:
     keras2_layer = ukeras.load_layers(FIXTURES / "tfk_seq.h5", custom_objects={"my_act": my_act})[0]
-    assert kf.record_from_layer(keras2_layer).is_keras2
+    assert record_from_layer(keras2_layer).is_keras2
     keras3_layer = ukeras.load_layers(FIXTURES / "k3_seq_legacy.h5")[1]
-    assert not kf.record_from_layer(keras3_layer).is_keras2
+    assert not record_from_layer(keras3_layer).is_keras2
     ukeras.save_model([keras3_layer], tmp_path / "k3.keras", input_shape=(None, 5))
     assert read_keras_lstm_layers(tmp_path / "k3.keras")[0].config["recurrent_activation"] == "hard_sigmoid"
     odd = ukeras.LSTM(2, recurrent_activation="hard_sigmoid_keras2")

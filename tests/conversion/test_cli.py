@@ -12,7 +12,7 @@ import pytest
 from unilstm import cli
 from unilstm.formats.mindspore_ckpt import load_checkpoint
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 MS_CKPT = FIXTURES / "mindspore" / "lstm_l2_bi.ckpt"
 K3_SEQ = FIXTURES / "keras_files" / "k3_seq.keras"
 pytest.importorskip("h5py")
@@ -113,7 +113,7 @@ def test_go_backwards_is_verified_with_a_mask_and_emitted_without_a_caveat(tmp_p
     from unilstm.spec import LSTMSpec
 
     cv = importlib.import_module("unilstm.convert")
-    config = dict(cv._keras_config("back", LSTMSpec(3, 4), True, False), go_backwards=True)
+    config = dict(cv.keras_layer_config("back", LSTMSpec(3, 4), True, False), go_backwards=True)
     rng = np.random.default_rng(0)
     weights = [rng.standard_normal(shape).astype(np.float32) * 0.5 for shape in ((3, 16), (4, 16), (16,))]
     record = KerasLayerRecord("back", "back", "LSTM", config, weights, None, "keras")

@@ -1,0 +1,333 @@
+"""The conversion API: :func:`convert` (write, then prove the numbers match), :func:`load` and :func:`save`
+on front-door layers, and :func:`export_onnx` for a layer of any front door."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..formats.atomic import atomic_path
+from ..formats.onnx_export import DEFAULT_OPSET, build_graph, write_model
+from ..frontends.keras_files import load_layers, record_from_layer
+from ..frontends.mindspore import LSTM as MindSporeLSTM  # noqa: N811
+from ..frontends.torch import LSTM as TorchLSTM  # noqa: N811
+from ..interchange import InterchangeLSTM
+from ..layer import LSTM
+from ..parameter_names import parameter_names
+from .emitted_code import write_emitted_code
+from .file_kinds import (
+    FRAMEWORK_OF,
+    WRITABLE,
+    ConversionError,
+    PathLike,
+    VerificationError,
+    detect_format,
+)
+from .reading import from_keras_record, merge_stacks, read_units
+from .semantics import canonical_layer, ignored_keras_arguments, target_problems
+from .verification import max_difference, verify
+from .writing import as_float32_for, write_units
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert` did."""
+
+    source: str
+    target: str
+    source_format: str
+    target_format: str
+    layers: list[str]
+    differences: dict[str, Any]
+    max_difference: float
+    tolerance: float
+    verified: bool
+    notes: list[str]
+    emitted: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def convert(
+    source: PathLike,
+    target: PathLike,
+    *,
+    source_format: str | None = None,
+    target_format: str | None = None,
+    layer: str | None = None,
+    prefix: str = "",
+    source_prefix: str | None = None,
+    weights_only: bool = False,
+    tolerance: float = 1e-5,
+    verify_numbers: bool = True,
+    emit_code: PathLike | None = None,
+    custom_objects: dict[str, Any] | None = None,
+    opset: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ConversionReport:
+    """Convert ``source`` to ``target`` and prove the numbers match.
+
+    Example::
+
+        >>> report = unilstm.convert("model.keras", "model.ckpt", prefix="encoder.", emit_code="model_ms.py")
+        >>> report.max_difference
+        2.384185791015625e-07
+
+    Args:
+        source, target: files; formats from the extensions or ``source_format`` / ``target_format``.
+        layer: convert only this layer (Keras name or key, or parameter prefix).
+        prefix: put this in front of every parameter name written (``"encoder."``); several layers get
+            their own sub-prefix (``encoder.lstm_1.``).
+        source_prefix: read only parameters under this prefix from a .ckpt / .pt / .safetensors source.
+        weights_only: write the weights even where the target cannot express the semantics (no check).
+        tolerance: the largest accepted absolute difference.
+        emit_code: also write a Python module rebuilding the model in the target framework (torch or
+            MindSpore targets) with the glue Keras semantics need.
+
+    Raises:
+        ConversionError: unreadable source, inexpressible semantics; VerificationError: the numbers differ
+        by more than ``tolerance`` (the target is then not written). Existing files are never half-written.
+    """
+    say = progress or (lambda message: None)
+    src_fmt = detect_format(source, source_format)
+    dst_fmt = detect_format(target, target_format)
+    if dst_fmt not in WRITABLE:
+        raise ConversionError(f"{target}: writing {dst_fmt} files is not supported")
+    say(f"reading {source} ({src_fmt})")
+    units = read_units(source, fmt=src_fmt, layer=layer, prefix=source_prefix, custom_objects=custom_objects)
+    framework = FRAMEWORK_OF[dst_fmt]
+    if framework in ("torch", "mindspore", "onnx"):
+        units = merge_stacks(units)
+    units = as_float32_for(units, framework)
+    notes = [f"{u.name}: {n}" for u in units for n in u.notes if n != "follows the previous layer"]
+    for unit in units:
+        for config in unit.keras.configs if unit.keras else []:
+            for key in ignored_keras_arguments(config):
+                notes.append(
+                    f"{unit.name}: Keras argument {key} has no effect on inference numbers and is not "
+                    f"carried to {framework}"
+                )
+    destination = Path(target)
+    if not destination.parent.is_dir():
+        raise ConversionError(f"{target}: the folder {str(destination.parent)!r} does not exist")
+    report: dict[str, Any] = {}
+    with atomic_path(destination) as temporary:
+        say(f"writing {len(units)} LSTM(s) as {dst_fmt}")
+        write_units(
+            units, temporary, dst_fmt, prefix=prefix, weights_only=weights_only, opset=opset, display=target
+        )
+        checked = verify_numbers and not (weights_only and any(target_problems(u, framework) for u in units))
+        if checked:
+            say("verifying")
+            report = verify(units, dst_fmt, temporary)
+        worst = max_difference(report)
+        if checked and not worst <= tolerance:
+            raise VerificationError(
+                f"{target}: the target's numbers differ from the source's by {worst:.3g} > tolerance "
+                f"{tolerance:g}; nothing was written",
+                report,
+            )
+        emitted = None
+        if emit_code is not None:
+            emitted = str(write_emitted_code(units, emit_code, dst_fmt, destination, prefix))
+    return ConversionReport(
+        str(source),
+        str(target),
+        src_fmt,
+        dst_fmt,
+        [u.describe() for u in units],
+        report,
+        max_difference(report),
+        tolerance,
+        bool(report),
+        notes,
+        emitted,
+    )
+
+
+
+# -- the Python API: load / save ----------------------------------------------------------------------------
+
+
+def _front_door_layer(unit: InterchangeLSTM) -> torch.nn.Module:
+    s = unit.spec
+    if unit.framework == "mindspore" and s.is_standard_cell and not s.proj_size:
+        layer: LSTM = MindSporeLSTM(
+            s.input_size,
+            s.hidden_size,
+            s.num_layers,
+            has_bias=s.bias,
+            batch_first=s.batch_first,
+            bidirectional=s.bidirectional,
+            dtype=unit.dtype,
+        )
+    elif unit.framework == "torch" and s.is_standard_cell and not s.go_backwards:
+        layer = TorchLSTM(
+            s.input_size,
+            s.hidden_size,
+            s.num_layers,
+            bias=s.bias,
+            batch_first=s.batch_first,
+            bidirectional=s.bidirectional,
+            proj_size=s.proj_size,
+            dtype=unit.dtype,
+        )
+    else:
+        return canonical_layer(unit)
+    with torch.no_grad():
+        for name, tensor in unit.state.items():
+            getattr(layer, name).copy_(tensor)
+    return layer
+
+
+def load(
+    path: PathLike,
+    *,
+    format: str | None = None,
+    layer: str | None = None,
+    prefix: str | None = None,
+    custom_objects: dict[str, Any] | None = None,
+) -> list[torch.nn.Module]:
+    """The LSTM layers of any supported file as ready front-door layers.
+
+    Keras files (.keras, legacy .h5 with configs) give ``unilstm.keras`` layers; MindSpore .ckpt files give
+    ``unilstm.mindspore.LSTM``; .pt / .pth / .safetensors give ``unilstm.torch.LSTM`` (a canonical
+    ``unilstm.LSTM`` where a safetensors file written by unilstm records semantics torch lacks).
+
+    Example::
+
+        >>> [net] = unilstm.load("model.ckpt", prefix="encoder.")
+        >>> output, (h_n, c_n) = net(x)
+
+    Raises:
+        ConversionError, KerasFileError, CheckpointError, TorchFileError: unreadable files, no LSTM in them.
+    """
+    fmt = detect_format(path, format)
+    if FRAMEWORK_OF[fmt] == "keras" and fmt != "weights.h5":
+        with contextlib.suppress(ImportError):  # no h5py: read_units below says the file cannot be read
+            layers = load_layers(path, custom_objects=custom_objects)
+            if layer is not None:
+                layers = [m for m in layers if getattr(m, "name", None) == layer] or layers[:0]
+                if not layers:
+                    raise ConversionError(f"{path}: no LSTM layer named {layer!r}")
+            return layers
+    units = read_units(path, fmt=fmt, layer=layer, prefix=prefix, custom_objects=custom_objects)
+    return [_front_door_layer(unit) for unit in units]
+
+
+def unit_from_layer(module: object, index: int = 0) -> InterchangeLSTM:
+    """An :class:`~unilstm.interchange.InterchangeLSTM` for a unilstm layer: canonical, torch or MindSpore
+    front door, or a Keras front-door LSTM / Bidirectional."""
+    if isinstance(module, LSTM):
+        framework = type(module).__module__.rsplit(".", 1)[-1]
+        framework = framework if framework in ("torch", "mindspore") else "torch"
+        state = OrderedDict((n, getattr(module, n).detach().clone()) for n in parameter_names(module.spec))
+        return InterchangeLSTM(f"lstm_{index}" if index else "lstm", module.spec, state, framework)
+    try:
+        record = record_from_layer(module, index)
+    except TypeError:
+        raise TypeError(
+            f"layers[{index}]: expected a unilstm LSTM (canonical or front door), got {type(module).__name__}"
+        ) from None
+    return from_keras_record(record, f"layers[{index}]", {})
+
+
+def save(
+    layers: object,
+    path: PathLike,
+    *,
+    format: str | None = None,
+    prefix: str = "",
+    weights_only: bool = False,
+    opset: int | None = None,
+) -> Path:
+    """Write unilstm layers (canonical or front-door, one or a list) to any writable format.
+
+    Example::
+
+        >>> net = unilstm.torch.LSTM(8, 16, num_layers=2)
+        >>> unilstm.save(net, "lstm.ckpt", prefix="encoder.")     # MindSpore names encoder.weight_ih_l0 ...
+        >>> unilstm.save(net, "lstm.onnx")
+
+    Several layers are written under sub-prefixes (``lstm.``, ``lstm_1.``) in torch / MindSpore files, as
+    consecutive layers in Keras files. The write is atomic.
+
+    Raises:
+        ConversionError: the target cannot express a layer's semantics (unless ``weights_only``).
+    """
+    modules = list(layers) if isinstance(layers, (list, tuple)) else [layers]
+    units = [unit_from_layer(m, i) for i, m in enumerate(modules)]
+    units = as_float32_for(units, FRAMEWORK_OF[detect_format(path, format)])
+    fmt = detect_format(path, format)
+    target = Path(path)
+    with atomic_path(target) as temporary:
+        write_units(
+            units, temporary, fmt, prefix=prefix, weights_only=weights_only, opset=opset, display=path
+        )
+    return target
+
+
+def export_onnx(
+    layer: object,
+    path: str | os.PathLike[str],
+    *,
+    opset: int = DEFAULT_OPSET,
+    lengths: bool = False,
+    initial_states: bool = False,
+    return_sequences: bool | None = None,
+    merge_mode: str | None = None,
+) -> Path:
+    """Write ``layer`` as an ONNX model built on the standard ``LSTM`` operator.
+
+    Graph inputs: ``input`` (T, B, F), or (B, T, F) with ``batch_first``; with ``lengths=True`` also
+    ``lengths`` (B,) int64 (right-padded sequences, each length in [0, T]); with ``initial_states=True`` also
+    ``h0`` and ``c0`` (L*D, B, H) (zeros otherwise). Graph outputs: ``output`` (T, B, D*H) (or (B, T, D*H)),
+    ``h_n`` and ``c_n`` (L*D, B, H), the same numbers as ``layer(input, lengths=...)`` in eval mode.
+
+    ``layer`` is a :class:`unilstm.LSTM` (or the torch / MindSpore front door, which are ones) or a
+    ``unilstm.keras`` LSTM / Bidirectional, whose ``return_sequences`` and ``merge_mode`` are then used.
+    ``return_sequences=False`` and ``merge_mode`` ("concat", "sum", "mul", "ave") add Keras's output glue:
+    ``output`` becomes each direction's last output in its processing order (B, D*H), and a bidirectional
+    layer's two halves are merged. Feed ``lengths`` = T for unpadded sequences.
+
+    Example::
+
+        >>> layer = unilstm.LSTM(8, 16, num_layers=2, bidirectional=True)
+        >>> unilstm.export_onnx(layer, "lstm.onnx", lengths=True)
+
+    Raises:
+        OnnxExportError: the spec uses a feature ONNX's LSTM lacks (proj_size, an activation it lacks, a
+            callable activation); the message names it.
+        ImportError: onnx is not installed (``pip install 'unilstm[onnx]'``).
+    """
+    if isinstance(layer, LSTM):
+        canonical = layer
+    else:  # a Keras front-door layer: its own output conventions unless given
+        try:
+            unit = unit_from_layer(layer)
+        except TypeError:
+            raise TypeError(
+                f"layer must be a unilstm.LSTM or a unilstm front-door LSTM, got {type(layer).__name__}"
+            ) from None
+        canonical = canonical_layer(unit)
+        if unit.keras is not None:
+            return_sequences = unit.keras.return_sequences if return_sequences is None else return_sequences
+            if merge_mode is None and unit.spec.bidirectional:
+                merge_mode = unit.keras.merge_mode
+    model = build_graph(
+        canonical,
+        opset=opset,
+        lengths=lengths,
+        initial_states=initial_states,
+        return_sequences=True if return_sequences is None else return_sequences,
+        merge_mode=merge_mode or "concat",
+    )
+    return write_model(model, path)
