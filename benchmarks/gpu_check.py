@@ -53,7 +53,7 @@ def property_check(n: int, dtype, tol, device: str) -> tuple[int, float]:
     for i in range(n):
         H = rng.randint(1, 6)
         P = rng.randint(1, H - 1) if H > 1 and rng.random() < 0.3 else 0
-        # every fifth run has more rows than fast.PROJECTION_THROUGH_BIAS_MAX_ROWS (the other product route)
+        # every fifth run has more rows than policy.PROJECTION_THROUGH_BIAS_MAX_ROWS (the other product route)
         B = rng.randint(17, 20) if i % 5 == 4 else rng.randint(1, 5)
         case = make_case(
             i, rng.randint(1, 7), B, rng.randint(1, 5), H, P,

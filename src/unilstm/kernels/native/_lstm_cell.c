@@ -1,17 +1,23 @@
 /*
- * The LSTM cell's elementwise work for one time step, forward and backward, in float32.
- *
- * The Python driver (unilstm/kernels/native.py) runs the time loop: per step one torch GEMM for the
- * recurrent term and one call here, instead of a dozen small torch ops. Everything here is a plain loop
- * over contiguous row-major buffers whose addresses the driver passes as integers; nothing here allocates
- * or touches Python objects beyond reading those integers.
+ * The native kernel's C side: the LSTM cell's elementwise work for one time step, forward and backward, and
+ * whole time loops (forward_loop, backward_loop, and two loops at once) that call the BLAS gemm torch links
+ * between the cell steps. The Python side (unilstm/kernels/native/) finds the BLAS and OpenMP functions,
+ * allocates every buffer and passes sizes and addresses as integers (through native/_extension.py, the
+ * one wrapper with named arguments); nothing here allocates tensors or touches Python objects beyond
+ * reading those integers. When the BLAS gemm is missing, Python runs the time loop itself and calls the
+ * per-step entry points (forward_step, finish_hidden, backward_step).
  *
  * Gate blocks are in torch's order [i, f, g, o] along the 4H axis.
  *
+ * The activation ids (ACT_<NAME>, ACT_COUNT, ACT_NAMES) come from unilstm/kernels/activation_ids.py as
+ * compiler macros (setup.py); the module exports them back as ACTIVATION_IDS, with SCRATCH_PER_HIDDEN,
+ * CELL_PARALLEL_MIN and PACK_MIN_*, so that Python reads the values this build was compiled with.
+ *
  * The transcendental functions are branch-free polynomial approximations (exp: Cephes; tanh: the rational
- * approximation Eigen uses) so that the compiler vectorises the loops: glibc's tanhf costs 20-35 ns per
- * element here, which would make the cell slower than the torch ops it replaces. Their error is a few
- * units in the last place, inside the tolerance the property tests hold every kernel to.
+ * approximation Eigen uses) so that the compiler vectorises the loops: glibc's tanhf is several times
+ * slower per element than the torch ops the cell replaces (benchmarks/kernel_choices.md, "C cell
+ * approximations"). Their error is a few units in the last place, inside the tolerance the property tests
+ * hold every kernel to.
  *
  * Each derivative matches what autograd computes for the function in unilstm/activations.py, including
  * its choice at the kinks (relu'(0) = 0, hard_sigmoid'(+-3) = 0, ...).
@@ -35,30 +41,22 @@
 #define ALWAYS_INLINE
 #endif
 
-enum {
-    ACT_LINEAR = 0,
-    ACT_TANH = 1,
-    ACT_SIGMOID = 2,
-    ACT_RELU = 3,
-    ACT_HARD_SIGMOID = 4,        /* Keras 3: relu6(x + 3) / 6 */
-    ACT_HARD_SIGMOID_KERAS2 = 5, /* clip(0.2 x + 0.5, 0, 1) */
-    ACT_ELU = 6,
-    ACT_SELU = 7,
-    ACT_SOFTSIGN = 8,
-    ACT_EXPONENTIAL = 9,
-    ACT_RELU6 = 10,
-    ACT_LEAKY_RELU = 11, /* negative slope 0.2 (Keras's default) */
-    ACT_HARD_TANH = 12,
-    ACT_SILU = 13,
-    ACT_SOFTPLUS = 14, /* torch's: x where x > 20 */
-    ACT_COUNT = 15
-};
+#if !defined(ACT_COUNT) || !defined(ACT_NAMES)
+#error "build through setup.py: the activation ids come from unilstm/kernels/activation_ids.py as macros"
+#endif
 
 /* CBLAS constants (MKL's values) for the packed and batched GEMMs */
 enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112, CBLAS_PACKED = 151, CBLAS_B_MATRIX = 162 };
 
-/* floats of scratch per hidden unit that one thread of a cell step needs (the backward's 10 H) */
+/* floats of scratch per hidden unit that one thread of a cell step needs (the backward's 10 H); exported */
 #define SCRATCH_PER_HIDDEN 10
+
+/* a per-step product's weight (K * N elements) is packed with MKL's packed GEMM from PACK_MIN_ROWS rows and
+ * PACK_MIN_WEIGHT elements, repeated over PACK_MIN_STEPS steps (benchmarks/kernel_choices.md, "Packed
+ * GEMM"); exported */
+#define PACK_MIN_ROWS 16
+#define PACK_MIN_WEIGHT 65536
+#define PACK_MIN_STEPS 8
 
 /*
  * Threads for the cell: torch's OpenMP runtime (GOMP ABI: GOMP_parallel, omp_get_thread_num,
@@ -70,8 +68,8 @@ typedef int (*omp_query_t)(void);
 static gomp_parallel_t gomp_parallel_fn = NULL;
 static omp_query_t omp_thread_num_fn = NULL, omp_num_threads_fn = NULL;
 
-/* below this many hidden units per step (B * H) the fork costs more than the split saves (2 cores: a step's
- * cell of B = 32, H = 128 takes 8-20 us, a GOMP_parallel on a hot team 1-3 us) */
+/* below this many hidden units per step (B * H) the fork costs more than the split saves
+ * (benchmarks/kernel_choices.md, "Cell split among threads"); exported */
 #define CELL_PARALLEL_MIN 4096
 
 /* how many threads should split a cell step of B rows and `units` hidden units */
@@ -472,4 +470,44 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lstm_cell", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__lstm_cell(void) { return PyModule_Create(&module); }
+/* the activation table this build was compiled with, {name: id} */
+static PyObject *activation_table(void) {
+    PyObject *ids = PyDict_New();
+    if (ids == NULL) return NULL;
+#define X(name, NAME)                                                 \
+    do {                                                              \
+        PyObject *code = PyLong_FromLong(ACT_##NAME);                 \
+        if (code == NULL || PyDict_SetItemString(ids, #name, code) < 0) { \
+            Py_XDECREF(code);                                         \
+            Py_DECREF(ids);                                           \
+            return NULL;                                              \
+        }                                                             \
+        Py_DECREF(code);                                              \
+    } while (0);
+    ACT_NAMES
+#undef X
+    return ids;
+}
+
+/* the sizes and thresholds Python must agree with, as module constants */
+static int add_constants(PyObject *m) {
+    PyObject *ids = activation_table();
+    if (ids == NULL || PyModule_AddObject(m, "ACTIVATION_IDS", ids) < 0) {
+        Py_XDECREF(ids);
+        return -1;
+    }
+    if (PyModule_AddIntConstant(m, "ACTIVATION_COUNT", ACT_COUNT) < 0 ||
+        PyModule_AddIntConstant(m, "SCRATCH_PER_HIDDEN", SCRATCH_PER_HIDDEN) < 0 ||
+        PyModule_AddIntConstant(m, "CELL_PARALLEL_MIN", CELL_PARALLEL_MIN) < 0 ||
+        PyModule_AddIntConstant(m, "PACK_MIN_ROWS", PACK_MIN_ROWS) < 0 ||
+        PyModule_AddIntConstant(m, "PACK_MIN_WEIGHT", PACK_MIN_WEIGHT) < 0 ||
+        PyModule_AddIntConstant(m, "PACK_MIN_STEPS", PACK_MIN_STEPS) < 0)
+        return -1;
+    return 0;
+}
+
+PyMODINIT_FUNC PyInit__lstm_cell(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && add_constants(m) < 0) Py_CLEAR(m);
+    return m;
+}
