@@ -203,3 +203,26 @@ def test_a_build_from_another_activation_table_is_refused(monkeypatch):
     assert module is None and "stale build" in reason and "build_ext" in reason
     stale.ACTIVATION_IDS = dict(ACTIVATION_IDS)
     assert _extension._load() == (stale, "")
+
+
+@needs_extension
+@pytest.mark.parametrize(("kind", "sizes"), [("forward", (12, 15, 14)), ("backward", (11, 15, 6))])
+def test_loop_arguments_by_name(kind, sizes):
+    """A loop's argument tuple is built from its parameters by name in three parts, each in the order of
+    FORWARD_LOOP_PARAMETERS / BACKWARD_LOOP_PARAMETERS whatever the keywords' order; a missing, unknown or
+    positional argument is refused."""
+    names = getattr(_extension, f"{kind.upper()}_LOOP_PARAMETERS")
+    assert len(names) == len(set(names)) == sum(sizes) == (41 if kind == "forward" else 32)
+    built, start = (), 0
+    for part, size in zip(("head", "buffers", "tail"), sizes, strict=True):
+        build = getattr(_extension, f"{kind}_loop_{part}")
+        chunk = names[start:start + size]
+        built += build(**{name: index for index, name in reversed(list(enumerate(chunk, start)))})
+        with pytest.raises(TypeError, match="missing"):
+            build(**{name: 0 for name in chunk[1:]})
+        with pytest.raises(TypeError, match="unexpected"):
+            build(**{name: 0 for name in chunk}, bogus=1)
+        with pytest.raises(TypeError, match="keyword arguments only"):
+            build(0)
+        start += size
+    assert built == tuple(range(sum(sizes)))

@@ -129,14 +129,18 @@ def _recurrent_step_agrees(gemm: int, batch: int, dtype: torch.dtype, per_gate: 
         hnext = torch.full((n_masks, B, H), float("nan"), dtype=dtype)
         rec = torch.empty(GATES, B, H, dtype=dtype) if per_gate else torch.empty(B, 4 * H, dtype=dtype)
         scratch = torch.empty(C.SCRATCH_PER_HIDDEN * H, dtype=dtype)
-        C.forward_loop(C.forward_loop_arguments(
-            float64=dtype == torch.float64, blas=(gemm, 0, 0, 0, batch), trans_w=bool(trans), T=1, B=B, H=H,
-            P=H, reverse=False, Z=z.data_ptr(), Hp=Hp.data_ptr(), Cp=Cp.data_ptr(), Obuf=0, keep=0,
-            zero_out=1, mh=0 if masks is None else masks.data_ptr(), n_masks=n_masks, hnext=hnext.data_ptr(),
-            hm_hist=0, rec=rec.data_ptr(), WrecT=weight.data_ptr(), R=0, rbuf=0, hcand=0, WhrT=0, zeros=0,
-            scratch=scratch.data_ptr(), X=0, F=0, W_ih=0, b_ih=0, b_hh=0, h0=0, c0=0, threads=1, act=linear,
-            ract=linear, ostride=0,
-        ))
+        arguments = C.forward_loop_head(
+            float64=dtype == torch.float64, gemm=gemm, pack_get_size=0, pack=0, compute=0, gemm_batch=batch,
+            trans_w=trans, T=1, B=B, H=H, P=H, reverse=False,
+        ) + C.forward_loop_buffers(
+            Z=z.data_ptr(), Hp=Hp.data_ptr(), Cp=Cp.data_ptr(), Obuf=0, keep=0, zero_out=1,
+            mh=0 if masks is None else masks.data_ptr(), n_masks=n_masks, hnext=hnext.data_ptr(), hm_hist=0,
+            rec=rec.data_ptr(), WrecT=weight.data_ptr(), R=0, rbuf=0, hcand=0,
+        ) + C.forward_loop_tail(
+            WhrT=0, zeros=0, scratch=scratch.data_ptr(), X=0, F=0, W_ih=0, b_ih=0, b_hh=0, h0=0, c0=0,
+            threads=1, act=linear, ract=linear, ostride=0,
+        )
+        C.forward_loop(arguments)
         if not torch.allclose(z[0], want, rtol=1e-4, atol=1e-4):
             return False
     return True

@@ -3,10 +3,10 @@
 
 Every C entry point takes integers only: a dtype flag (0 float32, 1 float64), sizes and buffer addresses
 (0 for NULL). The functions here take them as keyword arguments named after the C functions' parameters
-(see the comments above ``forward_loop`` and ``backward_loop`` in ``_lstm_cell_body.h``) and build the
-positional tuples in one place. The whole loops take a tuple built by :func:`forward_loop_arguments` or
-:func:`backward_loop_arguments`, so that a caller can defer a loop and run two at once
-(:func:`forward_loop_pair`).
+(see the comments above ``forward_loop`` and ``backward_loop`` in ``_lstm_cell_body.h``). The whole loops
+take a tuple that ``forward_loop_head`` + ``_buffers`` + ``_tail`` (and the backward's) build from keyword
+arguments, so that a caller can defer a loop and run two at once (:func:`forward_loop_pair`). The per-step
+entry points come with the arguments fixed over a pass bound by name (:func:`forward_stepper` ...).
 
 On import the module's exported constants are compared with the Python side: a build from another
 activation table (a stale ``.so``) is refused, ``available()`` is False and ``unavailable_reason()`` says
@@ -15,6 +15,7 @@ why.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 
 from ..activation_ids import ACTIVATION_IDS
@@ -62,34 +63,24 @@ def unavailable_reason() -> str:
     return "" if _lstm_cell is not None else (_UNAVAILABLE_REASON or "the C extension is switched off")
 
 
-def forward_loop_arguments(
-    *, float64: bool, blas: BlasFunctions, trans_w: bool, T: int, B: int, H: int, P: int, reverse: bool,
-    Z: int, Hp: int, Cp: int, Obuf: int, keep: int, zero_out: int, mh: int, n_masks: int, hnext: int,
-    hm_hist: int, rec: int, WrecT: int, R: int, rbuf: int, hcand: int, WhrT: int, zeros: int, scratch: int,
-    X: int, F: int, W_ih: int, b_ih: int, b_hh: int, h0: int, c0: int, threads: int, act: int, ract: int,
-    ostride: int,
-) -> tuple[int, ...]:
-    """The argument tuple of the C ``forward_loop``: the BLAS functions (gemm, pack_get_size, pack, compute,
-    gemm_batch; zeros for what is missing), then forward_loop's parameters in _lstm_cell_body.h."""
-    return (
-        int(float64), *blas, int(trans_w), T, B, H, P, int(reverse), Z, Hp, Cp, Obuf, keep, zero_out, mh,
-        n_masks, hnext, hm_hist, rec, WrecT, R, rbuf, hcand, WhrT, zeros, scratch, X, F, W_ih, b_ih, b_hh, h0,
-        c0, threads, act, ract, ostride,
-    )
+def _missing(**parameters: int) -> tuple[int, ...]:
+    raise RuntimeError(unavailable_reason())
 
 
-def backward_loop_arguments(
-    *, float64: bool, blas: BlasFunctions, T: int, B: int, H: int, P: int, reverse: bool, Z: int, Cp: int,
-    dout: int, keep: int, dh: int, dc: int, carry: int, dh_new: int, DH: int, dr: int, w_hr: int, dz: int,
-    dh_tmp: int, Wrec: int, mh: int, n_masks: int, scratch: int, threads: int, act: int, ract: int,
-    dstride: int,
-) -> tuple[int, ...]:
-    """The argument tuple of the C ``backward_loop``: the BLAS functions, then backward_loop's parameters in
-    _lstm_cell_body.h."""
-    return (
-        int(float64), *blas, T, B, H, P, int(reverse), Z, Cp, dout, keep, dh, dc, carry, dh_new, DH, dr, w_hr,
-        dz, dh_tmp, Wrec, mh, n_masks, scratch, threads, act, ract, dstride,
-    )
+# A loop's argument tuple, built from its parameters by name in three parts (head + buffers + tail) by the C
+# module, where the names are defined once (FORWARD_LOOP_PARAMETERS, BACKWARD_LOOP_PARAMETERS): ``float64``,
+# the BLAS functions ``gemm``, ``pack_get_size``, ``pack``, ``compute``, ``gemm_batch`` (0 for those
+# missing), then the parameters of forward_loop / backward_loop in _lstm_cell_body.h. Three parts because
+# CPython passes at most 15 keyword arguments without building a dict (a tenth of a streaming step).
+_Part = Callable[..., tuple[int, ...]]
+forward_loop_head: _Part = getattr(_lstm_cell, "forward_loop_head", _missing)
+forward_loop_buffers: _Part = getattr(_lstm_cell, "forward_loop_buffers", _missing)
+forward_loop_tail: _Part = getattr(_lstm_cell, "forward_loop_tail", _missing)
+backward_loop_head: _Part = getattr(_lstm_cell, "backward_loop_head", _missing)
+backward_loop_buffers: _Part = getattr(_lstm_cell, "backward_loop_buffers", _missing)
+backward_loop_tail: _Part = getattr(_lstm_cell, "backward_loop_tail", _missing)
+FORWARD_LOOP_PARAMETERS: tuple[str, ...] = getattr(_lstm_cell, "FORWARD_LOOP_PARAMETERS", ())
+BACKWARD_LOOP_PARAMETERS: tuple[str, ...] = getattr(_lstm_cell, "BACKWARD_LOOP_PARAMETERS", ())
 
 
 def forward_loop(arguments: tuple[int, ...]) -> None:
@@ -112,38 +103,49 @@ def backward_loop_pair(first: tuple[int, ...], second: tuple[int, ...]) -> None:
     _lstm_cell.backward_loop_pair(first, second)
 
 
-def forward_step(
-    *, float64: bool, B: int, H: int, P: int, z: int, rec: int, c_prev: int, c_out: int, h_prev: int,
-    h_out: int, out_t: int, prev_out: int, keep: int, zero_out: int, mh: int, n_masks: int, hnext: int,
-    r_out: int, r_hist: int, scratch: int, act: int, ract: int,
-) -> None:
-    """One forward cell step over all rows (the per-step loop's, when no BLAS gemm was found)."""
-    _lstm_cell.forward_step(
-        int(float64), B, H, P, z, rec, c_prev, c_out, h_prev, h_out, out_t, prev_out, keep, zero_out, mh,
-        n_masks, hnext, r_out, r_hist, scratch, act, ract,
-    )
+def forward_stepper(
+    *, float64: bool, B: int, H: int, P: int, zero_out: int, n_masks: int, scratch: int, act: int, ract: int,
+) -> Callable[..., None]:
+    """The C ``forward_step`` (one forward cell step over all rows, for the per-step loop that runs when no
+    BLAS gemm was found) with the arguments that stay fixed over a pass bound by name. The function returned
+    takes the per-step ones positionally (one call per step: keywords would cost more than the cell step)."""
+    step, f64 = _lstm_cell.forward_step, int(float64)
+
+    def forward_step(z: int, rec: int, c_prev: int, c_out: int, h_prev: int, h_out: int, out_t: int,
+                     prev_out: int, keep: int, mh: int, hnext: int, r_out: int, r_hist: int) -> None:
+        step(f64, B, H, P, z, rec, c_prev, c_out, h_prev, h_out, out_t, prev_out, keep, zero_out, mh, n_masks,
+             hnext, r_out, r_hist, scratch, act, ract)
+
+    return forward_step
 
 
-def finish_hidden(
-    *, float64: bool, B: int, P: int, hcand: int, h_prev: int, h_out: int, out_t: int, prev_out: int,
-    keep: int, zero_out: int, mh: int, n_masks: int, hnext: int,
-) -> None:
-    """The hidden state's rows after the projection (the per-step loop's second call with proj_size)."""
-    _lstm_cell.finish_hidden(
-        int(float64), B, P, hcand, h_prev, h_out, out_t, prev_out, keep, zero_out, mh, n_masks, hnext
-    )
+def finish_hidden_stepper(
+    *, float64: bool, B: int, P: int, zero_out: int, mh: int, n_masks: int, hnext: int,
+) -> Callable[..., None]:
+    """The C ``finish_hidden`` (the hidden state's rows after the projection, the per-step loop's second call
+    with proj_size) with the arguments fixed over a pass bound, as :func:`forward_stepper`."""
+    step, f64 = _lstm_cell.finish_hidden, int(float64)
+
+    def finish_hidden(hcand: int, h_prev: int, h_out: int, out_t: int, prev_out: int, keep: int) -> None:
+        step(f64, B, P, hcand, h_prev, h_out, out_t, prev_out, keep, zero_out, mh, n_masks, hnext)
+
+    return finish_hidden
 
 
-def backward_step(
-    *, float64: bool, phases: int, B: int, H: int, P: int, z: int, c_prev: int, c_new: int, dh: int, dc: int,
-    gout: int, carry: int, keep: int, dh_new_out: int, dh_hist: int, dr: int, dh_tmp: int, keep_prev: int,
-    mh: int, n_masks: int, dz_copy: int, scratch: int, act: int, ract: int,
-) -> None:
-    """The ``phases`` (TAIL | HEAD | CELL) of one backward cell step over all rows (the per-step loop's)."""
-    _lstm_cell.backward_step(
-        int(float64), phases, B, H, P, z, c_prev, c_new, dh, dc, gout, carry, keep, dh_new_out, dh_hist, dr,
-        dh_tmp, keep_prev, mh, n_masks, dz_copy, scratch, act, ract,
-    )
+def backward_stepper(
+    *, float64: bool, B: int, H: int, P: int, n_masks: int, scratch: int, act: int, ract: int,
+) -> Callable[..., None]:
+    """The C ``backward_step`` (the ``phases``, TAIL | HEAD | CELL, of one backward cell step over all rows)
+    with the arguments fixed over a pass bound, as :func:`forward_stepper`."""
+    step, f64 = _lstm_cell.backward_step, int(float64)
+
+    def backward_step(phases: int, z: int, c_prev: int, c_new: int, dh: int, dc: int, gout: int, carry: int,
+                      keep: int, dh_new_out: int, dh_hist: int, dr: int, dh_tmp: int, keep_prev: int, mh: int,
+                      dz_copy: int) -> None:
+        step(f64, phases, B, H, P, z, c_prev, c_new, dh, dc, gout, carry, keep, dh_new_out, dh_hist, dr,
+             dh_tmp, keep_prev, mh, n_masks, dz_copy, scratch, act, ract)
+
+    return backward_step
 
 
 def product(

@@ -196,13 +196,17 @@ def forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask
         if project_in_c:  # (the contiguous tensors stay referenced until the loop has run)
             w_ih, b_ih, b_hh = (None if t is None else t.contiguous() for t in (w_ih, b_ih, b_hh))
             inputs = (x.data_ptr(), Fdim, w_ih.data_ptr(), address(b_ih), address(b_hh))
-        loop_args = C.forward_loop_arguments(
-            float64=f64, blas=blas, trans_w=not copy, T=T, B=B, H=H, P=P, reverse=reverse, Z=z0, Hp=h_base,
-            Cp=c_base, Obuf=o_base, keep=k_base, zero_out=zero_out, mh=mh_p, n_masks=gate_masks,
-            hnext=hnext_p, hm_hist=address(HM), rec=rec_p, WrecT=Wrec.data_ptr(), R=r_base, rbuf=rbuf_p,
-            hcand=hcand_p, WhrT=address(Whr), zeros=prev_p, scratch=scr_p, X=inputs[0], F=inputs[1],
-            W_ih=inputs[2], b_ih=inputs[3], b_hh=inputs[4], h0=h0.data_ptr(), c0=c0.data_ptr(),
-            threads=threads, act=act, ract=ract, ostride=ostride,
+        loop_args = C.forward_loop_head(
+            float64=f64, gemm=blas[0], pack_get_size=blas[1], pack=blas[2], compute=blas[3],
+            gemm_batch=blas[4], trans_w=not copy, T=T, B=B, H=H, P=P, reverse=reverse,
+        ) + C.forward_loop_buffers(
+            Z=z0, Hp=h_base, Cp=c_base, Obuf=o_base, keep=k_base, zero_out=zero_out, mh=mh_p,
+            n_masks=gate_masks, hnext=hnext_p, hm_hist=address(HM), rec=rec_p, WrecT=Wrec.data_ptr(),
+            R=r_base, rbuf=rbuf_p, hcand=hcand_p,
+        ) + C.forward_loop_tail(
+            WhrT=address(Whr), zeros=prev_p, scratch=scr_p, X=inputs[0], F=inputs[1], W_ih=inputs[2],
+            b_ih=inputs[3], b_hh=inputs[4], h0=h0.data_ptr(), c0=c0.data_ptr(), threads=threads, act=act,
+            ract=ract, ostride=ostride,
         )
         if defer is not None:
             # every buffer the loop reads or writes stays referenced until it has run
@@ -225,6 +229,10 @@ def forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask
             Wrec = Wrec.transpose(-1, -2)
             Whr = None if Whr is None else Whr.t()
 
+        forward_step = C.forward_stepper(float64=f64, B=B, H=H, P=P, zero_out=zero_out, n_masks=gate_masks,
+                                         scratch=scr_p, act=act, ract=ract)
+        finish_hidden = C.finish_hidden_stepper(float64=f64, B=B, P=P, zero_out=zero_out, mh=mh_p,
+                                                n_masks=gate_masks, hnext=hnext_p)
         for t in range(T - 1, -1, -1) if reverse else range(T):
             hi, ho = (t + 1, t) if reverse else (t, t + 1)
             if HM is not None:
@@ -233,25 +241,15 @@ def forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask
             kp = 0 if not masked or all_kept[t] else k_base + t * B
             out_p = o_base + t * ostride * esz if Obuf is not None else 0
             if proj:
-                C.forward_step(
-                    float64=f64, B=B, H=H, P=P, z=z0 + t * zs, rec=rec_p, c_prev=c_base + hi * cs,
-                    c_out=c_base + ho * cs, h_prev=0, h_out=0, out_t=0, prev_out=0, keep=kp,
-                    zero_out=zero_out, mh=0, n_masks=gate_masks, hnext=0, r_out=rbuf_p,
-                    r_hist=r_base + t * cs, scratch=scr_p, act=act, ract=ract,
-                )
+                # (z, rec, c_prev, c_out, h_prev, h_out, out_t, prev_out, keep, mh, hnext, r_out, r_hist)
+                forward_step(z0 + t * zs, rec_p, c_base + hi * cs, c_base + ho * cs, 0, 0, 0, 0, kp, 0, 0,
+                             rbuf_p, r_base + t * cs)
                 torch.mm(rbuf, Whr, out=hcand)
-                C.finish_hidden(
-                    float64=f64, B=B, P=P, hcand=hcand_p, h_prev=h_base + hi * hs, h_out=h_base + ho * hs,
-                    out_t=out_p, prev_out=prev_p, keep=kp, zero_out=zero_out, mh=mh_p, n_masks=gate_masks,
-                    hnext=hnext_p,
-                )
+                # (hcand, h_prev, h_out, out_t, prev_out, keep)
+                finish_hidden(hcand_p, h_base + hi * hs, h_base + ho * hs, out_p, prev_p, kp)
             else:
-                C.forward_step(
-                    float64=f64, B=B, H=H, P=P, z=z0 + t * zs, rec=rec_p, c_prev=c_base + hi * cs,
-                    c_out=c_base + ho * cs, h_prev=h_base + hi * hs, h_out=h_base + ho * hs, out_t=out_p,
-                    prev_out=prev_p, keep=kp, zero_out=zero_out, mh=mh_p, n_masks=gate_masks, hnext=hnext_p,
-                    r_out=0, r_hist=0, scratch=scr_p, act=act, ract=ract,
-                )
+                forward_step(z0 + t * zs, rec_p, c_base + hi * cs, c_base + ho * cs, h_base + hi * hs,
+                             h_base + ho * hs, out_p, prev_p, kp, mh_p, hnext_p, 0, 0)
             if Obuf is not None:
                 prev_p = out_p
 
@@ -300,10 +298,14 @@ def backward_pass(cfg, meta, saved, needs, has_bias, dout, dhT, dcT, defer=None)
     dr_p, dhn_p, DH_base = address(dr), dh_new.data_ptr(), address(DH)
     if blas[0]:
         w_hr_rows = w_hr.contiguous() if proj else None
-        loop_args = C.backward_loop_arguments(
-            float64=f64, blas=blas, T=T, B=B, H=H, P=P, reverse=reverse, Z=z0, Cp=c_base, dout=dout_base,
-            keep=k_base, dh=dh_p, dc=dc_p, carry=carry_p, dh_new=dhn_p, DH=DH_base, dr=dr_p,
-            w_hr=address(w_hr_rows), dz=dz_p, dh_tmp=tmp_p, Wrec=Wrec.data_ptr(), mh=mh_p,
+        loop_args = C.backward_loop_head(
+            float64=f64, gemm=blas[0], pack_get_size=blas[1], pack=blas[2], compute=blas[3],
+            gemm_batch=blas[4], T=T, B=B, H=H, P=P, reverse=reverse,
+        ) + C.backward_loop_buffers(
+            Z=z0, Cp=c_base, dout=dout_base, keep=k_base, dh=dh_p, dc=dc_p, carry=carry_p, dh_new=dhn_p,
+            DH=DH_base, dr=dr_p, w_hr=address(w_hr_rows), dz=dz_p, dh_tmp=tmp_p, Wrec=Wrec.data_ptr(),
+            mh=mh_p,
+        ) + C.backward_loop_tail(
             n_masks=gate_masks, scratch=scr_p, threads=threads, act=act, ract=ract, dstride=dstride,
         )
         if defer is not None:
@@ -314,6 +316,8 @@ def backward_pass(cfg, meta, saved, needs, has_bias, dout, dhT, dcT, defer=None)
         else:
             C.backward_loop(loop_args)
     else:
+        backward_step = C.backward_stepper(float64=f64, B=B, H=H, P=P, n_masks=gate_masks, scratch=scr_p,
+                                           act=act, ract=ract)
         pending, prev_kp = 0, 0
         for t in range(T) if reverse else range(T - 1, -1, -1):
             hi, ho = (t + 1, t) if reverse else (t, t + 1)
@@ -321,32 +325,18 @@ def backward_pass(cfg, meta, saved, needs, has_bias, dout, dhT, dcT, defer=None)
             zt, cprev, cnew = z0 + t * zs, c_base + hi * cs, c_base + ho * cs
             gout = dout_base + t * dstride * esz
             if proj:
-                C.backward_step(
-                    float64=f64, phases=pending | C.HEAD, B=B, H=H, P=P, z=zt, c_prev=cprev, c_new=cnew,
-                    dh=dh_p, dc=dc_p, gout=gout, carry=carry_p, keep=kp, dh_new_out=dhn_p,
-                    dh_hist=DH_base + t * hs, dr=0, dh_tmp=tmp_p, keep_prev=prev_kp, mh=mh_p,
-                    n_masks=gate_masks, dz_copy=0, scratch=scr_p, act=act, ract=ract,
-                )
+                # (phases, z, c_prev, c_new, dh, dc, gout, carry, keep, dh_new_out, dh_hist, dr, dh_tmp,
+                #  keep_prev, mh, dz_copy)
+                backward_step(pending | C.HEAD, zt, cprev, cnew, dh_p, dc_p, gout, carry_p, kp, dhn_p,
+                              DH_base + t * hs, 0, tmp_p, prev_kp, mh_p, 0)
                 torch.mm(dh_new, w_hr, out=dr)
-                C.backward_step(
-                    float64=f64, phases=C.CELL, B=B, H=H, P=P, z=zt, c_prev=cprev, c_new=cnew, dh=dh_p,
-                    dc=dc_p, gout=0, carry=0, keep=kp, dh_new_out=0, dh_hist=0, dr=dr_p, dh_tmp=0,
-                    keep_prev=0, mh=0, n_masks=gate_masks, dz_copy=dz_p, scratch=scr_p, act=act, ract=ract,
-                )
+                backward_step(C.CELL, zt, cprev, cnew, dh_p, dc_p, 0, 0, kp, 0, 0, dr_p, 0, 0, 0, dz_p)
             else:
-                C.backward_step(
-                    float64=f64, phases=pending | C.HEAD | C.CELL, B=B, H=H, P=P, z=zt, c_prev=cprev,
-                    c_new=cnew, dh=dh_p, dc=dc_p, gout=gout, carry=carry_p, keep=kp, dh_new_out=dhn_p,
-                    dh_hist=0, dr=dhn_p, dh_tmp=tmp_p, keep_prev=prev_kp, mh=mh_p, n_masks=gate_masks,
-                    dz_copy=dz_p, scratch=scr_p, act=act, ract=ract,
-                )
+                backward_step(pending | C.HEAD | C.CELL, zt, cprev, cnew, dh_p, dc_p, gout, carry_p, kp,
+                              dhn_p, 0, dhn_p, tmp_p, prev_kp, mh_p, dz_p)
             gemm(dz, Wrec, out=dh_tmp)
             pending, prev_kp = C.TAIL, kp
-        C.backward_step(
-            float64=f64, phases=C.TAIL, B=B, H=H, P=P, z=0, c_prev=0, c_new=0, dh=dh_p, dc=dc_p, gout=0,
-            carry=0, keep=0, dh_new_out=0, dh_hist=0, dr=0, dh_tmp=tmp_p, keep_prev=prev_kp, mh=mh_p,
-            n_masks=gate_masks, dz_copy=0, scratch=scr_p, act=act, ract=ract,
-        )
+        backward_step(C.TAIL, 0, 0, 0, dh_p, dc_p, 0, 0, 0, 0, 0, 0, tmp_p, prev_kp, mh_p, 0)
 
     def finish() -> tuple:
         dZ = Z.view(T * B, GATES * H)

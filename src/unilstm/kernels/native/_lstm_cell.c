@@ -301,6 +301,108 @@ static int loop_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t arity, 
     return 0;
 }
 
+/*
+ * The loops' parameters by name, in the order of their argument tuples (the a[k] of the CALL macros below):
+ * the dtype flag, the BLAS functions, then the parameters of forward_loop / backward_loop in
+ * _lstm_cell_body.h. Python builds a loop's tuple from keyword arguments in three parts (head, buffers,
+ * tail, concatenated): CPython passes at most 15 keyword arguments without building a dict, and a call
+ * that builds one costs a tenth of a streaming step.
+ */
+#define FORWARD_HEAD X(float64) X(gemm) X(pack_get_size) X(pack) X(compute) X(gemm_batch) X(trans_w) X(T) X(B) X(H) X(P) X(reverse)
+#define FORWARD_BUFFERS                                                                                 \
+    X(Z) X(Hp) X(Cp) X(Obuf) X(keep) X(zero_out) X(mh) X(n_masks) X(hnext) X(hm_hist) X(rec) X(WrecT) X(R) \
+    X(rbuf) X(hcand)
+#define FORWARD_TAIL                                                                                         \
+    X(WhrT) X(zeros) X(scratch) X(X) X(F) X(W_ih) X(b_ih) X(b_hh) X(h0) X(c0) X(threads) X(act) X(ract) X(ostride)
+#define BACKWARD_HEAD X(float64) X(gemm) X(pack_get_size) X(pack) X(compute) X(gemm_batch) X(T) X(B) X(H) X(P) X(reverse)
+#define BACKWARD_BUFFERS                                                                                        \
+    X(Z) X(Cp) X(dout) X(keep) X(dh) X(dc) X(carry) X(dh_new) X(DH) X(dr) X(w_hr) X(dz) X(dh_tmp) X(Wrec) X(mh)
+#define BACKWARD_TAIL X(n_masks) X(scratch) X(threads) X(act) X(ract) X(dstride)
+
+#define X(name) #name,
+static const char *const forward_head[] = {FORWARD_HEAD}, *const forward_buffers[] = {FORWARD_BUFFERS},
+                         *const forward_tail[] = {FORWARD_TAIL}, *const backward_head[] = {BACKWARD_HEAD},
+                         *const backward_buffers[] = {BACKWARD_BUFFERS}, *const backward_tail[] = {BACKWARD_TAIL};
+#undef X
+#define COUNT(list) ((Py_ssize_t)(sizeof list / sizeof *list))
+_Static_assert(COUNT(forward_head) + COUNT(forward_buffers) + COUNT(forward_tail) == 41,
+               "forward_loop takes 41 integers");
+_Static_assert(COUNT(backward_head) + COUNT(backward_buffers) + COUNT(backward_tail) == 32,
+               "backward_loop takes 32 integers");
+
+/* the parts, in the order of the entries of `parts` below: name lists and their interned names */
+enum { PART_COUNT = 6 };
+static const char *const part_functions[PART_COUNT] = {
+    "forward_loop_head", "forward_loop_buffers", "forward_loop_tail",
+    "backward_loop_head", "backward_loop_buffers", "backward_loop_tail"};
+static const char *const *const part_lists[PART_COUNT] = {forward_head, forward_buffers, forward_tail,
+                                                          backward_head, backward_buffers, backward_tail};
+static const Py_ssize_t part_sizes[PART_COUNT] = {COUNT(forward_head), COUNT(forward_buffers),
+                                                  COUNT(forward_tail), COUNT(backward_head),
+                                                  COUNT(backward_buffers), COUNT(backward_tail)};
+static PyObject *part_names[PART_COUNT]; /* tuples of interned str, made at module init */
+
+/* the names of a parameter list as a tuple of interned strings */
+static PyObject *parameter_names(const char *const *names, Py_ssize_t n) {
+    PyObject *tuple = PyTuple_New(n);
+    if (tuple == NULL) return NULL;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *name = PyUnicode_InternFromString(names[k]);
+        if (name == NULL) {
+            Py_DECREF(tuple);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(tuple, k, name);
+    }
+    return tuple;
+}
+
+/* keyword arguments (every one of part `part`'s names, each once) as a tuple in the order of its names */
+static PyObject *arguments_by_name(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int part) {
+    PyObject *names = part_names[part];
+    const char *fn = part_functions[part];
+    const Py_ssize_t n = PyTuple_GET_SIZE(names), given = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs != 0) {
+        PyErr_Format(PyExc_TypeError, "%s: expected keyword arguments only, received %zd positional", fn, nargs);
+        return NULL;
+    }
+    PyObject *out = PyTuple_New(n);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t k = 0; k < given; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        Py_ssize_t j = k < n && PyTuple_GET_ITEM(names, k) == key ? k : -1; /* in order: no search */
+        for (Py_ssize_t i = 0; j < 0 && i < n; i++)
+            if (PyUnicode_Compare(key, PyTuple_GET_ITEM(names, i)) == 0) j = i;
+        if (j < 0 || PyTuple_GET_ITEM(out, j) != NULL) {
+            PyErr_Format(PyExc_TypeError, "%s: unexpected or repeated argument %R", fn, key);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_INCREF(args[k]);
+        PyTuple_SET_ITEM(out, j, args[k]);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyTuple_GET_ITEM(out, i) == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s: missing argument %R", fn, PyTuple_GET_ITEM(names, i));
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+#define DEFINE_PART(index, function)                                                                      \
+    static PyObject *py_##function(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw) { \
+        return arguments_by_name(args, nargs, kw, index);                                                  \
+    }
+DEFINE_PART(0, forward_loop_head)
+DEFINE_PART(1, forward_loop_buffers)
+DEFINE_PART(2, forward_loop_tail)
+DEFINE_PART(3, backward_loop_head)
+DEFINE_PART(4, backward_loop_buffers)
+DEFINE_PART(5, backward_loop_tail)
+#undef DEFINE_PART
+
 static int forward_loop_args(PyObject *const *args, Py_ssize_t nargs, long long *a) {
     return loop_args(args, nargs, 41, "forward_loop", a);
 }
@@ -464,6 +566,15 @@ static PyMethodDef methods[] = {
     {"backward_loop_pair", (PyCFunction)(void (*)(void))py_backward_loop_pair, METH_FASTCALL,
      "two backward loops"},
     {"product", (PyCFunction)(void (*)(void))py_product, METH_FASTCALL, "one checked matrix product"},
+#define PART(function, doc) \
+    {#function, (PyCFunction)(void (*)(void))py_##function, METH_FASTCALL | METH_KEYWORDS, doc},
+    PART(forward_loop_head, "forward_loop's first arguments by name, as a tuple")
+    PART(forward_loop_buffers, "forward_loop's middle arguments by name, as a tuple")
+    PART(forward_loop_tail, "forward_loop's last arguments by name, as a tuple")
+    PART(backward_loop_head, "backward_loop's first arguments by name, as a tuple")
+    PART(backward_loop_buffers, "backward_loop's middle arguments by name, as a tuple")
+    PART(backward_loop_tail, "backward_loop's last arguments by name, as a tuple")
+#undef PART
     {"activation", (PyCFunction)(void (*)(void))py_activation, METH_FASTCALL, "an activation over a buffer"},
     {NULL, NULL, 0, NULL},
 };
@@ -489,11 +600,28 @@ static PyObject *activation_table(void) {
     return ids;
 }
 
-/* the sizes and thresholds Python must agree with, as module constants */
+/* the sizes and thresholds Python must agree with, as module constants; the loops' parameter names */
 static int add_constants(PyObject *m) {
     PyObject *ids = activation_table();
     if (ids == NULL || PyModule_AddObject(m, "ACTIVATION_IDS", ids) < 0) {
         Py_XDECREF(ids);
+        return -1;
+    }
+    PyObject *forward = PyTuple_New(0), *backward = PyTuple_New(0); /* all the names, for Python's checks */
+    for (int k = 0; k < PART_COUNT && forward != NULL && backward != NULL; k++) {
+        if (part_names[k] == NULL) part_names[k] = parameter_names(part_lists[k], part_sizes[k]);
+        if (part_names[k] == NULL) break;
+        PyObject **all = k < 3 ? &forward : &backward, *joined = PySequence_Concat(*all, part_names[k]);
+        Py_SETREF(*all, joined);
+    }
+    if (forward == NULL || backward == NULL || part_names[PART_COUNT - 1] == NULL ||
+        PyModule_AddObject(m, "FORWARD_LOOP_PARAMETERS", forward) < 0) {
+        Py_XDECREF(forward);
+        Py_XDECREF(backward);
+        return -1;
+    }
+    if (PyModule_AddObject(m, "BACKWARD_LOOP_PARAMETERS", backward) < 0) {
+        Py_DECREF(backward);
         return -1;
     }
     if (PyModule_AddIntConstant(m, "ACTIVATION_COUNT", ACT_COUNT) < 0 ||
