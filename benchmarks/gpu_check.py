@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_fast_kernel import ACCEPTED, outputs_and_grads  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "kernels"))
+from kernel_cases import ACCEPTED, outputs_and_grads  # noqa: E402
 from test_triton_cell import count_fused_steps  # noqa: E402
 
 from unilstm import bench  # noqa: E402
@@ -46,7 +46,7 @@ def to_device(case, device):
 
 
 def property_check(n: int, dtype, tol, device: str) -> tuple[int, float]:
-    from test_fast_kernel import make_case
+    from kernel_cases import fast_case as make_case
 
     rng = random.Random(0)
     worst = 0.0
