@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_fast_kernel import ACCEPTED, outputs_and_grads  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "kernels"))
+from kernel_cases import ACCEPTED, outputs_and_grads  # noqa: E402
 from test_triton_cell import count_fused_steps  # noqa: E402
 
 from unilstm import bench  # noqa: E402
@@ -46,14 +46,14 @@ def to_device(case, device):
 
 
 def property_check(n: int, dtype, tol, device: str) -> tuple[int, float]:
-    from test_fast_kernel import make_case
+    from kernel_cases import fast_case as make_case
 
     rng = random.Random(0)
     worst = 0.0
     for i in range(n):
         H = rng.randint(1, 6)
         P = rng.randint(1, H - 1) if H > 1 and rng.random() < 0.3 else 0
-        # every fifth run has more rows than fast.PROJECTION_THROUGH_BIAS_MAX_ROWS (the other product route)
+        # every fifth run has more rows than policy.PROJECTION_THROUGH_BIAS_MAX_ROWS (the other product route)
         B = rng.randint(17, 20) if i % 5 == 4 else rng.randint(1, 5)
         case = make_case(
             i, rng.randint(1, 7), B, rng.randint(1, 5), H, P,

@@ -7,7 +7,7 @@ for the other per-step products and 6-9 us at B = 32 or 64; it made bidir+proj+m
 2.0x cuDNN forward. This times the product as the kernel forms it and rewrites that compute the same
 numbers (up to summation order), for a few shapes. Outcome (benchmarks/GPU_RESULTS.md): cublasLt, reached
 through addmm with a 1-D zero bias, takes 2.7 us there and is as fast or faster up to 16 rows but slower at
-32-64, so the fast kernel uses it up to ``fast.PROJECTION_THROUGH_BIAS_MAX_ROWS`` = 16 rows.
+32-64, so the fast kernel uses it up to ``policy.PROJECTION_THROUGH_BIAS_MAX_ROWS`` = 16 rows.
 """
 
 from __future__ import annotations

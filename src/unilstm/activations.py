@@ -209,3 +209,9 @@ def kernel_entry(table: Mapping[Callable, Entry], fn: Callable) -> Entry | None:
         return table.get(fn)
     except TypeError:  # unhashable callables
         return None
+
+
+def kernel_ids(ids: Mapping[str, int]) -> dict[Callable, int]:
+    """A compiled kernel's activation ids (``unilstm.kernels.activation_ids``, keyed by registry name) keyed
+    by the resolved functions instead, for :func:`kernel_entry`."""
+    return {REGISTRY[name]: code for name, code in ids.items()}

@@ -15,13 +15,22 @@ import os
 import triton
 import triton.language as tl
 
+from .activation_ids import ACTIVATION_IDS
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# activation codes (triton_cell.ACTIVATION_CODES); Triton reads globals only when they are constexpr
-TANH, SIGMOID, RELU, LINEAR = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2), tl.constexpr(3)
-EXPONENTIAL, HARD_SIGMOID, HARD_SIGMOID_KERAS2 = tl.constexpr(4), tl.constexpr(5), tl.constexpr(6)
-ELU, SELU, SOFTPLUS, SOFTSIGN = tl.constexpr(7), tl.constexpr(8), tl.constexpr(9), tl.constexpr(10)
-RELU6, LEAKY_RELU, HARD_TANH, SILU = tl.constexpr(11), tl.constexpr(12), tl.constexpr(13), tl.constexpr(14)
+# activation codes (activation_ids.py, as triton_cell.ACTIVATION_CODES); Triton reads globals only when they
+# are constexpr
+TANH, SIGMOID, RELU, LINEAR = (tl.constexpr(ACTIVATION_IDS[n]) for n in ("tanh", "sigmoid", "relu", "linear"))
+EXPONENTIAL, HARD_SIGMOID, HARD_SIGMOID_KERAS2 = (
+    tl.constexpr(ACTIVATION_IDS[n]) for n in ("exponential", "hard_sigmoid", "hard_sigmoid_keras2")
+)
+ELU, SELU, SOFTPLUS, SOFTSIGN = (
+    tl.constexpr(ACTIVATION_IDS[n]) for n in ("elu", "selu", "softplus", "softsign")
+)
+RELU6, LEAKY_RELU, HARD_TANH, SILU = (
+    tl.constexpr(ACTIVATION_IDS[n]) for n in ("relu6", "leaky_relu", "hard_tanh", "silu")
+)
 
 _SELU_SCALE = tl.constexpr(1.0507009873554804934193349852946)
 _SELU_NEGATIVE = tl.constexpr(1.6732632423543772848170429916717 * 1.0507009873554804934193349852946)

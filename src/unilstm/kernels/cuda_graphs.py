@@ -97,7 +97,7 @@ def _capture_cuda(body: Body, static_args: tuple, pool: object) -> tuple[Graph, 
 def _live_pool(device: torch.device) -> object:
     """The memory pool of a kept graph on ``device``, or None for a new one. A pool handle must not outlive
     its graphs: torch frees the pool with its last graph, and capturing into a freed pool trips an internal
-    assertion of torch's caching allocator (seen with torch 2.11)."""
+    assertion of torch's caching allocator."""
     for entry in _entries.values():
         if entry.graph is not None and entry.device == device:
             return entry.graph.pool()

@@ -31,7 +31,6 @@ call (``opaque_to_compile``), so its time loop is never unrolled into a graph.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,7 +40,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import activations as A
-from . import cuda_graphs, triton_cell
+from . import cuda_graphs, policy, triton_cell
 from .opaque import opaque_to_compile
 from .reference import GATES, DirectionRun, DirectionWeights
 
@@ -69,9 +68,6 @@ class _Act:
 
 def _ind(cond: Tensor, like: Tensor) -> Tensor:
     return cond.to(like.dtype)
-
-
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 def _grad_mish(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
@@ -162,12 +158,6 @@ _ACTS: dict[Callable, _Act] = {
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-# Up to this many rows, the forward on CUDA computes each step's projection h' = r W_hr^T as addmm with a
-# zero (P,) bias, which torch sends to cublasLt's GEMM with a bias epilogue; above it, as mm (cuBLAS).
-# Measured on an H100, torch 2.11, float32 (benchmarks/gpu_small_gemm.py): cuBLAS took 52 us for (16, 256)
-# x (256, 128) and (8, 256) x (256, 128), cublasLt 2.7-2.8; at 16 rows Lt was as fast or faster at every
-# size tried (2.4 against 5.4 us at H = 128), at 32-64 rows slower (13-17 against 6-10 us).
-PROJECTION_THROUGH_BIAS_MAX_ROWS = 16
 
 
 def supported_activation(fn: Callable) -> bool:
@@ -290,7 +280,8 @@ def _step_patterns(
 
 
 def _project(r: Tensor, w_hr_t: Tensor, zero_bias: Tensor | None, out: Tensor) -> None:
-    """out = r W_hr^T, (B, H) x (H, P); through a zero bias where PROJECTION_THROUGH_BIAS_MAX_ROWS says."""
+    """out = r W_hr^T, (B, H) x (H, P); through a zero bias where policy.PROJECTION_THROUGH_BIAS_MAX_ROWS
+    says."""
     if zero_bias is None:
         torch.mm(r, w_hr_t, out=out)
     else:
@@ -384,7 +375,9 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
         keep_rows = step_mask.contiguous().view(torch.uint8).unbind(0) if masked else None
         mh_rows = mh.contiguous() if fold_mask else None
     # (the fused steps run on the CPU only in tests, through Triton's interpreter: they take this route too)
-    through_bias = R is not None and (dev.type == "cuda" or fused) and B <= PROJECTION_THROUGH_BIAS_MAX_ROWS
+    through_bias = (
+        R is not None and (dev.type == "cuda" or fused) and B <= policy.PROJECTION_THROUGH_BIAS_MAX_ROWS
+    )
     zero_bias = x.new_zeros(P) if through_bias else None
 
     order = range(T - 1, -1, -1) if reverse else range(T)

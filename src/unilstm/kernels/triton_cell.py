@@ -31,18 +31,16 @@ import torch
 from torch import Tensor
 
 from .. import activations as A
+from .activation_ids import ACTIVATION_IDS
 
 __all__ = [
     "ACTIVATION_CODES", "accepts", "backward_step", "combine_gate_products", "enabled", "forward_step",
     "projected_backward_prelude", "run_on_cpu",
 ]
 
-#: the activations the kernels compute, by their code in _triton_cell_kernels
-ACTIVATION_CODES: dict[Callable, int] = {
-    torch.tanh: 0, torch.sigmoid: 1, torch.relu: 2, A.linear: 3, A.exponential: 4, A.hard_sigmoid: 5,
-    A.hard_sigmoid_keras2: 6, A.elu: 7, A.celu: 7, A.selu: 8, A.softplus: 9, A.softsign: 10, A.relu6: 11,
-    A.leaky_relu: 12, A.hard_tanh: 13, A.silu: 14,
-}
+#: the activations the kernels compute, by their code (unilstm/kernels/activation_ids.py); celu (alpha 1)
+#: is elu
+ACTIVATION_CODES: dict[Callable, int] = {**A.kernel_ids(ACTIVATION_IDS), A.celu: ACTIVATION_IDS["elu"]}
 
 #: switch for the fused steps; ``UNILSTM_TRITON=0`` in the environment sets it False at import
 enabled: bool = os.environ.get("UNILSTM_TRITON", "1") != "0"
@@ -87,9 +85,10 @@ def _works_on(device: torch.device) -> bool:
         i, f, o = torch.sigmoid(z[:, :2]), torch.sigmoid(z[:, 2:4]), torch.sigmoid(z[:, 4:6])
         want_c = f * c_prev + i * torch.tanh(z[:, 6:])
         gates = z.clone()
-        forward_step(gates, False, (0, 1), True, c_prev, c_new, h_prev, h_new, None, None, None, False)
+        codes = (ACTIVATION_IDS["tanh"], ACTIVATION_IDS["sigmoid"])
+        forward_step(gates, False, codes, True, c_prev, c_new, h_prev, h_new, None, None, None, False)
         dc, zero = torch.ones_like(c_prev), torch.zeros_like(c_prev)
-        backward_step(gates, False, (0, 1), True, c_new, c_prev, zero, zero, dc, None, None, None, False)
+        backward_step(gates, False, codes, True, c_new, c_prev, zero, zero, dc, None, None, None, False)
         # with no gradient through h, dc_{t-1} = dc_t * f
         ok = all(torch.allclose(got, want) for got, want in (
             (c_new, want_c), (h_new, o * torch.tanh(want_c)), (dc, f)

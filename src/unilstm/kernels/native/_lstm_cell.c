@@ -1,17 +1,23 @@
 /*
- * The LSTM cell's elementwise work for one time step, forward and backward, in float32.
- *
- * The Python driver (unilstm/kernels/native.py) runs the time loop: per step one torch GEMM for the
- * recurrent term and one call here, instead of a dozen small torch ops. Everything here is a plain loop
- * over contiguous row-major buffers whose addresses the driver passes as integers; nothing here allocates
- * or touches Python objects beyond reading those integers.
+ * The native kernel's C side: the LSTM cell's elementwise work for one time step, forward and backward, and
+ * whole time loops (forward_loop, backward_loop, and two loops at once) that call the BLAS gemm torch links
+ * between the cell steps. The Python side (unilstm/kernels/native/) finds the BLAS and OpenMP functions,
+ * allocates every buffer and passes sizes and addresses as integers (through native/_extension.py, the
+ * one wrapper with named arguments); nothing here allocates tensors or touches Python objects beyond
+ * reading those integers. When the BLAS gemm is missing, Python runs the time loop itself and calls the
+ * per-step entry points (forward_step, finish_hidden, backward_step).
  *
  * Gate blocks are in torch's order [i, f, g, o] along the 4H axis.
  *
+ * The activation ids (ACT_<NAME>, ACT_COUNT, ACT_NAMES) come from unilstm/kernels/activation_ids.py as
+ * compiler macros (setup.py); the module exports them back as ACTIVATION_IDS, with SCRATCH_PER_HIDDEN,
+ * CELL_PARALLEL_MIN and PACK_MIN_*, so that Python reads the values this build was compiled with.
+ *
  * The transcendental functions are branch-free polynomial approximations (exp: Cephes; tanh: the rational
- * approximation Eigen uses) so that the compiler vectorises the loops: glibc's tanhf costs 20-35 ns per
- * element here, which would make the cell slower than the torch ops it replaces. Their error is a few
- * units in the last place, inside the tolerance the property tests hold every kernel to.
+ * approximation Eigen uses) so that the compiler vectorises the loops: glibc's tanhf is several times
+ * slower per element than the torch ops the cell replaces (benchmarks/kernel_choices.md, "C cell
+ * approximations"). Their error is a few units in the last place, inside the tolerance the property tests
+ * hold every kernel to.
  *
  * Each derivative matches what autograd computes for the function in unilstm/activations.py, including
  * its choice at the kinks (relu'(0) = 0, hard_sigmoid'(+-3) = 0, ...).
@@ -35,30 +41,22 @@
 #define ALWAYS_INLINE
 #endif
 
-enum {
-    ACT_LINEAR = 0,
-    ACT_TANH = 1,
-    ACT_SIGMOID = 2,
-    ACT_RELU = 3,
-    ACT_HARD_SIGMOID = 4,        /* Keras 3: relu6(x + 3) / 6 */
-    ACT_HARD_SIGMOID_KERAS2 = 5, /* clip(0.2 x + 0.5, 0, 1) */
-    ACT_ELU = 6,
-    ACT_SELU = 7,
-    ACT_SOFTSIGN = 8,
-    ACT_EXPONENTIAL = 9,
-    ACT_RELU6 = 10,
-    ACT_LEAKY_RELU = 11, /* negative slope 0.2 (Keras's default) */
-    ACT_HARD_TANH = 12,
-    ACT_SILU = 13,
-    ACT_SOFTPLUS = 14, /* torch's: x where x > 20 */
-    ACT_COUNT = 15
-};
+#if !defined(ACT_COUNT) || !defined(ACT_NAMES)
+#error "build through setup.py: the activation ids come from unilstm/kernels/activation_ids.py as macros"
+#endif
 
 /* CBLAS constants (MKL's values) for the packed and batched GEMMs */
 enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112, CBLAS_PACKED = 151, CBLAS_B_MATRIX = 162 };
 
-/* floats of scratch per hidden unit that one thread of a cell step needs (the backward's 10 H) */
+/* floats of scratch per hidden unit that one thread of a cell step needs (the backward's 10 H); exported */
 #define SCRATCH_PER_HIDDEN 10
+
+/* a per-step product's weight (K * N elements) is packed with MKL's packed GEMM from PACK_MIN_ROWS rows and
+ * PACK_MIN_WEIGHT elements, repeated over PACK_MIN_STEPS steps (benchmarks/kernel_choices.md, "Packed
+ * GEMM"); exported */
+#define PACK_MIN_ROWS 16
+#define PACK_MIN_WEIGHT 65536
+#define PACK_MIN_STEPS 8
 
 /*
  * Threads for the cell: torch's OpenMP runtime (GOMP ABI: GOMP_parallel, omp_get_thread_num,
@@ -70,8 +68,8 @@ typedef int (*omp_query_t)(void);
 static gomp_parallel_t gomp_parallel_fn = NULL;
 static omp_query_t omp_thread_num_fn = NULL, omp_num_threads_fn = NULL;
 
-/* below this many hidden units per step (B * H) the fork costs more than the split saves (2 cores: a step's
- * cell of B = 32, H = 128 takes 8-20 us, a GOMP_parallel on a hot team 1-3 us) */
+/* below this many hidden units per step (B * H) the fork costs more than the split saves
+ * (benchmarks/kernel_choices.md, "Cell split among threads"); exported */
 #define CELL_PARALLEL_MIN 4096
 
 /* how many threads should split a cell step of B rows and `units` hidden units */
@@ -303,6 +301,108 @@ static int loop_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t arity, 
     return 0;
 }
 
+/*
+ * The loops' parameters by name, in the order of their argument tuples (the a[k] of the CALL macros below):
+ * the dtype flag, the BLAS functions, then the parameters of forward_loop / backward_loop in
+ * _lstm_cell_body.h. Python builds a loop's tuple from keyword arguments in three parts (head, buffers,
+ * tail, concatenated): CPython passes at most 15 keyword arguments without building a dict, and a call
+ * that builds one costs a tenth of a streaming step.
+ */
+#define FORWARD_HEAD X(float64) X(gemm) X(pack_get_size) X(pack) X(compute) X(gemm_batch) X(trans_w) X(T) X(B) X(H) X(P) X(reverse)
+#define FORWARD_BUFFERS                                                                                 \
+    X(Z) X(Hp) X(Cp) X(Obuf) X(keep) X(zero_out) X(mh) X(n_masks) X(hnext) X(hm_hist) X(rec) X(WrecT) X(R) \
+    X(rbuf) X(hcand)
+#define FORWARD_TAIL                                                                                         \
+    X(WhrT) X(zeros) X(scratch) X(X) X(F) X(W_ih) X(b_ih) X(b_hh) X(h0) X(c0) X(threads) X(act) X(ract) X(ostride)
+#define BACKWARD_HEAD X(float64) X(gemm) X(pack_get_size) X(pack) X(compute) X(gemm_batch) X(T) X(B) X(H) X(P) X(reverse)
+#define BACKWARD_BUFFERS                                                                                        \
+    X(Z) X(Cp) X(dout) X(keep) X(dh) X(dc) X(carry) X(dh_new) X(DH) X(dr) X(w_hr) X(dz) X(dh_tmp) X(Wrec) X(mh)
+#define BACKWARD_TAIL X(n_masks) X(scratch) X(threads) X(act) X(ract) X(dstride)
+
+#define X(name) #name,
+static const char *const forward_head[] = {FORWARD_HEAD}, *const forward_buffers[] = {FORWARD_BUFFERS},
+                         *const forward_tail[] = {FORWARD_TAIL}, *const backward_head[] = {BACKWARD_HEAD},
+                         *const backward_buffers[] = {BACKWARD_BUFFERS}, *const backward_tail[] = {BACKWARD_TAIL};
+#undef X
+#define COUNT(list) ((Py_ssize_t)(sizeof list / sizeof *list))
+_Static_assert(COUNT(forward_head) + COUNT(forward_buffers) + COUNT(forward_tail) == 41,
+               "forward_loop takes 41 integers");
+_Static_assert(COUNT(backward_head) + COUNT(backward_buffers) + COUNT(backward_tail) == 32,
+               "backward_loop takes 32 integers");
+
+/* the parts, in the order of the entries of `parts` below: name lists and their interned names */
+enum { PART_COUNT = 6 };
+static const char *const part_functions[PART_COUNT] = {
+    "forward_loop_head", "forward_loop_buffers", "forward_loop_tail",
+    "backward_loop_head", "backward_loop_buffers", "backward_loop_tail"};
+static const char *const *const part_lists[PART_COUNT] = {forward_head, forward_buffers, forward_tail,
+                                                          backward_head, backward_buffers, backward_tail};
+static const Py_ssize_t part_sizes[PART_COUNT] = {COUNT(forward_head), COUNT(forward_buffers),
+                                                  COUNT(forward_tail), COUNT(backward_head),
+                                                  COUNT(backward_buffers), COUNT(backward_tail)};
+static PyObject *part_names[PART_COUNT]; /* tuples of interned str, made at module init */
+
+/* the names of a parameter list as a tuple of interned strings */
+static PyObject *parameter_names(const char *const *names, Py_ssize_t n) {
+    PyObject *tuple = PyTuple_New(n);
+    if (tuple == NULL) return NULL;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *name = PyUnicode_InternFromString(names[k]);
+        if (name == NULL) {
+            Py_DECREF(tuple);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(tuple, k, name);
+    }
+    return tuple;
+}
+
+/* keyword arguments (every one of part `part`'s names, each once) as a tuple in the order of its names */
+static PyObject *arguments_by_name(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int part) {
+    PyObject *names = part_names[part];
+    const char *fn = part_functions[part];
+    const Py_ssize_t n = PyTuple_GET_SIZE(names), given = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs != 0) {
+        PyErr_Format(PyExc_TypeError, "%s: expected keyword arguments only, received %zd positional", fn, nargs);
+        return NULL;
+    }
+    PyObject *out = PyTuple_New(n);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t k = 0; k < given; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        Py_ssize_t j = k < n && PyTuple_GET_ITEM(names, k) == key ? k : -1; /* in order: no search */
+        for (Py_ssize_t i = 0; j < 0 && i < n; i++)
+            if (PyUnicode_Compare(key, PyTuple_GET_ITEM(names, i)) == 0) j = i;
+        if (j < 0 || PyTuple_GET_ITEM(out, j) != NULL) {
+            PyErr_Format(PyExc_TypeError, "%s: unexpected or repeated argument %R", fn, key);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_INCREF(args[k]);
+        PyTuple_SET_ITEM(out, j, args[k]);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyTuple_GET_ITEM(out, i) == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s: missing argument %R", fn, PyTuple_GET_ITEM(names, i));
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+#define DEFINE_PART(index, function)                                                                      \
+    static PyObject *py_##function(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw) { \
+        return arguments_by_name(args, nargs, kw, index);                                                  \
+    }
+DEFINE_PART(0, forward_loop_head)
+DEFINE_PART(1, forward_loop_buffers)
+DEFINE_PART(2, forward_loop_tail)
+DEFINE_PART(3, backward_loop_head)
+DEFINE_PART(4, backward_loop_buffers)
+DEFINE_PART(5, backward_loop_tail)
+#undef DEFINE_PART
+
 static int forward_loop_args(PyObject *const *args, Py_ssize_t nargs, long long *a) {
     return loop_args(args, nargs, 41, "forward_loop", a);
 }
@@ -466,10 +566,76 @@ static PyMethodDef methods[] = {
     {"backward_loop_pair", (PyCFunction)(void (*)(void))py_backward_loop_pair, METH_FASTCALL,
      "two backward loops"},
     {"product", (PyCFunction)(void (*)(void))py_product, METH_FASTCALL, "one checked matrix product"},
+#define PART(function, doc) \
+    {#function, (PyCFunction)(void (*)(void))py_##function, METH_FASTCALL | METH_KEYWORDS, doc},
+    PART(forward_loop_head, "forward_loop's first arguments by name, as a tuple")
+    PART(forward_loop_buffers, "forward_loop's middle arguments by name, as a tuple")
+    PART(forward_loop_tail, "forward_loop's last arguments by name, as a tuple")
+    PART(backward_loop_head, "backward_loop's first arguments by name, as a tuple")
+    PART(backward_loop_buffers, "backward_loop's middle arguments by name, as a tuple")
+    PART(backward_loop_tail, "backward_loop's last arguments by name, as a tuple")
+#undef PART
     {"activation", (PyCFunction)(void (*)(void))py_activation, METH_FASTCALL, "an activation over a buffer"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lstm_cell", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__lstm_cell(void) { return PyModule_Create(&module); }
+/* the activation table this build was compiled with, {name: id} */
+static PyObject *activation_table(void) {
+    PyObject *ids = PyDict_New();
+    if (ids == NULL) return NULL;
+#define X(name, NAME)                                                 \
+    do {                                                              \
+        PyObject *code = PyLong_FromLong(ACT_##NAME);                 \
+        if (code == NULL || PyDict_SetItemString(ids, #name, code) < 0) { \
+            Py_XDECREF(code);                                         \
+            Py_DECREF(ids);                                           \
+            return NULL;                                              \
+        }                                                             \
+        Py_DECREF(code);                                              \
+    } while (0);
+    ACT_NAMES
+#undef X
+    return ids;
+}
+
+/* the sizes and thresholds Python must agree with, as module constants; the loops' parameter names */
+static int add_constants(PyObject *m) {
+    PyObject *ids = activation_table();
+    if (ids == NULL || PyModule_AddObject(m, "ACTIVATION_IDS", ids) < 0) {
+        Py_XDECREF(ids);
+        return -1;
+    }
+    PyObject *forward = PyTuple_New(0), *backward = PyTuple_New(0); /* all the names, for Python's checks */
+    for (int k = 0; k < PART_COUNT && forward != NULL && backward != NULL; k++) {
+        if (part_names[k] == NULL) part_names[k] = parameter_names(part_lists[k], part_sizes[k]);
+        if (part_names[k] == NULL) break;
+        PyObject **all = k < 3 ? &forward : &backward, *joined = PySequence_Concat(*all, part_names[k]);
+        Py_SETREF(*all, joined);
+    }
+    if (forward == NULL || backward == NULL || part_names[PART_COUNT - 1] == NULL ||
+        PyModule_AddObject(m, "FORWARD_LOOP_PARAMETERS", forward) < 0) {
+        Py_XDECREF(forward);
+        Py_XDECREF(backward);
+        return -1;
+    }
+    if (PyModule_AddObject(m, "BACKWARD_LOOP_PARAMETERS", backward) < 0) {
+        Py_DECREF(backward);
+        return -1;
+    }
+    if (PyModule_AddIntConstant(m, "ACTIVATION_COUNT", ACT_COUNT) < 0 ||
+        PyModule_AddIntConstant(m, "SCRATCH_PER_HIDDEN", SCRATCH_PER_HIDDEN) < 0 ||
+        PyModule_AddIntConstant(m, "CELL_PARALLEL_MIN", CELL_PARALLEL_MIN) < 0 ||
+        PyModule_AddIntConstant(m, "PACK_MIN_ROWS", PACK_MIN_ROWS) < 0 ||
+        PyModule_AddIntConstant(m, "PACK_MIN_WEIGHT", PACK_MIN_WEIGHT) < 0 ||
+        PyModule_AddIntConstant(m, "PACK_MIN_STEPS", PACK_MIN_STEPS) < 0)
+        return -1;
+    return 0;
+}
+
+PyMODINIT_FUNC PyInit__lstm_cell(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && add_constants(m) < 0) Py_CLEAR(m);
+    return m;
+}

@@ -5,118 +5,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kernel_cases import (
+    ACCEPTED,
+    REJECTED,
+    assert_same,
+    case_strategies,
+    fast_case,
+    outputs_and_grads,
+    projection,
+)
 
 import unilstm
-from unilstm.activations import REGISTRY, resolve
+from unilstm.activations import resolve
 from unilstm.kernels import dispatch
-from unilstm.kernels.fast import accepts, run_direction_fast, supported_activation
-from unilstm.kernels.reference import DirectionRun, DirectionWeights, run_direction_reference
-
-ACCEPTED = sorted(name for name, fn in REGISTRY.items() if supported_activation(fn))
-REJECTED = sorted(name for name, fn in REGISTRY.items() if not supported_activation(fn))
-
-
-def make_case(seed, T, B, F, H, P, mask_kind, reverse, zero, mx_kind, mh_kind, act, ract, bias, dtype):
-    gen = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
-
-    out_size = P or H
-    x = rnd(T, B, F).requires_grad_()
-    h0 = rnd(B, out_size, scale=0.5).requires_grad_()
-    c0 = rnd(B, H, scale=0.5).requires_grad_()
-    w = DirectionWeights(
-        w_ih=rnd(4 * H, F, scale=0.4).requires_grad_(),
-        w_hh=rnd(4 * H, out_size, scale=0.4).requires_grad_(),
-        b_ih=rnd(4 * H, scale=0.2).requires_grad_() if bias else None,
-        b_hh=rnd(4 * H, scale=0.2).requires_grad_() if bias else None,
-        w_hr=rnd(P, H, scale=0.4).requires_grad_() if P else None,
-    )
-    step_mask = None
-    if mask_kind != "none":
-        step_mask = torch.rand(T, B, generator=gen) > 0.35
-        if mask_kind == "right":
-            lengths = torch.randint(0, T + 1, (B,), generator=gen)
-            step_mask = torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)
-        if mask_kind == "gaps_empty_row":
-            step_mask[:, 0] = False
-        if mask_kind == "gaps_empty_step":
-            step_mask[T // 2, :] = False
-
-    def dropout_mask(kind, feat):
-        if kind == "none":
-            return None
-        shape = (4, B, feat) if kind == "per_gate" else (B, feat)
-        return (torch.rand(*shape, generator=gen) > 0.3).to(dtype) / 0.7
-
-    run = DirectionRun(
-        activation=resolve(act),
-        recurrent_activation=resolve(ract),
-        step_mask=step_mask,
-        reverse=reverse,
-        zero_masked_output=zero,
-        input_dropout_mask=dropout_mask(mx_kind, F),
-        recurrent_dropout_mask=dropout_mask(mh_kind, out_size),
-    )
-    return x, h0, c0, w, run
-
-
-def outputs_and_grads(kernel, x, h0, c0, w, run, seed=0):
-    leaves = [x, h0, c0] + [p for p in (w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr) if p is not None]
-    out, h, c = kernel(x, h0, c0, w, run)
-    gen = torch.Generator().manual_seed(seed)
-    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device, t.dtype)).sum() for t in (out, h, c))
-    grads = torch.autograd.grad(loss, leaves)
-    return [out, h, c, *grads]
-
-
-def assert_same(case, atol, rtol, skip_overflow=False):
-    expected = outputs_and_grads(run_direction_reference, *case)
-    if skip_overflow:
-        # exponential activations can overflow; where they do, inf/nan patterns need not match
-        assume(all(bool(torch.isfinite(t).all()) for t in expected))
-    got = outputs_and_grads(run_direction_fast, *case)
-    names = ["output", "h", "c", "dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dw_hr"]
-    if case[3].b_ih is None:
-        names = [n for n in names if not n.startswith("db")]
-    for name, e, g in zip(names, expected, got, strict=False):
-        assert g.shape == e.shape, name
-        assert g.dtype == e.dtype, name
-        # unbounded activations (celu gates, squareplus cells ...) grow values step by step and sum the same
-        # terms in another order: compare against the tensor's own scale
-        scale = float(e.detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max()) if e.numel() else 0.0
-        torch.testing.assert_close(
-            g, e, atol=atol * max(1.0, scale), rtol=rtol, equal_nan=True, msg=lambda m, name=name: f"{name}: {m}"
-        )
-
-
-def case_strategies(activations: list[str], recurrent_activations: list[str], max_steps: int,
-                    max_hidden: int) -> dict:
-    """Hypothesis strategies for the arguments of make_case (the input size F left to the caller) and
-    ``proj``, whether to draw a projection (see :func:`projection`)."""
-    return dict(
-        seed=st.integers(0, 2**31 - 1),
-        T=st.integers(1, max_steps),
-        B=st.integers(1, 4),
-        H=st.integers(1, max_hidden),
-        proj=st.booleans(),
-        mask_kind=st.sampled_from(["none", "gaps", "gaps_empty_row", "gaps_empty_step", "right"]),
-        reverse=st.booleans(),
-        zero=st.booleans(),
-        mx_kind=st.sampled_from(["none", "shared", "per_gate"]),
-        mh_kind=st.sampled_from(["none", "shared", "per_gate"]),
-        act=st.sampled_from(activations),
-        ract=st.sampled_from(recurrent_activations),
-        bias=st.booleans(),
-    )
-
-
-def projection(seed: int, H: int, proj: bool) -> int:
-    """A proj_size in 1..H-1 drawn from the seed, or 0 (none)."""
-    return (seed % (H - 1)) + 1 if proj and H > 1 else 0
+from unilstm.kernels.fast import accepts, run_direction_fast
+from unilstm.kernels.reference import DirectionRun, run_direction_reference
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -125,7 +30,7 @@ def test_fast_equals_reference_float64(
     seed, T, B, F, H, proj, mask_kind, reverse, zero, mx_kind, mh_kind, act, ract, bias
 ):
     P = projection(seed, H, proj)
-    case = make_case(seed, T, B, F, H, P, mask_kind, reverse, zero, mx_kind, mh_kind, act, ract, bias, torch.float64)
+    case = fast_case(seed, T, B, F, H, P, mask_kind, reverse, zero, mx_kind, mh_kind, act, ract, bias, torch.float64)
     assert accepts(case[0], case[3], case[4])
     assert_same(case, atol=1e-10, rtol=1e-9, skip_overflow=True)
 
@@ -133,7 +38,7 @@ def test_fast_equals_reference_float64(
 @pytest.mark.parametrize("act", ACCEPTED)
 def test_every_accepted_activation_as_both(act):
     ract = "sigmoid" if act == "exponential" else act  # exp gates overflow within a few steps
-    case = make_case(7, 4, 3, 3, 4, 0, "gaps", False, False, "none", "shared", act, ract, True, torch.float64)
+    case = fast_case(7, 4, 3, 3, 4, 0, "gaps", False, False, "none", "shared", act, ract, True, torch.float64)
     assert_same(case, atol=1e-10, rtol=1e-9)
 
 
@@ -141,12 +46,12 @@ def test_every_accepted_activation_as_both(act):
     ("dtype", "tol"), [(torch.float32, 1e-4), (torch.bfloat16, 8e-2), (torch.float16, 2e-2)]
 )
 def test_low_precision_close_to_reference(dtype, tol):
-    case = make_case(3, 5, 3, 4, 6, 2, "gaps", True, False, "shared", "per_gate", "tanh", "sigmoid", True, dtype)
+    case = fast_case(3, 5, 3, 4, 6, 2, "gaps", True, False, "shared", "per_gate", "tanh", "sigmoid", True, dtype)
     assert_same(case, atol=tol, rtol=tol)
 
 
 def test_rejects_callables_and_non_elementwise():
-    case = make_case(0, 3, 2, 3, 4, 0, "none", False, True, "none", "none", "tanh", "sigmoid", True, torch.float64)
+    case = fast_case(0, 3, 2, 3, 4, 0, "none", False, True, "none", "none", "tanh", "sigmoid", True, torch.float64)
     x, _, _, w, run = case
     assert accepts(x, w, run)
     for name in REJECTED:
@@ -161,12 +66,12 @@ def test_registered_before_reference_and_picked_where_native_refuses():
     assert names.index("native") < names.index("fast") < names.index("reference")
     # mish has no C implementation, bfloat16 no C loop: both come here
     for act, dtype in (("mish", torch.float32), ("relu", torch.bfloat16)):
-        case = make_case(0, 3, 2, 3, 4, 0, "gaps", False, True, "none", "none", act, "sigmoid", True, dtype)
+        case = fast_case(0, 3, 2, 3, 4, 0, "gaps", False, True, "none", "none", act, "sigmoid", True, dtype)
         assert dispatch.select_direction_kernel(case[0], case[3], case[4]) is run_direction_fast
 
 
 def test_second_backward_through_the_same_graph_raises():
-    case = make_case(0, 4, 2, 3, 4, 2, "gaps", False, False, "none", "none", "relu", "sigmoid", True,
+    case = fast_case(0, 4, 2, 3, 4, 2, "gaps", False, False, "none", "none", "relu", "sigmoid", True,
                      torch.float64)
     out, h, c = run_direction_fast(*case)
     loss = out.sum() + h.sum() + c.sum()
@@ -176,7 +81,7 @@ def test_second_backward_through_the_same_graph_raises():
 
 
 def test_double_backward_is_refused():
-    case = make_case(0, 3, 2, 3, 4, 0, "none", False, True, "none", "none", "tanh", "sigmoid", True, torch.float64)
+    case = fast_case(0, 3, 2, 3, 4, 0, "none", False, True, "none", "none", "tanh", "sigmoid", True, torch.float64)
     x, h0, c0, w, run = case
     out, _, _ = run_direction_fast(x, h0, c0, w, run)
     (gx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
@@ -323,7 +228,7 @@ def test_overflow_in_masked_rows_stays_out(monkeypatch, capturable, zero, proj):
     variant (capturable) computes every masked row; the CPU one skips steps where no row counts."""
     from unilstm.kernels import fast
 
-    case = make_case(4, 5, 3, 2, 4, proj, "gaps_empty_step", False, zero, "none", "none", "exponential",
+    case = fast_case(4, 5, 3, 2, 4, proj, "gaps_empty_step", False, zero, "none", "none", "exponential",
                      "sigmoid", True, torch.float64)
     x, h0, c0, w, run = case
     with torch.no_grad():

@@ -16,11 +16,10 @@ import sys
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
-from test_cuda_graphs import stand_in_graphs  # noqa: F401  (a fixture)
-from test_fast_kernel import assert_same, case_strategies, make_case, outputs_and_grads, projection
+from kernel_cases import assert_same, case_strategies, fast_case, outputs_and_grads, projection
 
 from unilstm.activations import REGISTRY
-from unilstm.kernels import fast, triton_cell
+from unilstm.kernels import fast, policy, triton_cell
 from unilstm.kernels.fast import run_direction_fast
 from unilstm.kernels.reference import DirectionRun, run_direction_reference
 
@@ -72,7 +71,7 @@ def test_fused_steps_equal_reference_float64(
     triton_on_cpu, monkeypatch, seed, T, B, H, proj, mask_kind, reverse, zero, mx_kind, mh_kind, act, ract,
     bias,
 ):
-    case = make_case(seed, T, B, 3, H, projection(seed, H, proj), mask_kind, reverse, zero, mx_kind, mh_kind,
+    case = fast_case(seed, T, B, 3, H, projection(seed, H, proj), mask_kind, reverse, zero, mx_kind, mh_kind,
                      act, ract, bias, torch.float64)
     calls = used_triton(monkeypatch)
     assert_same(case, atol=1e-10, rtol=1e-9, skip_overflow=True)
@@ -82,7 +81,7 @@ def test_fused_steps_equal_reference_float64(
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
 def test_fused_steps_in_lower_precision(triton_on_cpu, monkeypatch, dtype, tol):
-    case = make_case(5, 6, 3, 4, 8, 0, "gaps", False, False, "shared", "per_gate", "relu", "hard_sigmoid",
+    case = fast_case(5, 6, 3, 4, 8, 0, "gaps", False, False, "shared", "per_gate", "relu", "hard_sigmoid",
                      True, dtype)
     calls = used_triton(monkeypatch)
     assert_same(case, atol=tol, rtol=tol)
@@ -90,7 +89,7 @@ def test_fused_steps_in_lower_precision(triton_on_cpu, monkeypatch, dtype, tol):
 
 
 def test_fused_steps_inside_graph_replays(triton_on_cpu, stand_in_graphs, monkeypatch):  # noqa: F811
-    case = make_case(7, 5, 3, 2, 4, 0, "gaps_empty_step", True, False, "none", "shared", "selu", "sigmoid",
+    case = fast_case(7, 5, 3, 2, 4, 0, "gaps_empty_step", True, False, "none", "shared", "selu", "sigmoid",
                      True, torch.float64)
     calls = used_triton(monkeypatch)
     for _ in range(3):
@@ -101,7 +100,7 @@ def test_fused_steps_inside_graph_replays(triton_on_cpu, stand_in_graphs, monkey
 @pytest.mark.parametrize("mask_kind", ["none", "gaps_empty_step"])
 @pytest.mark.parametrize("zero", [False, True])
 def test_projection_through_the_fused_steps(triton_on_cpu, monkeypatch, mask_kind, zero):
-    case = make_case(1, 5, 3, 3, 5, 2, mask_kind, True, zero, "none", "per_gate", "relu", "sigmoid", True,
+    case = fast_case(1, 5, 3, 3, 5, 2, mask_kind, True, zero, "none", "per_gate", "relu", "sigmoid", True,
                      torch.float64)
     calls = used_triton(monkeypatch)
     assert_same(case, atol=1e-10, rtol=1e-9)
@@ -110,10 +109,10 @@ def test_projection_through_the_fused_steps(triton_on_cpu, monkeypatch, mask_kin
 
 @pytest.mark.parametrize("through_bias", [False, True])
 def test_projection_product_routes(triton_on_cpu, monkeypatch, through_bias):
-    """fast.PROJECTION_THROUGH_BIAS_MAX_ROWS: the projection as addmm with a zero bias (cublasLt on CUDA) or
+    """policy.PROJECTION_THROUGH_BIAS_MAX_ROWS: the projection as addmm with a zero bias (cublasLt on CUDA) or
     as mm; the numbers are the reference's either way."""
-    monkeypatch.setattr(fast, "PROJECTION_THROUGH_BIAS_MAX_ROWS", 16 if through_bias else 0)
-    case = make_case(4, 5, 3, 3, 5, 2, "gaps_empty_step", False, False, "shared", "none", "tanh", "sigmoid",
+    monkeypatch.setattr(policy, "PROJECTION_THROUGH_BIAS_MAX_ROWS", 16 if through_bias else 0)
+    case = fast_case(4, 5, 3, 3, 5, 2, "gaps_empty_step", False, False, "shared", "none", "tanh", "sigmoid",
                      True, torch.float64)
     biased = []
     original_addmm = torch.addmm
@@ -130,7 +129,7 @@ def test_projection_product_routes(triton_on_cpu, monkeypatch, through_bias):
 
 def test_direction_run_shapes_unchanged(triton_on_cpu):
     x = torch.randn(3, 2, 4, dtype=torch.float64)
-    case = make_case(2, 3, 2, 4, 5, 0, "none", False, False, "none", "none", "elu", "sigmoid", True,
+    case = fast_case(2, 3, 2, 4, 5, 0, "none", False, False, "none", "none", "elu", "sigmoid", True,
                      torch.float64)
     out, h, c = run_direction_fast(*case)
     assert out.shape == (3, 2, 5) and h.shape == (2, 5) and c.shape == (2, 5)
@@ -140,7 +139,7 @@ def test_direction_run_shapes_unchanged(triton_on_cpu):
 def test_kernels_compile_for_hopper():
     """The interpreter accepts code that Triton's compiler refuses: compile every activation code forward
     and backward for sm_90 (no GPU needed)."""
-    tool = pathlib.Path(__file__).resolve().parents[1] / "tools" / "gpu" / "compile_triton_cell.py"
+    tool = pathlib.Path(__file__).resolve().parents[2] / "tools" / "gpu" / "compile_triton_cell.py"
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     done = subprocess.run([sys.executable, str(tool), "--quick"], env=env, capture_output=True, text=True,
                           timeout=600)
@@ -159,7 +158,7 @@ def test_fused_steps_keep_overflow_in_masked_rows_out(triton_on_cpu, monkeypatch
     """As test_fast_kernel.test_overflow_in_masked_rows_stays_out, through the fused steps."""
     original = fast._step_patterns
     monkeypatch.setattr(fast, "_step_patterns", lambda m, T, **_: original(m, T, capturable))
-    case = make_case(4, 5, 3, 2, 4, 2, "gaps_empty_step", False, zero, "none", "shared", "exponential",
+    case = fast_case(4, 5, 3, 2, 4, 2, "gaps_empty_step", False, zero, "none", "shared", "exponential",
                      "sigmoid", True, torch.float64)
     x, run = case[0], case[4]
     with torch.no_grad():
@@ -181,7 +180,7 @@ def test_gatewise_backward_combines_gate_products_in_one_kernel(
 ):
     """Per-gate input masks make the gate layout per gate whatever the recurrent mask is: every branch of
     combine_gate_products (no mask, shared, per gate; with and without the masked rows' dh)."""
-    case = make_case(6, 5, 3, 3, 4, 0, mask_kind, False, True, "per_gate", mh_kind, "tanh", "sigmoid", True,
+    case = fast_case(6, 5, 3, 3, 4, 0, mask_kind, False, True, "per_gate", mh_kind, "tanh", "sigmoid", True,
                      torch.float64)
     combined: list[int] = []
     original = triton_cell.combine_gate_products
@@ -204,7 +203,7 @@ def test_recurrent_mask_folded_into_the_step(triton_on_cpu, monkeypatch, captura
     direction processes is such a step."""
     original = fast._step_patterns
     monkeypatch.setattr(fast, "_step_patterns", lambda m, T, **_: original(m, T, capturable))
-    case = make_case(8, 5, 3, 2, 4, 0, "gaps", reverse, False, "none", mh_kind, "relu", "sigmoid", True,
+    case = fast_case(8, 5, 3, 2, 4, 0, "gaps", reverse, False, "none", mh_kind, "relu", "sigmoid", True,
                      torch.float64)
     case[4].step_mask[-1 if reverse else 0, :] = False
     products: list[int] = []
@@ -233,7 +232,7 @@ def test_kernels_that_fail_on_the_device_leave_the_torch_ops(triton_on_cpu, monk
     try:
         with pytest.warns(RuntimeWarning, match="Triton cell kernels unusable on cpu"):
             assert not triton_cell.accepts(torch.zeros(2, 1, 1), torch.tanh, torch.sigmoid)
-        case = make_case(2, 4, 2, 3, 4, 0, "gaps", False, False, "none", "none", "relu", "sigmoid", True,
+        case = fast_case(2, 4, 2, 3, 4, 0, "gaps", False, False, "none", "none", "relu", "sigmoid", True,
                          torch.float64)
         assert_same(case, atol=1e-10, rtol=1e-9)  # the fast kernel's torch ops
     finally:

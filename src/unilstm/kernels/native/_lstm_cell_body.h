@@ -164,9 +164,7 @@ ALWAYS_INLINE static inline void NAME(act_backward)(int act, const REAL *x, cons
 /*
  * Single-pass cells for the activation pairs most models use, (tanh, sigmoid) and (relu, sigmoid): one loop
  * over the hidden units computes every gate, the cell and the output, where the general path makes a pass
- * per gate and per operation (B = 32, H = 128, one core: relu cell 10.7 -> 8.2 us forward, 15 -> 12.5 us
- * backward; tanh 1-2 us less, its polynomials dominate). The
- * functions below are inlined with constant activation ids, so that the switches fold away and each loop
+ * per gate and per operation (benchmarks/kernel_choices.md, "Single-pass cells"). The functions below are inlined with constant activation ids, so that the switches fold away and each loop
  * vectorises; they compute the same expressions as act_forward / act_backward.
  */
 ALWAYS_INLINE static inline REAL NAME(act_one)(int act, REAL x) {
@@ -586,7 +584,7 @@ static void NAME(backward_step_par)(int threads, long stride, int phases, long B
 
 /*
  * Whole time loops, for when the driver found the BLAS gemm that torch itself links (Fortran interface,
- * column-major; see native.py): per step the GEMMs and the cell run here with no Python in between.
+ * column-major; see native/_blas.py): per step the GEMMs and the cell run here with no Python in between.
  * Integers go to gemm by reference as int64_t: on a little-endian machine an LP64 BLAS reads the low 32
  * bits, which hold the same (small) value, and an ILP64 BLAS reads all 64.
  */
@@ -653,13 +651,8 @@ typedef struct {
     REAL *packed; /* MKL's packed copy, or NULL */
 } NAME(operand_t);
 
-/* Packing pays from these sizes on, for products repeated over at least PACK_MIN_STEPS steps (the packing
- * costs about one plain call). Measured on 2 cores (Sapphire Rapids, MKL of torch 2.13), packed / plain per
- * call: 0.66-0.92 at M = 16-64, K * N >= 2^18; 0.81 at (16, 128, 512), 0.84 at (32, 128, 512), 0.92 at
- * (16, 512, 128), 0.93 at (64, 128, 512); 1.1-1.5 at M = 1-8 or K * N = 2^14. */
-#define PACK_MIN_ROWS 16
-#define PACK_MIN_WEIGHT 65536.0
-#define PACK_MIN_STEPS 8
+/* packs the weight of a product repeated over `steps` steps from PACK_MIN_ROWS, PACK_MIN_WEIGHT and
+ * PACK_MIN_STEPS on (_lstm_cell.c): packing costs about one plain call */
 static void NAME(operand_pack)(const NAME(blas_t) * blas, NAME(operand_t) * op, long M, long N, long K,
                                long steps) {
     op->packed = NULL;
@@ -688,9 +681,8 @@ static void NAME(product)(const NAME(blas_t) * blas, const NAME(operand_t) * op,
 /*
  * The four per-gate products of per-gate dropout masks, C_k (M, N) = A_k (M, K) op(W_k) for k = 0..3, with
  * A_k = A + k * a_step, W_k = W + k * w_step (trans: stored (N, K)) and C_k = C + k * c_step, all
- * row-major with leading dimensions K, ldw and N. One batched call where MKL exports it: on 2 cores four
- * (32, 128) x (128, 128) products take 23-29 us batched against 33-53 us as four calls (one parallel
- * region instead of four), as long as one (32, 128) x (128, 512) product.
+ * row-major with leading dimensions K, ldw and N. One batched call where MKL exports it: one parallel region
+ * instead of four (benchmarks/kernel_choices.md, "Per-gate products as one batched call").
  */
 static void NAME(gate_products)(const NAME(blas_t) * blas, long M, long N, long K, const REAL *A, long a_step,
                                 const REAL *W, long w_step, long ldw, int trans, REAL *C, long c_step) {
@@ -722,7 +714,7 @@ static const uint8_t *NAME(step_keep)(const uint8_t *keep, long t, long B) {
 }
 
 /*
- * The forward loop of native.py's _forward_pass: Z (T, B, 4H) input projections, Hp (T+1, B, P) and
+ * The forward loop of native/_loops.py's forward_pass: Z (T, B, 4H) input projections, Hp (T+1, B, P) and
  * Cp (T+1, B, H) histories, Obuf (T, B, P) outputs when masked, keep (T, B) or NULL, hnext (n_masks, B, P)
  * room for the GEMM operand h_{t-1} (times mh), hm_hist (n_masks, T, B, P) or NULL the record of that
  * operand at every step, WrecT the recurrent weights as (P, 4H) or gate-major (4, P, H), R (T, B, H) /
@@ -793,7 +785,7 @@ static void NAME(forward_loop)(const NAME(blas_t) * blas, int trans_w, long T, l
 }
 
 /*
- * The backward loop of native.py's _NativeLSTM.backward: dh (B, P) and dc (B, H) enter as the gradients
+ * The backward loop of native/_loops.py's backward_pass: dh (B, P) and dc (B, H) enter as the gradients
  * of h_T and c_T and leave as those of h0 and c0; Z becomes dZ. carry (B, P) for "previous" outputs or
  * NULL; DH (T, B, P), dr (B, H) and w_hr (P, H) for the projection; dz and dh_tmp the per-step GEMM
  * operands ((B, 4H) and (B, P), gate-major with per-gate masks); Wrec = W_hh as (4H, P). dstride: the

@@ -12,47 +12,21 @@ from __future__ import annotations
 
 import warnings
 
-import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
-from test_fast_kernel import ACCEPTED, assert_same, case_strategies, make_case, outputs_and_grads, projection
+from kernel_cases import (
+    ACCEPTED,
+    assert_same,
+    captures,
+    case_strategies,
+    fast_case,
+    outputs_and_grads,
+    projection,
+)
 
 from unilstm.kernels import cuda_graphs
 from unilstm.kernels.fast import run_direction_fast
 from unilstm.kernels.reference import run_direction_reference
-
-
-class StandInGraph:
-    def __init__(self, body, static_args, fixed):
-        self.body, self.static_args, self.fixed = body, static_args, fixed
-
-    def replay(self):
-        fresh = self.body(*self.static_args)
-        for into, value in zip(self.fixed, fresh, strict=True):
-            if into is not None and not any(into is s for s in self.static_args):
-                into.copy_(value)
-
-    def pool(self):
-        return id(self)
-
-
-def stand_in_capture(body, static_args, pool):
-    fixed = body(*static_args)
-    captures.append((body, pool))
-    return StandInGraph(body, static_args, fixed), fixed
-
-
-captures: list = []
-
-
-@pytest.fixture
-def stand_in_graphs(monkeypatch):
-    monkeypatch.setattr(cuda_graphs, "usable", lambda x: True)
-    monkeypatch.setattr(cuda_graphs, "_capture", stand_in_capture)
-    cuda_graphs.clear()
-    captures.clear()
-    yield
-    cuda_graphs.clear()
 
 
 def test_usable_only_on_cuda():
@@ -67,7 +41,7 @@ def test_replays_equal_reference_and_do_not_alias(
 ):
     cuda_graphs.clear()
     captures.clear()
-    case = make_case(seed, T, B, 3, H, projection(seed, H, proj), mask_kind, reverse, zero, mx_kind, mh_kind,
+    case = fast_case(seed, T, B, 3, H, projection(seed, H, proj), mask_kind, reverse, zero, mx_kind, mh_kind,
                      act, ract, bias, torch.float64)
     expected = outputs_and_grads(run_direction_reference, *case)
     assume(all(bool(torch.isfinite(t).all()) for t in expected))  # overflow: nan patterns need not match
@@ -81,7 +55,7 @@ def test_replays_equal_reference_and_do_not_alias(
 
 
 def test_capturable_variant_equals_reference_on_masks_with_empty_steps(stand_in_graphs):
-    case = make_case(3, 6, 3, 4, 5, 2, "gaps_empty_step", True, False, "per_gate", "shared", "relu",
+    case = fast_case(3, 6, 3, 4, 5, 2, "gaps_empty_step", True, False, "per_gate", "shared", "relu",
                      "sigmoid", True, torch.float64)
     for _ in range(3):
         assert_same(case, atol=1e-10, rtol=1e-9)

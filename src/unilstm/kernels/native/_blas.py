@@ -1,0 +1,222 @@
+# ruff: noqa: N806  (B, H, M, K, N are the sizes of the products checked)
+"""What the C loops call besides themselves, found in the libraries torch loaded and checked on first use.
+
+* The BLAS gemm torch itself links (``sgemm_`` / ``dgemm_`` of libtorch_cpu, MKL in the x86 wheels), MKL's
+  packed GEMM (``cblas_?gemm_pack_get_size`` / ``_pack`` / ``_compute``) and its batched GEMM
+  (``cblas_?gemm_batch``) where exported: each checked on small products against torch. Without the gemm,
+  the time loop runs in Python with one torch GEMM and one C call per step; without the packed or batched
+  GEMM, the C loops make plain gemm calls.
+* The OpenMP runtime torch links (``GOMP_parallel``, the team its BLAS uses), with which the C loop splits a
+  step's cell rows among torch's intra-op threads (``cell_threads``), after checking that two threads give
+  exactly the bits of one.
+
+The checks compare the C loops with torch on their own tensors: they run outside the caller's autocast,
+grad mode and inference mode (:func:`_first_use_checks`), and are opaque to torch.compile, which would
+otherwise free tensors used only through their addresses before the C code writes into them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+from collections.abc import Callable, Iterator
+
+import torch
+
+from ..activation_ids import ACTIVATION_IDS
+from ..opaque import opaque_to_compile
+from ..reference import GATES
+from . import _extension as C
+
+_Addresses = dict[torch.dtype, int]
+
+
+def _torch_cpu_symbols(*names: str) -> list[int] | None:
+    """The addresses of ``names`` as libtorch_cpu.so resolves them (its own symbols and those of the
+    libraries it links: its BLAS, its OpenMP runtime), 0 for each one missing; None without the library."""
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+    except OSError:
+        return None
+
+    def address(name: str) -> int:
+        try:
+            return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
+        except AttributeError:
+            return 0
+
+    return [address(name) for name in names]
+
+
+def _find_blas() -> tuple[_Addresses, dict[torch.dtype, tuple[int, int, int]], _Addresses]:
+    """The checked addresses of gemm, of the packed GEMM's three functions and of the batched GEMM, per
+    dtype; a dtype is missing from a table where its functions are not exported or disagree with torch."""
+    gemms: _Addresses = {}
+    packs: dict[torch.dtype, tuple[int, int, int]] = {}
+    batches: _Addresses = {}
+    if not C.available():
+        return gemms, packs, batches
+    for dtype, letter in ((torch.float32, "s"), (torch.float64, "d")):
+        packed = (f"cblas_{letter}gemm_{part}" for part in ("pack_get_size", "pack", "compute"))
+        found = _torch_cpu_symbols(f"{letter}gemm_", *packed, f"cblas_{letter}gemm_batch")
+        if found is None:
+            break
+        gemm, pack, batch = found[0], tuple(found[1:4]), found[4]
+        if not (gemm and _gemm_agrees(gemm, dtype)):
+            continue
+        gemms[dtype] = gemm
+        if all(pack) and _packed_product_agrees(gemm, pack, dtype):
+            packs[dtype] = pack
+        if batch and _gate_products_agree(gemm, batch, dtype):
+            batches[dtype] = batch
+    return gemms, packs, batches
+
+
+def _packed_product_agrees(gemm: int, pack: tuple[int, int, int], dtype: torch.dtype) -> bool:
+    """A product large enough to be packed (M = 16, K * N = 2^18), with the weight read directly and
+    transposed, equals torch's."""
+    generator = torch.Generator().manual_seed(0)
+    M, K, N = 16, 256, 1024
+    a = torch.randn(M, K, generator=generator, dtype=dtype)
+    w = torch.randn(K, N, generator=generator, dtype=dtype)
+    want = a @ w
+    for trans, stored in ((0, w), (1, w.t().contiguous())):
+        got = torch.empty(M, N, dtype=dtype)
+        C.product(
+            float64=dtype == torch.float64, blas=(gemm, *pack, 0), trans=bool(trans), M=M, N=N, K=K,
+            A=a.data_ptr(), lda=K, W=stored.data_ptr(), ldw=K if trans else N, C=got.data_ptr(), ldc=N,
+        )
+        if not torch.allclose(got, want, rtol=1e-4, atol=1e-3):
+            return False
+    return True
+
+
+def _gemm_agrees(address: int, dtype: torch.dtype) -> bool:
+    """One forward step through forward_loop with this gemm, reading the weight transposed and as a
+    transposed copy, equals torch's product."""
+    return _recurrent_step_agrees(address, 0, dtype, per_gate=False)
+
+
+def _gate_products_agree(gemm: int, batch: int, dtype: torch.dtype) -> bool:
+    """One forward step with per-gate masks through forward_loop, its four products in one batched call,
+    equals torch's."""
+    return _recurrent_step_agrees(gemm, batch, dtype, per_gate=True)
+
+
+def _recurrent_step_agrees(gemm: int, batch: int, dtype: torch.dtype, per_gate: bool) -> bool:
+    """z_1 = z_in + h0 W_hh^T (per gate: + (h0 * m_k) W_k^T) after one forward_loop step with linear
+    activations, with the weights read transposed and as transposed copies, equals torch's."""
+    generator = torch.Generator().manual_seed(0)
+    B, H = 3, 5
+    h0 = torch.randn(B, H, generator=generator, dtype=dtype)
+    w_hh = torch.randn(4 * H, H, generator=generator, dtype=dtype)
+    z_in = torch.randn(1, B, 4 * H, generator=generator, dtype=dtype)
+    masks = torch.rand(GATES, B, H, generator=generator, dtype=dtype) if per_gate else None
+    w4 = w_hh.view(GATES, H, H)
+    if per_gate:
+        want = z_in[0] + torch.bmm(h0 * masks, w4.transpose(1, 2)).transpose(0, 1).reshape(B, 4 * H)
+        copies = ((1, w4.contiguous()), (0, w4.transpose(1, 2).contiguous()))
+    else:
+        want = z_in[0] + h0 @ w_hh.t()
+        copies = ((1, w_hh), (0, w_hh.t().contiguous()))
+    linear = ACTIVATION_IDS["linear"]
+    n_masks = GATES if per_gate else 1
+    for trans, weight in copies:
+        z, Hp, Cp = z_in.clone(), torch.zeros(2, B, H, dtype=dtype), torch.zeros(2, B, H, dtype=dtype)
+        Hp[0] = h0
+        # the loop computes its first operand from Hp[0] and the masks: start from nan to see that it does
+        hnext = torch.full((n_masks, B, H), float("nan"), dtype=dtype)
+        rec = torch.empty(GATES, B, H, dtype=dtype) if per_gate else torch.empty(B, 4 * H, dtype=dtype)
+        scratch = torch.empty(C.SCRATCH_PER_HIDDEN * H, dtype=dtype)
+        arguments = C.forward_loop_head(
+            float64=dtype == torch.float64, gemm=gemm, pack_get_size=0, pack=0, compute=0, gemm_batch=batch,
+            trans_w=trans, T=1, B=B, H=H, P=H, reverse=False,
+        ) + C.forward_loop_buffers(
+            Z=z.data_ptr(), Hp=Hp.data_ptr(), Cp=Cp.data_ptr(), Obuf=0, keep=0, zero_out=1,
+            mh=0 if masks is None else masks.data_ptr(), n_masks=n_masks, hnext=hnext.data_ptr(), hm_hist=0,
+            rec=rec.data_ptr(), WrecT=weight.data_ptr(), R=0, rbuf=0, hcand=0,
+        ) + C.forward_loop_tail(
+            WhrT=0, zeros=0, scratch=scratch.data_ptr(), X=0, F=0, W_ih=0, b_ih=0, b_hh=0, h0=0, c0=0,
+            threads=1, act=linear, ract=linear, ostride=0,
+        )
+        C.forward_loop(arguments)
+        if not torch.allclose(z[0], want, rtol=1e-4, atol=1e-4):
+            return False
+    return True
+
+
+_BLAS_GEMM: _Addresses | None = None  # None: not looked for yet
+_BLAS_PACK: dict[torch.dtype, tuple[int, int, int]] = {}
+_BLAS_BATCH: _Addresses = {}
+
+
+@contextlib.contextmanager
+def _first_use_checks() -> Iterator[None]:
+    """The first-use checks compare the C loops with torch on their own tensors, whatever the call that
+    happens to trigger them is inside: under autocast torch's side of a check would be computed in
+    bfloat16 (and the check fail), under no_grad or inference_mode the checks could not build their
+    autograd graphs."""
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+        yield
+
+
+@opaque_to_compile
+def blas_gemm(dtype: torch.dtype) -> int:
+    """The checked gemm address for ``dtype`` (found on first use), or 0."""
+    global _BLAS_GEMM, _BLAS_PACK, _BLAS_BATCH
+    if _BLAS_GEMM is None:
+        with _first_use_checks():
+            _BLAS_GEMM, _BLAS_PACK, _BLAS_BATCH = _find_blas()
+    return _BLAS_GEMM.get(dtype, 0)
+
+
+def blas_functions(dtype: torch.dtype) -> C.BlasFunctions:
+    """(gemm, pack_get_size, pack, compute, gemm_batch) for the C loops; zeros for what is missing."""
+    gemm = blas_gemm(dtype)
+    if not gemm:
+        return (0, 0, 0, 0, 0)
+    return (gemm, *_BLAS_PACK.get(dtype, (0, 0, 0)), _BLAS_BATCH.get(dtype, 0))
+
+
+_CELL_THREADS: bool | None = None  # None: not looked for yet
+_threads_for_check: int | None = None  # set while the first-use check runs
+
+
+@opaque_to_compile
+def cell_threads(split_agrees: Callable[[], bool]) -> int:
+    """How many threads the C loop may split a cell step's rows among: torch's intra-op thread count where
+    torch's OpenMP runtime was found and ``split_agrees()`` (the loops' own first-use check, run once under
+    :func:`threads_for_check`) passed, else 1."""
+    global _CELL_THREADS
+    if _threads_for_check is not None:
+        return _threads_for_check
+    if _CELL_THREADS is None:
+        with _first_use_checks():
+            _CELL_THREADS = _install_openmp() and split_agrees()
+        if not _CELL_THREADS and C.available():
+            C.set_cell_threads(0, 0, 0)
+    return torch.get_num_threads() if _CELL_THREADS else 1
+
+
+def _install_openmp() -> bool:
+    """Give the C cell GOMP_parallel, omp_get_thread_num and omp_get_num_threads of the OpenMP runtime that
+    libtorch_cpu links (looked up through its handle: the runtime whose threads its BLAS uses)."""
+    if not C.available() or not blas_gemm(torch.float32):
+        return False
+    functions = _torch_cpu_symbols("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
+    if functions is None or not all(functions):
+        return False
+    C.set_cell_threads(*functions)
+    return True
+
+
+@contextlib.contextmanager
+def threads_for_check(threads: int) -> Iterator[None]:
+    """Make :func:`cell_threads` answer ``threads`` while the first-use check of the split runs."""
+    global _threads_for_check
+    _threads_for_check = threads
+    try:
+        yield
+    finally:
+        _threads_for_check = None

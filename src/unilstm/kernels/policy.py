@@ -1,0 +1,44 @@
+"""Every threshold that picks a kernel, a thread split or a GEMM route, in one place.
+
+Each constant names the section of ``benchmarks/kernel_choices.md`` with the measurements that justified
+it; the code that applies a threshold reads it from here at call time (tests may change it). The C loops'
+own thresholds (cell split, MKL packing) are compiled into ``native/_lstm_cell.c`` and exported by the
+built module: ``native._extension.CELL_PARALLEL_MIN`` and ``PACK_MIN_*``.
+"""
+
+from __future__ import annotations
+
+# -- the native kernel (kernels/native/) -------------------------------------------------------------------
+
+#: Per-step GEMMs read contiguous transposed copies of the recurrent and projection weights from this many
+#: steps and sequences on (kernel_choices.md, "Transposed weight copies").
+COPY_MIN_STEPS = 4
+COPY_MIN_BATCH = 8
+
+#: The two directions of a bidirectional layer run their C loops at once (one thread each) when the batch
+#: has at least PAIR_MIN_BATCH sequences or the hidden size is at most PAIR_MAX_HIDDEN (kernel_choices.md,
+#: "Both directions at once").
+PAIR_MIN_BATCH = 16
+PAIR_MAX_HIDDEN = 256
+
+#: One direction's batch runs as two halves at once from HALVES_MIN_BATCH sequences on, when the recurrent
+#: weights take at most HALVES_MAX_WEIGHT_BYTES (with autograd) or HALVES_MAX_WEIGHT_BYTES_INFERENCE
+#: (without) (kernel_choices.md, "Batch halves at once").
+HALVES_MIN_BATCH = 16
+HALVES_MAX_WEIGHT_BYTES = 2**20  # H = P = 256 in float32
+HALVES_MAX_WEIGHT_BYTES_INFERENCE = 2**18  # H = P = 128 in float32
+
+#: Two C loops run at once (pair, halves) only with exactly this many intra-op threads: one per loop, and
+#: with more each loop's GEMMs would give up the other threads (kernel_choices.md, "Both directions at
+#: once").
+TWO_LOOPS_THREADS = 2
+
+# -- the fast kernel (kernels/fast.py) ---------------------------------------------------------------------
+
+#: Up to this many rows, the forward on CUDA (or in the fused step) computes each step's projection
+#: h' = r W_hr^T as addmm with a zero bias (cublasLt's GEMM with a bias epilogue), above it as mm (cuBLAS)
+#: (kernel_choices.md, "Projection through a zero bias"; benchmarks/gpu_small_gemm.py).
+PROJECTION_THROUGH_BIAS_MAX_ROWS = 16
+
+# -- dispatch (kernels/dispatch.py) ------------------------------------------------------------------------
+# (dispatch's thresholds: which kernel serves a call, torch's fused kernel or the native one)
