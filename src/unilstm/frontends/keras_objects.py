@@ -40,7 +40,7 @@ class KerasObject:
 
 def lookup(
     identifier: Any,
-    registry: Mapping[str, type | Callable],
+    registry: Mapping[str, type[KerasObject] | Callable],
     *,
     kind: str,
     argument: str,
@@ -73,7 +73,11 @@ def lookup(
 
 
 def from_keras_config(
-    config: Mapping[str, Any], registry: Mapping[str, type | Callable], *, kind: str, argument: str
+    config: Mapping[str, Any],
+    registry: Mapping[str, type[KerasObject] | Callable],
+    *,
+    kind: str,
+    argument: str,
 ) -> Any:
     """A Keras serialized object ``{"class_name": ..., "config": {...}}`` -> our object."""
     if "class_name" not in config:
@@ -91,8 +95,8 @@ def from_keras_config(
             f"{argument}: unknown {kind} class {class_name!r} (custom Keras objects are not available here; "
             f"pass a callable instead); known classes: {known}"
         )
-    if not isinstance(found, type):
-        return found
+    if not (isinstance(found, type) and issubclass(found, KerasObject)):
+        return found  # a registered function, such as tf-keras's l1_l2
     if not isinstance(inner, Mapping):
         raise ValueError(f"{argument}: the 'config' of {class_name!r} must be a dict, got {inner!r}")
     try:
