@@ -98,7 +98,7 @@ ONNX_ACTIVATIONS: dict[str, tuple[str, float | None, float | None]] = {
     "leaky_relu": ("LeakyRelu", 0.2, None),
 }
 
-_CALLABLE_NAMES = {
+_CALLABLE_NAMES: dict[object, str] = {  # keyed by identity of torch's functions
     torch.sigmoid: "sigmoid",
     torch.tanh: "tanh",
     torch.relu: "relu",
@@ -118,7 +118,7 @@ def onnx_activation(activation: object, argument: str) -> tuple[str, float | Non
     else:
         name = next((key for key, fn in _acts.REGISTRY.items() if fn is activation), None)
         if name is None:
-            name = _CALLABLE_NAMES.get(activation)  # type: ignore[call-overload]
+            name = _CALLABLE_NAMES.get(activation)
         if name is None:
             raise OnnxExportError(
                 f"{argument}: the callable {getattr(activation, '__name__', activation)!r} cannot be "

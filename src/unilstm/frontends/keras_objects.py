@@ -28,7 +28,11 @@ class KerasObject:
         return cls(**config)
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.get_config() == other.get_config()  # type: ignore[union-attr]
+        return (
+            isinstance(other, KerasObject)
+            and type(self) is type(other)
+            and self.get_config() == other.get_config()
+        )
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, repr(sorted(self.get_config().items()))))
