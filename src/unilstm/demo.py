@@ -115,8 +115,10 @@ def canonical_union() -> None:
     layer.train()
     out, (h, c) = layer(x, mask=mask, generator=torch.Generator().manual_seed(1))
     out.sum().backward()
+    gradient = layer.get_parameter("weight_hr_l1_reverse").grad
+    assert gradient is not None  # backward() above reached every parameter
     print(f"output {tuple(out.shape)}, h_n {tuple(h.shape)}, c_n {tuple(c.shape)}; "
-          f"gradient on weight_hr_l1_reverse: {tuple(layer.weight_hr_l1_reverse.grad.shape)}")
+          f"gradient on weight_hr_l1_reverse: {tuple(gradient.shape)}")
 
 
 def convert_files(workdir: str) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .activations import REGISTRY
+from .spec import ActivationLike
 
 #: Activation names Keras 3 accepts for a layer (``keras.activations``), plus "linear" for None.
 KERAS_ACTIVATIONS = (
@@ -123,7 +124,9 @@ def activation_from_keras(identifier: Any, argument: str, keras2: bool) -> str |
     )
 
 
-def activation_from_stored_config(value: Any, keras2: bool, custom_objects: Mapping[str, Any]) -> object:
+def activation_from_stored_config(
+    value: Any, keras2: bool, custom_objects: Mapping[str, Any]
+) -> ActivationLike:
     """The spec activation for an activation stored in a Keras file's config: ``None`` stays None (linear),
     a built-in name its registry name, a name in ``custom_objects`` that function.
 

@@ -7,6 +7,7 @@ Parameters use torch's names and layout (``weight_ih_l0``, ``weight_hh_l0_revers
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -161,7 +162,8 @@ class LSTM(nn.Module):
         self._flat_weights_names = parameter_names(spec)
         for name in self._flat_weights_names:
             if spec.input_size is None and name.startswith("weight_ih_l0"):
-                self.register_parameter(name, UninitializedParameter(**factory))
+                # torch's stub types UninitializedParameter as a plain Tensor; it is a Parameter subclass
+                self.register_parameter(name, cast(nn.Parameter, UninitializedParameter(**factory)))
             else:
                 shape = parameter_shape(spec, name)
                 self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
@@ -326,7 +328,7 @@ class LSTM(nn.Module):
     def _checked_call(
         self,
         input: Tensor,
-        state: State | None,
+        state: object,  # State | None when the caller is right; checked by _initial_state
         *,
         lengths: Tensor | None = None,
         mask: Tensor | None = None,
@@ -404,7 +406,7 @@ class LSTM(nn.Module):
             training=training, generator=generator, native_training=self._native_training,
         )
 
-    def _initial_state(self, state: State | None, batch: int, batched: bool, x: Tensor) -> State:
+    def _initial_state(self, state: object, batch: int, batched: bool, x: Tensor) -> State:
         spec = self.spec
         layers = spec.num_layers * spec.num_directions
         h_shape = (layers, batch, spec.output_size)
@@ -468,7 +470,9 @@ class LSTM(nn.Module):
             )
         time_major = mask.to(torch.bool).t()
         if lengths is not None:
-            time_major = time_major & CountedSteps(lengths=lengths).step_mask(steps, device)
+            length_mask = CountedSteps(lengths=lengths).step_mask(steps, device)
+            assert length_mask is not None  # CountedSteps with lengths always has a mask
+            time_major = time_major & length_mask
         return CountedSteps(mask=time_major)
 
     def extra_repr(self) -> str:

@@ -467,6 +467,12 @@ def test_save_model_refuses_what_keras3_lacks(ukeras, tmp_path: pathlib.Path) ->
     assert os.listdir(tmp_path) == []
 
 
+def test_store_keys_sort_naturally_whatever_their_characters() -> None:
+    keys = ["lstm_10", "lstm", "odd\nname_2", "lstm_2", "odd\nname"]
+    expected = ["lstm", "lstm_2", "lstm_10", "odd\nname", "odd\nname_2"]
+    assert sorted(keys, key=kf.reading._natural_key) == expected
+
+
 def test_legacy_attributes_split_in_chunks(tmp_path: pathlib.Path) -> None:
     """Keras splits HDF5 attributes over 64 kB into name0, name1, ... (many layers or long weight names)."""
     target = tmp_path / "chunked.h5"

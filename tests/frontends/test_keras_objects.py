@@ -222,6 +222,12 @@ def test_unknown_objects_are_errors():
         LSTM(2, kernel_initializer="stft").build((1, 2, 3))
 
 
+def test_none_initializer_is_an_error_naming_the_argument():
+    layer = LSTM(2, kernel_initializer=None)
+    with pytest.raises(TypeError, match="kernel_initializer: None cannot initialize a weight"):
+        layer.build((1, 2, 3))
+
+
 def test_three_sgd_steps_match_a_keras_training_loop():
     """A custom Keras 3 loop: loss = <y, cot> + sum(layer.losses) with L1L2 / l2 weight regularizers, an l1
     activity regularizer, max_norm and non_neg constraints, masks, SGD(0.3), three steps. The torch loop adds

@@ -159,6 +159,7 @@ def convert(
 
 def _front_door_layer(unit: InterchangeLSTM) -> torch.nn.Module:
     s = unit.spec
+    assert s.input_size is not None  # a unit's spec comes from its weights, which fix the input size
     if unit.framework == "mindspore" and s.is_standard_cell and not s.proj_size:
         layer: LSTM = MindSporeLSTM(
             s.input_size,

@@ -141,7 +141,7 @@ def emit_code(units: list[InterchangeLSTM], target_fmt: str, target_file: Path, 
 
 
 def _emit_notes(unit: InterchangeLSTM, framework: str) -> list[str]:
-    notes = []
+    notes: list[str] = []
     s = unit.spec
     if unit.keras is None:
         return notes

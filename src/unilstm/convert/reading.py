@@ -29,11 +29,13 @@ from ..parameter_names import (
     parse_parameter_name,
     with_layer,
 )
-from ..spec import LSTMSpec
+from ..spec import ActivationLike, LSTMSpec
 from .file_kinds import FRAMEWORK_OF, METADATA_KEY, READABLE, ConversionError, PathLike, detect_format
 
 
-def _keras_activation(value: object, keras2: bool, custom_objects: dict[str, Any], where: str) -> object:
+def _keras_activation(
+    value: object, keras2: bool, custom_objects: dict[str, Any], where: str
+) -> ActivationLike:
     try:
         return activation_from_stored_config(value, keras2, custom_objects)
     except UnknownKerasActivationError as error:
@@ -175,7 +177,8 @@ def _group_state(
 
 def _spec_from_state(state: OrderedDict[str, Tensor], where: str) -> LSTMSpec:
     """torch.nn.LSTM's configuration from its parameters' names and shapes."""
-    layers = 1 + max(parse_parameter_name(n).layer for n in state)
+    # every name in a group parsed as a parameter name (_group_state): the filter only informs the checker
+    layers = 1 + max(parsed.layer for parsed in map(parse_parameter_name, state) if parsed is not None)
     bidirectional = any(n.endswith("_reverse") for n in state)
     bias = "bias_ih_l0" in state
     proj = int(state["weight_hr_l0"].shape[0]) if "weight_hr_l0" in state else 0
@@ -343,7 +346,8 @@ def _read_units(
     if fmt == "ckpt":
         values = load_checkpoint(path, prefix=prefix)
         tensors = OrderedDict((k, v) for k, v in values.items() if isinstance(v, Tensor))
-        metadata = {METADATA_KEY: values[METADATA_KEY]} if isinstance(values.get(METADATA_KEY), str) else None
+        stored_metadata = values.get(METADATA_KEY)
+        metadata = {METADATA_KEY: stored_metadata} if isinstance(stored_metadata, str) else None
         return _units_from_state(tensors, str(path), "mindspore", metadata)
     if fmt == "safetensors":
         tensors, metadata = read_safetensors(path)
@@ -409,6 +413,7 @@ def merge_stacks(units: list[InterchangeLSTM]) -> list[InterchangeLSTM]:
     for unit in units:
         if merged and _mergeable(merged[-1], unit) is None:
             top = merged[-1]
+            assert top.keras is not None and unit.keras is not None  # _mergeable merges Keras units only
             layers = top.spec.num_layers
             state = OrderedDict(top.state)
             for name, tensor in unit.state.items():

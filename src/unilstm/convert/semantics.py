@@ -96,8 +96,11 @@ def _merge(out: Tensor, merge_mode: str | None, hidden: int) -> Tensor:
 
 
 def keras_outputs(unit: InterchangeLSTM, out: Tensor, h_n: Tensor, c_n: Tensor) -> dict[str, Tensor]:
-    """Keras's outputs from a canonical run (batch-major out (B, T, D*H), h_n, c_n (L*D, B, H))."""
+    """Keras's outputs from a canonical run (batch-major out (B, T, D*H), h_n, c_n (L*D, B, H)) of a unit read
+    from a Keras file."""
     glue = unit.keras
+    if glue is None:
+        raise ValueError(f"keras_outputs: unit {unit.name!r} has no Keras conventions (not read from Keras)")
     hidden = unit.spec.hidden_size
     if glue.return_sequences:
         output = out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from .writing import keras_records
 def _inputs(
     unit: InterchangeLSTM, seed: int, batch: int = 3, steps: int = 7
 ) -> list[tuple[Tensor, Tensor | None]]:
+    assert unit.spec.input_size is not None  # a unit's spec comes from its weights, which fix the input size
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, steps, unit.spec.input_size, generator=generator, dtype=torch.float32)
     return [(x, None), (x, torch.tensor([steps, max(1, steps - 3), 1][:batch]))]
@@ -35,7 +37,7 @@ def _target_runner(
 ) -> list[Callable[[Tensor, Tensor | None], dict[str, Tensor]]]:
     """Per source unit: a function running the written target (read back from ``path``) with the glue."""
     framework = FRAMEWORK_OF[target_fmt]
-    runners = []
+    runners: list[Callable[[Tensor, Tensor | None], dict[str, Tensor]]] = []
     if framework == "onnx" and len(source) > 1:
         def run_chain(x: Tensor, lengths: Tensor | None) -> dict[str, Tensor]:
             use = lengths if lengths is not None else torch.full((x.shape[0],), x.shape[1])
@@ -74,7 +76,7 @@ def _target_runner(
             for name in parameter_names(layer.spec):
                 getattr(layer, name).copy_(target.state[name].float())
         layer.eval()
-        runners.append(lambda x, lengths, u=unit, m=layer: torch_glue_run(u, m, x, lengths))
+        runners.append(partial(torch_glue_run, unit, layer))
     return runners
 
 
@@ -128,7 +130,7 @@ def verify(source: list[InterchangeLSTM], target_fmt: str, path: Path, *, seed: 
     report: dict[str, Any] = {}
     for index, (unit, runner) in enumerate(zip(source, runners, strict=False)):
         report[unit.name] = _compare(
-            lambda x, lengths, u=unit: run_source(u, x, lengths), runner, unit, seed + index
+            partial(run_source, unit), runner, unit, seed + index
         )
     return report
 

@@ -20,10 +20,10 @@ ONNX_GATE_ORDER = "iofg"  # ONNX names these i, o, f, c: c is the candidate bloc
 def _reorder_gates(array: Array, source: str, target: str, axis: int = 0) -> Array:
     """Permute the four gate blocks along ``axis`` from ``source`` order to ``target`` order."""
     if isinstance(array, np.ndarray):
-        blocks = np.split(array, 4, axis=axis)
-        return np.concatenate([blocks[source.index(gate)] for gate in target], axis=axis)
-    blocks = torch.chunk(array, 4, dim=axis)
-    return torch.cat([blocks[source.index(gate)] for gate in target], dim=axis)
+        array_blocks = np.split(array, 4, axis=axis)
+        return np.concatenate([array_blocks[source.index(gate)] for gate in target], axis=axis)
+    tensor_blocks = torch.chunk(array, 4, dim=axis)
+    return torch.cat([tensor_blocks[source.index(gate)] for gate in target], dim=axis)
 
 
 def to_onnx_gates(array: Array, axis: int = 0) -> Array:

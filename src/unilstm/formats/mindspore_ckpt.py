@@ -376,6 +376,7 @@ def _as_entry_value(name: str, value: object) -> Tensor | str:
 
 def _entries(net_or_params: object, append_dict: Mapping[str, object] | None) -> dict[str, Tensor | str]:
     entries: dict[str, Tensor | str] = {}
+    items: list[tuple[object, object]]  # names and values are checked below, whatever their source
     if isinstance(net_or_params, nn.Module):
         items = list(mindspore_named_parameters(net_or_params))
     elif isinstance(net_or_params, Mapping):

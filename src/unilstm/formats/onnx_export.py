@@ -28,9 +28,10 @@ onnx (and onnxruntime for checking) are the optional extra ``unilstm[onnx]``; th
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, overload
 
 import numpy as np
 import torch
@@ -97,7 +98,7 @@ ONNX_ACTIVATIONS: dict[str, tuple[str, float | None, float | None]] = {
     "leaky_relu": ("LeakyRelu", 0.2, None),
 }
 
-_CALLABLE_NAMES = {
+_CALLABLE_NAMES: dict[object, str] = {  # keyed by identity of torch's functions
     torch.sigmoid: "sigmoid",
     torch.tanh: "tanh",
     torch.relu: "relu",
@@ -117,7 +118,7 @@ def onnx_activation(activation: object, argument: str) -> tuple[str, float | Non
     else:
         name = next((key for key, fn in _acts.REGISTRY.items() if fn is activation), None)
         if name is None:
-            name = _CALLABLE_NAMES.get(activation)  # type: ignore[call-overload]
+            name = _CALLABLE_NAMES.get(activation)
         if name is None:
             raise OnnxExportError(
                 f"{argument}: the callable {getattr(activation, '__name__', activation)!r} cannot be "
@@ -221,7 +222,7 @@ def build_graph(
 
 
 def build_chain(
-    stages: list[tuple[ExportableLSTM, bool, str | None]],
+    stages: Sequence[tuple[ExportableLSTM, bool, str | None]],
     *,
     opset: int = DEFAULT_OPSET,
     lengths: bool = False,
@@ -493,6 +494,28 @@ def write_model(model: Any, path: str | os.PathLike[str]) -> Path:
     return atomic_write_bytes(path, model.SerializeToString())
 
 
+@overload
+def run_onnx(
+    path_or_model: str | os.PathLike[str] | bytes | Any,
+    input: np.ndarray | torch.Tensor,
+    *,
+    lengths: np.ndarray | torch.Tensor | None = None,
+    state: tuple[Any, Any] | None = None,
+    all_outputs: Literal[False] = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+@overload
+def run_onnx(
+    path_or_model: str | os.PathLike[str] | bytes | Any,
+    input: np.ndarray | torch.Tensor,
+    *,
+    lengths: np.ndarray | torch.Tensor | None = None,
+    state: tuple[Any, Any] | None = None,
+    all_outputs: Literal[True],
+) -> dict[str, np.ndarray]: ...
+
+
 def run_onnx(
     path_or_model: str | os.PathLike[str] | bytes | Any,
     input: np.ndarray | torch.Tensor,
@@ -500,7 +523,7 @@ def run_onnx(
     lengths: np.ndarray | torch.Tensor | None = None,
     state: tuple[Any, Any] | None = None,
     all_outputs: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | dict[str, np.ndarray]:
     """Run an exported model with onnxruntime: returns (output, h_n, c_n) as numpy arrays, or with
     ``all_outputs`` a dict of every graph output (``h_n_<i>``, ``c_n_<i>`` of a chain)."""
     ort = require_onnxruntime()
@@ -523,7 +546,7 @@ def run_onnx(
     outputs = [o.name for o in session.get_outputs()]
     values = dict(zip(outputs, session.run(outputs, feed), strict=True))
     if all_outputs:
-        return values  # type: ignore[return-value]
+        return values
     return values["output"], values["h_n"], values["c_n"]
 
 

@@ -346,6 +346,7 @@ class LSTM(nn.Module):
         return_state ((T, B, H) with time_major and return_sequences)."""
         shape = tuple(input_shape)
         batch, steps = (shape[1], shape[0]) if self.time_major else (shape[0], shape[1])
+        output: tuple[int | None, ...]
         if self.return_sequences:
             output = (steps, batch, self.units) if self.time_major else (batch, steps, self.units)
         else:
@@ -569,9 +570,12 @@ class LSTM(nn.Module):
             self._states = (h.detach(), c.detach())
         sequence = out if self.time_major else out.transpose(0, 1)
         output = sequence if self.return_sequences else out[-1]
-        result = (output, h, c) if self.return_state else (output,)
-        self._record_activity(result)
-        return result if self.return_state else output
+        if self.return_state:
+            result = (output, h, c)
+            self._record_activity(result)
+            return result
+        self._record_activity((output,))
+        return output
 
     def _direction_weights(self) -> DirectionWeights:
         """The Keras-layout weights as the engine's torch-layout views (differentiable, no copies kept)."""

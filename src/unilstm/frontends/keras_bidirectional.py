@@ -129,6 +129,7 @@ class Bidirectional(nn.Module):
         self._keras2 = layer._keras2
         if not trainable:
             self.trainable = False
+        self._pending_weights: list[Any] | None  # weights given before the layers are built
         if weights:
             self._pending_weights = list(weights)
         else:

@@ -99,7 +99,7 @@ class UnitNorm(Constraint):
 
 
 _CLASSES = [MaxNorm, MinMaxNorm, NonNeg, UnitNorm]
-REGISTRY: dict[str, type | Callable] = {cls.__name__: cls for cls in _CLASSES}
+REGISTRY: dict[str, type[KerasObject] | Callable] = {cls.__name__: cls for cls in _CLASSES}
 REGISTRY.update({snake_case(cls.__name__): cls for cls in _CLASSES})
 REGISTRY.update({"maxnorm": MaxNorm, "nonneg": NonNeg, "unitnorm": UnitNorm})  # tf-keras aliases
 

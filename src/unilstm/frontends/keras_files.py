@@ -46,12 +46,14 @@ def _prepare_lstm_config(config: dict, custom_objects: dict[str, Any], where: st
     return config
 
 
-def _prepare_config(record: KerasLayerRecord, custom_objects: dict[str, Any], where: str) -> dict:
-    """The record's config, ready for the front door's ``from_config``: custom activations resolved through
+def _prepare_config(
+    class_name: str, layer_config: dict[str, Any], custom_objects: dict[str, Any], where: str
+) -> dict:
+    """A record's config, ready for the front door's ``from_config``: custom activations resolved through
     ``custom_objects`` (a clear error for unknown ones)."""
-    if record.class_name == "LSTM":
-        return _prepare_lstm_config(record.config, custom_objects, where)
-    config = dict(record.config)
+    if class_name == "LSTM":
+        return _prepare_lstm_config(layer_config, custom_objects, where)
+    config = dict(layer_config)
     for member in ("layer", "backward_layer"):
         inner = config.get(member)
         if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
@@ -129,7 +131,9 @@ def load_layers(path: PathLike, custom_objects: dict[str, Any] | None = None) ->
                 f"load_weights(layer, path, key=...) (layers in it: "
                 f"{', '.join(r.describe() for r in records)})"
             )
-        config = _prepare_config(record, custom_objects, f"{path}: layer {record.describe()}")
+        config = _prepare_config(
+            record.class_name, record.config, custom_objects, f"{path}: layer {record.describe()}"
+        )
         cls = LSTM if record.class_name == "LSTM" else Bidirectional
         try:
             layer = cls.from_config(config, keras2=record.is_keras2)

@@ -330,7 +330,7 @@ _CLASSES = [
     VarianceScaling,
     Zeros,
 ]
-REGISTRY: dict[str, type | Callable] = {cls.__name__: cls for cls in _CLASSES}
+REGISTRY: dict[str, type[KerasObject] | Callable] = {cls.__name__: cls for cls in _CLASSES}
 REGISTRY.update({snake_case(cls.__name__): cls for cls in _CLASSES})
 REGISTRY.update(
     {
@@ -368,9 +368,12 @@ def get(identifier: InitializerLike, argument: str = "initializer") -> Initializ
 
 
 def initialize(
-    initializer: Initializer | Callable, shape: Shape, dtype: torch.dtype, argument: str
+    initializer: Initializer | Callable | None, shape: Shape, dtype: torch.dtype, argument: str
 ) -> torch.Tensor:
-    """Call an initializer (ours or a user callable) and check what it returns."""
+    """Call an initializer (ours or a user callable) and check what it returns; ``None`` (what :func:`get`
+    gives for ``None``) is refused with a TypeError."""
+    if initializer is None:
+        raise TypeError(f"{argument}: None cannot initialize a weight; pass an initializer or its name")
     values = initializer(tuple(shape), dtype=dtype)
     values = torch.as_tensor(values.detach() if isinstance(values, torch.Tensor) else np.asarray(values))
     if tuple(values.shape) != tuple(shape):

@@ -28,7 +28,11 @@ class KerasObject:
         return cls(**config)
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.get_config() == other.get_config()  # type: ignore[union-attr]
+        return (
+            isinstance(other, KerasObject)
+            and type(self) is type(other)
+            and self.get_config() == other.get_config()
+        )
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, repr(sorted(self.get_config().items()))))
@@ -40,7 +44,7 @@ class KerasObject:
 
 def lookup(
     identifier: Any,
-    registry: Mapping[str, type | Callable],
+    registry: Mapping[str, type[KerasObject] | Callable],
     *,
     kind: str,
     argument: str,
@@ -73,7 +77,11 @@ def lookup(
 
 
 def from_keras_config(
-    config: Mapping[str, Any], registry: Mapping[str, type | Callable], *, kind: str, argument: str
+    config: Mapping[str, Any],
+    registry: Mapping[str, type[KerasObject] | Callable],
+    *,
+    kind: str,
+    argument: str,
 ) -> Any:
     """A Keras serialized object ``{"class_name": ..., "config": {...}}`` -> our object."""
     if "class_name" not in config:
@@ -91,8 +99,8 @@ def from_keras_config(
             f"{argument}: unknown {kind} class {class_name!r} (custom Keras objects are not available here; "
             f"pass a callable instead); known classes: {known}"
         )
-    if not isinstance(found, type):
-        return found
+    if not (isinstance(found, type) and issubclass(found, KerasObject)):
+        return found  # a registered function, such as tf-keras's l1_l2
     if not isinstance(inner, Mapping):
         raise ValueError(f"{argument}: the 'config' of {class_name!r} must be a dict, got {inner!r}")
     try:

@@ -116,7 +116,7 @@ def l1_l2(l1: float = 0.01, l2: float = 0.01) -> L1L2:
 
 
 _CLASSES = [L1, L1L2, L2, OrthogonalRegularizer]
-REGISTRY: dict[str, type | Callable] = {cls.__name__: cls for cls in _CLASSES}
+REGISTRY: dict[str, type[KerasObject] | Callable] = {cls.__name__: cls for cls in _CLASSES}
 REGISTRY.update({snake_case(cls.__name__): cls for cls in _CLASSES})
 REGISTRY["l1_l2"] = l1_l2  # tf-keras
 

@@ -10,9 +10,11 @@ import math
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
+from typing import cast
 
 import numpy as np
 import torch
+from numpy.typing import DTypeLike
 from torch import Tensor, nn
 
 from ..formats.mindspore_ckpt import mindspore_named_parameters
@@ -39,7 +41,8 @@ def resolve_dtype(dtype: object) -> torch.dtype:
         name = str(dtype).removeprefix("torch.")
     else:
         try:
-            name = np.dtype(dtype).name
+            # whatever np.dtype cannot read raises TypeError, handled below
+            name = np.dtype(cast(DTypeLike, dtype)).name
         except TypeError:
             name = str(dtype).lower().removeprefix("mindspore.")
     if name not in _PARAMETER_DTYPES:

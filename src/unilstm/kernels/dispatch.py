@@ -9,7 +9,8 @@ Every kernel computes the same function as :func:`~unilstm.kernels.reference.run
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,15 @@ DIRECTION_KERNELS: list[tuple[str, Callable[..., bool], DirectionKernel]] = [
     ("fast", fast_accepts, run_direction_fast),
     ("reference", lambda x, weights, run: True, run_direction_reference),
 ]
+
+_Item = TypeVar("_Item")
+
+
+def _pair(items: Sequence[_Item]) -> tuple[_Item, _Item]:
+    """The two per-direction items of a bidirectional layer as a pair."""
+    forward, backward = items
+    return forward, backward
+
 
 #: When set (to a name in DIRECTION_KERNELS or "reference"), every call uses that kernel: for tests that
 #: compare kernels and for benchmarks.
@@ -293,10 +303,11 @@ def _run_layer_by_layer(
             ))
         first = layer * directions
         states = h0[first : first + directions], c0[first : first + directions]
+        results: list[tuple[Tensor, Tensor, Tensor]]
         if directions == 2 and _forced_kernel in (None, "native") and native_pair_accepts(
-            layer_input, *states, tuple(layer_weights), tuple(runs)
+            layer_input, *states, _pair(layer_weights), _pair(runs)
         ):  # both directions at once, one per core
-            results = run_bidirectional_native(layer_input, *states, tuple(layer_weights), tuple(runs))
+            results = list(run_bidirectional_native(layer_input, *states, _pair(layer_weights), _pair(runs)))
         else:
             results = []
             for weights, run, h_start, c_start in zip(layer_weights, runs, *states, strict=True):

@@ -26,6 +26,7 @@ def flat_weights(layers: list[list[DirectionWeights]]) -> list[Tensor]:
         for w in directions:
             flat += [w.w_ih, w.w_hh]
             if w.b_ih is not None:
+                assert w.b_hh is not None  # layers run here carry both biases or neither (spec.bias)
                 flat += [w.b_ih, w.b_hh]
             if w.w_hr is not None:
                 flat.append(w.w_hr)
@@ -100,6 +101,8 @@ def run_stack_fused(
     empty = lengths == 0
     # pack_padded_sequence rejects empty rows: run them as length 1, then restore their zeros and h0/c0.
     packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), enforce_sorted=False)
+    # enforce_sorted=False always gives the permutation and its inverse
+    assert packed.sorted_indices is not None and packed.unsorted_indices is not None
     sorted_h0 = h0.index_select(1, packed.sorted_indices)
     sorted_c0 = c0.index_select(1, packed.sorted_indices)
     data, h_n, c_n = run_packed_fused(

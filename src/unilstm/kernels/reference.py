@@ -92,7 +92,7 @@ def run_direction_reference(
     g, sigma = run.activation, run.recurrent_activation
     h, c = h0, c0
     previous_output = torch.zeros_like(h0)
-    outputs: list[Tensor | None] = [None] * x.shape[0]
+    outputs: list[Tensor] = []  # in processing order; put back in time order after the loop
     for t in steps:
         z = gate_projection(x[t], weights.w_ih, run.input_dropout_mask)
         z = z + gate_projection(h, weights.w_hh, run.recurrent_dropout_mask)
@@ -114,7 +114,9 @@ def run_direction_reference(
             fallback = torch.zeros_like(h_new) if run.zero_masked_output else previous_output
             out = torch.where(keep, h_new, fallback)
             previous_output = out
-        outputs[t] = out
+        outputs.append(out)
+    if run.reverse:
+        outputs.reverse()
     if not outputs:
         return x.new_zeros(0, *h0.shape), h, c
     return torch.stack(outputs), h, c

@@ -293,22 +293,24 @@ def _records_from_store(
                 KerasLayerRecord(prefix + key, _vars_name(group), "LSTM", None, arrays, version, file_format)
             )
         elif re.fullmatch(r"bidirectional(_\d+)?", key):
-            directions = [group.get(d) for d in ("forward_layer", "backward_layer")]
-            if any(d is None for d in directions):
+            forward_group, backward_group = group.get("forward_layer"), group.get("backward_layer")
+            if forward_group is None or backward_group is None:
                 raise KerasFileError(f"{path}: expected forward_layer and backward_layer groups in {where}")
-            arrays = [_cell_arrays(d, path, where) for d in directions]
-            if any(a is None for a in arrays):
+            forward_arrays = _cell_arrays(forward_group, path, where)
+            backward_arrays = _cell_arrays(backward_group, path, where)
+            if forward_arrays is None or backward_arrays is None:
                 raise KerasFileError(
                     f"{path}: expected cell/vars arrays in {where}'s forward and backward layers"
                 )
-            if all(_is_lstm_shapes(a) for a in arrays):  # else a Bidirectional of another RNN: not ours
+            # else a Bidirectional of another RNN: not ours
+            if _is_lstm_shapes(forward_arrays) and _is_lstm_shapes(backward_arrays):
                 records.append(
                     KerasLayerRecord(
                         prefix + key,
                         _vars_name(group),
                         "Bidirectional",
                         None,
-                        arrays[0] + arrays[1],
+                        forward_arrays + backward_arrays,
                         version,
                         file_format,
                     )
@@ -318,7 +320,8 @@ def _records_from_store(
 
 def _natural_key(text: str) -> tuple:
     """Order ``lstm``, ``lstm_1``, ``lstm_2``, ``lstm_10`` (HDF5 lists children alphabetically)."""
-    match = re.fullmatch(r"(.*?)(?:_(\d+))?", text)
+    match = re.fullmatch(r"(.*?)(?:_(\d+))?", text, flags=re.DOTALL)
+    assert match is not None  # (.*?) with DOTALL matches any text
     return (match.group(1), int(match.group(2)) if match.group(2) else -1)
 
 
@@ -364,10 +367,9 @@ def _read_legacy(store, root, path: Path) -> list[KerasLayerRecord]:
                 )
         return records
     top_class, top_config = _unwrap_layer(model_config)
-    entries = {}
-    _index_legacy_entries(top_config.get("layers", []), entries) if _is_model_entry(
-        top_class, top_config
-    ) else None
+    entries: dict[str, tuple[str, dict]] = {}
+    if _is_model_entry(top_class, top_config):
+        _index_legacy_entries(top_config.get("layers", []), entries)
     for layer_name in layer_names:
         entry = entries.get(layer_name)
         if entry is None or layer_name not in root:
@@ -384,7 +386,7 @@ def _read_legacy(store, root, path: Path) -> list[KerasLayerRecord]:
     return records
 
 
-def _index_legacy_entries(entries: list, index: dict) -> None:
+def _index_legacy_entries(entries: list, index: dict[str, tuple[str, dict]]) -> None:
     for entry in entries:
         class_name, config = _unwrap_layer(entry)
         if isinstance(config.get("name"), str):

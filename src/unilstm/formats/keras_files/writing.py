@@ -29,6 +29,7 @@ from .records import (
 # -- writing --------------------------------------------------------------------------------------------
 def _layer_output_shape(record: KerasLayerRecord, shape: list) -> list:
     """The output shape of a layer (batch first, None for unknown), to chain build configs."""
+    assert record.config is not None  # _check_writable refused records without a config
     configs = lstm_configs(record.class_name, record.config)
     units = int(record.weights[1].shape[0])
     inner = configs[0] if configs else {}
