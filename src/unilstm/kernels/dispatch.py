@@ -3,7 +3,8 @@
 ``run_stack`` hands the whole stack to torch's fused kernel when the spec and inputs allow it and that kernel
 is the faster one (CUDA; CPU inference of more than a few steps; see ``native_trains_faster`` and
 ``short_for_fused`` for where the native kernel wins), and otherwise runs layer by layer and direction by
-direction with the fastest direction kernel that accepts the run.
+direction with the fastest direction kernel that accepts the run. Each rule is a function here, written
+once; the thresholds they read live in :mod:`unilstm.kernels.policy`.
 Every kernel computes the same function as :func:`~unilstm.kernels.reference.run_direction_reference`.
 """
 
@@ -20,6 +21,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from ..activations import resolve
 from ..spec import LSTMSpec
 from ..steps import EVERY_STEP, CountedSteps
+from . import policy
 from .fast import accepts as fast_accepts
 from .fast import run_direction_fast
 from .fused import run_packed_fused, run_stack_fused
@@ -68,22 +70,22 @@ def force_kernel(name: str | None) -> None:
 
 
 def short_for_fused(x: Tensor) -> bool:
-    """A few steps of a few sequences on the CPU (streaming): torch's kernel sets up a oneDNN primitive on
-    every call, and the native kernel is faster there (0.5-0.9x the time for T <= 4, T * B <= 16, measured
-    at H = 128 and 512 on 2 cores; from T = 16 or B = 64 torch's kernel wins)."""
+    """A few steps of a few sequences on the CPU (streaming, up to ``policy.STREAMING_MAX_STEPS`` steps and
+    ``policy.STREAMING_MAX_ROWS`` step rows): torch's kernel sets up a oneDNN primitive on every call, a
+    fixed cost the native kernel does not pay."""
     return (
         native_available() and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-        and x.shape[0] <= 4 and x.shape[0] * x.shape[1] <= 16
+        and x.shape[0] <= policy.STREAMING_MAX_STEPS and x.shape[0] * x.shape[1] <= policy.STREAMING_MAX_ROWS
     )
 
 
 def native_trains_faster(spec: LSTMSpec, x: Tensor, training: bool) -> bool:
     """Whether a CPU training call (one that autograd records; the caller checks that) goes to the native
-    kernel, standard cells included: in float32 and float64 its forward+backward took 0.72-1.04x the time of
-    torch's fused kernel over seven shapes (T, B, in, H from (30, 16, 32, 64) to (1000, 16, 256, 256), 2
-    cores; torch's packed backward, with lengths, is 20-60x slower still). Not under autocast (torch's
+    kernel, standard cells included (``policy.NATIVE_TRAINS_STANDARD_CELLS``). Not under autocast (torch's
     kernel computes in the lower precision there, as torch.nn.LSTM does) and not with inter-layer dropout
     in training (torch's kernel draws those masks itself: the same seed then gives torch.nn.LSTM's masks)."""
+    if not policy.NATIVE_TRAINS_STANDARD_CELLS:
+        return False
     if not native_available() or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
     return not (torch.is_autocast_enabled("cpu") or (training and spec.dropout > 0.0 and spec.num_layers > 1))
@@ -243,10 +245,10 @@ def run_stack(
 
 
 def torch_backward_too_slow(cpu_training: bool, steps: CountedSteps) -> bool:
-    """torch's packed (lengths) CPU backward is 20-60x slower than the native kernel's: a CPU call that
-    autograd records with counted steps never takes torch's kernel, even where it is asked for (the torch
-    door, autocast, inter-layer dropout in training)."""
-    return cpu_training and not steps.every_step
+    """A CPU call that autograd records with counted steps never takes torch's kernel, even where it is asked
+    for (the torch door, autocast, inter-layer dropout in training): its packed CPU backward is many times
+    slower than the native kernel's (``policy.TORCH_PACKED_CPU_BACKWARD``)."""
+    return cpu_training and not steps.every_step and not policy.TORCH_PACKED_CPU_BACKWARD
 
 
 def _run_packed(

@@ -41,4 +41,17 @@ TWO_LOOPS_THREADS = 2
 PROJECTION_THROUGH_BIAS_MAX_ROWS = 16
 
 # -- dispatch (kernels/dispatch.py) ------------------------------------------------------------------------
-# (dispatch's thresholds: which kernel serves a call, torch's fused kernel or the native one)
+
+#: CPU calls of at most this many steps, and steps times sequences, run the native kernel instead of torch's
+#: fused kernel (streaming; kernel_choices.md, "Streaming calls").
+STREAMING_MAX_STEPS = 4
+STREAMING_MAX_ROWS = 16
+
+#: CPU training (autograd records the call) of standard cells runs the native kernel rather than torch's
+#: fused kernel, except where torch.nn.LSTM's exact numbers are asked for (kernel_choices.md, "Training
+#: standard cells").
+NATIVE_TRAINS_STANDARD_CELLS = True
+
+#: Whether torch's packed (lengths) kernel may run CPU training: its backward is many times slower than the
+#: native kernel's (kernel_choices.md, "torch's packed CPU backward").
+TORCH_PACKED_CPU_BACKWARD = False
