@@ -202,8 +202,7 @@ class VarianceScaling(RandomInitializer):
         if distribution not in ("uniform", "truncated_normal", "untruncated_normal"):
             raise ValueError(
                 "VarianceScaling: distribution must be 'uniform', 'truncated_normal' or "
-                "'untruncated_normal', "
-                f"got distribution={distribution!r}"
+                f"'untruncated_normal', got distribution={distribution!r}"
             )
         self.scale, self.mode, self.distribution = scale, mode, distribution
         self.input_axes, self.output_axes = input_axes, output_axes

@@ -93,9 +93,8 @@ class OrthogonalRegularizer(Regularizer):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2:
             raise ValueError(
-                f"OrthogonalRegularizer: the weight must have rank 2, got shape {tuple(x.shape)} (a "
-                "bias cannot "
-                "be regularized this way)"
+                f"OrthogonalRegularizer: the weight must have rank 2, got shape {tuple(x.shape)} (a bias "
+                "cannot be regularized this way)"
             )
         axis = 1 if self.mode == "rows" else 0
         inv_norm = torch.rsqrt(x.square().sum(dim=axis, keepdim=True)).clamp(max=1e7)

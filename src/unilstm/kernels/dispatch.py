@@ -37,7 +37,7 @@ DirectionKernel = Callable[
 ]
 
 #: Direction kernels tried in order: (name, accepts(x, weights, run) -> bool, kernel). The reference loop,
-#: last, accepts everything. Faster kernels register themselves in front of it.
+#: last, accepts everything; a new kernel goes in front of it, fastest first.
 DIRECTION_KERNELS: list[tuple[str, Callable[..., bool], DirectionKernel]] = [
     ("native", native_accepts, run_direction_native),
     ("fast", fast_accepts, run_direction_fast),
