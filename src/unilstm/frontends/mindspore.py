@@ -1,7 +1,7 @@
 """``mindspore.nn.LSTM`` (MindSpore 2.x) on the canonical layer: its signature, call convention, checks,
 train/eval default, parameter listing and initial draw. It translates arguments and computes nothing.
 
-Facts this relies on were measured on MindSpore 2.10.0 (CPU); see tools/make_mindspore_fixtures.py.
+Facts this relies on were measured on MindSpore 2.10.0 (CPU); see tools/fixtures/make_mindspore_fixtures.py.
 """
 
 from __future__ import annotations

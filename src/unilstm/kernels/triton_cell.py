@@ -15,7 +15,7 @@ the torch-op loop to a few units in the last place.
 
 Used only where Triton imports and the tensors are on CUDA, and while ``enabled`` (``UNILSTM_TRITON=0``
 switches it off); ``run_on_cpu`` lets the tests run the kernels through Triton's interpreter
-(TRITON_INTERPRET=1) on a machine without a GPU. tools/compile_triton_cell.py compiles every variant for
+(TRITON_INTERPRET=1) on a machine without a GPU. tools/gpu/compile_triton_cell.py compiles every variant for
 sm_90 on a machine without a GPU.
 """
 
