@@ -33,10 +33,13 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch.cuda import _POOL_HANDLE  # (torch imports it so too: at runtime it is an import cycle)
 
 __all__ = ["MAX_GRAPHS", "MAX_GRAPH_BYTES", "clear", "enabled", "run", "usable"]
 
@@ -53,12 +56,12 @@ Body = Callable[..., tuple]
 
 class Graph(Protocol):
     def replay(self) -> None: ...
-    def pool(self) -> object: ...
+    def pool(self) -> _POOL_HANDLE: ...
 
 
 # capture(body, static_args, pool) -> (graph, static_results), pool being a live graph's pool or None; tests
 # replace it to run the logic on the CPU
-Capture = Callable[[Body, tuple, object], tuple[Graph, tuple]]
+Capture = Callable[[Body, tuple, "_POOL_HANDLE | None"], tuple[Graph, tuple]]
 
 
 @dataclass
@@ -77,7 +80,7 @@ _entries_lock = threading.Lock()
 _warned = False
 
 
-def _capture_cuda(body: Body, static_args: tuple, pool: object) -> tuple[Graph, tuple]:
+def _capture_cuda(body: Body, static_args: tuple, pool: _POOL_HANDLE | None) -> tuple[Graph, tuple]:
     device = next(a.device for a in static_args if a is not None)
     current = torch.cuda.current_stream(device)
     side = torch.cuda.Stream(device)
@@ -94,7 +97,7 @@ def _capture_cuda(body: Body, static_args: tuple, pool: object) -> tuple[Graph, 
     return graph, static_results
 
 
-def _live_pool(device: torch.device) -> object:
+def _live_pool(device: torch.device) -> _POOL_HANDLE | None:
     """The memory pool of a kept graph on ``device``, or None for a new one. A pool handle must not outlive
     its graphs: torch frees the pool with its last graph, and capturing into a freed pool trips an internal
     assertion of torch's caching allocator."""
@@ -174,14 +177,13 @@ def run(key: tuple, body: Body, args: tuple) -> tuple:
             _entries[full_key] = _Entry()
             while len(_entries) > MAX_GRAPHS:
                 _entries.popitem(last=False)
-            first_call = True
         else:
             _entries.move_to_end(full_key)
-            first_call = False
-    if first_call or entry.failed:
+    if entry is None or entry.failed:  # the first call with this key runs without a graph
         return body(*args)
     with entry.lock:
-        if entry.graph is None:
+        graph = entry.graph
+        if graph is None:
             static_args = tuple(None if a is None else a.detach().clone() for a in args)
             device = next(a.device for a in args if a is not None)
             with _entries_lock:
@@ -205,5 +207,5 @@ def run(key: tuple, body: Body, args: tuple) -> tuple:
         for static, a in zip(entry.static_args, args, strict=True):
             if static is not None:
                 static.copy_(a)
-        entry.graph.replay()
+        graph.replay()
         return _export(entry.static_results, entry.static_args, args)

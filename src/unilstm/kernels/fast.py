@@ -103,6 +103,16 @@ def _grad_sparse_plus(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
     return torch.where(x <= -1.0, torch.zeros_like(g), torch.where(x >= 1.0, g, inner))
 
 
+def _grad_softsign(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
+    assert x is not None
+    return g / (1.0 + torch.abs(x)) ** 2
+
+
+def _grad_tanh_shrink(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
+    assert x is not None
+    return g * torch.tanh(x) ** 2
+
+
 def _grad_log_sigmoid(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
     assert x is not None
     return g * torch.sigmoid(-x)
@@ -142,14 +152,14 @@ _ACTS: dict[Callable, _Act] = {
     A.gelu: _Act(A.gelu, False, lambda g, x, y: _aten.gelu_backward.default(g, x, approximate="tanh")),
     A.silu: _Act(A.silu, False, lambda g, x, y: _aten.silu_backward.default(g, x)),
     A.softplus: _Act(A.softplus, False, lambda g, x, y: _aten.softplus_backward.default(g, x, 1, 20)),
-    A.softsign: _Act(A.softsign, False, lambda g, x, y: g / (1.0 + torch.abs(x)) ** 2),
+    A.softsign: _Act(A.softsign, False, _grad_softsign),
     A.relu6: _Act(A.relu6, True, lambda g, x, y: _hardtanh_bw(g, y, 0.0, 6.0)),
     # leaky_relu's sign is the sign of its input: the output decides
     A.leaky_relu: _Act(A.leaky_relu, True, lambda g, x, y: _leaky_bw(g, y, 0.2, False)),
     A.mish: _Act(A.mish, False, _grad_mish),
     A.squareplus: _Act(A.squareplus, False, _grad_squareplus),
     A.sparse_plus: _Act(A.sparse_plus, False, _grad_sparse_plus),
-    A.tanh_shrink: _Act(A.tanh_shrink, False, lambda g, x, y: g * torch.tanh(x) ** 2),
+    A.tanh_shrink: _Act(A.tanh_shrink, False, _grad_tanh_shrink),
     A.soft_shrink: _Act(A.soft_shrink, False, lambda g, x, y: _aten.softshrink_backward.default(g, x, 0.5)),
     A.hard_shrink: _Act(A.hard_shrink, False, lambda g, x, y: _aten.hardshrink_backward.default(g, x, 0.5)),
     A.hard_tanh: _Act(A.hard_tanh, True, lambda g, x, y: _hardtanh_bw(g, y, -1.0, 1.0)),
@@ -237,8 +247,15 @@ def summed_bias(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
     return b_ih + b_hh
 
 
+#: the positional arguments of the fast and native autograd Functions (:func:`function_arguments`)
+FunctionArguments = tuple[
+    tuple, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None,
+    Tensor | None, Tensor | None, Tensor | None,
+]
+
+
 def function_arguments(cfg: tuple, x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights,
-                       run: DirectionRun) -> tuple:
+                       run: DirectionRun) -> FunctionArguments:
     """The positional arguments of the fast and native autograd Functions: (cfg, x, h0, c0, w_ih, w_hh,
     b_ih, b_hh, w_hr, input dropout mask, recurrent dropout mask, step mask as bool on x's device)."""
     mask = run.step_mask
@@ -261,7 +278,7 @@ def backward_outputs(
     db_ih = db if has_bih and needs[6] else None
     db_hh = db if has_bhh and needs[7] else None
     if db_ih is not None and db_hh is not None:
-        db_hh = db.clone()
+        db_hh = db_ih.clone()  # (db_ih is db)
     return (None, dx, dh if needs[2] else None, dc if needs[3] else None, dwih, dwhh, db_ih, db_hh, dwhr,
             None, None, None)
 
@@ -335,7 +352,7 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
     Cp[first].copy_(c0)
     Hs, Cs = Hp.unbind(0), Cp.unbind(0)
     R = x.new_empty(T, B, H) if w_hr is not None else None
-    Rs = R.unbind(0) if R is not None else None
+    Rs = R.unbind(0) if R is not None else ()
     WhrT = w_hr.t() if w_hr is not None else None
 
     masked = step_mask is not None
@@ -372,7 +389,7 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
     premasked = False
     if fused:
         codes = triton_cell.codes(act.fn, ract.fn)
-        keep_rows = step_mask.contiguous().view(torch.uint8).unbind(0) if masked else None
+        keep_rows = step_mask.contiguous().view(torch.uint8).unbind(0) if masked else ()
         mh_rows = mh.contiguous() if fold_mask else None
     # (the fused steps run on the CPU only in tests, through Triton's interpreter: they take this route too)
     through_bias = (
@@ -387,7 +404,7 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
         if masked and none_step[t]:  # h stays, and so does a premasked operand
             Hs[ho].copy_(h)
             Cs[ho].copy_(c)
-            if Rs is not None:
+            if R is not None:
                 Rs[t].zero_()
             if zero_out:
                 Os[t].zero_()
@@ -414,17 +431,18 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
             z.baddbmm_(hh4, W4hT)
         else:
             z.addmm_(h if h_masked is None else h_masked, WhhT)
-        if fused and R is None:
-            triton_cell.forward_step(
-                z, gatewise, codes, y_only, c, Cs[ho], h, Hs[ho], keep_rows[t] if masked else None,
-                Os[t] if masked else None, prev_out if masked else None, zero_out,
-                h_masks=mh_rows, h_masked=h_masked if fold_mask else None,
-            )
-            premasked = fold_mask
-            if masked:
-                prev_out = Os[t]
-            continue
-        if fused:  # projected: the kernel writes r = o act(c'), then h' = r W_hr^T
+        if fused:
+            if WhrT is None:
+                triton_cell.forward_step(
+                    z, gatewise, codes, y_only, c, Cs[ho], h, Hs[ho], keep_rows[t] if masked else None,
+                    Os[t] if masked else None, prev_out if masked else None, zero_out,
+                    h_masks=mh_rows, h_masked=h_masked if fold_mask else None,
+                )
+                premasked = fold_mask
+                if masked:
+                    prev_out = Os[t]
+                continue
+            # projected: the kernel writes r = o act(c'), then h' = r W_hr^T
             triton_cell.forward_step(
                 z, gatewise, codes, y_only, c, Cs[ho], h, Rs[t], keep_rows[t] if masked else None, None, None,
                 zero_out, projected=True,
@@ -454,7 +472,7 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh
         else:
             ac = act_fn(cnew)
         hnew = htmp if partial else Hs[ho]
-        if R is not None:
+        if WhrT is not None:
             torch.mul(o, ac, out=Rs[t])
             _project(Rs[t], WhrT, zero_bias, hnew)
         else:
@@ -519,7 +537,7 @@ def _backward_body(
     if fused:
         codes = triton_cell.codes(act.fn, ract.fn)
         douts = dout.contiguous().unbind(0)
-        keep_rows = step_mask.contiguous().view(torch.uint8).unbind(0) if masked else None
+        keep_rows = step_mask.contiguous().view(torch.uint8).unbind(0) if masked else ()
         dh_pass_rows = x.new_empty(B, P) if masked else None
         dr_rows = x.new_empty(B, H) if proj else None
         mh_rows = None if mh is None else mh.contiguous()
@@ -536,22 +554,22 @@ def _backward_body(
             if proj:
                 DHs[t].zero_()
             continue
-        if fused and not proj:  # dc and carry are updated in place
-            triton_cell.backward_step(
-                z_l[t], gatewise, codes, y_only, Cs[ho], Cs[hi], gout, dh, dc, dh_pass_rows,
-                carry if masked else None, keep_rows[t] if masked else None, zero_out,
-            )
-            dh_pass = dh_pass_rows
-        elif fused:
-            keep = keep_rows[t] if masked else None
-            triton_cell.projected_backward_prelude(
-                gout, dh, DHs[t], dh_pass_rows, carry if masked else None, keep, zero_out
-            )
-            torch.mm(DHs[t], w_hr, out=dr_rows)
-            triton_cell.backward_step(
-                z_l[t], gatewise, codes, y_only, Cs[ho], Cs[hi], dr_rows, None, dc, None, None, keep,
-                zero_out, projected=True,
-            )
+        if fused:
+            if dr_rows is None:  # no projection: dc and carry are updated in place
+                triton_cell.backward_step(
+                    z_l[t], gatewise, codes, y_only, Cs[ho], Cs[hi], gout, dh, dc, dh_pass_rows,
+                    carry if masked else None, keep_rows[t] if masked else None, zero_out,
+                )
+            else:
+                keep = keep_rows[t] if masked else None
+                triton_cell.projected_backward_prelude(
+                    gout, dh, DHs[t], dh_pass_rows, carry if masked else None, keep, zero_out
+                )
+                torch.mm(DHs[t], w_hr, out=dr_rows)
+                triton_cell.backward_step(
+                    z_l[t], gatewise, codes, y_only, Cs[ho], Cs[hi], dr_rows, None, dc, None, None, keep,
+                    zero_out, projected=True,
+                )
             dh_pass = dh_pass_rows
         else:
             if masked:

@@ -50,12 +50,21 @@ _BLOCK = 256
 
 
 @functools.cache
-def _kernels() -> ModuleType | None:
+def _importable_kernels() -> ModuleType | None:
     try:
         from . import _triton_cell_kernels
     except ImportError:  # no Triton (the CPU wheels of torch do not bring it)
         return None
     return _triton_cell_kernels
+
+
+@functools.cache
+def _kernels() -> ModuleType:
+    """The kernels' module, for the steps of runs that :func:`accepts` (cached: called once per step)."""
+    kernels = _importable_kernels()
+    if kernels is None:
+        raise ImportError("unilstm: the Triton cell kernels need Triton (see triton_cell.accepts)")
+    return kernels
 
 
 def _code(fn: Callable) -> int | None:
@@ -69,7 +78,7 @@ def accepts(x: Tensor, activation: Callable, recurrent_activation: Callable) -> 
         return False
     if x.device.type != "cuda" and not (run_on_cpu and x.device.type == "cpu"):
         return False
-    return _kernels() is not None and _works_on(x.device)
+    return _importable_kernels() is not None and _works_on(x.device)
 
 
 @functools.cache

@@ -62,7 +62,7 @@ def _find_blas() -> tuple[_Addresses, dict[torch.dtype, tuple[int, int, int]], _
         found = _torch_cpu_symbols(f"{letter}gemm_", *packed, f"cblas_{letter}gemm_batch")
         if found is None:
             break
-        gemm, pack, batch = found[0], tuple(found[1:4]), found[4]
+        gemm, pack, batch = found[0], (found[1], found[2], found[3]), found[4]
         if not (gemm and _gemm_agrees(gemm, dtype)):
             continue
         gemms[dtype] = gemm
@@ -115,6 +115,7 @@ def _recurrent_step_agrees(gemm: int, batch: int, dtype: torch.dtype, per_gate: 
     masks = torch.rand(GATES, B, H, generator=generator, dtype=dtype) if per_gate else None
     w4 = w_hh.view(GATES, H, H)
     if per_gate:
+        assert masks is not None
         want = z_in[0] + torch.bmm(h0 * masks, w4.transpose(1, 2)).transpose(0, 1).reshape(B, 4 * H)
         copies = ((1, w4.contiguous()), (0, w4.transpose(1, 2).contiguous()))
     else:

@@ -85,21 +85,25 @@ BACKWARD_LOOP_PARAMETERS: tuple[str, ...] = getattr(_lstm_cell, "BACKWARD_LOOP_P
 
 def forward_loop(arguments: tuple[int, ...]) -> None:
     """One forward time loop in C (without the GIL)."""
+    assert _lstm_cell is not None  # callers check available() first
     _lstm_cell.forward_loop(*arguments)
 
 
 def backward_loop(arguments: tuple[int, ...]) -> None:
     """One backward time loop in C (without the GIL)."""
+    assert _lstm_cell is not None  # callers check available() first
     _lstm_cell.backward_loop(*arguments)
 
 
 def forward_loop_pair(first: tuple[int, ...], second: tuple[int, ...]) -> None:
     """Two forward loops at once, one on each of two threads of torch's OpenMP team, their cells unsplit."""
+    assert _lstm_cell is not None  # callers check available() first
     _lstm_cell.forward_loop_pair(first, second)
 
 
 def backward_loop_pair(first: tuple[int, ...], second: tuple[int, ...]) -> None:
     """Two backward loops at once, as :func:`forward_loop_pair`."""
+    assert _lstm_cell is not None  # callers check available() first
     _lstm_cell.backward_loop_pair(first, second)
 
 
@@ -109,6 +113,7 @@ def forward_stepper(
     """The C ``forward_step`` (one forward cell step over all rows, for the per-step loop that runs when no
     BLAS gemm was found) with the arguments that stay fixed over a pass bound by name. The function returned
     takes the per-step ones positionally (one call per step: keywords would cost more than the cell step)."""
+    assert _lstm_cell is not None  # callers check available() first
     step, f64 = _lstm_cell.forward_step, int(float64)
 
     def forward_step(z: int, rec: int, c_prev: int, c_out: int, h_prev: int, h_out: int, out_t: int,
@@ -124,6 +129,7 @@ def finish_hidden_stepper(
 ) -> Callable[..., None]:
     """The C ``finish_hidden`` (the hidden state's rows after the projection, the per-step loop's second call
     with proj_size) with the arguments fixed over a pass bound, as :func:`forward_stepper`."""
+    assert _lstm_cell is not None  # callers check available() first
     step, f64 = _lstm_cell.finish_hidden, int(float64)
 
     def finish_hidden(hcand: int, h_prev: int, h_out: int, out_t: int, prev_out: int, keep: int) -> None:
@@ -137,6 +143,7 @@ def backward_stepper(
 ) -> Callable[..., None]:
     """The C ``backward_step`` (the ``phases``, TAIL | HEAD | CELL, of one backward cell step over all rows)
     with the arguments fixed over a pass bound, as :func:`forward_stepper`."""
+    assert _lstm_cell is not None  # callers check available() first
     step, f64 = _lstm_cell.backward_step, int(float64)
 
     def backward_step(phases: int, z: int, c_prev: int, c_new: int, dh: int, dc: int, gout: int, carry: int,
@@ -153,14 +160,17 @@ def product(
     ldw: int, C: int, ldc: int,
 ) -> None:
     """C (M, N) = A (M, K) op(W), packed when the sizes ask for it: the loops' product helper, once."""
+    assert _lstm_cell is not None  # callers check available() first
     _lstm_cell.product(int(float64), *blas, int(trans), M, N, K, A, lda, W, ldw, C, ldc)
 
 
 def activation(*, float64: bool, act: int, x: int, y: int, g: int, out: int, n: int) -> None:
     """y = f(x) over n elements, and out = g * f'(x) when g is not 0."""
+    assert _lstm_cell is not None  # callers check available() first
     _lstm_cell.activation(int(float64), act, x, y, g, out, n)
 
 
 def set_cell_threads(gomp_parallel: int, omp_get_thread_num: int, omp_get_num_threads: int) -> None:
     """The OpenMP runtime's functions for the cell split (all three, or three zeros: one thread)."""
+    assert _lstm_cell is not None  # callers check available() first
     _lstm_cell.set_cell_threads(gomp_parallel, omp_get_thread_num, omp_get_num_threads)

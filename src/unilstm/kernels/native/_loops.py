@@ -126,8 +126,27 @@ def _step_rows_contiguous(t: Tensor) -> bool:
     return (t.stride(2) == 1 or P == 1) and (t.stride(1) == P or B == 1)
 
 
-def forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask, save=True, defer=None,
-                  output=None):
+#: the cfg argument of the native autograd Functions (:func:`run_config`)
+Config = tuple[int, int, bool, int]
+#: what the backward pass needs of the forward: (T, B, F, H, P, per step whether every row is kept (empty
+#: without a step mask), dropout masks per step: 1 shared or 4 per gate)
+Meta = tuple[int, int, int, int, int, list[bool], int]
+#: the tensors of a run between x and step_mask in the arguments of :func:`forward_pass`: h0, c0, w_ih,
+#: w_hh, b_ih, b_hh, w_hr, mx, mh
+RunTensors = tuple[
+    Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None
+]
+#: what :func:`forward_pass` records for the backward: (meta, saved tensors)
+Record = tuple[Meta, tuple[Tensor | None, ...]]
+#: a deferred loop: its argument tuple, and the tensors its buffers lie in (kept alive until it has run)
+Deferred = tuple[tuple[int, ...], tuple[Tensor | None, ...]]
+
+
+def forward_pass(
+    cfg: Config, x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+    b_hh: Tensor | None, w_hr: Tensor | None, mx: Tensor | None, mh: Tensor | None, step_mask: Tensor | None,
+    save: bool = True, defer: list[Deferred] | None = None, output: Tensor | None = None,
+) -> tuple[tuple[Tensor, Tensor, Tensor], Record]:
     """The forward time loop. Returns (output, h_T, c_T) and what the backward pass needs: (meta, tensors)
     (with ``save`` False, nothing beyond what the loop itself needs is recorded). With ``defer`` (a list)
     and the loop in C, the loop does not run: its arguments and the buffers they point into are appended
@@ -138,7 +157,7 @@ def forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask
     act, ract, reverse, zero_out = cfg
     T, B, Fdim = x.shape
     H, P = c0.shape[-1], h0.shape[-1]
-    f64 = int(x.dtype == torch.float64)
+    f64 = x.dtype == torch.float64
     proj = w_hr is not None
     gate_masks = 4 if mh is not None and mh.dim() == 3 else 1
     blas = _blas.blas_functions(x.dtype)
@@ -157,8 +176,8 @@ def forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask
     first = T if reverse else 0
     R = x.new_empty(T, B, H) if proj else None
     masked = step_mask is not None
-    keep = step_mask.to(torch.uint8).contiguous() if masked else None
-    all_kept = step_mask.all(dim=1).tolist() if masked else None
+    keep = step_mask.to(torch.uint8).contiguous() if step_mask is not None else None
+    all_kept = step_mask.all(dim=1).tolist() if step_mask is not None else []
     Obuf = output if output is not None else (x.new_empty(T, B, P) if masked else None)
     ostride = 0 if Obuf is None else Obuf.stride(0)  # elements between two steps of Obuf
     zeros = x.new_zeros(B, P) if masked else None
@@ -194,7 +213,8 @@ def forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask
             rbuf_p = hcand_p = 0
         inputs = (0, 0, 0, 0, 0)
         if project_in_c:  # (the contiguous tensors stay referenced until the loop has run)
-            w_ih, b_ih, b_hh = (None if t is None else t.contiguous() for t in (w_ih, b_ih, b_hh))
+            w_ih = w_ih.contiguous()
+            b_ih, b_hh = (None if t is None else t.contiguous() for t in (b_ih, b_hh))
             inputs = (x.data_ptr(), Fdim, w_ih.data_ptr(), address(b_ih), address(b_hh))
         loop_args = C.forward_loop_head(
             float64=f64, gemm=blas[0], pack_get_size=blas[1], pack=blas[2], compute=blas[3],
@@ -240,7 +260,7 @@ def forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask
             gemm(hnext, Wrec, out=rec)
             kp = 0 if not masked or all_kept[t] else k_base + t * B
             out_p = o_base + t * ostride * esz if Obuf is not None else 0
-            if proj:
+            if rbuf is not None:  # with proj
                 # (z, rec, c_prev, c_out, h_prev, h_out, out_t, prev_out, keep, mh, hnext, r_out, r_hist)
                 forward_step(z0 + t * zs, rec_p, c_base + hi * cs, c_base + ho * cs, 0, 0, 0, 0, kp, 0, 0,
                              rbuf_p, r_base + t * cs)
@@ -259,14 +279,18 @@ def forward_pass(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask
     return (out, Hp[last], Cp[last]), (meta, (x, w_ih, w_hh, w_hr, mx, mh, keep, Z, Hp, Cp, R, HM))
 
 
-def backward_pass(cfg, meta, saved, needs, has_bias, dout, dhT, dcT, defer=None):
-    """The backward of :class:`_NativeLSTM` (the gradients of its forward's arguments). With ``defer`` (a
-    list) and the loop in C, the loop does not run: its arguments and buffers are appended to ``defer`` and
-    a function is returned that computes the gradients once the caller has run it (backward_loop_pair)."""
+def backward_pass(
+    cfg: Config, meta: Meta, saved: tuple, needs: tuple[bool, ...], has_bias: tuple[bool, bool], dout: Tensor,
+    dhT: Tensor, dcT: Tensor, defer: list[Deferred] | None = None,
+) -> Callable[[], tuple]:
+    """The backward of :class:`_NativeLSTM`: runs the time loop and returns a function that computes the
+    gradients of its forward's arguments. With ``defer`` (a list) and the loop in C, the loop does not run:
+    its arguments and buffers are appended to ``defer``, and the function is to be called once the caller
+    has run it (backward_loop_pair)."""
     act, ract, reverse, zero_out = cfg
     T, B, Fdim, H, P, all_kept, gate_masks = meta
     x, w_ih, w_hh, w_hr, mx, mh, keep, Z, Hp, Cp, R, HM = saved
-    f64 = int(x.dtype == torch.float64)
+    f64 = x.dtype == torch.float64
     proj = w_hr is not None
     masked = keep is not None
 
@@ -365,12 +389,10 @@ def backward_pass(cfg, meta, saved, needs, has_bias, dout, dhT, dcT, defer=None)
                 dx = torch.mm(dZ, w_ih).view(T, B, Fdim)
                 if mx is not None:
                     dx.mul_(mx)
-        if proj and needs[8]:
+        if DH is not None and needs[8]:  # (DH is given with proj)
             dwhr = torch.mm(DH.view(T * B, P).t(), R.view(T * B, H))
         return backward_outputs(needs, has_bias, dx, dh, dc, dwih, dwhh, db, dwhr)
 
-    if defer is None:
-        return finish()
     return finish
 
 
@@ -394,7 +416,7 @@ class _NativeLSTM(torch.autograd.Function):
         refuse_second_backward(ctx, "native")
         return backward_pass(
             ctx.cfg, ctx.meta, ctx.saved_tensors, ctx.needs_input_grad, ctx.has_bias, dout, dhT, dcT
-        )
+        )()
 
 
 def run_config(run: DirectionRun) -> tuple[int, int, bool, int]:

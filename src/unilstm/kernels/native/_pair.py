@@ -20,6 +20,10 @@ from ..reference import DirectionRun, DirectionWeights
 from . import _blas
 from . import _extension as C
 from ._loops import (
+    Config,
+    Deferred,
+    Record,
+    RunTensors,
     accepts,
     backward_pass,
     buffers_agree,
@@ -30,17 +34,21 @@ from ._loops import (
 )
 
 
-def _forward_both(halves: bool, cfgs: tuple, xs: tuple, run_args: tuple, step_masks: tuple, save: bool):
+def _forward_both(
+    halves: bool, cfgs: tuple[Config, Config], xs: tuple[Tensor, Tensor],
+    run_args: tuple[RunTensors, RunTensors], step_masks: tuple[Tensor | None, Tensor | None], save: bool,
+) -> tuple[tuple[Tensor, ...], tuple[Record, Record]]:
     """_forward_pass of two runs (each its cfg, x, arguments between x and step_mask, and step_mask), the
     two C loops run at once. Returns the results, (out, h_T, c_T) of each run or, for the ``halves`` of a
     batch, (out, h_T_a, c_T_a, h_T_b, c_T_b) with both runs' outputs written in place into one (T, B, P)
     tensor; and the (meta, saved) of each run."""
-    out, outputs = None, (None, None)
+    out = None
+    outputs: tuple[Tensor | None, Tensor | None] = (None, None)
     if halves:
         rows = xs[0].shape[1]
         out = xs[0].new_empty(xs[0].shape[0], rows + xs[1].shape[1], run_args[0][0].shape[-1])  # P from h0
         outputs = (out[:, :rows], out[:, rows:])
-    defer: list = []
+    defer: list[Deferred] = []
     runs = zip(cfgs, xs, run_args, step_masks, outputs, strict=True)
     (results_a, saved_a), (results_b, saved_b) = [
         forward_pass(cfg, x, *args, step_mask, save=save, defer=defer, output=output)
