@@ -259,11 +259,11 @@ class LSTM(nn.Module):
     def direction_weights(self, dtype: torch.dtype | None = None) -> list[list[DirectionWeights]]:
         """The parameters grouped for the kernels: L lists of D :class:`DirectionWeights`; cast
         (differentiably) to ``dtype`` when it is given and differs from theirs."""
-        cast = dtype is not None and dtype != self._parameter_dtype()
+        recast = dtype is not None and dtype != self._parameter_dtype()
 
         def parameter(name: str) -> Tensor:
             value = getattr(self, name)
-            return value.to(dtype) if cast else value
+            return value.to(dtype) if recast else value
 
         layers = []
         for layer in range(self.spec.num_layers):
