@@ -51,6 +51,17 @@ def compute_stack(
     )
 
 
+def _cast_weights(weights: DirectionWeights, dtype: torch.dtype) -> DirectionWeights:
+    """One direction's weights cast (differentiably) to ``dtype``."""
+    def cast(w: Tensor | None) -> Tensor | None:
+        return None if w is None else w.to(dtype)
+
+    return DirectionWeights(
+        weights.w_ih.to(dtype), weights.w_hh.to(dtype),
+        cast(weights.b_ih), cast(weights.b_hh), cast(weights.w_hr),
+    )
+
+
 def _shape_text(shape: tuple[int, ...] | torch.Size) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
@@ -259,28 +270,25 @@ class LSTM(nn.Module):
     def direction_weights(self, dtype: torch.dtype | None = None) -> list[list[DirectionWeights]]:
         """The parameters grouped for the kernels: L lists of D :class:`DirectionWeights`; cast
         (differentiably) to ``dtype`` when it is given and differs from theirs."""
-        recast = dtype is not None and dtype != self._parameter_dtype()
-
-        def parameter(name: str) -> Tensor:
-            value = getattr(self, name)
-            return value.to(dtype) if recast else value
-
+        spec = self.spec
         layers = []
-        for layer in range(self.spec.num_layers):
+        for layer in range(spec.num_layers):
             directions = []
-            for direction in range(self.spec.num_directions):
+            for direction in range(spec.num_directions):
                 suffix = parameter_suffix(layer, direction)
                 directions.append(
                     DirectionWeights(
-                        w_ih=parameter("weight_ih" + suffix),
-                        w_hh=parameter("weight_hh" + suffix),
-                        b_ih=parameter("bias_ih" + suffix) if self.spec.bias else None,
-                        b_hh=parameter("bias_hh" + suffix) if self.spec.bias else None,
-                        w_hr=parameter("weight_hr" + suffix) if self.spec.proj_size > 0 else None,
+                        w_ih=getattr(self, "weight_ih" + suffix),
+                        w_hh=getattr(self, "weight_hh" + suffix),
+                        b_ih=getattr(self, "bias_ih" + suffix) if spec.bias else None,
+                        b_hh=getattr(self, "bias_hh" + suffix) if spec.bias else None,
+                        w_hr=getattr(self, "weight_hr" + suffix) if spec.proj_size > 0 else None,
                     )
                 )
             layers.append(directions)
-        return layers
+        if dtype is None or dtype == self._parameter_dtype():
+            return layers
+        return [[_cast_weights(weights, dtype) for weights in directions] for directions in layers]
 
     @property
     def all_weights(self) -> list[list[Tensor]]:
@@ -358,9 +366,8 @@ class LSTM(nn.Module):
                 f"{input.shape[-1]} (input shape {_shape_text(input.shape)})"
             )
         dtype = compute_dtype or self._parameter_dtype()
-        autocasting = torch.is_autocast_enabled(input.device.type)
         if input.dtype != dtype:
-            if not autocasting:
+            if not torch.is_autocast_enabled(input.device.type):
                 raise TypeError(f"input: expected dtype {dtype} (the parameters' dtype), got {input.dtype}")
             # Like torch.nn.LSTM under autocast: take any float input; the kernels lower the precision.
             input = input.to(dtype)
@@ -372,7 +379,10 @@ class LSTM(nn.Module):
         steps, batch = x.shape[0], x.shape[1]
 
         h0, c0 = self._initial_state(state, batch, batched, x)
-        counted = self._counted_steps(lengths, mask, steps, batch, batched, x.device)
+        counted = (
+            EVERY_STEP if lengths is None and mask is None
+            else self._counted_steps(lengths, mask, steps, batch, batched, x.device)
+        )
         out, h_n, c_n = self._run(
             x, h0, c0, counted,
             training=self.training if training is None else bool(training),

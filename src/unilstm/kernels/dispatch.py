@@ -222,14 +222,16 @@ def run_stack(
         output (T, B, D*P) (in processing order when ``spec.go_backwards``; packed (N, D*P) for packed
         data), h_n (L*D, B, P), c_n (L*D, B, H).
     """
-    if steps.packed:
+    every_step = steps is EVERY_STEP or steps.every_step
+    if not every_step and steps.packed:
         return _run_packed(spec, x, steps, h0, c0, layers, training, generator)
     cpu_training = x.device.type == "cpu" and needs_grad(x, h0, c0, layers)
     fused_ok = not (
-        short_for_fused(x) or torch_backward_too_slow(cpu_training, steps)
+        short_for_fused(x)
+        or (cpu_training and not every_step and torch_backward_too_slow(cpu_training, steps))
         or (cpu_training and native_training and native_trains_faster(spec, x, training))
     )
-    step_mask = steps.step_mask(x.shape[0], x.device)
+    step_mask = None if every_step else steps.step_mask(x.shape[0], x.device)
     if fused_can_run(spec, x, step_mask) and fused_ok:
         lengths = _right_padded_lengths(steps, step_mask, flipped=False)
         if step_mask is None or lengths is not None:
