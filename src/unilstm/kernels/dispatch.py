@@ -160,36 +160,45 @@ def needs_grad(x: Tensor, h0: Tensor, c0: Tensor, layers: list[list[DirectionWei
     )
 
 
-def _right_padded_lengths(steps: CountedSteps, step_mask: Tensor | None, flipped: bool) -> Tensor | None:
+def _right_padded_lengths(steps: CountedSteps, step_mask: Tensor, flipped: bool) -> Tensor | None:
     """Lengths (B,) when the counted steps of the (possibly time-flipped) input are a prefix per row: given
-    lengths as they are, a mask only after looking (one host sync); None otherwise."""
+    lengths as they are, a mask only after looking (one host sync); None otherwise. ``step_mask`` is the
+    (T, B) mask of ``steps``, flipped with the input."""
     if steps.lengths is not None and not flipped:
         return steps.lengths
-    return None if step_mask is None else lengths_from_right_padded(step_mask)
+    return lengths_from_right_padded(step_mask)
 
 
-def run_stack_fused_flexible(
+def _run_fused_standard(
     spec: LSTMSpec, x: Tensor, h0: Tensor, c0: Tensor, layers: list[list[DirectionWeights]],
-    step_mask: Tensor | None, training: bool, lengths: Tensor | None = None,
+    steps: CountedSteps, step_mask: Tensor | None, training: bool,
 ) -> tuple[Tensor, Tensor, Tensor] | None:
-    """torch's fused kernel for standard cells beyond ``fused_can_run``: go_backwards (run on the input
-    flipped in time: Keras's output stays in processing order) and right-padded masks with
-    masked_output "previous" (a packed run plus a gather that carries the last valid output forward).
-    ``lengths``, when known, are those of ``step_mask`` before any flip. None when the counted steps (after
-    the flip) are not right-padded."""
-    steps = CountedSteps(lengths=lengths) if lengths is not None else CountedSteps(mask=step_mask)
+    """A standard cell on torch's fused kernel: over the input flipped in time for go_backwards (Keras's
+    output stays in processing order), packed by the lengths of right-padded counted steps, with a gather
+    that carries the last valid output forward for masked_output "previous". None when the counted steps
+    (after the flip) are not right-padded."""
     if spec.go_backwards:
         x = x.flip(0)
         step_mask = None if step_mask is None else step_mask.flip(0)
     if step_mask is None:
         return run_stack_fused(spec, x, h0, c0, layers, lengths=None, training=training)
-    right_padded = _right_padded_lengths(steps, step_mask, flipped=spec.go_backwards)
-    if right_padded is None:
+    lengths = _right_padded_lengths(steps, step_mask, flipped=spec.go_backwards)
+    if lengths is None:
         return None
-    out, h_n, c_n = run_stack_fused(spec, x, h0, c0, layers, lengths=right_padded, training=training)
+    out, h_n, c_n = run_stack_fused(spec, x, h0, c0, layers, lengths=lengths, training=training)
     if spec.masked_output == "previous":
-        out = carry_last_valid_output(out, right_padded, spec.output_size)
+        out = carry_last_valid_output(out, lengths, spec.output_size)
     return out, h_n, c_n
+
+
+def run_stack_fused_flexible(
+    spec: LSTMSpec, x: Tensor, h0: Tensor, c0: Tensor, layers: list[list[DirectionWeights]],
+    step_mask: Tensor | None, training: bool,
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """torch's fused kernel for a standard cell with go_backwards and a (T, B) ``step_mask`` (or None) with
+    either masked output, as :func:`run_stack` runs it (see :func:`_run_fused_standard`)."""
+    steps = EVERY_STEP if step_mask is None else CountedSteps(mask=step_mask)
+    return _run_fused_standard(spec, x, h0, c0, layers, steps, step_mask, training)
 
 
 def run_stack(
@@ -232,15 +241,8 @@ def run_stack(
         or (cpu_training and native_training and native_trains_faster(spec, x, training))
     )
     step_mask = None if every_step else steps.step_mask(x.shape[0], x.device)
-    if fused_can_run(spec, x, step_mask) and fused_ok:
-        lengths = _right_padded_lengths(steps, step_mask, flipped=False)
-        if step_mask is None or lengths is not None:
-            return run_stack_fused(spec, x, h0, c0, layers, lengths=lengths, training=training)
-    if (
-        _forced_kernel is None and spec.is_standard_cell and fused_ok
-        and (spec.go_backwards or step_mask is not None)
-    ):
-        fused = run_stack_fused_flexible(spec, x, h0, c0, layers, step_mask, training, steps.lengths)
+    if fused_ok and _forced_kernel is None and spec.is_standard_cell:
+        fused = _run_fused_standard(spec, x, h0, c0, layers, steps, step_mask, training)
         if fused is not None:
             return fused
     return _run_layer_by_layer(spec, x, h0, c0, layers, step_mask, training, generator)
