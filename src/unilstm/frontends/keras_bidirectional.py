@@ -235,6 +235,11 @@ class Bidirectional(nn.Module):
             self.forward_layer.reset_states()
             self.backward_layer.reset_states()
             return
+        if not isinstance(states, (list, tuple, np.ndarray, Tensor)):  # a stacked (4, B, H) array works too
+            raise ValueError(
+                "Unrecognized value for `states`. Expected `states` to be list or tuple [h_fwd, c_fwd, "
+                f"h_bwd, c_bwd]. Received: {type(states).__name__} {states!r}"
+            )
         states = list(states)
         if len(states) != 4:
             raise ValueError(f"reset_states: expected [h_fwd, c_fwd, h_bwd, c_bwd], got {len(states)} arrays")
