@@ -262,6 +262,51 @@ def test_constructor_errors_name_the_argument():
         unilstm.LSTM(3, 4, masked_output="last")
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.complex64, torch.float8_e4m3fn, "float32"])
+def test_non_float_parameter_dtypes_are_refused_at_construction(dtype):
+    """Guards issue 13 item 7: dtype=torch.int64 failed inside torch ("Only Tensors of floating point ... can
+    require gradients") and complex64 built a layer no call could run; both are refused up front, naming
+    the argument (lazy layers and from_spec too)."""
+    message = r"dtype: expected a floating-point dtype \(torch.float16, .*\), got"
+    with pytest.raises(TypeError, match=message):
+        unilstm.LSTM(3, 4, dtype=dtype)
+    with pytest.raises(TypeError, match=message):
+        unilstm.LSTM(None, 4, dtype=dtype)
+    with pytest.raises(TypeError, match=message):
+        unilstm.LSTM.from_spec(unilstm.LSTM(3, 4).spec, dtype=dtype)
+    assert unilstm.LSTM(3, 4, dtype=torch.float64).weight_hh_l0.dtype == torch.float64
+
+
+@pytest.mark.parametrize("training", ["no", 1, 0, torch.tensor(True)])
+def test_training_must_be_a_bool_or_none(training):
+    """Guards issue 13 item 7: training="no" was taken as True (bool("no")), dropout on; anything but a
+    bool or None is refused."""
+    lstm = make(4, 6, recurrent_dropout=0.5).eval()
+    with pytest.raises(TypeError, match=r"training must be a bool or None, got "):
+        lstm(X, training=training)
+    out_none, _ = lstm(X, training=None)
+    out_false, _ = lstm(X, training=False)
+    torch.testing.assert_close(out_none, out_false)
+
+
+def test_meta_and_other_device_inputs_are_refused_clearly():
+    """Guards issue 13 item 7: a meta input failed deep inside ("unknown device type for autocast ..."). An
+    input or state on another device than the parameters gets torch.nn.LSTM's RuntimeError, naming both;
+    a meta layer called on meta tensors is refused: the layer computes values and meta tensors have
+    none."""
+    lstm = make(4, 6)
+    mismatch = r"not at the same device, found input tensor at meta and parameter tensor at cpu"
+    with pytest.raises(RuntimeError, match=mismatch):
+        lstm(torch.randn(5, 3, 4, device="meta"))
+    with pytest.raises(RuntimeError, match=r"found input tensor at cpu and hidden tensor at meta"):
+        lstm(X, (torch.zeros(1, 3, 6, device="meta"), torch.zeros(1, 3, 6)))
+    on_meta = unilstm.LSTM(4, 6, device="meta")
+    with pytest.raises(RuntimeError, match=r"found input tensor at cpu and parameter tensor at meta"):
+        on_meta(X)
+    with pytest.raises(NotImplementedError, match=r"meta tensors hold none"):
+        on_meta(torch.randn(5, 3, 4, device="meta"))
+
+
 # -- dtypes and gradients ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("kwargs", [dict(), dict(num_layers=2, bidirectional=True), dict(activation="relu")])

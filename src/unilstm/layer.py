@@ -66,6 +66,18 @@ def _shape_text(shape: tuple[int, ...] | torch.Size) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
 
+_PARAMETER_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_parameter_dtype(dtype: object) -> None:
+    """The kernels compute in these four dtypes only: refuse any other before parameters are made."""
+    if dtype is not None and dtype not in _PARAMETER_DTYPES:
+        raise TypeError(
+            "dtype: expected a floating-point dtype (torch.float16, torch.bfloat16, torch.float32 or "
+            f"torch.float64), got {dtype!r}"
+        )
+
+
 class LSTM(nn.Module):
     r"""A multi-layer LSTM with the union of the Keras, MindSpore and torch feature sets.
 
@@ -95,7 +107,8 @@ class LSTM(nn.Module):
         go_backwards: process the sequence reversed and return outputs in processing order (Keras).
         masked_output: ``"zero"`` or ``"previous"``: what masked steps output (see :class:`LSTMSpec`).
         stateful: the final states of a call become the initial states of the next one.
-        device, dtype: where and how parameters are created.
+        device, dtype: where and how parameters are created (dtype: float16, bfloat16, float32 or float64;
+            another one is a TypeError).
 
     Shapes (N = batch, T = steps, P = proj_size or H):
         input: (T, N, F), or (N, T, F) with batch_first, or (T, F) unbatched.
@@ -151,6 +164,7 @@ class LSTM(nn.Module):
             masked_output=masked_output,
             stateful=stateful,
         )
+        _check_parameter_dtype(dtype)
         super().__init__()
         self._init_from_spec(spec, device=device, dtype=dtype)
 
@@ -159,6 +173,7 @@ class LSTM(nn.Module):
         cls, spec: LSTMSpec, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> LSTM:
         """A layer computing ``spec``, with torch's default initialisation."""
+        _check_parameter_dtype(dtype)
         layer = cls.__new__(cls)
         nn.Module.__init__(layer)
         layer._init_from_spec(spec, device=device, dtype=dtype)
@@ -328,7 +343,8 @@ class LSTM(nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, State]:
         """Run the stack. Shapes are in the class docstring. ``training`` defaults to ``self.training``;
-        ``generator`` draws the dropout masks."""
+        ``generator`` draws the dropout masks. The input (and states) must be on the parameters' device (a
+        RuntimeError otherwise, as torch.nn.LSTM); meta tensors are refused (NotImplementedError)."""
         return self._checked_call(
             input, state, lengths=lengths, mask=mask, training=training, generator=generator
         )
@@ -356,6 +372,19 @@ class LSTM(nn.Module):
             )
         if not input.is_floating_point():
             raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
+        if training is not None and not isinstance(training, bool):
+            raise TypeError(f"training must be a bool or None, got {type(training).__name__} {training!r}")
+        parameter_device = self._parameter_device()
+        if input.device != parameter_device:
+            raise RuntimeError(
+                "Input and parameter tensors are not at the same device, found input tensor at "
+                f"{input.device} and parameter tensor at {parameter_device}"
+            )
+        if input.is_meta:
+            raise NotImplementedError(
+                "input: unilstm computes values and meta tensors hold none; run the layer on cpu or cuda (a "
+                "layer made on the meta device: move it with to_empty(device=...) and load its weights)"
+            )
         batched = input.dim() == 3
         if not self.is_built:
             self.build(input.shape[-1])
@@ -444,6 +473,11 @@ class LSTM(nn.Module):
                 )
             if value.dtype != x.dtype:
                 raise TypeError(f"{name}: expected dtype {x.dtype} (the input's dtype), got {value.dtype}")
+            if value.device != x.device:
+                raise RuntimeError(
+                    "Input and hidden tensors are not at the same device, found input tensor at "
+                    f"{x.device} and hidden tensor at {value.device}"
+                )
             checked.append(value if batched else value.unsqueeze(1))
         return checked[0], checked[1]
 

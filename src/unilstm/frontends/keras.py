@@ -20,6 +20,7 @@ Keras's inference call and ``model.train()`` plays the role of ``fit`` (dropout 
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 from collections.abc import Mapping, Sequence
@@ -112,8 +113,9 @@ class LSTM(nn.Module):
     ``seed`` (an int seeds a torch.Generator for the dropout masks); ``return_sequences``; ``return_state``;
     ``go_backwards`` (reverse the input and return outputs in processing order); ``stateful``; ``time_major``
     (inputs, outputs and the mask are time-first); ``unroll`` and ``use_cudnn`` (accepted, no numerical
-    effect); ``zero_output_for_mask``; ``implementation`` (1 or 2); ``name``; ``dtype`` (float32);
-    ``trainable``. Unknown keyword arguments raise ``ValueError`` as in Keras.
+    effect); ``zero_output_for_mask``; ``implementation`` (1 or 2; 0 computes as 2); ``name``; ``dtype``
+    (float32); ``trainable``. Unknown keyword arguments raise ``ValueError`` as in Keras. ``copy.deepcopy``
+    of an unbuilt layer draws new weights when it builds (unseeded initializers draw again), as in Keras.
 
     Shapes (B batch, T steps, F features):
         inputs: (B, T, F) ((T, B, F) with time_major), numpy or torch, cast to the layer's dtype.
@@ -182,8 +184,9 @@ class LSTM(nn.Module):
             raise ValueError(f"units: expected a positive integer, got {units!r}")
         if use_cudnn not in ("auto", True, False):
             raise ValueError(f"use_cudnn: expected one of 'auto', True, False, got {use_cudnn!r}")
-        if implementation not in (1, 2):
-            raise ValueError(f"implementation: expected 1 or 2, got {implementation!r}")
+        # 0 is tf-keras's deprecated mode; both Kerases accept it and compute it as 2 (one mask per dropout)
+        if implementation not in (0, 1, 2):
+            raise ValueError(f"implementation: expected 0, 1 or 2, got {implementation!r}")
         if not isinstance(trainable, bool):
             raise ValueError(f"trainable: expected a bool, got {trainable!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
@@ -239,6 +242,21 @@ class LSTM(nn.Module):
         self._generators: dict[torch.device, torch.Generator] = {}
         self.input_size: int | None = None
         self.train(False)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LSTM:
+        """A deep copy; an unbuilt layer's copy draws its own weights when it builds, as both Kerases'
+        copies do (their unseeded initializers draw again), where a plain copy would repeat this layer's
+        draw. A built layer's copy has the same weights."""
+        cls = type(self)
+        clone = cls.__new__(cls)
+        memo[id(self)] = clone
+        clone.__setstate__(copy.deepcopy(self.__dict__, memo))
+        if not clone.built:
+            drawn = (clone.kernel_initializer, clone.recurrent_initializer, clone.bias_initializer)
+            for initializer in drawn:
+                if isinstance(initializer, initializers.RandomInitializer):
+                    initializer.redraw_seed()
+        return clone
 
     # -- Keras 2 (tf-keras) semantics -----------------------------------------------------------------
     def _set_keras2(self, keras2: bool) -> None:
@@ -442,7 +460,9 @@ class LSTM(nn.Module):
         """Zero the stored states of a stateful layer, or set them to ``states = [h, c]`` (each (B, H),
         numpy or torch), as tf-keras's ``reset_states(states=None)``. The batch size stays fixed."""
         if not self.stateful:
-            raise AttributeError(f"reset_states: layer {self.name!r} must be stateful (stateful=False)")
+            raise AttributeError(
+                f"Layer must be stateful. reset_states: layer {self.name!r} has stateful=False"
+            )
         if states is None:
             if self._expected_batch_size is not None:
                 self._states = self._zero_states(self._expected_batch_size)
@@ -688,17 +708,17 @@ class LSTM(nn.Module):
     @classmethod
     def from_config(cls, config: Mapping[str, Any], keras2: bool | None = None) -> LSTM:
         """A layer from a Keras 3 or tf-keras config dict (the ``"config"`` member of a serialized layer, or
-        the
-        whole serialized ``{"class_name": "LSTM", "config": {...}}``). ``keras2``: the config comes from
-        Keras 2
-        (keeps Keras 2's hard_sigmoid); by default detected from tf-keras's ``time_major`` /
-        ``implementation``
+        the whole serialized ``{"class_name": "LSTM", "config": {...}}``). ``keras2``: the config comes from
+        Keras 2 (keeps Keras 2's hard_sigmoid; ``implementation`` 0 becomes 1, as tf-keras's
+        ``from_config`` does); by default detected from tf-keras's ``time_major`` / ``implementation``
         keys."""
         config = unwrap_config(config, ("LSTM",))
         if keras2 is None:
             keras2 = "time_major" in config or "implementation" in config
         config = dict(config)
         config.pop("cell", None)
+        if keras2 and config.get("implementation") == 0:
+            config["implementation"] = 1
         layer = cls(**config)
         layer._set_keras2(keras2)
         return layer

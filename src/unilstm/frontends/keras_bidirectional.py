@@ -50,8 +50,8 @@ class Bidirectional(nn.Module):
     As in Keras, the forward layer is a fresh copy of ``layer`` made from its config (named
     ``forward_<name>``; ``layer``'s own weights are not used) and, without ``backward_layer``, the backward
     layer is another copy with ``go_backwards=True`` (``backward_<name>``). Both get
-    ``zero_output_for_mask = return_sequences``. The backward output sequence is flipped back to input order
-    before merging:
+    ``zero_output_for_mask = return_sequences`` and ``layer``'s ``use_cudnn``. The backward output sequence
+    is flipped back to input order before merging:
 
         concat: [y, y_rev] on the last axis (2H);  sum: y + y_rev;  mul: y * y_rev;  ave: (y + y_rev) / 2;
         None: the pair (y, y_rev).
@@ -98,6 +98,9 @@ class Bidirectional(nn.Module):
         else:
             self.backward_layer = backward_layer
         self._backward_given = backward_layer is not None
+        # use_cudnn is not in a layer's config; Keras 3 hands the wrapped layer's to both layers
+        self.forward_layer.use_cudnn = layer.use_cudnn
+        self.backward_layer.use_cudnn = layer.use_cudnn
         self._layer_name = layer.name
         if self.forward_layer.go_backwards == self.backward_layer.go_backwards:
             raise ValueError(
@@ -225,11 +228,18 @@ class Bidirectional(nn.Module):
     def reset_states(self, states: Sequence[Any] | None = None) -> None:
         """Zero (or set, with ``[h_fwd, c_fwd, h_bwd, c_bwd]``) both layers' stored states."""
         if not self.stateful:
-            raise AttributeError(f"reset_states: layer {self.name!r} must be stateful (stateful=False)")
+            raise AttributeError(
+                f"Layer must be stateful. reset_states: layer {self.name!r} has stateful=False"
+            )
         if states is None:
             self.forward_layer.reset_states()
             self.backward_layer.reset_states()
             return
+        if not isinstance(states, (list, tuple, np.ndarray, Tensor)):  # a stacked (4, B, H) array works too
+            raise ValueError(
+                "Unrecognized value for `states`. Expected `states` to be list or tuple [h_fwd, c_fwd, "
+                f"h_bwd, c_bwd]. Received: {type(states).__name__} {states!r}"
+            )
         states = list(states)
         if len(states) != 4:
             raise ValueError(f"reset_states: expected [h_fwd, c_fwd, h_bwd, c_bwd], got {len(states)} arrays")

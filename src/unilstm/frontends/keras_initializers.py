@@ -97,14 +97,22 @@ def _seed_value(seed: Any) -> int | None:
     return int(seed)
 
 
+def _fresh_seed() -> int:
+    return int(torch.randint(0, 2**31 - 1, ()).item())
+
+
 class RandomInitializer(Initializer):
     """An initializer that draws: ``seed`` (int or None) as described in the module docstring."""
 
     def __init__(self, seed: int | None = None) -> None:
         self._init_seed = _seed_value(seed)
-        self._draw_seed = (
-            self._init_seed if self._init_seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-        )
+        self._draw_seed = self._init_seed if self._init_seed is not None else _fresh_seed()
+
+    def redraw_seed(self) -> None:
+        """An unseeded initializer draws a new seed from torch's global generator (what a copy made from
+        its config gets in Keras); one built with ``seed=s`` keeps drawing with s."""
+        if self._init_seed is None:
+            self._draw_seed = _fresh_seed()
 
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self._draw_seed)
