@@ -529,3 +529,16 @@ def test_save_model_builds_unbuilt_layers_like_a_sequential(tmp_path):
     want = stack[2](stack[1](stack[0](x)))
     got = loaded[2](loaded[1](loaded[0](x)))
     assert float((got - want).detach().abs().max()) == 0.0
+
+
+def test_unilstm_load_reads_tf_keras_save_weights_h5() -> None:
+    """Guards: unilstm.load refused tf-keras save_weights .h5 files (no model_config: load_layers said
+    "weights-only") that convert and inspect read; it now reads them as .weights.h5 files are read."""
+    ref = reference("tfk_seq")
+    layers = unilstm.load(FIXTURES / "tfk_seq_weights.h5")
+    assert len(layers) == 3
+    kernel, recurrent, bias = ref["w_0_0"], ref["w_0_1"], ref["w_0_2"]
+    assert layers[0].spec.input_size == kernel.shape[0] and layers[0].spec.hidden_size == recurrent.shape[0]
+    assert layers[2].spec.bidirectional
+    state = {name: tensor.detach().numpy() for name, tensor in layers[0].state_dict().items()}
+    assert np.array_equal(torch_from_keras(kernel, recurrent, bias)["weight_ih"], state["weight_ih_l0"])

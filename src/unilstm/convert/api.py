@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..formats.atomic import atomic_path
+from ..formats.keras_files import read_keras_model_config
 from ..formats.onnx_export import DEFAULT_OPSET, build_graph, write_model
 from ..frontends.keras_files import load_layers, record_from_layer
 from ..frontends.mindspore import LSTM as MindSporeLSTM  # noqa: N811
@@ -214,12 +215,14 @@ def load(
     fmt = detect_format(path, format)
     if FRAMEWORK_OF[fmt] == "keras" and fmt != "weights.h5":
         with contextlib.suppress(ImportError):  # no h5py: read_units below says the file cannot be read
-            layers = load_layers(path, custom_objects=custom_objects)
-            if layer is not None:
-                layers = [m for m in layers if getattr(m, "name", None) == layer] or layers[:0]
-                if not layers:
-                    raise ConversionError(f"{path}: no LSTM layer named {layer!r}")
-            return layers
+            # a file without configs (tf-keras save_weights .h5) goes to read_units, as .weights.h5 does
+            if read_keras_model_config(path) is not None:
+                layers = load_layers(path, custom_objects=custom_objects)
+                if layer is not None:
+                    layers = [m for m in layers if getattr(m, "name", None) == layer] or layers[:0]
+                    if not layers:
+                        raise ConversionError(f"{path}: no LSTM layer named {layer!r}")
+                return layers
     units = read_units(path, fmt=fmt, layer=layer, prefix=prefix, custom_objects=custom_objects)
     return [_front_door_layer(unit) for unit in units]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import zipfile
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +16,13 @@ import torch
 from torch import Tensor
 
 from ..formats import layout
-from ..formats.keras_files import KerasFileError, KerasLayerRecord, lstm_configs, read_keras_lstm_layers
+from ..formats.keras_files import (
+    KerasFileError,
+    KerasLayerRecord,
+    lstm_configs,
+    read_keras_lstm_layers,
+    read_keras_model_config,
+)
 from ..formats.mindspore_ckpt import CheckpointError, load_checkpoint
 from ..formats.torch_files import TorchFileError, read_safetensors, read_torch_file, strip_prefix
 from ..interchange import InterchangeLSTM, KerasConventions
@@ -142,16 +147,8 @@ def _keras_sequence(path: PathLike) -> list[str] | None:
     """The layer names of a top-level Sequential model in a .keras / legacy .h5 file, in order (None when the
     file holds no Sequential config)."""
     config = None
-    with contextlib.suppress(Exception), zipfile.ZipFile(path) as archive:
-        config = json.loads(archive.read("config.json"))
-    if config is None:
-        with contextlib.suppress(Exception):
-            import h5py
-
-            with h5py.File(path, "r") as handle:
-                raw = handle.attrs.get("model_config")
-                if raw is not None:
-                    config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    with contextlib.suppress(Exception):
+        config = read_keras_model_config(path)
     if not isinstance(config, dict) or config.get("class_name") != "Sequential":
         return None
     layers = config.get("config", {}).get("layers", [])

@@ -20,6 +20,7 @@ from ..formats.keras_files import (
 )
 from ..formats.keras_files.records import PathLike
 from ..keras_names import KERAS2_HARD_SIGMOID, is_keras_builtin, stored_activation_name
+from . import keras_initializers
 from .keras import LSTM
 from .keras_bidirectional import Bidirectional
 
@@ -68,7 +69,57 @@ def _build_input_shape(record: KerasLayerRecord) -> tuple[None, None, int]:
     return (None, None, record.input_size)
 
 
-def load_weights(layer: Any, path: PathLike, key: str | None = None) -> Any:
+def _lstms(layer: Any) -> list[LSTM]:
+    return [layer] if isinstance(layer, LSTM) else [layer.forward_layer, layer.backward_layer]
+
+
+def _shapes_for(layer: Any, features: int) -> list[tuple[int, ...]]:
+    """The weight shapes ``layer`` has, or would have once built for ``features`` inputs (from its sizes,
+    without building it)."""
+    if layer.built:
+        return [tuple(w.shape) for w in layer.weights]
+    shapes: list[tuple[int, ...]] = []
+    for lstm in _lstms(layer):
+        gates = 4 * lstm.units
+        shapes += [(features, gates), (lstm.units, gates)] + ([(gates,)] if lstm.use_bias else [])
+    return shapes
+
+
+def _check_fits(layer: Any, record: KerasLayerRecord, path: PathLike, whose: str) -> None:
+    expected = _shapes_for(layer, record.input_size)
+    stored = [tuple(w.shape) for w in record.weights]
+    if expected != stored:
+        raise KerasFileError(
+            f"{path}: layer {record.describe()} has weight shapes {stored}, but {whose} has {expected}"
+        )
+
+
+def _fill(layer: Any, record: KerasLayerRecord, path: PathLike) -> None:
+    """Build ``layer`` (when needed) and set the record's weights. The initializers are not run: every value
+    they would make is overwritten (a large orthogonal initialisation takes seconds)."""
+    try:
+        if not layer.built:
+            lstms = _lstms(layer)
+            saved = [(m.kernel_initializer, m.recurrent_initializer, m.bias_initializer) for m in lstms]
+            zeros = keras_initializers.get("zeros")
+            try:
+                for lstm in lstms:
+                    lstm.kernel_initializer = lstm.recurrent_initializer = lstm.bias_initializer = zeros
+                layer.build(_build_input_shape(record))
+            finally:
+                for lstm, (kernel, recurrent, bias) in zip(lstms, saved, strict=True):
+                    lstm.kernel_initializer, lstm.recurrent_initializer = kernel, recurrent
+                    lstm.bias_initializer = bias
+        layer.set_weights(record.weights)
+    except (TypeError, ValueError) as error:
+        if isinstance(error, KerasFileError):
+            raise
+        raise KerasFileError(
+            f"{path}: layer {record.describe()}: cannot take its weights: {error}"
+        ) from error
+
+
+def load_weights(layer: Any, path: PathLike, key: str | None = None, *, max_bytes: int | None = None) -> Any:
     """Load an LSTM's or a Bidirectional's weights from a Keras file into ``layer`` (a
     ``unilstm.keras.LSTM`` or ``unilstm.keras.Bidirectional``), building it first when needed.
 
@@ -78,13 +129,15 @@ def load_weights(layer: Any, path: PathLike, key: str | None = None) -> Any:
         key: which layer when the file holds several of that kind: the key of :class:`KerasLayerRecord`
             (``'lstm'``, ``'lstm_1'``, ``'bidirectional'``, ``'sequential/lstm'``; for legacy .h5 the layer's
             name) or a layer name the file records. The error message lists the choices.
+        max_bytes: the most bytes of weights reading the file may allocate (default
+            ``$UNILSTM_MAX_FILE_BYTES`` or 1 GiB; see :mod:`unilstm.formats.keras_files.limits`).
 
     Returns:
         ``layer``.
 
     Raises:
-        KerasFileError: unreadable file, no such key, several candidates and no key, or the arrays' shapes
-            do not fit ``layer``.
+        KerasFileError: unreadable or hostile file, no such key, several candidates and no key, or the
+            arrays' shapes do not fit ``layer`` (checked before ``layer`` is built).
     """
     if isinstance(layer, Bidirectional):
         wanted = ("Bidirectional",)
@@ -94,20 +147,15 @@ def load_weights(layer: Any, path: PathLike, key: str | None = None) -> Any:
         raise TypeError(
             f"layer must be a unilstm.keras.LSTM or unilstm.keras.Bidirectional, got {type(layer).__name__}"
         )
-    record = select_record(read_keras_lstm_layers(path), key, path, wanted)
-    if not getattr(layer, "built", False):
-        layer.build(_build_input_shape(record))
-    current = [np.shape(w) for w in layer.get_weights()]
-    stored = [tuple(w.shape) for w in record.weights]
-    if [tuple(s) for s in current] != stored:
-        raise KerasFileError(
-            f"{path}: layer {record.describe()} has weight shapes {stored}, but the given layer has {current}"
-        )
-    layer.set_weights(record.weights)
+    record = select_record(read_keras_lstm_layers(path, max_bytes=max_bytes), key, path, wanted)
+    _check_fits(layer, record, path, "the given layer")
+    _fill(layer, record, path)
     return layer
 
 
-def load_layers(path: PathLike, custom_objects: dict[str, Any] | None = None) -> list[Any]:
+def load_layers(
+    path: PathLike, custom_objects: dict[str, Any] | None = None, *, max_bytes: int | None = None
+) -> list[Any]:
     """Every LSTM and Bidirectional(LSTM) layer of a ``.keras`` or legacy ``.h5`` model file, as
     ``unilstm.keras`` layers built from the stored configs, with the stored weights, in model order (layers of
     nested models included).
@@ -115,14 +163,17 @@ def load_layers(path: PathLike, custom_objects: dict[str, Any] | None = None) ->
     Layers that come from Keras 2 (the file's keras_version < 3, or configs with ``time_major`` /
     ``implementation``) keep Keras 2's ``hard_sigmoid`` (``clip(0.2 x + 0.5, 0, 1)``), so their numbers are
     reproduced. Custom activations (stored by name) are looked up in ``custom_objects``: a dict from the
-    stored name to a function on torch tensors.
+    stored name to a function on torch tensors. Each config's sizes are checked against the stored arrays
+    before any layer is made, and layers are built without running their initializers. ``max_bytes``: as
+    :func:`load_weights`.
 
     Raises:
-        KerasFileError: unreadable file; a weights-only file (no configs: use :func:`load_weights`); an
-            activation neither built in nor in ``custom_objects``.
+        KerasFileError: unreadable or hostile file; a weights-only file (no configs: use
+            :func:`load_weights`); an activation neither built in nor in ``custom_objects``; a config that
+            does not fit its weights.
     """
     custom_objects = dict(custom_objects or {})
-    records = read_keras_lstm_layers(path)
+    records = read_keras_lstm_layers(path, max_bytes=max_bytes)
     layers = []
     for record in records:
         if record.config is None:
@@ -137,15 +188,14 @@ def load_layers(path: PathLike, custom_objects: dict[str, Any] | None = None) ->
         cls = LSTM if record.class_name == "LSTM" else Bidirectional
         try:
             layer = cls.from_config(config, keras2=record.is_keras2)
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, KeyError) as error:
             raise KerasFileError(
                 f"{path}: layer {record.describe()}: its config was refused: {error}"
             ) from error
-        layer.build(_build_input_shape(record))
-        layer.set_weights(record.weights)
+        _check_fits(layer, record, path, "its config")
+        _fill(layer, record, path)
         layers.append(layer)
     return layers
-
 
 
 def record_from_layer(layer: Any, index: int = 0) -> KerasLayerRecord:

@@ -29,12 +29,27 @@ order; a weights-only file carries no order (HDF5 lists groups alphabetically), 
 key (``bidirectional``, ``lstm``, ``lstm_1``, ...) or, for tf-keras ``save_weights`` .h5, in its
 ``layer_names`` order.
 
+Hostile files: every HDF5 read goes through :func:`unilstm.formats.hdf5.open_hdf5`, which refuses external
+storage, virtual datasets and any link that is not a hard link inside the file before any data is read. Each
+weight's declared shape and dtype (float16/32/64, Keras's bfloat16) is checked against what its layer needs
+(kernel (F, 4H), recurrent_kernel (H, 4H), bias (4H,)) and against the layer's config (``units``,
+``use_bias``) before anything is read, and what one read may decompress and allocate is bounded: weights (and
+the weights member of a ``.keras`` zip) by ``max_bytes=`` of the readers, else ``$UNILSTM_MAX_FILE_BYTES``,
+else 1 GiB; each JSON document by ``$UNILSTM_MAX_CONFIG_BYTES``, else 16 MiB (sizes like ``4G`` or ``64M``;
+see :mod:`.limits`). Every refusal is a :class:`KerasFileError` naming the file and the entry.
+
 Entry points: :func:`read_keras_lstm_layers` and :func:`write_keras_model`, on plain data. The layer-level
 API on ``unilstm.keras`` layers (``load_weights``, ``load_layers``, ``save_model``) is
 :mod:`unilstm.frontends.keras_files`.
 """
 
-from .reading import read_keras_lstm_layers, select_record
+from .limits import (
+    DEFAULT_MAX_CONFIG_BYTES,
+    DEFAULT_MAX_FILE_BYTES,
+    MAX_CONFIG_BYTES_ENV,
+    MAX_FILE_BYTES_ENV,
+)
+from .reading import read_keras_lstm_layers, read_keras_model_config, select_record
 from .records import WRITTEN_KERAS_VERSION, KerasFileError, KerasLayerRecord, lstm_configs
 from .writing import (
     build_sequential_config,
@@ -46,6 +61,10 @@ from .writing import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_CONFIG_BYTES",
+    "DEFAULT_MAX_FILE_BYTES",
+    "MAX_CONFIG_BYTES_ENV",
+    "MAX_FILE_BYTES_ENV",
     "WRITTEN_KERAS_VERSION",
     "KerasFileError",
     "KerasLayerRecord",
@@ -54,6 +73,7 @@ __all__ = [
     "keras3_record",
     "lstm_configs",
     "read_keras_lstm_layers",
+    "read_keras_model_config",
     "select_record",
     "store_keys",
     "weights_store_bytes",

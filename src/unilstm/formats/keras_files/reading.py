@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ...keras_names import snake_case
+from ..hdf5 import open_hdf5
+from .limits import ByteBudget, max_config_bytes, max_file_bytes, read_member
 from .records import (
     _HDF5_SIGNATURE,
     _LSTM_CLASSES,
@@ -29,31 +29,37 @@ from .records import (
     _text,
     _unwrap_layer,
 )
+from .stored import PendingLayer, finish_records
 
 
-def read_keras_lstm_layers(path: PathLike) -> list[KerasLayerRecord]:
+def read_keras_lstm_layers(path: PathLike, *, max_bytes: int | None = None) -> list[KerasLayerRecord]:
     """Every LSTM and Bidirectional(LSTM) layer of a Keras file, in model order (nested models included).
 
     Args:
         path: a ``.keras`` file (zip), a ``.weights.h5`` file or a legacy ``.h5`` file, written by Keras 3 or
             tf-keras. The format is recognised from the content, not the suffix.
+        max_bytes: the most bytes of weights (and of the ``.keras`` zip's weights member) this read may
+            allocate; by default ``$UNILSTM_MAX_FILE_BYTES`` or 1 GiB (see :mod:`.limits`).
 
     Returns:
         one :class:`KerasLayerRecord` per layer; ``config`` is ``None`` for weights-only files (then LSTMs
         are recognised by their key, ``lstm[_N]`` / ``bidirectional[_N]``, or their weight names, and by
-        their shapes).
+        their shapes). Weights are float16, float32 or float64 arrays (Keras's bfloat16 is read as float32).
 
     Raises:
-        KerasFileError: the file is missing, empty, truncated, corrupt or not a Keras file.
+        KerasFileError: the file is missing, empty, truncated, corrupt or not a Keras file; it links to or
+            stores data in other files; a weight is not a float array, or its shape does not fit the layer's
+            config; the file needs more than ``max_bytes``.
     """
     path = Path(path)
+    budget = ByteBudget(max_file_bytes(max_bytes), path)
     _h5py()  # a missing h5py is an ImportError, not a bad file
     head = _read_head(path)
     try:
         if head.startswith(_ZIP_SIGNATURES):
-            return _read_keras_zip(path)
+            return _read_keras_zip(path, budget)
         if head.startswith(_HDF5_SIGNATURE) or _hdf5_signature_later(path):
-            return _read_h5_file(path)
+            return _read_h5_file(path, budget)
     except KerasFileError:
         raise
     except Exception as error:  # corrupt bytes surface as any error of h5py, zipfile or zlib
@@ -65,6 +71,34 @@ def read_keras_lstm_layers(path: PathLike) -> list[KerasLayerRecord]:
         f"{path}: not a Keras file: expected a .keras zip archive or an HDF5 file (.weights.h5, legacy .h5), "
         f"got a file starting with {head[:8]!r}"
     )
+
+
+def read_keras_model_config(path: PathLike) -> dict[str, Any] | None:
+    """The serialized model of a ``.keras`` file (``config.json``) or a legacy ``.h5`` file (its
+    ``model_config`` attribute), None when the file holds none. Bounded and checked as
+    :func:`read_keras_lstm_layers`.
+
+    Raises:
+        KerasFileError: the file is unreadable, or its config is not valid JSON or too large.
+    """
+    path = Path(path)
+    _h5py()
+    head = _read_head(path)
+    try:
+        if head.startswith(_ZIP_SIGNATURES):
+            with _open_zip(path) as archive:
+                if "config.json" not in archive.namelist():
+                    return None
+                config = _json_member(archive, "config.json", path)
+            return config if isinstance(config, dict) else None
+        with open_hdf5(path, str(path), KerasFileError) as store:
+            return _model_config_attribute(store, path)
+    except KerasFileError:
+        raise
+    except Exception as error:
+        raise KerasFileError(
+            f"{path}: cannot read this Keras file's config ({type(error).__name__}: {error})"
+        ) from None
 
 
 def _read_head(path: Path) -> bytes:
@@ -102,24 +136,36 @@ def _listing(names: Any, limit: int = 8) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "") if names else "nothing"
 
 
-def _open_h5(source, path: Path):
-    h5py = _h5py()
+def _open_zip(path: Path) -> zipfile.ZipFile:
     try:
-        return h5py.File(source, "r")
-    except (OSError, ValueError) as error:
-        raise KerasFileError(
-            f"{path}: not a readable HDF5 file, it looks corrupt or truncated ({error})"
-        ) from None
-
-
-def _read_keras_zip(path: Path) -> list[KerasLayerRecord]:
-    try:
-        archive = zipfile.ZipFile(path)
+        return zipfile.ZipFile(path)
     except zipfile.BadZipFile as error:
         raise KerasFileError(
             f"{path}: not a readable .keras zip archive, it looks truncated ({error})"
         ) from None
-    with archive:
+
+
+def _parse_json(text: bytes | str, path: Path, where: str) -> Any:
+    limit = max_config_bytes()
+    if len(text) > limit:
+        raise KerasFileError(
+            f"{path}: {where} holds {len(text)} bytes of JSON, more than the limit of {limit}; set "
+            "UNILSTM_MAX_CONFIG_BYTES (e.g. UNILSTM_MAX_CONFIG_BYTES=64M) to allow more"
+        )
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise KerasFileError(
+            f"{path}: {where} is corrupt: not valid JSON ({type(error).__name__}: {error})"
+        ) from None
+
+
+def _json_member(archive: zipfile.ZipFile, member: str, path: Path) -> Any:
+    return _parse_json(read_member(archive, member, max_config_bytes(), path, weights=False), path, member)
+
+
+def _read_keras_zip(path: Path, budget: ByteBudget) -> list[KerasLayerRecord]:
+    with _open_zip(path) as archive:
         names = set(archive.namelist())
         missing = [n for n in ("config.json", "model.weights.h5") if n not in names]
         if missing:
@@ -129,31 +175,50 @@ def _read_keras_zip(path: Path) -> list[KerasLayerRecord]:
                 f"{', '.join(missing)}{extra}; it holds {_listing(names)}"
             )
         try:
-            config = json.loads(archive.read("config.json"))
-            metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
-            weights = archive.read("model.weights.h5")
-        except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as error:
+            config = _json_member(archive, "config.json", path)
+            metadata = _json_member(archive, "metadata.json", path) if "metadata.json" in names else {}
+            weights = read_member(archive, "model.weights.h5", budget.limit, path, weights=True)
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
             raise KerasFileError(f"{path}: a member of the .keras archive is corrupt ({error})") from None
     if not isinstance(config, dict) or "class_name" not in config:
         raise KerasFileError(f"{path}: config.json is not a serialized Keras model (no class_name)")
     version = metadata.get("keras_version") if isinstance(metadata, dict) else None
-    with _open_h5(io.BytesIO(weights), path) as store:
+    with open_hdf5(io.BytesIO(weights), f"{path}: model.weights.h5", KerasFileError) as store:
         if "layers" not in store and "vars" not in store:
             raise KerasFileError(f"{path}: model.weights.h5 is not a Keras weights store (no 'layers' group)")
-        return _records_from_config(store, config, version, "keras", path)
+        return finish_records(_layers_from_config(store, config, version, "keras", path), path, budget)
 
 
-def _read_h5_file(path: Path) -> list[KerasLayerRecord]:
-    with _open_h5(path, path) as store:
+def _read_h5_file(path: Path, budget: ByteBudget) -> list[KerasLayerRecord]:
+    with open_hdf5(path, str(path), KerasFileError) as store:
         if "layers" in store or ("vars" in store and "model_weights" not in store):
-            return _records_from_store(store.get("layers"), "", None, "weights.h5", path)
-        root = store.get("model_weights", store)
-        if _attr_list(root, "layer_names") is None:
-            raise KerasFileError(
-                f"{path}: an HDF5 file but not a Keras file: expected a 'layers' group (.weights.h5) or "
-                f"'model_weights' / a 'layer_names' attribute (legacy .h5); found {_listing(store.keys())}"
-            )
-        return _read_legacy(store, root, path)
+            layers = _layers_from_store(_group(store, "layers", path), "", None, "weights.h5", path)
+        else:
+            weights_group = _group(store, "model_weights", path)
+            root = store if weights_group is None else weights_group
+            if _attr_list(root, "layer_names") is None:
+                raise KerasFileError(
+                    f"{path}: an HDF5 file but not a Keras file: expected a 'layers' group (.weights.h5) "
+                    "or 'model_weights' / a 'layer_names' attribute (legacy .h5); found "
+                    f"{_listing(store.keys())}"
+                )
+            layers = _read_legacy(store, root, path)
+        return finish_records(layers, path, budget)
+
+
+def _group(parent, name: str, path: Path):
+    """``parent[name]`` when it is a group, None when absent; a dataset there is a malformed file."""
+    found = parent.get(name)
+    if found is not None and not hasattr(found, "keys"):
+        raise KerasFileError(f"{path}: expected a group at {found.name!r}, found a dataset")
+    return found
+
+
+def _dataset(parent, name: str, path: Path):
+    found = parent[name]
+    if hasattr(found, "keys") or not hasattr(found, "dtype"):
+        raise KerasFileError(f"{path}: expected a weight array at {found.name!r}, found a group")
+    return found
 
 
 # Keras 3 weights store -------------------------------------------------------------------------------------
@@ -164,68 +229,76 @@ def _vars_name(group) -> str | None:
     return None
 
 
-def _cell_arrays(group, path: Path, where: str) -> list[np.ndarray] | None:
-    """The arrays of ``<group>/cell/vars`` in index order, None when there is no such group."""
-    cell = group.get("cell")
-    vars_group = cell.get("vars") if cell is not None else None
+def _cell_datasets(group, path: Path) -> list[Any] | None:
+    """The datasets of ``<group>/cell/vars`` in index order, None when there is no such group."""
+    cell = _group(group, "cell", path)
+    vars_group = _group(cell, "vars", path) if cell is not None else None
     if vars_group is None:
         return None
     keys = sorted(vars_group.keys(), key=lambda k: int(k) if k.isdigit() else 1 << 30)
-    return [np.asarray(vars_group[k][()]) for k in keys]
+    return [_dataset(vars_group, k, path) for k in keys]
 
 
-def _lstm_arrays(group, path: Path, where: str) -> list[np.ndarray]:
-    arrays = _cell_arrays(group, path, where)
-    if arrays is None or not _is_lstm_shapes(arrays):
-        found = "nothing" if arrays is None else [tuple(a.shape) for a in arrays]
+def _lstm_datasets(group, path: Path, where: str) -> list[Any]:
+    datasets = _cell_datasets(group, path)
+    if datasets is None or not _is_lstm_shapes(datasets):
+        found = "nothing" if datasets is None else [d.shape for d in datasets]
         raise KerasFileError(
             f"{path}: expected an LSTM's kernel (F, 4H), recurrent_kernel (H, 4H) and bias (4H,) at "
             f"{where}/cell/vars, found {found}"
         )
-    return arrays
+    return datasets
 
 
-def _store_layer_weights(group, class_name: str, path: Path, where: str) -> list[np.ndarray]:
+def _store_layer_datasets(group, class_name: str, path: Path, where: str) -> list[Any]:
     if class_name == "LSTM":
-        return _lstm_arrays(group, path, where)
-    arrays = []
+        return _lstm_datasets(group, path, where)
+    datasets = []
     for direction in ("forward_layer", "backward_layer"):
-        sub = group.get(direction)
+        sub = _group(group, direction, path)
         if sub is None:
             raise KerasFileError(
                 f"{path}: expected a Bidirectional's {direction} group at {where}/{direction}"
             )
-        arrays += _lstm_arrays(sub, path, f"{where}/{direction}")
-    return arrays
+        datasets += _lstm_datasets(sub, path, f"{where}/{direction}")
+    return datasets
 
 
-def _records_from_config(
+def _layers_from_config(
     store, model_config: dict, version: str | None, file_format: str, path: Path
-) -> list[KerasLayerRecord]:
+) -> list[PendingLayer]:
     """Walk a serialized model and the weights store side by side."""
-    records: list[KerasLayerRecord] = []
+    layers: list[PendingLayer] = []
     top_class, top_config = _unwrap_layer(model_config)
     if _is_model_entry(top_class, top_config):
+        entries = top_config.get("layers", [])
         _walk_config(
-            store.get("layers"), top_config.get("layers", []), "", version, file_format, path, records
+            _group(store, "layers", path),
+            entries if isinstance(entries, list) else [],
+            "",
+            version,
+            file_format,
+            path,
+            layers,
         )
     elif _is_lstm_entry(top_class, top_config):  # a file holding a bare layer
-        weights = _store_layer_weights(store, top_class, path, "/")
-        records.append(
-            KerasLayerRecord(
+        datasets = _store_layer_datasets(store, top_class, path, "/")
+        layers.append(
+            PendingLayer(
                 top_class.lower(),
                 top_config.get("name"),
                 top_class,
                 top_config,
-                weights,
+                datasets,
                 version,
                 file_format,
+                "/",
             )
         )
-    return records
+    return layers
 
 
-def _walk_config(layers_group, entries: list, prefix: str, version, file_format, path, records) -> None:
+def _walk_config(layers_group, entries: list, prefix: str, version, file_format, path, layers) -> None:
     counters: dict[str, int] = {}
     for entry in entries:
         class_name, config = _unwrap_layer(entry)
@@ -241,7 +314,7 @@ def _walk_config(layers_group, entries: list, prefix: str, version, file_format,
         if not (is_lstm or is_model):
             continue
         name = config.get("name")
-        group = layers_group.get(key) if layers_group is not None else None
+        group = _group(layers_group, key, path) if layers_group is not None else None
         if group is not None and name and _vars_name(group) not in (None, name):
             group, key = _find_by_name(layers_group, name, base, group, key)
         where = f"layers/{prefix}{key}"
@@ -250,19 +323,20 @@ def _walk_config(layers_group, entries: list, prefix: str, version, file_format,
                 f"{path}: the config has {class_name} {name!r} but the weights store has no group {where}"
             )
         if is_model:
+            inner = config.get("layers", [])
             _walk_config(
-                group.get("layers"),
-                config.get("layers", []),
+                _group(group, "layers", path),
+                inner if isinstance(inner, list) else [],
                 f"{prefix}{key}/",
                 version,
                 file_format,
                 path,
-                records,
+                layers,
             )
             continue
-        weights = _store_layer_weights(group, class_name, path, where)
-        records.append(
-            KerasLayerRecord(prefix + key, name, class_name, config, weights, version, file_format)
+        datasets = _store_layer_datasets(group, class_name, path, where)
+        layers.append(
+            PendingLayer(prefix + key, name, class_name, config, datasets, version, file_format, where)
         )
 
 
@@ -273,49 +347,53 @@ def _find_by_name(layers_group, name: str, base: str, group, key: str):
     return group, key
 
 
-def _records_from_store(
-    layers_group, prefix: str, version, file_format, path: Path
-) -> list[KerasLayerRecord]:
+def _layers_from_store(layers_group, prefix: str, version, file_format, path: Path) -> list[PendingLayer]:
     """Walk a weights store without a config: keys ``lstm[_N]`` and ``bidirectional[_N]`` with LSTM shapes."""
-    records: list[KerasLayerRecord] = []
+    layers: list[PendingLayer] = []
     if layers_group is None:
-        return records
+        return layers
     for key in sorted(layers_group.keys(), key=_natural_key):
         group = layers_group[key]
         where = f"layers/{prefix}{key}"
         if not hasattr(group, "keys"):
             continue
         if "layers" in group:
-            records += _records_from_store(group["layers"], f"{prefix}{key}/", version, file_format, path)
+            layers += _layers_from_store(
+                _group(group, "layers", path), f"{prefix}{key}/", version, file_format, path
+            )
         elif re.fullmatch(r"lstm(_\d+)?", key):  # the key of class LSTM: it must hold an LSTM's arrays
-            arrays = _lstm_arrays(group, path, where)
-            records.append(
-                KerasLayerRecord(prefix + key, _vars_name(group), "LSTM", None, arrays, version, file_format)
+            datasets = _lstm_datasets(group, path, where)
+            layers.append(
+                PendingLayer(
+                    prefix + key, _vars_name(group), "LSTM", None, datasets, version, file_format, where
+                )
             )
         elif re.fullmatch(r"bidirectional(_\d+)?", key):
-            forward_group, backward_group = group.get("forward_layer"), group.get("backward_layer")
+            forward_group = _group(group, "forward_layer", path)
+            backward_group = _group(group, "backward_layer", path)
             if forward_group is None or backward_group is None:
                 raise KerasFileError(f"{path}: expected forward_layer and backward_layer groups in {where}")
-            forward_arrays = _cell_arrays(forward_group, path, where)
-            backward_arrays = _cell_arrays(backward_group, path, where)
-            if forward_arrays is None or backward_arrays is None:
+            forward = _cell_datasets(forward_group, path)
+            backward = _cell_datasets(backward_group, path)
+            if forward is None or backward is None:
                 raise KerasFileError(
                     f"{path}: expected cell/vars arrays in {where}'s forward and backward layers"
                 )
             # else a Bidirectional of another RNN: not ours
-            if _is_lstm_shapes(forward_arrays) and _is_lstm_shapes(backward_arrays):
-                records.append(
-                    KerasLayerRecord(
+            if _is_lstm_shapes(forward) and _is_lstm_shapes(backward):
+                layers.append(
+                    PendingLayer(
                         prefix + key,
                         _vars_name(group),
                         "Bidirectional",
                         None,
-                        forward_arrays + backward_arrays,
+                        forward + backward,
                         version,
                         file_format,
+                        where,
                     )
                 )
-    return records
+    return layers
 
 
 def _natural_key(text: str) -> tuple:
@@ -326,16 +404,16 @@ def _natural_key(text: str) -> tuple:
 
 
 # legacy .h5 ------------------------------------------------------------------------------------------------
-def _legacy_arrays(group, path: Path) -> tuple[list[str], list[np.ndarray]]:
+def _legacy_datasets(group, path: Path) -> tuple[list[str], list[Any]]:
     names = _attr_list(group, "weight_names") or []
-    arrays = []
+    datasets = []
     for name in names:
         if name not in group:
             raise KerasFileError(
                 f"{path}: legacy .h5 lists weight {name!r} under {group.name} but it is missing"
             )
-        arrays.append(np.asarray(group[name][()]))
-    return names, arrays
+        datasets.append(_dataset(group, name, path))
+    return names, datasets
 
 
 def _legacy_version(store, root) -> str | None:
@@ -345,45 +423,51 @@ def _legacy_version(store, root) -> str | None:
     return None
 
 
-def _read_legacy(store, root, path: Path) -> list[KerasLayerRecord]:
+def _model_config_attribute(store, path: Path) -> dict | None:
+    if "model_config" not in store.attrs:
+        return None
+    config = _parse_json(_text(store.attrs["model_config"]), path, "the model_config attribute")
+    return config if isinstance(config, dict) else None
+
+
+def _read_legacy(store, root, path: Path) -> list[PendingLayer]:
     version = _legacy_version(store, root)
-    model_config = None
-    if "model_config" in store.attrs:
-        try:
-            model_config = json.loads(_text(store.attrs["model_config"]))
-        except json.JSONDecodeError as error:
-            raise KerasFileError(f"{path}: the model_config attribute is not valid JSON ({error})") from None
+    model_config = _model_config_attribute(store, path)
     layer_names = _attr_list(root, "layer_names") or []
-    records: list[KerasLayerRecord] = []
+    layers: list[PendingLayer] = []
     if model_config is None:
         for layer_name in layer_names:
             if layer_name not in root:
                 continue
-            names, arrays = _legacy_arrays(root[layer_name], path)
-            class_name = _classify_by_weight_names(names, arrays)
+            names, datasets = _legacy_datasets(_group(root, layer_name, path), path)
+            class_name = _classify_by_weight_names(names, datasets)
             if class_name:
-                records.append(
-                    KerasLayerRecord(layer_name, layer_name, class_name, None, arrays, version, "legacy.h5")
+                layers.append(
+                    PendingLayer(
+                        layer_name, layer_name, class_name, None, datasets, version, "legacy.h5", layer_name
+                    )
                 )
-        return records
+        return layers
     top_class, top_config = _unwrap_layer(model_config)
     entries: dict[str, tuple[str, dict]] = {}
-    if _is_model_entry(top_class, top_config):
-        _index_legacy_entries(top_config.get("layers", []), entries)
+    if _is_model_entry(top_class, top_config) and isinstance(top_config.get("layers"), list):
+        _index_legacy_entries(top_config["layers"], entries)
     for layer_name in layer_names:
         entry = entries.get(layer_name)
         if entry is None or layer_name not in root:
             continue
         class_name, config = entry
-        names, arrays = _legacy_arrays(root[layer_name], path)
+        names, datasets = _legacy_datasets(_group(root, layer_name, path), path)
         if _is_lstm_entry(class_name, config):
-            _check_legacy_shapes(class_name, arrays, path, layer_name)
-            records.append(
-                KerasLayerRecord(layer_name, layer_name, class_name, config, arrays, version, "legacy.h5")
+            _check_legacy_shapes(class_name, datasets, path, layer_name)
+            layers.append(
+                PendingLayer(
+                    layer_name, layer_name, class_name, config, datasets, version, "legacy.h5", layer_name
+                )
             )
         elif _is_model_entry(class_name, config):
-            records += _legacy_nested(layer_name, config, names, arrays, version, path)
-    return records
+            layers += _legacy_nested(layer_name, config, names, datasets, version, path)
+    return layers
 
 
 def _index_legacy_entries(entries: list, index: dict[str, tuple[str, dict]]) -> None:
@@ -393,43 +477,45 @@ def _index_legacy_entries(entries: list, index: dict[str, tuple[str, dict]]) -> 
             index[config["name"]] = (class_name, config)
 
 
-def _check_legacy_shapes(class_name: str, arrays: list[np.ndarray], path: Path, where: str) -> None:
-    halves = [arrays] if class_name == "LSTM" else [arrays[: len(arrays) // 2], arrays[len(arrays) // 2 :]]
-    if not all(_is_lstm_shapes(h) for h in halves) or (class_name != "LSTM" and len(arrays) % 2):
+def _check_legacy_shapes(class_name: str, datasets: list[Any], path: Path, where: str) -> None:
+    half = len(datasets) // 2
+    halves = [datasets] if class_name == "LSTM" else [datasets[:half], datasets[half:]]
+    if not all(_is_lstm_shapes(h) for h in halves) or (class_name != "LSTM" and len(datasets) % 2):
         raise KerasFileError(
             f"{path}: {class_name} {where!r}: expected kernel (F, 4H), recurrent_kernel (H, 4H), bias (4H,) "
-            f"per LSTM, found shapes {[tuple(a.shape) for a in arrays]}"
+            f"per LSTM, found shapes {[d.shape for d in datasets]}"
         )
 
 
-def _classify_by_weight_names(names: list[str], arrays: list[np.ndarray]) -> str | None:
+def _classify_by_weight_names(names: list[str], datasets: list[Any]) -> str | None:
     """LSTM / Bidirectional for a weights-only legacy group, from the names ``.../lstm_cell/kernel:0`` and
     the shapes (a Bidirectional holds two LSTMs' arrays, forward then backward)."""
     pattern = r"lstm_cell[^/]*/(kernel|recurrent_kernel|bias)(:0)?$"
     if not names or not all(re.search(pattern, n) for n in names):
         return None
-    half = len(arrays) // 2
-    if len(arrays) in (4, 6) and _is_lstm_shapes(arrays[:half]) and _is_lstm_shapes(arrays[half:]):
+    half = len(datasets) // 2
+    if len(datasets) in (4, 6) and _is_lstm_shapes(datasets[:half]) and _is_lstm_shapes(datasets[half:]):
         return "Bidirectional"
-    return "LSTM" if _is_lstm_shapes(arrays) else None
+    return "LSTM" if _is_lstm_shapes(datasets) else None
 
 
 def _legacy_nested(
-    model_name: str, model_config: dict, names: list[str], arrays: list[np.ndarray], version, path: Path
-) -> list[KerasLayerRecord]:
+    model_name: str, model_config: dict, names: list[str], datasets: list[Any], version, path: Path
+) -> list[PendingLayer]:
     """Split a nested model's weights by sublayer: its weight names carry the sublayer's name as a path
     component (``inner_lstm/lstm_cell/kernel:0``)."""
-    records = []
-    for entry in model_config.get("layers", []):
+    layers = []
+    entries = model_config.get("layers", [])
+    for entry in entries if isinstance(entries, list) else []:
         class_name, config = _unwrap_layer(entry)
         sub_name = config.get("name")
         if not _is_lstm_entry(class_name, config) or not sub_name:
             continue
-        picked = [a for n, a in zip(names, arrays, strict=True) if sub_name in n.split("/")]
+        picked = [d for n, d in zip(names, datasets, strict=True) if sub_name in n.split("/")]
         key = f"{model_name}/{sub_name}"
         _check_legacy_shapes(class_name, picked, path, key)
-        records.append(KerasLayerRecord(key, sub_name, class_name, config, picked, version, "legacy.h5"))
-    return records
+        layers.append(PendingLayer(key, sub_name, class_name, config, picked, version, "legacy.h5", key))
+    return layers
 
 
 # -- choosing one -------------------------------------------------------------------------------------------
