@@ -91,6 +91,17 @@ def test_every_cut_at_an_entry_boundary_of_a_converted_checkpoint_is_refused(tmp
     assert not (tmp_path / "out.pt").exists()
 
 
+def test_reordered_entries_of_a_converted_checkpoint_read_as_the_same_model(tmp_path):
+    """The entry count refuses lost entries, not a different order: names, not positions, carry meaning."""
+    cv.convert(MS_CKPT, tmp_path / "whole.ckpt")
+    data = (tmp_path / "whole.ckpt").read_bytes()
+    ends = [0, *boundary_cuts(data), len(data)]
+    pieces = [data[a:b] for a, b in zip(ends, ends[1:], strict=False)]
+    pieces[2], pieces[9] = pieces[9], pieces[2]
+    (tmp_path / "shuffled.ckpt").write_bytes(b"".join(pieces))
+    assert same_tensors(cv.read_units(tmp_path / "shuffled.ckpt"), cv.read_units(MS_CKPT))
+
+
 def test_a_converted_checkpoint_with_crc_refuses_the_loss_of_its_trailer(tmp_path):
     """Guards: with crc=True, a cut that removes only the trailer looked like a file without CRC."""
     [unit] = cv.read_units(MS_CKPT)
