@@ -5,7 +5,6 @@ LSTMs that feed each other into one multi-layer LSTM."""
 from __future__ import annotations
 
 import contextlib
-import json
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +22,7 @@ from ..formats.keras_files import (
     read_keras_lstm_layers,
     read_keras_model_config,
 )
-from ..formats.mindspore_ckpt import CheckpointError, load_checkpoint
+from ..formats.mindspore_ckpt import CheckpointError, read_checkpoint
 from ..formats.torch_files import TorchFileError, read_safetensors, read_torch_file, strip_prefix
 from ..interchange import InterchangeLSTM, KerasConventions
 from ..keras_names import UnknownKerasActivationError, activation_from_stored_config
@@ -35,6 +34,8 @@ from ..parameter_names import (
     with_layer,
 )
 from ..spec import ActivationLike, LSTMSpec
+from . import descriptions
+from .descriptions import spec_json as spec_json  # inspection's import, from before its move
 from .file_kinds import FRAMEWORK_OF, METADATA_KEY, READABLE, ConversionError, PathLike, detect_format
 
 
@@ -172,119 +173,86 @@ def _group_state(
     return groups, other
 
 
-def _spec_from_state(state: OrderedDict[str, Tensor], where: str) -> LSTMSpec:
-    """torch.nn.LSTM's configuration from its parameters' names and shapes."""
+def _spec_from_state(state: OrderedDict[str, Tensor], where: str, error: type[ValueError]) -> LSTMSpec:
+    """torch.nn.LSTM's configuration from its parameters' names and shapes; ``error`` (the format's) when they
+    do not form one whole LSTM: a bias for some layers or directions and not others, a weight missing, a
+    shape or dtype that does not fit. A cut file must never read as a smaller LSTM."""
     # every name in a group parsed as a parameter name (_group_state): the filter only informs the checker
     layers = 1 + max(parsed.layer for parsed in map(parse_parameter_name, state) if parsed is not None)
+    if layers > len(state):  # every layer has at least two weights: no need to list a billion names
+        raise error(
+            f"{where}: the LSTM parameters name layer {layers - 1} but hold only {len(state)} tensors"
+        )
     bidirectional = any(n.endswith("_reverse") for n in state)
-    bias = "bias_ih_l0" in state
-    proj = int(state["weight_hr_l0"].shape[0]) if "weight_hr_l0" in state else 0
+    bias = "bias_ih_l0" in state or "bias_hh_l0" in state
     try:
+        proj = int(state["weight_hr_l0"].shape[0]) if "weight_hr_l0" in state else 0
         w_ih = state["weight_ih_l0"]
         hidden = int(state["weight_hh_l0"].shape[0]) // 4
         spec = LSTMSpec(
             int(w_ih.shape[1]), hidden, layers, bias=bias, bidirectional=bidirectional, proj_size=proj
         )
-    except (KeyError, IndexError, ValueError, TypeError) as error:
-        raise ConversionError(
-            f"{where}: the LSTM parameters are incomplete or inconsistent ({error})"
-        ) from None
+    except (KeyError, IndexError, ValueError, TypeError) as problem:
+        raise error(f"{where}: the LSTM parameters are incomplete or inconsistent ({problem})") from None
     expected = parameter_names(spec)
     if sorted(expected) != sorted(state):
         missing = sorted(set(expected) - set(state))
         extra = sorted(set(state) - set(expected))
-        raise ConversionError(
+        raise error(
             f"{where}: the LSTM parameters do not form a torch LSTM: missing {missing}, unexpected {extra}"
         )
     for name in expected:
         want = parameter_shape(spec, name)
         if tuple(state[name].shape) != want:
-            raise ConversionError(
+            raise error(
                 f"{where}: {name} has shape {tuple(state[name].shape)}, expected {want} for "
                 f"hidden_size={hidden}"
             )
         if not state[name].is_floating_point():
-            raise ConversionError(f"{where}: {name} has dtype {state[name].dtype}, expected a float dtype")
+            raise error(f"{where}: {name} has dtype {state[name].dtype}, expected a float dtype")
     return spec
 
 
-def spec_json(unit: InterchangeLSTM) -> dict[str, Any]:
-    """The semantics unilstm records next to the weights (and ``inspect`` shows): spec and Keras conventions
-    as JSON values (callable activations as ``"<callable>"``)."""
-    spec = {k: getattr(unit.spec, k) for k in LSTMSpec.__dataclass_fields__}
-    for key in ("activation", "recurrent_activation"):
-        if not (spec[key] is None or isinstance(spec[key], str)):
-            spec[key] = "<callable>"
-    keras = None
-    if unit.keras is not None:
-        keras = {
-            "class_name": unit.keras.class_name,
-            "return_sequences": unit.keras.return_sequences,
-            "return_state": unit.keras.return_state,
-            "merge_mode": unit.keras.merge_mode,
-            "names": unit.keras.names,
-            "keras2": unit.keras.keras2,
-        }
-    return {"name": unit.name, "framework": unit.framework, "spec": spec, "keras": keras}
-
-
 def _units_from_state(
-    tensors: OrderedDict[str, Tensor], where: str, framework: str, metadata: dict[str, str] | None = None
+    tensors: OrderedDict[str, Tensor],
+    where: str,
+    framework: str,
+    error: type[ValueError],
+    described: dict[str, dict[str, Any]] | None = None,
+    description_where: str = "",
 ) -> list[InterchangeLSTM]:
+    """The LSTM stacks among ``tensors``, with the semantics ``described`` (by prefix) stores for them; a file
+    with a description must hold exactly the stacks it lists."""
     groups, other = _group_state(tensors, where)
     if not groups:
         shown = ", ".join(list(tensors)[:8]) or "none"
+        if described:
+            raise error(
+                f"{description_where}: describes LSTMs under {sorted(described)}, but the file holds no LSTM "
+                f"parameters; names: {shown}"
+            )
         raise ConversionError(f"{where}: no LSTM parameters (weight_ih_l0 ...) in this file; names: {shown}")
-    described: dict[str, dict] = {}
-    if metadata and METADATA_KEY in metadata:
-        with contextlib.suppress(ValueError, TypeError, KeyError):
-            described = {entry["prefix"]: entry for entry in json.loads(metadata[METADATA_KEY])}
+    if described is not None:
+        absent = sorted(set(described) - set(groups))
+        undescribed = sorted(set(groups) - set(described))
+        if absent or undescribed:
+            raise error(
+                f"{description_where}: the LSTMs it describes and the file's do not match: described but "
+                f"missing {absent}, present but not described {undescribed}; the file is cut or was edited"
+            )
     units = []
     for prefix, state in groups.items():
-        spec = _spec_from_state(state, f"{where}: LSTM {prefix or '(no prefix)'!r}")
+        spec = _spec_from_state(state, f"{where}: LSTM {prefix or '(no prefix)'!r}", error)
         state = OrderedDict((name, state[name]) for name in parameter_names(spec))
         unit = InterchangeLSTM(prefix.rstrip(".") or "lstm", spec, state, framework)
-        entry = described.get(prefix)
-        if entry is not None:
-            _apply_described(unit, entry, where)
+        if described is not None:
+            descriptions.apply(unit, described[prefix], f"{description_where}: LSTM {prefix!r}", error)
         units.append(unit)
     if other:
         units[0].notes.append(
             f"not LSTM parameters, ignored: {', '.join(other[:10])}" + (" ..." if len(other) > 10 else "")
         )
     return units
-
-
-def _apply_described(unit: InterchangeLSTM, entry: dict, where: str) -> None:
-    """Restore the semantics unilstm stored next to the weights (safetensors metadata, a .ckpt str entry)."""
-    stored = entry.get("spec") or {}
-    names = {k: stored[k] for k in LSTMSpec.__dataclass_fields__ if k in stored}
-    for key in ("activation", "recurrent_activation"):
-        if names.get(key) == "<callable>":
-            names.pop(key)
-            unit.notes.append(f"{key} was a Python callable; tanh/sigmoid assumed")
-    try:
-        candidate = replace(unit.spec, **{k: v for k, v in names.items() if k != "input_size"})
-    except (TypeError, ValueError) as error:
-        unit.notes.append(f"stored semantics ignored ({error})")
-        return
-    if parameter_names(candidate) != parameter_names(unit.spec):
-        unit.notes.append("stored semantics do not fit the weights; ignored")
-        return
-    unit.spec = candidate
-    unit.framework = entry.get("framework", unit.framework)
-    unit.name = entry.get("name", unit.name)
-    keras = entry.get("keras")
-    if isinstance(keras, dict):
-        unit.keras = KerasConventions(
-            class_name=keras.get("class_name", "LSTM"),
-            return_sequences=bool(keras.get("return_sequences")),
-            return_state=bool(keras.get("return_state")),
-            merge_mode=keras.get("merge_mode", "concat"),
-            configs=[None],
-            names=list(keras.get("names") or [unit.name]),
-            keras2=bool(keras.get("keras2")),
-        )
 
 
 def read_units(
@@ -294,6 +262,7 @@ def read_units(
     layer: str | None = None,
     prefix: str | None = None,
     custom_objects: dict[str, Any] | None = None,
+    require_crc: bool = False,
 ) -> list[InterchangeLSTM]:
     """Read the LSTM layers of ``path`` as :class:`InterchangeLSTM` s (see the module docstring).
 
@@ -302,18 +271,25 @@ def read_units(
         layer: keep only the layer with this name / key (Keras) or parameter prefix (torch, MindSpore).
         prefix: keep only parameters under this prefix, without it (``"encoder."``), for .ckpt/.pt files.
         custom_objects: Keras custom activations by stored name -> function on torch tensors.
+        require_crc: a .ckpt source must end with a CRC32 trailer that matches (see
+            :func:`unilstm.formats.mindspore_ckpt.load_checkpoint`); other formats have none to require.
 
     Raises:
         ConversionError (and the format readers' own ValueError subclasses, KerasFileError, CheckpointError,
-        TorchFileError): unreadable files, no LSTM in them, no such layer.
+        TorchFileError): unreadable files (cut, damaged, a description that does not fit the weights), no
+        LSTM in them, no such layer.
     """
     fmt = detect_format(path, fmt)
     if fmt not in READABLE:
         raise ConversionError(f"{path}: {fmt} files can be written, not read")
+    if not isinstance(require_crc, bool):
+        raise TypeError(f"require_crc must be a bool, got {type(require_crc).__name__} {require_crc!r}")
+    if require_crc and fmt != "ckpt":
+        raise ConversionError(f"{path}: require_crc: only MindSpore .ckpt files carry a CRC, not {fmt} files")
     if not Path(path).is_file():
         raise ConversionError(f"{path}: no such file")
     try:
-        units = _read_units(path, fmt, prefix, dict(custom_objects or {}))
+        units = _read_units(path, fmt, prefix, dict(custom_objects or {}), require_crc)
     except (ConversionError, TorchFileError, KerasFileError, CheckpointError):
         raise
     except Exception as error:
@@ -331,7 +307,7 @@ def read_units(
 
 
 def _read_units(
-    path: PathLike, fmt: str, prefix: str | None, custom_objects: dict[str, Any]
+    path: PathLike, fmt: str, prefix: str | None, custom_objects: dict[str, Any], require_crc: bool
 ) -> list[InterchangeLSTM]:
     if FRAMEWORK_OF[fmt] == "keras":
         records = read_keras_lstm_layers(path)
@@ -341,21 +317,43 @@ def _read_units(
         sequence = _keras_sequence(path) if fmt != "weights.h5" else None
         return _mark_adjacent(units, sequence)
     if fmt == "ckpt":
-        values = load_checkpoint(path, prefix=prefix)
-        tensors = OrderedDict((k, v) for k, v in values.items() if isinstance(v, Tensor))
-        stored_metadata = values.get(METADATA_KEY)
-        metadata = {METADATA_KEY: stored_metadata} if isinstance(stored_metadata, str) else None
-        return _units_from_state(tensors, str(path), "mindspore", metadata)
+        return _read_checkpoint_units(path, prefix, require_crc)
     if fmt == "safetensors":
         tensors, metadata = read_safetensors(path)
+        skipped: list[str] = []
     else:
         tensors, skipped = read_torch_file(path)
-        metadata = None
+        metadata = {}
+    where = f"{path}: __metadata__ {METADATA_KEY!r}"
+    described = None
+    if METADATA_KEY in metadata:
+        entries = descriptions.parse(metadata[METADATA_KEY], where, TorchFileError)
+        described = descriptions.by_prefix(entries, prefix)
     tensors = strip_prefix(tensors, prefix, str(path))
-    units = _units_from_state(tensors, str(path), "torch", metadata)
+    units = _units_from_state(tensors, str(path), "torch", TorchFileError, described, where)
     if fmt == "pt" and skipped:
         units[0].notes.append(f"not tensors, ignored: {', '.join(skipped[:10])}")
     return units
+
+
+def _read_checkpoint_units(path: PathLike, prefix: str | None, require_crc: bool) -> list[InterchangeLSTM]:
+    """The stacks of a .ckpt file. The description unilstm writes first in its files states how many
+    entries follow and whether a CRC trailer ends the file: a file cut at an entry boundary is refused."""
+    contents = read_checkpoint(path, require_crc=require_crc)
+    where = f"{path}: entry {METADATA_KEY!r}"
+    described = None
+    if METADATA_KEY in contents.values:
+        entries = descriptions.parse(contents.values[METADATA_KEY], where, CheckpointError)
+        descriptions.checkpoint_facts(entries, contents.entries, contents.crc, where, CheckpointError)
+        described = descriptions.by_prefix(entries, prefix)
+    values = contents.values
+    if prefix is not None:
+        values = {name[len(prefix) :]: v for name, v in values.items() if name.startswith(prefix)}
+        if not values:
+            shown = ", ".join(repr(n) for n in list(contents.values)[:8])
+            raise CheckpointError(f"{path}: no entry starts with prefix {prefix!r}; names: {shown}")
+    tensors = OrderedDict((k, v) for k, v in values.items() if isinstance(v, Tensor))
+    return _units_from_state(tensors, str(path), "mindspore", CheckpointError, described, where)
 
 
 def _mark_adjacent(units: list[InterchangeLSTM], sequence: list[str] | None) -> list[InterchangeLSTM]:

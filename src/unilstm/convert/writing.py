@@ -21,8 +21,8 @@ from ..formats.torch_files import save_state_dict
 from ..interchange import InterchangeLSTM
 from ..parameter_names import parameter_suffix
 from ..spec import LSTMSpec
+from .descriptions import describe
 from .file_kinds import FRAMEWORK_OF, METADATA_KEY, WRITABLE, ConversionError, PathLike
-from .reading import spec_json
 from .semantics import canonical_layer, target_problems
 
 
@@ -137,22 +137,20 @@ def keras_records(units: list[InterchangeLSTM]) -> list[KerasLayerRecord]:
 
 
 def _ckpt_payload(
-    units: list[InterchangeLSTM], prefixes: list[str]
-) -> tuple[OrderedDict[str, Tensor], str]:
+    units: list[InterchangeLSTM], prefixes: list[str], crc: bool
+) -> OrderedDict[str, Tensor | str]:
+    """The entries of a .ckpt file: the description first, stating how many entries the file holds and
+    whether a CRC trailer ends it, so that a reader can tell a cut file (any cut leaves it fewer entries than
+    it states, or no trailer) from a whole one; then each stack's parameters in MindSpore's order."""
     tensors: OrderedDict[str, Tensor] = OrderedDict()
     for unit, prefix in zip(units, prefixes, strict=False):
         for name in mindspore_parameter_order(list(unit.state)):
             tensors[prefix + name] = unit.state[name]
-    return tensors, _describe_json(units, prefixes)
-
-
-def _describe_json(units: list[InterchangeLSTM], prefixes: list[str]) -> str:
-    entries = []
-    for unit, prefix in zip(units, prefixes, strict=False):
-        entry = spec_json(unit)
-        entry["prefix"] = prefix
-        entries.append(entry)
-    return json.dumps(entries)
+    facts = {"entries": len(tensors) + 1, "crc": crc}
+    entries: OrderedDict[str, Tensor | str] = OrderedDict()
+    entries[METADATA_KEY] = describe(units, prefixes, facts)
+    entries.update(tensors)
+    return entries
 
 
 def as_float32_for(units: list[InterchangeLSTM], framework: str) -> list[InterchangeLSTM]:
@@ -190,8 +188,10 @@ def write_units(
     opset: int | None = None,
     input_steps: int | None = None,
     display: PathLike | None = None,
+    crc: bool = False,
 ) -> None:
     """Write ``units`` to ``path`` in format ``fmt`` (directly: :func:`convert` passes a temporary path).
+    ``crc``: end a .ckpt file with MindSpore's CRC32 trailer (readers can then require it).
 
     Raises:
         ConversionError: the format cannot hold the units, or (unless ``weights_only``) the target framework
@@ -219,7 +219,7 @@ def write_units(
             + ("\n(--weights-only writes the weights anyway)" if framework != "onnx" else "")
         )
     try:
-        _write(units, path, fmt, prefix, opset, input_steps)
+        _write(units, path, fmt, prefix, opset, input_steps, crc)
     except ConversionError:
         raise
     except (ValueError, TypeError) as error:
@@ -233,20 +233,20 @@ def _write(
     prefix: str,
     opset: int | None,
     input_steps: int | None,
+    crc: bool = False,
 ) -> None:
     prefixes = unit_prefixes(units, prefix)
     if fmt in ("keras", "weights.h5"):
         records = keras_records(units)
         write_keras_model(records, path, (input_steps, units[0].spec.input_size))
     elif fmt == "ckpt":
-        tensors, described = _ckpt_payload(units, prefixes)
-        save_checkpoint(tensors, path, append_dict={METADATA_KEY: described})
+        save_checkpoint(_ckpt_payload(units, prefixes, crc), path, crc=crc)
     elif fmt in ("pt", "safetensors"):
         tensors = OrderedDict()
         for unit, unit_prefix in zip(units, prefixes, strict=False):
             for name, tensor in unit.state.items():
                 tensors[unit_prefix + name] = tensor
-        metadata = {METADATA_KEY: _describe_json(units, prefixes)} if fmt == "safetensors" else None
+        metadata = {METADATA_KEY: describe(units, prefixes)} if fmt == "safetensors" else None
         save_state_dict(
             tensors, path, kind="safetensors" if fmt == "safetensors" else "torch", metadata=metadata
         )

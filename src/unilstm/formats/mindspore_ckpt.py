@@ -34,11 +34,11 @@ and saves them grouped by kind: every ``weight_ih``, then every ``weight_hh``, e
 from __future__ import annotations
 
 import binascii
-import math
 import os
 import pathlib
 import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Union
 
@@ -144,8 +144,11 @@ def _read_varint(data: bytes, position: int) -> tuple[int, int]:
             raise ValueError("varint longer than 10 bytes")
 
 
-def _split_body(path: PathLike, data: bytes, crc_check: bool) -> bytes:
-    """The protobuf body of a checkpoint file: refuses encrypted files, checks and drops the CRC trailer."""
+def _split_body(
+    path: PathLike, data: bytes, crc_check: bool, require_crc: bool = False
+) -> tuple[bytes, bool]:
+    """The protobuf body of a checkpoint file and whether a CRC trailer followed it: refuses encrypted files,
+    checks the CRC (when asked, and always when it is required) and drops the trailer."""
     if not data:
         raise CheckpointError(f"{os.fspath(path)}: the file is empty, not a MindSpore checkpoint")
     if len(data) >= 4 and int.from_bytes(data[:4], "little") in _ENCRYPTION_MAGIC:
@@ -157,7 +160,7 @@ def _split_body(path: PathLike, data: bytes, crc_check: bool) -> bytes:
         )
     if data[-_CRC_TRAILER_BYTES:-10] == _CRC_MARK:
         body = data[:-_CRC_TRAILER_BYTES]
-        if crc_check:
+        if crc_check or require_crc:
             stored = int.from_bytes(data[-10:], "big")
             computed = binascii.crc32(body)
             if stored != computed:
@@ -165,8 +168,13 @@ def _split_body(path: PathLike, data: bytes, crc_check: bool) -> bytes:
                     f"{os.fspath(path)}: CRC32 check failed: the trailer says {stored}, the content gives "
                     f"{computed}; the file is damaged"
                 )
-        return body
-    return data
+        return body, True
+    if require_crc:
+        raise CheckpointError(
+            f"{os.fspath(path)}: no CRC32 trailer, and require_crc=True asks for one: the file was saved "
+            "without crc=True, or its end is cut off"
+        )
+    return data, False
 
 
 def _read_values(path: PathLike, data: bytes) -> Iterable[tuple[int, Any]]:
@@ -202,7 +210,32 @@ def _read_values(path: PathLike, data: bytes) -> Iterable[tuple[int, Any]]:
                 f"{os.fspath(path)}: corrupted: the entry at byte {start} is not a checkpoint value ({error})"
             ) from None
         position += length
+        if not isinstance(value.tag, str):  # upb hands proto2 strings that are not UTF-8 back as bytes
+            raise CheckpointError(
+                f"{os.fspath(path)}: corrupted: the entry at byte {start} has a name that is not UTF-8 text "
+                f"({bytes(value.tag)[:40]!r})"
+            )
         yield start, value
+
+
+#: numpy and torch index bytes with signed 64-bit integers: no shape may span more, even an empty one
+_MAX_SPAN_BYTES = 2**63 - 1
+
+
+def _element_count(dims: list[int], itemsize: int, where: str) -> int:
+    """The elements of a ``dims`` shape, after checking that numpy and torch can describe the shape at all:
+    the product of its nonzero dimensions times ``itemsize`` (the largest stride plus one element) must fit
+    their 64-bit byte offsets. Python integers, so no arithmetic wraps."""
+    span = itemsize
+    count = 1
+    for d in dims:
+        span *= max(d, 1)
+        count *= d
+        if span > _MAX_SPAN_BYTES:
+            raise CheckpointError(
+                f"{where}: shape {dims} is too large to describe (over 2**63 bytes); the file is corrupted"
+            )
+    return count
 
 
 def _decode(path: PathLike, name: str, type_name: str, dims: list[int], content: bytes) -> CheckpointValue:
@@ -221,7 +254,7 @@ def _decode(path: PathLike, name: str, type_name: str, dims: list[int], content:
         raise CheckpointError(f"{where}: negative dimension in shape {dims}")
     if dims == [0] and len(content) == numpy_dtype.itemsize:
         dims = []  # MindSpore reads dims [0] as a scalar
-    count = math.prod(dims)
+    count = _element_count(dims, numpy_dtype.itemsize, where)
     if count * numpy_dtype.itemsize != len(content):
         raise CheckpointError(
             f"{where}: {type_name} with shape {dims} needs {count * numpy_dtype.itemsize} bytes, "
@@ -236,33 +269,38 @@ def _decode(path: PathLike, name: str, type_name: str, dims: list[int], content:
     return tensor
 
 
-def load_checkpoint(
-    path: PathLike, *, prefix: str | None = None, crc_check: bool = True
-) -> dict[str, CheckpointValue]:
-    """Read a MindSpore ``.ckpt`` file (written by MindSpore or by :func:`save_checkpoint`).
+@dataclass(frozen=True)
+class CheckpointContents:
+    """What :func:`read_checkpoint` found in a file.
 
-    Args:
-        path: the checkpoint file.
-        prefix: keep only names that start with it and strip it, e.g. ``"encoder."`` turns
-            ``encoder.weight_ih_l0`` into ``weight_ih_l0`` so that an LSTM saved inside a bigger MindSpore
-            network loads into a bare LSTM.
-        crc_check: verify the CRC32 trailer when the file has one (a mismatch raises). MindSpore checks it
-            only when asked (``crc_check=False`` by default there).
-
-    Returns:
-        ``{name: value}`` in file order: tensors (float16, bfloat16, float32, float64, integer and bool types,
-        their shapes as stored), Python ``int``/``float``/``bool`` for 0-d Int64/Float32/Bool entries (what
-        ``append_dict`` writes) and ``str`` for string entries.
-
-    Raises:
-        CheckpointError: encrypted, truncated, corrupted (CRC mismatch, sizes that do not add up) or foreign
-            files, or nothing left under ``prefix``; the message names the file.
-        FileNotFoundError, PermissionError: as ``open`` raises them.
+    Attributes:
+        values: ``{name: value}`` in file order (see :func:`load_checkpoint`), under ``prefix`` when given.
+        entries: how many named entries the whole file holds (a tensor split in chunks counts once, every
+            name counts whatever ``prefix`` keeps).
+        crc: whether a CRC32 trailer followed them (checked when ``crc_check`` or ``require_crc``).
     """
+
+    values: dict[str, CheckpointValue]
+    entries: int
+    crc: bool
+
+
+def read_checkpoint(
+    path: PathLike,
+    *,
+    prefix: str | None = None,
+    crc_check: bool = True,
+    require_crc: bool = False,
+) -> CheckpointContents:
+    """:func:`load_checkpoint` with the file's facts: how many entries it holds and whether a CRC followed
+    them (what a reader needs to tell a whole file from a cut one when the file states them)."""
     if prefix is not None and not isinstance(prefix, str):
         raise TypeError(f"prefix must be a str or None, got {type(prefix).__name__} {prefix!r}")
+    for flag, value in (("crc_check", crc_check), ("require_crc", require_crc)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} must be a bool, got {type(value).__name__} {value!r}")
     data = pathlib.Path(path).read_bytes()
-    body = _split_body(path, data, crc_check)
+    body, has_crc = _split_body(path, data, crc_check, require_crc)
     result: dict[str, CheckpointValue] = {}
     pending: tuple[str, str, list[int], list[bytes]] | None = None  # chunks of the entry being read
 
@@ -277,22 +315,30 @@ def load_checkpoint(
         result[name] = _decode(path, name, type_name, dims, b"".join(chunks))
 
     all_names: list[str] = []
-    for _, value in _read_values(path, body):
+    seen: dict[str, int] = {}
+    for start, value in _read_values(path, body):
         kind = value.WhichOneof("value")
+        if pending is not None and pending[0] == value.tag and kind == "tensor":
+            pending[3].append(value.tensor.tensor_content)  # a chunk of a tensor split by MindSpore
+            continue
+        if value.tag in seen:  # not a chunk: a second entry of that name would replace the first unseen
+            raise CheckpointError(
+                f"{os.fspath(path)}: corrupted: entry {value.tag!r} at byte {start} repeats the name of the "
+                f"entry at byte {seen[value.tag]}"
+            )
+        seen[value.tag] = start
+        all_names.append(value.tag)
+        finish(pending)
+        pending = None
         if kind == "maptensor":
             warnings.warn(
                 f"{os.fspath(path)}: skipping map parameter {value.tag!r} (MindSpore MapParameter)",
-                stacklevel=2,
+                stacklevel=3,
             )
             continue
         if kind != "tensor":
             raise CheckpointError(f"{os.fspath(path)}: entry {value.tag!r} holds no tensor")
         tensor = value.tensor
-        if pending is not None and pending[0] == value.tag:
-            pending[3].append(tensor.tensor_content)  # a chunk of a tensor split by MindSpore
-            continue
-        finish(pending)
-        all_names.append(value.tag)
         pending = (value.tag, tensor.tensor_type, list(tensor.dims), [tensor.tensor_content])
     finish(pending)
     if not all_names:
@@ -300,7 +346,37 @@ def load_checkpoint(
     if prefix is not None and not result:
         shown = ", ".join(repr(n) for n in all_names[:8]) + (", ..." if len(all_names) > 8 else "")
         raise CheckpointError(f"{os.fspath(path)}: no entry starts with prefix {prefix!r}; names: {shown}")
-    return result
+    return CheckpointContents(result, len(all_names), has_crc)
+
+
+def load_checkpoint(
+    path: PathLike, *, prefix: str | None = None, crc_check: bool = True, require_crc: bool = False
+) -> dict[str, CheckpointValue]:
+    """Read a MindSpore ``.ckpt`` file (written by MindSpore or by :func:`save_checkpoint`).
+
+    Args:
+        path: the checkpoint file.
+        prefix: keep only names that start with it and strip it, e.g. ``"encoder."`` turns
+            ``encoder.weight_ih_l0`` into ``weight_ih_l0`` so that an LSTM saved inside a bigger MindSpore
+            network loads into a bare LSTM.
+        crc_check: verify the CRC32 trailer when the file has one (a mismatch raises). MindSpore checks it
+            only when asked (``crc_check=False`` by default there).
+        require_crc: refuse a file without a CRC32 trailer, and verify it. A file cut at an entry boundary is
+            a shorter valid checkpoint; only its lost trailer tells, so ask for it where files are saved with
+            ``crc=True``.
+
+    Returns:
+        ``{name: value}`` in file order: tensors (float16, bfloat16, float32, float64, integer and bool types,
+        their shapes as stored), Python ``int``/``float``/``bool`` for 0-d Int64/Float32/Bool entries (what
+        ``append_dict`` writes) and ``str`` for string entries.
+
+    Raises:
+        CheckpointError: encrypted, truncated, corrupted (CRC mismatch, sizes that do not add up, a name that
+            is not UTF-8 or appears twice) or foreign files, no CRC where ``require_crc``, or nothing left
+            under ``prefix``; the message names the file.
+        FileNotFoundError, PermissionError: as ``open`` raises them.
+    """
+    return read_checkpoint(path, prefix=prefix, crc_check=crc_check, require_crc=require_crc).values
 
 
 # -- names in MindSpore's order -----------------------------------------------------------------------------

@@ -52,6 +52,8 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F8_E5M2": torch.float8_e5m2,
 }
 _DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+#: torch indexes bytes with signed 64-bit integers: no shape may span more, even an empty one
+_MAX_SPAN_BYTES = 2**63 - 1
 #: the reference implementation refuses headers over 100 MB
 MAX_HEADER_BYTES = 100_000_000
 METADATA_KEY = "__metadata__"
@@ -129,6 +131,10 @@ def parse_safetensors(data: bytes, where: str = "<bytes>") -> tuple[OrderedDict[
         header = json.loads(data[8 : 8 + size].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise TorchFileError(f"{where}: the safetensors header is not valid JSON ({error})") from None
+    except RecursionError:
+        raise TorchFileError(
+            f"{where}: the safetensors header nests too deeply to be the format's JSON"
+        ) from None
     if not isinstance(header, dict):
         raise TorchFileError(
             f"{where}: the safetensors header must be a JSON object, got {type(header).__name__}"
@@ -188,6 +194,13 @@ def _check_entry(where: str, name: str, entry: object) -> tuple[torch.dtype, lis
         )
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise TorchFileError(f"{where}: tensor {name!r} has shape {shape!r}, expected a list of ints >= 0")
+    span = SAFETENSORS_DTYPES[dtype_name].itemsize
+    for d in shape:  # Python integers: no wrap-around; torch indexes bytes with signed 64-bit integers
+        span *= max(d, 1)
+        if span > _MAX_SPAN_BYTES:
+            raise TorchFileError(
+                f"{where}: tensor {name!r} has shape {shape!r}, too large to describe (over 2**63 bytes)"
+            )
     if not (
         isinstance(offsets, list)
         and len(offsets) == 2
