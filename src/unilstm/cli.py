@@ -6,20 +6,37 @@
     unilstm bench ...        (runs unilstm.bench when installed)
 
 Exit status: 0 done; 1 the target's numbers differ from the source's beyond the tolerance (nothing written);
-2 the conversion cannot be done (unreadable file, semantics the target cannot express, bad arguments).
+2 the conversion cannot be done (unreadable file, semantics the target cannot express, bad arguments, a
+destination that is the source, read-only or not a regular file, any failure to read or write), with one
+error message and no traceback; 143 ended by SIGTERM (its temporary file removed).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from types import FrameType
 
 from . import convert as _convert
 
 EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
+
+
+def _tolerance(text: str) -> float:
+    """--tolerance: a number >= 0 (NaN or a negative one would fail every conversion)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write the weights even where DST's framework cannot express the source's semantics",
     )
-    convert.add_argument("--tolerance", type=float, default=1e-5, help="largest accepted difference (1e-5)")
+    convert.add_argument(
+        "--tolerance", type=_tolerance, default=1e-5, help="largest accepted difference, >= 0 (1e-5)"
+    )
     convert.add_argument("--opset", type=int, help="ONNX opset (default 17)")
     convert.add_argument(
         "--emit-code", metavar="PATH", help="also write a torch / MindSpore module rebuilding it"
@@ -101,6 +120,8 @@ def _run_convert(args: argparse.Namespace) -> int:
         return _error(str(error), args.json, EXIT_MISMATCH, error.report)
     except (ValueError, OSError, ImportError) as error:  # every reader's error type is a ValueError
         return _error(str(error), args.json)
+    except Exception as error:  # status 1 means "numbers differ": anything else is 2, without a traceback
+        return _error(f"{args.target}: {type(error).__name__}: {error}", args.json)
     if args.json:
         print(json.dumps({"ok": True, **report.as_dict()}, indent=2, default=str))
         return EXIT_OK
@@ -132,6 +153,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
         info = _convert.inspect_file(args.file, args.format)
     except (ValueError, OSError, ImportError) as error:
         return _error(str(error), args.json)
+    except Exception as error:  # exit status 2 with one line, as every failure to read
+        return _error(f"{args.file}: {type(error).__name__}: {error}", args.json)
     print(json.dumps(info, indent=2, default=str) if args.json else _convert.format_inspection(info))
     return EXIT_OK
 
@@ -153,11 +176,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "convert":
-        return _run_convert(args)
+        with _sigterm_as_exit():
+            return _run_convert(args)
     if args.command == "inspect":
         return _run_inspect(args)
     parser.print_help()
     return EXIT_ERROR
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM ends a conversion as SystemExit(143), so that its temporary file is removed on the way out
+    (the default handler ends the process on the spot)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def leave(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

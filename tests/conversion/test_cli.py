@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -75,10 +76,12 @@ def test_inexpressible_semantics_exit_2_and_write_nothing(tmp_path, capsys):
     assert target.exists()
 
 
-def test_tolerance_failure_exits_1_and_keeps_the_existing_file(tmp_path, capsys):
+def test_tolerance_failure_exits_1_and_keeps_the_existing_file(tmp_path, capsys, monkeypatch):
     target = tmp_path / "x.pt"
     target.write_bytes(b"mine")
-    assert cli.main(["convert", str(MS_CKPT), str(target), "--tolerance=-1"]) == 1
+    api = importlib.import_module("unilstm.convert.api")  # where convert() looks verify up
+    monkeypatch.setattr(api, "verify", lambda *a, **k: {"lstm": {"no mask": {"output": 0.5}}})
+    assert cli.main(["convert", str(MS_CKPT), str(target), "--tolerance=1e-3"]) == 1
     assert target.read_bytes() == b"mine"
     assert "nothing was written" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pt"]

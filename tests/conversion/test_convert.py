@@ -6,7 +6,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import itertools
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -474,6 +476,24 @@ def test_save_torch_layer_with_prefix_and_onnx(tmp_path):
     cv.save(net, tmp_path / "n.onnx")
     with pytest.raises(cv.ConversionError, match="proj_size"):
         cv.save(torch_front.LSTM(3, 4, proj_size=2), tmp_path / "p.ckpt")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_save_refuses_a_fifo_and_a_keras_name_keras_cannot_open(tmp_path):
+    """Guards: save() replaced a FIFO with a regular file, and a Keras format under another name failed
+    naming an internal temporary."""
+    from unilstm.frontends import torch as torch_front
+
+    net = torch_front.LSTM(3, 4)
+    os.mkfifo(tmp_path / "pipe.pt")
+    with pytest.raises(cv.ConversionError, match=r"pipe\.pt: is a FIFO"):
+        cv.save(net, tmp_path / "pipe.pt")
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "pipe.pt").st_mode)
+    keras_name = r"n\.h5: a Keras model file's name must end in \.keras"
+    with pytest.raises(cv.ConversionError, match=keras_name) as refused:
+        cv.save(net, tmp_path / "n.h5", format="keras")
+    assert ".unilstm-" not in str(refused.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.pt"]
 
 
 def test_inspect_describes_layers_and_notes(tmp_path):

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..formats.atomic import atomic_path
+from ..formats.atomic import DestinationError, atomic_path, check_destination
 from ..formats.keras_files import read_keras_model_config
 from ..formats.onnx_export import DEFAULT_OPSET, build_graph, write_model
 from ..frontends.keras_files import load_layers, record_from_layer
@@ -93,15 +93,28 @@ def convert(
         emit_code: also write a Python module rebuilding the model in the target framework (torch or
             MindSpore targets) with the glue Keras semantics need.
 
+    The target (and ``emit_code``) must be a new path or a regular file the user may write, other than the
+    source; a link there is written through. The target is written to a temporary file beside it and
+    replaces it (keeping its permissions) only once verified.
+
     Raises:
-        ConversionError: unreadable source, inexpressible semantics; VerificationError: the numbers differ
-        by more than ``tolerance`` (the target is then not written). Existing files are never half-written.
+        ConversionError: unreadable source, inexpressible semantics, a target that is the source, read-only
+        or not a regular file, a negative or NaN ``tolerance``, or any other failure while writing and
+        verifying (the message names the target); VerificationError: the numbers differ by more than
+        ``tolerance`` (the target is then not written). OSError: the system's own (a full disk). Existing
+        files are never half-written.
     """
     say = progress or (lambda message: None)
     src_fmt = detect_format(source, source_format)
     dst_fmt = detect_format(target, target_format)
     if dst_fmt not in WRITABLE:
         raise ConversionError(f"{target}: writing {dst_fmt} files is not supported")
+    if not tolerance >= 0:  # NaN too: no difference would ever pass
+        raise ConversionError(f"tolerance: expected a number >= 0, got {tolerance!r}")
+    _check_target_name(target, dst_fmt)
+    destination = _checked_destination(target, source)
+    if emit_code is not None:
+        _checked_destination(emit_code, source, also_not=target, what="--emit-code")
     say(f"reading {source} ({src_fmt})")
     units = read_units(source, fmt=src_fmt, layer=layer, prefix=source_prefix, custom_objects=custom_objects)
     framework = FRAMEWORK_OF[dst_fmt]
@@ -116,29 +129,42 @@ def convert(
                     f"{unit.name}: Keras argument {key} has no effect on inference numbers and is not "
                     f"carried to {framework}"
                 )
-    destination = Path(target)
-    if not destination.parent.is_dir():
-        raise ConversionError(f"{target}: the folder {str(destination.parent)!r} does not exist")
     report: dict[str, Any] = {}
-    with atomic_path(destination) as temporary:
-        say(f"writing {len(units)} LSTM(s) as {dst_fmt}")
-        write_units(
-            units, temporary, dst_fmt, prefix=prefix, weights_only=weights_only, opset=opset, display=target
-        )
-        checked = verify_numbers and not (weights_only and any(target_problems(u, framework) for u in units))
-        if checked:
-            say("verifying")
-            report = verify(units, dst_fmt, temporary)
-        worst = max_difference(report)
-        if checked and not worst <= tolerance:
-            raise VerificationError(
-                f"{target}: the target's numbers differ from the source's by {worst:.3g} > tolerance "
-                f"{tolerance:g}; nothing was written",
-                report,
+    temporary = destination  # until atomic_path names the temporary
+    try:
+        with atomic_path(destination) as temporary:
+            say(f"writing {len(units)} LSTM(s) as {dst_fmt}")
+            write_units(
+                units, temporary, dst_fmt, prefix=prefix, weights_only=weights_only, opset=opset,
+                display=target,
             )
-        emitted = None
-        if emit_code is not None:
-            emitted = str(write_emitted_code(units, emit_code, dst_fmt, destination, prefix))
+            checked = verify_numbers and not (
+                weights_only and any(target_problems(u, framework) for u in units)
+            )
+            if checked:
+                say("verifying")
+                report = verify(units, dst_fmt, temporary, display=target)
+            worst = max_difference(report)
+            if checked and not worst <= tolerance:
+                raise VerificationError(
+                    f"{target}: the target's numbers differ from the source's by {worst:.3g} > tolerance "
+                    f"{tolerance:g}; nothing was written",
+                    report,
+                )
+            emitted = None
+            if emit_code is not None:
+                emitted = str(write_emitted_code(units, emit_code, dst_fmt, Path(target), prefix))
+    except (ConversionError, ImportError):
+        raise
+    except DestinationError as error:
+        raise ConversionError(str(error)) from None
+    except OSError as error:  # the system's own error (a full disk ...), naming the destination
+        if error.errno is None or str(error.filename) != str(temporary):
+            raise
+        raise type(error)(error.errno, error.strerror, str(target)) from error
+    except Exception as error:  # a writer's or the engine's own error type
+        message = str(error).replace(str(temporary), str(target))
+        raise ConversionError(f"{target}: converting failed ({type(error).__name__}: {message})") from error
     return ConversionReport(
         str(source),
         str(target),
@@ -153,6 +179,48 @@ def convert(
         emitted,
     )
 
+
+def _check_target_name(target: PathLike, fmt: str) -> None:
+    """Keras decides a file's kind by its name: a Keras target's name must say which kind it is."""
+    name = Path(target).name  # as the Keras writer sees it: .KERAS is not .keras
+    if fmt == "keras" and not name.endswith(".keras"):
+        raise ConversionError(
+            f"{target}: a Keras model file's name must end in .keras (Keras opens it by its name); "
+            "name it so, or write the weights alone with --to weights.h5 to a name ending in .weights.h5"
+        )
+    if fmt == "weights.h5" and not name.endswith(".weights.h5"):
+        raise ConversionError(
+            f"{target}: a Keras weights file's name must end in .weights.h5 (Keras opens it by its name)"
+        )
+
+
+def _same_file(a: PathLike, b: PathLike) -> bool:
+    """Whether ``a`` and ``b`` are one file (links included) or, not existing yet, one path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _checked_destination(
+    path: PathLike, source: PathLike, *, also_not: PathLike | None = None, what: str = "DST"
+) -> Path:
+    """The file that writing ``path`` replaces, once it is known to be neither the source (nor ``also_not``)
+    but a writable regular file or a new path in an existing folder."""
+    if _same_file(source, path):
+        raise ConversionError(
+            f"{path}: {what} is the source file itself; converting in place would replace it: write to "
+            "another path"
+        )
+    if also_not is not None and _same_file(also_not, path):
+        raise ConversionError(f"{path}: {what} is the conversion's target file; give another path")
+    folder = Path(path).parent
+    if not (folder if str(folder) else Path(".")).is_dir():
+        raise ConversionError(f"{path}: the folder {str(folder)!r} does not exist")
+    try:
+        return check_destination(path, must_be_writable=True)
+    except DestinationError as error:
+        raise ConversionError(str(error)) from None
 
 
 # -- the Python API: load / save ----------------------------------------------------------------------------
@@ -265,17 +333,22 @@ def save(
     consecutive layers in Keras files. The write is atomic.
 
     Raises:
-        ConversionError: the target cannot express a layer's semantics (unless ``weights_only``).
+        ConversionError: the target cannot express a layer's semantics (unless ``weights_only``); the path is
+        not a regular file or a new path, or its name does not suit a Keras format.
     """
     modules = list(layers) if isinstance(layers, (list, tuple)) else [layers]
     units = [unit_from_layer(m, i) for i, m in enumerate(modules)]
     units = as_float32_for(units, FRAMEWORK_OF[detect_format(path, format)])
     fmt = detect_format(path, format)
+    _check_target_name(path, fmt)
     target = Path(path)
-    with atomic_path(target) as temporary:
-        write_units(
-            units, temporary, fmt, prefix=prefix, weights_only=weights_only, opset=opset, display=path
-        )
+    try:
+        with atomic_path(target) as temporary:
+            write_units(
+                units, temporary, fmt, prefix=prefix, weights_only=weights_only, opset=opset, display=path
+            )
+    except DestinationError as error:
+        raise ConversionError(str(error)) from None
     return target
 
 

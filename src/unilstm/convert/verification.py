@@ -17,7 +17,7 @@ from ..formats.onnx_export import run_onnx
 from ..interchange import InterchangeLSTM
 from ..layer import LSTM
 from ..parameter_names import parameter_names
-from .file_kinds import FRAMEWORK_OF, ConversionError
+from .file_kinds import FRAMEWORK_OF, ConversionError, PathLike
 from .reading import from_keras_record, read_units
 from .semantics import plain_torch_spec, run_source, torch_glue_run
 from .writing import keras_records
@@ -97,7 +97,9 @@ def _keras_chain_runner(
     return run
 
 
-def _with_written_configs(source: list[InterchangeLSTM], path: Path) -> list[InterchangeLSTM]:
+def _with_written_configs(
+    source: list[InterchangeLSTM], path: Path, shown: PathLike
+) -> list[InterchangeLSTM]:
     """A weights-only Keras file read back with the configs of the model it was written for (the weights go
     into that architecture), matched by storage key."""
     written = keras_records(source)
@@ -105,33 +107,55 @@ def _with_written_configs(source: list[InterchangeLSTM], path: Path) -> list[Int
     units = []
     for key, record in zip(store_keys(written), written, strict=True):
         if key not in stored:
-            raise ConversionError(f"{path}: the weights of layer {record.name!r} (key {key!r}) are missing")
+            raise ConversionError(f"{shown}: the weights of layer {record.name!r} (key {key!r}) are missing")
         again = KerasLayerRecord(key, record.name, record.class_name, record.config, stored[key].weights)
-        units.append(from_keras_record(again, path, {}))
+        units.append(from_keras_record(again, shown, {}))
     return units
 
 
-def verify(source: list[InterchangeLSTM], target_fmt: str, path: Path, *, seed: int = 0) -> dict[str, Any]:
-    """Run source and written target on random inputs; ``{layer: {case: {output: max |diff|}}}``."""
+def _read_back(
+    source: list[InterchangeLSTM], target_fmt: str, path: Path, shown: PathLike
+) -> list[InterchangeLSTM]:
+    """The units of the written file; a failure names the file as the user knows it, not ``path``."""
+    try:
+        target_units = read_units(path, fmt=target_fmt)
+        if target_fmt == "weights.h5":
+            target_units = _with_written_configs(source, path, shown)
+    except ValueError as error:  # every reader's error type is one
+        message = str(error).replace(str(path), str(shown)).removeprefix(f"{shown}: ")
+        raise ConversionError(
+            f"{shown}: verification: reading the written file back failed: {message}"
+        ) from None
+    return target_units
+
+
+def verify(
+    source: list[InterchangeLSTM],
+    target_fmt: str,
+    path: Path,
+    *,
+    seed: int = 0,
+    display: PathLike | None = None,
+) -> dict[str, Any]:
+    """Run source and written target on random inputs; ``{layer: {case: {output: max |diff|}}}``.
+
+    ``display``: the name messages give the written file (:func:`convert` writes ``path``, a temporary,
+    for the target the user named)."""
     framework = FRAMEWORK_OF[target_fmt]
+    shown = path if display is None else display
     if framework == "onnx":
         target_units: list[InterchangeLSTM] = []
     else:
-        target_units = read_units(path, fmt=target_fmt)
-        if target_fmt == "weights.h5":
-            target_units = _with_written_configs(source, path)
+        target_units = _read_back(source, target_fmt, path, shown)
         if framework != "keras" and len(target_units) != len(source):
-            raise ConversionError(f"{path}: read back {len(target_units)} LSTMs, wrote {len(source)}")
+            raise ConversionError(f"{shown}: read back {len(target_units)} LSTMs, wrote {len(source)}")
     runners = _target_runner(target_units, target_fmt, path, source)
     if framework == "onnx" and len(source) > 1:
-        return {
-            "+".join(u.name for u in source): _compare(_source_chain(source), runners[0], source[0], seed)
-        }
+        chain = _compare(_source_chain(source), runners[0], source[0], seed, (path, shown))
+        return {"+".join(u.name for u in source): chain}
     report: dict[str, Any] = {}
     for index, (unit, runner) in enumerate(zip(source, runners, strict=False)):
-        report[unit.name] = _compare(
-            partial(run_source, unit), runner, unit, seed + index
-        )
+        report[unit.name] = _compare(partial(run_source, unit), runner, unit, seed + index, (path, shown))
     return report
 
 
@@ -155,7 +179,10 @@ def _compare(
     runner: Callable[[Tensor, Tensor | None], dict[str, Tensor]],
     unit: InterchangeLSTM,
     seed: int,
+    written: tuple[Path, PathLike],
 ) -> dict[str, Any]:
+    """``written``: the path read and the name messages give it."""
+    path, shown = written
     diffs: dict[str, Any] = {}
     for x, lengths in _inputs(unit, seed):
         expected = expected_run(x, lengths)
@@ -164,8 +191,10 @@ def _compare(
         except ConversionError:
             raise
         except Exception as error:  # the target could not be run (onnxruntime refusing it ...)
+            message = str(error).replace(str(path), str(shown))
             raise ConversionError(
-                f"verification: running the written target failed ({type(error).__name__}: {error})"
+                f"{shown}: verification: running the written target failed ({type(error).__name__}: "
+                f"{message})"
             ) from None
         case = "no mask" if lengths is None else f"lengths {lengths.tolist()}"
         diffs[case] = {}
@@ -175,7 +204,7 @@ def _compare(
             other = got[key].to(value.dtype)
             if other.shape != value.shape:
                 raise ConversionError(
-                    f"verification: {unit.name!r} {key} has shape {tuple(other.shape)} in "
+                    f"{shown}: verification: {unit.name!r} {key} has shape {tuple(other.shape)} in "
                     f"the target, {tuple(value.shape)} in the source"
                 )
             diffs[case][key] = _max_abs_difference(other, value)
