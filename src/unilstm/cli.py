@@ -2,7 +2,8 @@
 
     unilstm convert SRC DST [--from FMT] [--to FMT] [--layer NAME] [--prefix encoder.] [--source-prefix P]
                             [--weights-only] [--tolerance 1e-5] [-q] [--json] [--emit-code PATH]
-    unilstm inspect FILE [--from FMT] [--json]
+                            [--require-crc] [--crc]
+    unilstm inspect FILE [--from FMT] [--json] [--require-crc]
     unilstm bench ...        (runs unilstm.bench when installed)
 
 Exit status: 0 done; 1 the target's numbers differ from the source's beyond the tolerance (nothing written);
@@ -69,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--opset", type=int, help="ONNX opset (default 17)")
     convert.add_argument(
+        "--require-crc", action="store_true", help="a .ckpt SRC must end with a matching CRC32 trailer"
+    )
+    convert.add_argument("--crc", action="store_true", help="end a .ckpt DST with MindSpore's CRC32 trailer")
+    convert.add_argument(
         "--emit-code", metavar="PATH", help="also write a torch / MindSpore module rebuilding it"
     )
     convert.add_argument("-q", "--quiet", action="store_true", help="print only errors")
@@ -77,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("file", metavar="FILE")
     inspect.add_argument("--from", dest="format", choices=_convert.FORMATS, help="FILE's format")
     inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.add_argument(
+        "--require-crc", action="store_true", help="a .ckpt FILE must end with a matching CRC32 trailer"
+    )
     bench = commands.add_parser("bench", help="speed and memory benchmarks (unilstm.bench)", add_help=False)
     bench.add_argument("args", nargs=argparse.REMAINDER)
     return parser
@@ -113,6 +121,8 @@ def _run_convert(args: argparse.Namespace) -> int:
             emit_code=args.emit_code,
             opset=args.opset,
             progress=progress,
+            require_crc=args.require_crc,
+            crc=args.crc,
         )
     except _convert.VerificationError as error:
         if not args.json:
@@ -150,7 +160,7 @@ def _print_differences(report: dict) -> None:
 
 def _run_inspect(args: argparse.Namespace) -> int:
     try:
-        info = _convert.inspect_file(args.file, args.format)
+        info = _convert.inspect_file(args.file, args.format, require_crc=args.require_crc)
     except (ValueError, OSError, ImportError) as error:
         return _error(str(error), args.json)
     except Exception as error:  # exit status 2 with one line, as every failure to read

@@ -175,3 +175,21 @@ def test_module_entry_point(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "mindspore" in result.stdout
+
+
+def test_crc_flags_write_and_require_the_trailer(tmp_path, capsys):
+    """``--crc`` ends a .ckpt target with the CRC32 trailer; ``--require-crc`` refuses a source or an
+    inspected file without one (exit 2) and reads one with it, so a cut file cannot pass for a whole one."""
+    plain, with_crc = tmp_path / "plain.ckpt", tmp_path / "crc.ckpt"
+    assert cli.main(["convert", "-q", str(MS_CKPT), str(plain)]) == 0
+    assert cli.main(["convert", "-q", "--crc", str(MS_CKPT), str(with_crc)]) == 0
+    assert b"crc_num" in with_crc.read_bytes() and b"crc_num" not in plain.read_bytes()
+    capsys.readouterr()
+    assert cli.main(["convert", "-q", "--require-crc", str(plain), str(tmp_path / "a.pt")]) == 2
+    assert "crc" in capsys.readouterr().err.lower()
+    assert cli.main(["inspect", "--require-crc", str(plain)]) == 2
+    assert cli.main(["convert", "-q", "--require-crc", str(with_crc), str(tmp_path / "b.pt")]) == 0
+    assert cli.main(["inspect", "--require-crc", str(with_crc)]) == 0
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(with_crc.read_bytes()[:-30])
+    assert cli.main(["convert", "-q", "--require-crc", str(cut), str(tmp_path / "c.pt")]) == 2

@@ -73,6 +73,8 @@ def convert(
     custom_objects: dict[str, Any] | None = None,
     opset: int | None = None,
     progress: Callable[[str], None] | None = None,
+    require_crc: bool = False,
+    crc: bool = False,
 ) -> ConversionReport:
     """Convert ``source`` to ``target`` and prove the numbers match.
 
@@ -92,6 +94,9 @@ def convert(
         tolerance: the largest accepted absolute difference.
         emit_code: also write a Python module rebuilding the model in the target framework (torch or
             MindSpore targets) with the glue Keras semantics need.
+        require_crc: a .ckpt source must end with a matching CRC32 trailer (a cut file is then always
+            refused, even one written by MindSpore).
+        crc: end a .ckpt target with MindSpore's CRC32 trailer.
 
     The target (and ``emit_code``) must be a new path or a regular file the user may write, other than the
     source; a link there is written through. The target is written to a temporary file beside it and
@@ -116,7 +121,10 @@ def convert(
     if emit_code is not None:
         _checked_destination(emit_code, source, also_not=target, what="--emit-code")
     say(f"reading {source} ({src_fmt})")
-    units = read_units(source, fmt=src_fmt, layer=layer, prefix=source_prefix, custom_objects=custom_objects)
+    units = read_units(
+        source, fmt=src_fmt, layer=layer, prefix=source_prefix, custom_objects=custom_objects,
+        require_crc=require_crc,
+    )
     framework = FRAMEWORK_OF[dst_fmt]
     if framework in ("torch", "mindspore", "onnx"):
         units = merge_stacks(units)
@@ -136,7 +144,7 @@ def convert(
             say(f"writing {len(units)} LSTM(s) as {dst_fmt}")
             write_units(
                 units, temporary, dst_fmt, prefix=prefix, weights_only=weights_only, opset=opset,
-                display=target,
+                display=target, crc=crc,
             )
             checked = verify_numbers and not (
                 weights_only and any(target_problems(u, framework) for u in units)
@@ -265,6 +273,7 @@ def load(
     layer: str | None = None,
     prefix: str | None = None,
     custom_objects: dict[str, Any] | None = None,
+    require_crc: bool = False,
 ) -> list[torch.nn.Module]:
     """The LSTM layers of any supported file as ready front-door layers.
 
@@ -276,6 +285,8 @@ def load(
 
         >>> [net] = unilstm.load("model.ckpt", prefix="encoder.")
         >>> output, (h_n, c_n) = net(x)
+
+    ``require_crc``: a .ckpt file must end with a matching CRC32 trailer.
 
     Raises:
         ConversionError, KerasFileError, CheckpointError, TorchFileError: unreadable files, no LSTM in them.
@@ -291,7 +302,9 @@ def load(
                     if not layers:
                         raise ConversionError(f"{path}: no LSTM layer named {layer!r}")
                 return layers
-    units = read_units(path, fmt=fmt, layer=layer, prefix=prefix, custom_objects=custom_objects)
+    units = read_units(
+        path, fmt=fmt, layer=layer, prefix=prefix, custom_objects=custom_objects, require_crc=require_crc
+    )
     return [_front_door_layer(unit) for unit in units]
 
 
@@ -320,6 +333,7 @@ def save(
     prefix: str = "",
     weights_only: bool = False,
     opset: int | None = None,
+    crc: bool = False,
 ) -> Path:
     """Write unilstm layers (canonical or front-door, one or a list) to any writable format.
 
@@ -330,7 +344,8 @@ def save(
         >>> unilstm.save(net, "lstm.onnx")
 
     Several layers are written under sub-prefixes (``lstm.``, ``lstm_1.``) in torch / MindSpore files, as
-    consecutive layers in Keras files. The write is atomic.
+    consecutive layers in Keras files. The write is atomic. ``crc``: end a .ckpt file with MindSpore's
+    CRC32 trailer.
 
     Raises:
         ConversionError: the target cannot express a layer's semantics (unless ``weights_only``); the path is
@@ -345,7 +360,8 @@ def save(
     try:
         with atomic_path(target) as temporary:
             write_units(
-                units, temporary, fmt, prefix=prefix, weights_only=weights_only, opset=opset, display=path
+                units, temporary, fmt, prefix=prefix, weights_only=weights_only, opset=opset, display=path,
+                crc=crc,
             )
     except DestinationError as error:
         raise ConversionError(str(error)) from None

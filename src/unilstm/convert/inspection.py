@@ -10,13 +10,13 @@ from .file_kinds import FRAMEWORK_OF, ConversionError, PathLike, detect_format
 from .reading import read_units, spec_json
 
 
-def inspect_file(path: PathLike, fmt: str | None = None) -> dict[str, Any]:
+def inspect_file(path: PathLike, fmt: str | None = None, *, require_crc: bool = False) -> dict[str, Any]:
     """A description of every LSTM layer in ``path``: framework, shapes, dtypes, configuration where stored,
     and anything not interpreted."""
     fmt = detect_format(path, fmt)
     if fmt == "onnx":
         return _inspect_onnx(path)
-    units = read_units(path, fmt=fmt)
+    units = read_units(path, fmt=fmt, require_crc=require_crc)
     layers = []
     for unit in units:
         entry: dict[str, Any] = {
