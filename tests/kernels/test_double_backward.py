@@ -74,14 +74,6 @@ def hessian_vector_product(fn, leaves: list[torch.Tensor]) -> list[torch.Tensor]
     return list(torch.autograd.grad(inner, leaves, allow_unused=True, materialize_grads=True))
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- kernels -----------------------------------------------------------------------------------------------
 @needs_extension
 @pytest.mark.parametrize("spec", list(SPECS))
