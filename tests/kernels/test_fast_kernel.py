@@ -70,23 +70,31 @@ def test_registered_before_reference_and_picked_where_native_refuses():
         assert dispatch.select_direction_kernel(case[0], case[3], case[4]) is run_direction_fast
 
 
-def test_second_backward_through_the_same_graph_raises():
+def test_second_backward_through_the_same_graph_gives_the_first_gradients():
+    """A second backward through one call (retain_graph=True) used to raise: it now runs the forward again
+    (the first backward wrote over the saved gates) and gives the first backward's gradients."""
     case = fast_case(0, 4, 2, 3, 4, 2, "gaps", False, False, "none", "none", "relu", "sigmoid", True,
                      torch.float64)
     out, h, c = run_direction_fast(*case)
     loss = out.sum() + h.sum() + c.sum()
     loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="unilstm fast kernel: backward ran twice"):
-        loss.backward()
+    first = case[0].grad.clone()
+    loss.backward()
+    assert torch.equal(case[0].grad, 2 * first)
 
 
-def test_double_backward_is_refused():
+def test_double_backward_equals_the_reference_loops():
+    """Double backward used to raise (a once_differentiable backward): it now goes through the reference
+    loop, which autograd records."""
     case = fast_case(0, 3, 2, 3, 4, 0, "none", False, True, "none", "none", "tanh", "sigmoid", True, torch.float64)
     x, h0, c0, w, run = case
-    out, _, _ = run_direction_fast(x, h0, c0, w, run)
-    (gx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError):
-        torch.autograd.grad(gx.sum(), x)
+    grads = []
+    for kernel in (run_direction_fast, run_direction_reference):
+        out, _, _ = kernel(x, h0, c0, w, run)
+        (gx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+        grads.append(torch.autograd.grad(gx.sum(), (x, w.w_hh)))
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
 
 
 def _layer_pair(**kwargs):

@@ -23,9 +23,12 @@ by the mask, so an overflow in a row the mask drops (inf from padding) cannot be
 
 Limits: activations must be named ones with a hand-written derivative (``accepts`` says False for other
 callables and for the non-elementwise ``softmax``, ``log_softmax`` and ``glu``; the reference handles
-those). Double backward is not supported (the backward is ``once_differentiable``). Autocast is disabled
-inside the kernel: it computes in the dtype of its inputs. Under ``torch.compile`` the kernel is an opaque
-call (``opaque_to_compile``), so its time loop is never unrolled into a graph.
+those). The backward writes the gate gradients over the saved gates: a second backward through the same
+call (``retain_graph=True``) runs the forward again first, and a backward that autograd records
+(``create_graph=True``: second derivatives) computes through the reference loop instead
+(:func:`reference_backward`). Autocast is disabled inside the kernel: it computes in the dtype of its
+inputs. Under ``torch.compile`` the kernel is an opaque call (``opaque_to_compile``), so its time loop is
+never unrolled into a graph.
 """
 
 from __future__ import annotations
@@ -37,12 +40,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .. import activations as A
 from . import cuda_graphs, policy, triton_cell
 from .opaque import opaque_to_compile
-from .reference import GATES, DirectionRun, DirectionWeights
+from .reference import GATES, DirectionRun, DirectionWeights, differentiable_gradients
 
 __all__ = ["accepts", "run_direction_fast", "supported_activation"]
 
@@ -689,47 +691,68 @@ def _backward_body(
     return dx, dh, dc, dwih, dwhh, db, dwhr
 
 
-def refuse_second_backward(ctx, kernel: str) -> None:
-    """Raise on a second backward through the same call (retain_graph=True): the fast and native backward
-    passes write the gate gradients over the saved gates."""
-    if getattr(ctx, "consumed", False):
-        raise RuntimeError(
-            f"unilstm {kernel} kernel: backward ran twice through the same graph (retain_graph=True); "
-            "its backward reuses the saved pre-activations. Run the forward again, or use "
-            "unilstm.kernels.force_kernel('reference') for repeated or higher-order gradients."
-        )
-    ctx.consumed = True
+def reference_backward(
+    activations: tuple[Callable, Callable], args: FunctionArguments, grads: tuple[Tensor, Tensor, Tensor]
+) -> tuple:
+    """The backward result of the fast and native autograd Functions (see :func:`backward_outputs`) for
+    the call ``args`` (:func:`function_arguments`), computed through the reference loop so that autograd
+    records it: for a backward with ``create_graph=True`` (second derivatives, gradient penalties), where
+    the hand-written backward, whose own operations are not differentiable, cannot serve."""
+    cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask = args
+    run = DirectionRun(*activations, step_mask, bool(cfg[2]), bool(cfg[3]), mx, mh)
+    with torch.autocast(device_type=x.device.type, enabled=False):  # in x's dtype, as the forward
+        weights = DirectionWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
+        found = differentiable_gradients(x, h0, c0, weights, run, grads)
+    return (None, *found, None, None, None)
+
+
+def _forward_results(cfg, patterns, args: tuple) -> tuple:
+    """:func:`_forward_body` on ``args`` (x, h0, ..., step_mask), replayed from a CUDA graph where usable."""
+    body = functools.partial(_forward_body, cfg, patterns)
+    return cuda_graphs.run(("fast forward", cfg), body, args) if cuda_graphs.usable(args[0]) else body(*args)
 
 
 class _FastLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask):  # noqa: N805
         T, B, Fdim = x.shape
-        graphed = cuda_graphs.usable(x)
-        patterns = _step_patterns(step_mask, T, capturable=x.device.type == "cuda" or graphed)
+        patterns = _step_patterns(step_mask, T, capturable=x.device.type == "cuda" or cuda_graphs.usable(x))
         args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask)
-        body = functools.partial(_forward_body, cfg, patterns)
-        results = cuda_graphs.run(("fast forward", cfg), body, args) if graphed else body(*args)
+        results = _forward_results(cfg, patterns, args)
         out, h_last, c_last = results[:3]
         H, P = c0.shape[-1], h0.shape[-1]
         gatewise = (mx is not None and mx.dim() == 3) or (mh is not None and mh.dim() == 3)
         ctx.cfg, ctx.patterns = cfg, patterns
         ctx.meta = (T, B, Fdim, H, P, gatewise, step_mask is not None, cfg[0].y_only and cfg[1].y_only)
-        ctx.save_for_backward(*results[3:])
+        # the record for the backward, then the arguments it lacks (for a backward that reruns the forward;
+        # the record's per-gate dropout masks are in the internal gate order)
+        ctx.save_for_backward(*results[3:], h0, c0, w_ih, w_hh, b_ih, b_hh, mx, mh)
         ctx.has_bias = (b_ih is not None, b_hh is not None)
         return out, h_last, c_last
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dout, dhT, dcT):  # noqa: N805
-        refuse_second_backward(ctx, "fast")
+        saved = ctx.saved_tensors
+        record, (h0, c0, w_ih, w_hh, b_ih, b_hh, mx, mh) = saved[:12], saved[12:]
+        x, w_hr, step_mask = record[0], record[3], record[6]
+        args = (ctx.cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask)
+        if torch.is_grad_enabled():  # create_graph=True: gradients autograd can differentiate again
+            return reference_backward((ctx.cfg[0].fn, ctx.cfg[1].fn), args, (dout, dhT, dcT))
+        if getattr(ctx, "consumed", False):
+            # an earlier backward wrote the gate gradients over the saved gates: run the forward again
+            # (retain_graph=True; the same numbers, the same kernels)
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                record = _forward_results(ctx.cfg, ctx.patterns, args[1:])[3:]
+        ctx.consumed = True
+        # the gate gradients go over the gates through .data: a bumped version counter would make the next
+        # backward's unpacking fail before it sees the gates were used up and runs the forward again
+        body_args = (*record[:7], record[7].data, *record[8:], dout, dhT, dcT)
         needs = ctx.needs_input_grad
-        args = (*ctx.saved_tensors, dout, dhT, dcT)
         body = functools.partial(_backward_body, ctx.cfg, ctx.meta, ctx.patterns, needs)
         if cuda_graphs.usable(dout):
-            grads = cuda_graphs.run(("fast backward", ctx.cfg, ctx.meta, needs), body, args)
+            grads = cuda_graphs.run(("fast backward", ctx.cfg, ctx.meta, needs), body, body_args)
         else:
-            grads = body(*args)
+            grads = body(*body_args)
         return backward_outputs(needs, ctx.has_bias, *grads)
 
 
@@ -738,7 +761,7 @@ def run_direction_fast(
     x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, run: DirectionRun
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Same contract as :func:`~unilstm.kernels.reference.run_direction_reference` (see the module
-    docstring for what differs: speed, and no double backward)."""
+    docstring for what differs: speed)."""
     act, ract = _ACTS[run.activation], _ACTS[run.recurrent_activation]
     cfg = (act, ract, bool(run.reverse), bool(run.zero_masked_output))
     args = function_arguments(cfg, x, h0, c0, weights, run)

@@ -120,3 +120,34 @@ def run_direction_reference(
     if not outputs:
         return x.new_zeros(0, *h0.shape), h, c
     return torch.stack(outputs), h, c
+
+
+def differentiable_gradients(
+    x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, run: DirectionRun,
+    grads: tuple[Tensor, Tensor, Tensor],
+) -> tuple[Tensor | None, ...]:
+    """The gradients that ``grads`` (of output, h_T and c_T) give x, h0, c0, w_ih, w_hh, b_ih, b_hh and
+    w_hr through this loop, themselves differentiable (autograd records them): what a kernel's backward
+    returns when autograd records the backward (``create_graph=True``), so that second derivatives are
+    right. None for the tensors that do not require grad."""
+    inputs = (x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr)
+    result: list[Tensor | None] = [None] * len(inputs)
+    with torch.enable_grad():
+        # one alias per place: a tensor given in two places (h0 as c0) gets each place's share alone, as the
+        # caller's Function returns a gradient per argument and autograd adds them up
+        aliases = [t.view_as(t) if t is not None and t.requires_grad else t for t in inputs]
+        x_a, h0_a, c0_a, w_ih_a, w_hh_a = aliases[:5]
+        assert x_a is not None and h0_a is not None and c0_a is not None
+        assert w_ih_a is not None and w_hh_a is not None
+        aliased = DirectionWeights(w_ih_a, w_hh_a, *aliases[5:])
+        outputs = run_direction_reference(x_a, h0_a, c0_a, aliased, run)
+        pairs = [(out, grad) for out, grad in zip(outputs, grads, strict=True) if out.requires_grad]
+        wanted = [(i, t) for i, t in enumerate(aliases) if t is not None and t.requires_grad]
+        if pairs and wanted:
+            found = torch.autograd.grad(
+                [out for out, _ in pairs], [t for _, t in wanted], [grad for _, grad in pairs],
+                create_graph=True, allow_unused=True,
+            )
+            for (i, _), grad in zip(wanted, found, strict=True):
+                result[i] = grad
+    return tuple(result)

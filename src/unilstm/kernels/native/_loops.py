@@ -26,9 +26,11 @@ The cell makes one pass over the hidden units for the pairs (tanh, sigmoid) and 
 per gate and operation for the other activations; from ``CELL_PARALLEL_MIN`` hidden units per step the C
 loop splits a step's rows among torch's intra-op threads (``_blas.cell_threads``). float32 uses vectorised
 polynomial approximations of exp and tanh (a few units in the last place, see ``_lstm_cell.c``); float64
-uses libm's functions, so the float64 property tests hold this kernel to the reference at 1e-9. Double
-backward is not supported: the backward is ``once_differentiable`` and consumes the saved pre-activations,
-so a second backward through the same graph raises.
+uses libm's functions, so the float64 property tests hold this kernel to the reference at 1e-9. The
+backward writes the gate gradients over the saved pre-activations: a second backward through the same call
+(``retain_graph=True``) runs the forward again first (:func:`record_for_backward`), and a backward that
+autograd records (``create_graph=True``: second derivatives) computes through the reference loop
+(:func:`~unilstm.kernels.fast.reference_backward`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ... import activations as A
 from .. import policy
@@ -46,7 +47,7 @@ from ..fast import (
     backward_outputs,
     function_arguments,
     per_gate_weight_grad,
-    refuse_second_backward,
+    reference_backward,
     summed_bias,
 )
 from ..opaque import opaque_to_compile
@@ -58,6 +59,12 @@ from . import _extension as C
 NATIVE_ACTIVATION_IDS: dict[Callable, int] = A.kernel_ids(ACTIVATION_IDS)
 
 _DTYPES = (torch.float32, torch.float64)
+
+
+#: the activation of each C id (the first registered function of an id that several functions share)
+ACTIVATIONS_BY_ID: dict[int, Callable] = {}
+for _fn, _code in NATIVE_ACTIVATION_IDS.items():
+    ACTIVATIONS_BY_ID.setdefault(_code, _fn)
 
 
 def activation_id(fn: Callable) -> int | None:
@@ -396,26 +403,64 @@ def backward_pass(
     return finish
 
 
+#: how many tensors :func:`forward_pass` records for the backward
+RECORD_SIZE = 12
+
+
+def kept_arguments(args: tuple) -> tuple:
+    """The tensors of a call's arguments (cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask)
+    that its record lacks, saved beside it: h0, c0, w_ih (the record may hold a contiguous copy), b_ih,
+    b_hh, step_mask. With the record they give the call again (:func:`call_arguments`)."""
+    return args[2], args[3], args[4], args[6], args[7], args[11]
+
+
+def call_arguments(cfg: Config, record: tuple, kept: tuple) -> tuple:
+    """A call's arguments as :func:`function_arguments` gave them, from its record and kept arguments."""
+    x, _, w_hh, w_hr, mx, mh = record[:6]
+    h0, c0, w_ih, b_ih, b_hh, step_mask = kept
+    return cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask
+
+
+def differentiable_backward(args: tuple, grads: tuple[Tensor, Tensor, Tensor]) -> tuple:
+    """The backward result for the call ``args`` through the reference loop, which autograd records: for a
+    backward with create_graph=True."""
+    act, ract = ACTIVATIONS_BY_ID[args[0][0]], ACTIVATIONS_BY_ID[args[0][1]]
+    return reference_backward((act, ract), args, grads)
+
+
+def record_for_backward(ctx, record: tuple, rerun: Callable[[], tuple]) -> tuple:
+    """The record a backward without autograd reads: the forward's, the first time; after that ``rerun()``'s
+    (the forward run again on the same arguments: the same numbers), as the first backward wrote the gate
+    gradients over its pre-activations (a second backward through the call, retain_graph=True)."""
+    if getattr(ctx, "consumed", False):
+        with torch.autocast(device_type="cpu", enabled=False):  # products in x's dtype, as the forward
+            record = rerun()
+    ctx.consumed = True
+    return record
+
+
 class _NativeLSTM(torch.autograd.Function):
     """One direction through the C loops: arguments (cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh,
     step_mask) as :func:`~unilstm.kernels.fast.function_arguments` makes them; results (out, h_T, c_T)."""
 
     @staticmethod
     def forward(ctx, cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask):  # noqa: N805
-        results, (meta, saved) = forward_pass(
-            cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask
-        )
+        args = (cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask)
+        results, (meta, saved) = forward_pass(*args)
         ctx.cfg, ctx.meta = cfg, meta
-        ctx.save_for_backward(*saved)
+        ctx.save_for_backward(*saved, *kept_arguments(args))
         ctx.has_bias = (b_ih is not None, b_hh is not None)
         return results
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dout, dhT, dcT):  # noqa: N805
-        refuse_second_backward(ctx, "native")
+        saved = ctx.saved_tensors
+        args = call_arguments(ctx.cfg, saved[:RECORD_SIZE], saved[RECORD_SIZE:])
+        if torch.is_grad_enabled():  # create_graph=True: gradients autograd can differentiate again
+            return differentiable_backward(args, (dout, dhT, dcT))
+        record = record_for_backward(ctx, saved[:RECORD_SIZE], lambda: forward_pass(*args)[1][1])
         return backward_pass(
-            ctx.cfg, ctx.meta, ctx.saved_tensors, ctx.needs_input_grad, ctx.has_bias, dout, dhT, dcT
+            ctx.cfg, ctx.meta, record, ctx.needs_input_grad, ctx.has_bias, dout, dhT, dcT
         )()
 
 
@@ -433,7 +478,7 @@ def run_direction_native(
     x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, run: DirectionRun
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Same contract as :func:`~unilstm.kernels.reference.run_direction_reference` (see the module
-    docstring for what differs: speed, float32 rounding, and no double backward)."""
+    docstring for what differs: speed and float32 rounding)."""
     if not accepts(x, weights, run):  # dispatch asks first; force_kernel("native") does not
         return run_direction_reference(x, h0, c0, weights, run)
     cfg = run_config(run)

@@ -11,15 +11,15 @@ import dataclasses
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .. import policy
-from ..fast import function_arguments, refuse_second_backward
+from ..fast import function_arguments
 from ..opaque import opaque_to_compile
 from ..reference import DirectionRun, DirectionWeights
 from . import _blas
 from . import _extension as C
 from ._loops import (
+    RECORD_SIZE,
     Config,
     Deferred,
     Record,
@@ -27,9 +27,13 @@ from ._loops import (
     accepts,
     backward_pass,
     buffers_agree,
+    call_arguments,
     cell_threads,
+    differentiable_backward,
     forward_pass,
+    kept_arguments,
     needs_graph,
+    record_for_backward,
     run_config,
 )
 
@@ -75,33 +79,50 @@ class _NativeLSTMPair(torch.autograd.Function):
         results, ((meta_a, saved_a), (meta_b, saved_b)) = _forward_both(
             halves, (cfg_a, cfg_b), (x_a, x_b), (args_a, args_b), step_masks, save=True
         )
-        ctx.cfgs, ctx.metas = (cfg_a, cfg_b), (meta_a, meta_b)
+        ctx.halves, ctx.cfgs, ctx.metas = halves, (cfg_a, cfg_b), (meta_a, meta_b)
         ctx.split = x_a.shape[1] if halves else None
-        ctx.save_for_backward(*saved_a, *saved_b)
+        # the two records, then what each lacks of its call (for a backward that reruns the forward)
+        kept_a = kept_arguments((cfg_a, x_a, *args_a, step_masks[0]))
+        kept_b = kept_arguments((cfg_b, x_b, *args_b, step_masks[1]))
+        ctx.save_for_backward(*saved_a, *saved_b, *kept_a, *kept_b)
         ctx.has_bias = (args_a[4] is not None, args_a[5] is not None)
         return results
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, *grads):  # noqa: N805
-        refuse_second_backward(ctx, "native")
         if ctx.split is None:
             dout_a, dh_a, dc_a, dout_b, dh_b, dc_b = grads
         else:  # the halves read their rows of the one output gradient in place
             dout, dh_a, dc_a, dh_b, dc_b = grads
             dout_a, dout_b = dout[:, : ctx.split], dout[:, ctx.split :]
         saved, needs = ctx.saved_tensors, ctx.needs_input_grad
-        # each run's needs in _NativeLSTM's argument order (cfg, x, h0, ..., mh, step_mask)
-        needs_a = (False, needs[3], *needs[5:14], False)
-        needs_b = (False, needs[4], *needs[14:23], False)
-        defer: list = []
-        finish_a = backward_pass(ctx.cfgs[0], ctx.metas[0], saved[:12], needs_a, ctx.has_bias, dout_a, dh_a,
-                                  dc_a, defer)
-        finish_b = backward_pass(ctx.cfgs[1], ctx.metas[1], saved[12:], needs_b, ctx.has_bias, dout_b, dh_b,
-                                  dc_b, defer)
-        if defer:
-            C.backward_loop_pair(defer[0][0], defer[1][0])
-        grads_a, grads_b = finish_a(), finish_b()
+        records = saved[:RECORD_SIZE], saved[RECORD_SIZE : 2 * RECORD_SIZE]
+        kept = saved[2 * RECORD_SIZE :]
+        args_a = call_arguments(ctx.cfgs[0], records[0], kept[: len(kept) // 2])
+        args_b = call_arguments(ctx.cfgs[1], records[1], kept[len(kept) // 2 :])
+        if torch.is_grad_enabled():  # create_graph=True: each run through the reference loop
+            grads_a = differentiable_backward(args_a, (dout_a, dh_a, dc_a))
+            grads_b = differentiable_backward(args_b, (dout_b, dh_b, dc_b))
+        else:
+            def rerun() -> tuple:
+                _, (run_a, run_b) = _forward_both(
+                    ctx.halves, ctx.cfgs, (args_a[1], args_b[1]), (args_a[2:11], args_b[2:11]),
+                    (args_a[11], args_b[11]), save=True,
+                )
+                return (*run_a[1], *run_b[1])
+
+            both = record_for_backward(ctx, (*records[0], *records[1]), rerun)
+            # each run's needs in _NativeLSTM's argument order (cfg, x, h0, ..., mh, step_mask)
+            needs_a = (False, needs[3], *needs[5:14], False)
+            needs_b = (False, needs[4], *needs[14:23], False)
+            defer: list = []
+            finish_a = backward_pass(ctx.cfgs[0], ctx.metas[0], both[:RECORD_SIZE], needs_a, ctx.has_bias,
+                                     dout_a, dh_a, dc_a, defer)
+            finish_b = backward_pass(ctx.cfgs[1], ctx.metas[1], both[RECORD_SIZE:], needs_b, ctx.has_bias,
+                                     dout_b, dh_b, dc_b, defer)
+            if defer:
+                C.backward_loop_pair(defer[0][0], defer[1][0])
+            grads_a, grads_b = finish_a(), finish_b()
         return (None, None, None, grads_a[1], grads_b[1], *grads_a[2:11], *grads_b[2:11], None, None)
 
 
