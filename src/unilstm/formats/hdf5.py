@@ -31,12 +31,14 @@ ErrorType = Callable[[str], Exception]
 _LINK_KINDS = {1: "a soft link", 64: "an external link"}
 
 
-def _h5py() -> Any:
+def require_h5py() -> Any:
+    """Import ``h5py`` (every HDF5 read and write: Keras .h5, .weights.h5, .keras), or say how to get it."""
     try:
         import h5py
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "reading HDF5 files needs h5py: pip install 'unilstm[keras]' (or pip install h5py)"
+            "reading and writing HDF5 files (Keras .h5, .weights.h5, .keras) needs h5py: "
+            "pip install 'unilstm[keras]' (or pip install h5py)"
         ) from error
     return h5py
 
@@ -57,7 +59,7 @@ def open_hdf5(source: str | os.PathLike | io.BytesIO, name: str, error: ErrorTyp
     Returns:
         an open ``h5py.File``.
     """
-    h5py = _h5py()
+    h5py = require_h5py()
     try:
         handle = h5py.File(source, "r")
     except (OSError, ValueError) as failure:

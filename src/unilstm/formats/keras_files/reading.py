@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ...keras_names import snake_case
-from ..hdf5 import open_hdf5
+from ..hdf5 import open_hdf5, require_h5py
 from .limits import ByteBudget, max_config_bytes, max_file_bytes, read_member
 from .records import (
     _HDF5_SIGNATURE,
@@ -22,7 +22,6 @@ from .records import (
     KerasLayerRecord,
     PathLike,
     _attr_list,
-    _h5py,
     _is_lstm_entry,
     _is_lstm_shapes,
     _is_model_entry,
@@ -53,7 +52,7 @@ def read_keras_lstm_layers(path: PathLike, *, max_bytes: int | None = None) -> l
     """
     path = Path(path)
     budget = ByteBudget(max_file_bytes(max_bytes), path)
-    _h5py()  # a missing h5py is an ImportError, not a bad file
+    require_h5py()  # a missing h5py is an ImportError, not a bad file
     head = _read_head(path)
     try:
         if head.startswith(_ZIP_SIGNATURES):
@@ -82,7 +81,7 @@ def read_keras_model_config(path: PathLike) -> dict[str, Any] | None:
         KerasFileError: the file is unreadable, or its config is not valid JSON or too large.
     """
     path = Path(path)
-    _h5py()
+    require_h5py()
     head = _read_head(path)
     try:
         if head.startswith(_ZIP_SIGNATURES):

@@ -77,17 +77,6 @@ class KerasLayerRecord:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-def _h5py():
-    try:
-        import h5py
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "reading and writing Keras files needs h5py: pip install 'unilstm[keras]' (or pip install h5py)"
-        ) from error
-    return h5py
-
-
-
 def _has_keras2_keys(config: dict | None) -> bool:
     return isinstance(config, dict) and ("time_major" in config or "implementation" in config)
 

@@ -15,12 +15,12 @@ import numpy as np
 
 from ...keras_names import KERAS2_HARD_SIGMOID, snake_case
 from ..atomic import atomic_write_bytes
+from ..hdf5 import require_h5py
 from .records import (
     _LSTM_CLASSES,
     WRITTEN_KERAS_VERSION,
     KerasLayerRecord,
     PathLike,
-    _h5py,
     _is_lstm_shapes,
     lstm_configs,
 )
@@ -209,7 +209,7 @@ def store_keys(records: Sequence[KerasLayerRecord]) -> list[str]:
 
 def weights_store_bytes(records: Sequence[KerasLayerRecord], model_name: str = "sequential") -> bytes:
     """A Keras 3 ``model.weights.h5`` for a Sequential of ``records``, as bytes (Keras 3.15's layout)."""
-    h5py = _h5py()
+    h5py = require_h5py()
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as store:
         layers = store.create_group("layers")
