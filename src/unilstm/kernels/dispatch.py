@@ -98,13 +98,10 @@ def lengths_from_right_padded(step_mask: Tensor) -> Tensor | None:
     return lengths if bool(torch.equal(prefix, step_mask)) else None
 
 
-def fused_can_run(spec: LSTMSpec, x: Tensor, step_mask: Tensor | None) -> bool:
-    """torch's kernel computes the standard cell with, at most, right-padded masks that output zeros."""
-    if _forced_kernel is not None or not spec.is_standard_cell or spec.go_backwards:
-        return False
-    if step_mask is None:
-        return True
-    return spec.masked_output == "zero"
+def packed_fused_can_run(spec: LSTMSpec) -> bool:
+    """torch's packed kernel computes the standard cell over packed data (outputs only at counted steps),
+    unless a kernel is forced or the spec processes the input reversed."""
+    return _forced_kernel is None and spec.is_standard_cell and not spec.go_backwards
 
 
 def carry_last_valid_output(out: Tensor, lengths: Tensor, forward_features: int) -> Tensor:
@@ -237,7 +234,7 @@ def run_stack(
     cpu_training = x.device.type == "cpu" and needs_grad(x, h0, c0, layers)
     fused_ok = not (
         short_for_fused(x)
-        or (cpu_training and not every_step and torch_backward_too_slow(cpu_training, steps))
+        or torch_backward_too_slow(cpu_training, steps)
         or (cpu_training and native_training and native_trains_faster(spec, x, training))
     )
     step_mask = None if every_step else steps.step_mask(x.shape[0], x.device)
@@ -262,7 +259,7 @@ def _run_packed(
     """Packed data: torch's packed kernel, or padded (in sorted order), run with its lengths, packed again."""
     assert steps.batch_sizes is not None
     cpu_training = data.device.type == "cpu" and needs_grad(data, h0, c0, layers)
-    if fused_can_run(spec, data, None) and not torch_backward_too_slow(cpu_training, steps):
+    if packed_fused_can_run(spec) and not torch_backward_too_slow(cpu_training, steps):
         return run_packed_fused(spec, data, steps.batch_sizes, h0, c0, layers, training)
     padded, lengths = pad_packed_sequence(PackedSequence(data, steps.batch_sizes, None, None))
     out, h_n, c_n = run_stack(
