@@ -267,8 +267,11 @@ class Bidirectional(nn.Module):
             initial_state = list(initial_state)
             half = len(initial_state) // 2
             forward_state, backward_state = initial_state[:half], initial_state[half:]
-        if self.built and self._one_stack_spec(bool(training)) is not None:
-            y, y_rev = self._run_as_one_stack(inputs, mask, bool(training), forward_state, backward_state)
+        spec = self._one_stack_spec(bool(training)) if self.built else None
+        if spec is not None:
+            y, y_rev = self._run_as_one_stack(
+                spec, inputs, mask, bool(training), forward_state, backward_state
+            )
         else:
             y = self.forward_layer(inputs, mask=mask, training=training, initial_state=forward_state)
             y_rev = self.backward_layer(inputs, mask=mask, training=training, initial_state=backward_state)
@@ -321,6 +324,7 @@ class Bidirectional(nn.Module):
 
     def _run_as_one_stack(
         self,
+        spec: LSTMSpec,
         inputs: Any,
         mask: Any,
         training: bool,
@@ -330,10 +334,8 @@ class Bidirectional(nn.Module):
         """Both layers' results (each as its own call would return it) from one bidirectional stack: the
         reverse direction processes the counted steps from the last to the first, exactly as the backward
         layer does on the flipped input, and its outputs sit at their own time index (the backward layer's
-        processing order flipped back)."""
+        processing order flipped back). ``spec`` is :meth:`_one_stack_spec`'s for this call."""
         forward, backward = self.forward_layer, self.backward_layer
-        spec = self._one_stack_spec(training)
-        assert spec is not None
         x_tm, counted = forward._sequence_and_steps(inputs, mask)
         batch = x_tm.shape[1]
         if backward.stateful and batch != backward._expected_batch_size:
