@@ -22,6 +22,7 @@ from unilstm.activations import resolve
 from unilstm.kernels import dispatch
 from unilstm.kernels.fast import accepts, run_direction_fast
 from unilstm.kernels.reference import DirectionRun, run_direction_reference
+from unilstm.steps import EVERY_STEP, CountedSteps
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -191,8 +192,10 @@ def test_fused_flexible_dispatch_equals_reference(kwargs, padding):
     h0 = torch.randn(layer.num_layers * (2 if layer.bidirectional else 1), N, layer.spec.output_size,
                      dtype=torch.float64)
     c0 = torch.randn(h0.shape[0], N, 6, dtype=torch.float64)
-    assert dispatch.run_stack_fused_flexible(
-        layer.spec, x, h0, c0, layer.direction_weights(), None if mask is None else mask.t(), False
+    step_mask = None if mask is None else mask.t()
+    counted = EVERY_STEP if step_mask is None else CountedSteps(mask=step_mask)
+    assert dispatch._run_fused_standard(
+        layer.spec, x, h0, c0, layer.direction_weights(), counted, step_mask, False
     ) is not None
     results = []
     for kernel in ("reference", None):

@@ -188,16 +188,6 @@ def _run_fused_standard(
     return out, h_n, c_n
 
 
-def run_stack_fused_flexible(
-    spec: LSTMSpec, x: Tensor, h0: Tensor, c0: Tensor, layers: list[list[DirectionWeights]],
-    step_mask: Tensor | None, training: bool,
-) -> tuple[Tensor, Tensor, Tensor] | None:
-    """torch's fused kernel for a standard cell with go_backwards and a (T, B) ``step_mask`` (or None) with
-    either masked output, as :func:`run_stack` runs it (see :func:`_run_fused_standard`)."""
-    steps = EVERY_STEP if step_mask is None else CountedSteps(mask=step_mask)
-    return _run_fused_standard(spec, x, h0, c0, layers, steps, step_mask, training)
-
-
 def run_stack(
     spec: LSTMSpec,
     x: Tensor,
