@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..formats.keras_files import KerasFileError
+
 #: A Keras shape, batch first; None for a size the model leaves open (the batch, a variable time axis).
 Shape = tuple[int | None, ...]
 #: What a layer is called on or returns: one tensor, or a list of them.
@@ -30,9 +32,9 @@ Tensors = Tensor | list[Tensor]
 Masks = Tensor | None | list[Tensor | None]
 
 
-class KerasModelError(ValueError):
-    """A Keras model this library cannot run: an unsupported layer (named by class, name and place), a
-    config that does not describe a valid layer, or weights that do not fit their layer."""
+class KerasModelError(KerasFileError):
+    """A Keras model this library cannot run: an unsupported layer (named by class, name and place) or a
+    config that does not describe a valid layer. A :class:`KerasFileError` (and so a ``ValueError``)."""
 
 
 @dataclass(frozen=True)

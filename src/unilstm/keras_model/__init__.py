@@ -1,0 +1,10 @@
+"""Whole Keras models in torch: :func:`load_model` reads a Keras model file (every Keras generation since
+2.0) into a :class:`KerasModel`, a ``torch.nn.Module`` that runs the model with Keras's semantics, masks
+included. See ``docs/keras_models.md`` for the layers and the semantics notes."""
+
+from . import layers_recurrent  # noqa: F401  (registers the layers)
+from .base import REGISTRY, KerasLayer, KerasModelError, LayerSpec
+from .loading import load_model
+from .model import KerasModel
+
+__all__ = ["REGISTRY", "KerasLayer", "KerasModel", "KerasModelError", "LayerSpec", "load_model"]
