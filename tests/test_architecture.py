@@ -212,3 +212,18 @@ def main() -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def test_whole_keras_models_sit_on_the_keras_door() -> None:
+    """unilstm.keras_model runs layers through the Keras door's LSTM and reads files through the formats;
+    it reaches neither the kernels nor the conversion package nor the other front doors, and nothing below it
+    imports it."""
+    graph = import_graph()
+    forbidden = (
+        "unilstm.kernels", "unilstm.convert", "unilstm.mindspore", "unilstm.torch",
+        "unilstm.frontends.mindspore", "unilstm.frontends.torch",
+    )
+    offenders = _importers_of(graph, "unilstm.keras_model", forbidden)
+    for lower in ("unilstm.formats", "unilstm.frontends", "unilstm.layer", "unilstm.kernels"):
+        offenders += _importers_of(graph, lower, ("unilstm.keras_model",))
+    assert not offenders, "keras_model sits on the Keras door and the formats:\n" + "\n".join(offenders)

@@ -22,6 +22,7 @@ from .records import (
     KerasLayerRecord,
     PathLike,
     _attr_list,
+    _is_cudnn_shapes,
     _is_lstm_entry,
     _is_lstm_shapes,
     _is_model_entry,
@@ -477,6 +478,14 @@ def _index_legacy_entries(entries: list, index: dict[str, tuple[str, dict]]) -> 
 
 
 def _check_legacy_shapes(class_name: str, datasets: list[Any], path: Path, where: str) -> None:
+    if class_name == "CuDNNLSTM":
+        if not _is_cudnn_shapes(datasets):
+            raise KerasFileError(
+                f"{path}: CuDNNLSTM {where!r}: expected kernel (F, 4H), recurrent_kernel (H, 4H), "
+                f"bias (8H,), "
+                f"found shapes {[d.shape for d in datasets]}"
+            )
+        return
     half = len(datasets) // 2
     halves = [datasets] if class_name == "LSTM" else [datasets[:half], datasets[half:]]
     if not all(_is_lstm_shapes(h) for h in halves) or (class_name != "LSTM" and len(datasets) % 2):

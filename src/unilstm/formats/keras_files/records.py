@@ -77,6 +77,18 @@ class KerasLayerRecord:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
+def cudnn_as_lstm(
+    config: dict[str, Any], weights: list[np.ndarray]
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Keras 2's ``CuDNNLSTM`` as the LSTM that computes the same: sigmoid and tanh, one bias (4H,) = the
+    stored input bias (first half of its (8H,) bias) plus the recurrent bias (second half)."""
+    lstm = {k: v for k, v in config.items() if k not in ("batch_input_shape",)}
+    lstm.update(activation="tanh", recurrent_activation="sigmoid", use_bias=True, implementation=2)
+    kernel, recurrent, doubled = weights
+    half = doubled.shape[0] // 2
+    return lstm, [kernel, recurrent, doubled[:half] + doubled[half:]]
+
+
 def _has_keras2_keys(config: dict | None) -> bool:
     return isinstance(config, dict) and ("time_major" in config or "implementation" in config)
 
@@ -133,16 +145,30 @@ def _is_lstm_shapes(arrays: Sequence[np.ndarray]) -> bool:
     return ok
 
 
+def _is_cudnn_shapes(datasets: Sequence[Any]) -> bool:
+    """CuDNNLSTM: kernel (F, 4H), recurrent_kernel (H, 4H), bias (8H,): input bias then recurrent bias."""
+    if len(datasets) != 3:
+        return False
+    units = datasets[1].shape[0] if len(datasets[1].shape) == 2 else 0
+    return (
+        units > 0
+        and _is_lstm_shapes(datasets[:2])
+        and tuple(datasets[2].shape) == (8 * units,)
+    )
+
+
 def _unwrap_layer(entry: Any) -> tuple[str, dict]:
     """(class_name, config) of a serialized layer ``{"class_name": ..., "config": {...}}``."""
     if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
         raise ValueError(f"a layer entry must be a dict with a class_name, got {type(entry).__name__}")
     config = entry.get("config")
+    if isinstance(config, list):  # Keras 2.0-2.2 write a Sequential's config as its list of layers
+        return entry["class_name"], {"layers": config}
     return entry["class_name"], config if isinstance(config, dict) else {}
 
 
 def _is_lstm_entry(class_name: str, config: dict) -> bool:
-    if class_name == "LSTM":
+    if class_name in ("LSTM", "CuDNNLSTM"):
         return True
     if class_name == "Bidirectional":
         inner = config.get("layer")

@@ -12,7 +12,14 @@ import numpy as np
 
 from ..hdf5 import dataset_bytes, read_dataset
 from .limits import ByteBudget
-from .records import KerasFileError, KerasLayerRecord, _is_lstm_shapes, _text
+from .records import (
+    KerasFileError,
+    KerasLayerRecord,
+    _is_cudnn_shapes,
+    _is_lstm_shapes,
+    _text,
+    cudnn_as_lstm,
+)
 
 _FLOAT_SIZES = (2, 4, 8)
 _ACCEPTED = "float16, float32, float64 (or Keras's bfloat16)"
@@ -121,6 +128,14 @@ def _check_config(layer: PendingLayer, path: Path) -> None:
 
 
 def _check_shapes(layer: PendingLayer, path: Path) -> None:
+    if layer.class_name == "CuDNNLSTM":
+        if not _is_cudnn_shapes(layer.datasets):
+            raise KerasFileError(
+                f"{path}: CuDNNLSTM {layer.name!r} at {layer.where}: expected kernel (F, 4H), "
+                f"recurrent_kernel "
+                f"(H, 4H), bias (8H,), found shapes {[d.shape for d in layer.datasets]}"
+            )
+        return
     halves = _halves(layer)
     odd = layer.class_name != "LSTM" and len(layer.datasets) % 2
     if odd or not all(_is_lstm_shapes(h) for h in halves):
@@ -148,7 +163,7 @@ def finish_records(layers: list[PendingLayer], path: Path, budget: ByteBudget) -
         for dataset in layer.datasets:
             _check_dtype(dataset, path)
         _check_shapes(layer, path)
-        if layer.config is not None:
+        if layer.config is not None and layer.class_name != "CuDNNLSTM":
             _check_config(layer, path)
     for layer in layers:
         for dataset in layer.datasets:
@@ -156,15 +171,15 @@ def finish_records(layers: list[PendingLayer], path: Path, budget: ByteBudget) -
             budget.charge(
                 widened * dataset_bytes(dataset), f"dataset {dataset.name!r} {dataset.shape} {dataset.dtype}"
             )
-    return [
-        KerasLayerRecord(
-            layer.key,
-            layer.name,
-            layer.class_name,
-            layer.config,
-            [_read(dataset, path) for dataset in layer.datasets],
-            layer.keras_version,
-            layer.file_format,
-        )
-        for layer in layers
-    ]
+    return [_record(layer, [_read(dataset, path) for dataset in layer.datasets]) for layer in layers]
+
+
+def _record(layer: PendingLayer, arrays: list[np.ndarray]) -> KerasLayerRecord:
+    """The record of a read layer; Keras 2's CuDNNLSTM becomes the LSTM that computes the same."""
+    class_name, config = layer.class_name, layer.config
+    if class_name == "CuDNNLSTM":
+        config, arrays = cudnn_as_lstm(config or {}, arrays)
+        class_name = "LSTM"
+    return KerasLayerRecord(
+        layer.key, layer.name, class_name, config, arrays, layer.keras_version, layer.file_format
+    )
