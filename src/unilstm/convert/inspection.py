@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..formats.keras_files import KerasFileError
 from ..formats.onnx_export import require_onnx
+from ..keras_model.description import describe_model, format_model
 from .file_kinds import FRAMEWORK_OF, ConversionError, PathLike, detect_format
 from .reading import read_units, spec_json
 
@@ -16,7 +18,13 @@ def inspect_file(path: PathLike, fmt: str | None = None, *, require_crc: bool = 
     fmt = detect_format(path, fmt)
     if fmt == "onnx":
         return _inspect_onnx(path)
-    units = read_units(path, fmt=fmt, require_crc=require_crc)
+    model = _keras_model(path) if fmt in ("keras", "h5", "weights.h5") else None
+    try:
+        units = read_units(path, fmt=fmt, require_crc=require_crc)
+    except ValueError:
+        if model is None:
+            raise
+        units = []  # a Keras model without LSTM layers: its graph is still worth showing
     layers = []
     for unit in units:
         entry: dict[str, Any] = {
@@ -39,7 +47,19 @@ def inspect_file(path: PathLike, fmt: str | None = None, *, require_crc: bool = 
                 "keras2": unit.keras.keras2,
             }
         layers.append(entry)
-    return {"file": str(path), "format": fmt, "framework": FRAMEWORK_OF[fmt], "layers": layers}
+    info: dict[str, Any] = {"file": str(path), "format": fmt, "framework": FRAMEWORK_OF[fmt]}
+    info["layers"] = layers
+    if model is not None:
+        info["model"] = model
+    return info
+
+
+def _keras_model(path: PathLike) -> dict[str, Any] | None:
+    """The whole-model description of a Keras file with a model config (None for weights-only files)."""
+    try:
+        return describe_model(path)
+    except KerasFileError:
+        return None
 
 
 def _inspect_onnx(path: PathLike) -> dict[str, Any]:
@@ -118,5 +138,7 @@ def format_inspection(info: dict[str, Any]) -> str:
             lines.append(f"    {name}: {tuple(p['shape'])} {p['dtype']}")
         for note in layer["notes"]:
             lines.append(f"    note: {note}")
+    if "model" in info:
+        lines.append(format_model(info["model"]))
     return "\n".join(lines)
 

@@ -100,10 +100,14 @@ class KerasModel(KerasLayer):
         spec: LayerSpec,
         custom_objects: Mapping[str, Any] | None = None,
         input_shapes: Sequence[Shape] | None = None,
+        problems: dict[str, str] | None = None,
     ) -> None:
         super().__init__(spec)
         self.graph = graph
         self.custom_objects = dict(custom_objects or {})
+        #: given (by :func:`.description.describe_model`): a layer that cannot be built is noted here, by
+        #: name, instead of refused, and the calls after it are left out.
+        self.problems = problems
         self._by_name: dict[str, KerasLayer] = {}
         self._module_names: dict[str, str] = {}
         self._plan = self._order()
@@ -115,7 +119,13 @@ class KerasModel(KerasLayer):
         for ref, shape in zip(graph.inputs, self.input_shapes, strict=True):
             self._shapes[ref] = shape
         for layer, index in self._plan:
-            self._build_call(layer, index)
+            if problems is None:
+                self._build_call(layer, index)
+                continue
+            try:
+                self._build_call(layer, index)
+            except KerasModelError as error:
+                problems.setdefault(layer.name, str(error))
         self.eval()
 
     # -- building ---------------------------------------------------------------------------------------
@@ -169,7 +179,7 @@ class KerasModel(KerasLayer):
         )
         if layer.kind == "model":
             inner = parse_model(layer.entry, self.graph.keras2, where)
-            return KerasModel(inner, spec, self.custom_objects, input_shapes)
+            return KerasModel(inner, spec, self.custom_objects, input_shapes, self.problems)
         custom = self.custom_objects.get(layer.class_name)
         if custom is not None:
             if isinstance(custom, type) and issubclass(custom, KerasLayer):
@@ -190,9 +200,9 @@ class KerasModel(KerasLayer):
         input_refs = _flat_refs(inputs)
         missing = [r for r in input_refs if r not in self._shapes]
         if missing:
-            raise KerasModelError(
-                f"{self._where(layer)}: its input {missing[0]} is not computed by the graph"
-            )
+            blocked = self.problems is not None and missing[0].layer in self.problems
+            why = "comes after an unsupported layer" if blocked else "is not computed by the graph"
+            raise KerasModelError(f"{self._where(layer)}: its input {missing[0].layer!r} {why}")
         input_shapes = [self._shapes[r] for r in input_refs]
         node = index + layer.first_node
         if layer.kind == "operation":
@@ -224,6 +234,9 @@ class KerasModel(KerasLayer):
         ]
 
     def output_shape(self, input_shapes: Sequence[Shape]) -> Shape | list[Shape]:
+        missing = [r.layer for r in self.graph.outputs if r not in self._shapes]
+        if missing:
+            raise KerasModelError(f"model {self.graph.name!r}: its output {missing[0]!r} cannot be computed")
         shapes = [self._shapes[r] for r in self.graph.outputs]
         return shapes if self.graph.outputs_nested or len(shapes) > 1 else shapes[0]
 
@@ -319,9 +332,13 @@ class KerasModel(KerasLayer):
 
 
 def build_model(
-    config: Mapping[str, Any], keras2: bool, custom_objects: Mapping[str, Any] | None
+    config: Mapping[str, Any],
+    keras2: bool,
+    custom_objects: Mapping[str, Any] | None,
+    problems: dict[str, str] | None = None,
 ) -> KerasModel:
-    """A :class:`KerasModel` (weights not loaded) from a serialized model."""
+    """A :class:`KerasModel` (weights not loaded) from a serialized model; ``problems``: see
+    :attr:`KerasModel.problems`."""
     graph = parse_model(config, keras2)
     spec = LayerSpec(
         graph.name,
@@ -332,4 +349,4 @@ def build_model(
         f"model {graph.name!r}",
         dict(custom_objects or {}),
     )
-    return KerasModel(graph, spec, custom_objects)
+    return KerasModel(graph, spec, custom_objects, None, problems)
