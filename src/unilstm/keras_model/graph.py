@@ -264,6 +264,24 @@ def refs_in(value: Any) -> list[Ref]:
     return _refs_in(value)
 
 
+def _first_input(entry: Mapping[str, Any], depth: int) -> tuple[Any, str]:
+    """The input shape and dtype a Sequential's first layer declares (Keras 2's ``batch_input_shape``), looking
+    into a model that is the first layer."""
+    if depth > MAX_NESTING:
+        raise KerasModelError(f"models nested more than {MAX_NESTING} deep")
+    config = entry.get("config")
+    if is_model_entry(entry):
+        layers = config if isinstance(config, list) else (config or {}).get("layers")
+        if isinstance(layers, list) and layers and isinstance(layers[0], dict):
+            return _first_input(layers[0], depth + 1)
+        return None, "float32"
+    config = config if isinstance(config, dict) else {}
+    shape = config.get("batch_input_shape", config.get("batch_shape"))
+    if entry.get("class_name") == "Embedding":
+        return shape, "int32"
+    return shape, _dtype_name(config.get("dtype")) if config.get("dtype") else "float32"
+
+
 def _sequential(
     model: Mapping[str, Any], name: str, entries: list[dict[str, Any]], keras2: bool, where: str
 ) -> Graph:
@@ -276,8 +294,7 @@ def _sequential(
         input_layer = _input_layer(first, layer_name(first), f"InputLayer of {where}")
         entries = entries[1:]
     else:
-        first_config = first.get("config") or {}
-        shape = first_config.get("batch_input_shape", first_config.get("batch_shape"))
+        shape, dtype = _first_input(first, 0)
         if shape is None and isinstance(config, dict):
             shape = config.get("build_input_shape")
         if shape is None:
@@ -285,10 +302,9 @@ def _sequential(
                 f"{where}: the Sequential model was saved unbuilt: no input shape on its first layer "
                 "(batch_input_shape) or in its config (build_input_shape)"
             )
-        dtype = first_config.get("dtype") if first.get("class_name") != "Embedding" else "int32"
         input_layer = GraphLayer(f"{name}_input", "InputLayer", {}, {}, "input")
         input_layer.input_shape = _shape(shape, f"the input of {where}")
-        input_layer.input_dtype = _dtype_name(dtype) if dtype else "float32"
+        input_layer.input_dtype = dtype
     layers[input_layer.name] = input_layer
     previous = Ref(input_layer.name, 0, 0)
     for position, entry in enumerate(entries):
