@@ -52,7 +52,8 @@ def load_fixture(path: Path) -> LayerFixture:
         outputs = [data[k] for k in _indexed(data, "output_")]
         masks = [data[f"mask_{i}"] if f"mask_{i}" in data.files else None for i in range(len(inputs))]
         output_masks = [
-            data[f"output_mask_{i}"] if f"output_mask_{i}" in data.files else None for i in range(len(outputs))
+            data[f"output_mask_{i}"] if f"output_mask_{i}" in data.files else None
+            for i in range(len(outputs))
         ]
         weights = [data[k] for k in _indexed(data, "weight_")]
     spec = LayerSpec(
@@ -101,10 +102,7 @@ def run_fixture(fixture: LayerFixture) -> tuple[list[torch.Tensor], list[torch.T
     else:
         outputs, out_masks = layer(tensors[0], masks[0], **fixture.call_kwargs)
     output_list = outputs if isinstance(outputs, list) else [outputs]
-    if isinstance(out_masks, list):
-        mask_list = out_masks
-    else:
-        mask_list = [out_masks] * len(output_list)
+    mask_list = out_masks if isinstance(out_masks, list) else [out_masks] * len(output_list)
     return output_list, mask_list
 
 
@@ -113,7 +111,9 @@ def assert_matches(fixture: LayerFixture, rtol: float = 1e-5, atol: float = 1e-6
     outputs, masks = run_fixture(fixture)
     assert len(outputs) == len(fixture.outputs), fixture.path.name
     for got, want in zip(outputs, fixture.outputs, strict=True):
-        np.testing.assert_allclose(got.detach().numpy(), want, rtol=rtol, atol=atol, err_msg=fixture.path.name)
+        np.testing.assert_allclose(
+            got.detach().numpy(), want, rtol=rtol, atol=atol, err_msg=fixture.path.name
+        )
     for got_mask, want_mask in zip(masks, fixture.output_masks, strict=True):
         if want_mask is None:
             assert got_mask is None, f"{fixture.path.name}: Keras drops the mask, the layer passed one on"

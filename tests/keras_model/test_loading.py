@@ -87,7 +87,7 @@ def test_weights_that_do_not_fit_the_config_are_refused_before_reading(tmp_path)
 
 
 def test_a_huge_declared_layer_is_refused_without_allocating(tmp_path):
-    """A crafted config declaring a billion units: the stored arrays do not fit, nothing of that size is made."""
+    """A crafted config declaring a billion units: the stored arrays do not fit; nothing that big is made."""
     config = keras22_sequential([keras22_lstm("lstm_1", 10**9, [None, 5, 3])])
     path = write_legacy_h5(tmp_path / "huge.h5", config, {"lstm_1": lstm_group("lstm_1", lstm_weights(3, 2))})
     with pytest.raises(

@@ -265,8 +265,8 @@ def refs_in(value: Any) -> list[Ref]:
 
 
 def _first_input(entry: Mapping[str, Any], depth: int) -> tuple[Any, str]:
-    """The input shape and dtype a Sequential's first layer declares (Keras 2's ``batch_input_shape``), looking
-    into a model that is the first layer."""
+    """The input shape and dtype a Sequential's first layer declares (Keras 2's ``batch_input_shape``),
+    looking into a model that is the first layer."""
     if depth > MAX_NESTING:
         raise KerasModelError(f"models nested more than {MAX_NESTING} deep")
     config = entry.get("config")
