@@ -152,7 +152,8 @@ def _keras_sequence(path: PathLike) -> list[str] | None:
         config = read_keras_model_config(path)
     if not isinstance(config, dict) or config.get("class_name") != "Sequential":
         return None
-    layers = config.get("config", {}).get("layers", [])
+    inner = config.get("config")
+    layers = inner if isinstance(inner, list) else (inner or {}).get("layers", [])  # Keras 2.0-2.2: a list
     return [
         entry.get("config", {}).get("name") for entry in layers if entry.get("class_name") != "InputLayer"
     ]
