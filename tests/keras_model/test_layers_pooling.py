@@ -162,6 +162,7 @@ def test_pooling_shapes_and_no_weights(class_name, config, shape, expected):
             (None, 9, 4),
             "activation 'my_act'",
         ),
+        ("Conv1D", {"filters": 2, "kernel_size": 3, "activation": "threshold"}, (None, 9, 4), "'threshold'"),
         (
             "Conv1D",
             {"filters": 2, "kernel_size": 3, "padding": "full"},

@@ -120,7 +120,11 @@ class GlobalAveragePooling1D(KerasLayer):
         present = m.to(torch.bool).unsqueeze(2 if self.data_format == "channels_last" else 1)
         weights = present.to(x.dtype)
         # Keras 3 selects the present steps (a masked inf or NaN is dropped); Keras 2 multiplies by the mask.
-        kept = x * weights if self.spec.keras2 else torch.where(present, x, torch.zeros((), dtype=x.dtype))
+        kept = (
+            x * weights
+            if self.spec.keras2
+            else torch.where(present, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        )
         total = kept.sum(dim=axis, keepdim=self.keepdims)
         return total / weights.sum(dim=axis, keepdim=self.keepdims), None
 
