@@ -2,7 +2,12 @@
 2.0) into a :class:`KerasModel`, a ``torch.nn.Module`` that runs the model with Keras's semantics, masks
 included. See ``docs/keras_models.md`` for the layers and the semantics notes."""
 
-from . import layers_recurrent  # noqa: F401  (registers the layers)
+from . import (  # noqa: F401  (importing them registers the layers)
+    layers_attention,
+    layers_merge,
+    layers_pooling,
+    layers_recurrent,
+)
 from .base import REGISTRY, KerasLayer, KerasModelError, LayerSpec
 from .loading import load_model
 from .model import KerasModel

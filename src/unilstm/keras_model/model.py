@@ -24,6 +24,8 @@ from .base import REGISTRY, KerasLayer, KerasModelError, LayerSpec, Masks, Shape
 from .graph import Call, Graph, GraphLayer, Ref, parse_model, refs_in
 from .operations import operation
 
+#: Call arguments that carry tensors or the training flag, not options that shape a layer's outputs.
+_TENSOR_ARGUMENTS = frozenset({"mask", "training", "initial_state", "constants"})
 _INT_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
 _FLOAT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -218,7 +220,17 @@ class KerasModel(KerasLayer):
             name = _module_name(layer.name, set(self._module_names.values()))
             self._module_names[layer.name] = name
             self.add_module(name, module)
-        outputs = module.output_shape(input_shapes)
+        options = {k: v for k, v in call.kwargs.items() if k not in _TENSOR_ARGUMENTS}
+        try:
+            outputs = (
+                module.output_shape(input_shapes, **options) if options else module.output_shape(input_shapes)
+            )
+        except TypeError:
+            if not options:
+                raise
+            raise KerasModelError(
+                f"{self._where(layer)}: is called with {sorted(options)}, which this layer does not take"
+            ) from None
         output_list = outputs if isinstance(outputs, list) else [outputs]
         for position, shape in enumerate(output_list):
             self._shapes[Ref(layer.name, node, position)] = tuple(shape)
