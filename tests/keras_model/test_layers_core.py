@@ -163,6 +163,18 @@ def test_embedding_input_length_fixes_the_output_shape() -> None:
         make("Embedding", {"input_dim": 3, "output_dim": 2, "input_length": 5}, (None, 4), keras2=True)
 
 
+def test_masking_zeroes_masked_steps_with_where_in_keras3_and_multiplies_in_tf_keras() -> None:
+    """Measured: Masking(inf) on a step of infs gives [0, 0] in Keras 3 (``where``) and [nan, nan] in tf-keras
+    (``x * mask``); present steps pass unchanged and the mask ignores the incoming one."""
+    x = torch.tensor([[[math.inf, math.inf], [1.0, 2.0]]])
+    incoming = torch.tensor([[True, False]])
+    for keras2, masked_step in ((False, [0.0, 0.0]), (True, [math.nan, math.nan])):
+        out, mask = make("Masking", {"mask_value": math.inf}, (None, 2, 2), keras2=keras2)(x, incoming)
+        np.testing.assert_array_equal(out[0, 0].numpy(), masked_step)
+        assert out[0, 1].tolist() == [1.0, 2.0]
+        assert mask.tolist() == [[False, True]]
+
+
 # -- weight shapes ----------------------------------------------------------------------------------------
 
 

@@ -455,7 +455,8 @@ class TimeDistributed(KerasLayer):
     Keras 3 runs the inner layer step by step: in training, where that matters (a BatchNormalization takes
     each step's batch statistics and updates its moving ones T times), it is run so too. The output mask is
     the input mask in Keras 3; in tf-keras it is the inner layer's output mask reshaped to ``(B, T, ...)``
-    where the inner layer makes one, else the input mask reduced to ``(B, T)`` with ``any``.
+    where the inner layer makes one, else the input mask reduced to ``(B, T)`` with ``any`` (measured with
+    the batch size open and fixed: tf-keras's two code paths agree on this).
     """
 
     def __init__(self, spec: LayerSpec) -> None:
