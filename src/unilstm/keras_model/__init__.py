@@ -4,9 +4,12 @@ included. See ``docs/keras_models.md`` for the layers and the semantics notes.""
 
 from . import (  # noqa: F401  (importing them registers the layers)
     layers_attention,
+    layers_core,
     layers_merge,
+    layers_noise,
     layers_pooling,
     layers_recurrent,
+    layers_shape,
 )
 from .base import REGISTRY, KerasLayer, KerasModelError, LayerSpec
 from .loading import load_model

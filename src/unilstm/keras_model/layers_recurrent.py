@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from ..formats.keras_files.records import cudnn_as_lstm_weights
 from ..frontends.keras import LSTM as KerasLSTM  # noqa: N811
 from ..frontends.keras_bidirectional import Bidirectional as KerasBidirectional
 from .base import KerasLayer, LayerSpec, Masks, Shape, Tensors, register
@@ -121,8 +122,9 @@ class LSTMLayer(KerasLayer):
 
 @register("CuDNNLSTM")
 class CuDNNLSTMLayer(LSTMLayer):
-    """Keras 2's ``CuDNNLSTM``: an LSTM with sigmoid and tanh whose stored bias (8H,) holds the input bias
-    then the recurrent bias; the layer adds the two (the same function on any device)."""
+    """Keras 2's ``CuDNNLSTM``: an LSTM with sigmoid and tanh; its stored weights are cuDNN's layout (a bias
+    (8H,) of input then recurrent bias, kernel blocks flattened for cuDNN), read as Keras's own loader reads
+    them into an LSTM (:func:`~unilstm.formats.keras_files.records.cudnn_as_lstm_weights`)."""
 
     def __init__(self, spec: LayerSpec) -> None:
         unknown = sorted(set(spec.config) - _CUDNN_ARGUMENTS)
@@ -139,9 +141,7 @@ class CuDNNLSTMLayer(LSTMLayer):
         return KerasLSTM.from_config(config, keras2=True)
 
     def load(self, arrays: Sequence[np.ndarray]) -> None:
-        kernel, recurrent, doubled = arrays
-        half = doubled.shape[0] // 2
-        self.cell.set_weights([kernel, recurrent, doubled[:half] + doubled[half:]])
+        self.cell.set_weights(cudnn_as_lstm_weights(arrays))
 
 
 @register("Bidirectional")

@@ -54,6 +54,28 @@ def _elementwise(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[..., Tensor
     return run
 
 
+_DTYPES = {
+    "bool": torch.bool,
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "float16": torch.float16,
+}
+
+
+def _convert_to_tensor(x: Any, dtype: Any = None, sparse: Any = None, ragged: Any = None) -> Tensor:
+    """``keras.ops.convert_to_tensor``: Keras 3 records it on a mask handed on explicitly."""
+    tensor = torch.as_tensor(x)
+    if sparse or ragged:
+        raise KerasModelError("convert_to_tensor: sparse and ragged tensors are not supported")
+    if dtype is None:
+        return tensor
+    if dtype not in _DTYPES:
+        raise KerasModelError(f"convert_to_tensor: dtype {dtype!r} is not supported")
+    return tensor.to(_DTYPES[dtype])
+
+
 #: class name -> (function of the call's arguments, output shape from the arguments' shapes and kwargs).
 OPERATIONS: dict[str, tuple[Callable[..., Tensor], Callable[..., Shape]]] = {
     "NotEqual": (_elementwise(torch.ne), lambda shapes, **_: _broadcast(shapes)),
@@ -61,6 +83,7 @@ OPERATIONS: dict[str, tuple[Callable[..., Tensor], Callable[..., Shape]]] = {
     "LogicalAnd": (_elementwise(torch.logical_and), lambda shapes, **_: _broadcast(shapes)),
     "LogicalOr": (_elementwise(torch.logical_or), lambda shapes, **_: _broadcast(shapes)),
     "LogicalNot": (torch.logical_not, lambda shapes, **_: shapes[0]),
+    "ConvertToTensor": (_convert_to_tensor, lambda shapes, **_: shapes[0]),
     "Any": (
         _reduce(torch.any),
         lambda shapes, axis=None, keepdims=False: _reduced(shapes[0], axis, keepdims),

@@ -255,8 +255,9 @@ def is_model_entry(entry: Mapping[str, Any]) -> bool:
 
 def is_operation_entry(entry: Mapping[str, Any]) -> bool:
     """A Keras 3 operation recorded in a functional graph (``keras.ops.not_equal`` of an Embedding's mask
-    ...): module ``keras.src.ops.*``, or in a legacy ``.h5`` (which drops modules) a config holding neither
-    ``trainable`` nor ``dtype``, which every layer has."""
+    ...): module ``keras.src.ops.*``, or in a legacy ``.h5`` (which drops modules) a config with neither
+    ``trainable`` nor a ``dtype`` (every Keras 3 layer's config has one of them; an operation's holds its
+    name and arguments, ``ConvertToTensor``'s a ``dtype`` of null)."""
     module = entry.get("module")
     if isinstance(module, str):
         return module.startswith("keras.src.ops")
@@ -264,7 +265,7 @@ def is_operation_entry(entry: Mapping[str, Any]) -> bool:
     return (
         isinstance(config, dict)
         and "trainable" not in config
-        and "dtype" not in config
+        and config.get("dtype") is None
         and entry.get("class_name") != "InputLayer"
         and not is_model_entry(entry)
     )

@@ -80,13 +80,27 @@ class KerasLayerRecord:
 def cudnn_as_lstm(
     config: dict[str, Any], weights: list[np.ndarray]
 ) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """Keras 2's ``CuDNNLSTM`` as the LSTM that computes the same: sigmoid and tanh, one bias (4H,) = the
-    stored input bias (first half of its (8H,) bias) plus the recurrent bias (second half)."""
+    """Keras 2's ``CuDNNLSTM`` as the LSTM that computes the same: sigmoid and tanh, and the weights Keras's
+    own loader (``_convert_rnn_weights``) gives an LSTM from them (see :func:`cudnn_as_lstm_weights`)."""
     lstm = {k: v for k, v in config.items() if k not in ("batch_input_shape",)}
     lstm.update(activation="tanh", recurrent_activation="sigmoid", use_bias=True, implementation=2)
-    kernel, recurrent, doubled = weights
+    return lstm, cudnn_as_lstm_weights(weights)
+
+
+def cudnn_as_lstm_weights(weights: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """A CuDNNLSTM's stored ``[kernel (F, 4H), recurrent_kernel (H, 4H), bias (8H,)]`` as an LSTM's.
+
+    CuDNNLSTM hands each gate's (F, H) kernel block to cuDNN flattened in row-major order, where cuDNN reads
+    an (H, F) matrix W_g with gate = W_g x: so the LSTM's block is ``K_g.reshape(H, F).T`` (not ``K_g``),
+    the recurrent block ``R_g.T``, and the bias the input half plus the recurrent half (Keras 2.2.4
+    ``saving._convert_rnn_weights``, tf-keras ``hdf5_format._convert_rnn_weights``)."""
+    kernel, recurrent, doubled = (np.asarray(w) for w in weights)
+    units = recurrent.shape[0]
+    features = kernel.shape[0]
+    kernels = [block.reshape(units, features).T for block in np.hsplit(kernel, 4)]
+    recurrents = [block.T for block in np.hsplit(recurrent, 4)]
     half = doubled.shape[0] // 2
-    return lstm, [kernel, recurrent, doubled[:half] + doubled[half:]]
+    return [np.hstack(kernels), np.hstack(recurrents), doubled[:half] + doubled[half:]]
 
 
 def _has_keras2_keys(config: dict | None) -> bool:
