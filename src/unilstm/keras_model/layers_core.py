@@ -77,8 +77,8 @@ def known_dim(spec: LayerSpec, shape: Shape, axis: int, what: str) -> int:
 
 
 def normalized_axes(spec: LayerSpec, axis: Any, rank: int) -> list[int]:
-    """Keras's ``axis`` argument (an int or a list of ints, negative counting from the end) as sorted
-    non-negative axes; an axis 0 (the batch), out of range or repeated is an error."""
+    """Keras's ``axis`` argument (an int or a list of ints, negative counting from the end) as non-negative
+    axes in the given order; an axis 0 (the batch), out of range or repeated is an error."""
     axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
     if not axes or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
         raise spec.error(f"axis must be an int or a list of ints, got {axis!r}")
