@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from ..activations import resolve
 from ..spec import LSTMSpec
 from ..steps import EVERY_STEP, CountedSteps
-from . import policy
+from . import first_use, policy
 from .fast import accepts as fast_accepts
 from .fast import run_direction_fast
 from .fused import run_packed_fused, run_stack_fused
@@ -212,7 +212,8 @@ def run_stack(
         training: enables dropout, input dropout and recurrent dropout.
         generator: random source for the dropout masks.
         native_training: let CPU training of standard cells run the native kernel (see
-            :func:`native_trains_faster`); False keeps torch's own kernel there, bit for bit torch.nn.LSTM.
+            :func:`native_trains_faster`) and CPU inference choose it where it measures faster (see
+            :func:`inference_is_measured`); False keeps torch's own kernel there, bit for bit torch.nn.LSTM.
 
     Returns:
         output (T, B, D*P) (in processing order when ``spec.go_backwards``; packed (N, D*P) for packed
@@ -229,10 +230,40 @@ def run_stack(
     )
     step_mask = None if every_step else steps.step_mask(x.shape[0], x.device)
     if fused_ok and _forced_kernel is None and spec.is_standard_cell:
+        if native_training and inference_is_measured(x, training, cpu_training):
+            return _fastest_inference(spec, x, h0, c0, layers, steps, step_mask, generator)
         fused = _run_fused_standard(spec, x, h0, c0, layers, steps, step_mask, training)
         if fused is not None:
             return fused
     return _run_layer_by_layer(spec, x, h0, c0, layers, step_mask, training, generator)
+
+
+def inference_is_measured(x: Tensor, training: bool, cpu_training: bool) -> bool:
+    """CPU inference of a standard cell (no autograd, no dropout) chooses between torch's fused kernel and
+    the native kernel by measuring both at first use (:mod:`.first_use`): which is faster depends on the
+    processor."""
+    return (
+        first_use.measuring()
+        and not (training or cpu_training)
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and native_available()
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def _fastest_inference(
+    spec: LSTMSpec, x: Tensor, h0: Tensor, c0: Tensor, layers: list[list[DirectionWeights]],
+    steps: CountedSteps, step_mask: Tensor | None, generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    kind = first_use.inference_kind(spec, x, step_mask is not None)
+    return first_use.fastest(
+        kind,
+        {
+            "torch_fused": lambda: _run_fused_standard(spec, x, h0, c0, layers, steps, step_mask, False),
+            "native": lambda: _run_layer_by_layer(spec, x, h0, c0, layers, step_mask, False, generator),
+        },
+    )
 
 
 def torch_backward_too_slow(cpu_training: bool, steps: CountedSteps) -> bool:
