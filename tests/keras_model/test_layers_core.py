@@ -308,10 +308,10 @@ def test_weight_shapes_come_from_config_and_input_shape(
         ("RepeatVector", {"n": 2}, (None, 4, 3), False, "needs inputs"),
         (
             "TimeDistributed",
-            {"layer": {"class_name": "Conv1D", "config": {}}},
+            {"layer": {"class_name": "GRU", "config": {}}},
             (None, 4, 3),
             False,
-            "'Conv1D' is not supported",
+            "'GRU' is not supported",
         ),
         ("TimeDistributed", {"layer": "Dense"}, (None, 4, 3), False, "serialized inner layer"),
         (
