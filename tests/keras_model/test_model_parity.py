@@ -60,6 +60,9 @@ def test_outputs_match_the_framework_that_wrote_the_file(path: Path, npz: Path):
     with torch.no_grad():
         got = model(*_indexed(data, "input_"))
     expected = _indexed(data, "output_")
+    returned = json.loads(str(data["spec"])).get("returned")
+    if returned is not None:  # what Keras's model(x) returned: a lone tensor or a list
+        assert isinstance(got, list) == (returned == "list"), returned
     got_list = got if isinstance(got, list) else [got]
     assert len(got_list) == len(expected)
     for tensor, want in zip(got_list, expected, strict=True):

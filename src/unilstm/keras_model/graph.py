@@ -71,8 +71,8 @@ class GraphLayer:
 
 @dataclass
 class Graph:
-    """A model: its layers in config order, its inputs and outputs (``*_nested``: Keras returns a list even
-    for one output / takes a list for one input)."""
+    """A model: its layers in config order, its inputs and outputs (``outputs_nested``: the config lists
+    its outputs as a list; Keras still returns a lone output as a tensor)."""
 
     name: str
     class_name: str

@@ -91,7 +91,7 @@ class KerasModel(KerasLayer):
 
     Call it like Keras's ``model(inputs)``: ``model(x)`` or ``model(x1, x2)`` (or ``model([x1, x2])``),
     numpy arrays or tensors; integer ids where the model takes ids. Returns one tensor, or a list for a model
-    with several outputs (or with its outputs given as a list). ``model.eval()`` (the default) is Keras's
+    with several outputs (a lone output is a tensor, also for ``Model(x, [y])``, as in Keras). ``model.eval()`` (the default) is Keras's
     ``training=False``; ``model.train()`` is ``training=True`` (dropout and noise active, BatchNormalization
     on batch statistics).
     """
@@ -250,7 +250,7 @@ class KerasModel(KerasLayer):
         if missing:
             raise KerasModelError(f"model {self.graph.name!r}: its output {missing[0]!r} cannot be computed")
         shapes = [self._shapes[r] for r in self.graph.outputs]
-        return shapes if self.graph.outputs_nested or len(shapes) > 1 else shapes[0]
+        return shapes if len(shapes) > 1 else shapes[0]
 
     def call(self, inputs: Tensors, mask: Masks = None, **kwargs: Any) -> tuple[Tensors, Masks]:
         tensors = inputs if isinstance(inputs, list) else [inputs]
@@ -267,7 +267,7 @@ class KerasModel(KerasLayer):
             self._run_call(layer, index, values, value_masks)
         outputs = [values[r] for r in self.graph.outputs]
         out_masks = [value_masks.get(r) for r in self.graph.outputs]
-        if self.graph.outputs_nested or len(outputs) > 1:
+        if len(outputs) > 1:  # Keras returns a lone output as a tensor, even from Model(x, [y])
             return outputs, out_masks
         return outputs[0], out_masks[0]
 
