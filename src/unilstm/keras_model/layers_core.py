@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..activations import Activation, resolve
@@ -171,13 +172,17 @@ class Embedding(KerasLayer):
         index = ids if ids.dtype in (torch.int32, torch.int64) else ids.to(torch.int32)
         index = index.long()
         low = -self.input_dim if not self.spec.keras2 else 0
-        if index.numel() and (int(index.min()) < low or int(index.max()) >= self.input_dim):
-            bad = index[(index < low) | (index >= self.input_dim)][0]
-            raise self.spec.error(
-                f"id {int(bad)} is out of range [{low}, {self.input_dim}) (Keras fails on it too)"
-            )
-        index = torch.where(index < 0, index + self.input_dim, index)
-        return self.embeddings[index], out_mask
+        smallest = 0
+        if index.numel():
+            smallest, largest = (int(v) for v in torch.aminmax(index))
+            if smallest < low or largest >= self.input_dim:
+                bad = index[(index < low) | (index >= self.input_dim)][0]
+                raise self.spec.error(
+                    f"id {int(bad)} is out of range [{low}, {self.input_dim}) (Keras fails on it too)"
+                )
+        if smallest < 0:
+            index = torch.where(index < 0, index + self.input_dim, index)
+        return F.embedding(index, self.embeddings), out_mask
 
 
 @register("Masking")

@@ -91,7 +91,8 @@ class KerasModel(KerasLayer):
 
     Call it like Keras's ``model(inputs)``: ``model(x)`` or ``model(x1, x2)`` (or ``model([x1, x2])``),
     numpy arrays or tensors; integer ids where the model takes ids. Returns one tensor, or a list for a model
-    with several outputs (a lone output is a tensor, also for ``Model(x, [y])``, as in Keras). ``model.eval()`` (the default) is Keras's
+    with several outputs (a lone output is a tensor, also for ``Model(x, [y])``, as in Keras).
+    ``model.eval()`` (the default) is Keras's
     ``training=False``; ``model.train()`` is ``training=True`` (dropout and noise active, BatchNormalization
     on batch statistics).
     """
