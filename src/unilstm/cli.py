@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from types import FrameType
 
 from . import convert as _convert
+from .convert.verification import DIFFERENCE
 
 EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
 
@@ -58,7 +59,16 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--from", dest="source_format", choices=_convert.READABLE, help="SRC's format")
     convert.add_argument("--to", dest="target_format", choices=_convert.WRITABLE, help="DST's format")
     convert.add_argument("--layer", help="convert only this layer (Keras name or key, or parameter prefix)")
-    convert.add_argument("--prefix", default="", help="prefix for the written parameter names, e.g. encoder.")
+    convert.add_argument(
+        "--prefix",
+        help="prefix for the written parameter names, e.g. encoder. (default: a state-dict source's own)",
+    )
+    convert.add_argument(
+        "--batch-first",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the source's stacks took (B, T, F) inputs (for .ckpt / plain .pt sources, which do not say)",
+    )
     convert.add_argument("--source-prefix", help="read only parameters under this prefix from SRC")
     convert.add_argument(
         "--weights-only",
@@ -66,7 +76,10 @@ def _parser() -> argparse.ArgumentParser:
         help="write the weights even where DST's framework cannot express the source's semantics",
     )
     convert.add_argument(
-        "--tolerance", type=_tolerance, default=1e-5, help="largest accepted difference, >= 0 (1e-5)"
+        "--tolerance",
+        type=_tolerance,
+        default=1e-5,
+        help="largest accepted difference, >= 0 (1e-5): max |target - source| / max(1, max |source|)",
     )
     convert.add_argument("--opset", type=int, help="ONNX opset (default 17)")
     convert.add_argument(
@@ -116,6 +129,7 @@ def _run_convert(args: argparse.Namespace) -> int:
             layer=args.layer,
             prefix=args.prefix,
             source_prefix=args.source_prefix,
+            batch_first=args.batch_first,
             weights_only=args.weights_only,
             tolerance=args.tolerance,
             emit_code=args.emit_code,
@@ -143,7 +157,10 @@ def _run_convert(args: argparse.Namespace) -> int:
             print(f"  note: {note}")
         if report.verified:
             _print_differences(report.differences)
-            print(f"verified: max difference {report.max_difference:.3g} <= tolerance {report.tolerance:g}")
+            print(
+                f"verified: max difference {report.max_difference:.3g} <= tolerance {report.tolerance:g} "
+                f"({DIFFERENCE})"
+            )
         else:
             print("not verified (--weights-only with semantics the target cannot express)")
         if report.emitted:

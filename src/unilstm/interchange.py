@@ -69,6 +69,9 @@ class InterchangeLSTM:
     notes: list[str] = field(default_factory=list)
     config_stored: bool = True
     blocking: str | None = None
+    #: the stack's parameter prefix in a state-dict source (``"lstm."``, ``"encoder.rnn."``), which a
+    #: state-dict target keeps by default; "" for Keras sources and parameters at the root.
+    source_prefix: str = ""
 
     @property
     def dtype(self) -> torch.dtype:

@@ -20,6 +20,7 @@ from ..frontends.keras_files import load_layers, record_from_layer
 from ..frontends.mindspore import LSTM as MindSporeLSTM  # noqa: N811
 from ..frontends.torch import LSTM as TorchLSTM  # noqa: N811
 from ..interchange import InterchangeLSTM
+from ..keras_model.description import describe_model
 from ..layer import LSTM
 from ..parameter_names import parameter_names
 from .emitted_code import write_emitted_code
@@ -64,7 +65,7 @@ def convert(
     source_format: str | None = None,
     target_format: str | None = None,
     layer: str | None = None,
-    prefix: str = "",
+    prefix: str | None = None,
     source_prefix: str | None = None,
     weights_only: bool = False,
     tolerance: float = 1e-5,
@@ -75,6 +76,7 @@ def convert(
     progress: Callable[[str], None] | None = None,
     require_crc: bool = False,
     crc: bool = False,
+    batch_first: bool | None = None,
 ) -> ConversionReport:
     """Convert ``source`` to ``target`` and prove the numbers match.
 
@@ -88,15 +90,20 @@ def convert(
         source, target: files; formats from the extensions or ``source_format`` / ``target_format``.
         layer: convert only this layer (Keras name or key, or parameter prefix).
         prefix: put this in front of every parameter name written (``"encoder."``); several layers get
-            their own sub-prefix (``encoder.lstm_1.``).
+            their own sub-prefix (``encoder.lstm_1.``). By default a state-dict source's own prefixes are
+            kept (``lstm.weight_ih_l0`` stays, so MindSpore's and torch's loaders find it in the same
+            network); Keras sources get none.
         source_prefix: read only parameters under this prefix from a .ckpt / .pt / .safetensors source.
         weights_only: write the weights even where the target cannot express the semantics (no check).
-        tolerance: the largest accepted absolute difference.
+        tolerance: the largest accepted difference, each output's ``max |target - source|`` divided by
+            ``max(1, max |source|)`` (absolute below 1, relative above).
         emit_code: also write a Python module rebuilding the model in the target framework (torch or
             MindSpore targets) with the glue Keras semantics need.
         require_crc: a .ckpt source must end with a matching CRC32 trailer (a cut file is then always
             refused, even one written by MindSpore).
         crc: end a .ckpt target with MindSpore's CRC32 trailer.
+        batch_first: for sources that store no call configuration (a .ckpt, a plain .pt): the stacks took
+            (B, T, F) inputs (True) or (T, B, F) ones (False, what is assumed otherwise).
 
     The target (and ``emit_code``) must be a new path or a regular file the user may write, other than the
     source; a link there is written through. The target is written to a temporary file beside it and
@@ -117,19 +124,30 @@ def convert(
     if not tolerance >= 0:  # NaN too: no difference would ever pass
         raise ConversionError(f"tolerance: expected a number >= 0, got {tolerance!r}")
     _check_target_name(target, dst_fmt)
+    if emit_code is not None and FRAMEWORK_OF[dst_fmt] not in ("torch", "mindspore"):
+        raise ConversionError(
+            f"--emit-code: writes torch or MindSpore code (torch for .pt / .safetensors targets, MindSpore "
+            f"for .ckpt targets); the target {target} is a {dst_fmt} file, which has no code form"
+        )
     destination = _checked_destination(target, source)
     if emit_code is not None:
         _checked_destination(emit_code, source, also_not=target, what="--emit-code")
     say(f"reading {source} ({src_fmt})")
     units = read_units(
         source, fmt=src_fmt, layer=layer, prefix=source_prefix, custom_objects=custom_objects,
-        require_crc=require_crc,
+        require_crc=require_crc, batch_first=batch_first,
     )
+    dropped = _dropped_keras_layers(source, src_fmt) if layer is None else []
     framework = FRAMEWORK_OF[dst_fmt]
     if framework in ("torch", "mindspore", "onnx"):
         units = merge_stacks(units)
     units = as_float32_for(units, framework)
     notes = [f"{u.name}: {n}" for u in units for n in u.notes if n != "follows the previous layer"]
+    if dropped:
+        notes.append(
+            f"the source model's other layers are not in the target (only its LSTMs are converted): "
+            f"{', '.join(dropped)}"
+        )
     for unit in units:
         for config in unit.keras.configs if unit.keras else []:
             for key in ignored_keras_arguments(config):
@@ -186,6 +204,22 @@ def convert(
         notes,
         emitted,
     )
+
+
+def _dropped_keras_layers(source: PathLike, fmt: str) -> list[str]:
+    """The layers of a Keras model file other than its LSTMs, ``'name' (Class)``: what an LSTM-only
+    conversion leaves out, said in the report instead of silently."""
+    if FRAMEWORK_OF[fmt] != "keras" or fmt == "weights.h5":
+        return []
+    try:
+        info = describe_model(source)
+    except (ValueError, OSError):
+        return []
+    return [
+        f"{row['name']!r} ({row['class_name']})"
+        for row in info["layers"]
+        if row["kind"] != "input" and row["class_name"] not in ("LSTM", "Bidirectional", "CuDNNLSTM")
+    ]
 
 
 def _check_target_name(target: PathLike, fmt: str) -> None:
@@ -274,6 +308,7 @@ def load(
     prefix: str | None = None,
     custom_objects: dict[str, Any] | None = None,
     require_crc: bool = False,
+    batch_first: bool | None = None,
 ) -> list[torch.nn.Module]:
     """The LSTM layers of any supported file as ready front-door layers.
 
@@ -286,7 +321,8 @@ def load(
         >>> [net] = unilstm.load("model.ckpt", prefix="encoder.")
         >>> output, (h_n, c_n) = net(x)
 
-    ``require_crc``: a .ckpt file must end with a matching CRC32 trailer.
+    ``require_crc``: a .ckpt file must end with a matching CRC32 trailer. ``batch_first``: the layout of
+    the calls, for files that do not store it (a MindSpore .ckpt, a plain .pt: time-major unless told).
 
     Raises:
         ConversionError, KerasFileError, CheckpointError, TorchFileError: unreadable files, no LSTM in them.
@@ -303,7 +339,8 @@ def load(
                         raise ConversionError(f"{path}: no LSTM layer named {layer!r}")
                 return layers
     units = read_units(
-        path, fmt=fmt, layer=layer, prefix=prefix, custom_objects=custom_objects, require_crc=require_crc
+        path, fmt=fmt, layer=layer, prefix=prefix, custom_objects=custom_objects, require_crc=require_crc,
+        batch_first=batch_first,
     )
     return [_front_door_layer(unit) for unit in units]
 

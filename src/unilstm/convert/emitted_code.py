@@ -13,14 +13,16 @@ from .writing import unit_prefixes
 
 
 def write_emitted_code(
-    units: list[InterchangeLSTM], path: PathLike, target_fmt: str, target_file: Path, prefix: str
+    units: list[InterchangeLSTM], path: PathLike, target_fmt: str, target_file: Path, prefix: str | None
 ) -> Path:
     """Write the Python module that rebuilds ``units`` in the target framework (see :func:`emit_code`)."""
     text = emit_code(units, target_fmt, target_file, prefix)
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def emit_code(units: list[InterchangeLSTM], target_fmt: str, target_file: Path, prefix: str = "") -> str:
+def emit_code(
+    units: list[InterchangeLSTM], target_fmt: str, target_file: Path, prefix: str | None = ""
+) -> str:
     """Source of a module for torch (.pt / .safetensors targets) or MindSpore (.ckpt targets) that builds the
     model, loads the converted weights and reproduces the source's call semantics."""
     framework = FRAMEWORK_OF[target_fmt]
@@ -47,6 +49,7 @@ def emit_code(units: list[InterchangeLSTM], target_fmt: str, target_file: Path, 
         '"""',
         "",
     ]
+    lines += ["from pathlib import Path", ""]
     if ms:
         lines += ["import mindspore", "from mindspore import nn, ops", ""]
     else:
@@ -56,7 +59,7 @@ def emit_code(units: list[InterchangeLSTM], target_fmt: str, target_file: Path, 
             "from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence",
             "",
         ]
-    lines.append(f"WEIGHTS = {str(target_file)!r}")
+    lines.append(f"WEIGHTS = {target_file.name!r}  # next to this file")
     lines.append("")
     lines.append("")
     base = "nn.Cell" if ms else "nn.Module"
@@ -104,8 +107,10 @@ def emit_code(units: list[InterchangeLSTM], target_fmt: str, target_file: Path, 
         lines += _emit_unit_run(attr, unit, ms)
     lines += [
         "",
-        "def load(path=WEIGHTS):",
-        '    """The model with the converted weights (eval mode)."""',
+        "def load(path=None):",
+        '    """The model with the converted weights (eval mode), from ``path``, by default the file WEIGHTS',
+        '    next to this module."""',
+        "    path = Path(__file__).with_name(WEIGHTS) if path is None else path",
         "    model = Model()",
     ]
     if ms:

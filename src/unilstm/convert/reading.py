@@ -221,9 +221,11 @@ def _units_from_state(
     error: type[ValueError],
     described: dict[str, dict[str, Any]] | None = None,
     description_where: str = "",
+    kept_prefix: str | None = None,
 ) -> list[InterchangeLSTM]:
     """The LSTM stacks among ``tensors``, with the semantics ``described`` (by prefix) stores for them; a file
-    with a description must hold exactly the stacks it lists."""
+    with a description must hold exactly the stacks it lists. ``kept_prefix``: what the reader already
+    stripped from the names (``--source-prefix``), part of each stack's :attr:`source_prefix`."""
     groups, other = _group_state(tensors, where)
     if not groups:
         shown = ", ".join(list(tensors)[:8]) or "none"
@@ -246,8 +248,11 @@ def _units_from_state(
         spec = _spec_from_state(state, f"{where}: LSTM {prefix or '(no prefix)'!r}", error)
         state = OrderedDict((name, state[name]) for name in parameter_names(spec))
         unit = InterchangeLSTM(prefix.rstrip(".") or "lstm", spec, state, framework)
+        unit.source_prefix = (kept_prefix or "") + prefix
         if described is not None:
             descriptions.apply(unit, described[prefix], f"{description_where}: LSTM {prefix!r}", error)
+        else:  # plain weights: batch_first, activations ... are torch's defaults, assumed
+            unit.config_stored = False
         units.append(unit)
     if other:
         units[0].notes.append(
@@ -264,6 +269,7 @@ def read_units(
     prefix: str | None = None,
     custom_objects: dict[str, Any] | None = None,
     require_crc: bool = False,
+    batch_first: bool | None = None,
 ) -> list[InterchangeLSTM]:
     """Read the LSTM layers of ``path`` as :class:`InterchangeLSTM` s (see the module docstring).
 
@@ -274,6 +280,9 @@ def read_units(
         custom_objects: Keras custom activations by stored name -> function on torch tensors.
         require_crc: a .ckpt source must end with a CRC32 trailer that matches (see
             :func:`unilstm.formats.mindspore_ckpt.load_checkpoint`); other formats have none to require.
+        batch_first: the layout of the calls (True: (B, T, F) inputs), for files that store no call
+            configuration (a MindSpore .ckpt, a .pt of plain weights: read as time-major unless told); it
+            overrides what a file says.
 
     Raises:
         ConversionError (and the format readers' own ValueError subclasses, KerasFileError, CheckpointError,
@@ -304,6 +313,11 @@ def read_units(
                 f"{path}: no LSTM layer named {layer!r}; layers: " + ", ".join(repr(u.name) for u in units)
             )
         units = chosen
+    if batch_first is not None:
+        for unit in units:
+            stored = "" if not unit.config_stored else f", the file says {unit.spec.batch_first}"
+            unit.spec = replace(unit.spec, batch_first=bool(batch_first))
+            unit.notes.append(f"batch_first={bool(batch_first)} as given{stored}")
     return units
 
 
@@ -331,7 +345,7 @@ def _read_units(
         entries = descriptions.parse(metadata[METADATA_KEY], where, TorchFileError)
         described = descriptions.by_prefix(entries, prefix)
     tensors = strip_prefix(tensors, prefix, str(path))
-    units = _units_from_state(tensors, str(path), "torch", TorchFileError, described, where)
+    units = _units_from_state(tensors, str(path), "torch", TorchFileError, described, where, prefix)
     if fmt == "pt" and skipped:
         units[0].notes.append(f"not tensors, ignored: {', '.join(skipped[:10])}")
     return units
@@ -354,7 +368,7 @@ def _read_checkpoint_units(path: PathLike, prefix: str | None, require_crc: bool
             shown = ", ".join(repr(n) for n in list(contents.values)[:8])
             raise CheckpointError(f"{path}: no entry starts with prefix {prefix!r}; names: {shown}")
     tensors = OrderedDict((k, v) for k, v in values.items() if isinstance(v, Tensor))
-    return _units_from_state(tensors, str(path), "mindspore", CheckpointError, described, where)
+    return _units_from_state(tensors, str(path), "mindspore", CheckpointError, described, where, prefix)
 
 
 def _mark_adjacent(units: list[InterchangeLSTM], sequence: list[str] | None) -> list[InterchangeLSTM]:
@@ -430,16 +444,6 @@ def merge_stacks(units: list[InterchangeLSTM]) -> list[InterchangeLSTM]:
                 top.config_stored,
             )
         else:
-            merged.append(
-                InterchangeLSTM(
-                    unit.name,
-                    unit.spec,
-                    OrderedDict(unit.state),
-                    unit.framework,
-                    unit.keras,
-                    list(unit.notes),
-                    unit.config_stored,
-                )
-            )
+            merged.append(replace(unit, state=OrderedDict(unit.state), notes=list(unit.notes)))
     return merged
 

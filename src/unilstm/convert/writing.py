@@ -26,9 +26,16 @@ from .file_kinds import FRAMEWORK_OF, METADATA_KEY, WRITABLE, ConversionError, P
 from .semantics import canonical_layer, target_problems
 
 
-def unit_prefixes(units: list[InterchangeLSTM], prefix: str) -> list[str]:
+def unit_prefixes(units: list[InterchangeLSTM], prefix: str | None) -> list[str]:
     """The name prefix of each stack in one file: ``prefix`` alone for one stack, else ``prefix`` plus a
-    sub-prefix per stack from its name (``encoder.lstm.``, ``encoder.lstm_1.``)."""
+    sub-prefix per stack from its name (``encoder.lstm.``, ``encoder.lstm_1.``). ``None`` keeps each
+    stack's prefix in its state-dict source (``lstm.weight_ih_l0`` stays ``lstm.weight_ih_l0``, so the
+    framework's own loader finds it in the same network), and is ``""`` for Keras sources."""
+    if prefix is None:
+        kept = [unit.source_prefix for unit in units]
+        if all(kept) and len(set(kept)) == len(kept):
+            return kept
+        prefix = ""
     if len(units) == 1:
         return [prefix]
     seen: dict[str, int] = {}
@@ -183,7 +190,7 @@ def write_units(
     path: PathLike,
     fmt: str,
     *,
-    prefix: str = "",
+    prefix: str | None = None,
     weights_only: bool = False,
     opset: int | None = None,
     input_steps: int | None = None,
@@ -230,7 +237,7 @@ def _write(
     units: list[InterchangeLSTM],
     path: PathLike,
     fmt: str,
-    prefix: str,
+    prefix: str | None,
     opset: int | None,
     input_steps: int | None,
     crc: bool = False,
