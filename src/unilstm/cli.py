@@ -2,7 +2,7 @@
 
     unilstm convert SRC DST [--from FMT] [--to FMT] [--layer NAME] [--prefix encoder.] [--source-prefix P]
                             [--weights-only] [--tolerance 1e-5] [-q] [--json] [--emit-code PATH]
-                            [--require-crc] [--crc]
+                            [--require-crc] [--crc] [--lstm-only] [--batch-first]
     unilstm inspect FILE [--from FMT] [--json] [--require-crc]
     unilstm bench ...        (runs unilstm.bench when installed)
 
@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--prefix",
         help="prefix for the written parameter names, e.g. encoder. (default: a state-dict source's own)",
+    )
+    convert.add_argument(
+        "--lstm-only",
+        action="store_true",
+        help="convert only the LSTMs of a Keras model that has other layers too (default: the whole model)",
     )
     convert.add_argument(
         "--batch-first",
@@ -130,6 +135,7 @@ def _run_convert(args: argparse.Namespace) -> int:
             prefix=args.prefix,
             source_prefix=args.source_prefix,
             batch_first=args.batch_first,
+            lstm_only=args.lstm_only,
             weights_only=args.weights_only,
             tolerance=args.tolerance,
             emit_code=args.emit_code,

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..formats.atomic import DestinationError, atomic_path, check_destination
+from ..formats.atomic import DestinationError, atomic_path, atomic_write_bytes, check_destination
 from ..formats.keras_files import read_keras_model_config
 from ..formats.onnx_export import DEFAULT_OPSET, build_graph, write_model
 from ..frontends.keras_files import load_layers, record_from_layer
@@ -23,6 +23,7 @@ from ..interchange import InterchangeLSTM
 from ..keras_model.description import describe_model
 from ..layer import LSTM
 from ..parameter_names import parameter_names
+from . import model_conversion
 from .emitted_code import write_emitted_code
 from .file_kinds import (
     FRAMEWORK_OF,
@@ -32,6 +33,7 @@ from .file_kinds import (
     VerificationError,
     detect_format,
 )
+from .model_conversion import is_whole_model
 from .reading import from_keras_record, merge_stacks, read_units
 from .semantics import canonical_layer, ignored_keras_arguments, target_problems
 from .verification import max_difference, verify
@@ -77,6 +79,7 @@ def convert(
     require_crc: bool = False,
     crc: bool = False,
     batch_first: bool | None = None,
+    lstm_only: bool = False,
 ) -> ConversionReport:
     """Convert ``source`` to ``target`` and prove the numbers match.
 
@@ -104,6 +107,9 @@ def convert(
         crc: end a .ckpt target with MindSpore's CRC32 trailer.
         batch_first: for sources that store no call configuration (a .ckpt, a plain .pt): the stacks took
             (B, T, F) inputs (True) or (T, B, F) ones (False, what is assumed otherwise).
+        lstm_only: convert only the LSTMs of a Keras model that holds other layers too (the report names
+            the others). By default such a model converts whole to torch, MindSpore and ONNX targets (see
+            :mod:`.model_conversion`): code that rebuilds every layer, and the weights under its names.
 
     The target (and ``emit_code``) must be a new path or a regular file the user may write, other than the
     source; a link there is written through. The target is written to a temporary file beside it and
@@ -132,10 +138,34 @@ def convert(
     destination = _checked_destination(target, source)
     if emit_code is not None:
         _checked_destination(emit_code, source, also_not=target, what="--emit-code")
+    whole = (
+        not (lstm_only or weights_only)
+        and layer is None
+        and FRAMEWORK_OF[dst_fmt] in ("torch", "mindspore", "onnx")
+        and is_whole_model(source, src_fmt)
+    )
+    if whole:
+        return _convert_whole_model(
+            source,
+            target,
+            destination,
+            (src_fmt, dst_fmt),
+            emit_code,
+            tolerance,
+            verify_numbers,
+            opset,
+            crc,
+            say,
+        )
     say(f"reading {source} ({src_fmt})")
     units = read_units(
-        source, fmt=src_fmt, layer=layer, prefix=source_prefix, custom_objects=custom_objects,
-        require_crc=require_crc, batch_first=batch_first,
+        source,
+        fmt=src_fmt,
+        layer=layer,
+        prefix=source_prefix,
+        custom_objects=custom_objects,
+        require_crc=require_crc,
+        batch_first=batch_first,
     )
     dropped = _dropped_keras_layers(source, src_fmt) if layer is None else []
     framework = FRAMEWORK_OF[dst_fmt]
@@ -161,8 +191,14 @@ def convert(
         with atomic_path(destination) as temporary:
             say(f"writing {len(units)} LSTM(s) as {dst_fmt}")
             write_units(
-                units, temporary, dst_fmt, prefix=prefix, weights_only=weights_only, opset=opset,
-                display=target, crc=crc,
+                units,
+                temporary,
+                dst_fmt,
+                prefix=prefix,
+                weights_only=weights_only,
+                opset=opset,
+                display=target,
+                crc=crc,
             )
             checked = verify_numbers and not (
                 weights_only and any(target_problems(u, framework) for u in units)
@@ -197,6 +233,88 @@ def convert(
         src_fmt,
         dst_fmt,
         [u.describe() for u in units],
+        report,
+        max_difference(report),
+        tolerance,
+        bool(report),
+        notes,
+        emitted,
+    )
+
+
+def _convert_whole_model(
+    source: PathLike,
+    target: PathLike,
+    destination: Path,
+    formats: tuple[str, str],
+    emit_code: PathLike | None,
+    tolerance: float,
+    verify_numbers: bool,
+    opset: int | None,
+    crc: bool,
+    say: Callable[[str], None],
+) -> ConversionReport:
+    """A whole Keras model to torch, MindSpore or ONNX (:mod:`.model_conversion`), written atomically and
+    checked before it replaces anything."""
+    src_fmt, dst_fmt = formats
+    framework = FRAMEWORK_OF[dst_fmt]
+    say(f"reading the whole model in {source} ({src_fmt})")
+    model, program = model_conversion.load_source(source)
+    notes: list[str] = []
+    report: dict[str, Any] = {}
+    code: str | None = None
+    temporary = destination
+    try:
+        with atomic_path(destination) as temporary:
+            say(f"writing {len(program.steps)} layers as {dst_fmt}")
+            if framework == "torch":
+                code, _ = model_conversion.write_torch_target(program, temporary, dst_fmt, Path(target))
+                if verify_numbers:
+                    say("verifying")
+                    report = model_conversion.verify_torch_target(model, program, code, temporary)
+            elif framework == "mindspore":
+                code, parameters = model_conversion.write_mindspore_target(
+                    program, temporary, Path(target), crc
+                )
+                if verify_numbers:
+                    report = model_conversion.verify_mindspore_target(parameters, temporary)
+                notes.append(
+                    "MindSpore is not run here: the written parameters are read back and compared; the "
+                    "generated Cell's numbers are checked in real MindSpore by "
+                    "tools/live/check_emitted_mindspore_models.py"
+                )
+            else:
+                model_conversion.write_onnx_target(program, temporary, opset)
+                if verify_numbers:
+                    say("verifying with onnxruntime")
+                    report = model_conversion.verify_onnx_target(model, program, temporary)
+            worst = max_difference(report)
+            if verify_numbers and not worst <= tolerance:
+                raise VerificationError(
+                    f"{target}: the target's numbers differ from the source's by {worst:.3g} > tolerance "
+                    f"{tolerance:g}; nothing was written",
+                    report,
+                )
+            emitted = None
+            if emit_code is not None and code is not None:
+                emitted = str(atomic_write_bytes(emit_code, code.encode("utf-8")))
+    except (ConversionError, ImportError):
+        raise
+    except DestinationError as error:
+        raise ConversionError(str(error)) from None
+    except OSError as error:
+        if error.errno is None or str(error.filename) != str(temporary):
+            raise
+        raise type(error)(error.errno, error.strerror, str(target)) from error
+    except Exception as error:
+        message = str(error).replace(str(temporary), str(target))
+        raise ConversionError(f"{target}: converting failed ({type(error).__name__}: {message})") from error
+    return ConversionReport(
+        str(source),
+        str(target),
+        src_fmt,
+        dst_fmt,
+        [f"{step.layer!r} ({step.class_name})" for step in program.steps],
         report,
         max_difference(report),
         tolerance,
@@ -339,7 +457,12 @@ def load(
                         raise ConversionError(f"{path}: no LSTM layer named {layer!r}")
                 return layers
     units = read_units(
-        path, fmt=fmt, layer=layer, prefix=prefix, custom_objects=custom_objects, require_crc=require_crc,
+        path,
+        fmt=fmt,
+        layer=layer,
+        prefix=prefix,
+        custom_objects=custom_objects,
+        require_crc=require_crc,
         batch_first=batch_first,
     )
     return [_front_door_layer(unit) for unit in units]
@@ -397,7 +520,13 @@ def save(
     try:
         with atomic_path(target) as temporary:
             write_units(
-                units, temporary, fmt, prefix=prefix, weights_only=weights_only, opset=opset, display=path,
+                units,
+                temporary,
+                fmt,
+                prefix=prefix,
+                weights_only=weights_only,
+                opset=opset,
+                display=path,
                 crc=crc,
             )
     except DestinationError as error:
