@@ -13,7 +13,10 @@ inputs (integer ids right-padded with 0 where the model takes ids):
   generated Cell loads, value for value; its numbers are checked in real MindSpore by
   ``tools/live/check_emitted_mindspore_models.py``.
 
-Differences are ``max |target - source| / max(1, max |source|)`` per model output.
+Differences are ``max |target - source| / max(1, max |source|)`` per model output; reports are
+``{"outputs": {case: {output: difference}}}``, for torch targets also ``{"layers": {case: {layer:
+difference}}}`` (each top-level layer's outputs against the generated module's variables of the same name;
+informative: only the model's outputs decide).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from torch import Tensor
 from ..formats.keras_files.model_store import is_model_entry, is_operation_entry
 from ..formats.keras_files.reading import read_keras_model_config
 from ..keras_model import KerasModel, load_model
+from ..keras_model.graph import Ref
 from .file_kinds import FRAMEWORK_OF, ConversionError, PathLike
 from .model_program import Program, model_program
 
@@ -146,6 +150,70 @@ def compare_outputs(
     return report
 
 
+def source_values(model: KerasModel, inputs: list[Tensor]) -> dict[Ref, Tensor]:
+    """Every tensor the top-level graph of ``model`` computes on ``inputs``, by graph tensor."""
+    found: dict[Ref, Tensor] = {}
+    original = KerasModel._run_call
+
+    def recording(self, layer, index, values, masks):  # type: ignore[no-untyped-def]
+        original(self, layer, index, values, masks)
+        if self is model:
+            found.update(values)
+
+    KerasModel._run_call = recording  # type: ignore[method-assign]
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        KerasModel._run_call = original  # type: ignore[method-assign]
+    return found
+
+
+def forward_locals(module: Any, inputs: list[Tensor]) -> dict[str, Any]:
+    """The local variables of ``module.forward`` when it returns (the generated code names them after the
+    program's variables)."""
+    captured: dict[str, Any] = {}
+    code = type(module).forward.__code__
+
+    def profile(frame, event, arg):  # type: ignore[no-untyped-def]
+        if event == "return" and frame.f_code is code:
+            captured.update(frame.f_locals)
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        with torch.no_grad():
+            module(*inputs)
+    finally:
+        sys.setprofile(previous)
+    return captured
+
+
+def layer_differences(
+    source: KerasModel, program: Program, target: Any, inputs: list[Tensor]
+) -> dict[str, float]:
+    """Per layer of the top-level graph, the largest difference between its outputs in the source and the
+    same variables in the generated module (layers whose outputs the generated code does not keep under the
+    program's names are left out)."""
+    expected = source_values(source, inputs)
+    got = forward_locals(target, inputs)
+    found: dict[str, float] = {}
+    for step in program.steps:
+        worst = None
+        for variable in step.outputs:
+            ref = program.variables.get(variable)
+            value = got.get(variable)
+            if ref is None or ref not in expected or not isinstance(value, Tensor):
+                continue
+            difference = _difference(value, expected[ref])
+            worst = difference if worst is None else max(worst, difference)
+        if worst is not None:
+            found[f"{step.layer} ({step.class_name})"] = max(
+                worst, found.get(f"{step.layer} ({step.class_name})", 0.0)
+            )
+    return found
+
+
 def import_generated(code_path: Path, name: str = "unilstm_generated_model") -> Any:
     """Import a generated module from its file (not from ``sys.path``)."""
     spec = importlib.util.spec_from_file_location(name, code_path)
@@ -191,7 +259,11 @@ def verify_torch_target(source: KerasModel, program: Program, code: str, weights
             with torch.no_grad():
                 return target(*inputs)
 
-        return compare_outputs(source, run, program.outputs)
+        report: dict[str, Any] = {"outputs": compare_outputs(source, run, program.outputs)}
+        layers = layer_differences(source, program, target, sample_inputs(source, 0))
+        if layers:
+            report["layers"] = {"random inputs 0": layers}
+        return report
 
 
 def write_mindspore_target(program: Program, path: Path, shown: Path, crc: bool) -> tuple[str, dict]:
@@ -218,9 +290,11 @@ def verify_mindspore_target(parameters: dict[str, np.ndarray], path: Path) -> di
     if missing or extra:
         raise ConversionError(f"verification: the written checkpoint lacks {missing} and has {extra} extra")
     return {
-        "parameters read back": {
-            name: _difference(torch.as_tensor(np.asarray(stored[name])), torch.as_tensor(value))
-            for name, value in parameters.items()
+        "parameters": {
+            "read back": {
+                name: _difference(torch.as_tensor(np.asarray(stored[name])), torch.as_tensor(value))
+                for name, value in parameters.items()
+            }
         }
     }
 
@@ -255,4 +329,4 @@ def verify_onnx_target(source: KerasModel, program: Program, path: Path) -> dict
             feed[name] = array
         return [torch.from_numpy(np.asarray(v)) for v in session.run(None, feed)]
 
-    return compare_outputs(source, run, program.outputs)
+    return {"outputs": compare_outputs(source, run, program.outputs)}

@@ -80,6 +80,8 @@ class Program:
     input_dtypes: list[str]
     steps: list[Step] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    #: variable -> the graph tensor it holds (for comparing a target's intermediate values with the source's)
+    variables: dict[str, Ref] = field(default_factory=dict)
 
 
 def identifier(text: str) -> str:
@@ -204,6 +206,7 @@ def _program(model: KerasModel, masked: dict[tuple[int, Ref], bool], input_names
             )
         )
     program.outputs = [names[r] for r in graph.outputs]
+    program.variables = {variable: ref for ref, variable in names.items()}
     return program
 
 
