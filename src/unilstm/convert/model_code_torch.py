@@ -333,7 +333,8 @@ def _docstring(text: str, indent: str) -> list[str]:
 def _class_source(w: Writer, program: Program, name: str, doc: str, class_names: set[str]) -> str:
     w.taken |= _program_variables(program) | {"self"}
     _walk(w, program, class_names)
-    returned = program.outputs[0] if len(program.outputs) == 1 else f"[{', '.join(program.outputs)}]"
+    results = [w.mask(variable) or variable for variable in program.outputs]  # a mask passed on: its source
+    returned = results[0] if len(results) == 1 else f"[{', '.join(results)}]"
     forward = [text for line in prune_masks(w.forward, returned) for text in wrap(line.text)]
     lines = [
         f"class {name}(nn.Module):",

@@ -122,7 +122,9 @@ class Writer:
         self.init.append(f"        # {step.class_name} {step.layer!r}")
         self.init += [f"        {line}" for line in lines]
         for name, tensor in weights.items():
-            self.state[f"{self.prefix}{step.attribute}.{name}"] = tensor.detach().to(torch.float32).clone()
+            value = tensor.detach().float() if tensor.is_floating_point() else tensor.detach()
+            value = value.clone(memory_format=torch.contiguous_format)  # safetensors stores contiguous ones
+            self.state[f"{self.prefix}{step.attribute}.{name}"] = value
 
     def line(self, text: str, mask: str | None = None) -> None:
         self.forward.append(Line(f"        {text}", mask))
