@@ -261,3 +261,184 @@ def test_layer_fixture_as_torch_code(name, tmp_path):
     except ConversionError as error:  # refused by name: never a wrong number
         assert "torch code:" in str(error)
         pytest.skip(f"refused: {error}")
+
+
+# -- LSTM variants against the loaded layer (itself checked against Keras) ----------------------------
+
+MASK = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
+
+
+def _layer_step(
+    class_name: str,
+    config: dict[str, Any],
+    shape: tuple[int | None, ...],
+    keras2: bool = False,
+    masked: bool = False,
+    states: int = 0,
+    outputs: int = 1,
+) -> tuple[Program, Any]:
+    """A program calling one layer (random weights) on x (and mask m, initial states s_i)."""
+    spec = LayerSpec(config.get("name", "layer"), class_name, config, (shape,), keras2=keras2)
+    layer = REGISTRY[class_name](spec)
+    generator = torch.Generator().manual_seed(1)
+    layer.load([torch.randn(s, generator=generator).numpy() * 0.5 for s in layer.weight_shapes()])
+    layer.eval()
+    inputs = ["x"] + (["m"] if masked else []) + [f"s_{i}" for i in range(states)]
+    kwargs = {"initial_state": [f"s_{i}" for i in range(states)]} if states else {}
+    names = [f"y_{i}" for i in range(outputs)]
+    step = Step(
+        spec.name,
+        spec.name,
+        class_name,
+        dict(config),
+        layer,
+        ["x"],
+        False,
+        ["m" if masked else None],
+        kwargs,
+        names,
+        [None] * outputs,
+        [],
+    )
+    return Program("one_layer", inputs, [], [], [step], names), layer
+
+
+def _check_against_layer(tmp_path: Path, program: Program, layer: Any, states: int, units: int) -> str:
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 5, 4, generator=generator)
+    values = [x] + ([MASK] if "m" in program.inputs else [])
+    initial = [torch.randn(3, units, generator=generator) for _ in range(states)]
+    values += initial
+    code = _write(tmp_path, program)
+    _ruff(code)
+    with torch.no_grad():
+        got = _as_list(_import(code).load()(*values))
+        want, _ = layer(
+            x, MASK if "m" in program.inputs else None, **({"initial_state": initial} if states else {})
+        )
+    for g, w in zip(got, _as_list(want), strict=True):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=RTOL, atol=ATOL)
+    return code.read_text()
+
+
+LSTM_CASES = [
+    ({}, False, False, 0),
+    ({"return_sequences": True}, False, True, 0),
+    ({"return_sequences": True, "go_backwards": True}, False, False, 0),
+    ({"return_sequences": True, "go_backwards": True}, False, True, 0),
+    ({"return_state": True}, False, False, 2),
+    ({"return_state": True, "return_sequences": True}, False, True, 2),
+    ({"return_sequences": True, "zero_output_for_mask": True}, False, True, 0),
+    ({"return_sequences": True, "recurrent_activation": "hard_sigmoid"}, True, False, 0),
+    ({"return_sequences": True, "recurrent_activation": "hard_sigmoid"}, False, True, 0),
+    ({"activation": "relu", "use_bias": False}, False, False, 0),
+]
+
+
+@pytest.mark.parametrize(("extra", "keras2", "masked", "states"), LSTM_CASES)
+def test_lstm_variants(extra, keras2, masked, states, tmp_path):
+    config = {"name": "lstm", "units": 3, **extra}
+    outputs = 3 if extra.get("return_state") else 1
+    program, layer = _layer_step("LSTM", config, (None, 5, 4), keras2, masked, states, outputs)
+    source = _check_against_layer(tmp_path, program, layer, states, 3)
+    plain = not masked and extra.get("activation", "tanh") == "tanh" and "recurrent_activation" not in extra
+    assert ("keras_lstm(" in source) != plain
+
+
+BIDIRECTIONAL_CASES = [
+    ("concat", True, False, False, 0),
+    ("concat", True, True, False, 0),
+    ("sum", False, True, False, 0),
+    ("ave", True, False, False, 0),
+    ("mul", False, False, False, 0),
+    (None, True, True, False, 0),
+    ("concat", False, False, True, 4),
+    ("concat", True, True, True, 4),
+]
+
+
+@pytest.mark.parametrize(("merge", "sequences", "masked", "with_states", "states"), BIDIRECTIONAL_CASES)
+def test_bidirectional_variants(merge, sequences, masked, with_states, states, tmp_path):
+    inner = {
+        "class_name": "LSTM",
+        "config": {"name": "lstm", "units": 3, "return_sequences": sequences, "return_state": with_states},
+    }
+    config = {"name": "bidirectional", "layer": inner, "merge_mode": merge}
+    outputs = (2 if merge is None else 1) + (4 if with_states else 0)
+    program, layer = _layer_step("Bidirectional", config, (None, 5, 4), False, masked, states, outputs)
+    _check_against_layer(tmp_path, program, layer, states, 3)
+
+
+# -- refusals, by layer class and name ------------------------------------------------------------------
+
+
+def _refused(program: Program, *words: str) -> None:
+    with pytest.raises(ConversionError) as error:
+        emit_torch_model(program, "model.pt")
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_refusals_name_the_layer():
+    lstm = {"name": "my_lstm", "units": 3}
+    _refused(_layer_step("LSTM", {**lstm, "stateful": True}, (2, 5, 4))[0], "LSTM 'my_lstm'", "stateful")
+    _refused(_layer_step("LSTM", {**lstm, "time_major": True}, (5, 2, 4), keras2=True)[0], "time_major")
+    backward = {"class_name": "LSTM", "config": {"name": "b", "units": 2, "go_backwards": True}}
+    bidirectional = {
+        "name": "bi",
+        "layer": {"class_name": "LSTM", "config": lstm},
+        "backward_layer": backward,
+    }
+    _refused(_layer_step("Bidirectional", bidirectional, (None, 5, 4))[0], "Bidirectional 'bi'", "backward")
+    _refused(
+        _layer_step("Activation", {"name": "act", "activation": "sparsemax"}, (None, 4))[0],
+        "Activation 'act'",
+        "sparsemax",
+    )
+    _refused(
+        _layer_step("BatchNormalization", {"name": "bn", "center": False}, (None, 4))[0],
+        "BatchNormalization 'bn'",
+        "center=False",
+    )
+    _refused(
+        _layer_step("LayerNormalization", {"name": "ln", "axis": 1}, (None, 5, 4))[0],
+        "LayerNormalization 'ln'",
+        "trailing",
+    )
+    _refused(
+        _layer_step("AveragePooling1D", {"name": "pool", "padding": "same"}, (None, 5, 4))[0],
+        "AveragePooling1D 'pool'",
+        "same",
+    )
+    wrapped = {"name": "td", "layer": {"class_name": "LSTM", "config": {"name": "inner", "units": 2}}}
+    _refused(_layer_step("TimeDistributed", wrapped, (None, 5, 3, 4))[0], "TimeDistributed 'td'", "LSTM")
+
+
+def test_refusals_of_masks_operations_and_unknown_layers():
+    program, _ = _layer_step("Dense", {"name": "d", "units": 2}, (None, 5, 4))
+    step = program.steps[0]
+    from dataclasses import replace
+
+    multiply_spec = LayerSpec("mul", "Multiply", {"name": "mul"}, ((None, 5, 4), (None, 5, 4)))
+    multiply = Step(
+        "mul",
+        "mul",
+        "Multiply",
+        {},
+        REGISTRY["Multiply"](multiply_spec),
+        ["x", "x"],
+        True,
+        ["m", "m"],
+        {},
+        ["y_0"],
+        ["y_0_mask"],
+        [],
+    )
+    _refused(Program("p", ["x", "m"], [], [], [multiply], ["y_0"]), "Multiply 'mul'", "masked")
+    operation = Step("sin", "sin", "Sin", {}, None, ["x"], False, [None], {}, ["y_0"], [None], [])
+    _refused(Program("p", ["x"], [], [], [operation], ["y_0"]), "Sin 'sin'", "operation")
+    custom = replace(step, class_name="MyLayer", layer="mine")
+    _refused(replace(program, steps=[custom]), "MyLayer 'mine'", "no torch code")
+    nested = model_program(load_model(MODELS / "k3_nested.keras"))
+    outer = replace(nested.steps[0], input_masks=["x_input_layer_1"])
+    _refused(replace(nested, steps=[outer, *nested.steps[1:]]), "Sequential 'sequential'", "masks")
