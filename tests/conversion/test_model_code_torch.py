@@ -390,28 +390,17 @@ def test_refusals_name_the_layer():
         "backward_layer": backward,
     }
     _refused(_layer_step("Bidirectional", bidirectional, (None, 5, 4))[0], "Bidirectional 'bi'", "backward")
-    _refused(
-        _layer_step("Activation", {"name": "act", "activation": "sparsemax"}, (None, 4))[0],
-        "Activation 'act'",
-        "sparsemax",
+    spec = LayerSpec(
+        "d",
+        "Dense",
+        {"name": "d", "units": 2, "activation": "mine"},
+        ((None, 4),),
+        custom_objects={"mine": lambda x: 2 * x},
     )
-    _refused(
-        _layer_step("BatchNormalization", {"name": "bn", "center": False}, (None, 4))[0],
-        "BatchNormalization 'bn'",
-        "center=False",
-    )
-    _refused(
-        _layer_step("LayerNormalization", {"name": "ln", "axis": 1}, (None, 5, 4))[0],
-        "LayerNormalization 'ln'",
-        "trailing",
-    )
-    _refused(
-        _layer_step("AveragePooling1D", {"name": "pool", "padding": "same"}, (None, 5, 4))[0],
-        "AveragePooling1D 'pool'",
-        "same",
-    )
-    wrapped = {"name": "td", "layer": {"class_name": "LSTM", "config": {"name": "inner", "units": 2}}}
-    _refused(_layer_step("TimeDistributed", wrapped, (None, 5, 3, 4))[0], "TimeDistributed 'td'", "LSTM")
+    dense = REGISTRY["Dense"](spec)
+    dense.load([np.ones((4, 2), np.float32), np.zeros(2, np.float32)])
+    step = Step("d", "d", "Dense", {}, dense, ["x"], False, [None], {}, ["y_0"], [None], [])
+    _refused(Program("p", ["x"], [], [], [step], ["y_0"]), "Dense 'd'", "activation")
 
 
 def test_refusals_of_masks_operations_and_unknown_layers():
@@ -419,13 +408,13 @@ def test_refusals_of_masks_operations_and_unknown_layers():
     step = program.steps[0]
     from dataclasses import replace
 
-    multiply_spec = LayerSpec("mul", "Multiply", {"name": "mul"}, ((None, 5, 4), (None, 5, 4)))
-    multiply = Step(
-        "mul",
-        "mul",
-        "Multiply",
+    concatenate_spec = LayerSpec("cat", "Concatenate", {"name": "cat", "axis": 1}, ((None, 4), (None, 4)))
+    concatenate = Step(
+        "cat",
+        "cat",
+        "Concatenate",
         {},
-        REGISTRY["Multiply"](multiply_spec),
+        REGISTRY["Concatenate"](concatenate_spec),
         ["x", "x"],
         True,
         ["m", "m"],
@@ -434,7 +423,7 @@ def test_refusals_of_masks_operations_and_unknown_layers():
         ["y_0_mask"],
         [],
     )
-    _refused(Program("p", ["x", "m"], [], [], [multiply], ["y_0"]), "Multiply 'mul'", "masked")
+    _refused(Program("p", ["x", "m"], [], [], [concatenate], ["y_0"]), "Concatenate 'cat'", "mask")
     operation = Step("sin", "sin", "Sin", {}, None, ["x"], False, [None], {}, ["y_0"], [None], [])
     _refused(Program("p", ["x"], [], [], [operation], ["y_0"]), "Sin 'sin'", "operation")
     custom = replace(step, class_name="MyLayer", layer="mine")

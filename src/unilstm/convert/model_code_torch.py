@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+from dataclasses import replace
 from typing import Any
 
 from torch import Tensor
@@ -30,6 +31,7 @@ from torch import Tensor
 from .file_kinds import ConversionError
 from .model_code_torch_layers import (
     ACTIVATION_CODE,
+    ACTIVATION_HELPERS,
     LAYER_EMITTERS,
     Writer,
     activation_name,
@@ -263,6 +265,46 @@ def emit_bidirectional(w: Writer, step: Step) -> None:
         w.pass_mask(step, mask if sequences else None, index)
 
 
+_RECURRENT = {"LSTM": emit_lstm, "CuDNNLSTM": emit_lstm, "Bidirectional": emit_bidirectional}
+
+
+def emit_time_distributed_recurrent(w: Writer, step: Step) -> None:
+    """TimeDistributed(LSTM or Bidirectional): the inner layer on (B * T, T2, F) (with the mask (B, T, T2)
+    as (B * T, T2)), reshaped back. The output mask: Keras 3 passes the input's on; Keras 2 the inner
+    layer's (the same, with return_sequences), else the input's reduced to (B, T) with any."""
+    x, mask = step.inputs[0], w.mask(step.input_masks[0])
+    if len(step.inputs) != 1 or step.kwargs:
+        raise refuse(step, "a TimeDistributed LSTM with call arguments is not written here")
+    inner = module(step).layer
+    flat, result = w.local(f"{x}_steps"), w.local(f"{step.outputs[0]}_steps")
+    w.line(
+        f"{flat} = {x}.reshape(-1, *{x}.shape[2:])  # TimeDistributed: every step as a sequence of its own"
+    )
+    flat_mask = None
+    if mask is not None:
+        flat_mask = w.local(f"{mask}_steps")
+        w.line(f"{flat_mask} = {mask}.reshape(-1, *{mask}.shape[2:])")
+    inner_step = replace(
+        step,
+        class_name=inner.spec.class_name,
+        module=inner,
+        inputs=[flat],
+        input_masks=[flat_mask],
+        outputs=[result],
+        output_masks=[None],
+    )
+    _RECURRENT[inner.spec.class_name](w, inner_step)
+    w.line(f"{step.outputs[0]} = {result}.reshape({x}.shape[0], {x}.shape[1], *{result}.shape[1:])")
+    target = step.output_masks[0]
+    if target is None:
+        return
+    cell = inner.door if inner.spec.class_name == "Bidirectional" else inner.cell
+    if not step.keras2 or cell.return_sequences:
+        w.pass_mask(step, mask)
+    else:
+        w.line(f"{target} = {mask}.reshape({x}.shape[0], {x}.shape[1], -1).any(dim=-1)  # Keras 2", target)
+
+
 def _camel(name: str) -> str:
     words = re.split(r"[^0-9A-Za-z]+", name)
     camel = "".join(word[:1].upper() + word[1:] for word in words if word)
@@ -315,6 +357,8 @@ def _walk(w: Writer, program: Program, class_names: set[str]) -> None:
             emit_lstm(w, step)
         elif step.class_name == "Bidirectional":
             emit_bidirectional(w, step)
+        elif step.class_name == "TimeDistributed" and module(step).layer.spec.class_name in _RECURRENT:
+            emit_time_distributed_recurrent(w, step)
         elif step.class_name in LAYER_EMITTERS:
             LAYER_EMITTERS[step.class_name](w, step)
         else:
@@ -366,6 +410,9 @@ def emit_torch_model(program: Program, weights_name: str) -> tuple[str, dict[str
     )
     main = _class_source(w, program, name, doc, class_names)
     safetensors = weights_name.endswith(".safetensors")
+    for helper, source in ACTIVATION_HELPERS.items():
+        if re.search(rf"\b{helper}\b", main + "".join(w.classes)):
+            w.helpers[helper] = source
     code = main + "".join(w.helpers.values()) + "".join(w.classes)
     head = [
         *_docstring(

@@ -14,7 +14,7 @@ import re
 import string
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -58,6 +58,22 @@ ACTIVATION_CODE = {
     "hard_shrink": "F.hardshrink({x}, 0.5)",
     "hard_tanh": "F.hardtanh({x})",
     "log_sigmoid": "F.logsigmoid({x})",
+    "sparsemax": "sparsemax({x})",
+}
+
+#: module-level functions the activation code above calls
+ACTIVATION_HELPERS = {
+    "sparsemax": '''def sparsemax(x):
+    """Keras 3's sparsemax over the last axis, as Keras computes it: with z sorted descending and cumulative
+    sums s_j over the support (z_j - (s_j - 1) / j > 0, k elements), tau = (sum of the s_j - 1) / k."""
+    z, _ = torch.sort(x, dim=-1, descending=True)
+    k = torch.arange(1, x.shape[-1] + 1, dtype=x.dtype, device=x.device)
+    cumulative = z.cumsum(dim=-1)
+    support = z - (cumulative - 1.0) / k > 0
+    count = support.sum(dim=-1, keepdim=True).to(x.dtype)
+    tau = (torch.where(support, cumulative, 0.0).sum(dim=-1, keepdim=True) - 1.0) / count
+    return torch.clamp(x - tau, min=0.0)
+''',
 }
 _NAME_OF = {fn: name for name, fn in reversed(list(activations.REGISTRY.items()))}
 
@@ -289,13 +305,22 @@ def emit_time_distributed(w: Writer, step: Step) -> None:
     if name == "Activation":
         emit_activation(w, _replace_module(step, inner))
         return
+    if name == "Masking":
+        # Masking acts on the last axis: on every step at once. Keras 3 passes the input's mask on, Keras 2
+        # the inner layer's (B, T, ...) mask.
+        target = step.output_masks[0]
+        if step.keras2:
+            emit_masking(w, _replace_module(step, inner))
+        else:
+            emit_masking(w, replace(_replace_module(step, inner), output_masks=[None]))
+            w.pass_mask(step, w.mask(step.input_masks[0]))
+            assert target is None or target in w.aliases
+        return
     raise refuse(step, f"TimeDistributed({name}) has no torch code here (TimeDistributed(Dense) has)")
 
 
-def _replace_module(step: Step, module: Any) -> Step:
-    from dataclasses import replace
-
-    return replace(step, module=module)
+def _replace_module(step: Step, layer: Any) -> Step:
+    return replace(step, module=layer)
 
 
 # -- normalization --------------------------------------------------------------------------------------
@@ -304,24 +329,26 @@ def _replace_module(step: Step, module: Any) -> Step:
 def emit_batch_normalization(w: Writer, step: Step) -> None:
     x, mask = one_input(step)
     m = module(step)
-    if m.center != m.scale:
-        raise refuse(step, f"center={m.center} with scale={m.scale} (nn.BatchNorm1d has both or neither)")
-    affine = m.center
+    affine = m.center or m.scale
     momentum = round(1.0 - m.momentum, 10)
-    w.build(
-        step,
-        [
-            f"self.{step.attribute} = nn.BatchNorm1d({m.channels}, eps={m.epsilon!r}, momentum={momentum!r}"
-            + ("" if affine else ", affine=False")
-            + ")"
-        ],
-        {
-            **({"weight": m.gamma, "bias": m.beta} if affine else {}),
-            "running_mean": m.moving_mean,
-            "running_var": m.moving_variance,
-            "num_batches_tracked": torch.zeros((), dtype=torch.long),
-        },
+    lines = [
+        f"self.{step.attribute} = nn.BatchNorm1d({m.channels}, eps={m.epsilon!r}, momentum={momentum!r}"
+        + ("" if affine else ", affine=False")
+        + ")"
+    ]
+    weights = {}
+    if affine:  # nn.BatchNorm1d has gamma and beta or neither: the one Keras lacks is fixed at 1 or 0
+        weights["weight"] = m.gamma if m.scale else torch.ones(m.channels)
+        weights["bias"] = m.beta if m.center else torch.zeros(m.channels)
+        for kept, name, value in ((m.scale, "weight", 1), (m.center, "bias", 0)):
+            if not kept:
+                lines.append(f"self.{step.attribute}.{name}.requires_grad_(False)  # Keras has none: {value}")
+    weights.update(
+        running_mean=m.moving_mean,
+        running_var=m.moving_variance,
+        num_batches_tracked=torch.zeros((), dtype=torch.long),
     )
+    w.build(step, lines, weights)
     attr, out = step.attribute, step.outputs[0]
     r = rank(step)
     moved = x if m.axis == 1 else f"{x}.movedim({m.axis}, 1)"
@@ -346,12 +373,10 @@ def emit_layer_normalization(w: Writer, step: Step) -> None:
     x, mask = one_input(step)
     m = module(step)
     r = rank(step)
-    if m.axes != list(range(r - len(m.axes), r)):
-        raise refuse(step, f"axes {m.axes} are not the trailing axes nn.LayerNorm normalizes")
-    if m.rms_scaling:
-        raise refuse(step, "rms_scaling has no nn.LayerNorm counterpart")
-    if m.center and not m.scale:
-        raise refuse(step, "center=True with scale=False (nn.LayerNorm has no bias without weight)")
+    if m.axes != list(range(r - len(m.axes), r)) or m.rms_scaling or (m.center and not m.scale):
+        _explicit_layer_normalization(w, step, x)
+        w.pass_mask(step, w.mask(mask))
+        return
     shape = tuple(m.param_shape)
     options = "" if m.scale and m.center else (", bias=False" if m.scale else ", elementwise_affine=False")
     weights = {}
@@ -362,6 +387,34 @@ def emit_layer_normalization(w: Writer, step: Step) -> None:
     w.build(step, [f"self.{step.attribute} = nn.LayerNorm({shape!r}, eps={m.epsilon!r}{options})"], weights)
     w.line(f"{step.outputs[0]} = self.{step.attribute}({x})")
     w.pass_mask(step, w.mask(mask))
+
+
+def _explicit_layer_normalization(w: Writer, step: Step, x: str) -> None:
+    """What nn.LayerNorm cannot say (axes that are not the trailing ones, Keras 3's rms_scaling, a beta
+    without gamma) as tensor code, with gamma and beta in an nn.ParameterDict."""
+    m = module(step)
+    attr, out = step.attribute, step.outputs[0]
+    weights = {name: getattr(m, name) for name in m.weight_names}
+    if weights:
+        params = ", ".join(
+            f'"{n}": nn.Parameter(torch.empty({tuple(t.shape)!r}))' for n, t in weights.items()
+        )
+        w.build(step, [f"self.{attr} = nn.ParameterDict({{{params}}})"], weights)
+    axes = tuple(m.axes)
+    view = tuple(m.param_shape[axes.index(i)] if i in axes else 1 for i in range(rank(step)))
+    mean, variance = w.local(f"{out}_mean"), w.local(f"{out}_variance")
+    w.line(f"# Keras LayerNormalization over axes {list(axes)}: biased variance")
+    w.line(f"{mean} = {x}.mean(dim={axes!r}, keepdim=True)")
+    w.line(f"{variance} = ({x} - {mean}).square().mean(dim={axes!r}, keepdim=True)")
+    if m.rms_scaling:  # Keras 3: x / sqrt(centred variance + epsilon) * gamma, no beta
+        expr = f"{x} * torch.rsqrt({variance} + {m.epsilon!r})"
+    else:
+        expr = f"({x} - {mean}) * torch.rsqrt({variance} + {m.epsilon!r})"
+    if m.scale:
+        expr += f' * self.{attr}["gamma"].reshape{view!r}'
+    if m.center:
+        expr += f' + self.{attr}["beta"].reshape{view!r}'
+    w.line(f"{out} = {expr}")
 
 
 # -- dropout and noise ------------------------------------------------------------------------------------
@@ -418,15 +471,16 @@ def emit_shape(w: Writer, step: Step) -> None:
 # -- pooling and convolution --------------------------------------------------------------------------
 
 
-def _same_padding_lines(w: Writer, x: str, window: int, stride: int, fill: str) -> str:
-    """Lines padding ``x`` (B, C, T) as TensorFlow's "same" does; the padded variable."""
+def _same_padding_lines(w: Writer, x: str, window: int, stride: int, fill: str) -> tuple[str, str]:
+    """Lines padding ``x`` (B, C, T) as TensorFlow's "same" does; the padded variable and the padding."""
     total, padded = w.local("pad"), w.local(f"{x}_padded")
     w.line(
         f"{total} = max((-(-{x}.shape[2] // {stride}) - 1) * {stride} + {window} - {x}.shape[2], 0)"
         "  # TensorFlow's 'same': the smaller half on the left"
     )
-    w.line(f"{padded} = F.pad({x}, ({total} // 2, {total} - {total} // 2){fill})")
-    return padded
+    pads = f"({total} // 2, {total} - {total} // 2)"
+    w.line(f"{padded} = F.pad({x}, {pads}{fill})")
+    return padded, pads
 
 
 def emit_global_pooling(w: Writer, step: Step) -> None:
@@ -457,16 +511,21 @@ def emit_pooling(w: Writer, step: Step) -> None:
     m = module(step)
     attr, out = step.attribute, step.outputs[0]
     torch_class = "MaxPool1d" if step.class_name == "MaxPooling1D" else "AvgPool1d"
-    if m.padding == "same" and torch_class == "AvgPool1d":
-        raise refuse(step, "padding='same' (Keras leaves the padding out of the mean; nn.AvgPool1d cannot)")
     w.build(step, [f"self.{attr} = nn.{torch_class}({m.pool_size}, stride={m.strides})"], {})
     channels_first = m.data_format == "channels_first"
     source = x if channels_first else w.local(f"{x}_channels")
     if not channels_first:
         w.line(f"{source} = {x}.transpose(1, 2)  # (B, C, T) for torch")
-    if m.padding == "same":
-        source = _same_padding_lines(w, source, m.pool_size, m.strides, ', value=float("-inf")')
     result = f"self.{attr}({source})"
+    if m.padding == "same" and torch_class == "MaxPool1d":
+        source, _ = _same_padding_lines(w, source, m.pool_size, m.strides, ', value=float("-inf")')
+        result = f"self.{attr}({source})"
+    elif m.padding == "same":
+        padded, pads = _same_padding_lines(w, source, m.pool_size, m.strides, "")
+        counted = w.local("counted")
+        w.line(f"{counted} = self.{attr}(F.pad(torch.ones_like({source}[:, :1]), {pads}))  # real steps")
+        result = f"(self.{attr}({padded}) / {counted})"
+        w.line("# Keras's mean leaves the padding out")
     w.line(f"{out} = {result}" + ("" if channels_first else ".transpose(1, 2)"))
 
 
@@ -490,7 +549,7 @@ def emit_conv1d(w: Writer, step: Step) -> None:
         w.line(f"{padded} = F.pad({source}, ({window - 1}, 0))  # Keras padding='causal'")
         source = padded
     elif m.padding == "same":
-        source = _same_padding_lines(w, source, window, m.strides, "")
+        source, _ = _same_padding_lines(w, source, window, m.strides, "")
     result = f"self.{attr}({source})" + ("" if channels_first else ".transpose(1, 2)")
     w.line(f"{out} = " + activation_code(step, m._activation, result))
 
@@ -511,9 +570,15 @@ def emit_elementwise(w: Writer, step: Step) -> None:
     xs = _merge_inputs(w, step)
     masks = [w.mask(m) for m in step.input_masks]
     cls, out = step.class_name, step.outputs[0]
-    if cls in ("Multiply", "Maximum", "Minimum") and not step.keras2 and any(masks):
-        raise refuse(step, "Keras 3's masked Multiply/Maximum/Minimum values are not written here")
-    if cls == "Add":
+    # Keras 3 lets Multiply, Maximum and Minimum see the masks of the inputs it did not have to lift
+    seen = [
+        m if x == name and not step.keras2 else None
+        for x, name, m in zip(xs, step.inputs, masks, strict=True)
+    ]
+    set_mask = None
+    if cls in ("Multiply", "Maximum", "Minimum") and any(seen):
+        set_mask = _masked_merge(w, step, xs, seen)
+    elif cls == "Add":
         w.line(f"{out} = {' + '.join(xs)}")
     elif cls == "Subtract":
         w.line(f"{out} = {xs[0]} - {xs[1]}")
@@ -531,7 +596,39 @@ def emit_elementwise(w: Writer, step: Step) -> None:
     if target is not None:
         present = [m for m in masks if m is not None]
         op, why = (" & ", "Keras 2: AND of the masks") if step.keras2 else (" | ", "Keras 3: OR of the masks")
-        w.line(f"{target} = {op.join(present)}  # {why}", target)
+        w.line(f"{target} = {set_mask or op.join(present)}" + ("" if set_mask else f"  # {why}"), target)
+
+
+def _masked_merge(w: Writer, step: Step, xs: list[str], masks: list[str | None]) -> str | None:
+    """Keras 3's Multiply (a masked element counts as 1; zero where every input is masked) and Maximum /
+    Minimum (a masked element is taken from the other side); the mask they set, or None."""
+    out = step.outputs[0]
+    if step.class_name == "Multiply":
+        w.line("# Keras 3: a masked element counts as 1")
+        factors = [
+            f"torch.where({m}.unsqueeze(-1), {x}, 1.0)" if m else x for x, m in zip(xs, masks, strict=True)
+        ]
+        w.line(f"{out} = {' * '.join(factors)}")
+        if not all(masks):
+            return None
+        union = " | ".join(m for m in masks if m)
+        w.line(f"{out} = torch.where(({union}).unsqueeze(-1), {out}, 0.0)  # 0 where every input is masked")
+        return union
+    fn = "torch.maximum" if step.class_name == "Maximum" else "torch.minimum"
+    w.line("# Keras 3: a masked element of one side is taken from the other")
+    w.line(f"{out} = {xs[0]}")
+    union: list[str] | None = [masks[0]] if masks[0] else None
+    for x, m in zip(xs[1:], masks[1:], strict=True):
+        if m is not None:
+            kept = w.local(f"{x}_kept")
+            w.line(f"{kept} = torch.where({m}.unsqueeze(-1), {x}, {out})")
+            x = kept
+        if union is not None:
+            joined = union[0] if len(union) == 1 else f"({' | '.join(union)})"
+            w.line(f"{out} = torch.where({joined}.unsqueeze(-1), {out}, {x})")
+        union = union + [m] if union is not None and m is not None else None
+        w.line(f"{out} = {fn}({out}, {x})")
+    return None if union is None else " | ".join(union)
 
 
 def emit_concatenate(w: Writer, step: Step) -> None:
