@@ -611,13 +611,14 @@ def _masked_merge(w: Writer, step: Step, xs: list[str], masks: list[str | None])
         w.line(f"{out} = {' * '.join(factors)}")
         if not all(masks):
             return None
-        union = " | ".join(m for m in masks if m)
-        w.line(f"{out} = torch.where(({union}).unsqueeze(-1), {out}, 0.0)  # 0 where every input is masked")
-        return union
+        every = " | ".join(m for m in masks if m)
+        w.line(f"{out} = torch.where(({every}).unsqueeze(-1), {out}, 0.0)  # 0 where every input is masked")
+        return every
     fn = "torch.maximum" if step.class_name == "Maximum" else "torch.minimum"
     w.line("# Keras 3: a masked element of one side is taken from the other")
     w.line(f"{out} = {xs[0]}")
-    union: list[str] | None = [masks[0]] if masks[0] else None
+    first = masks[0]
+    union: list[str] | None = [first] if first is not None else None
     for x, m in zip(xs[1:], masks[1:], strict=True):
         if m is not None:
             kept = w.local(f"{x}_kept")
