@@ -58,7 +58,7 @@ from ..formats.onnx_export import (
 )
 from ..keras_model.operations import OPERATIONS
 from .file_kinds import ConversionError
-from .model_onnx_layers import EMITTERS, Emitted, Graph, Mask
+from .model_onnx_layers import EMITTERS, Emitted, Graph, Mask, array_of, layer_of
 from .model_program import Program, Step
 
 #: layers a TimeDistributed runs on (B * T, ...) that are per-step already: applied to (B, T, ...) as is
@@ -107,7 +107,7 @@ def export_model_onnx(program: Program, opset: int | None = None) -> Any:
             g.types[variable] = elem
     _emit_program(g, program, "", "", values, {})
     shapes = {v: s for step in program.steps for v, s in zip(step.outputs, step.output_shapes, strict=True)}
-    graph_outputs = []
+    graph_outputs: list[Any] = []
     for variable in program.outputs:
         name = values[variable]
         if name in program.inputs or name in [o.name for o in graph_outputs]:  # an output seen already
@@ -311,7 +311,7 @@ def _emit_time_distributed(
     """The inner layer on every step: per-step layers (Dense, Activation, identities) on (B, T, ...) as is,
     others on (B * T, ...) reshaped back to (B, T, ...). The input mask passes on (the inner layer gets
     none: no supported inner layer uses it)."""
-    inner = step.module.layer
+    inner: Any = layer_of(step).layer
     mask = masks[0] if masks else None
     if inner.spec.class_name in ("Masking", "Embedding") and step.keras2 and mask is not None:
         raise g.error("tf-keras's TimeDistributed hands on its inner layer's mask; not supported")
@@ -351,7 +351,7 @@ def emit_recurrent(
 ) -> Emitted:
     """LSTM / CuDNNLSTM (``<layer>.cell``) or Bidirectional (``<layer>.forward_layer`` and
     ``.backward_layer``): ONNX LSTM nodes on the time-major input, Keras's output conventions around them."""
-    layer = step.module
+    layer: Any = step.module
     bidirectional = step.class_name == "Bidirectional"
     door = layer.door if bidirectional else layer.cell
     unknown = sorted(set(step.kwargs) - {"initial_state"})
@@ -371,8 +371,8 @@ def emit_recurrent(
     if mask is not None:
         if mask.gaps is not None:
             raise g.error(
-                f"its mask can have gaps ({mask.gaps}): ONNX's LSTM takes sequence lengths, i.e. right-padded "
-                "masks only"
+                f"its mask can have gaps ({mask.gaps}): ONNX's LSTM takes sequence lengths, i.e. "
+                "right-padded masks only"
             )
         lengths = _lengths(g, mask.tensor)
     x_tm = g.node("Transpose", [x], "time_major", perm=[1, 0, 2])
@@ -474,11 +474,11 @@ def _direction(
     except OnnxExportError as error:
         raise g.error(str(error)) from None
     units = cell.units
-    w = to_onnx_gates(_array(cell.kernel).T, axis=0)[None]
-    r = to_onnx_gates(_array(cell.recurrent_kernel).T, axis=0)[None]
+    w = np.asarray(to_onnx_gates(array_of(cell.kernel).T, axis=0))[None]
+    r = np.asarray(to_onnx_gates(array_of(cell.recurrent_kernel).T, axis=0))[None]
     node_inputs = [x_tm, g.weight(f"{prefix}.W", w), g.weight(f"{prefix}.R", r), ""]
     if cell.bias is not None:  # Keras's one bias as ONNX's input bias, a zero recurrent bias
-        b = np.concatenate([to_onnx_gates(_array(cell.bias), axis=0), np.zeros(4 * units, np.float32)])
+        b = np.concatenate([to_onnx_gates(array_of(cell.bias), axis=0), np.zeros(4 * units, np.float32)])
         node_inputs[3] = g.weight(f"{prefix}.B", b[None])
     node_inputs.append(lengths or "")
     if state is not None:
@@ -516,10 +516,6 @@ def _direction(
     if mask is not None:
         run.last = g.node("Gather", [run.processing(g), g.const(np.asarray(-1, np.int64))], "last", axis=0)
     return run
-
-
-def _array(value: Any) -> np.ndarray:
-    return value.detach().cpu().numpy()
 
 
 def _within(g: Graph, mask: str) -> str:

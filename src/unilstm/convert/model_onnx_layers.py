@@ -149,11 +149,17 @@ Emitted = tuple[list[str], list[Mask | None]]
 Emitter = Callable[[Graph, Step, list[str], list[Mask | None]], Emitted]
 
 
+def layer_of(step: Step) -> Any:
+    """The step's loaded layer (its attributes are the layer class's own, see ``keras_model/layers_*``)."""
+    return step.module
+
+
 def weight_name(step: Step, name: str) -> str:
     return f"{step.attribute}.{name}"
 
 
-def _array(value: Any) -> np.ndarray:
+def array_of(value: Any) -> np.ndarray:
+    """A parameter or buffer as a numpy array."""
     return value.detach().cpu().numpy()
 
 
@@ -267,14 +273,14 @@ def activation(g: Graph, function: Any, x: str) -> str:
 def emit_embedding(g: Graph, step: Step, inputs: list[str], masks: list[Mask | None]) -> Emitted:
     """Gather of the ids' rows (float ids truncated to int32 first, as Keras casts them; a negative id counts
     from the end, as Keras 3's ``take``). ``mask_zero``: the mask ``ids != 0``, assumed right-padded."""
-    layer = step.module
+    layer: Any = step.module
     ids, _ = _one(step, inputs, masks)
     tp = g.onnx.TensorProto
     index = ids
     if g.types.get(ids) not in (tp.INT32, tp.INT64):
         index = g.node("Cast", [ids], "ids", to=tp.INT32)
     out = g.node(
-        "Gather", [g.weight(weight_name(step, "embeddings"), _array(layer.embeddings)), index], axis=0
+        "Gather", [g.weight(weight_name(step, "embeddings"), array_of(layer.embeddings)), index], axis=0
     )
     if not layer.mask_zero:
         return [out], [None]
@@ -294,27 +300,30 @@ def _numpy_type(g: Graph, tensor: str) -> Any:
 def emit_masking(g: Graph, step: Step, inputs: list[str], masks: list[Mask | None]) -> Emitted:
     """mask = any(x != mask_value) over the features; x zeroed where the mask is False."""
     x, _ = _one(step, inputs, masks)
-    value = g.scalar(step.module.mask_value)
+    value = g.scalar(layer_of(step).mask_value)
     differs = g.node("Not", [g.node("Equal", [x, value])], "differs")
     keep = g.any(differs, [-1])
     g.types[keep] = g.onnx.TensorProto.BOOL
-    why = f"the mask of {step.class_name} {step.layer!r} marks steps whose features all equal mask_value, anywhere"
+    why = (
+        f"the mask of {step.class_name} {step.layer!r} marks steps whose features all equal mask_value, "
+        "anywhere"
+    )
     return [g.where_mask(keep, x, step.keras2)], [Mask(keep, why)]
 
 
 def emit_dense(g: Graph, step: Step, inputs: list[str], masks: list[Mask | None]) -> Emitted:
     """activation(x @ kernel + bias) on the last axis; the mask passes on."""
-    layer = step.module
+    layer: Any = step.module
     x, mask = _one(step, inputs, masks)
-    y = g.node("MatMul", [x, g.weight(weight_name(step, "kernel"), _array(layer.kernel))])
+    y = g.node("MatMul", [x, g.weight(weight_name(step, "kernel"), array_of(layer.kernel))])
     if layer.bias is not None:
-        y = g.node("Add", [y, g.weight(weight_name(step, "bias"), _array(layer.bias))])
+        y = g.node("Add", [y, g.weight(weight_name(step, "bias"), array_of(layer.bias))])
     return [activation(g, layer.activation, y)], [mask]
 
 
 def emit_activation(g: Graph, step: Step, inputs: list[str], masks: list[Mask | None]) -> Emitted:
     x, mask = _one(step, inputs, masks)
-    return [activation(g, step.module.activation, x)], [mask]
+    return [activation(g, layer_of(step).activation, x)], [mask]
 
 
 def emit_identity(g: Graph, step: Step, inputs: list[str], masks: list[Mask | None]) -> Emitted:
@@ -342,15 +351,15 @@ def _normalize(
 def emit_batch_normalization(g: Graph, step: Step, inputs: list[str], masks: list[Mask | None]) -> Emitted:
     """Inference: the moving statistics; y = (x - mean) / sqrt(variance + epsilon) * gamma + beta along
     ``axis``. The mask passes on."""
-    layer = step.module
+    layer: Any = step.module
     x, mask = _one(step, inputs, masks)
-    rank = len(step.module.spec.input_shape)
+    rank = len(layer_of(step).spec.input_shape)
     view = [1] * rank
     view[layer.axis] = layer.channels
     view = view[1:]  # broadcast from the right, without the batch axis
 
     def named(key: str, value: Any) -> str:
-        return g.weight(weight_name(step, key), _array(value).reshape(view))
+        return g.weight(weight_name(step, key), array_of(value).reshape(view))
 
     gamma = named("gamma", layer.gamma) if layer.gamma is not None else None
     beta = named("beta", layer.beta) if layer.beta is not None else None
@@ -361,17 +370,17 @@ def emit_batch_normalization(g: Graph, step: Step, inputs: list[str], masks: lis
 def emit_layer_normalization(g: Graph, step: Step, inputs: list[str], masks: list[Mask | None]) -> Emitted:
     """Mean and biased variance over ``axis`` per sample; as BatchNormalization's formula with them (Keras 3
     ``rms_scaling``: x / sqrt(variance + epsilon) * gamma). The mask passes on."""
-    layer = step.module
+    layer: Any = step.module
     x, mask = _one(step, inputs, masks)
     rank = len(layer.spec.input_shape)
     view = [layer.param_shape[layer.axes.index(i)] if i in layer.axes else 1 for i in range(1, rank)]
     gamma = (
-        g.weight(weight_name(step, "gamma"), _array(layer.gamma).reshape(view))
+        g.weight(weight_name(step, "gamma"), array_of(layer.gamma).reshape(view))
         if layer.gamma is not None
         else None
     )
     beta = (
-        g.weight(weight_name(step, "beta"), _array(layer.beta).reshape(view))
+        g.weight(weight_name(step, "beta"), array_of(layer.beta).reshape(view))
         if layer.beta is not None
         else None
     )
@@ -392,23 +401,23 @@ def emit_layer_normalization(g: Graph, step: Step, inputs: list[str], masks: lis
 
 def emit_flatten(g: Graph, step: Step, inputs: list[str], masks: list[Mask | None]) -> Emitted:
     x = inputs[0]
-    rank = len(step.module.spec.input_shape)
-    if step.module.channels_first and rank > 2:
+    rank = len(layer_of(step).spec.input_shape)
+    if layer_of(step).channels_first and rank > 2:
         x = g.node("Transpose", [x], perm=[0, *range(2, rank), 1])
     return [g.node("Reshape", [x, g.ints([0, -1])])], [None]
 
 
 def emit_reshape(g: Graph, step: Step, inputs: list[str], masks: list[Mask | None]) -> Emitted:
-    return [g.node("Reshape", [inputs[0], g.ints([0, *step.module.target])])], [None]
+    return [g.node("Reshape", [inputs[0], g.ints([0, *layer_of(step).target])])], [None]
 
 
 def emit_permute(g: Graph, step: Step, inputs: list[str], masks: list[Mask | None]) -> Emitted:
-    return [g.node("Transpose", [inputs[0]], perm=[0, *step.module.dims])], [None]
+    return [g.node("Transpose", [inputs[0]], perm=[0, *layer_of(step).dims])], [None]
 
 
 def emit_repeat_vector(g: Graph, step: Step, inputs: list[str], masks: list[Mask | None]) -> Emitted:
     row = g.node("Unsqueeze", [inputs[0], g.ints([1])])
-    return [g.node("Tile", [row, g.ints([1, step.module.n, 1])])], [None]
+    return [g.node("Tile", [row, g.ints([1, layer_of(step).n, 1])])], [None]
 
 
 # -- merges -----------------------------------------------------------------------------------------------
@@ -421,7 +430,8 @@ def _joined_gaps(masks: Sequence[Mask | None], how: str) -> str | None:
 
 
 def _merge_output_mask(g: Graph, step: Step, masks: list[Mask | None]) -> Mask | None:
-    """Keras 3: the OR of the masks when every input has one (else None); Keras 2: the AND of those present."""
+    """Keras 3: the OR of the masks when every input has one (else None); Keras 2: the AND of those
+    present."""
     present = [m for m in masks if m is not None]
     if not present or (not step.keras2 and len(present) < len(masks)):
         return None
@@ -435,7 +445,7 @@ def _merge_output_mask(g: Graph, step: Step, masks: list[Mask | None]) -> Mask |
 
 def _lifted(g: Graph, step: Step, inputs: list[str]) -> tuple[list[str], list[bool]]:
     """Inputs of lower rank get size-1 axes at axis 1 (as Keras); which of them kept their rank."""
-    ranks = [len(s) for s in step.module.spec.input_shapes]
+    ranks = [len(s) for s in layer_of(step).spec.input_shapes]
     top = max(ranks)
     out, kept = [], []
     for x, rank in zip(inputs, ranks, strict=True):
@@ -519,7 +529,7 @@ def _or_masked(g: Graph, op: str, tensors: list[str], masks: list[Mask | None]) 
 def emit_concatenate(g: Graph, step: Step, inputs: list[str], masks: list[Mask | None]) -> Emitted:
     """Concat along ``axis``; the output mask: each input's mask (all True without one) widened to its
     shape, concatenated, reduced over the last axis with any (Keras 3) or all (Keras 2)."""
-    layer = step.module
+    layer: Any = step.module
     assert isinstance(layer, _ConcatenateLayer)
     rank = len(layer.spec.input_shapes[0])
     axis = layer._axis(rank)
@@ -536,7 +546,8 @@ def emit_concatenate(g: Graph, step: Step, inputs: list[str], masks: list[Mask |
             pieces.append(_wide(g, m, x))
     if step.keras2 and axis != rank - 1:
         raise g.error(
-            f"tf-keras cannot concatenate the masks of these inputs along axis {layer.axis} (it fails on this call)"
+            f"tf-keras cannot concatenate the masks of these inputs along axis {layer.axis} (it fails on "
+            "this call)"
         )
     joined = g.node("Concat", pieces, "masks", axis=axis)
     mask = g.all(joined, [-1]) if step.keras2 else g.any(joined, [-1])
@@ -548,7 +559,7 @@ def emit_concatenate(g: Graph, step: Step, inputs: list[str], masks: list[Mask |
 
 def emit_dot(g: Graph, step: Step, inputs: list[str], masks: list[Mask | None]) -> Emitted:
     """Keras's batch_dot as an Einsum (inputs L2-normalised first with ``normalize``); no mask."""
-    layer = step.module
+    layer: Any = step.module
     shapes = layer.spec.input_shapes
     ranks = [len(shapes[0]), len(shapes[1])]
     a1, a2 = layer._resolved(ranks)
@@ -587,7 +598,7 @@ def _steps_axis(layer: Any) -> int:
 def emit_global_average_pooling(g: Graph, step: Step, inputs: list[str], masks: list[Mask | None]) -> Emitted:
     """The mean over the steps; with a mask the mean over the present steps (sum of the kept steps / their
     count: NaN for a fully masked row, as Keras). No output mask."""
-    layer = step.module
+    layer: Any = step.module
     x, mask = _one(step, inputs, masks)
     axis = _steps_axis(layer)
     if mask is None:
@@ -604,7 +615,7 @@ def emit_global_average_pooling(g: Graph, step: Step, inputs: list[str], masks: 
 
 def emit_global_max_pooling(g: Graph, step: Step, inputs: list[str], masks: list[Mask | None]) -> Emitted:
     """The maximum over the steps, masked ones included (as both Kerases)."""
-    return [g.reduce("ReduceMax", inputs[0], [_steps_axis(step.module)], step.module.keepdims)], [None]
+    return [g.reduce("ReduceMax", inputs[0], [_steps_axis(step.module)], layer_of(step).keepdims)], [None]
 
 
 def _channels_first(g: Graph, x: str, data_format: str) -> str:
@@ -620,7 +631,7 @@ def _back(g: Graph, y: str, data_format: str) -> str:
 def emit_pooling(g: Graph, step: Step, inputs: list[str], masks: list[Mask | None]) -> Emitted:
     """MaxPool / AveragePool on (B, C, T); TensorFlow's "same" padding is ONNX's SAME_UPPER (the extra padded
     step on the right), padded steps never the maximum and not counted in the mean. The mask is dropped."""
-    layer = step.module
+    layer: Any = step.module
     x = _channels_first(g, inputs[0], layer.data_format)
     attrs: dict[str, Any] = {"kernel_shape": [layer.pool_size], "strides": [layer.strides]}
     if layer.padding == "same":
@@ -633,11 +644,11 @@ def emit_conv1d(g: Graph, step: Step, inputs: list[str], masks: list[Mask | None
     """Conv on (B, C, T) with the kernel as ONNX's W (filters, C / groups, k) (``<layer>.W``): padding valid,
     same (pads computed from the steps as TensorFlow does: ONNX's SAME_UPPER) or causal ((k - 1) d zeros on
     the left); then the activation. The mask is dropped."""
-    layer = step.module
+    layer: Any = step.module
     x = _channels_first(g, inputs[0], layer.data_format)
-    conv_inputs = [x, g.weight(weight_name(step, "W"), _array(layer.kernel).transpose(2, 1, 0))]
+    conv_inputs = [x, g.weight(weight_name(step, "W"), array_of(layer.kernel).transpose(2, 1, 0))]
     if layer.bias is not None:
-        conv_inputs.append(g.weight(weight_name(step, "bias"), _array(layer.bias)))
+        conv_inputs.append(g.weight(weight_name(step, "bias"), array_of(layer.bias)))
     attrs: dict[str, Any] = {
         "kernel_shape": [layer.kernel_size],
         "strides": [layer.strides],
@@ -660,7 +671,7 @@ def emit_attention(g: Graph, step: Step, inputs: list[str], masks: list[Mask | N
     minus 1e9 where a value is masked or (causal) later than the query, softmax over the values, W V,
     zeroed at masked queries; the output keeps the query's mask. ``return_attention_scores`` also
     returns W."""
-    layer = step.module
+    layer: Any = step.module
     unknown = sorted(set(step.kwargs) - {"return_attention_scores", "use_causal_mask"})
     if unknown:
         raise g.error(f"unsupported call arguments: {', '.join(unknown)}")
@@ -692,8 +703,8 @@ def emit_attention(g: Graph, step: Step, inputs: list[str], masks: list[Mask | N
 
 
 def _scores(g: Graph, step: Step, query: str, key: str) -> str:
-    layer = step.module
-    scale = g.weight(weight_name(step, "scale"), _array(layer.scale)) if layer.scale is not None else None
+    layer: Any = step.module
+    scale = g.weight(weight_name(step, "scale"), array_of(layer.scale)) if layer.scale is not None else None
     if layer.score_mode == "dot":
         rank = len(
             layer.spec.input_shapes[-1] if len(layer.spec.input_shapes) > 2 else layer.spec.input_shapes[1]
@@ -713,7 +724,7 @@ def _scores(g: Graph, step: Step, query: str, key: str) -> str:
         return g.reduce("ReduceSum", activated, [-1], False, "scores")
     if scale is not None:
         summed = g.node("Mul", [scale, summed])
-    weight = g.weight(weight_name(step, "concat_score_weight"), _array(layer.concat_score_weight))
+    weight = g.weight(weight_name(step, "concat_score_weight"), array_of(layer.concat_score_weight))
     return g.node("Mul", [weight, g.reduce("ReduceSum", g.node("Tanh", [summed]), [-1], False)], "scores")
 
 
