@@ -25,7 +25,7 @@ from unilstm.convert.file_kinds import ConversionError  # noqa: E402
 from unilstm.convert.model_onnx import export_model_onnx  # noqa: E402
 from unilstm.convert.model_program import model_program  # noqa: E402
 from unilstm.keras import load_model  # noqa: E402
-from unilstm.keras_model.model import KerasModel  # noqa: E402
+from unilstm.keras_model.model import KerasModel, build_model  # noqa: E402
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "keras_models"
 MODELS = [
@@ -142,3 +142,215 @@ def test_a_bad_opset_is_refused() -> None:
     program = model_program(load_model(FIXTURES / "k3_forecast.keras"))
     with pytest.raises(ConversionError, match="opset must be an int >= 13"):
         export_model_onnx(program, opset=11)
+
+
+# -- models built from configs, random weights -------------------------------------------------------------
+
+
+def _layer(name: str, class_name: str, inbound: list[Any] | None = None, **config: Any) -> dict[str, Any]:
+    """A tf-keras-style functional layer entry; ``inbound``: one call, a list of tensors ``[layer, node,
+    index, kwargs]`` (a layer name alone is ``[name, 0, 0, {}]``)."""
+    call = [[t, 0, 0, {}] if isinstance(t, str) else t for t in (inbound or [])]
+    entry = {"name": name, "trainable": True, **config}
+    return {"name": name, "class_name": class_name, "config": entry, "inbound_nodes": [call]}
+
+
+def _inputs(**shapes: Any) -> list[dict[str, Any]]:
+    entries = []
+    for name, shape in shapes.items():
+        dtype = "int32" if name.startswith("ids") else "float32"
+        config = {"batch_input_shape": shape, "dtype": dtype, "name": name}
+        entries.append({"name": name, "class_name": "InputLayer", "config": config, "inbound_nodes": []})
+    return entries
+
+
+def build(
+    layers: list[dict[str, Any]], outputs: list[str], keras2: bool = False, seed: int = 0
+) -> KerasModel:
+    """A functional model of ``layers`` (inputs first) with random weights."""
+    inputs = [[e["name"], 0, 0] for e in layers if e["class_name"] == "InputLayer"]
+    config = {
+        "class_name": "Model",
+        "config": {
+            "name": "built",
+            "layers": layers,
+            "input_layers": inputs,
+            "output_layers": [[o, 0, 0] for o in outputs],
+        },
+    }
+    model = build_model(config, keras2, None)
+    rng = np.random.default_rng(seed)
+    for _, _, module in model.layers:
+        arrays = []
+        for name, shape in zip(module.weight_names, module.weight_shapes(), strict=True):
+            array = rng.normal(0.0, 0.5, shape).astype(np.float32)
+            arrays.append(np.abs(array) + 0.5 if "variance" in name else array)
+        module.load(arrays)
+    return model
+
+
+def sample(model: KerasModel, batch: int = 4, steps: int = 6, seed: int = 2) -> list[np.ndarray]:
+    """Inputs for ``model``: normal floats; right-padded ids with lengths steps, steps - 2, 1, 0 ..."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for shape, dtype in zip(model.input_shapes, model.input_dtypes, strict=True):
+        sizes = [batch if i == 0 else (steps if s is None else s) for i, s in enumerate(shape)]
+        if dtype.startswith("int"):
+            ids = rng.integers(1, 9, sizes).astype(np.int32)
+            for row, length in enumerate([sizes[1], sizes[1] - 2, 1, 0][:batch]):
+                ids[row, length:] = 0
+            out.append(ids)
+        else:
+            out.append(rng.normal(size=sizes).astype(np.float32))
+    return out
+
+
+def check(model: KerasModel, opset: int | None = None, **sizes: int) -> Any:
+    exported = export_model_onnx(model_program(model), opset=opset)
+    onnx.checker.check_model(exported, full_check=True)
+    inputs = sample(model, **sizes)
+    assert_close(run_onnx(exported, inputs), run_torch(model, inputs))
+    return exported
+
+
+LSTM = {"units": 3, "return_sequences": True}
+
+
+@pytest.mark.parametrize("keras2", [False, True])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"go_backwards": True},
+        {"zero_output_for_mask": True},
+        {"return_sequences": False},
+        {"return_sequences": False, "go_backwards": True},
+        {"activation": "relu", "recurrent_activation": "hard_sigmoid", "use_bias": False},
+        {"activation": None, "recurrent_activation": "tanh"},
+    ],
+)
+def test_lstm_options_with_an_ids_mask(options: dict[str, Any], keras2: bool) -> None:
+    if keras2 and "zero_output_for_mask" in options:
+        pytest.skip("a Keras 3 argument")
+    model = build(
+        [
+            *_inputs(ids=[None, None]),
+            _layer("embedding", "Embedding", ["ids"], input_dim=9, output_dim=4, mask_zero=True),
+            _layer("lstm", "LSTM", ["embedding"], **{**LSTM, **options}),
+            _layer("dense", "Dense", ["lstm"], units=2),
+        ],
+        ["dense"],
+        keras2,
+    )
+    check(model)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_return_state_and_initial_state(masked: bool) -> None:
+    states = [["encoder", 0, 1, {}], ["encoder", 0, 2, {}]]
+    model = build(
+        [
+            *_inputs(ids=[None, None], x=[None, 5, 3]),
+            _layer("embedding", "Embedding", ["ids"], input_dim=9, output_dim=3, mask_zero=masked),
+            _layer("encoder", "LSTM", ["x"], units=4, return_state=True),
+            _layer(
+                "decoder", "LSTM", ["embedding", *states], units=4, return_sequences=True, return_state=True
+            ),
+            _layer("back", "LSTM", ["embedding", *states], units=4, go_backwards=True),
+        ],
+        ["decoder", "back"],
+        keras2=True,
+    )
+    exported = check(model)
+    assert len(exported.graph.output) == 2
+
+
+@pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave", None])
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_bidirectional_merge_modes(merge_mode: str | None, return_sequences: bool) -> None:
+    inner = {
+        "class_name": "LSTM",
+        "config": {"name": "lstm", "units": 3, "return_sequences": return_sequences},
+    }
+    outputs = ["bidirectional"] if merge_mode is not None else []
+    layers = [
+        *_inputs(ids=[None, None]),
+        _layer("embedding", "Embedding", ["ids"], input_dim=9, output_dim=4, mask_zero=True),
+        _layer("bidirectional", "Bidirectional", ["embedding"], layer=inner, merge_mode=merge_mode),
+    ]
+    if merge_mode is None:
+        layers.append(_layer("add", "Add", [["bidirectional", 0, 0, {}], ["bidirectional", 0, 1, {}]]))
+        outputs = ["add"]
+    check(build(layers, outputs))
+
+
+def test_bidirectional_return_state_and_a_different_backward_layer() -> None:
+    forward = {"class_name": "LSTM", "config": {"name": "f", "units": 3, "return_state": True}}
+    backward = {
+        "class_name": "LSTM",
+        "config": {"name": "b", "units": 3, "go_backwards": True, "return_state": True, "activation": "relu"},
+    }
+    model = build(
+        [
+            *_inputs(ids=[None, None]),
+            _layer("embedding", "Embedding", ["ids"], input_dim=9, output_dim=4, mask_zero=True),
+            _layer("bi", "Bidirectional", ["embedding"], layer=forward, backward_layer=backward),
+            _layer("concatenate", "Concatenate", [["bi", 0, i, {}] for i in range(5)]),
+        ],
+        ["concatenate"],
+    )
+    check(model)
+
+
+@pytest.mark.parametrize("keras2", [False, True])
+def test_merges_and_concatenate_with_masks_feed_an_lstm(keras2: bool) -> None:
+    embed = {"input_dim": 9, "output_dim": 3, "mask_zero": True}
+    merges = ["Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"]
+    layers = [
+        *_inputs(ids=[None, 6], ids_2=[None, 6], x=[None, 6, 3]),
+        _layer("e1", "Embedding", ["ids"], **embed),
+        _layer("e2", "Embedding", ["ids_2"], **embed),
+    ]
+    for merge in merges:
+        layers.append(_layer(merge.lower(), merge, ["e1", "e2"]))
+    layers.append(_layer("with_plain", "Multiply", ["e1", "x"]))
+    layers.append(_layer("concatenate", "Concatenate", [m.lower() for m in merges] + ["with_plain"]))
+    layers.append(_layer("lstm", "LSTM", ["concatenate"], units=3, return_sequences=True))
+    layers.append(_layer("pooled", "GlobalAveragePooling1D", ["lstm"]))
+    check(build(layers, ["pooled", "maximum", "multiply"], keras2), batch=4)
+
+
+@pytest.mark.parametrize("with_lstm", [False, True])
+def test_concatenate_along_time_gives_a_mask_an_lstm_cannot_take(with_lstm: bool) -> None:
+    embed = {"input_dim": 9, "output_dim": 3, "mask_zero": True}
+    layers = [
+        *_inputs(ids=[None, 6], ids_2=[None, 6]),
+        _layer("e1", "Embedding", ["ids"], **embed),
+        _layer("e2", "Embedding", ["ids_2"], **embed),
+        _layer("concatenate", "Concatenate", ["e1", "e2"], axis=1),
+        _layer("pooled", "GlobalAveragePooling1D", ["concatenate"]),
+    ]
+    if not with_lstm:
+        check(build(layers, ["pooled"]))
+        return
+    model = build([*layers, _layer("lstm", "LSTM", ["concatenate"], units=3)], ["pooled", "lstm"])
+    with pytest.raises(ConversionError, match=r"LSTM 'lstm': its mask can have gaps .*along the time axis"):
+        export_model_onnx(model_program(model))
+
+
+@pytest.mark.parametrize("keras2", [False, True])
+def test_masking_is_exported_where_no_lstm_needs_its_mask(keras2: bool) -> None:
+    model = build(
+        [
+            *_inputs(x=[None, 6, 3]),
+            _layer("masking", "Masking", ["x"], mask_value=0.0),
+            _layer("dense", "Dense", ["masking"], units=2),
+            _layer("pooled", "GlobalAveragePooling1D", ["dense"]),
+        ],
+        ["pooled"],
+        keras2,
+    )
+    exported = export_model_onnx(model_program(model))
+    inputs = sample(model)
+    inputs[0][:, 2] = 0.0
+    assert_close(run_onnx(exported, inputs), run_torch(model, inputs))
