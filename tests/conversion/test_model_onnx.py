@@ -23,6 +23,7 @@ ort = pytest.importorskip("onnxruntime")
 from unilstm.convert import model_program as program_module  # noqa: E402
 from unilstm.convert.file_kinds import ConversionError  # noqa: E402
 from unilstm.convert.model_onnx import export_model_onnx  # noqa: E402
+from unilstm.convert.model_onnx_layers import ACTIVATIONS  # noqa: E402
 from unilstm.convert.model_program import model_program  # noqa: E402
 from unilstm.keras import load_model  # noqa: E402
 from unilstm.keras_model.model import KerasModel, build_model  # noqa: E402
@@ -175,7 +176,7 @@ def build(
             "name": "built",
             "layers": layers,
             "input_layers": inputs,
-            "output_layers": [[o, 0, 0] for o in outputs],
+            "output_layers": [[o, 0, 0] if isinstance(o, str) else o for o in outputs],
         },
     }
     model = build_model(config, keras2, None)
@@ -354,3 +355,149 @@ def test_masking_is_exported_where_no_lstm_needs_its_mask(keras2: bool) -> None:
     inputs = sample(model)
     inputs[0][:, 2] = 0.0
     assert_close(run_onnx(exported, inputs), run_torch(model, inputs))
+
+
+@pytest.mark.parametrize("keras2", [False, True])
+@pytest.mark.parametrize("steps", [7, 8])
+def test_convolution_and_pooling(keras2: bool, steps: int) -> None:
+    conv = {"filters": 4, "kernel_size": 3}
+    model = build(
+        [
+            *_inputs(x=[None, None, 4], y=[None, 4, None]),
+            _layer("same", "Conv1D", ["x"], **conv, padding="same", strides=2, activation="relu"),
+            _layer("causal", "Conv1D", ["x"], **conv, padding="causal", dilation_rate=2, use_bias=False),
+            _layer(
+                "grouped", "Conv1D", ["y"], filters=4, kernel_size=2, groups=2, data_format="channels_first"
+            ),
+            _layer("max", "MaxPooling1D", ["causal"], pool_size=3, strides=2, padding="same"),
+            _layer("avg", "AveragePooling1D", ["causal"], pool_size=2, padding="same"),
+            _layer("avg_valid", "AveragePooling1D", ["same"], pool_size=2),
+            _layer("gmax", "GlobalMaxPooling1D", ["grouped"], data_format="channels_first", keepdims=True),
+            _layer("gavg", "GlobalAveragePooling1D", ["max"]),
+            _layer("flat", "Flatten", ["gmax"]),
+        ],
+        ["gavg", "avg", "avg_valid", "flat"],
+        keras2,
+    )
+    check(model, steps=steps)
+
+
+@pytest.mark.parametrize("keras2", [False, True])
+def test_attention_variants_with_masks(keras2: bool) -> None:
+    embed = {"input_dim": 9, "output_dim": 4, "mask_zero": True}
+    causal = {"use_causal_mask": True, "return_attention_scores": True}
+    layers = [
+        *_inputs(ids=[None, None], ids_2=[None, None]),
+        _layer("q", "Embedding", ["ids"], **embed),
+        _layer("v", "Embedding", ["ids_2"], **embed),
+        _layer("dot", "Attention", ["q", "v"], use_scale=True),
+        _layer("additive", "AdditiveAttention", ["q", "v", "v"]),
+        _layer("normalized", "Dot", ["q", "v"], axes=2, normalize=True),
+    ]
+    outputs = ["dot", "additive", "normalized"]
+    if not keras2:
+        layers.append(_layer("concat", "Attention", ["q", "v"], score_mode="concat", use_scale=True))
+        layers.append(_layer("causal", "Attention", [["q", 0, 0, causal], "v"]))
+        outputs += ["concat", "causal"]
+    model = build(layers, outputs, keras2)
+    exported = check(model)
+    if not keras2:
+        assert len(exported.graph.output) == 5
+        scores = build(
+            [*layers[:4], _layer("s", "Attention", [["q", 0, 0, causal], "v"])], [["s", 0, 0], ["s", 0, 1]]
+        )
+        check(scores)
+
+
+@pytest.mark.parametrize("keras2", [False, True])
+def test_normalization_and_shape_layers(keras2: bool) -> None:
+    layers = [
+        *_inputs(x=[None, 6, 4]),
+        _layer("bn", "BatchNormalization", ["x"], axis=1, epsilon=0.01, center=False),
+        _layer("ln", "LayerNormalization", ["bn"], axis=[1, 2], epsilon=0.001, scale=False),
+        _layer("permute", "Permute", ["ln"], dims=[2, 1]),
+        _layer("reshape", "Reshape", ["permute"], target_shape=[3, -1]),
+        _layer("flatten", "Flatten", ["reshape"]),
+        _layer("repeat", "RepeatVector", ["flatten"], n=2),
+        _layer("dense", "Dense", ["repeat"], units=3, activation="softmax"),
+    ]
+    if not keras2:
+        layers.append(_layer("rms", "LayerNormalization", ["x"], rms_scaling=True))
+    model = build(layers, ["dense"] + ([] if keras2 else ["rms"]), keras2)
+    check(model, opset=18)
+    check(model, opset=13)
+
+
+def test_time_distributed_layers() -> None:
+    inner_lstm = {"class_name": "LSTM", "config": {"name": "inner", "units": 2}}
+    inner_bn = {"class_name": "BatchNormalization", "config": {"name": "inner_bn"}}
+    inner_dense = {"class_name": "Dense", "config": {"name": "inner_dense", "units": 3}}
+    model = build(
+        [
+            *_inputs(x=[None, 3, 5, 4], ids=[None, 5]),
+            _layer("per_sequence", "TimeDistributed", ["x"], layer=inner_lstm),
+            _layer("per_step", "TimeDistributed", ["per_sequence"], layer=inner_bn),
+            _layer("embedding", "Embedding", ["ids"], input_dim=9, output_dim=4, mask_zero=True),
+            _layer("tagged", "TimeDistributed", ["embedding"], layer=inner_dense),
+            _layer("lstm", "LSTM", ["tagged"], units=2),
+        ],
+        ["per_step", "lstm"],
+    )
+    check(model)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_every_dense_activation(name: str) -> None:
+    model = build(
+        [*_inputs(x=[None, 6, 4]), _layer("dense", "Dense", ["x"], units=4, activation=name)], ["dense"]
+    )
+    check(model)
+
+
+def test_nested_models_and_shared_layers_keep_their_weights_once() -> None:
+    model = load_model(FIXTURES / "k3_nested.keras")
+    names = [i.name for i in export_model_onnx(model_program(model)).graph.initializer]
+    assert "sequential.lstm.cell.W" in names and "lstm_1.cell.W" in names
+    shared = export_model_onnx(model_program(load_model(FIXTURES / "k3_shared.keras")))
+    assert [i.name for i in shared.graph.initializer].count("lstm.cell.W") == 1
+    assert [n.op_type for n in shared.graph.node].count("LSTM") == 2
+
+
+# -- refusals ---------------------------------------------------------------------------------------------
+
+
+def _refused(layers: list[dict[str, Any]], outputs: list[str], pattern: str, keras2: bool = False) -> None:
+    model = build(layers, outputs, keras2)
+    with pytest.raises(ConversionError, match=pattern):
+        export_model_onnx(model_program(model))
+
+
+def test_an_activation_onnx_lacks_is_refused_by_name() -> None:
+    dense = _layer("dense", "Dense", ["x"], units=4, activation="sparsemax")
+    _refused(
+        [*_inputs(x=[None, 6, 4]), dense], ["dense"], r"Dense 'dense': activation 'sparsemax' has no ONNX"
+    )
+    lstm = _layer("lstm", "LSTM", ["x"], units=3, activation="selu")
+    _refused([*_inputs(x=[None, 6, 4]), lstm], ["lstm"], r"LSTM 'lstm': activation='selu' has no counterpart")
+
+
+def test_a_stateful_lstm_is_refused() -> None:
+    lstm = _layer("lstm", "LSTM", ["x"], units=3, stateful=True)
+    _refused([*_inputs(x=[2, 6, 4]), lstm], ["lstm"], r"LSTM 'lstm': stateful=True")
+
+
+def test_a_custom_layer_is_refused_by_class_and_name() -> None:
+    config = {
+        "class_name": "Model",
+        "config": {
+            "name": "custom",
+            "layers": [*_inputs(x=[None, 6, 4]), _layer("mine", "MyLayer", ["x"])],
+            "input_layers": [["x", 0, 0]],
+            "output_layers": [["mine", 0, 0]],
+        },
+    }
+    model = build_model(config, False, {"MyLayer": lambda config, weights: torch.nn.Identity()})
+    with pytest.raises(
+        ConversionError, match=r"MyLayer 'mine': Keras layer class 'MyLayer' has no ONNX export"
+    ):
+        export_model_onnx(model_program(model))

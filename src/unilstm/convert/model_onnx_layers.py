@@ -183,18 +183,10 @@ def _gelu(g: Graph, x: str) -> str:
 
 
 def _glu(g: Graph, x: str) -> str:
-    a, b = g.node(
-        "Split",
-        [
-            x,
-            g.node(
-                "Div", [g.node("Slice", [g.node("Shape", [x]), g.ints([-1]), g.ints([2**62])]), g.ints([2])]
-            ),
-        ],
-        "halves",
-        outputs=2,
-        axis=-1,
-    )
+    """a * sigmoid(b) for the two halves a, b of the last axis."""
+    size = g.node("Slice", [g.node("Shape", [x]), g.ints([-1]), g.ints([np.iinfo(np.int64).max])], "size")
+    half = g.node("Div", [size, g.ints([2])], "half")
+    a, b = g.node("Split", [x, g.node("Concat", [half, half], "halves", axis=0)], "half", outputs=2, axis=-1)
     return g.node("Mul", [a, g.node("Sigmoid", [b])])
 
 
