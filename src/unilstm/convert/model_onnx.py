@@ -20,24 +20,27 @@ flips its output back into Keras's processing order; ``return_state`` gives ``Y_
 refused.
 
 Masks are computed in the graph as Keras computes them (bool tensors): Embedding's ``ids != 0``, Keras 3's
-recorded ``NotEqual(ids, 0)``, Masking's ``any(x != mask_value)``, the merges' OR / AND, Concatenate's ...,
-and used where Keras uses them (Attention's ``-1e9`` on masked values, GlobalAveragePooling1D's mean over
-present steps, zeros at masked queries ...). An LSTM gets its mask as ONNX ``sequence_lens``, the number of
-True steps of each row (ReduceSum of the mask cast to int32), which describes the mask exactly only when it
-is right-padded (True steps first, then False). So:
+recorded ``NotEqual(ids, 0)``, Masking's ``any(x != mask_value)``, the merges' OR (Keras 3) / AND (Keras
+2), Concatenate's joined masks; and they are used where Keras uses them: Attention's ``-1e9`` on masked
+values and zeros at masked queries, GlobalAveragePooling1D's mean over the present steps, Keras 3's
+Multiply / Maximum / Minimum skipping masked elements, Masking's zeroed steps. An LSTM gets its mask as
+ONNX ``sequence_lens``, the number of True steps of each row (ReduceSum of the mask cast to int32), which
+describes the mask exactly only when it is right-padded (True steps first, then False). So:
 
-- **a mask made from ids is assumed right-padded**: an Embedding's ``mask_zero`` mask, Keras 3's
-  ``NotEqual(ids, 0)``: ids 0 only at the end of a row (padding), never in the middle. For such inputs the
-  graph computes what Keras computes; for ids with a 0 inside a row it does not (Keras skips that step, the
-  graph runs it);
-- masks combined from right-padded ones by OR / AND (merges, Concatenate along the features), handed on by
-  LSTMs, Dense, TimeDistributed ... stay right-padded;
+- **a mask made from ids is assumed right-padded**: an Embedding's ``mask_zero`` mask and Keras 3's
+  ``NotEqual(ids, 0)`` on (batch, steps) ids: ids 0 only at the end of a row (padding), never inside it.
+  For such inputs the graph computes what Keras computes; for ids with a 0 inside a row it does not (Keras
+  skips that step, the graph runs it);
+- masks combined from right-padded ones by OR / AND (merges, Concatenate along the features) and masks
+  handed on (by LSTMs, Dense, TimeDistributed, Attention's query mask ...) stay right-padded;
 - **an LSTM whose mask can have gaps is refused** (:class:`ConversionError` naming the LSTM and the mask's
   origin): a Masking layer's mask (a step whose features all equal ``mask_value`` can be anywhere), a
-  Concatenate along the time axis, a mask computed by other Keras 3 operations;
+  Concatenate along the time axis, a mask computed by other Keras 3 operations. Such masks are exported
+  wherever no LSTM needs them;
 - past a row's length ONNX's LSTM outputs zeros; Keras's LSTM repeats its last output there (rebuilt with a
   Where from ``Y_h``), Bidirectional and ``zero_output_for_mask=True`` output zeros (ONNX's own); a
-  go_backwards layer's padded steps come first in its processing order (zeros), as in Keras.
+  go_backwards layer's padded steps come first in its processing order (zeros), as in Keras; a row of
+  length 0 keeps its initial state.
 """
 
 from __future__ import annotations
@@ -96,7 +99,7 @@ def export_model_onnx(program: Program, opset: int | None = None) -> Any:
             raise ConversionError(
                 f"ONNX export: input {variable!r} has dtype {dtype!r}; exportable: {', '.join(_INPUT_TYPES)}"
             )
-        elem = _INPUT_TYPES[dtype]
+        elem = getattr(tp, _INPUT_TYPES[dtype])
         graph_inputs.append(helper.make_tensor_value_info(variable, elem, _dims(variable, shape)))
         g.taken.add(variable)
         values[variable] = variable
@@ -123,7 +126,15 @@ def export_model_onnx(program: Program, opset: int | None = None) -> Any:
     return model
 
 
-_INPUT_TYPES = {"float32": 1, "int32": 6, "int64": 7, "float16": 10, "float64": 11, "bool": 9}  # TensorProto
+#: Keras input dtype -> ONNX element type (a TensorProto name)
+_INPUT_TYPES = {
+    "float32": "FLOAT",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FLOAT16",
+    "float64": "DOUBLE",
+    "bool": "BOOL",
+}
 
 
 def _dims(variable: str, shape: tuple[int | None, ...] | None) -> list[Any] | None:
@@ -222,7 +233,7 @@ def _emit_step(
 
 def _emit_operation(g: Graph, step: Step, inputs: list[str], known: dict[str, Mask]) -> Emitted:
     """The Keras 3 operations a functional config records (``NotEqual(ids, 0)``: the mask an Embedding
-    hands on). Their bool outputs are masks: ``ids != 0`` on integer ids is assumed right-padded, as an
+    hands on). Their bool outputs are masks: ``ids != 0`` on (B, T) ids is assumed right-padded, as an
     Embedding's mask; AND / OR keep right padding; anything else may have gaps."""
     tp = g.onnx.TensorProto
     kind = step.class_name
@@ -235,8 +246,8 @@ def _emit_operation(g: Graph, step: Step, inputs: list[str], known: dict[str, Ma
         out = g.node("Equal", operands[:2])
         if kind == "NotEqual":
             out = g.node("Not", [out])
-            if g.types.get(inputs[0]) in (tp.INT32, tp.INT64) and step.args == [0]:
-                gaps = None  # ids != 0: an Embedding's mask, assumed right-padded
+            if step.args == [0] and len(step.output_shapes[0]) == 2:
+                gaps = None  # ids != 0 on (B, T) ids: an Embedding's mask, assumed right-padded
     elif kind in ("LogicalAnd", "LogicalOr"):
         out = g.node("And" if kind == "LogicalAnd" else "Or", operands[:2])
         parts = [known.get(t) for t in operands[:2]]
@@ -438,19 +449,25 @@ def _lengths(g: Graph, mask: str) -> str:
 class _Run:
     """One LSTM layer (one direction) run as an ONNX LSTM node, in Keras's terms."""
 
-    y: str  #: ONNX's Y (T, B, H) in input time order, Keras's masked-step outputs rebuilt
+    y: str  #: ONNX's Y (T, B, H) in input time order, Keras's outputs at masked steps rebuilt
     go_backwards: bool
     last: str  #: Keras's last output (B, H)
     h: str  #: Keras's final states (B, H)
     c: str
+    flipped: str | None = None
+
+    def _flipped(self, g: Graph) -> str:
+        if self.flipped is None:
+            self.flipped = g.time_flip(self.y, 0)
+        return self.flipped
 
     def processing(self, g: Graph) -> str:
         """Keras's output sequence (T, B, H): in processing order (a go_backwards layer's reversed)."""
-        return g.time_flip(self.y, 0) if self.go_backwards else self.y
+        return self._flipped(g) if self.go_backwards else self.y
 
     def in_time_order(self, g: Graph) -> str:
         """The processing-order sequence flipped in time (a Bidirectional's backward layer's outputs)."""
-        return self.y if self.go_backwards else g.time_flip(self.y, 0)
+        return self.y if self.go_backwards else self._flipped(g)
 
 
 def _direction(

@@ -415,8 +415,9 @@ def emit_repeat_vector(g: Graph, step: Step, inputs: list[str], masks: list[Mask
 # -- merges -----------------------------------------------------------------------------------------------
 
 
-def _joined_gaps(masks: Sequence[Mask | None], how: str) -> str | None:
-    """A mask combined elementwise (OR / AND) from right-padded masks is right-padded."""
+def _joined_gaps(masks: Sequence[Mask | None]) -> str | None:
+    """A mask combined elementwise (OR / AND) from right-padded masks is right-padded; else the first
+    reason why one of them can have gaps."""
     reasons = [m.gaps for m in masks if m is not None and m.gaps is not None]
     return reasons[0] if reasons else None
 
@@ -432,7 +433,7 @@ def _merge_output_mask(g: Graph, step: Step, masks: list[Mask | None]) -> Mask |
     for m in present[1:]:
         out = g.node(op, [out, m.tensor], "mask")
     g.types[out] = g.onnx.TensorProto.BOOL
-    return Mask(out, _joined_gaps(present, op))
+    return Mask(out, _joined_gaps(present))
 
 
 def _lifted(g: Graph, step: Step, inputs: list[str]) -> tuple[list[str], list[bool]]:
@@ -493,7 +494,7 @@ def _multiply(g: Graph, tensors: list[str], masks: list[Mask | None]) -> tuple[s
         return out, None
     out = g.node("Where", [wide_or, out, g.scalar(0.0)])
     mask = g.any(wide_or, [-1])
-    return out, Mask(mask, _joined_gaps(masks, "Or"))
+    return out, Mask(mask, _joined_gaps(masks))
 
 
 def _or_masked(g: Graph, op: str, tensors: list[str], masks: list[Mask | None]) -> tuple[str, Mask | None]:
@@ -515,7 +516,7 @@ def _or_masked(g: Graph, op: str, tensors: list[str], masks: list[Mask | None]) 
     assert output is not None
     if output_mask is None:
         return output, None
-    return output, Mask(g.any(output_mask, [-1]), _joined_gaps(masks, "Or"))
+    return output, Mask(g.any(output_mask, [-1]), _joined_gaps(masks))
 
 
 def emit_concatenate(g: Graph, step: Step, inputs: list[str], masks: list[Mask | None]) -> Emitted:
@@ -543,7 +544,7 @@ def emit_concatenate(g: Graph, step: Step, inputs: list[str], masks: list[Mask |
         )
     joined = g.node("Concat", pieces, "masks", axis=axis)
     mask = g.all(joined, [-1]) if step.keras2 else g.any(joined, [-1])
-    gaps = _joined_gaps(masks, "Or")
+    gaps = _joined_gaps(masks)
     if axis != rank - 1:
         gaps = f"the mask of {step.class_name} {step.layer!r} joins masks along the time axis"
     return [out], [Mask(mask, gaps)]
