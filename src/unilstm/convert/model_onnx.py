@@ -119,7 +119,8 @@ def export_model_onnx(program: Program, opset: int | None = None) -> Any:
         graph_outputs.append(
             helper.make_tensor_value_info(name, tp.FLOAT, _dims(variable, shapes.get(variable)))
         )
-    graph = helper.make_graph(g.nodes, program.name or "model", graph_inputs, graph_outputs, g.initializers)
+    nodes, initializers = _live(g, [o.name for o in graph_outputs])
+    graph = helper.make_graph(nodes, program.name or "model", graph_inputs, graph_outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="unilstm")
     model.ir_version = min(model.ir_version, _max_ir_version(onnx, opset))
     onnx.checker.check_model(model)
@@ -135,6 +136,16 @@ _INPUT_TYPES = {
     "float64": "DOUBLE",
     "bool": "BOOL",
 }
+
+
+def _live(g: Graph, outputs: list[str]) -> tuple[list[Any], list[Any]]:
+    """The nodes and initializers the outputs need (masks Keras computes but nothing uses are dropped)."""
+    needed, nodes = set(outputs), []
+    for node in reversed(g.nodes):
+        if any(o in needed for o in node.output):
+            nodes.append(node)
+            needed.update(node.input)
+    return nodes[::-1], [i for i in g.initializers if i.name in needed]
 
 
 def _dims(variable: str, shape: tuple[int | None, ...] | None) -> list[Any] | None:
@@ -392,7 +403,7 @@ def emit_recurrent(
             raise g.error(f"initial_state has {len(states)} tensors, an LSTM takes [h, c]")
         state = (states[0], states[1]) if states else None
         run = _direction(g, door, f"{step.attribute}.cell", x_tm, mask, lengths, state)
-        out = _batch_major(g, run.processing(g)) if door.return_sequences else run.last
+        out = _batch_major(g, run.processing(g)) if door.return_sequences else run.last(g)
         out_mask = mask if door.return_sequences else None
         if door.return_state:
             return [out, run.h, run.c], [out_mask, None, None]
@@ -412,7 +423,7 @@ def emit_recurrent(
         # the backward layer's outputs, processing order flipped back to input order (as Keras)
         y, y_rev = forward.processing(g), backward.in_time_order(g)
     else:
-        y, y_rev = forward.last, backward.last
+        y, y_rev = forward.last(g), backward.last(g)
     merged = _merge(g, door.merge_mode, y, y_rev)
     outs = [_batch_major(g, t) if door.return_sequences else t for t in merged]
     out_masks: list[Mask | None] = [mask if door.return_sequences else None] * len(outs)
@@ -451,10 +462,18 @@ class _Run:
 
     y: str  #: ONNX's Y (T, B, H) in input time order, Keras's outputs at masked steps rebuilt
     go_backwards: bool
-    last: str  #: Keras's last output (B, H)
+    masked: bool
+    y_h: str  #: ONNX's Y_h (B, H), the last output of an unmasked run
     h: str  #: Keras's final states (B, H)
     c: str
     flipped: str | None = None
+
+    def last(self, g: Graph) -> str:
+        """Keras's last output (B, H): the last step of the processing order (with a mask, the output
+        Keras gives at that step, maybe a masked one)."""
+        if not self.masked:
+            return self.y_h
+        return g.node("Gather", [self.processing(g), g.const(np.asarray(-1, np.int64))], "last", axis=0)
 
     def _flipped(self, g: Graph) -> str:
         if self.flipped is None:
@@ -512,7 +531,7 @@ def _direction(
         attrs["activation_beta"] = [float(b) for b in betas]
     direction = "reverse" if cell.go_backwards else "forward"
     y4, y_h, y_c = g.node(
-        "LSTM", node_inputs, "lstm", outputs=3, hidden_size=units, direction=direction, **attrs
+        "LSTM", node_inputs, ["Y", "Y_h", "Y_c"], hidden_size=units, direction=direction, **attrs
     )
     y = g.node("Squeeze", [y4, g.ints([1])], "y")
     h = g.node("Squeeze", [y_h, g.ints([0])], "h")
@@ -529,10 +548,7 @@ def _direction(
     if mask is not None and not cell.go_backwards and not cell.zero_output_for_mask:
         # Keras repeats the last output past the length; ONNX gives zeros there
         y = g.node("Where", [_within(g, mask.tensor), y, fill], "y_previous")
-    run = _Run(y, cell.go_backwards, fill, h, c)
-    if mask is not None:
-        run.last = g.node("Gather", [run.processing(g), g.const(np.asarray(-1, np.int64))], "last", axis=0)
-    return run
+    return _Run(y, cell.go_backwards, mask is not None, fill, h, c)
 
 
 def _within(g: Graph, mask: str) -> str:

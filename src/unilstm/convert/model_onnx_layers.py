@@ -64,14 +64,13 @@ class Graph:
         self.taken.add(candidate)
         return candidate
 
-    def node(
-        self, op: str, inputs: Sequence[str], hint: str | None = None, outputs: int = 1, **attrs: Any
-    ) -> Any:
-        """Append a node; returns its output name (a list for several outputs; ``""`` entries of ``outputs``
-        given as a list of names are left out, as ONNX allows for optional outputs)."""
-        names = [self.fresh(hint or op) for _ in range(outputs)]
+    def node(self, op: str, inputs: Sequence[str], hint: str | list[str] | None = None, **attrs: Any) -> Any:
+        """Append a node; returns its output's name, or a list of names when ``hint`` is a list (one hint
+        per output)."""
+        hints = hint if isinstance(hint, list) else [hint or op]
+        names = [self.fresh(h) for h in hints]
         self.nodes.append(self.onnx.helper.make_node(op, list(inputs), names, **attrs))
-        return names[0] if outputs == 1 else names
+        return names if isinstance(hint, list) else names[0]
 
     def weight(self, name: str, array: np.ndarray) -> str:
         """A named float32 initializer (a shared layer's weights are stored once)."""
@@ -81,12 +80,13 @@ class Graph:
             self.initializers.append(self.onnx.numpy_helper.from_array(data, name))
         return name
 
-    def const(self, array: np.ndarray) -> str:
-        """An unnamed constant initializer (equal constants are stored once)."""
+    def const(self, array: np.ndarray, hint: str | None = None) -> str:
+        """A constant initializer ``const/<values>`` or ``const/<hint>`` (equal constants are stored once)."""
         data = np.asarray(array).copy(order="C")
         key = (data.dtype.str, data.shape, data.tobytes())
         if key not in self.constants:
-            name = "const/" + ("_".join(str(v) for v in data.ravel()[:4]) if data.size <= 4 else "tensor")
+            values = "_".join(str(v) for v in data.ravel()[:4]) if data.size <= 4 else "tensor"
+            name = "const/" + (hint or values)
             candidate, count = name, 2
             while candidate in self.taken:
                 candidate, count = f"{name}_{count}", count + 1
@@ -137,11 +137,9 @@ class Graph:
 
     def time_flip(self, x: str, axis: int) -> str:
         """Reverse ``axis`` with a Slice of step -1."""
-        int_min = np.iinfo(np.int64).min
+        int_min = self.const(np.asarray([np.iinfo(np.int64).min]), "before_the_start")
         return self.node(
-            "Slice",
-            [x, self.ints([-1]), self.ints([int_min]), self.ints([axis]), self.ints([-1])],
-            "reversed",
+            "Slice", [x, self.ints([-1]), int_min, self.ints([axis]), self.ints([-1])], "reversed"
         )
 
 
@@ -186,7 +184,7 @@ def _glu(g: Graph, x: str) -> str:
     """a * sigmoid(b) for the two halves a, b of the last axis."""
     size = g.node("Slice", [g.node("Shape", [x]), g.ints([-1]), g.ints([np.iinfo(np.int64).max])], "size")
     half = g.node("Div", [size, g.ints([2])], "half")
-    a, b = g.node("Split", [x, g.node("Concat", [half, half], "halves", axis=0)], "half", outputs=2, axis=-1)
+    a, b = g.node("Split", [x, g.node("Concat", [half, half], "halves", axis=0)], ["a", "b"], axis=-1)
     return g.node("Mul", [a, g.node("Sigmoid", [b])])
 
 
