@@ -121,7 +121,11 @@ def test_graph_inputs_outputs_and_names() -> None:
     ops = [n.op_type for n in graph.node]
     assert ops.count("LSTM") == 4 and "Gather" in ops and "ReduceSum" in ops
     assert exported.opset_import[0].version == 17
-    assert export_model_onnx(model_program(model), opset=18).opset_import[0].version == 18
+    inputs, _, _ = fixture_inputs("k3_tagger.keras")
+    for opset in (13, 18, 21):
+        newer = export_model_onnx(model_program(model), opset=opset)
+        assert newer.opset_import[0].version == opset
+        assert_close(run_onnx(newer, inputs), run_torch(model, inputs))
 
 
 def test_the_batch_and_open_sizes_are_dynamic() -> None:
@@ -228,6 +232,8 @@ LSTM = {"units": 3, "return_sequences": True}
         {"return_sequences": False, "go_backwards": True},
         {"activation": "relu", "recurrent_activation": "hard_sigmoid", "use_bias": False},
         {"activation": None, "recurrent_activation": "tanh"},
+        {"activation": "elu", "recurrent_activation": "softsign"},
+        {"activation": "softplus", "recurrent_activation": "leaky_relu"},
     ],
 )
 def test_lstm_options_with_an_ids_mask(options: dict[str, Any], keras2: bool) -> None:

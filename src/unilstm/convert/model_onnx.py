@@ -452,7 +452,14 @@ def _lengths(g: Graph, mask: str) -> str:
     """The sequence lengths (B,) int32 of a right-padded (B, T) mask: its True steps per row."""
     if mask not in g.lengths:
         as_int = g.node("Cast", [mask], "mask_int32", to=g.onnx.TensorProto.INT32)
-        g.lengths[mask] = g.reduce("ReduceSum", as_int, [1], False, "sequence_lens")
+        g.lengths[mask] = g.reduce(
+            "ReduceSum",
+            as_int,
+            [1],
+            False,
+            "sequence_lens",
+            doc_string="ONNX sequence_lens: the True steps of a Keras mask taken as right-padded",
+        )
     return g.lengths[mask]
 
 
@@ -477,7 +484,8 @@ class _Run:
 
     def _flipped(self, g: Graph) -> str:
         if self.flipped is None:
-            self.flipped = g.time_flip(self.y, 0)
+            why = "Keras: go_backwards outputs in processing order; Bidirectional flips back to input order"
+            self.flipped = g.time_flip(self.y, 0, why)
         return self.flipped
 
     def processing(self, g: Graph) -> str:
@@ -543,11 +551,16 @@ def _direction(
             "Unsqueeze", [g.node("Equal", [lengths, g.scalar(0, np.int32)]), g.ints([-1])], "empty_row"
         )
         fill = g.node("Where", [empty, g.scalar(0.0), h], "previous_output")
-        h = g.node("Where", [empty, state[0], h], "h_state")
+        h = g.node("Where", [empty, state[0], h], "h_state", doc_string="Keras: an empty row keeps h0")
         c = g.node("Where", [empty, state[1], c], "c_state")
     if mask is not None and not cell.go_backwards and not cell.zero_output_for_mask:
         # Keras repeats the last output past the length; ONNX gives zeros there
-        y = g.node("Where", [_within(g, mask.tensor), y, fill], "y_previous")
+        y = g.node(
+            "Where",
+            [_within(g, mask.tensor), y, fill],
+            "y_previous",
+            doc_string="Keras's LSTM repeats its last output past a row's length, ONNX's gives zeros",
+        )
     return _Run(y, cell.go_backwards, mask is not None, fill, h, c)
 
 

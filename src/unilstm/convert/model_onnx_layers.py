@@ -105,12 +105,14 @@ class Graph:
         return ConversionError(f"ONNX export: {self.where}: {message}")
 
     # -- helpers over ops whose signature changed between opsets ---------------------------------------
-    def reduce(self, op: str, x: str, axes: Sequence[int], keepdims: bool, hint: str | None = None) -> str:
+    def reduce(
+        self, op: str, x: str, axes: Sequence[int], keepdims: bool, hint: str | None = None, **attrs: Any
+    ) -> str:
         """ReduceSum / ReduceMean / ReduceMax / ReduceMin over ``axes`` (axes an input from opset 18, and
         for ReduceSum from 13)."""
         if op == "ReduceSum" or self.opset >= 18:
-            return self.node(op, [x, self.ints(axes)], hint, keepdims=int(keepdims))
-        return self.node(op, [x], hint, axes=list(axes), keepdims=int(keepdims))
+            return self.node(op, [x, self.ints(axes)], hint, keepdims=int(keepdims), **attrs)
+        return self.node(op, [x], hint, axes=list(axes), keepdims=int(keepdims), **attrs)
 
     def any(self, mask: str, axes: Sequence[int], keepdims: bool = False) -> str:
         """``any`` of a bool tensor over ``axes``."""
@@ -135,11 +137,14 @@ class Graph:
             )
         return self.node("Where", [wide, x, self.scalar(0.0)], "masked")
 
-    def time_flip(self, x: str, axis: int) -> str:
-        """Reverse ``axis`` with a Slice of step -1."""
+    def time_flip(self, x: str, axis: int, why: str = "") -> str:
+        """Reverse ``axis`` with a Slice of step -1 (``why``: the node's doc string)."""
         int_min = self.const(np.asarray([np.iinfo(np.int64).min]), "before_the_start")
         return self.node(
-            "Slice", [x, self.ints([-1]), int_min, self.ints([axis]), self.ints([-1])], "reversed"
+            "Slice",
+            [x, self.ints([-1]), int_min, self.ints([axis]), self.ints([-1])],
+            "reversed",
+            doc_string=why,
         )
 
 
@@ -683,7 +688,12 @@ def emit_attention(g: Graph, step: Step, inputs: list[str], masks: list[Mask | N
         allowed = causal if allowed is None else g.node("And", [allowed, causal], "allowed")
     if allowed is not None:
         # Keras: scores - 1e9 where a value may not be seen (an additive term, exact where allowed)
-        scores = g.node("Where", [allowed, scores, g.node("Sub", [scores, g.scalar(1.0e9)])], "masked_scores")
+        scores = g.node(
+            "Where",
+            [allowed, scores, g.node("Sub", [scores, g.scalar(1.0e9)])],
+            "masked_scores",
+            doc_string="Keras: scores - 1e9 where a value is masked or later than the query (causal)",
+        )
     weights = g.node("Softmax", [scores], "weights", axis=-1)
     out = g.node("MatMul", [weights, value])
     if q_mask is not None:
