@@ -327,8 +327,9 @@ def test_merges_and_concatenate_with_masks_feed_an_lstm(keras2: bool) -> None:
     check(build(layers, ["pooled", "maximum", "multiply"], keras2), batch=4)
 
 
+@pytest.mark.parametrize("keras2", [False, True])
 @pytest.mark.parametrize("with_lstm", [False, True])
-def test_concatenate_along_time_gives_a_mask_an_lstm_cannot_take(with_lstm: bool) -> None:
+def test_concatenate_along_time_gives_a_mask_an_lstm_cannot_take(with_lstm: bool, keras2: bool) -> None:
     embed = {"input_dim": 9, "output_dim": 3, "mask_zero": True}
     layers = [
         *_inputs(ids=[None, 6], ids_2=[None, 6]),
@@ -338,9 +339,9 @@ def test_concatenate_along_time_gives_a_mask_an_lstm_cannot_take(with_lstm: bool
         _layer("pooled", "GlobalAveragePooling1D", ["concatenate"]),
     ]
     if not with_lstm:
-        check(build(layers, ["pooled"]))
+        check(build(layers, ["pooled"], keras2))
         return
-    model = build([*layers, _layer("lstm", "LSTM", ["concatenate"], units=3)], ["pooled", "lstm"])
+    model = build([*layers, _layer("lstm", "LSTM", ["concatenate"], units=3)], ["pooled", "lstm"], keras2)
     with pytest.raises(ConversionError, match=r"LSTM 'lstm': its mask can have gaps .*along the time axis"):
         export_model_onnx(model_program(model))
 

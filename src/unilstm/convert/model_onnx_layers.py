@@ -540,11 +540,6 @@ def emit_concatenate(g: Graph, step: Step, inputs: list[str], masks: list[Mask |
             pieces.append(g.node("Unsqueeze", [m.tensor, g.ints([-1])], "mask_wide"))
         else:
             pieces.append(_wide(g, m, x))
-    if step.keras2 and axis != rank - 1:
-        raise g.error(
-            f"tf-keras cannot concatenate the masks of these inputs along axis {layer.axis} (it fails on "
-            "this call)"
-        )
     joined = g.node("Concat", pieces, "masks", axis=axis)
     mask = g.all(joined, [-1]) if step.keras2 else g.any(joined, [-1])
     gaps = _joined_gaps(masks)
