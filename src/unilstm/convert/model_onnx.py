@@ -121,6 +121,10 @@ def export_model_onnx(program: Program, opset: int | None = None) -> Any:
         )
     nodes, initializers = _live(g, [o.name for o in graph_outputs])
     graph = helper.make_graph(nodes, program.name or "model", graph_inputs, graph_outputs, initializers)
+    graph.doc_string = (
+        f"Keras model {program.name!r} at inference, exported by unilstm. Masks made from ids (Embedding "
+        "mask_zero, NotEqual(ids, 0)) are taken as right-padded: ids 0 only at the end of a row."
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="unilstm")
     model.ir_version = min(model.ir_version, _max_ir_version(onnx, opset))
     onnx.checker.check_model(model)
