@@ -508,3 +508,40 @@ def test_a_custom_layer_is_refused_by_class_and_name() -> None:
         ConversionError, match=r"MyLayer 'mine': Keras layer class 'MyLayer' has no ONNX export"
     ):
         export_model_onnx(model_program(model))
+
+
+def _tensor(name: str, index: int = 0) -> dict[str, Any]:
+    return {"class_name": "__keras_tensor__", "config": {"keras_history": [name, 0, index]}}
+
+
+def _operation(name: str, class_name: str, *args: Any) -> dict[str, Any]:
+    """A Keras 3 operation entry (``keras.ops.not_equal(ids, 0)`` ...)."""
+    node = {"args": [_tensor(a) if isinstance(a, str) else a for a in args], "kwargs": {}}
+    module = "keras.src.ops.numpy"
+    return {
+        "module": module,
+        "class_name": class_name,
+        "name": name,
+        "config": {"name": name},
+        "inbound_nodes": [node],
+    }
+
+
+@pytest.mark.parametrize("negated", [False, True])
+def test_keras3_recorded_mask_operations(negated: bool) -> None:
+    mask = "logical_not" if negated else "not_equal"
+    lstm = _layer("lstm", "LSTM", units=3, return_sequences=True)
+    lstm["inbound_nodes"] = [{"args": [_tensor("embedding")], "kwargs": {"mask": _tensor(mask)}}]
+    layers = [
+        *_inputs(ids=[None, None]),
+        _layer("embedding", "Embedding", ["ids"], input_dim=9, output_dim=4),
+        _operation("not_equal", "NotEqual", "ids", 0),
+        _operation("logical_not", "LogicalNot", "not_equal"),
+        lstm,
+    ]
+    model = build(layers, ["lstm"])
+    if negated:
+        with pytest.raises(ConversionError, match=r"LSTM 'lstm': its mask can have gaps .*LogicalNot"):
+            export_model_onnx(model_program(model))
+    else:
+        check(model)
