@@ -37,7 +37,7 @@ from ..formats.keras_files.reading import read_keras_model_config
 from ..keras_model import KerasModel, load_model
 from ..keras_model.graph import Ref
 from .file_kinds import FRAMEWORK_OF, ConversionError, PathLike
-from .model_program import Program, model_program
+from .model_program import Program, model_program, takes_ids
 
 _LSTM_CLASSES = ("InputLayer", "LSTM", "Bidirectional", "CuDNNLSTM")
 
@@ -77,9 +77,10 @@ def sample_inputs(model: KerasModel, seed: int, batch: int = 3, steps: int = 7) 
     generator = torch.Generator().manual_seed(seed)
     vocabulary = _smallest_vocabulary(model)
     inputs = []
-    for shape, dtype in zip(model.input_shapes, model.input_dtypes, strict=True):
+    id_positions = takes_ids(model)
+    for position, (shape, dtype) in enumerate(zip(model.input_shapes, model.input_dtypes, strict=True)):
         sizes = [batch if i == 0 else (steps if s is None else s) for i, s in enumerate(shape)]
-        if dtype.startswith(("int", "uint")):
+        if dtype.startswith(("int", "uint")) or position in id_positions:
             ids = torch.randint(1, max(2, vocabulary), sizes, generator=generator)
             if ids.dim() >= 2:
                 for row in range(1, ids.shape[0]):

@@ -92,14 +92,28 @@ def identifier(text: str) -> str:
     return name
 
 
+def takes_ids(model: KerasModel) -> set[int]:
+    """The positions of the model's inputs that an Embedding reads directly: ids, even where the model
+    declares them float32 (Keras 2.0-2.2 do)."""
+    positions = set()
+    for position, ref in enumerate(model.graph.inputs):
+        for entry in model.graph.layers.values():
+            if entry.class_name == "Embedding" and any(
+                call.args and call.args[0] == ref for call in entry.calls
+            ):
+                positions.add(position)
+    return positions
+
+
 def _probe_inputs(model: KerasModel) -> list[Tensor]:
     """Small inputs of the model's shapes (open sizes 3, ids 1..3 with a 0 at the end of row 0 so that
     Embedding masks exist)."""
     generator = torch.Generator().manual_seed(0)
     tensors = []
-    for shape, dtype in zip(model.input_shapes, model.input_dtypes, strict=True):
+    id_positions = takes_ids(model)
+    for position, (shape, dtype) in enumerate(zip(model.input_shapes, model.input_dtypes, strict=True)):
         sizes = [2 if i == 0 and s is None else (3 if s is None else s) for i, s in enumerate(shape)]
-        if dtype.startswith(("int", "uint")):
+        if dtype.startswith(("int", "uint")) or position in id_positions:
             ids = torch.randint(1, 4, sizes, generator=generator)
             if ids.dim() >= 2:
                 ids[0, -1] = 0
