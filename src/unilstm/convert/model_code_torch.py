@@ -305,7 +305,7 @@ def emit_attention(w: Writer, step: Step) -> None:
         allowed.append(f"{v_mask}.unsqueeze(1)")
     if step.kwargs.get("use_causal_mask") or m.causal:
         causal = w.local(f"{out}_causal")
-        w.line(f"{causal} = torch.ones({scores}.shape[-2:], dtype=torch.bool).tril()  # sees values <= i")
+        w.line(f"{causal} = torch.ones_like({scores}[0], dtype=torch.bool).tril()  # i sees values <= i")
         allowed.append(causal)
     if allowed:
         w.line("# Keras subtracts 1e9 from the scores of the values a query may not see")

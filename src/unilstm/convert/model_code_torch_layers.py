@@ -660,7 +660,7 @@ def emit_concatenate(w: Writer, step: Step) -> None:
             w.line(f"{target} = {' | '.join(present)}  # Keras 3: present where any mask says so", target)
     elif r == 3 and axis == 1:
         pieces = [
-            m if m is not None else f"torch.ones({x}.shape[:2], dtype=torch.bool)"
+            m if m is not None else f"torch.ones_like({x}[..., 0], dtype=torch.bool)"
             for x, m in zip(step.inputs, masks, strict=True)
         ]
         w.line(f"{target} = torch.cat([{', '.join(pieces)}], dim=1)", target)
