@@ -127,6 +127,10 @@ def test_fixture_model_as_torch_code_equals_keras(name, tmp_path, monkeypatch):
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(g.numpy(), data[f"output_{i}"], rtol=RTOL, atol=ATOL)
+    torch_model.train()  # Keras's training=True where torch has the op: runs, same shapes
+    with torch.no_grad():
+        trained = _as_list(torch_model(*inputs))
+    assert [t.shape for t in trained] == [w.shape for w in want]
 
 
 def test_safetensors_weights_and_explicit_path(tmp_path):
