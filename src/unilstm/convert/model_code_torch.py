@@ -414,21 +414,39 @@ def _program_variables(program: Program) -> set[str]:
 
 
 def _emit_nested(w: Writer, step: Step, class_names: set[str]) -> None:
+    """A nested model: a class of its own, built once (also when called several times); its forward returns
+    the masks of its outputs after the outputs where the outer model reads them."""
     nested = step.nested
     assert nested is not None
-    if any(step.input_masks) or any(step.output_masks) or step.kwargs:
-        raise refuse(step, "a nested model called with masks or call arguments is not written here")
+    if any(step.input_masks) or step.kwargs:
+        raise refuse(step, "a nested model called with a mask or call arguments is not written here")
+    masked = [i for i, mask in enumerate(step.output_masks) if mask is not None]
     if step.attribute not in w.built:
         name = _unique_class(_camel(nested.name), class_names)
         inner = Writer(prefix=f"{w.prefix}{step.attribute}.", helpers=w.helpers, classes=w.classes)
-        source = _class_source(inner, nested, name, f"The nested Keras model {nested.name!r}.", class_names)
-        w.classes.append(source)
+        doc = f"The nested Keras model {nested.name!r}" + (
+            "; forward returns its outputs, then the masks of outputs " + str(masked) + "." if masked else "."
+        )
+        w.classes.append(_class_source(inner, nested, name, doc, class_names, masked))
         w.state.update(inner.state)
         w.built.add(step.attribute)
+        w.nested_masks[step.attribute] = masked
         w.init.append(f"        # {step.class_name} {step.layer!r}")
         w.init.append(f"        self.{step.attribute} = {name}()")
-    outputs = ", ".join(step.outputs) + ("," if len(step.outputs) == 1 and len(nested.outputs) > 1 else "")
-    w.line(f"{outputs} = self.{step.attribute}({', '.join(step.inputs)})")
+    elif w.nested_masks[step.attribute] != masked:
+        raise refuse(step, "calls of a shared nested model that differ in the masks they hand on")
+    targets = step.outputs + [m for m in step.output_masks if m is not None]
+    w.line(f"{', '.join(targets)} = self.{step.attribute}({', '.join(step.inputs)})")
+
+
+def _output_mask(w: Writer, program: Program, variable: str) -> str:
+    """The variable holding the mask of the program's output ``variable``."""
+    for step in program.steps:
+        if variable in step.outputs:
+            mask = w.mask(step.output_masks[step.outputs.index(variable)])
+            if mask is not None:
+                return mask
+    raise ConversionError(f"torch code: model {program.name!r}: its output {variable!r} carries no mask")
 
 
 def _unique_class(name: str, taken: set[str]) -> str:
@@ -470,10 +488,13 @@ def _docstring(text: str, indent: str) -> list[str]:
     return [indent + line for line in lines]
 
 
-def _class_source(w: Writer, program: Program, name: str, doc: str, class_names: set[str]) -> str:
+def _class_source(
+    w: Writer, program: Program, name: str, doc: str, class_names: set[str], masked: list[int] | None = None
+) -> str:
     w.taken |= _program_variables(program) | {"self"}
     _walk(w, program, class_names)
     results = [w.mask(variable) or variable for variable in program.outputs]  # a mask passed on: its source
+    results += [_output_mask(w, program, program.outputs[i]) for i in masked or []]
     returned = results[0] if len(results) == 1 else f"[{', '.join(results)}]"
     forward = [text for line in prune_masks(w.forward, returned) for text in wrap(line.text)]
     lines = [

@@ -129,6 +129,8 @@ class Writer:
     helpers: dict[str, str] = field(default_factory=dict)
     #: nested classes (source), written before the model's class
     classes: list[str] = field(default_factory=list)
+    #: per nested model's attribute, the outputs whose masks its forward returns
+    nested_masks: dict[str, list[int]] = field(default_factory=dict)
 
     def build(self, step: Step, lines: list[str], weights: dict[str, Tensor]) -> None:
         """``self.<attribute> = ...`` and its weights, the first time the layer is met."""
