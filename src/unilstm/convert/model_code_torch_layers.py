@@ -338,6 +338,8 @@ def emit_batch_normalization(w: Writer, step: Step) -> None:
         + ("" if affine else ", affine=False")
         + ")"
     ]
+    if m.trainable and not m.fused:
+        lines.insert(0, "# training: torch's running_var takes the unbiased batch variance, Keras the biased")
     weights = {}
     if affine:  # nn.BatchNorm1d has gamma and beta or neither: the one Keras lacks is fixed at 1 or 0
         weights["weight"] = m.gamma if m.scale else torch.ones(m.channels)
