@@ -127,6 +127,10 @@ def test_fixture_model_as_torch_code_equals_keras(name, tmp_path, monkeypatch):
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(g.numpy(), data[f"output_{i}"], rtol=RTOL, atol=ATOL)
+    torch_model.train()  # Keras's training=True where torch has the op: runs, same shapes
+    with torch.no_grad():
+        trained = _as_list(torch_model(*inputs))
+    assert [t.shape for t in trained] == [w.shape for w in want]
 
 
 def test_safetensors_weights_and_explicit_path(tmp_path):
@@ -430,4 +434,56 @@ def test_refusals_of_masks_operations_and_unknown_layers():
     _refused(replace(program, steps=[custom]), "MyLayer 'mine'", "no torch code")
     nested = model_program(load_model(MODELS / "k3_nested.keras"))
     outer = replace(nested.steps[0], input_masks=["x_input_layer_1"])
-    _refused(replace(nested, steps=[outer, *nested.steps[1:]]), "Sequential 'sequential'", "masks")
+    _refused(replace(nested, steps=[outer, *nested.steps[1:]]), "Sequential 'sequential'", "with a mask")
+
+
+def test_nested_model_hands_its_output_mask_on(tmp_path):
+    spec = LayerSpec(
+        "embedding", "Embedding", {"input_dim": 6, "output_dim": 4, "mask_zero": True}, ((None, 5),)
+    )
+    embedding = REGISTRY["Embedding"](spec)
+    embedding.load([torch.randn(6, 4, generator=torch.Generator().manual_seed(3)).numpy()])
+    looked_up = Step(
+        "embedding",
+        "embedding",
+        "Embedding",
+        {},
+        embedding,
+        ["inner_in"],
+        False,
+        [None],
+        {},
+        ["embedding"],
+        ["embedding_mask"],
+        [],
+    )
+    inner = Program("inner", ["inner_in"], [], [], [looked_up], ["embedding"])
+    nested = Step(
+        "inner",
+        "inner",
+        "Sequential",
+        {},
+        None,
+        ["ids"],
+        False,
+        [None],
+        {},
+        ["inner"],
+        ["inner_mask"],
+        [],
+        inner,
+    )
+    lstm_program, lstm = _layer_step("LSTM", {"name": "lstm", "units": 3}, (None, 5, 4), masked=True)
+    from dataclasses import replace
+
+    reading = replace(lstm_program.steps[0], inputs=["inner"], input_masks=["inner_mask"], outputs=["lstm"])
+    program = Program("outer", ["ids"], [], [], [nested, reading], ["lstm"])
+    code = _write(tmp_path, program)
+    source = code.read_text()
+    assert "self.inner = Inner()" in source and "inner, inner_mask = self.inner(ids)" in source
+    ids = torch.tensor([[1, 2, 0, 3, 0], [4, 5, 5, 0, 0], [1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        got = _import(code).load()(ids)
+        vectors, mask = embedding(ids)
+        want, _ = lstm(vectors, mask)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=RTOL, atol=ATOL)

@@ -17,6 +17,9 @@ cannot compute Keras's (a mask, which Keras applies per step anywhere in the seq
 and the output repeats the previous one, or is zero in a Bidirectional with return_sequences; other
 activations such as Keras 2's ``hard_sigmoid``), the generated code runs the same weights step by step in
 an explicit loop (the module-level function ``keras_lstm``).
+
+This module writes the LSTMs, Attention / AdditiveAttention, Keras 3's recorded operations and nested
+models, and assembles the module; :mod:`.model_code_torch_layers` writes the other layers.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ from .model_code_torch_layers import (
     LAYER_EMITTERS,
     Writer,
     activation_name,
-    emit_operation,
     module,
     prune_masks,
     refuse,
@@ -120,11 +122,13 @@ def _sequence_inputs(step: Step) -> tuple[str, str | None, list[str]]:
     return step.inputs[0], step.input_masks[0], states
 
 
-def _why_loop(step: Step, mask: str | None, names: tuple[str, str]) -> str:
+def _why_loop(mask: str | None, names: tuple[str, str]) -> str:
+    """The comment over an explicit loop: what nn.LSTM cannot do."""
     if mask is not None:
-        return "masked steps (Keras skips them, anywhere in a sequence)"
+        return "# nn.LSTM cannot skip Keras's masked steps (anywhere in a sequence): step by step"
     odd = [n for n, standard in zip(names, _STANDARD, strict=True) if n != standard]
-    return "Keras 2's hard_sigmoid" if odd == ["hard_sigmoid_keras2"] else f"the activations {names}"
+    what = "Keras 2's hard_sigmoid" if odd == ["hard_sigmoid_keras2"] else f"the activations {names}"
+    return f"# nn.LSTM cannot run {what}: step by step"
 
 
 def emit_lstm(w: Writer, step: Step) -> None:
@@ -162,7 +166,7 @@ def emit_lstm(w: Writer, step: Step) -> None:
         if with_states:
             w.line(f"{step.outputs[1]}, {step.outputs[2]} = {h}[0], {c}[0]")
     else:
-        w.line(f"# nn.LSTM cannot run {_why_loop(step, mask, names)}: the same weights step by step")
+        w.line(_why_loop(mask, names))
         state = f"({states[0]}, {states[1]})" if states else "None"
         act = _activation_arg(w, step, cell.activation)
         ract = _activation_arg(w, step, cell.recurrent_activation)
@@ -230,7 +234,7 @@ def emit_bidirectional(w: Writer, step: Step) -> None:
         if with_states:
             w.line(f"{', '.join(finals)} = {h}[0], {c}[0], {h}[1], {c}[1]")
     else:
-        w.line(f"# nn.LSTM cannot run {_why_loop(step, mask, names)}: each direction step by step")
+        w.line(_why_loop(mask, names))
         act = _activation_arg(w, step, forward.activation)
         ract = _activation_arg(w, step, forward.recurrent_activation)
         zero = ", zero_masked=True" if sequences and mask is not None else ""
@@ -263,6 +267,96 @@ def emit_bidirectional(w: Writer, step: Step) -> None:
             w.line(f"{out} = {merged[merge]}" + ("" if merge == "concat" else f"  # merge_mode={merge!r}"))
     for index in range(outputs):
         w.pass_mask(step, mask if sequences else None, index)
+
+
+# -- attention ------------------------------------------------------------------------------------------
+
+
+def emit_attention(w: Writer, step: Step) -> None:
+    m = module(step)
+    unknown = set(step.kwargs) - {"return_attention_scores", "use_causal_mask"}
+    if unknown or not 2 <= len(step.inputs) <= 3:
+        raise refuse(step, f"call {step.inputs} with {sorted(step.kwargs)} is not supported")
+    query, value = step.inputs[0], step.inputs[1]
+    key = step.inputs[2] if len(step.inputs) > 2 else value
+    q_mask, v_mask = (w.mask(x) for x in step.input_masks[:2])
+    attr, out = step.attribute, step.outputs[0]
+    weights = {name: getattr(m, name) for name in m.weight_names}
+    if weights:
+        params = ", ".join(
+            f'"{n}": nn.Parameter(torch.empty({tuple(t.shape)!r}))' for n, t in weights.items()
+        )
+        w.build(step, [f"self.{attr} = nn.ParameterDict({{{params}}})"], weights)
+    scores = w.local(f"{out}_scores")
+    if m.score_mode == "dot":
+        scale = f' * self.{attr}["scale"]' if m.use_scale else ""
+        w.line(f"{scores} = torch.matmul({query}, {key}.transpose(-2, -1)){scale}")
+    else:
+        summed = w.local("summed")
+        w.line(f"{summed} = {query}.unsqueeze(-2) + {key}.unsqueeze(-3)  # (B, Tq, Tv, D)")
+        if m.score_mode == "concat":
+            inner = f'self.{attr}["scale"] * {summed}' if m.use_scale else summed
+            w.line(f'{scores} = self.{attr}["concat_score_weight"] * torch.tanh({inner}).sum(dim=-1)')
+        else:  # additive
+            scale = f'self.{attr}["scale"] * ' if m.use_scale else ""
+            w.line(f"{scores} = ({scale}torch.tanh({summed})).sum(dim=-1)")
+    allowed = []
+    if v_mask is not None:
+        allowed.append(f"{v_mask}.unsqueeze(1)")
+    if step.kwargs.get("use_causal_mask") or m.causal:
+        causal = w.local(f"{out}_causal")
+        w.line(f"{causal} = torch.ones_like({scores}[0], dtype=torch.bool).tril()  # i sees values <= i")
+        allowed.append(causal)
+    if allowed:
+        w.line("# Keras subtracts 1e9 from the scores of the values a query may not see")
+        w.line(f"{scores} = torch.where({' & '.join(allowed)}, {scores}, {scores} - 1e9)")
+    probs = w.local(f"{out}_weights") if len(step.outputs) == 1 else step.outputs[1]
+    w.line(f"{probs} = torch.softmax({scores}, dim=-1)")
+    if m.dropout:
+        w.line(f"{probs} = F.dropout({probs}, {m.dropout!r}, self.training)")
+    w.line(f"{out} = torch.matmul({probs}, {value})")
+    if q_mask is not None:
+        present = f"{q_mask}.unsqueeze(-1)"
+        zeroed = f"{out} * {present}" if step.keras2 else f"torch.where({present}, {out}, 0.0)"
+        w.line(f"{out} = {zeroed}  # zero at masked queries")
+    w.pass_mask(step, q_mask)
+
+
+# -- Keras 3 operations ----------------------------------------------------------------------------------
+
+_BINARY = {"NotEqual": "!=", "Equal": "==", "LogicalAnd": "&", "LogicalOr": "|"}
+_DTYPES = {"bool": "torch.bool", "float32": "torch.float32", "int32": "torch.int32", "int64": "torch.int64"}
+
+
+def emit_operation(w: Writer, step: Step) -> None:
+    cls, out = step.class_name, step.outputs[0]
+    operands = [w.mask(x) or x for x in step.inputs] + [
+        repr(a) if not isinstance(a, str) else a for a in step.args
+    ]
+    options = {k: v for k, v in {**step.config, **step.kwargs}.items() if k != "name"}
+    if cls in _BINARY and len(operands) == 2:
+        w.line(f"{out} = {operands[0]} {_BINARY[cls]} {operands[1]}")
+    elif cls == "LogicalNot":
+        w.line(f"{out} = ~{operands[0]}")
+    elif cls == "ConvertToTensor":
+        dtype = options.get("dtype")
+        if dtype is None:
+            w.aliases[out] = operands[0]
+            return
+        if dtype not in _DTYPES:
+            raise refuse(step, f"dtype {dtype!r}")
+        w.line(f"{out} = {operands[0]}.to({_DTYPES[dtype]})")
+    elif cls in ("Any", "All"):
+        axis = options.get("axis")
+        keep = bool(options.get("keepdims", False))
+        fn = cls.lower()
+        if axis is None:
+            shaped = f".reshape((1,) * {operands[0]}.dim())" if keep else ""
+            w.line(f"{out} = {operands[0]}.bool().{fn}(){shaped}")
+        else:
+            w.line(f"{out} = {operands[0]}.bool().{fn}(dim={axis!r}, keepdim={keep})")
+    else:
+        raise refuse(step, "this Keras operation has no torch code here")
 
 
 _RECURRENT = {"LSTM": emit_lstm, "CuDNNLSTM": emit_lstm, "Bidirectional": emit_bidirectional}
@@ -320,21 +414,39 @@ def _program_variables(program: Program) -> set[str]:
 
 
 def _emit_nested(w: Writer, step: Step, class_names: set[str]) -> None:
+    """A nested model: a class of its own, built once (also when called several times); its forward returns
+    the masks of its outputs after the outputs where the outer model reads them."""
     nested = step.nested
     assert nested is not None
-    if any(step.input_masks) or any(step.output_masks) or step.kwargs:
-        raise refuse(step, "a nested model called with masks or call arguments is not written here")
+    if any(step.input_masks) or step.kwargs:
+        raise refuse(step, "a nested model called with a mask or call arguments is not written here")
+    masked = [i for i, mask in enumerate(step.output_masks) if mask is not None]
     if step.attribute not in w.built:
         name = _unique_class(_camel(nested.name), class_names)
         inner = Writer(prefix=f"{w.prefix}{step.attribute}.", helpers=w.helpers, classes=w.classes)
-        source = _class_source(inner, nested, name, f"The nested Keras model {nested.name!r}.", class_names)
-        w.classes.append(source)
+        doc = f"The nested Keras model {nested.name!r}" + (
+            "; forward returns its outputs, then the masks of outputs " + str(masked) + "." if masked else "."
+        )
+        w.classes.append(_class_source(inner, nested, name, doc, class_names, masked))
         w.state.update(inner.state)
         w.built.add(step.attribute)
+        w.nested_masks[step.attribute] = masked
         w.init.append(f"        # {step.class_name} {step.layer!r}")
         w.init.append(f"        self.{step.attribute} = {name}()")
-    outputs = ", ".join(step.outputs) + ("," if len(step.outputs) == 1 and len(nested.outputs) > 1 else "")
-    w.line(f"{outputs} = self.{step.attribute}({', '.join(step.inputs)})")
+    elif w.nested_masks[step.attribute] != masked:
+        raise refuse(step, "calls of a shared nested model that differ in the masks they hand on")
+    targets = step.outputs + [m for m in step.output_masks if m is not None]
+    w.line(f"{', '.join(targets)} = self.{step.attribute}({', '.join(step.inputs)})")
+
+
+def _output_mask(w: Writer, program: Program, variable: str) -> str:
+    """The variable holding the mask of the program's output ``variable``."""
+    for step in program.steps:
+        if variable in step.outputs:
+            mask = w.mask(step.output_masks[step.outputs.index(variable)])
+            if mask is not None:
+                return mask
+    raise ConversionError(f"torch code: model {program.name!r}: its output {variable!r} carries no mask")
 
 
 def _unique_class(name: str, taken: set[str]) -> str:
@@ -359,6 +471,8 @@ def _walk(w: Writer, program: Program, class_names: set[str]) -> None:
             emit_bidirectional(w, step)
         elif step.class_name == "TimeDistributed" and module(step).layer.spec.class_name in _RECURRENT:
             emit_time_distributed_recurrent(w, step)
+        elif step.class_name in ("Attention", "AdditiveAttention"):
+            emit_attention(w, step)
         elif step.class_name in LAYER_EMITTERS:
             LAYER_EMITTERS[step.class_name](w, step)
         else:
@@ -374,10 +488,13 @@ def _docstring(text: str, indent: str) -> list[str]:
     return [indent + line for line in lines]
 
 
-def _class_source(w: Writer, program: Program, name: str, doc: str, class_names: set[str]) -> str:
+def _class_source(
+    w: Writer, program: Program, name: str, doc: str, class_names: set[str], masked: list[int] | None = None
+) -> str:
     w.taken |= _program_variables(program) | {"self"}
     _walk(w, program, class_names)
     results = [w.mask(variable) or variable for variable in program.outputs]  # a mask passed on: its source
+    results += [_output_mask(w, program, program.outputs[i]) for i in masked or []]
     returned = results[0] if len(results) == 1 else f"[{', '.join(results)}]"
     forward = [text for line in prune_masks(w.forward, returned) for text in wrap(line.text)]
     lines = [

@@ -1,4 +1,4 @@
-"""The torch code of the Keras layers around the LSTMs, for :mod:`.model_code_torch`.
+"""The torch code of the Keras layers around the LSTMs (but attention), for :mod:`.model_code_torch`.
 
 Each ``emit_<layer>`` function writes one :class:`~.model_program.Step` into a :class:`Writer`: the lines
 of ``__init__`` that build the layer's torch module (once, also for a layer called several times), the
@@ -129,6 +129,8 @@ class Writer:
     helpers: dict[str, str] = field(default_factory=dict)
     #: nested classes (source), written before the model's class
     classes: list[str] = field(default_factory=list)
+    #: per nested model's attribute, the outputs whose masks its forward returns
+    nested_masks: dict[str, list[int]] = field(default_factory=dict)
 
     def build(self, step: Step, lines: list[str], weights: dict[str, Tensor]) -> None:
         """``self.<attribute> = ...`` and its weights, the first time the layer is met."""
@@ -336,6 +338,8 @@ def emit_batch_normalization(w: Writer, step: Step) -> None:
         + ("" if affine else ", affine=False")
         + ")"
     ]
+    if m.trainable and not m.fused:
+        lines.insert(0, "# training: torch's running_var takes the unbiased batch variance, Keras the biased")
     weights = {}
     if affine:  # nn.BatchNorm1d has gamma and beta or neither: the one Keras lacks is fixed at 1 or 0
         weights["weight"] = m.gamma if m.scale else torch.ones(m.channels)
@@ -660,7 +664,7 @@ def emit_concatenate(w: Writer, step: Step) -> None:
             w.line(f"{target} = {' | '.join(present)}  # Keras 3: present where any mask says so", target)
     elif r == 3 and axis == 1:
         pieces = [
-            m if m is not None else f"torch.ones({x}.shape[:2], dtype=torch.bool)"
+            m if m is not None else f"torch.ones_like({x}[..., 0], dtype=torch.bool)"
             for x, m in zip(step.inputs, masks, strict=True)
         ]
         w.line(f"{target} = torch.cat([{', '.join(pieces)}], dim=1)", target)
@@ -693,96 +697,6 @@ def emit_dot(w: Writer, step: Step) -> None:
     w.line(f"{out} = {expr}")
 
 
-# -- attention ------------------------------------------------------------------------------------------
-
-
-def emit_attention(w: Writer, step: Step) -> None:
-    m = module(step)
-    unknown = set(step.kwargs) - {"return_attention_scores", "use_causal_mask"}
-    if unknown or not 2 <= len(step.inputs) <= 3:
-        raise refuse(step, f"call {step.inputs} with {sorted(step.kwargs)} is not supported")
-    query, value = step.inputs[0], step.inputs[1]
-    key = step.inputs[2] if len(step.inputs) > 2 else value
-    q_mask, v_mask = (w.mask(x) for x in step.input_masks[:2])
-    attr, out = step.attribute, step.outputs[0]
-    weights = {name: getattr(m, name) for name in m.weight_names}
-    if weights:
-        params = ", ".join(
-            f'"{n}": nn.Parameter(torch.empty({tuple(t.shape)!r}))' for n, t in weights.items()
-        )
-        w.build(step, [f"self.{attr} = nn.ParameterDict({{{params}}})"], weights)
-    scores = w.local(f"{out}_scores")
-    if m.score_mode == "dot":
-        scale = f' * self.{attr}["scale"]' if m.use_scale else ""
-        w.line(f"{scores} = torch.matmul({query}, {key}.transpose(-2, -1)){scale}")
-    else:
-        summed = w.local("summed")
-        w.line(f"{summed} = {query}.unsqueeze(-2) + {key}.unsqueeze(-3)  # (B, Tq, Tv, D)")
-        if m.score_mode == "concat":
-            inner = f'self.{attr}["scale"] * {summed}' if m.use_scale else summed
-            w.line(f'{scores} = self.{attr}["concat_score_weight"] * torch.tanh({inner}).sum(dim=-1)')
-        else:  # additive
-            scale = f'self.{attr}["scale"] * ' if m.use_scale else ""
-            w.line(f"{scores} = ({scale}torch.tanh({summed})).sum(dim=-1)")
-    allowed = []
-    if v_mask is not None:
-        allowed.append(f"{v_mask}.unsqueeze(1)")
-    if step.kwargs.get("use_causal_mask") or m.causal:
-        causal = w.local(f"{out}_causal")
-        w.line(f"{causal} = torch.ones({scores}.shape[-2:], dtype=torch.bool).tril()  # sees values <= i")
-        allowed.append(causal)
-    if allowed:
-        w.line("# Keras subtracts 1e9 from the scores of the values a query may not see")
-        w.line(f"{scores} = torch.where({' & '.join(allowed)}, {scores}, {scores} - 1e9)")
-    probs = w.local(f"{out}_weights") if len(step.outputs) == 1 else step.outputs[1]
-    w.line(f"{probs} = torch.softmax({scores}, dim=-1)")
-    if m.dropout:
-        w.line(f"{probs} = F.dropout({probs}, {m.dropout!r}, self.training)")
-    w.line(f"{out} = torch.matmul({probs}, {value})")
-    if q_mask is not None:
-        present = f"{q_mask}.unsqueeze(-1)"
-        zeroed = f"{out} * {present}" if step.keras2 else f"torch.where({present}, {out}, 0.0)"
-        w.line(f"{out} = {zeroed}  # zero at masked queries")
-    w.pass_mask(step, q_mask)
-
-
-# -- Keras 3 operations ----------------------------------------------------------------------------------
-
-_BINARY = {"NotEqual": "!=", "Equal": "==", "LogicalAnd": "&", "LogicalOr": "|"}
-_DTYPES = {"bool": "torch.bool", "float32": "torch.float32", "int32": "torch.int32", "int64": "torch.int64"}
-
-
-def emit_operation(w: Writer, step: Step) -> None:
-    cls, out = step.class_name, step.outputs[0]
-    operands = [w.mask(x) or x for x in step.inputs] + [
-        repr(a) if not isinstance(a, str) else a for a in step.args
-    ]
-    options = {k: v for k, v in {**step.config, **step.kwargs}.items() if k != "name"}
-    if cls in _BINARY and len(operands) == 2:
-        w.line(f"{out} = {operands[0]} {_BINARY[cls]} {operands[1]}")
-    elif cls == "LogicalNot":
-        w.line(f"{out} = ~{operands[0]}")
-    elif cls == "ConvertToTensor":
-        dtype = options.get("dtype")
-        if dtype is None:
-            w.aliases[out] = operands[0]
-            return
-        if dtype not in _DTYPES:
-            raise refuse(step, f"dtype {dtype!r}")
-        w.line(f"{out} = {operands[0]}.to({_DTYPES[dtype]})")
-    elif cls in ("Any", "All"):
-        axis = options.get("axis")
-        keep = bool(options.get("keepdims", False))
-        fn = cls.lower()
-        if axis is None:
-            shaped = f".reshape((1,) * {operands[0]}.dim())" if keep else ""
-            w.line(f"{out} = {operands[0]}.bool().{fn}(){shaped}")
-        else:
-            w.line(f"{out} = {operands[0]}.bool().{fn}(dim={axis!r}, keepdim={keep})")
-    else:
-        raise refuse(step, "this Keras operation has no torch code here")
-
-
 LAYER_EMITTERS: dict[str, Callable[[Writer, Step], None]] = {
     "Embedding": emit_embedding,
     "Masking": emit_masking,
@@ -811,6 +725,4 @@ LAYER_EMITTERS: dict[str, Callable[[Writer, Step], None]] = {
     **{name: emit_elementwise for name in ("Add", "Subtract", "Average", "Multiply", "Maximum", "Minimum")},
     "Concatenate": emit_concatenate,
     "Dot": emit_dot,
-    "Attention": emit_attention,
-    "AdditiveAttention": emit_attention,
 }
