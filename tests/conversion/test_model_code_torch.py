@@ -19,7 +19,7 @@ from unilstm.convert.file_kinds import ConversionError
 from unilstm.convert.model_code_torch import emit_torch_model, torch_state_names
 from unilstm.convert.model_program import Program, Step, model_program
 from unilstm.keras import load_model
-from unilstm.keras_model.base import REGISTRY, KerasModelError, LayerSpec
+from unilstm.keras_model.base import REGISTRY, LayerSpec
 
 pytest.importorskip("h5py")
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -27,8 +27,6 @@ MODELS = FIXTURES / "keras_models"
 LAYERS = FIXTURES / "keras_layers"
 RTOL, ATOL = 1e-5, 1e-6
 
-#: model_program's probe feeds random floats to an ids input declared float (Keras 2's default Input dtype)
-PROBE_FAILS = {"k22_func.h5"}
 
 
 def _model_files() -> list[str]:
@@ -105,12 +103,7 @@ def _as_list(value: Any) -> list[torch.Tensor]:
 @pytest.mark.parametrize("name", _model_files())
 def test_fixture_model_as_torch_code_equals_keras(name, tmp_path, monkeypatch):
     model = _load(name)
-    try:
-        program = model_program(model)
-    except KerasModelError:
-        if name in PROBE_FAILS:
-            pytest.xfail("model_program's probe feeds floats to an ids input declared float32")
-        raise
+    program = model_program(model)  # k22_func.h5: ids declared float32 (Keras 2's default), probed as ids
     code = _write(tmp_path, program)
     _ruff(code)
     monkeypatch.chdir(FIXTURES)  # load() reads WEIGHTS next to the module, not in the current folder
