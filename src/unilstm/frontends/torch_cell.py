@@ -3,8 +3,8 @@
 Same constructor, parameter names, shapes, order and initialisation (``torch.manual_seed(s)`` gives identical
 weights), ``state_dict`` interchangeable both ways, the same ``forward(input, hx=None)`` for batched (B, F)
 and unbatched (F,) input, and torch 2.13's errors (type and message) for wrong dimensions, sizes and state
-counts. The class only translates: the step is one step of the canonical layer's
-:func:`unilstm.layer.compute_stack`.
+counts. The class only translates: :func:`unilstm.frontends.cells.one_step` computes the step through
+the canonical layer's :func:`unilstm.layer.compute_stack`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .. import layer as _layer
 from ..spec import LSTMSpec
+from .cells import one_step
 
 __all__ = ["LSTMCell"]
 
@@ -40,38 +41,6 @@ def _size(value: Tensor, dim: int) -> int:
             f"{max(value.dim(), 1) - 1}], but got {dim})"
         )
     return int(value.size(dim))
-
-
-def one_step(
-    x: Tensor,
-    h: Tensor,
-    c: Tensor,
-    weights: _layer.DirectionWeights,
-    *,
-    training: bool,
-    native_training: bool,
-) -> State:
-    """One LSTM step through the engine (the canonical layer's :func:`~unilstm.layer.compute_stack`).
-
-    Per row b (gate blocks [i, f, g, o] along 4H)::
-
-        z = x W_ih^T + b_ih + h W_hh^T + b_hh                          (B, 4H)
-        c' = sigmoid(z_f) * c + sigmoid(z_i) * tanh(z_g)               (B, H)
-        h' = sigmoid(z_o) * tanh(c')                                   (B, H)
-
-    Shapes: x (B, F), h and c (B, H), ``weights`` W_ih (4H, F), W_hh (4H, H), b_ih and b_hh (4H,) or None.
-    Returns (h', c'), each (B, H). A batch of zero rows returns two (0, H) tensors without calling the
-    engine (there is nothing to compute)."""
-    hidden = weights.w_hh.shape[1]
-    if x.shape[0] == 0:
-        empty = x.new_zeros((0, hidden))
-        return empty, empty.clone()
-    spec = LSTMSpec(input_size=int(x.shape[1]), hidden_size=int(hidden), bias=weights.b_ih is not None)
-    _, h_n, c_n = _layer.compute_stack(
-        spec, x.unsqueeze(0), h.unsqueeze(0), c.unsqueeze(0), [[weights]],
-        training=training, native_training=native_training,
-    )
-    return h_n[0], c_n[0]
 
 
 class LSTMCell(nn.Module):
@@ -175,8 +144,9 @@ class LSTMCell(nn.Module):
             weights = _layer.DirectionWeights(
                 self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None
             )
+            spec = LSTMSpec(input_size=int(input.size(1)), hidden_size=self.hidden_size)
             h_1, c_1 = one_step(
-                input, h, c, weights, training=self.training, native_training=self._native_training
+                spec, input, h, c, weights, training=self.training, native_training=self._native_training
             )
         if not batched:
             return h_1.squeeze(0), c_1.squeeze(0)
