@@ -44,7 +44,9 @@ def one_step(
     if x.shape[0] == 0:
         empty = x.new_zeros((0, hidden))
         return empty, empty.clone()
-    spec = replace(spec, input_size=int(x.shape[1]), hidden_size=hidden, bias=weights.b_ih is not None)
+    sizes = (int(x.shape[1]), hidden, weights.b_ih is not None)
+    if (spec.input_size, spec.hidden_size, spec.bias) != sizes:  # a cell's own spec matches: no new one
+        spec = replace(spec, input_size=sizes[0], hidden_size=sizes[1], bias=sizes[2])
     _, h_n, c_n = _layer.compute_stack(
         spec, x.unsqueeze(0), h.unsqueeze(0), c.unsqueeze(0), [[weights]],
         training=training, generator=generator, native_training=native_training,

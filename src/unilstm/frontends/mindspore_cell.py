@@ -236,5 +236,8 @@ class LSTMCell(nn.Module):
                 )
             states.append(value.expand(batch, self.hidden_size))
         weights = _layer.DirectionWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None)
-        spec = LSTMSpec(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.has_bias)
+        spec = self.__dict__.get("_cell_spec")
+        if spec is None:  # made once: a plain LSTM step (tanh, sigmoid, no dropout)
+            spec = LSTMSpec(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.has_bias)
+            self.__dict__["_cell_spec"] = spec
         return one_step(spec, x, states[0], states[1], weights, training=self.training)

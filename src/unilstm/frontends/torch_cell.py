@@ -144,13 +144,21 @@ class LSTMCell(nn.Module):
             weights = _layer.DirectionWeights(
                 self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None
             )
-            spec = LSTMSpec(input_size=int(input.size(1)), hidden_size=self.hidden_size)
             h_1, c_1 = one_step(
-                spec, input, h, c, weights, training=self.training, native_training=self._native_training
+                self._spec(), input, h, c, weights, training=self.training,
+                native_training=self._native_training,
             )
         if not batched:
             return h_1.squeeze(0), c_1.squeeze(0)
         return h_1, c_1
+
+    def _spec(self) -> LSTMSpec:
+        """The engine's description of this cell, made once (a plain LSTM step: tanh, sigmoid, no dropout)."""
+        spec = self.__dict__.get("_cell_spec")
+        if spec is None:
+            spec = LSTMSpec(input_size=self.weight_ih.shape[1], hidden_size=self.hidden_size, bias=self.bias)
+            self.__dict__["_cell_spec"] = spec
+        return spec
 
     def _checked_states(self, input: Tensor, states: tuple[Tensor, ...]) -> State:
         """torch's lstm_cell checks, in its order and with its messages; then dtype and device."""
