@@ -72,17 +72,20 @@ def test_state_dict_moves_both_ways() -> None:
         ours.load_state_dict(torch.nn.LSTMCell(5, 3).state_dict())
 
 
+@pytest.mark.parametrize("batch", [4, 40], ids=["batch4", "batch40"])  # 40 rows: torch's fused kernel
 @pytest.mark.parametrize("with_states", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_outputs_and_gradients_match_torch(kernel, dtype: torch.dtype, bias: bool, with_states: bool) -> None:
+def test_outputs_and_gradients_match_torch(
+    kernel, dtype: torch.dtype, bias: bool, with_states: bool, batch: int
+) -> None:
     reference, ours = pair(5, 7, seed=2, bias=bias, dtype=dtype)
     generator = torch.Generator().manual_seed(4)
-    x = torch.randn(4, 5, dtype=dtype, generator=generator, requires_grad=True)
-    h = torch.randn(4, 7, dtype=dtype, generator=generator, requires_grad=True)
-    c = torch.randn(4, 7, dtype=dtype, generator=generator, requires_grad=True)
-    w_h = torch.randn(4, 7, dtype=dtype, generator=generator)
-    w_c = torch.randn(4, 7, dtype=dtype, generator=generator)
+    x = torch.randn(batch, 5, dtype=dtype, generator=generator, requires_grad=True)
+    h = torch.randn(batch, 7, dtype=dtype, generator=generator, requires_grad=True)
+    c = torch.randn(batch, 7, dtype=dtype, generator=generator, requires_grad=True)
+    w_h = torch.randn(batch, 7, dtype=dtype, generator=generator)
+    w_c = torch.randn(batch, 7, dtype=dtype, generator=generator)
     hx = (h, c) if with_states else None
     leaves = [x, h, c] if with_states else [x]
 
