@@ -45,6 +45,8 @@ class Step:
             to, None where Keras attaches none.
         output_shapes: per output, its Keras shape (None for the batch and open sizes).
         nested: for a nested model, its own steps (its inputs are ``nested.inputs``).
+        args: the call's positional arguments after the first, named as ``kwargs`` (``NotEqual(ids, 0)``
+            keeps its ``0`` here).
     """
 
     layer: str
@@ -60,6 +62,7 @@ class Step:
     output_masks: list[str | None]
     output_shapes: list[tuple[int | None, ...]]
     nested: Program | None = None
+    args: list[Any] = field(default_factory=list)
 
     @property
     def keras2(self) -> bool:
@@ -197,6 +200,7 @@ def _program(model: KerasModel, masked: dict[tuple[int, Ref], bool], input_names
                 output_masks,
                 [model._shapes[r] for r in outputs],
                 nested,
+                [_named(a, names) for a in call.args[1:]],
             )
         )
     program.outputs = [names[r] for r in graph.outputs]

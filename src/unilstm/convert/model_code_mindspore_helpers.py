@@ -1,0 +1,167 @@
+"""The functions and Cells a generated MindSpore module defines when its layers need them (Keras's mask
+glue around ``nn.LSTM`` and Keras's attention), as source text, by name."""
+
+from __future__ import annotations
+
+TANH = '''
+def tanh(x):
+    """tanh from expm1: MindSpore 2.10's CPU tanh is off by up to 1e-4 for |x| > 3."""
+    e = ops.expm1(-2 * ops.abs(x))
+    return -ops.sign(x) * e / (2 + e)
+'''
+
+PRESENT_FIRST = '''
+def present_first(x, mask):
+    """x (B, T, F) with each sequence's present steps (mask True) moved to the front in their order, and
+    their count (B,) int32. Keras's LSTM skips a masked step (h and c kept), so MindSpore's LSTM run on
+    these with seq_length=count reaches Keras's states."""
+    steps = x.shape[1]
+    key = ops.arange(steps).expand_dims(0) + steps * ops.logical_not(mask).astype(mindspore.int32)
+    _, order = ops.sort(key.astype(mindspore.float32), axis=1)
+    x = ops.gather_elements(x, 1, order.expand_dims(-1).broadcast_to(x.shape))
+    return x, mask.astype(mindspore.int32).sum(1)
+'''
+
+FORWARD_STEPS = '''
+def forward_steps(out, mask, previous):
+    """Keras's output at every step (B, T, H) from the outputs over the present steps (present_first's
+    order): a present step's own; at a masked step the previous present step's (zeros before the first)
+    when ``previous`` (Keras's default), else zeros (zero_output_for_mask)."""
+    seen = ops.cumsum(mask.astype(mindspore.int32), 1)  # present steps up to and including t
+    index = ops.maximum(seen - 1, 0)
+    taken = ops.gather_elements(out, 1, index.expand_dims(-1).broadcast_to(out.shape))
+    keep = seen > 0 if previous else mask
+    return ops.where(keep.expand_dims(-1), taken, ops.zeros_like(taken))
+'''
+
+BACKWARD_STEPS = '''
+def backward_steps(out, mask, previous):
+    """The same for a backward direction, which meets the steps from the end: at a masked step it repeats
+    the output of the next present step (zeros after the last) when ``previous``, else zeros."""
+    present = mask.astype(mindspore.int32)
+    following = ops.cumsum(present, 1) - present  # the present step at or after t, in present_first's order
+    index = ops.minimum(following, out.shape[1] - 1)
+    taken = ops.gather_elements(out, 1, index.expand_dims(-1).broadcast_to(out.shape))
+    keep = following < present.sum(1, keepdims=True) if previous else mask
+    return ops.where(keep.expand_dims(-1), taken, ops.zeros_like(taken))
+'''
+
+ATTENTION = '''
+class KerasAttention(nn.Cell):
+    """Keras's Attention (``kind`` "dot" or "concat") and AdditiveAttention ("additive") at inference.
+
+    Scores S (B, Tq, Tv): dot: scale * Q K^T; concat: concat_score_weight * sum_d tanh(scale * (Q_i + K_j));
+    additive: sum_d scale_d * tanh(Q_i + K_j) (scale 1 without use_scale). Values a query may not see
+    (masked, or after the query with causal) get S - 1e9 as in Keras; W = softmax_j(S); output W V,
+    zero at masked queries."""
+
+    def __init__(self, kind, scale_shape=None, causal=False, keras2=False):
+        super().__init__()
+        self.kind = kind
+        self.causal = causal
+        self.keras2 = keras2
+        self.scale = None if scale_shape is None else Parameter(ops.ones(scale_shape, mindspore.float32))
+        self.concat_score_weight = Parameter(ops.ones((), mindspore.float32)) if kind == "concat" else None
+
+    def construct(self, query, value, key=None, query_mask=None, value_mask=None):
+        key = value if key is None else key
+        if self.kind == "dot":
+            scores = ops.bmm(query, key.swapaxes(-2, -1))
+            if self.scale is not None:
+                scores = scores * self.scale
+        else:
+            summed = query.expand_dims(-2) + key.expand_dims(-3)  # (B, Tq, Tv, D)
+            if self.kind == "concat":
+                summed = summed if self.scale is None else self.scale * summed
+                scores = self.concat_score_weight * tanh(summed).sum(-1)
+            else:
+                activated = tanh(summed)
+                scores = (activated if self.scale is None else self.scale * activated).sum(-1)
+        allowed = None if value_mask is None else value_mask.expand_dims(-2)  # (B, 1, Tv)
+        if self.causal:
+            rows, cols = scores.shape[-2], scores.shape[-1]
+            below = (ops.arange(rows).expand_dims(-1) >= ops.arange(cols)).expand_dims(0)
+            allowed = below if allowed is None else ops.logical_and(allowed, below)
+        if allowed is not None:
+            scores = ops.where(allowed, scores, scores - 1e9)
+        weights = ops.softmax(scores, axis=-1)
+        output = ops.bmm(weights, value)
+        if query_mask is not None:
+            present = query_mask.expand_dims(-1)
+            if self.keras2:
+                output = output * present.astype(output.dtype)
+            else:
+                output = ops.where(present, output, ops.zeros_like(output))
+        return output, weights
+'''
+
+KERAS_LSTM = '''
+class KerasLSTM(nn.Cell):
+    """MindSpore's nn.LSTM (batch_first: the same parameters, call and results) with the activations a
+    Keras LSTM may have, where nn.LSTM computes sigmoid gates and tanh only. Per direction and step, gates
+    [i, f, g, o] of z = x W_ih^T + b_ih + h W_hh^T + b_hh: c = rec(f) c + rec(i) act(g), h = rec(o) act(c);
+    a step at or past its sequence's seq_length leaves h and c as they are and outputs zeros (the
+    reverse direction thus starts at the sequence's last valid step)."""
+
+    ACTIVATIONS = {
+        "tanh": tanh,
+        "sigmoid": ops.sigmoid,
+        "relu": ops.relu,
+        "linear": lambda x: x,
+        "hard_sigmoid": lambda x: ops.relu6(x + 3) / 6,  # Keras 3
+        "hard_sigmoid_keras2": lambda x: ops.clamp(0.2 * x + 0.5, 0.0, 1.0),  # Keras 2
+    }
+
+    def __init__(self, input_size, hidden_size, has_bias=True, bidirectional=False, activation="tanh",
+                 recurrent_activation="sigmoid"):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.has_bias = has_bias
+        self.activation = self.ACTIVATIONS[activation]
+        self.recurrent_activation = self.ACTIVATIONS[recurrent_activation]
+        self.suffixes = ("", "_reverse") if bidirectional else ("",)
+        gates = 4 * hidden_size
+        for suffix in self.suffixes:
+            setattr(self, f"weight_ih_l0{suffix}", Parameter(ops.zeros((gates, input_size), mindspore.float32)))
+            setattr(self, f"weight_hh_l0{suffix}", Parameter(ops.zeros((gates, hidden_size), mindspore.float32)))
+            if has_bias:
+                setattr(self, f"bias_ih_l0{suffix}", Parameter(ops.zeros((gates,), mindspore.float32)))
+                setattr(self, f"bias_hh_l0{suffix}", Parameter(ops.zeros((gates,), mindspore.float32)))
+
+    def construct(self, x, hx=None, seq_length=None):
+        batch, steps = x.shape[0], x.shape[1]
+        if hx is None:
+            zeros = ops.zeros((len(self.suffixes), batch, self.hidden_size), x.dtype)
+            hx = (zeros, zeros)
+        if seq_length is None:
+            seq_length = ops.full((batch,), steps, dtype=mindspore.int32)
+        outputs, h_n, c_n = [], [], []
+        for direction, suffix in enumerate(self.suffixes):
+            inputs = ops.matmul(x, getattr(self, f"weight_ih_l0{suffix}").T)
+            if self.has_bias:
+                inputs = inputs + getattr(self, f"bias_ih_l0{suffix}") + getattr(self, f"bias_hh_l0{suffix}")
+            recurrent = getattr(self, f"weight_hh_l0{suffix}").T
+            h, c = hx[0][direction], hx[1][direction]
+            out = [None] * steps
+            for t in range(steps) if direction == 0 else range(steps - 1, -1, -1):
+                i, f, g, o = ops.split(inputs[:, t] + ops.matmul(h, recurrent), self.hidden_size, axis=-1)
+                c_t = self.recurrent_activation(f) * c + self.recurrent_activation(i) * self.activation(g)
+                h_t = self.recurrent_activation(o) * self.activation(c_t)
+                valid = (seq_length > t).expand_dims(-1)
+                c, h = ops.where(valid, c_t, c), ops.where(valid, h_t, h)
+                out[t] = ops.where(valid, h_t, ops.zeros_like(h_t))
+            outputs.append(ops.stack(out, 1))
+            h_n.append(h)
+            c_n.append(c)
+        return ops.cat(outputs, -1), (ops.stack(h_n), ops.stack(c_n))
+'''
+
+#: helper name -> its source, in the order a module lists them (``tanh`` first: the Cells use it).
+HELPERS = {
+    "tanh": TANH,
+    "present_first": PRESENT_FIRST,
+    "forward_steps": FORWARD_STEPS,
+    "backward_steps": BACKWARD_STEPS,
+    "KerasLSTM": KERAS_LSTM,
+    "KerasAttention": ATTENTION,
+}
