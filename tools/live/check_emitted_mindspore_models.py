@@ -104,15 +104,17 @@ def check(work: Path) -> int:
             spec.loader.exec_module(module)
             model = module.load()  # WEIGHTS next to the module
             expected = np.load(folder / "expected.npz")
-            inputs = [expected[k] for k in sorted((k for k in expected.files if k.startswith("input_")),
-                                                  key=_index)]
+            inputs = [
+                expected[k] for k in sorted((k for k in expected.files if k.startswith("input_")), key=_index)
+            ]
             result = model(*[mindspore.Tensor(x) for x in inputs])
             outputs = [t.asnumpy() for t in (result if isinstance(result, (list, tuple)) else [result])]
             ours = [expected[f"ours_{i}"] for i in range(len(outputs))]
             keras = [expected[f"keras_{i}"] for i in range(len(outputs)) if f"keras_{i}" in expected.files]
             record["vs_load_model"] = max(_relative(g, w) for g, w in zip(outputs, ours, strict=True))
-            record["vs_keras"] = max(_relative(g, w) for g, w in zip(outputs, keras, strict=False)) \
-                if keras else None
+            record["vs_keras"] = (
+                max(_relative(g, w) for g, w in zip(outputs, keras, strict=False)) if keras else None
+            )
             record["max_abs_vs_load_model"] = max(
                 float(np.abs(g - w).max()) for g, w in zip(outputs, ours, strict=True)
             )
@@ -130,7 +132,8 @@ def check(work: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--ms-python", default=os.environ.get("UNILSTM_MS_PYTHON", str(ROOT / ".refenv/ms/bin/python")),
+        "--ms-python",
+        default=os.environ.get("UNILSTM_MS_PYTHON", str(ROOT / ".refenv/ms/bin/python")),
         help="a Python with mindspore (the reference environment of CONTRIBUTING.md by default)",
     )
     parser.add_argument("--work", help="folder for the generated files (a temporary one by default)")

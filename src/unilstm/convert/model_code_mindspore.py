@@ -25,14 +25,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ..formats.layout import torch_from_keras
 from ..interchange import activation_text
 from .file_kinds import ConversionError
-from .model_program import Program, Step
 from .model_code_mindspore_helpers import HELPERS
+from .model_program import Program, Step
 
 # -- the module being written ------------------------------------------------------------------------------
 
@@ -76,6 +77,7 @@ class _Cell:
         self.body: list[str] = []
         self.built: set[str] = set()
         self.alias: dict[str, str] = {}  # a mask variable -> the variable holding it (masks passed on)
+        self.mask_lines: dict[int, str] = {}  # body line -> the mask it defines (dropped if never used)
         self.taken: set[str] = set(program.inputs)
         for step in program.steps:
             self.taken.update(step.outputs)
@@ -105,6 +107,13 @@ class StepWriter:
     @property
     def where(self) -> str:
         return f"{self.step.class_name} {self.step.layer!r}"
+
+    @property
+    def layer(self) -> Any:
+        """The loaded Keras layer (its config checked, its weights as torch parameters)."""
+        if self.step.module is None:
+            self.refuse("has no loaded layer")
+        return self.step.module
 
     @property
     def keras2(self) -> bool:
@@ -156,10 +165,16 @@ class StepWriter:
             return
         if expression is None:
             self.refuse("Keras attaches a mask to its output here that the generated code cannot compute")
+            return
         if expression.isidentifier():
             self.cell.alias[target] = expression
         else:
-            self.line(f"{target} = {expression}")
+            self.mask_line(target, f"{target} = {expression}")
+
+    def mask_line(self, mask: str, text: str) -> None:
+        """A line defining the mask variable ``mask`` (left out of the module when nothing uses it)."""
+        self.cell.mask_lines[len(self.cell.body)] = mask
+        self.line(text)
 
     def pass_mask(self) -> None:
         """The layer passes its input's mask on (to its only output)."""
@@ -249,15 +264,25 @@ def _class_source(name: str, program: Program, cell: _Cell) -> str:
     ]
     lines += [f"        {text}" for text in cell.init]
     lines += ["", f"    def construct(self, {', '.join(program.inputs)}):"]
-    lines += [f"        {text}" for text in cell.body]
     outputs = [cell.alias.get(o, o) for o in program.outputs]
+    body = list(cell.body)
+    for index in sorted(cell.mask_lines, reverse=True):  # masks Keras makes that no layer here reads
+        used = re.compile(rf"\b{cell.mask_lines[index]}\b")
+        if not any(used.search(text) for text in body[index + 1 :] + outputs):
+            del body[index]
+    lines += [f"        {text}" for text in body]
     lines.append(f"        return {outputs[0] if len(outputs) == 1 else '(' + ', '.join(outputs) + ')'}")
     return "\n".join(lines)
 
 
 def _shape_text(shape: tuple[int | None, ...]) -> str:
-    return "(" + ", ".join("B" if i == 0 and s is None else ("T" if s is None else str(s))
-                           for i, s in enumerate(shape)) + ")"
+    return (
+        "("
+        + ", ".join(
+            "B" if i == 0 and s is None else ("T" if s is None else str(s)) for i, s in enumerate(shape)
+        )
+        + ")"
+    )
 
 
 def _module_source(program: Program, top: str, weights_name: str, module: _Module) -> str:
@@ -275,8 +300,7 @@ def _module_source(program: Program, top: str, weights_name: str, module: _Modul
         "import mindspore",
         "from mindspore import Parameter, nn, ops"
         if {"KerasAttention", "KerasLSTM"} & set(module.helpers)
-        else
-        "from mindspore import nn, ops",
+        else "from mindspore import nn, ops",
         "",
         f"WEIGHTS = {weights_name!r}",
     ]
@@ -292,7 +316,8 @@ def _module_source(program: Program, top: str, weights_name: str, module: _Modul
         '    parameter checked, in inference mode."""',
         "    path = str(path or Path(__file__).with_name(WEIGHTS))",
         f"    model = {top}()",
-        "    missing, _ = mindspore.load_param_into_net(model, mindspore.load_checkpoint(path), strict_load=True)",
+        "    params = mindspore.load_checkpoint(path)",
+        "    missing, _ = mindspore.load_param_into_net(model, params, strict_load=True)",
         "    if missing:  # MindSpore only reports what it did not load",
         "        raise ValueError(f'{path} has no values for the parameters {missing}')",
         "    model.set_train(False)",
@@ -317,8 +342,10 @@ def _check_cell(writer: StepWriter, cell: object) -> bool:
         value = getattr(spec, key)
         value = "linear" if value is None else value
         if value not in _KERAS_LSTM_ACTIVATIONS:
-            writer.refuse(f"{key}={activation_text(value)} is not written for MindSpore "
-                          f"(supported: {', '.join(_KERAS_LSTM_ACTIVATIONS)})")
+            writer.refuse(
+                f"{key}={activation_text(value)} is not written for MindSpore "
+                f"(supported: {', '.join(_KERAS_LSTM_ACTIVATIONS)})"
+            )
     if cell.stateful:  # type: ignore[attr-defined]
         writer.refuse("stateful=True: the generated Cell keeps no state between calls")
     if cell.time_major:  # type: ignore[attr-defined]
@@ -332,9 +359,7 @@ def _activation_name(cell: object, key: str) -> str:
 
 
 def _lstm_params(writer: StepWriter, cell: object, suffix: str) -> None:
-    kernel, recurrent, bias = (
-        getattr(cell, name) for name in ("kernel", "recurrent_kernel", "bias")
-    )
+    kernel, recurrent, bias = (getattr(cell, name) for name in ("kernel", "recurrent_kernel", "bias"))
     arrays = torch_from_keras(
         kernel.detach().numpy(), recurrent.detach().numpy(), None if bias is None else bias.detach().numpy()
     )
@@ -348,16 +373,17 @@ def _lstm(w: StepWriter) -> None:
     go_backwards as a flip, masks as :data:`HELPERS` ``present_first`` / ``forward_steps`` /
     ``backward_steps``, return_sequences=False as the last processed step, merge modes, states."""
     step = w.step
-    module = step.module
-    assert module is not None
+    module = w.layer
     bidirectional = step.class_name == "Bidirectional"
     if bidirectional:
         door = module.door  # type: ignore[attr-defined]
         forward, backward = door.forward_layer, door.backward_layer
         merge_mode, return_sequences, return_state = door.merge_mode, door.return_sequences, door.return_state
         plain = _check_cell(w, forward) & _check_cell(w, backward)
-        if any(_activation_name(forward, k) != _activation_name(backward, k)
-               for k in ("activation", "recurrent_activation")):
+        if any(
+            _activation_name(forward, k) != _activation_name(backward, k)
+            for k in ("activation", "recurrent_activation")
+        ):
             w.refuse("forward and backward layers of different activations")
         if forward.go_backwards or not backward.go_backwards:
             w.refuse("a forward layer with go_backwards=True is not supported")
@@ -385,7 +411,7 @@ def _lstm(w: StepWriter) -> None:
         )
         w.build(
             f"KerasLSTM({shape}{', bidirectional=True' if bidirectional else ''}, {activations})",
-            "nn.LSTM computes tanh and sigmoid gates only: the LSTM step written out with Keras's activations",
+            "nn.LSTM computes tanh and sigmoid gates only: the step written out with Keras's activations",
         )
     _lstm_params(w, forward, "")
     if backward is not None:
@@ -413,7 +439,7 @@ def _lstm(w: StepWriter) -> None:
             w.line(f"{step_mask} = ops.flip({mask}, (1,))")
     if step_mask is not None:
         present, lengths = w.temp(f"{attr}_present"), w.temp(f"{attr}_lengths")
-        w.line(f"# Keras skips masked steps (h and c kept): the LSTM runs on the present steps only")
+        w.line("# Keras skips masked steps (h and c kept): the LSTM runs on the present steps only")
         w.line(f"{present}, {lengths} = {w.helper('present_first')}({x}, {step_mask})")
         x = present
         call_args.append(f"seq_length={lengths}")
@@ -421,29 +447,40 @@ def _lstm(w: StepWriter) -> None:
     whole = return_sequences and (not bidirectional or merge_mode == "concat")
     sequence = outputs[0] if whole else w.temp(f"{attr}_steps")
     h, c = (w.temp(f"{attr}_h"), w.temp(f"{attr}_c")) if return_state else ("_", "_")
-    w.line(f"{sequence}, {f'({h}, {c})' if return_state else '_'} = self.{attr}({', '.join([x, *call_args])})")
+    w.line(
+        f"{sequence}, {f'({h}, {c})' if return_state else '_'} = self.{attr}({', '.join([x, *call_args])})"
+    )
     if step_mask is not None:
         steps_at = w.helper("forward_steps")
         if bidirectional:
-            w.line("# Keras's outputs at masked steps: the forward's of the previous present step, the")
-            w.line("# backward's of the next one (zeros where there is none, or with zero_output_for_mask)")
-            back_at = w.helper("backward_steps")
+            both = (not forward.zero_output_for_mask, not backward.zero_output_for_mask)
+            if both == (False, False):
+                w.line("# Keras's outputs at masked steps: zeros (its layers have zero_output_for_mask)")
+            else:
+                w.line("# Keras's outputs at masked steps: the forward's of the previous present step, the")
+                w.line(
+                    "# backward's of the next one (zeros where there is none or with zero_output_for_mask)"
+                )
+            halves = (w.temp(f"{attr}_forward"), w.temp(f"{attr}_backward"))
+            w.line(f"{halves[0]} = {steps_at}({sequence}[..., :{hidden}], {step_mask}, previous={both[0]})")
             w.line(
-                f"{sequence} = ops.cat(({steps_at}({sequence}[..., :{hidden}], {step_mask}, "
-                f"{not forward.zero_output_for_mask}), {back_at}({sequence}[..., {hidden}:], {step_mask}, "
-                f"{not backward.zero_output_for_mask})), -1)"
+                f"{halves[1]} = {w.helper('backward_steps')}({sequence}[..., {hidden}:], {step_mask}, "
+                f"previous={both[1]})"
             )
+            w.line(f"{sequence} = ops.cat(({halves[0]}, {halves[1]}), -1)")
         else:
             previous = not forward.zero_output_for_mask
             what = "the previous present step's output (zeros before)" if previous else "zeros"
             w.line(f"# Keras's output at a masked step: {what}")
-            w.line(f"{sequence} = {steps_at}({sequence}, {step_mask}, {previous})")
+            w.line(f"{sequence} = {steps_at}({sequence}, {step_mask}, previous={previous})")
     results = 2 if bidirectional and merge_mode is None else 1
     if bidirectional:
         if return_sequences:
             first, second = f"{sequence}[..., :{hidden}]", f"{sequence}[..., {hidden}:]"
         else:
-            w.line("# return_sequences=False: each direction's last processed step (the backward's is step 0)")
+            w.line(
+                "# return_sequences=False: each direction's last processed step (the backward's is step 0)"
+            )
             first, second = f"{sequence}[:, -1, :{hidden}]", f"{sequence}[:, 0, {hidden}:]"
         if merge_mode is None:
             w.line(f"{outputs[0]}, {outputs[1]} = {first}, {second}  # merge_mode=None")
@@ -451,8 +488,11 @@ def _lstm(w: StepWriter) -> None:
             if not whole:
                 w.line(f"{outputs[0]} = ops.cat(({first}, {second}), -1)")
         else:
-            merged = {"sum": f"{first} + {second}", "mul": f"{first} * {second}",
-                      "ave": f"({first} + {second}) / 2"}[merge_mode]
+            merged = {
+                "sum": f"{first} + {second}",
+                "mul": f"{first} * {second}",
+                "ave": f"({first} + {second}) / 2",
+            }[merge_mode]
             w.line(f"{outputs[0]} = {merged}  # merge_mode={merge_mode!r}")
     elif not return_sequences:
         w.line(f"{outputs[0]} = {sequence}[:, -1]  # return_sequences=False: the last processed step")

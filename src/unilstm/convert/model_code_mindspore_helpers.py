@@ -120,13 +120,12 @@ class KerasLSTM(nn.Cell):
         self.activation = self.ACTIVATIONS[activation]
         self.recurrent_activation = self.ACTIVATIONS[recurrent_activation]
         self.suffixes = ("", "_reverse") if bidirectional else ("",)
-        gates = 4 * hidden_size
-        for suffix in self.suffixes:
-            setattr(self, f"weight_ih_l0{suffix}", Parameter(ops.zeros((gates, input_size), mindspore.float32)))
-            setattr(self, f"weight_hh_l0{suffix}", Parameter(ops.zeros((gates, hidden_size), mindspore.float32)))
-            if has_bias:
-                setattr(self, f"bias_ih_l0{suffix}", Parameter(ops.zeros((gates,), mindspore.float32)))
-                setattr(self, f"bias_hh_l0{suffix}", Parameter(ops.zeros((gates,), mindspore.float32)))
+        shapes = {"weight_ih": (4 * hidden_size, input_size), "weight_hh": (4 * hidden_size, hidden_size)}
+        if has_bias:
+            shapes.update(bias_ih=(4 * hidden_size,), bias_hh=(4 * hidden_size,))
+        for suffix in self.suffixes:  # nn.LSTM's parameters, by its names
+            for name, shape in shapes.items():
+                setattr(self, f"{name}_l0{suffix}", Parameter(ops.zeros(shape, mindspore.float32)))
 
     def construct(self, x, hx=None, seq_length=None):
         batch, steps = x.shape[0], x.shape[1]

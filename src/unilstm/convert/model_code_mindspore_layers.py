@@ -8,11 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from ..keras_model.layers_core import refuse_set
 from ..keras_names import stored_activation_name
 from .model_code_mindspore import StepWriter, emitter
 
-# -- activations ------------------------------------------------------------------------------------------
+# -- activations ---------------------------------------------------------------------------------------------
 
 #: Keras activation name -> MindSpore expression of ``{x}`` (Keras 3's hard_sigmoid; Keras 2's is below).
 _ACTIVATIONS = {
@@ -55,14 +54,14 @@ def _weight(module: Any, name: str) -> np.ndarray:
     return getattr(module, name).detach().cpu().numpy()
 
 
-# -- Embedding, Masking, Dense, Activation --------------------------------------------------------------------
+# -- Embedding, Masking, Dense, Activation -------------------------------------------------------------------
 
 
 @emitter("Embedding")
 def _embedding(w: StepWriter) -> None:
     """``nn.Embedding(input_dim, output_dim)`` (table ``embedding_table``); mask ``ids != 0`` with
     mask_zero. Ids must lie in [0, input_dim)."""
-    module = w.step.module
+    module = w.layer
     w.build(f"nn.Embedding({module.input_dim}, {module.output_dim})")
     w.param("embedding_table", _weight(module, "embeddings"))
     w.line(f"{w.out()} = self.{w.attr}({w.x})")
@@ -72,9 +71,11 @@ def _embedding(w: StepWriter) -> None:
 @emitter("Masking")
 def _masking(w: StepWriter) -> None:
     """Steps whose features all equal mask_value are masked, their values zeroed."""
-    value = w.step.module.mask_value
+    value = w.layer.mask_value
     mask = w.step.output_masks[0] or w.temp(f"{w.attr}_mask")
-    w.line(f"{mask} = ops.any({w.x} != {value!r}, -1)  # Masking: a step is present unless all are {value!r}")
+    w.mask_line(
+        mask, f"{mask} = ops.any({w.x} != {value!r}, -1)  # present unless every feature is {value!r}"
+    )
     if w.keras2:
         w.line(f"{w.out()} = {w.x} * {mask}.expand_dims(-1).astype({w.x}.dtype)")
     else:
@@ -85,7 +86,7 @@ def _masking(w: StepWriter) -> None:
 @emitter("Dense")
 def _dense(w: StepWriter) -> None:
     """``nn.Dense(in, units)`` on the last axis, then the activation; the mask passes on."""
-    module = w.step.module
+    module = w.layer
     w.build(f"nn.Dense({module.in_features}, {module.units}, has_bias={module.use_bias})")
     w.param("weight", _weight(module, "kernel").T)
     if module.use_bias:
@@ -100,21 +101,27 @@ def _activation(w: StepWriter) -> None:
     w.pass_mask()
 
 
-@emitter("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
-         "ActivityRegularization")
+@emitter(
+    "Dropout",
+    "SpatialDropout1D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+)
 def _identity(w: StepWriter) -> None:
     """Regularization layers act in training only: the identity at inference."""
     w.line(f"{w.out()} = {w.x}  # {w.step.class_name}: training only, the identity at inference")
     w.pass_mask()
 
 
-# -- normalization ------------------------------------------------------------------------------------------
+# -- normalization -------------------------------------------------------------------------------------------
 
 
 @emitter("BatchNormalization")
 def _batch_norm(w: StepWriter) -> None:
     """``nn.BatchNorm1d(C)`` with Keras's moving statistics; channels last are moved to axis 1 for it."""
-    module = w.step.module
+    module = w.layer
     rank = len(module.spec.input_shape)
     if rank not in (2, 3) or (rank == 3 and module.axis not in (1, 2)) or (rank == 2 and module.axis != 1):
         w.refuse(f"axis {module.axis} of rank-{rank} inputs: nn.BatchNorm1d normalizes axis 1 of 2-D/3-D")
@@ -125,8 +132,10 @@ def _batch_norm(w: StepWriter) -> None:
     w.param("moving_mean", _weight(module, "moving_mean"))
     w.param("moving_variance", _weight(module, "moving_variance"))
     if not (module.scale and module.center):
-        w.line(f"# {w.where}: Keras has no {'gamma' if not module.scale else 'beta'}; the checkpoint holds "
-               f"{'ones' if not module.scale else 'zeros'}")
+        w.line(
+            f"# {w.where}: Keras has no {'gamma' if not module.scale else 'beta'}; the checkpoint holds "
+            f"{'ones' if not module.scale else 'zeros'}"
+        )
     if rank == 3 and module.axis == 2:
         w.line(f"{w.out()} = self.{w.attr}({w.x}.swapaxes(1, 2)).swapaxes(1, 2)  # channels last")
     else:
@@ -137,7 +146,7 @@ def _batch_norm(w: StepWriter) -> None:
 @emitter("LayerNormalization")
 def _layer_norm(w: StepWriter) -> None:
     """``nn.LayerNorm`` over the trailing axes Keras normalizes."""
-    module = w.step.module
+    module = w.layer
     rank = len(module.spec.input_shape)
     axes = list(module.axes)
     if axes != list(range(axes[0], rank)):
@@ -155,10 +164,17 @@ def _layer_norm(w: StepWriter) -> None:
     w.pass_mask()
 
 
-# -- TimeDistributed ----------------------------------------------------------------------------------------
+# -- TimeDistributed -----------------------------------------------------------------------------------------
 
-_LAST_AXIS_LAYERS = ("Dense", "Activation", "Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout",
-                     "ActivityRegularization")
+_LAST_AXIS_LAYERS = (
+    "Dense",
+    "Activation",
+    "Dropout",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+)
 
 
 @emitter("TimeDistributed")
@@ -168,19 +184,40 @@ def _time_distributed(w: StepWriter) -> None:
     from .model_code_mindspore import EMITTERS
     from .model_program import Step
 
-    inner = w.step.module.layer
+    inner = w.layer.layer
     class_name = inner.spec.class_name
     write = EMITTERS.get(class_name)
-    if write is None or class_name in ("LSTM", "CuDNNLSTM", "Bidirectional", "Masking", "Embedding",
-                                       "TimeDistributed", "GlobalAveragePooling1D"):
+    if write is None or class_name in (
+        "LSTM",
+        "CuDNNLSTM",
+        "Bidirectional",
+        "Masking",
+        "Embedding",
+        "TimeDistributed",
+        "GlobalAveragePooling1D",
+    ):
         w.refuse(f"its inner layer {class_name} is not supported")
+        return
     direct = class_name in _LAST_AXIS_LAYERS
     flat = w.x if direct else w.temp(f"{w.attr}_steps")
     flat_out = w.out() if direct else w.temp(f"{w.attr}_out")
     if not direct:
         w.line(f"{flat} = {w.x}.reshape((-1,) + {w.x}.shape[2:])  # TimeDistributed: every step as a sample")
-    inner_step = Step(w.step.layer, w.attr, class_name, dict(inner.spec.config), inner, [flat], False, [None],
-                      {}, [flat_out], [None], [], None)
+    inner_step = Step(
+        w.step.layer,
+        w.attr,
+        class_name,
+        dict(inner.spec.config),
+        inner,
+        [flat],
+        False,
+        [None],
+        {},
+        [flat_out],
+        [None],
+        [],
+        None,
+    )
     inner_writer = StepWriter(inner_step, w.cell)
     inner_writer.first_call = w.first_call
     write(inner_writer)
@@ -189,7 +226,7 @@ def _time_distributed(w: StepWriter) -> None:
     w.pass_mask()
 
 
-# -- operations Keras 3 records -------------------------------------------------------------------------------
+# -- operations Keras 3 records ------------------------------------------------------------------------------
 
 _COMPARISONS = {"NotEqual": "!=", "Equal": "=="}
 _LOGICAL = {"LogicalAnd": "ops.logical_and", "LogicalOr": "ops.logical_or"}
@@ -205,8 +242,11 @@ def _operation(w: StepWriter) -> None:
         if len(arguments) != 2:
             w.refuse(f"expects two arguments, got {len(arguments)}")
         first, second = arguments
-        text = (f"{first} {_COMPARISONS[name]} {second}" if name in _COMPARISONS
-                else f"{_LOGICAL[name]}({first}, {second})")
+        text = (
+            f"{first} {_COMPARISONS[name]} {second}"
+            if name in _COMPARISONS
+            else f"{_LOGICAL[name]}({first}, {second})"
+        )
     elif name == "LogicalNot":
         text = f"ops.logical_not({w.x})"
     elif name == "ConvertToTensor":
@@ -222,13 +262,13 @@ def _operation(w: StepWriter) -> None:
     w.set_mask(0, None)
 
 
-# -- shapes ---------------------------------------------------------------------------------------------------
+# -- shapes --------------------------------------------------------------------------------------------------
 
 
 @emitter("Flatten", "Reshape", "Permute", "RepeatVector")
 def _shape(w: StepWriter) -> None:
     """Reshaping layers; none of them carries a mask on."""
-    module, x = w.step.module, w.x
+    module, x = w.layer, w.x
     name = w.step.class_name
     if name == "Flatten":
         if module.channels_first and len(module.spec.input_shape) > 2:

@@ -8,14 +8,14 @@ import numpy as np
 from .model_code_mindspore import StepWriter, emitter
 from .model_code_mindspore_layers import _weight, activation
 
-# -- elementwise merges, Concatenate, Dot -------------------------------------------------------------------
+# -- elementwise merges, Concatenate, Dot --------------------------------------------------------------------
 
 _OPERATORS = {"Add": " + ", "Subtract": " - ", "Multiply": " * "}
 
 
 def _lifted(w: StepWriter) -> list[str]:
     """The inputs, those of lower rank given size-1 axes at axis 1 as Keras does."""
-    shapes = w.step.module.spec.input_shapes
+    shapes = w.layer.spec.input_shapes
     top = max(len(s) for s in shapes)
     out = []
     for name, shape in zip(w.step.inputs, shapes, strict=True):
@@ -64,7 +64,7 @@ def _merge(w: StepWriter) -> None:
 def _concatenate(w: StepWriter) -> None:
     """``ops.cat`` along the axis; the output mask as Keras builds it (masks widened to the inputs',
     all True for an input without one, joined along the axis, reduced over the last axis)."""
-    module = w.step.module
+    module = w.layer
     rank = len(module.spec.input_shapes[0])
     axis = module.axis % rank
     w.line(f"{w.out()} = ops.cat(({', '.join(w.step.inputs)}), {axis})")
@@ -88,7 +88,7 @@ def _concatenate(w: StepWriter) -> None:
 def _dot(w: StepWriter) -> None:
     """Keras's batch_dot for rank-2 and rank-3 inputs: a sum of products, or ``ops.bmm`` with the summed
     axes put in place; ``normalize`` as each Keras generation normalizes. No output mask."""
-    module = w.step.module
+    module = w.layer
     first, second = w.step.inputs
     ranks = [len(s) for s in module.spec.input_shapes]
     axes = [a % r for a, r in zip(module.axes, ranks, strict=True)]
@@ -96,8 +96,11 @@ def _dot(w: StepWriter) -> None:
         normed = []
         for x, axis in zip((first, second), axes, strict=True):
             squares = f"({x} * {x}).sum({axis}, keepdims=True)"
-            factor = (f"ops.rsqrt(ops.maximum({squares}, 1e-12))" if w.keras2
-                      else f"ops.minimum(ops.rsqrt({squares}), 1e7)")
+            factor = (
+                f"ops.rsqrt(ops.maximum({squares}, 1e-12))"
+                if w.keras2
+                else f"ops.minimum(ops.rsqrt({squares}), 1e7)"
+            )
             name = w.temp(f"{x}_normalized")
             w.line(f"{name} = {x} * {factor}  # Dot(normalize=True)")
             normed.append(name)
@@ -115,14 +118,14 @@ def _dot(w: StepWriter) -> None:
     w.set_mask(0, None)
 
 
-# -- attention ----------------------------------------------------------------------------------------------
+# -- attention -----------------------------------------------------------------------------------------------
 
 
 @emitter("Attention", "AdditiveAttention")
 def _attention(w: StepWriter) -> None:
     """``KerasAttention`` (a Cell written into the module): its ``scale`` / ``concat_score_weight`` are the
     Keras weights. The output carries the query's mask."""
-    module = w.step.module
+    module = w.layer
     unknown = set(w.step.kwargs) - {"return_attention_scores", "use_causal_mask"}
     if unknown:
         w.refuse(f"unsupported call arguments: {', '.join(sorted(unknown))}")
@@ -138,8 +141,8 @@ def _attention(w: StepWriter) -> None:
         arguments.append("keras2=True")
     w.helper("KerasAttention")
     w.build(f"KerasAttention({', '.join(arguments)})")
-    for name in module.weight_names:
-        w.param(name, np.reshape(_weight(module, name), module.weight_shapes()[module.weight_names.index(name)]))
+    for name, shape in zip(module.weight_names, module.weight_shapes(), strict=True):
+        w.param(name, np.reshape(_weight(module, name), shape))
     inputs = list(w.step.inputs)
     query_mask, value_mask = w.mask(0), w.mask(1)
     call = inputs[:2] + ([f"key={inputs[2]}"] if len(inputs) > 2 else [])
@@ -153,13 +156,13 @@ def _attention(w: StepWriter) -> None:
         w.set_mask(1, None)
 
 
-# -- pooling, Conv1D ------------------------------------------------------------------------------------------
+# -- pooling, Conv1D -----------------------------------------------------------------------------------------
 
 
 @emitter("GlobalAveragePooling1D", "GlobalMaxPooling1D")
 def _global_pooling(w: StepWriter) -> None:
     """The mean (over the present steps where a mask comes) or the maximum over the steps."""
-    module = w.step.module
+    module = w.layer
     axis = 1 if module.data_format == "channels_last" else 2
     keep = ", keepdims=True" if module.keepdims else ""
     keep_dims = ", keep_dims=True" if module.keepdims else ""
@@ -170,10 +173,14 @@ def _global_pooling(w: StepWriter) -> None:
         text = f"ops.mean({x}, {axis}{keep_dims})"
     else:
         present = w.temp(f"{w.attr}_present")
-        w.line(f"{present} = {mask}.expand_dims({2 if axis == 1 else 1})  # the mean over present steps only")
-        kept = (f"{x} * {present}.astype({x}.dtype)" if w.keras2
-                else f"ops.where({present}, {x}, ops.zeros_like({x}))")
-        text = f"({kept}).sum({axis}{keep}) / {present}.astype({x}.dtype).sum({axis}{keep})"
+        w.line(f"{present} = {mask}.expand_dims({2 if axis == 1 else 1})  # the mean over the present steps")
+        kept = (
+            f"{x} * {present}.astype({x}.dtype)"
+            if w.keras2
+            else f"ops.where({present}, {x}, ops.zeros_like({x}))"
+        )
+        w.line(f"{w.out()} = ({kept}).sum({axis}{keep})")
+        text = f"{w.out()} / {present}.astype({x}.dtype).sum({axis}{keep})"
     w.line(f"{w.out()} = {text}")
     w.set_mask(0, None)
 
@@ -184,20 +191,20 @@ def _same_padding(steps: int, window: int, stride: int) -> tuple[int, int]:
 
 
 def _time_steps(w: StepWriter) -> int | None:
-    module = w.step.module
+    module = w.layer
     shape = module.spec.input_shape
     return shape[1] if module.data_format == "channels_last" else shape[2]
 
 
 def _channels_first(w: StepWriter, x: str) -> str:
-    return f"{x}.swapaxes(1, 2)" if w.step.module.data_format == "channels_last" else x
+    return f"{x}.swapaxes(1, 2)" if w.layer.data_format == "channels_last" else x
 
 
 @emitter("MaxPooling1D", "AveragePooling1D")
 def _pooling(w: StepWriter) -> None:
     """``nn.MaxPool1d`` / ``nn.AvgPool1d`` on (B, C, T); "same" padding as TensorFlow's for the maximum
     (padding never wins), refused for the average (Keras does not count the padding)."""
-    module = w.step.module
+    module = w.layer
     maximum = w.step.class_name == "MaxPooling1D"
     cell = "nn.MaxPool1d" if maximum else "nn.AvgPool1d"
     w.build(f"{cell}(kernel_size={module.pool_size}, stride={module.strides})")
@@ -219,7 +226,7 @@ def _pooling(w: StepWriter) -> None:
 def _conv1d(w: StepWriter) -> None:
     """``nn.Conv1d`` (weight (filters, C / groups, 1, k)) on (B, C, T) with TensorFlow's padding written
     out (causal: on the left), then the activation."""
-    module = w.step.module
+    module = w.layer
     window = (module.kernel_size - 1) * module.dilation_rate + 1
     w.build(
         f"nn.Conv1d({module.channels}, {module.filters}, {module.kernel_size}, stride={module.strides}, "
