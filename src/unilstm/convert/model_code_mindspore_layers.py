@@ -199,8 +199,8 @@ def _time_distributed(w: StepWriter) -> None:
         w.refuse(f"its inner layer {class_name} is not supported")
         return
     direct = class_name in _LAST_AXIS_LAYERS
-    flat = w.x if direct else w.temp(f"{w.attr}_steps")
-    flat_out = w.out() if direct else w.temp(f"{w.attr}_out")
+    flat = w.x if direct else w.temp(f"{w.attr}_samples")
+    flat_out = w.out() if direct else w.temp(f"{w.attr}_samples_out")
     if not direct:
         w.line(f"{flat} = {w.x}.reshape((-1,) + {w.x}.shape[2:])  # TimeDistributed: every step as a sample")
     inner_step = Step(

@@ -93,6 +93,7 @@ def _dot(w: StepWriter) -> None:
     ranks = [len(s) for s in module.spec.input_shapes]
     axes = [a % r for a, r in zip(module.axes, ranks, strict=True)]
     if module.normalize:
+        w.line("# Dot(normalize=True): each input L2-normalized along its summed axis")
         normed = []
         for x, axis in zip((first, second), axes, strict=True):
             squares = f"({x} * {x}).sum({axis}, keepdims=True)"
@@ -102,7 +103,7 @@ def _dot(w: StepWriter) -> None:
                 else f"ops.minimum(ops.rsqrt({squares}), 1e7)"
             )
             name = w.temp(f"{x}_normalized")
-            w.line(f"{name} = {x} * {factor}  # Dot(normalize=True)")
+            w.line(f"{name} = {x} * {factor}")
             normed.append(name)
         first, second = normed
     if ranks == [2, 2]:
