@@ -35,6 +35,9 @@ SUPPORTED = sorted(p.name for p in FIXTURES.glob("k3_*.keras")) + [
 ]
 
 
+HELPER_CELLS = ("KerasLSTM", "DotAttention", "ConcatAttention", "AdditiveAttention")
+
+
 def _program(name: str) -> Program:
     return model_program(load_model(FIXTURES / name))
 
@@ -70,9 +73,11 @@ def _cell_parameters(function: str, args: list[Any], kwargs: dict[str, Any]) -> 
         return shapes | ({"bias": (filters,)} if kwargs.get("has_bias", True) else {})
     if function in ("nn.MaxPool1d", "nn.AvgPool1d"):
         return {}
-    if function == "KerasAttention":
-        shapes = {} if kwargs.get("scale_shape") is None else {"scale": tuple(kwargs["scale_shape"])}
-        return shapes | ({"concat_score_weight": ()} if args[0] == "concat" else {})
+    if function in ("DotAttention", "ConcatAttention"):
+        shapes = {"scale": ()} if kwargs.get("use_scale") else {}
+        return shapes | ({"concat_score_weight": ()} if function == "ConcatAttention" else {})
+    if function == "AdditiveAttention":
+        return {} if kwargs.get("scale_shape") is None else {"scale": tuple(kwargs["scale_shape"])}
     raise AssertionError(f"the generated code builds an unexpected {function}")
 
 
@@ -102,7 +107,7 @@ def _declared(source: str) -> dict[str, tuple[int, ...]]:
             assert isinstance(target, ast.Attribute)
             function = ast.unparse(node.value.func)
             attribute = f"{prefix}{target.attr}."
-            if function in classes and function not in ("KerasLSTM", "KerasAttention"):
+            if function in classes and function not in HELPER_CELLS:
                 found |= walk(function, attribute)  # a nested model's Cell
                 continue
             args = [ast.literal_eval(a) for a in node.value.args]

@@ -175,7 +175,22 @@ def _crafted() -> dict[str, tuple[dict, list[np.ndarray]]]:
         ["x"],
         [["all", 0]],
     )
+    attention = _model(
+        "crafted_attention",
+        [
+            _input("query", [5, 4]),
+            _input("values", [6, 4]),
+            _layer("Masking", "masking", [["values"]], mask_value=0.0),
+            _layer("Attention", "concat", [["query", "masking"]], use_scale=True, score_mode="concat"),
+            _layer("AdditiveAttention", "additive", [["query", "masking", "values"]], use_scale=False),
+            _layer("Attention", "causal", [["query", "query"]], causal=True),
+            _layer("Concatenate", "all", [["concat", "additive", "causal"]]),
+        ],
+        ["query", "values"],
+        [["all", 0]],
+    )
     return {
+        "crafted_attention": (attention, [rng.standard_normal((3, 5, 4)).astype(np.float32), x]),
         "crafted_go_backwards": (masked, [x]),
         "crafted_bidirectional": (bidirectional, [ids]),
         "crafted_convolutions": (convolutions, [rng.standard_normal((3, 9, 4)).astype(np.float32)]),

@@ -23,6 +23,7 @@ layer's class and name.
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,7 @@ import numpy as np
 from ..formats.layout import torch_from_keras
 from ..interchange import activation_text
 from .file_kinds import ConversionError
-from .model_code_mindspore_helpers import HELPERS
+from .model_code_mindspore_helpers import HELPERS, NEEDS, keras_lstm_source
 from .model_program import Program, Step
 
 # -- the module being written ------------------------------------------------------------------------------
@@ -44,13 +45,14 @@ class _Module:
 
     params: dict[str, np.ndarray] = field(default_factory=dict)
     helpers: list[str] = field(default_factory=list)
+    lstm_activations: set[str] = field(default_factory=set)  # what KerasLSTM's table needs
     classes: list[str] = field(default_factory=list)
     class_names: set[str] = field(default_factory=set)
 
     def use(self, helper: str) -> str:
-        """Define ``helper`` (and the ``tanh`` the Cells use) in the module; returns its name."""
-        if helper in ("KerasLSTM", "KerasAttention"):
-            self.use("tanh")
+        """Define ``helper`` (and the helpers it calls) in the module; returns its name."""
+        for needed in NEEDS.get(helper, ()):
+            self.use(needed)
         if helper not in self.helpers:
             self.helpers.append(helper)
             self.helpers.sort(key=list(HELPERS).index)
@@ -255,9 +257,15 @@ def _class_source(name: str, program: Program, cell: _Cell) -> str:
         f"{var} {_shape_text(shape)} {dtype}"
         for var, shape, dtype in zip(program.inputs, program.input_shapes, program.input_dtypes, strict=True)
     )
+    doc = textwrap.fill(
+        f'"""Keras model {program.name!r}: construct({", ".join(program.inputs)}) with {shapes}."""',
+        106,
+        subsequent_indent="    ",
+        break_on_hyphens=False,
+    )
     lines = [
         f"class {name}(nn.Cell):",
-        f'    """Keras model {program.name!r}: construct({", ".join(program.inputs)}) with {shapes}."""',
+        f"    {doc}",
         "",
         "    def __init__(self):",
         "        super().__init__()",
@@ -299,13 +307,14 @@ def _module_source(program: Program, top: str, weights_name: str, module: _Modul
         "",
         "import mindspore",
         "from mindspore import Parameter, nn, ops"
-        if {"KerasAttention", "KerasLSTM"} & set(module.helpers)
+        if {"KerasLSTM", "DotAttention", "ConcatAttention", "AdditiveAttention"} & set(module.helpers)
         else "from mindspore import nn, ops",
         "",
         f"WEIGHTS = {weights_name!r}",
     ]
     for helper in module.helpers:
-        lines += ["", "", HELPERS[helper].strip("\n")]
+        source = keras_lstm_source(module.lstm_activations) if helper == "KerasLSTM" else HELPERS[helper]
+        lines += ["", "", source.strip("\n")]
     for source in module.classes:
         lines += ["", "", source]
     lines += [
@@ -406,6 +415,15 @@ def _lstm(w: StepWriter) -> None:
         w.build(f"nn.LSTM({shape}, batch_first=True{', bidirectional=True' if bidirectional else ''})")
     else:
         w.helper("KerasLSTM")
+        used = {
+            _activation_name(cell, key)
+            for cell in (forward, backward)
+            if cell is not None
+            for key in ("activation", "recurrent_activation")
+        }
+        w.cell.module.lstm_activations.update(used)
+        if "tanh" in used:
+            w.helper("tanh")
         activations = ", ".join(
             f"{key}={_activation_name(forward, key)!r}" for key in ("activation", "recurrent_activation")
         )

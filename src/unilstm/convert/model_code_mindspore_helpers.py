@@ -46,53 +46,87 @@ def backward_steps(out, mask, previous):
     return ops.where(keep.expand_dims(-1), taken, ops.zeros_like(taken))
 '''
 
-ATTENTION = '''
-class KerasAttention(nn.Cell):
-    """Keras's Attention (``kind`` "dot" or "concat") and AdditiveAttention ("additive") at inference.
+ATTEND = '''
+def attend(scores, value, query_mask, value_mask, causal, keras2):
+    """Keras's attention from its scores S (B, Tq, Tv): the values a query may not see (masked, or after
+    the query with causal) get S - 1e9 as in Keras; W = softmax over the values; output W V, zero at masked
+    queries (times the mask in Keras 2). Returns the output and W."""
+    allowed = None if value_mask is None else value_mask.expand_dims(-2)  # (B, 1, Tv)
+    if causal:
+        rows, cols = scores.shape[-2], scores.shape[-1]
+        below = (ops.arange(rows).expand_dims(-1) >= ops.arange(cols)).expand_dims(0)
+        allowed = below if allowed is None else ops.logical_and(allowed, below)
+    if allowed is not None:
+        scores = ops.where(allowed, scores, scores - 1e9)
+    weights = ops.softmax(scores, axis=-1)
+    output = ops.bmm(weights, value)
+    if query_mask is not None:
+        present = query_mask.expand_dims(-1)
+        if keras2:
+            output = output * present.astype(output.dtype)
+        else:
+            output = ops.where(present, output, ops.zeros_like(output))
+    return output, weights
+'''
 
-    Scores S (B, Tq, Tv): dot: scale * Q K^T; concat: concat_score_weight * sum_d tanh(scale * (Q_i + K_j));
-    additive: sum_d scale_d * tanh(Q_i + K_j) (scale 1 without use_scale). Values a query may not see
-    (masked, or after the query with causal) get S - 1e9 as in Keras; W = softmax_j(S); output W V,
-    zero at masked queries."""
+DOT_ATTENTION = '''
+class DotAttention(nn.Cell):
+    """Keras's Attention(score_mode="dot") at inference: S = scale * Q K^T (scale: a learned scalar with
+    use_scale), then :func:`attend`."""
 
-    def __init__(self, kind, scale_shape=None, causal=False, keras2=False):
+    def __init__(self, use_scale=False, causal=False, keras2=False):
         super().__init__()
-        self.kind = kind
+        self.scale = Parameter(ops.ones((), mindspore.float32)) if use_scale else None
         self.causal = causal
         self.keras2 = keras2
-        self.scale = None if scale_shape is None else Parameter(ops.ones(scale_shape, mindspore.float32))
-        self.concat_score_weight = Parameter(ops.ones((), mindspore.float32)) if kind == "concat" else None
 
     def construct(self, query, value, key=None, query_mask=None, value_mask=None):
         key = value if key is None else key
-        if self.kind == "dot":
-            scores = ops.bmm(query, key.swapaxes(-2, -1))
-            if self.scale is not None:
-                scores = scores * self.scale
-        else:
-            summed = query.expand_dims(-2) + key.expand_dims(-3)  # (B, Tq, Tv, D)
-            if self.kind == "concat":
-                summed = summed if self.scale is None else self.scale * summed
-                scores = self.concat_score_weight * tanh(summed).sum(-1)
-            else:
-                activated = tanh(summed)
-                scores = (activated if self.scale is None else self.scale * activated).sum(-1)
-        allowed = None if value_mask is None else value_mask.expand_dims(-2)  # (B, 1, Tv)
-        if self.causal:
-            rows, cols = scores.shape[-2], scores.shape[-1]
-            below = (ops.arange(rows).expand_dims(-1) >= ops.arange(cols)).expand_dims(0)
-            allowed = below if allowed is None else ops.logical_and(allowed, below)
-        if allowed is not None:
-            scores = ops.where(allowed, scores, scores - 1e9)
-        weights = ops.softmax(scores, axis=-1)
-        output = ops.bmm(weights, value)
-        if query_mask is not None:
-            present = query_mask.expand_dims(-1)
-            if self.keras2:
-                output = output * present.astype(output.dtype)
-            else:
-                output = ops.where(present, output, ops.zeros_like(output))
-        return output, weights
+        scores = ops.bmm(query, key.swapaxes(-2, -1))
+        if self.scale is not None:
+            scores = scores * self.scale
+        return attend(scores, value, query_mask, value_mask, self.causal, self.keras2)
+'''
+
+CONCAT_ATTENTION = '''
+class ConcatAttention(nn.Cell):
+    """Keras's Attention(score_mode="concat") at inference: S[b, i, j] = concat_score_weight *
+    sum_d tanh(scale * (Q[b, i, d] + K[b, j, d])) (scale: a learned scalar with use_scale), then
+    :func:`attend`."""
+
+    def __init__(self, use_scale=False, causal=False, keras2=False):
+        super().__init__()
+        self.scale = Parameter(ops.ones((), mindspore.float32)) if use_scale else None
+        self.concat_score_weight = Parameter(ops.ones((), mindspore.float32))
+        self.causal = causal
+        self.keras2 = keras2
+
+    def construct(self, query, value, key=None, query_mask=None, value_mask=None):
+        key = value if key is None else key
+        summed = query.expand_dims(-2) + key.expand_dims(-3)  # (B, Tq, Tv, D)
+        if self.scale is not None:
+            summed = self.scale * summed
+        scores = self.concat_score_weight * tanh(summed).sum(-1)
+        return attend(scores, value, query_mask, value_mask, self.causal, self.keras2)
+'''
+
+ADDITIVE_ATTENTION = '''
+class AdditiveAttention(nn.Cell):
+    """Keras's AdditiveAttention at inference: S[b, i, j] = sum_d scale[d] tanh(Q[b, i, d] + K[b, j, d])
+    (scale: a learned vector with use_scale, else 1), then :func:`attend`."""
+
+    def __init__(self, scale_shape=None, causal=False, keras2=False):
+        super().__init__()
+        self.scale = None if scale_shape is None else Parameter(ops.ones(scale_shape, mindspore.float32))
+        self.causal = causal
+        self.keras2 = keras2
+
+    def construct(self, query, value, key=None, query_mask=None, value_mask=None):
+        key = value if key is None else key
+        activated = tanh(query.expand_dims(-2) + key.expand_dims(-3))  # (B, Tq, Tv, D)
+        if self.scale is not None:
+            activated = self.scale * activated
+        return attend(activated.sum(-1), value, query_mask, value_mask, self.causal, self.keras2)
 '''
 
 KERAS_LSTM = '''
@@ -103,7 +137,7 @@ class KerasLSTM(nn.Cell):
     a step at or past its sequence's seq_length leaves h and c as they are and outputs zeros (the
     reverse direction thus starts at the sequence's last valid step)."""
 
-    ACTIVATIONS = {
+    ACTIVATIONS = {  # the Keras activations this model's LSTMs use
         "tanh": tanh,
         "sigmoid": ops.sigmoid,
         "relu": ops.relu,
@@ -155,6 +189,22 @@ class KerasLSTM(nn.Cell):
         return ops.cat(outputs, -1), (ops.stack(h_n), ops.stack(c_n))
 '''
 
+#: helper -> the helpers it calls.
+NEEDS = {
+    "DotAttention": ("attend",),
+    "ConcatAttention": ("attend", "tanh"),
+    "AdditiveAttention": ("attend", "tanh"),
+}
+
+
+def keras_lstm_source(activations: set[str]) -> str:
+    """``KerasLSTM`` with the entries of its ACTIVATIONS table the module uses."""
+    lines = KERAS_LSTM.splitlines(keepends=True)
+    return "".join(
+        line for line in lines if not line.startswith('        "') or line.split('"')[1] in activations
+    )
+
+
 #: helper name -> its source, in the order a module lists them (``tanh`` first: the Cells use it).
 HELPERS = {
     "tanh": TANH,
@@ -162,5 +212,8 @@ HELPERS = {
     "forward_steps": FORWARD_STEPS,
     "backward_steps": BACKWARD_STEPS,
     "KerasLSTM": KERAS_LSTM,
-    "KerasAttention": ATTENTION,
+    "attend": ATTEND,
+    "DotAttention": DOT_ATTENTION,
+    "ConcatAttention": CONCAT_ATTENTION,
+    "AdditiveAttention": ADDITIVE_ATTENTION,
 }

@@ -124,24 +124,24 @@ def _dot(w: StepWriter) -> None:
 
 @emitter("Attention", "AdditiveAttention")
 def _attention(w: StepWriter) -> None:
-    """``KerasAttention`` (a Cell written into the module): its ``scale`` / ``concat_score_weight`` are the
-    Keras weights. The output carries the query's mask."""
+    """``DotAttention`` / ``ConcatAttention`` / ``AdditiveAttention`` (Cells written into the module): their
+    ``scale`` / ``concat_score_weight`` are the Keras weights. The output carries the query's mask."""
     module = w.layer
     unknown = set(w.step.kwargs) - {"return_attention_scores", "use_causal_mask"}
     if unknown:
         w.refuse(f"unsupported call arguments: {', '.join(sorted(unknown))}")
-    kind = "additive" if w.step.class_name == "AdditiveAttention" else module.score_mode
     causal = bool(w.step.kwargs.get("use_causal_mask", False) or module.causal)
-    scale = tuple(module.weight_shapes()[0]) if module.use_scale else None
-    arguments = [repr(kind)]
-    if scale is not None:
-        arguments.append(f"scale_shape={scale!r}")
+    if w.step.class_name == "AdditiveAttention":
+        cell = "AdditiveAttention"
+        arguments = [f"scale_shape={tuple(module.weight_shapes()[0])!r}"] if module.use_scale else []
+    else:
+        cell = "ConcatAttention" if module.score_mode == "concat" else "DotAttention"
+        arguments = ["use_scale=True"] if module.use_scale else []
     if causal:
         arguments.append("causal=True")
     if w.keras2:
         arguments.append("keras2=True")
-    w.helper("KerasAttention")
-    w.build(f"KerasAttention({', '.join(arguments)})")
+    w.build(f"{w.helper(cell)}({', '.join(arguments)})")
     for name, shape in zip(module.weight_names, module.weight_shapes(), strict=True):
         w.param(name, np.reshape(_weight(module, name), shape))
     inputs = list(w.step.inputs)
