@@ -240,6 +240,17 @@ def test_non_default_activations_use_the_written_out_lstm() -> None:
     assert "KerasLSTM" not in plain and "nn.LSTM(" in plain
 
 
+def test_variables_never_shadow_the_module_names() -> None:
+    program = _program("k3_zoo.keras")
+    step = _step(program, "activation")  # an Activation('tanh') layer called "tanh"
+    step.outputs = ["tanh"]
+    for other in program.steps:
+        other.inputs = ["tanh" if v == "activation" else v for v in other.inputs]
+    source, _ = emit_mindspore_model(program, "model.ckpt")
+    assert "tanh_ = tanh(spatial_dropout1d)" in source and "add = gaussian_noise + tanh_" in source
+    assert step.outputs == ["tanh"]  # the caller's program is unchanged
+
+
 # -- refusals, by layer class and name -----------------------------------------------------------------------
 
 

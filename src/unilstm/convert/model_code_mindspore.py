@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -219,8 +219,53 @@ def emit_mindspore_model(program: Program, weights_name: str) -> tuple[str, dict
     return _module_source(program, top, weights_name, module), module.params
 
 
+#: names ``construct`` needs for itself: a Keras variable of one of these names gets a trailing ``_``.
+_RESERVED = {"self", "mindspore", "nn", "ops", "Parameter", "Path", *HELPERS}
+
+
+def _renamed(program: Program) -> Program:
+    """``program`` with its variables that would shadow a name of the module (a layer called ``tanh``)
+    renamed; the caller's program is left as it is."""
+    taken = set(program.inputs) | {v for s in program.steps for v in [*s.outputs, *s.output_masks] if v}
+    names = {v: _free(v, taken) for v in sorted(taken & _RESERVED)}
+    if not names:
+        return program
+
+    def rename(value: Any) -> Any:
+        if isinstance(value, str):
+            return names.get(value, value)
+        if isinstance(value, list):
+            return [rename(v) for v in value]
+        if isinstance(value, dict):
+            return {k: rename(v) for k, v in value.items()}
+        return value
+
+    steps = [
+        replace(
+            step,
+            inputs=rename(step.inputs),
+            input_masks=rename(step.input_masks),
+            kwargs=rename(step.kwargs),
+            args=rename(step.args),
+            outputs=rename(step.outputs),
+            output_masks=rename(step.output_masks),
+        )
+        for step in program.steps
+    ]
+    return replace(program, inputs=rename(program.inputs), steps=steps, outputs=rename(program.outputs))
+
+
+def _free(name: str, taken: set[str]) -> str:
+    candidate = f"{name}_"
+    while candidate in taken or candidate in _RESERVED:
+        candidate += "_"
+    taken.add(candidate)
+    return candidate
+
+
 def _write_cell(program: Program, module: _Module, prefix: str) -> str:
     """Write the class of ``program`` (after those of its nested models); returns its name."""
+    program = _renamed(program)
     cell = _Cell(program, module, prefix)
     for step in program.steps:
         writer = StepWriter(step, cell)
