@@ -26,7 +26,7 @@ import re
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -167,7 +167,6 @@ class StepWriter:
             return
         if expression is None:
             self.refuse("Keras attaches a mask to its output here that the generated code cannot compute")
-            return
         if expression.isidentifier():
             self.cell.alias[target] = expression
         else:
@@ -182,7 +181,7 @@ class StepWriter:
         """The layer passes its input's mask on (to its only output)."""
         self.set_mask(0, self.mask(0))
 
-    def refuse(self, reason: str) -> None:
+    def refuse(self, reason: str) -> NoReturn:
         raise ConversionError(f"MindSpore code: {self.where}: {reason}")
 
 
@@ -275,7 +274,6 @@ def _write_cell(program: Program, module: _Module, prefix: str) -> str:
         write = EMITTERS.get(step.class_name)
         if write is None:
             writer.refuse("MindSpore code for this layer class is not written (not supported)")
-            return ""
         write(writer)
         for index, mask in enumerate(step.output_masks):
             if mask is not None and index not in writer.masks_set:

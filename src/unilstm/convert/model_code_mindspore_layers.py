@@ -197,7 +197,6 @@ def _time_distributed(w: StepWriter) -> None:
         "GlobalAveragePooling1D",
     ):
         w.refuse(f"its inner layer {class_name} is not supported")
-        return
     direct = class_name in _LAST_AXIS_LAYERS
     flat = w.x if direct else w.temp(f"{w.attr}_samples")
     flat_out = w.out() if direct else w.temp(f"{w.attr}_samples_out")

@@ -114,7 +114,6 @@ def _dot(w: StepWriter) -> None:
         text = f"ops.bmm({left}, {right})"
     else:
         w.refuse(f"inputs of ranks {ranks}: only 2-D . 2-D and 3-D . 3-D are written")
-        return
     w.line(f"{w.out()} = {text}")
     w.set_mask(0, None)
 
@@ -214,7 +213,6 @@ def _pooling(w: StepWriter) -> None:
         steps = _time_steps(w)
         if not maximum or steps is None:
             w.refuse("padding='same' is written for MaxPooling1D over a known number of steps only")
-            return
         left, right = _same_padding(steps, module.pool_size, module.strides)
         if left or right:
             x = f"ops.pad({x}, ({left}, {right}), value=float('-inf'))"
@@ -245,7 +243,6 @@ def _conv1d(w: StepWriter) -> None:
         steps = _time_steps(w)
         if steps is None:
             w.refuse("padding='same' over an unknown number of steps is not written")
-            return
         left, right = _same_padding(steps, window, module.strides)
         if left or right:
             x = f"ops.pad({x}, ({left}, {right}))"
