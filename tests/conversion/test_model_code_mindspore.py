@@ -240,6 +240,15 @@ def test_non_default_activations_use_the_written_out_lstm() -> None:
     assert "KerasLSTM" not in plain and "nn.LSTM(" in plain
 
 
+def test_float_ids_are_cast_as_keras_casts_them() -> None:
+    program = _program("k3_finetune.keras")
+    source, _ = emit_mindspore_model(program, "model.ckpt")
+    assert "self.embedding(x_input_layer)" in source
+    program.input_dtypes = ["float32"]  # Keras 2.2's Input(shape=(T,)) holds ids as floats
+    source, _ = emit_mindspore_model(program, "model.ckpt")
+    assert "self.embedding(x_input_layer.astype(mindspore.int32))" in source
+
+
 def test_variables_never_shadow_the_module_names() -> None:
     program = _program("k3_zoo.keras")
     step = _step(program, "activation")  # an Activation('tanh') layer called "tanh"

@@ -64,7 +64,13 @@ def _embedding(w: StepWriter) -> None:
     module = w.layer
     w.build(f"nn.Embedding({module.input_dim}, {module.output_dim})")
     w.param("embedding_table", _weight(module, "embeddings"))
-    w.line(f"{w.out()} = self.{w.attr}({w.x})")
+    ids = w.x
+    program = w.cell.program
+    if ids in program.inputs and not program.input_dtypes[program.inputs.index(ids)].startswith(
+        ("int", "uint")
+    ):
+        ids = f"{ids}.astype(mindspore.int32)"  # Keras casts float ids to int32
+    w.line(f"{w.out()} = self.{w.attr}({ids})")
     w.set_mask(0, f"{w.x} != 0" if module.mask_zero else None)
 
 
