@@ -465,8 +465,8 @@ def _lstm(w: StepWriter) -> None:
             for key in ("activation", "recurrent_activation")
         }
         w.cell.module.lstm_activations.update(used)
-        if "tanh" in used:
-            w.helper("tanh")
+        for name in sorted(used & {"tanh", "linear", "hard_sigmoid", "hard_sigmoid_keras2"}):
+            w.helper(name)  # module-level functions KerasLSTM's table names
         activations = ", ".join(
             f"{key}={_activation_name(forward, key)!r}" for key in ("activation", "recurrent_activation")
         )

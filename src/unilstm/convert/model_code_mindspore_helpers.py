@@ -141,9 +141,9 @@ class KerasLSTM(nn.Cell):
         "tanh": tanh,
         "sigmoid": ops.sigmoid,
         "relu": ops.relu,
-        "linear": lambda x: x,
-        "hard_sigmoid": lambda x: ops.relu6(x + 3) / 6,  # Keras 3
-        "hard_sigmoid_keras2": lambda x: ops.clamp(0.2 * x + 0.5, 0.0, 1.0),  # Keras 2
+        "linear": linear,
+        "hard_sigmoid": hard_sigmoid,
+        "hard_sigmoid_keras2": hard_sigmoid_keras2,
     }
 
     def __init__(self, input_size, hidden_size, has_bias=True, bidirectional=False, activation="tanh",
@@ -189,6 +189,24 @@ class KerasLSTM(nn.Cell):
         return ops.cat(outputs, -1), (ops.stack(h_n), ops.stack(c_n))
 '''
 
+LINEAR = '''
+def linear(x):
+    """Keras's linear activation (None)."""
+    return x
+'''
+
+HARD_SIGMOID = '''
+def hard_sigmoid(x):
+    """Keras 3's hard_sigmoid: relu6(x + 3) / 6."""
+    return ops.relu6(x + 3) / 6
+'''
+
+HARD_SIGMOID_KERAS2 = '''
+def hard_sigmoid_keras2(x):
+    """Keras 2's hard_sigmoid: clip(0.2 x + 0.5, 0, 1)."""
+    return ops.clamp(0.2 * x + 0.5, 0.0, 1.0)
+'''
+
 #: helper -> the helpers it calls.
 NEEDS = {
     "DotAttention": ("attend",),
@@ -208,6 +226,9 @@ def keras_lstm_source(activations: set[str]) -> str:
 #: helper name -> its source, in the order a module lists them (``tanh`` first: the Cells use it).
 HELPERS = {
     "tanh": TANH,
+    "linear": LINEAR,
+    "hard_sigmoid": HARD_SIGMOID,
+    "hard_sigmoid_keras2": HARD_SIGMOID_KERAS2,
     "present_first": PRESENT_FIRST,
     "forward_steps": FORWARD_STEPS,
     "backward_steps": BACKWARD_STEPS,
