@@ -303,10 +303,12 @@ def test_refuses_a_dense_activation_without_counterpart() -> None:
     _refused(program, "Dense 'dense'", "activation='sparsemax'")
 
 
-def test_refuses_keras3_masked_multiply() -> None:
+def test_keras3_masks_change_multiply_values() -> None:
     program = _program("k3_zoo.keras")
-    _step(program, "multiply").input_masks = ["x_input_layer", None]
-    _refused(program, "Multiply 'multiply'", "masks change this merge's values")
+    step = _step(program, "multiply")
+    step.input_masks = ["x_input_layer_mask", None]
+    source, _ = emit_mindspore_model(program, "model.ckpt")
+    assert "ops.where(x_input_layer_mask.expand_dims(-1), add, ops.ones_like(add)) * activation" in source
 
 
 def test_refuses_a_mask_it_cannot_compute() -> None:

@@ -10,7 +10,8 @@ inputs, Keras's outputs and load_model's outputs, into a folder of its own. A mo
 reported with the reason and skipped. Then the same for a few models crafted here from tf-keras configs
 with random weights (``crafted_*``: the layer arguments and mask situations the fixtures lack: go_backwards
 with masks in the middle, merge modes, return_state, masked Concatenate, Conv1D padding, pooling, Dot,
-LayerNormalization over two axes, TimeDistributed(BatchNormalization)), compared with load_model only.
+LayerNormalization over two axes, TimeDistributed(BatchNormalization), attention, Keras 3's masked
+merges), compared with load_model only.
 Stage 2 (``--ms-python``, with mindspore 2.x): import each module, ``load()`` it, run it on the inputs in
 PyNative mode and in graph mode and print one JSON line per model with the largest relative differences.
 Exits non-zero when any model is off by more than 1e-5 relative (+1e-6 absolute) from load_model, or fails
@@ -190,7 +191,26 @@ def _crafted() -> dict[str, tuple[dict, list[np.ndarray]]]:
         ["query", "values"],
         [["all", 0]],
     )
+    # read as a Keras 3 model: Keras 3's mask rules for merges (values of masked Multiply / Maximum /
+    # Minimum, OR of the masks, Concatenate's any)
+    keras3_merges = _model(
+        "crafted_keras3_merges",
+        [
+            _input("x", [6, 4]),
+            _layer("Masking", "masking", [["x"]], mask_value=0.0),
+            _layer("Dense", "dense", [["masking"]], units=4),
+            _layer("Multiply", "both", [["masking", "dense"]]),
+            _layer("Maximum", "partly", [["both", "x"]]),
+            _layer("Minimum", "smallest", [["both", "dense", "masking"]]),
+            _layer("Multiply", "product", [["masking", "x"]]),
+            _layer("Concatenate", "joined", [["smallest", "partly", "product"]]),
+            _layer("LSTM", "lstm", [["joined"]], units=3),
+        ],
+        ["x"],
+        [["lstm", 0], ["smallest", 0]],
+    )
     return {
+        "crafted_keras3_merges": (keras3_merges, [x]),
         "crafted_attention": (attention, [rng.standard_normal((3, 5, 4)).astype(np.float32), x]),
         "crafted_go_backwards": (masked, [x]),
         "crafted_bidirectional": (bidirectional, [ids]),
@@ -200,10 +220,11 @@ def _crafted() -> dict[str, tuple[dict, list[np.ndarray]]]:
 
 
 def _crafted_model(config: dict, seed: int):  # type: ignore[no-untyped-def]
-    """The model of a crafted config, every layer's weights drawn at random (variances positive)."""
+    """The model of a crafted config (tf-keras's, or Keras 3's for ``crafted_keras3_*``), every layer's
+    weights drawn at random (variances positive)."""
     from unilstm.keras_model.model import build_model
 
-    model = build_model(config, True, None)
+    model = build_model(config, not config["config"]["name"].startswith("crafted_keras3"), None)
     rng = np.random.default_rng(seed)
     for module in model._by_name.values():
         arrays = [rng.normal(0, 0.5, s).astype(np.float32) for s in module.weight_shapes()]

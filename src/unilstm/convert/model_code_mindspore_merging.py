@@ -39,14 +39,20 @@ def _merged_mask(w: StepWriter, masks: list[str | None]) -> str | None:
 
 @emitter("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
 def _merge(w: StepWriter) -> None:
-    """Elementwise merges; Keras 3's value rules for masked Multiply / Maximum / Minimum are refused."""
+    """Elementwise merges (inputs of lower rank lifted as Keras does); Keras 3's value rules where masks
+    reach a Multiply, Maximum or Minimum in :func:`_masked_merge`."""
     name = w.step.class_name
     masks = [w.mask(i) for i in range(len(w.step.inputs))]
     if w.step.kwargs:
         w.refuse(f"unsupported call arguments: {', '.join(sorted(w.step.kwargs))}")
-    if name in ("Multiply", "Maximum", "Minimum") and not w.keras2 and any(masks):
-        w.refuse("Keras 3 lets masks change this merge's values; that is not written for MindSpore")
     inputs = _lifted(w)
+    shapes = w.layer.spec.input_shapes
+    top = max(len(s) for s in shapes)
+    # Keras 3 reads the masks off the tensors: a lifted input is a new tensor, without one
+    seen = [m if len(s) == top else None for m, s in zip(masks, shapes, strict=True)]
+    if name in ("Multiply", "Maximum", "Minimum") and not w.keras2 and any(seen):
+        w.set_mask(0, _masked_merge(w, inputs, seen) or _merged_mask(w, masks))
+        return
     if name in _OPERATORS:
         text = _OPERATORS[name].join(inputs)
     elif name == "Average":
@@ -58,6 +64,45 @@ def _merge(w: StepWriter) -> None:
             text = f"{function}({text}, {other})"
     w.line(f"{w.out()} = {text}")
     w.set_mask(0, _merged_mask(w, masks))
+
+
+def _masked_merge(w: StepWriter, inputs: list[str], masks: list[str | None]) -> str | None:
+    """Keras 3's Multiply (a masked element counts as 1; where every input has a mask, zeros where all are
+    masked) and Maximum / Minimum (left to right, a masked element of either side is taken from the other);
+    returns the output mask the merge sets (the OR, where every input has a mask), else None."""
+    out = w.out()
+    if w.step.class_name == "Multiply":
+        w.line("# Keras 3's Multiply: a masked element counts as 1")
+        factors = [
+            x if m is None else f"ops.where({m}.expand_dims(-1), {x}, ops.ones_like({x}))"
+            for x, m in zip(inputs, masks, strict=True)
+        ]
+        w.line(f"{out} = {' * '.join(factors)}")
+        if any(m is None for m in masks):
+            return None
+        either = w.step.output_masks[0] or w.temp(f"{out}_mask")
+        w.mask_line(either, f"{either} = {_merged_mask(w, masks)}")
+        w.line(f"{out} = ops.where({either}.expand_dims(-1), {out}, ops.zeros_like({out}))")
+        return either
+    function = "ops.maximum" if w.step.class_name == "Maximum" else "ops.minimum"
+    w.line(f"# Keras 3's {w.step.class_name}: a masked element of either side is taken from the other")
+    w.line(f"{out} = {inputs[0]}")
+    so_far = masks[0]
+    for x, m in zip(inputs[1:], masks[1:], strict=True):
+        if m is not None:
+            kept = w.temp(f"{out}_input")
+            w.line(f"{kept} = ops.where({m}.expand_dims(-1), {x}, {out})")
+            x = kept
+        if so_far is not None:
+            w.line(f"{out} = ops.where({so_far}.expand_dims(-1), {out}, {x})")
+        w.line(f"{out} = {function}({out}, {x})")
+        if so_far is not None and m is not None:
+            union = w.temp(f"{out}_mask_so_far")
+            w.mask_line(union, f"{union} = ops.logical_or({so_far}, {m})")
+            so_far = union
+        else:
+            so_far = None
+    return so_far
 
 
 @emitter("Concatenate")
