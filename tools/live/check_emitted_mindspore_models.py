@@ -209,7 +209,34 @@ def _crafted() -> dict[str, tuple[dict, list[np.ndarray]]]:
         ["x"],
         [["lstm", 0], ["smallest", 0]],
     )
+    names = [
+        "linear",
+        "relu",
+        "relu6",
+        "sigmoid",
+        "tanh",
+        "softmax",
+        "log_softmax",
+        "softplus",
+        "softsign",
+        "elu",
+        "selu",
+        "exponential",
+        "swish",
+        "silu",
+        "gelu",
+        "mish",
+        "hard_sigmoid",
+    ]
+    dense = [_layer("Dense", f"dense_{n}", [["x"]], units=3, activation=n) for n in names]
+    activations = _model(
+        "crafted_keras3_activations",
+        [_input("x", [6, 4]), *dense, _layer("Concatenate", "all", [[f"dense_{n}" for n in names]])],
+        ["x"],
+        [["all", 0]],
+    )
     return {
+        "crafted_keras3_activations": (activations, [x * 3]),
         "crafted_keras3_merges": (keras3_merges, [x]),
         "crafted_attention": (attention, [rng.standard_normal((3, 5, 4)).astype(np.float32), x]),
         "crafted_go_backwards": (masked, [x]),

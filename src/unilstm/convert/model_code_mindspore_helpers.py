@@ -189,6 +189,14 @@ class KerasLSTM(nn.Cell):
         return ops.cat(outputs, -1), (ops.stack(h_n), ops.stack(c_n))
 '''
 
+LOG_SOFTMAX = '''
+def log_softmax(x):
+    """log_softmax over the last axis, shifted by its maximum: MindSpore 2.10's CPU ops.log_softmax is
+    off by up to 3e-5."""
+    shifted = x - ops.amax(x, -1, True)
+    return shifted - ops.log(ops.exp(shifted).sum(-1, keepdims=True))
+'''
+
 LINEAR = '''
 def linear(x):
     """Keras's linear activation (None)."""
@@ -226,6 +234,7 @@ def keras_lstm_source(activations: set[str]) -> str:
 #: helper name -> its source, in the order a module lists them (``tanh`` first: the Cells use it).
 HELPERS = {
     "tanh": TANH,
+    "log_softmax": LOG_SOFTMAX,
     "linear": LINEAR,
     "hard_sigmoid": HARD_SIGMOID,
     "hard_sigmoid_keras2": HARD_SIGMOID_KERAS2,
