@@ -70,7 +70,7 @@ def _cell_parameters(function: str, args: list[Any], kwargs: dict[str, Any]) -> 
     if function == "nn.Conv1d":
         channels, filters, size = args[:3]
         shapes = {"weight": (filters, channels // kwargs.get("group", 1), 1, size)}
-        return shapes | ({"bias": (filters,)} if kwargs.get("has_bias", True) else {})
+        return shapes | ({"bias": (filters,)} if kwargs.get("has_bias", False) else {})
     if function in ("nn.MaxPool1d", "nn.AvgPool1d"):
         return {}
     if function in ("DotAttention", "ConcatAttention"):

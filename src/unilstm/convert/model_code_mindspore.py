@@ -453,7 +453,7 @@ def _lstm(w: StepWriter) -> None:
     unknown = set(step.kwargs) - {"initial_state"}
     if unknown:
         w.refuse(f"unsupported call arguments: {', '.join(sorted(unknown))}")
-    shape = f"{features}, {hidden}, has_bias={forward.use_bias}"
+    shape = f"{features}, {hidden}" + ("" if forward.use_bias else ", has_bias=False")
     if plain:
         w.build(f"nn.LSTM({shape}, batch_first=True{', bidirectional=True' if bidirectional else ''})")
     else:

@@ -97,7 +97,8 @@ def _masking(w: StepWriter) -> None:
 def _dense(w: StepWriter) -> None:
     """``nn.Dense(in, units)`` on the last axis, then the activation; the mask passes on."""
     module = w.layer
-    w.build(f"nn.Dense({module.in_features}, {module.units}, has_bias={module.use_bias})")
+    no_bias = "" if module.use_bias else ", has_bias=False"
+    w.build(f"nn.Dense({module.in_features}, {module.units}{no_bias})")
     w.param("weight", _weight(module, "kernel").T)
     if module.use_bias:
         w.param("bias", _weight(module, "bias"))

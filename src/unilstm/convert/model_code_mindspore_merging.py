@@ -272,11 +272,17 @@ def _conv1d(w: StepWriter) -> None:
     out (causal: on the left), then the activation."""
     module = w.layer
     window = (module.kernel_size - 1) * module.dilation_rate + 1
-    w.build(
-        f"nn.Conv1d({module.channels}, {module.filters}, {module.kernel_size}, stride={module.strides}, "
-        f"pad_mode='valid', dilation={module.dilation_rate}, group={module.groups}, "
-        f"has_bias={module.use_bias})"
-    )
+    options = [
+        f"{key}={value}"
+        for key, value in (
+            ("stride", module.strides),
+            ("dilation", module.dilation_rate),
+            ("group", module.groups),
+        )
+        if value != 1
+    ]
+    options += ["pad_mode='valid'", f"has_bias={module.use_bias}"]  # MindSpore's defaults: 'same', False
+    w.build(f"nn.Conv1d({module.channels}, {module.filters}, {module.kernel_size}, {', '.join(options)})")
     kernel = _weight(module, "kernel")  # (k, C / groups, filters)
     w.param("weight", kernel.transpose(2, 1, 0)[:, :, None, :])
     if module.use_bias:
