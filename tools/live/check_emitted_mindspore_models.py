@@ -1,7 +1,7 @@
 """Check that whole Keras models written as MindSpore code + .ckpt (``emit_mindspore_model``) run under the
 real MindSpore and give ``unilstm.keras.load_model``'s outputs and the outputs real Keras computed.
 
-    .venv/bin/python tools/live/check_emitted_mindspore_models.py --ms-python /work/msenv/bin/python \
+    .venv/bin/python tools/live/check_emitted_mindspore_models.py --ms-python .refenv/ms/bin/python \
         [--work DIR] [FIXTURE ...]
 
 Stage 1 (this interpreter, with unilstm): for each fixture model of tests/fixtures/keras_models (all by
