@@ -14,9 +14,9 @@ inputs (integer ids right-padded with 0 where the model takes ids):
   ``tools/live/check_emitted_mindspore_models.py``.
 
 Differences are ``max |target - source| / max(1, max |source|)`` per model output; reports are
-``{"outputs": {case: {output: difference}}}``, for torch targets also ``{"layers": {case: {layer:
-difference}}}`` (each top-level layer's outputs against the generated module's variables of the same name;
-informative: only the model's outputs decide).
+``{"outputs": {case: {output: difference}}}``, for torch and ONNX targets also ``{"layers": {case: {layer:
+difference}}}`` (each top-level layer's outputs against the generated module's variables, or the graph's
+values, of the same name; informative: only the model's outputs decide).
 """
 
 from __future__ import annotations
@@ -310,24 +310,64 @@ def write_onnx_target(program: Program, path: Path, opset: int | None) -> Any:
 
 
 def verify_onnx_target(source: KerasModel, program: Program, path: Path) -> dict[str, Any]:
-    from ..formats.onnx_export import require_onnxruntime
+    """The written graph in onnxruntime against the source: its outputs, and every top-level layer's output
+    (the graph names each step's output after the program's variable; they are read as extra outputs of a
+    copy of the graph)."""
+    from ..formats.onnx_export import require_onnx, require_onnxruntime
 
+    onnx = require_onnx()
     ort = require_onnxruntime()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    graph = onnx.load(str(path))
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     kinds = {i.name: i.type for i in session.get_inputs()}
 
-    def run(inputs: list[Tensor]) -> Any:
-        feed = {}
+    def feed(inputs: list[Tensor]) -> dict[str, np.ndarray]:
+        values = {}
         for name, tensor in zip(names, inputs, strict=True):
             array = tensor.numpy()
             if "int32" in kinds[name]:
-                array = array.astype(np.int32)
+                values[name] = array.astype(np.int32)
             elif "int64" in kinds[name]:
-                array = array.astype(np.int64)
+                values[name] = array.astype(np.int64)
             else:
-                array = array.astype(np.float32)
-            feed[name] = array
-        return [torch.from_numpy(np.asarray(v)) for v in session.run(None, feed)]
+                values[name] = array.astype(np.float32)
+        return values
 
-    return {"outputs": compare_outputs(source, run, program.outputs)}
+    def run(inputs: list[Tensor]) -> Any:
+        return [torch.from_numpy(np.asarray(v)) for v in session.run(None, feed(inputs))]
+
+    report: dict[str, Any] = {"outputs": compare_outputs(source, run, program.outputs)}
+    layers = _onnx_layer_differences(source, program, graph, feed, onnx, ort)
+    if layers:
+        report["layers"] = {"random inputs 0": layers}
+    return report
+
+
+def _onnx_layer_differences(
+    source: KerasModel, program: Program, graph: Any, feed: Callable[[list[Tensor]], Any], onnx: Any, ort: Any
+) -> dict[str, float]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(graph)
+    except Exception:  # shape inference is best effort; the outputs above were compared anyway
+        return {}
+    typed = {info.name: info for info in inferred.graph.value_info}
+    wanted = [v for step in program.steps for v in step.outputs if v in typed and v not in program.outputs]
+    if not wanted:
+        return {}
+    extended = onnx.ModelProto()
+    extended.CopyFrom(graph)
+    extended.graph.output.extend([typed[name] for name in wanted])
+    session = ort.InferenceSession(extended.SerializeToString(), providers=["CPUExecutionProvider"])
+    inputs = sample_inputs(source, 0)
+    values = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed(inputs)), strict=True))
+    expected = source_values(source, inputs)
+    found: dict[str, float] = {}
+    for step in program.steps:
+        label = f"{step.layer} ({step.class_name})"
+        for variable in step.outputs:
+            ref = program.variables.get(variable)
+            if variable in values and ref in expected:
+                difference = _difference(torch.from_numpy(np.asarray(values[variable])), expected[ref])
+                found[label] = max(found.get(label, 0.0), difference)
+    return found
