@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint typecheck bench clean
+.PHONY: setup demo test lint typecheck docs bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,7 @@ demo: setup
 test: setup
 	$(PY) -m ruff check src tests tools benchmarks
 	$(PY) -m mypy
+	$(PY) -m mkdocs build --strict --quiet --site-dir .site
 	$(PY) -m pytest
 
 lint: setup
@@ -28,8 +29,12 @@ lint: setup
 typecheck: setup
 	$(PY) -m mypy
 
+docs: setup
+	$(PY) -m mkdocs build --strict --site-dir .site
+	@echo "the site is in .site/ (index.html); make docs-serve would be: $(PY) -m mkdocs serve"
+
 bench: setup
 	$(PY) -m unilstm.bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis .site

@@ -99,7 +99,9 @@ class LSTM(nn.Module):
         dropout: dropout on every layer's output but the last, while training (torch, MindSpore).
         bidirectional: D = 2 directions, outputs concatenated [forward, backward].
         proj_size: P > 0 adds ``weight_hr`` (P, H) and makes h and outputs P wide (torch).
-        activation, recurrent_activation: names (Keras 3 names), ``None`` (linear) or callables.
+        activation: g, the cell and output activation: a name (Keras 3 names), ``None`` (linear) or a
+            callable on tensors.
+        recurrent_activation: sigma, the gates' activation, in the same forms.
         input_dropout: Keras ``dropout``: a mask on each layer's input, drawn once per call.
         recurrent_dropout: Keras ``recurrent_dropout``: a mask on h_{t-1}, drawn once per call.
         per_gate_dropout: one independent mask per gate block; defaults to ``recurrent_dropout > 0`` like
@@ -107,8 +109,8 @@ class LSTM(nn.Module):
         go_backwards: process the sequence reversed and return outputs in processing order (Keras).
         masked_output: ``"zero"`` or ``"previous"``: what masked steps output (see :class:`LSTMSpec`).
         stateful: the final states of a call become the initial states of the next one.
-        device, dtype: where and how parameters are created (dtype: float16, bfloat16, float32 or float64;
-            another one is a TypeError).
+        device: where parameters are created.
+        dtype: the parameters' dtype: float16, bfloat16, float32 or float64 (another one is a TypeError).
 
     Shapes (N = batch, T = steps, P = proj_size or H):
         input: (T, N, F), or (N, T, F) with batch_first, or (T, F) unbatched.

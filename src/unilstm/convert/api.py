@@ -90,7 +90,8 @@ def convert(
         2.384185791015625e-07
 
     Args:
-        source, target: files; formats from the extensions or ``source_format`` / ``target_format``.
+        source: the file to read; its format from the extension or ``source_format``.
+        target: the file to write; its format from the extension or ``target_format``.
         layer: convert only this layer (Keras name or key, or parameter prefix).
         prefix: put this in front of every parameter name written (``"encoder."``); several layers get
             their own sub-prefix (``encoder.lstm_1.``). By default a state-dict source's own prefixes are
@@ -116,11 +117,12 @@ def convert(
     replaces it (keeping its permissions) only once verified.
 
     Raises:
-        ConversionError: unreadable source, inexpressible semantics, a target that is the source, read-only
-        or not a regular file, a negative or NaN ``tolerance``, or any other failure while writing and
-        verifying (the message names the target); VerificationError: the numbers differ by more than
-        ``tolerance`` (the target is then not written). OSError: the system's own (a full disk). Existing
-        files are never half-written.
+        ConversionError: unreadable source, inexpressible semantics, a target that is the source,
+            read-only or not a regular file, a negative or NaN ``tolerance``, or any other failure while
+            writing and verifying (the message names the target).
+        VerificationError: the numbers differ by more than ``tolerance`` (the target is then not
+            written).
+        OSError: the system's own (a full disk). Existing files are never half-written.
     """
     say = progress or (lambda message: None)
     src_fmt = detect_format(source, source_format)
@@ -509,8 +511,8 @@ def save(
     CRC32 trailer.
 
     Raises:
-        ConversionError: the target cannot express a layer's semantics (unless ``weights_only``); the path is
-        not a regular file or a new path, or its name does not suit a Keras format.
+        ConversionError: the target cannot express a layer's semantics (unless ``weights_only``); the path
+            is not a regular file or a new path, or its name does not suit a Keras format.
     """
     modules = list(layers) if isinstance(layers, (list, tuple)) else [layers]
     units = [unit_from_layer(m, i) for i, m in enumerate(modules)]

@@ -131,9 +131,8 @@ class LSTM(CanonicalLSTM):
             prefix only. Bidirectional: every length must lie in [0, T] (else :class:`SeqLengthError`);
             unidirectional: like MindSpore, a negative length acts as 0 and one beyond T as T.
 
-    Returns:
-        ``output, (h_n, c_n)``: output (T, B, D*H) or (B, T, D*H); h_n, c_n (L*D, B, H) with index
-        ``layer * D + direction``; all in x's dtype, as torch tensors.
+    The call returns ``output, (h_n, c_n)``: output (T, B, D*H) or (B, T, D*H); h_n, c_n (L*D, B, H)
+    with index ``layer * D + direction``; all in x's dtype, as torch tensors.
 
     Like a MindSpore Cell, the layer starts in eval mode (``net.training`` is False): call
     ``net.set_train()`` (or torch's ``net.train()``) to enable dropout. Parameters keep torch's names, so
