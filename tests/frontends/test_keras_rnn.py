@@ -43,12 +43,30 @@ def flatten(value) -> list:
 
 
 def layer_from_fixture(data) -> tuple[RNN, list[LSTMCell]]:
-    cells = [LSTMCell(int(u)) for u in data["units"]]
-    layer = RNN(cells if bool(data["stacked"]) else cells[0], **json.loads(str(data["args"])))
+    layer = RNN.from_config(json.loads(str(data["config"])))  # tf-keras's configs: read as tf-keras's
+    cells = layer.cell.cells if isinstance(layer.cell, StackedRNNCells) else [layer.cell]
+    assert [cell.units for cell in cells] == [int(u) for u in data["units"]]
     for j, cell in enumerate(cells):
         count = sum(1 for key in data.files if key.startswith(f"cell{j}_weights_"))
         cell.set_weights([data[f"cell{j}_weights_{i}"] for i in range(count)])
     return layer, cells
+
+
+def without_build_config(config):
+    """A config as Keras wrote it, less ``build_config`` (Keras's record of build shapes)."""
+    if isinstance(config, dict):
+        return {k: without_build_config(v) for k, v in config.items() if k != "build_config"}
+    if isinstance(config, list):
+        return [without_build_config(v) for v in config]
+    return config
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_config_round_trips_as_keras_wrote_it(case: str) -> None:
+    config = json.loads(str(np.load(FIXTURES / f"rnn_{case}.npz")["config"]))
+    layer = RNN.from_config(config)
+    assert layer.get_config() == without_build_config(config)
+    assert isinstance(layer.cell, StackedRNNCells) == ("StackedRNNCells" in json.dumps(config))
 
 
 def test_fixtures_cover_what_the_task_names() -> None:

@@ -29,7 +29,7 @@ next cell is never used by it: that cell keeps its states and its output is repl
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ..layer import compute_stack
 from ..steps import EVERY_STEP, CountedSteps
-from .keras import auto_name
+from .keras import auto_name, unwrap_config
 from .keras_cell import LSTMCell
 
 __all__ = ["RNN", "StackedRNNCells"]
@@ -105,6 +105,33 @@ def _check_cell(cell: Any) -> None:
         )
 
 
+def _keras2(cell: Any) -> bool:
+    """Whether a cell (the first of a stack) came from a tf-keras config: its configs are written as
+    tf-keras writes them."""
+    if isinstance(cell, StackedRNNCells):
+        cell = cell.cells[0]
+    return bool(getattr(cell, "_keras2", False))
+
+
+def _serialize(cell: Any) -> dict[str, Any]:
+    """Keras's serialized form of a cell: ``{"module", "class_name", "config", "registered_name"}``."""
+    if not isinstance(cell, (LSTMCell, StackedRNNCells)):
+        raise NotImplementedError(f"get_config: cells of type {type(cell).__name__} cannot be serialized")
+    class_name = "StackedRNNCells" if isinstance(cell, StackedRNNCells) else "LSTMCell"
+    return {"module": "keras.layers", "class_name": class_name, "config": cell.get_config(),
+            "registered_name": None}
+
+
+def _deserialize(config: Mapping[str, Any], keras2: bool | None) -> Any:
+    """A cell from its serialized form (``LSTMCell`` or ``StackedRNNCells`` of them)."""
+    class_name = config.get("class_name") if isinstance(config, Mapping) else None
+    if class_name == "StackedRNNCells":
+        return StackedRNNCells.from_config(config, keras2=keras2)
+    if class_name == "LSTMCell":
+        return LSTMCell.from_config(config, keras2=keras2)
+    raise ValueError(f"from_config: unsupported cell {class_name!r} (LSTMCell and StackedRNNCells are)")
+
+
 def _zero_state(cell: Any, size: StateSize, batch: int, dtype: torch.dtype, device: torch.device) -> Any:
     if isinstance(size, int):
         return torch.zeros(batch, size, dtype=dtype, device=device)
@@ -146,6 +173,7 @@ class StackedRNNCells(nn.Module):
         # the cells that are modules are registered, so parameters(), to() and train() reach them
         self._modules_list = nn.ModuleList([c for c in cells if isinstance(c, nn.Module)])
         self.name: str = kwargs.get("name") or auto_name("stacked_rnn_cells")
+        self._trainable = bool(kwargs.get("trainable", True))
         self.eval()  # as the door's layers: training is opted into with train() or training=True
 
     @property
@@ -214,6 +242,19 @@ class StackedRNNCells(nn.Module):
                 f"(state_size {sizes}), got {len(flat)}"
             )
         return _pack_all(sizes, flat)
+
+    def get_config(self) -> dict[str, Any]:
+        """Keras's StackedRNNCells config: name, trainable, dtype (the first cell's form) and the cells."""
+        first = self.cells[0].get_config() if hasattr(self.cells[0], "get_config") else {}
+        return {"name": self.name, "trainable": self._trainable, "dtype": first.get("dtype", "float32"),
+                "cells": [_serialize(cell) for cell in self.cells]}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], keras2: bool | None = None) -> StackedRNNCells:
+        """Cells from a Keras 3 or tf-keras StackedRNNCells config (or its serialized form)."""
+        config = dict(unwrap_config(config, ("StackedRNNCells",)))
+        cells = [_deserialize(cell, keras2) for cell in config.pop("cells")]
+        return cls(cells, **{k: v for k, v in config.items() if k in ("name", "trainable")})
 
     def step(self, inputs: Tensor, states: Sequence[Any], training: bool) -> tuple[Tensor, list[Any]]:
         """One step; returns the output and the new states, always one entry per cell."""
@@ -294,6 +335,7 @@ class RNN(nn.Module):
         self.zero_output_for_mask = bool(zero_output_for_mask)
         self.time_major = bool(time_major)
         self.name: str = kwargs.get("name") or auto_name("rnn")
+        self._trainable = bool(kwargs.get("trainable", True))
         self._states: list[Tensor] | None = None  # flat
         self._expected_batch_size: int | None = None
         self.eval()
@@ -399,6 +441,34 @@ class RNN(nn.Module):
     def reset_state(self) -> None:
         """Keras 3's ``reset_state()``: zero the kept states."""
         self.reset_states()
+
+    # -- config -----------------------------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        """Keras 3's RNN config (tf-keras's, with ``time_major`` and no ``zero_output_for_mask``, for cells
+        that came from tf-keras configs); the cell serialized as Keras does (without ``build_config``)."""
+        cell = _serialize(self.cell)
+        config: dict[str, Any] = {
+            "name": self.name, "trainable": self._trainable, "dtype": cell["config"].get("dtype", "float32"),
+            "return_sequences": self.return_sequences, "return_state": self.return_state,
+            "go_backwards": self.go_backwards, "stateful": self.stateful, "unroll": self.unroll,
+        }
+        if _keras2(self.cell):
+            config["time_major"] = self.time_major
+        else:
+            config["zero_output_for_mask"] = self.zero_output_for_mask
+        config["cell"] = cell
+        return config
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], keras2: bool | None = None) -> RNN:
+        """A layer from a Keras 3 or tf-keras RNN config (or its serialized form). ``keras2`` None: a config
+        with ``time_major`` is tf-keras's (its cells keep Keras 2's hard_sigmoid)."""
+        config = dict(unwrap_config(config, ("RNN",)))
+        if keras2 is None:
+            keras2 = "time_major" in config
+        cell = _deserialize(config.pop("cell"), keras2)
+        config.pop("dtype", None)  # the cells' dtype governs
+        return cls(cell, **config)
 
     # -- the call ---------------------------------------------------------------------------------------
     @staticmethod
