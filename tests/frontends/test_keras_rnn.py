@@ -295,3 +295,15 @@ def test_masking_with_stacking_LSTM():  # noqa: N802 (the source's name)
     assert torch.isfinite(loss) and y.shape == (2, 3, 5)
     after = layer.trainable_weights
     assert len(before) == 6 and all(not torch.equal(b, w) for b, w in zip(before, after, strict=True))
+
+
+def test_parameters_and_state_dict_reach_every_cell() -> None:
+    layer = RNN([LSTMCell(4), LSTMCell(2)])
+    layer.build((None, 3, 5))
+    names = [name for name, _ in layer.named_parameters()]
+    assert names == [f"cell.cells.{j}.{w}" for j in range(2) for w in ("kernel", "recurrent_kernel", "bias")]
+    copy = RNN([LSTMCell(4), LSTMCell(2)])
+    copy.build((None, 3, 5))
+    copy.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 3, 5)
+    torch.testing.assert_close(copy(x), layer(x), rtol=0, atol=0)

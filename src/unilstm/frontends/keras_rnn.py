@@ -56,6 +56,8 @@ StateSize = int | Sequence[Any]
 def _call_cell(cell: Any, inputs: Tensor, states: list[Any], training: bool) -> tuple[Tensor, Any]:
     """``cell(inputs, states, training=training)``, without ``training`` for cells whose call lacks it
     (Keras passes it only where the call has the argument)."""
+    if isinstance(cell, (LSTMCell, StackedRNNCells)):
+        return cell(inputs, states, training=training)
     function = cell.forward if isinstance(cell, nn.Module) else getattr(cell, "call", cell)
     try:
         takes_training = "training" in inspect.signature(function).parameters
@@ -169,9 +171,11 @@ class StackedRNNCells(nn.Module):
             raise ValueError("StackedRNNCells: `cells` must be a non-empty list of RNN cells")
         for cell in cells:
             _check_cell(cell)
-        self.cells = cells
-        # the cells that are modules are registered, so parameters(), to() and train() reach them
-        self._modules_list = nn.ModuleList([c for c in cells if isinstance(c, nn.Module)])
+        # module cells are registered (parameters(), state_dict() as "cells.<j>.kernel", to(), train())
+        self.cells: Any = nn.ModuleList(cells) if all(isinstance(c, nn.Module) for c in cells) else cells
+        for j, cell in enumerate(cells):
+            if isinstance(cell, nn.Module) and not isinstance(self.cells, nn.ModuleList):
+                self.add_module(f"cell_{j}", cell)
         self.name: str = kwargs.get("name") or auto_name("stacked_rnn_cells")
         self._trainable = bool(kwargs.get("trainable", True))
         self.eval()  # as the door's layers: training is opted into with train() or training=True
@@ -607,7 +611,7 @@ class RNN(nn.Module):
                 cell.spec(training), go_backwards=False,
                 masked_output="zero" if last and self.zero_output_for_mask else "previous",
             )
-            h0, c0 = flat[2 * j], flat[2 * j + 1]
+            h0, c0 = flat[2 * j].to(cell.dtype), flat[2 * j + 1].to(cell.dtype)
             x, h_n, c_n = compute_stack(
                 spec, x.to(cell.dtype), h0.unsqueeze(0), c0.unsqueeze(0), [[cell._direction_weights()]],
                 counted, training=training,
