@@ -1,4 +1,4 @@
-"""unilstm's Keras front door: ``from unilstm.keras import LSTM, LSTMCell, Bidirectional``.
+"""unilstm's Keras front door: ``from unilstm.keras import LSTM, LSTMCell, RNN, Bidirectional``.
 
 The tf.keras layer signature, call convention, weights (Keras layout) and numbers, on unilstm's engine, in
 PyTorch, and Keras files (.keras, .weights.h5, legacy .h5) on such layers. See
@@ -13,12 +13,15 @@ from .frontends.keras import LSTM, apply_constraints, constrain
 from .frontends.keras_bidirectional import Bidirectional
 from .frontends.keras_cell import LSTMCell
 from .frontends.keras_files import KerasFileError, load_layers, load_weights, save_model
+from .frontends.keras_rnn import RNN, StackedRNNCells
 from .keras_model import KerasModel, KerasModelError, load_model
 
 __all__ = [
     "LSTM",
     "LSTMCell",
     "Bidirectional",
+    "RNN",
+    "StackedRNNCells",
     "KerasFileError",
     "KerasModel",
     "KerasModelError",

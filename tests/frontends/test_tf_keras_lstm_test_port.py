@@ -35,8 +35,8 @@ Left out:
 - ``test_dropout_variable_name``: TF variable names of the dropout generator.
 - ``test_initial_states_as_other_inputs``: initial states passed as extra members of a list input, tf-keras's
   functional API; the door takes them as ``initial_state=`` (README).
-- ``LSTMLayerTest.test_masking_with_stacking_LSTM``: ``RNN([LSTMCell, ...])``, which the door does not offer
-  (its stacked-LSTM behaviour is ported above from the other versions). ``test_deep_copy_LSTM`` is ported in
+- ``LSTMLayerTest.test_masking_with_stacking_LSTM`` (``RNN([LSTMCell, ...])``) is ported in
+  ``test_keras_rnn.py`` on ``unilstm.keras.RNN``. ``test_deep_copy_LSTM`` is ported in
   ``test_keras_cell.py`` on ``unilstm.keras.LSTMCell``.
 - ``test_cloned_weight_names``: ``keras.models.clone_model`` and TF variable names.
 """
