@@ -342,3 +342,16 @@ def test_another_backend_is_refused_clearly() -> None:
            "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "keras was imported with the 'jax' backend; set KERAS_BACKEND=torch" in done.stdout, done.stderr
+
+
+def test_torch_compile_treats_the_engine_as_one_call(keras_loop_forbidden) -> None:
+    """model.compile(jit_compile=True) runs torch.compile over the layer: the engine is a graph break
+    (measured with Keras's trainer and inductor: fit losses equal keras.layers.LSTM's under jit_compile; the
+    eager backend here checks the same tracing in a second)."""
+    x = torch.as_tensor(_data(14))
+    mask = torch.as_tensor(_GAPPY_MASK)
+    layer = k3.LSTM(H, return_sequences=True)
+    expected = layer(x, mask=mask)
+    keras_loop_forbidden()
+    compiled = torch.compile(lambda inputs, steps: layer(inputs, mask=steps), backend="eager")
+    torch.testing.assert_close(compiled(x, mask), expected, rtol=0, atol=0)

@@ -89,6 +89,9 @@ class LSTM(keras.layers.LSTM):
     ``go_backwards``, as Keras), else (B, H); with ``return_state`` also h (B, H) and c (B, H).
     """
 
+    # Under model.compile(jit_compile=True) Keras's torch trainer runs torch.compile: the engine (C loops, its
+    # own autograd Functions, kernel choices made on tensor values) stays one opaque call there, a graph break
+    @torch.compiler.disable
     def inner_loop(
         self, sequences: Tensor, initial_state: list[Tensor], mask: Any, training: Any = False
     ) -> tuple[Tensor, Tensor, list[Tensor]]:
