@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,keras,onnx]"
+	$(PY) -m pip install -q -e ".[dev,keras,keras3,onnx]"
 	touch $@
 
 setup: $(VENV)/.installed

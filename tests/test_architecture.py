@@ -171,7 +171,9 @@ def test_front_doors_reach_the_kernels_only_through_the_canonical_layer() -> Non
     graph = import_graph()
     offenders = [
         line
-        for door in ("unilstm.frontends", "unilstm.keras", "unilstm.mindspore", "unilstm.torch")
+        for door in (
+            "unilstm.frontends", "unilstm.keras", "unilstm.keras3", "unilstm.mindspore", "unilstm.torch",
+        )
         for line in _importers_of(graph, door, ("unilstm.kernels",))
     ]
     assert not offenders, "front doors go through unilstm.layer, not to the kernels:\n" + "\n".join(offenders)
