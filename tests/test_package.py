@@ -39,15 +39,19 @@ from packaging.utils import canonicalize_name
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-# what the sdist is built from: the files pyproject.toml, setup.py and MANIFEST.in name, and the package
-TOP_FILES = ["pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE"]
+# the sdist is built from a copy of the checkout without what .gitignore names (environments, caches, build
+# outputs: a clean clone has none of them)
+NOT_COPIED = shutil.ignore_patterns(
+    ".git", ".venv", ".refenv", ".*_cache", ".hypothesis", "build", "dist", "*.egg-info", "__pycache__",
+    "*.so", "*.py[cod]", "rank_0",
+)
 NATIVE = "src/unilstm/kernels/native"
 # everything a build from the sdist reads: setup.py execs activation_ids.py and compiles the C file with
 # its header; the wheel then ships py.typed and the extension's stub
 SDIST_NEEDS = [
-    *TOP_FILES, "PKG-INFO", f"{NATIVE}/_lstm_cell.c", f"{NATIVE}/_lstm_cell_body.h",
-    f"{NATIVE}/_lstm_cell.pyi", "src/unilstm/kernels/activation_ids.py", "src/unilstm/py.typed",
-    "src/unilstm/_version.py",
+    "pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE", "PKG-INFO",
+    f"{NATIVE}/_lstm_cell.c", f"{NATIVE}/_lstm_cell_body.h", f"{NATIVE}/_lstm_cell.pyi",
+    "src/unilstm/kernels/activation_ids.py", "src/unilstm/py.typed", "src/unilstm/_version.py",
 ]
 # build outputs and the repository's own tooling: the sdist builds and installs the package, the suite runs
 # from the repository (its 6 MB of framework-written fixtures and the reference environments stay there)
@@ -209,19 +213,12 @@ def _compiler() -> str | None:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
-    """The sdist (``python -m build --sdist`` on a copy of the checkout's package sources), the compiled
-    wheel's build under way, and the dependency links every fresh environment shares."""
+    """The sdist (``python -m build --sdist`` on a copy of the checkout), the compiled wheel's build under
+    way, and the dependency links every fresh environment shares."""
     work = tmp_path_factory.mktemp("package")
-    source = work / "source"
-    source.mkdir()
-    for name in TOP_FILES:
-        shutil.copy2(ROOT / name, source / name)
-    # without the build outputs of the checkout (an in-place .so, caches): the sdist must not need them
-    shutil.copytree(
-        ROOT / "src/unilstm", source / "src/unilstm",
-        ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyc", "*.egg-info"),
-    )
-    _run(sys.executable, "-m", "build", "--no-isolation", "--sdist", "--outdir", work / "sdist", source)
+    shutil.copytree(ROOT, work / "source", ignore=NOT_COPIED, symlinks=True)
+    sdist_command = [sys.executable, "-m", "build", "--no-isolation", "--sdist", "--outdir", work / "sdist"]
+    _run(*sdist_command, work / "source")
     (sdist,) = (work / "sdist").glob("unilstm-*.tar.gz")
     shared = Built(work, sdist, work / "dependencies", None)
     if _compiler() is not None:
