@@ -11,8 +11,9 @@ declares (torch, numpy, protobuf) and those they require in turn, as installed h
 every declared requirement against them (one that this environment lacks fails the install), and a module
 the wheel imports without declaring it (h5py, onnx, this checkout's editable unilstm) is simply not there.
 
-Slow (the C file takes most of a minute at -O3 on a loaded core): ``-m "not slow"`` deselects it locally;
-CI (``make test``) runs it.
+Those tests are slow (the C file takes most of a minute at -O3 on a loaded core): ``-m "not slow"``
+deselects them locally; CI (``make test``) runs them. The first test, of the version and the command line
+from the checkout, is quick.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ import pytest
 from packaging.requirements import Requirement  # a dependency of build, which the dev extra installs
 from packaging.utils import canonicalize_name
 
-pytestmark = pytest.mark.slow
+import unilstm
+from unilstm import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 # the sdist is built from a copy of the checkout without what .gitignore names (environments, caches, build
@@ -211,6 +213,18 @@ def _compiler() -> str | None:
     return shutil.which(name.split()[0])
 
 
+def test_version_is_said_once_and_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    from unilstm._version import __version__
+
+    assert unilstm.__version__ is __version__ and re.fullmatch(r"\d+\.\d+\.\d+\S*", __version__)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out == f"unilstm {__version__}\n"
+    assert cli.main([]) == cli.EXIT_ERROR  # no command: the help, with the status of bad arguments
+    printed = capsys.readouterr().out
+    assert printed.startswith("usage: unilstm") and "--version" in printed and "convert" in printed
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     """The sdist (``python -m build --sdist`` on a copy of the checkout), the compiled wheel's build under
@@ -243,6 +257,7 @@ def _smoke(built: Built, wheel: Path, name: str, compiled: bool) -> tuple[Path, 
     return python, json.loads(printed.splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_sdist_holds_what_a_build_needs_and_nothing_else(built: Built) -> None:
     with tarfile.open(built.sdist) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
@@ -256,6 +271,7 @@ def test_sdist_holds_what_a_build_needs_and_nothing_else(built: Built) -> None:
         assert line in metadata_text
 
 
+@pytest.mark.slow
 def test_wheel_without_a_compiler_installs_and_runs_on_torch(built: Built) -> None:
     build = _start_wheel(built.unpack("fallback"), {**_environment(), "CC": "/nonexistent"})
     wheel, log = _finish_wheel(build, built.work / "fallback")
@@ -267,6 +283,7 @@ def test_wheel_without_a_compiler_installs_and_runs_on_torch(built: Built) -> No
     assert report["relu cell, output"] < 1e-12 and report["relu cell, gradient"] < 1e-12, report
 
 
+@pytest.mark.slow
 def test_wheel_with_the_compiled_kernel_installs_and_runs(built: Built) -> None:
     if built.compiled_build is None:
         pytest.skip("no C compiler on this machine: the test without one covers the install")
