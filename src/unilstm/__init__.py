@@ -6,9 +6,9 @@
 writes the standard ONNX LSTM operator.
 """
 
+from ._version import __version__
 from .convert import export_onnx, load, save
 from .layer import LSTM
 from .spec import LSTMSpec
 
-__all__ = ["LSTM", "LSTMSpec", "export_onnx", "load", "save"]
-__version__ = "0.1.0"
+__all__ = ["LSTM", "LSTMSpec", "__version__", "export_onnx", "load", "save"]

@@ -5,6 +5,10 @@
                             [--require-crc] [--crc] [--lstm-only] [--batch-first]
     unilstm inspect FILE [--from FMT] [--json] [--require-crc]
     unilstm bench ...        (runs unilstm.bench when installed)
+    unilstm --version        (also ``python -m unilstm --version``)
+
+With no command (``unilstm``, ``python -m unilstm``) it prints this usage and its commands and exits with
+status 2, as for any other bad arguments.
 
 Exit status: 0 done; 1 the target's numbers differ from the source's beyond the tolerance (nothing written);
 2 the conversion cannot be done (unreadable file, semantics the target cannot express, bad arguments, a
@@ -25,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from types import FrameType
 
 from . import convert as _convert
+from ._version import __version__
 from .convert.verification import DIFFERENCE
 
 EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
@@ -46,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="unilstm",
         description="Move trained LSTMs between Keras, MindSpore, torch, safetensors and ONNX, with proof.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     convert = commands.add_parser(
         "convert",
@@ -213,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_convert(args)
     if args.command == "inspect":
         return _run_inspect(args)
-    parser.print_help()
+    parser.print_help()  # no command: the help on stdout, and the status of bad arguments
     return EXIT_ERROR
 
 

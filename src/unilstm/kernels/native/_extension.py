@@ -15,6 +15,7 @@ why.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from types import ModuleType
 
@@ -24,8 +25,8 @@ BlasFunctions = tuple[int, int, int, int, int]
 
 
 def _load() -> tuple[ModuleType | None, str]:
-    try:
-        from . import _lstm_cell as module
+    try:  # by its full name: a missing module then says "No module named ...", not "circular import"
+        module = importlib.import_module(f"{__package__}._lstm_cell")
     except ImportError as error:  # built without a C compiler: the pure-torch kernels remain
         return None, f"the C extension was not built ({error})"
     built = getattr(module, "ACTIVATION_IDS", None)
