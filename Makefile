@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint typecheck docs bench clean
+.PHONY: setup demo test lint typecheck docs dist bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,11 @@ docs: setup
 	$(PY) -m mkdocs build --strict --site-dir .site
 	@echo "the site is in .site/ (index.html); make docs-serve would be: $(PY) -m mkdocs serve"
 
+dist: setup
+	$(PY) -m build --no-isolation
+
 bench: setup
 	$(PY) -m unilstm.bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis .site
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis .site dist build
