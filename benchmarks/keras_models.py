@@ -2,13 +2,15 @@
 
     python benchmarks/keras_models.py --keras-python /path/to/tf-env/bin/python [--repeats 20]
 
-One run does both sides: it starts ``benchmarks/keras_models_tf.py`` under the TensorFlow environment,
+One run does all three sides: it starts ``benchmarks/keras_models_tf.py`` under the TensorFlow environment,
 which builds the two models (a tagger: Embedding(20000, 128, mask_zero) -> Bidirectional(LSTM(64)) x2 ->
 Dense(10) on 50 ids with right padding; a forecaster: LSTM(50) -> Dropout -> LSTM(50) -> Dropout ->
 Dense(1) on (60, 1)), saves them as ``.keras`` and times ``tf.function(model(x, training=False))`` at batch
 1 and 32; then it loads the same files here, checks that the outputs agree, and times ``model(x)`` under
-``torch.inference_mode()`` the same way (median of ``repeats`` after 3 warm-up calls). It prints a markdown
-table with the CPU, and the ratio Keras time / unilstm time (above 1: unilstm is faster).
+``torch.inference_mode()`` the same way (median of ``repeats`` after 3 warm-up calls), and the ONNX graph
+``unilstm convert`` makes of each file in ONNX Runtime (one session, the same inputs). It prints a markdown
+table with the CPU and the BLAS torch uses, and the ratios Keras time / unilstm time and ONNX Runtime time /
+unilstm time (above 1: unilstm is faster).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import pathlib
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -26,6 +29,7 @@ import time
 import numpy as np
 import torch
 
+from unilstm.convert import convert
 from unilstm.keras import load_model
 
 
@@ -38,6 +42,33 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def _blas() -> str:
+    """The BLAS torch was built with (``BLAS_INFO`` of its build settings)."""
+    found = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+    return found.group(1) if found else "unknown"
+
+
+def _time_onnx(path: pathlib.Path, x: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    kind = session.get_inputs()[0].type
+    feed = {
+        session.get_inputs()[0].name: x.astype(
+            np.int64 if "int64" in kind else np.int32 if "int32" in kind else np.float32
+        )
+    }
+    out = session.run(None, feed)[0]
+    for _ in range(3):
+        session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3, np.asarray(out)
 
 
 def _time_ours(model: torch.nn.Module, x: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
@@ -69,21 +100,30 @@ def main() -> None:
         )
         keras_rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
         print(
-            f"CPU: {_cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-            f"Keras {keras_rows[0]['keras']} on TensorFlow {keras_rows[0]['tensorflow']}"
+            f"CPU: {_cpu_model()}; torch {torch.__version__} (BLAS {_blas()}), {torch.get_num_threads()} "
+            f"threads; Keras {keras_rows[0]['keras']} on TensorFlow {keras_rows[0]['tensorflow']}"
         )
-        print("| model | batch | Keras 3 on TF (ms) | unilstm (ms) | Keras / unilstm | max abs diff |")
-        print("|---|---|---|---|---|---|")
+        print(
+            "| model | batch | Keras 3 on TF (ms) | ONNX Runtime (ms) | unilstm (ms) | Keras / unilstm | "
+            "ONNX Runtime / unilstm | max abs diff (unilstm, ONNX) |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         for row in keras_rows:
             name, batch = row["model"], row["batch"]
-            model = load_model(pathlib.Path(folder) / f"{name}.keras")
+            source = pathlib.Path(folder) / f"{name}.keras"
+            graph = pathlib.Path(folder) / f"{name}.onnx"
+            if not graph.exists():
+                convert(source, graph)
+            model = load_model(source)
             x = np.load(pathlib.Path(folder) / f"{name}_b{batch}.npy")
             expected = np.load(pathlib.Path(folder) / f"{name}_b{batch}_out.npy")
             ours, out = _time_ours(model, x, args.repeats)
+            onnx_ms, onnx_out = _time_onnx(graph, x, args.repeats)
             diff = float(np.max(np.abs(out - expected)))
+            onnx_diff = float(np.max(np.abs(onnx_out - expected)))
             print(
-                f"| {name} | {batch} | {row['median_ms']:.2f} | {ours:.2f} | "
-                f"{row['median_ms'] / ours:.2f}x | {diff:.1e} |"
+                f"| {name} | {batch} | {row['median_ms']:.2f} | {onnx_ms:.2f} | {ours:.2f} | "
+                f"{row['median_ms'] / ours:.2f}x | {onnx_ms / ours:.2f}x | {diff:.1e}, {onnx_diff:.1e} |"
             )
     sys.stdout.flush()
 
