@@ -143,6 +143,16 @@ def test_custom_objects_supply_a_torch_module(tmp_path):
         def forward(self, x):
             return x * self.factor
 
+    class Learned(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.factor = torch.nn.Parameter(torch.tensor(2.0))
+
+        def forward(self, x):
+            return x * self.factor
+
+    learned = load_model(path, custom_objects={"Scale": lambda config, weights: Learned()})
+    assert "scale_1.module.factor" in dict(learned.named_parameters())  # registered before any call
     plain = load_model(path, custom_objects={"Scale": lambda config, weights: Scale(1.0)})
     scaled = load_model(path, custom_objects={"Scale": lambda config, weights: Scale(config["factor"])})
     x = np.ones((1, 5, 3), np.float32)

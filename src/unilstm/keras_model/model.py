@@ -65,7 +65,10 @@ class CustomLayer(KerasLayer):
         self._stored: list[np.ndarray] = []
 
     def load(self, arrays: Sequence[np.ndarray]) -> None:
+        """Hand the stored arrays to the factory now, so that the module's parameters are registered (for
+        ``state_dict``, ``.to(device)``, optimizers) before the first call."""
         self._stored = list(arrays)
+        self.build_module()
 
     def build_module(self) -> None:
         self.module = self._factory(dict(self.spec.config), self._stored)
