@@ -38,6 +38,7 @@ from ..keras_model import KerasModel, load_model
 from ..keras_model.graph import Ref
 from .file_kinds import FRAMEWORK_OF, ConversionError, PathLike
 from .model_program import Program, model_program, takes_ids
+from .verification import _max_abs_difference, _scale
 
 _LSTM_CLASSES = ("InputLayer", "LSTM", "Bidirectional", "CuDNNLSTM")
 
@@ -116,16 +117,12 @@ def _as_list(value: Any) -> list[Tensor]:
 
 
 def _difference(got: Tensor, want: Tensor) -> float:
+    """The report's difference (:data:`~.verification.DIFFERENCE`) in float64; infinite for another shape."""
     got = got.detach().to(torch.float64)
     want = want.detach().to(torch.float64)
     if got.shape != want.shape:
         return float("inf")
-    finite = want[torch.isfinite(want)]
-    scale = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
-    same = (got == want) | (torch.isnan(got) & torch.isnan(want))
-    diff = torch.where(same, torch.zeros_like(got), (got - want).abs())
-    diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
-    return float(diff.max()) / scale if diff.numel() else 0.0
+    return _max_abs_difference(got, want) / _scale(want)
 
 
 def compare_outputs(
@@ -153,21 +150,7 @@ def compare_outputs(
 
 def source_values(model: KerasModel, inputs: list[Tensor]) -> dict[Ref, Tensor]:
     """Every tensor the top-level graph of ``model`` computes on ``inputs``, by graph tensor."""
-    found: dict[Ref, Tensor] = {}
-    original = KerasModel._run_call
-
-    def recording(self, layer, index, values, masks):  # type: ignore[no-untyped-def]
-        original(self, layer, index, values, masks)
-        if self is model:
-            found.update(values)
-
-    KerasModel._run_call = recording  # type: ignore[method-assign]
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        KerasModel._run_call = original  # type: ignore[method-assign]
-    return found
+    return model.trace(*inputs)[id(model)][0]
 
 
 def forward_locals(module: Any, inputs: list[Tensor]) -> dict[str, Any]:

@@ -125,26 +125,15 @@ def _probe_inputs(model: KerasModel) -> list[Tensor]:
 
 def _masked_refs(model: KerasModel, inputs: list[Tensor]) -> dict[tuple[int, Ref], bool]:
     """Which tensors of ``model`` (and of its nested models, keyed by id) carry a mask, from one run."""
-    found: dict[tuple[int, Ref], bool] = {}
-    original = KerasModel._run_call
-
-    def recording(self, layer, index, values, masks):  # type: ignore[no-untyped-def]
-        original(self, layer, index, values, masks)
-        node = index + layer.first_node
-        for ref, mask in masks.items():
-            if ref.layer == layer.name and ref.node == node:
-                found[(id(self), ref)] = mask is not None
-
-    KerasModel._run_call = recording  # type: ignore[method-assign]
+    was_training = model.training
+    model.eval()
     try:
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
-            model(*inputs)
-            model.train(was_training)
+        traced = model.trace(*inputs)
     finally:
-        KerasModel._run_call = original  # type: ignore[method-assign]
-    return found
+        model.train(was_training)
+    return {
+        (key, ref): mask is not None for key, (_, masks) in traced.items() for ref, mask in masks.items()
+    }
 
 
 def model_program(model: KerasModel) -> Program:

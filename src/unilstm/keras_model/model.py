@@ -269,6 +269,8 @@ class KerasModel(KerasLayer):
             values[ref], value_masks[ref] = tensor, input_mask
         for layer, index in self._plan:
             self._run_call(layer, index, values, value_masks)
+        if self._traced is not None:
+            self._traced[id(self)] = (values, value_masks)
         outputs = [values[r] for r in self.graph.outputs]
         out_masks = [value_masks.get(r) for r in self.graph.outputs]
         if len(outputs) > 1:  # Keras returns a lone output as a tensor, even from Model(x, [y])
@@ -308,6 +310,25 @@ class KerasModel(KerasLayer):
         for position, (tensor, out_mask) in enumerate(zip(output_list, mask_list, strict=True)):
             values[Ref(layer.name, node, position)] = tensor
             masks[Ref(layer.name, node, position)] = out_mask
+
+    #: set by :meth:`trace` while it runs: where each graph leaves its tensors and masks
+    _traced: dict[int, tuple[dict[Ref, Tensor], dict[Ref, Tensor | None]]] | None = None
+
+    def trace(self, *inputs: Any) -> dict[int, tuple[dict[Ref, Tensor], dict[Ref, Tensor | None]]]:
+        """Run the model on ``inputs`` (as :meth:`forward`, without autograd) and return what every graph
+        computed: by ``id`` of this model and of each nested one, its tensors and their masks by graph
+        tensor (a nested model called several times keeps its last call's)."""
+        found: dict[int, tuple[dict[Ref, Tensor], dict[Ref, Tensor | None]]] = {}
+        models = [module for module in self.modules() if isinstance(module, KerasModel)]
+        for model in models:
+            model._traced = found
+        try:
+            with torch.no_grad():
+                self(*inputs)
+        finally:
+            for model in models:
+                model._traced = None
+        return found
 
     # -- the user's call ---------------------------------------------------------------------------------
     def _as_input(self, value: Any, position: int) -> Tensor:
