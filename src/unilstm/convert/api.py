@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,47 +188,28 @@ def convert(
                     f"carried to {framework}"
                 )
     report: dict[str, Any] = {}
-    temporary = destination  # until atomic_path names the temporary
-    try:
-        with atomic_path(destination) as temporary:
-            say(f"writing {len(units)} LSTM(s) as {dst_fmt}")
-            write_units(
-                units,
-                temporary,
-                dst_fmt,
-                prefix=prefix,
-                weights_only=weights_only,
-                opset=opset,
-                display=target,
-                crc=crc,
-            )
-            checked = verify_numbers and not (
-                weights_only and any(target_problems(u, framework) for u in units)
-            )
-            if checked:
-                say("verifying")
-                report = verify(units, dst_fmt, temporary, display=target)
-            worst = max_difference(report)
-            if checked and not worst <= tolerance:
-                raise VerificationError(
-                    f"{target}: the target's numbers differ from the source's by {worst:.3g} > tolerance "
-                    f"{tolerance:g}; nothing was written",
-                    report,
-                )
-            emitted = None
-            if emit_code is not None:
-                emitted = str(write_emitted_code(units, emit_code, dst_fmt, Path(target), prefix))
-    except (ConversionError, ImportError):
-        raise
-    except DestinationError as error:
-        raise ConversionError(str(error)) from None
-    except OSError as error:  # the system's own error (a full disk ...), naming the destination
-        if error.errno is None or str(error.filename) != str(temporary):
-            raise
-        raise type(error)(error.errno, error.strerror, str(target)) from error
-    except Exception as error:  # a writer's or the engine's own error type
-        message = str(error).replace(str(temporary), str(target))
-        raise ConversionError(f"{target}: converting failed ({type(error).__name__}: {message})") from error
+    with _writing(destination, target) as temporary:
+        say(f"writing {len(units)} LSTM(s) as {dst_fmt}")
+        write_units(
+            units,
+            temporary,
+            dst_fmt,
+            prefix=prefix,
+            weights_only=weights_only,
+            opset=opset,
+            display=target,
+            crc=crc,
+        )
+        checked = verify_numbers and not (
+            weights_only and any(target_problems(u, framework) for u in units)
+        )
+        if checked:
+            say("verifying")
+            report = verify(units, dst_fmt, temporary, display=target)
+            _within_tolerance(report, tolerance, target)
+        emitted = None
+        if emit_code is not None:
+            emitted = str(write_emitted_code(units, emit_code, dst_fmt, Path(target), prefix))
     return ConversionReport(
         str(source),
         str(target),
@@ -242,6 +223,45 @@ def convert(
         notes,
         emitted,
     )
+
+
+@contextlib.contextmanager
+def _writing(destination: Path, target: PathLike) -> Iterator[Path]:
+    """The temporary path a conversion writes (:func:`atomic_path`: it replaces ``destination`` only when
+    the block ends without error), with every failure inside said as a :class:`ConversionError` naming
+    ``target`` as the user knows it (not its temporary); the system's own OSError (a full disk) stays one,
+    renamed to ``target``."""
+    temporary = destination  # until atomic_path names the temporary
+    try:
+        with atomic_path(destination) as temporary:
+            yield temporary
+    except (ConversionError, ImportError):
+        raise
+    except DestinationError as error:
+        raise ConversionError(str(error)) from None
+    except OSError as error:
+        if error.errno is None or str(error.filename) != str(temporary):
+            raise
+        raise type(error)(error.errno, error.strerror, str(target)) from error
+    except Exception as error:  # a writer's or the engine's own error type
+        message = str(error).replace(str(temporary), str(target))
+        raise ConversionError(f"{target}: converting failed ({type(error).__name__}: {message})") from error
+
+
+def _deciding(report: dict[str, Any]) -> dict[str, Any]:
+    """The part of a report that decides: a whole model's per-layer differences only inform."""
+    return {key: value for key, value in report.items() if key != "layers"}
+
+
+def _within_tolerance(report: dict[str, Any], tolerance: float, target: PathLike) -> None:
+    """Refuse (:class:`VerificationError`) a target whose numbers differ by more than ``tolerance``."""
+    worst = max_difference(_deciding(report))
+    if not worst <= tolerance:
+        raise VerificationError(
+            f"{target}: the target's numbers differ from the source's by {worst:.3g} > tolerance "
+            f"{tolerance:g}; nothing was written",
+            report,
+        )
 
 
 def _convert_whole_model(
@@ -265,53 +285,34 @@ def _convert_whole_model(
     notes: list[str] = []
     report: dict[str, Any] = {}
     code: str | None = None
-    temporary = destination
-    try:
-        with atomic_path(destination) as temporary:
-            say(f"writing {len(program.steps)} layers as {dst_fmt}")
-            if framework == "torch":
-                code, _ = model_conversion.write_torch_target(program, temporary, dst_fmt, Path(target))
-                if verify_numbers:
-                    say("verifying")
-                    report = model_conversion.verify_torch_target(model, program, code, temporary)
-            elif framework == "mindspore":
-                code, parameters = model_conversion.write_mindspore_target(
-                    program, temporary, Path(target), crc
-                )
-                if verify_numbers:
-                    report = model_conversion.verify_mindspore_target(parameters, temporary)
-                notes.append(
-                    "MindSpore is not run here: the written parameters are read back and compared; the "
-                    "generated Cell's numbers are checked in real MindSpore by "
-                    "tools/live/check_emitted_mindspore_models.py"
-                )
-            else:
-                model_conversion.write_onnx_target(program, temporary, opset)
-                if verify_numbers:
-                    say("verifying with onnxruntime")
-                    report = model_conversion.verify_onnx_target(model, program, temporary)
-            deciding = {k: v for k, v in report.items() if k != "layers"}
-            worst = max_difference(deciding)
-            if verify_numbers and not worst <= tolerance:
-                raise VerificationError(
-                    f"{target}: the target's numbers differ from the source's by {worst:.3g} > tolerance "
-                    f"{tolerance:g}; nothing was written",
-                    report,
-                )
-            emitted = None
-            if emit_code is not None and code is not None:
-                emitted = str(atomic_write_bytes(emit_code, code.encode("utf-8")))
-    except (ConversionError, ImportError):
-        raise
-    except DestinationError as error:
-        raise ConversionError(str(error)) from None
-    except OSError as error:
-        if error.errno is None or str(error.filename) != str(temporary):
-            raise
-        raise type(error)(error.errno, error.strerror, str(target)) from error
-    except Exception as error:
-        message = str(error).replace(str(temporary), str(target))
-        raise ConversionError(f"{target}: converting failed ({type(error).__name__}: {message})") from error
+    with _writing(destination, target) as temporary:
+        say(f"writing {len(program.steps)} layers as {dst_fmt}")
+        if framework == "torch":
+            code, _ = model_conversion.write_torch_target(program, temporary, dst_fmt, Path(target))
+            if verify_numbers:
+                say("verifying")
+                report = model_conversion.verify_torch_target(model, program, code, temporary)
+        elif framework == "mindspore":
+            code, parameters = model_conversion.write_mindspore_target(
+                program, temporary, Path(target), crc
+            )
+            if verify_numbers:
+                report = model_conversion.verify_mindspore_target(parameters, temporary)
+            notes.append(
+                "MindSpore is not run here: the written parameters are read back and compared; the "
+                "generated Cell's numbers are checked in real MindSpore by "
+                "tools/live/check_emitted_mindspore_models.py"
+            )
+        else:
+            model_conversion.write_onnx_target(program, temporary, opset)
+            if verify_numbers:
+                say("verifying with onnxruntime")
+                report = model_conversion.verify_onnx_target(model, program, temporary)
+        if verify_numbers:
+            _within_tolerance(report, tolerance, target)
+        emitted = None
+        if emit_code is not None and code is not None:
+            emitted = str(atomic_write_bytes(emit_code, code.encode("utf-8")))
     return ConversionReport(
         str(source),
         str(target),
@@ -319,7 +320,7 @@ def _convert_whole_model(
         dst_fmt,
         [f"{step.layer!r} ({step.class_name})" for step in program.steps],
         report,
-        max_difference({k: v for k, v in report.items() if k != "layers"}),
+        max_difference(_deciding(report)),
         tolerance,
         bool(report),
         notes,
