@@ -44,12 +44,24 @@ from .reading import (
     _group,
     _hdf5_signature_later,
     _json_member,
+    _legacy_version,
     _listing,
+    _model_config_attribute,
     _open_zip,
     _parse_json,
     _read_head,
+    legacy_root,
 )
-from .records import _HDF5_SIGNATURE, _ZIP_SIGNATURES, KerasFileError, PathLike, _attr_list, _text
+from .records import (
+    _HDF5_SIGNATURE,
+    _ZIP_SIGNATURES,
+    KerasFileError,
+    PathLike,
+    _attr_list,
+    _is_model_entry,
+    _text,
+    _unwrap_layer,
+)
 from .stored import _check_dtype, _read
 
 #: Nested models deeper than this are refused (a crafted config could nest without end).
@@ -247,10 +259,7 @@ def layer_name(entry: Mapping[str, Any]) -> str:
 
 def is_model_entry(entry: Mapping[str, Any]) -> bool:
     """A serialized Sequential / Functional / Model (a model nested as a layer)."""
-    config = entry.get("config")
-    return entry.get("class_name") in ("Sequential", "Functional", "Model") or (
-        isinstance(config, dict) and isinstance(config.get("layers"), list)
-    )
+    return isinstance(entry.get("class_name"), str) and _is_model_entry(*_unwrap_layer(entry))
 
 
 def is_operation_entry(entry: Mapping[str, Any]) -> bool:
@@ -394,22 +403,13 @@ def _describe(
     limit: int,
 ) -> KerasModelFile:
     if not file_format:
-        if "layers" in store or ("vars" in store and "model_weights" not in store):
+        root = legacy_root(store, path)
+        if root is None:
             file_format = "weights.h5"
         else:
-            root = store.get("model_weights", store)
-            if _attr_list(root, "layer_names") is None:
-                raise KerasFileError(
-                    f"{path}: an HDF5 file but not a Keras file: expected a 'layers' group (.weights.h5) "
-                    f"or 'model_weights' / a 'layer_names' attribute (legacy .h5); found "
-                    f"{_listing(store.keys())}"
-                )
             file_format = "legacy.h5"
-            for holder in (root, store):
-                if version is None and "keras_version" in holder.attrs:
-                    version = _text(holder.attrs["keras_version"])
-            if "model_config" in store.attrs:
-                stored = _parse_json(_text(store.attrs["model_config"]), path, "the model_config attribute")
+            version = _legacy_version(store, root)
+            stored = _model_config_attribute(store, path)
     _check_version(path, version)
     model_config = given if given is not None else stored
     if not isinstance(model_config, dict) or "class_name" not in model_config:

@@ -191,19 +191,29 @@ def _read_keras_zip(path: Path, budget: ByteBudget) -> list[KerasLayerRecord]:
 
 def _read_h5_file(path: Path, budget: ByteBudget) -> list[KerasLayerRecord]:
     with open_hdf5(path, str(path), KerasFileError) as store:
-        if "layers" in store or ("vars" in store and "model_weights" not in store):
+        root = legacy_root(store, path)
+        if root is None:
             layers = _layers_from_store(_group(store, "layers", path), "", None, "weights.h5", path)
         else:
-            weights_group = _group(store, "model_weights", path)
-            root = store if weights_group is None else weights_group
-            if _attr_list(root, "layer_names") is None:
-                raise KerasFileError(
-                    f"{path}: an HDF5 file but not a Keras file: expected a 'layers' group (.weights.h5) "
-                    "or 'model_weights' / a 'layer_names' attribute (legacy .h5); found "
-                    f"{_listing(store.keys())}"
-                )
             layers = _read_legacy(store, root, path)
         return finish_records(layers, path, budget)
+
+
+def legacy_root(store: Any, path: Path) -> Any:
+    """None for a Keras 3 weights store (``.weights.h5``: a ``layers`` group); for a legacy ``.h5`` the
+    group holding its layers (``model_weights``, or the root of a ``save_weights`` file). Anything else is
+    refused: an HDF5 file but not a Keras one."""
+    if "layers" in store or ("vars" in store and "model_weights" not in store):
+        return None
+    weights_group = _group(store, "model_weights", path)
+    root = store if weights_group is None else weights_group
+    if _attr_list(root, "layer_names") is None:
+        raise KerasFileError(
+            f"{path}: an HDF5 file but not a Keras file: expected a 'layers' group (.weights.h5) "
+            "or 'model_weights' / a 'layer_names' attribute (legacy .h5); found "
+            f"{_listing(store.keys())}"
+        )
+    return root
 
 
 def _group(parent, name: str, path: Path):
