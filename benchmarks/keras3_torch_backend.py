@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
@@ -24,6 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import unilstm.keras3  # noqa: E402
+from unilstm.bench import cpu_model  # noqa: E402
 
 SPECS = (
     ("standard", {}, False),
@@ -31,17 +31,6 @@ SPECS = (
     ("recurrent_dropout 0.2", {"recurrent_dropout": 0.2}, False),
     ("standard, Masking", {}, True),
 )
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _model(layer_class, steps: int, features: int, units: int, kwargs: dict, masking: bool):
@@ -71,7 +60,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     steps, batch, features, units = (int(v) for v in args.shape.split(","))
     print(
-        f"CPU: {_cpu_model()} ({os.cpu_count()} cores); torch {torch.__version__}, "
+        f"CPU: {cpu_model()} ({os.cpu_count()} cores); torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; keras {keras.__version__} (backend {keras.backend.backend()}); "
         f"load average before the run {os.getloadavg()[0]:.2f}"
     )

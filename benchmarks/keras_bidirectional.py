@@ -8,24 +8,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import time
 
 import torch
 
+from unilstm.bench import cpu_model
 from unilstm.keras import LSTM, Bidirectional
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _time(fn, repeats: int) -> list[float]:
@@ -43,7 +32,7 @@ def main() -> None:
     parser.add_argument("--shape", action="append", help="T,B,in,H")
     args = parser.parse_args()
     shapes = [tuple(int(v) for v in s.split(",")) for s in (args.shape or ["50,32,64,128"])]
-    print(f"CPU: {_cpu_model()}; torch {torch.__version__}; threads {torch.get_num_threads()}")
+    print(f"CPU: {cpu_model()}; torch {torch.__version__}; threads {torch.get_num_threads()}")
     print("| (T, B, in, H) | spec | mode | one stack (ms) | two layers (ms) | ratio |")
     print("|---|---|---|---|---|---|")
     for steps, batch, features, units in shapes:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -29,25 +27,9 @@ import time
 import numpy as np
 import torch
 
+from unilstm.bench import blas_description, cpu_model
 from unilstm.convert import convert
 from unilstm.keras import load_model
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _blas() -> str:
-    """The BLAS torch was built with (``BLAS_INFO`` of its build settings)."""
-    found = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
-    return found.group(1) if found else "unknown"
 
 
 def _time_onnx(path: pathlib.Path, x: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
@@ -100,8 +82,9 @@ def main() -> None:
         )
         keras_rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
         print(
-            f"CPU: {_cpu_model()}; torch {torch.__version__} (BLAS {_blas()}), {torch.get_num_threads()} "
-            f"threads; Keras {keras_rows[0]['keras']} on TensorFlow {keras_rows[0]['tensorflow']}"
+            f"CPU: {cpu_model()}; torch {torch.__version__} ({blas_description()}), "
+            f"{torch.get_num_threads()} threads; Keras {keras_rows[0]['keras']} on TensorFlow "
+            f"{keras_rows[0]['tensorflow']}"
         )
         print(
             "| model | batch | Keras 3 on TF (ms) | ONNX Runtime (ms) | unilstm (ms) | Keras / unilstm | "
