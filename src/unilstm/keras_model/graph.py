@@ -188,6 +188,17 @@ def _input_layer(entry: Mapping[str, Any], name: str, where: str) -> GraphLayer:
     return layer
 
 
+def _named_entry(
+    entry: Mapping[str, Any], position: int, model: str, layers: Mapping[str, GraphLayer]
+) -> tuple[str, str, str]:
+    """A layer entry's name, its place for messages and its kind; a name the model already has is refused."""
+    entry_name = layer_name(entry)
+    where = f"{entry['class_name']} {entry_name!r} (layer {position} of model {model!r})"
+    if entry_name in layers:
+        raise KerasModelError(f"{where}: two layers of model {model!r} have this name")
+    return entry_name, where, _kind(entry)
+
+
 def _kind(entry: Mapping[str, Any]) -> str:
     if entry.get("class_name") == "InputLayer":
         return "input"
@@ -214,11 +225,7 @@ def parse_model(model: Mapping[str, Any], keras2: bool, where: str = "", depth: 
     config = model.get("config") or {}
     layers: dict[str, GraphLayer] = {}
     for position, entry in enumerate(entries):
-        entry_name = layer_name(entry)
-        entry_where = f"{entry['class_name']} {entry_name!r} (layer {position} of model {name!r})"
-        if entry_name in layers:
-            raise KerasModelError(f"{entry_where}: two layers of model {name!r} have this name")
-        kind = _kind(entry)
+        entry_name, entry_where, kind = _named_entry(entry, position, name, layers)
         if kind == "input":
             layers[entry_name] = _input_layer(entry, entry_name, entry_where)
             continue
@@ -308,11 +315,7 @@ def _sequential(
     layers[input_layer.name] = input_layer
     previous = Ref(input_layer.name, 0, 0)
     for position, entry in enumerate(entries):
-        entry_name = layer_name(entry)
-        entry_where = f"{entry['class_name']} {entry_name!r} (layer {position} of model {name!r})"
-        if entry_name in layers:
-            raise KerasModelError(f"{entry_where}: two layers of model {name!r} have this name")
-        kind = _kind(entry)
+        entry_name, entry_where, kind = _named_entry(entry, position, name, layers)
         if kind == "input":
             raise KerasModelError(f"{entry_where}: an InputLayer inside a Sequential model")
         layer = GraphLayer(entry_name, entry["class_name"], dict(entry.get("config") or {}), entry, kind)
