@@ -549,6 +549,20 @@ class LSTM(nn.Module):
         )
         return self._results(out, h_n[0], c_n[0])
 
+    def _fit_features(self, x: Tensor, shown_shape: str) -> Tensor:
+        """``x`` on the weights' device, the layer built for its features (last axis) on the first call;
+        afterwards an input of other features is Keras's ValueError (``shown_shape``: x's shape as the
+        message writes it)."""
+        if not self.built:
+            self.build(tuple(x.shape))
+            return x.to(self._device())
+        if x.shape[-1] != self.input_size:
+            raise ValueError(
+                f'Input 0 of layer "{self.name}" is incompatible with the layer: expected axis -1 of input '
+                f"shape to have value {self.input_size}, but received input with shape {shown_shape}"
+            )
+        return x
+
     def _sequence_and_steps(self, inputs: Any, mask: Any) -> tuple[Tensor, CountedSteps]:
         """The checked input as a time-major (T, B, F) tensor (building the layer on its first call) and the
         steps its mask counts."""
@@ -558,14 +572,7 @@ class LSTM(nn.Module):
                 f'Input 0 of layer "{self.name}" is incompatible with the layer: expected ndim=3, found '
                 f"ndim={x.dim()}. Full shape received: {_shape_text(x.shape)}"
             )
-        if not self.built:
-            self.build(tuple(x.shape))
-            x = x.to(self._device())
-        elif x.shape[-1] != self.input_size:
-            raise ValueError(
-                f'Input 0 of layer "{self.name}" is incompatible with the layer: expected axis -1 of input '
-                f"shape to have value {self.input_size}, but received input with shape {_shape_text(x.shape)}"
-            )
+        x = self._fit_features(x, _shape_text(x.shape))
         if self.stateful and self._expected_batch_size is None:
             self.build(tuple(x.shape))
         x_tm = (x if self.time_major else x.transpose(0, 1)).contiguous()  # (T, B, F)

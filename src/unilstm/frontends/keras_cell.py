@@ -134,14 +134,7 @@ class LSTMCell(LSTM):
                 f'Input 0 of layer "{self.name}" is incompatible with the layer: expected ndim=2 (batch, '
                 f"features), found ndim={x.dim()}. Full shape received: {tuple(x.shape)}"
             )
-        if not self.built:
-            self.build(tuple(x.shape))
-            x = x.to(self._device())
-        elif x.shape[-1] != self.input_size:
-            raise ValueError(
-                f'Input 0 of layer "{self.name}" is incompatible with the layer: expected axis -1 of input '
-                f"shape to have value {self.input_size}, but received input with shape {tuple(x.shape)}"
-            )
+        x = self._fit_features(x, str(tuple(x.shape)))
         h0, c0 = self._initial_state(states, int(x.shape[0]))
         training = self.training if training is None else bool(training)
         dropping = training and (0.0 < self.dropout < 1.0 or 0.0 < self.recurrent_dropout < 1.0)
