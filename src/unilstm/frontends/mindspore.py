@@ -10,7 +10,7 @@ import math
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import cast
+from typing import TypeVar, cast
 
 import numpy as np
 import torch
@@ -101,7 +101,41 @@ def _shape_text(shape) -> str:
     return str(tuple(int(s) for s in shape))
 
 
-class LSTM(CanonicalLSTM):
+_Cell = TypeVar("_Cell", bound="CellAPI")
+
+
+class CellAPI(nn.Module):
+    """MindSpore's ``Cell`` API on a torch module: ``set_train`` and the parameter listings, in the order
+    :meth:`parameters_and_names` gives (the module's registration order here; the LSTM overrides it with
+    MindSpore's grouping by kind)."""
+
+    def set_train(self: _Cell, mode: bool = True) -> _Cell:
+        """MindSpore's ``Cell.set_train``: training mode on (default) or off; returns the cell."""
+        self.train(bool(mode))
+        return self
+
+    def parameters_and_names(
+        self, name_prefix: str = "", expand: bool = True
+    ) -> Iterator[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` in registration order; ``name_prefix`` joined with a dot."""
+        for name, parameter in self.named_parameters():
+            yield (f"{name_prefix}.{name}" if name_prefix else name), parameter
+
+    def get_parameters(self, expand: bool = True) -> Iterator[nn.Parameter]:
+        """The parameters in MindSpore's order (see :meth:`parameters_and_names`)."""
+        for _, parameter in self.parameters_and_names():
+            yield parameter
+
+    def trainable_params(self, recurse: bool = True) -> list[nn.Parameter]:
+        """The parameters that require gradients, in MindSpore's order."""
+        return [p for p in self.get_parameters() if p.requires_grad]
+
+    def parameters_dict(self, recurse: bool = True) -> OrderedDict[str, nn.Parameter]:
+        """``{name: parameter}`` in MindSpore's order."""
+        return OrderedDict(self.parameters_and_names())
+
+
+class LSTM(CellAPI, CanonicalLSTM):
     r"""``mindspore.nn.LSTM`` with MindSpore 2.x's interface, computed by unilstm's engine in PyTorch.
 
     Per layer and direction, per step t (gate blocks [i, f, g, o] along 4H, W and b in torch layout)::
@@ -191,30 +225,12 @@ class LSTM(CanonicalLSTM):
                 parameter.copy_(torch.from_numpy(draw))
 
     # -- MindSpore's Cell API -----------------------------------------------------------------------------
-    def set_train(self, mode: bool = True) -> LSTM:
-        """MindSpore's ``Cell.set_train``: training mode on (default) or off; returns the layer."""
-        self.train(bool(mode))
-        return self
-
     def parameters_and_names(
         self, name_prefix: str = "", expand: bool = True
     ) -> Iterator[tuple[str, nn.Parameter]]:
         """``(name, parameter)`` in MindSpore's order: every weight_ih, then weight_hh, bias_ih, bias_hh.
         ``name_prefix`` is joined with a dot, as in MindSpore."""
         yield from mindspore_named_parameters(self, name_prefix)
-
-    def get_parameters(self, expand: bool = True) -> Iterator[nn.Parameter]:
-        """The parameters in MindSpore's order (see :meth:`parameters_and_names`)."""
-        for _, parameter in self.parameters_and_names():
-            yield parameter
-
-    def trainable_params(self, recurse: bool = True) -> list[nn.Parameter]:
-        """The parameters that require gradients, in MindSpore's order."""
-        return [p for p in self.get_parameters() if p.requires_grad]
-
-    def parameters_dict(self, recurse: bool = True) -> OrderedDict[str, nn.Parameter]:
-        """``{name: parameter}`` in MindSpore's order."""
-        return OrderedDict(self.parameters_and_names())
 
     # -- the call ---------------------------------------------------------------------------------------
     def forward(  # type: ignore[override]

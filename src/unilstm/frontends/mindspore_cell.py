@@ -9,8 +9,6 @@ tools/fixtures/make_mindspore_cell_fixtures.py.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -19,7 +17,7 @@ from torch import Tensor, nn
 from .. import layer as _layer
 from ..spec import LSTMSpec
 from .cells import one_step
-from .mindspore import float32, resolve_dtype
+from .mindspore import CellAPI, float32, resolve_dtype
 
 __all__ = ["LSTMCell"]
 
@@ -55,7 +53,7 @@ def _as_tensor(name: str, value: object, device: torch.device) -> Tensor:
     )
 
 
-class LSTMCell(nn.Module):
+class LSTMCell(CellAPI):
     r"""``mindspore.nn.LSTMCell`` with MindSpore 2.x's interface, computed by unilstm's engine in PyTorch.
 
     ``LSTMCell(input_size, hidden_size, has_bias=True, dtype=float32)``
@@ -161,33 +159,6 @@ class LSTMCell(nn.Module):
         return (
             f"{self.input_size}, {self.hidden_size}, has_bias={self.has_bias}, dtype={self.weight_ih.dtype}"
         )
-
-    # -- MindSpore's Cell API -----------------------------------------------------------------------------
-    def set_train(self, mode: bool = True) -> LSTMCell:
-        """MindSpore's ``Cell.set_train``: training mode on (default) or off; returns the cell."""
-        self.train(bool(mode))
-        return self
-
-    def parameters_and_names(
-        self, name_prefix: str = "", expand: bool = True
-    ) -> Iterator[tuple[str, nn.Parameter]]:
-        """``(name, parameter)``: weight_ih, weight_hh, bias_ih, bias_hh; ``name_prefix`` joined with a
-        dot."""
-        for name, parameter in self.named_parameters():
-            yield (f"{name_prefix}.{name}" if name_prefix else name), parameter
-
-    def get_parameters(self, expand: bool = True) -> Iterator[nn.Parameter]:
-        """The parameters in MindSpore's order."""
-        for _, parameter in self.parameters_and_names():
-            yield parameter
-
-    def trainable_params(self, recurse: bool = True) -> list[nn.Parameter]:
-        """The parameters that require gradients, in MindSpore's order."""
-        return [p for p in self.get_parameters() if p.requires_grad]
-
-    def parameters_dict(self, recurse: bool = True) -> OrderedDict[str, nn.Parameter]:
-        """``{name: parameter}`` in MindSpore's order."""
-        return OrderedDict(self.parameters_and_names())
 
     # -- the call -----------------------------------------------------------------------------------------
     def forward(self, x: Tensor | np.ndarray, hx: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
