@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -256,3 +258,18 @@ def test_inputs_of_the_wrong_shape_are_refused(tmp_path):
     path, *_ = _stacked(tmp_path)
     with pytest.raises(ValueError, match=r"expected shape \(None, 5, 3\), found shape \(2, 5, 4\)"):
         load_model(path)(np.zeros((2, 5, 4), np.float32))
+
+
+FIXTURE_MODELS = Path(__file__).parent.parent / "fixtures" / "keras_models"
+
+
+@pytest.mark.parametrize("name", ["k3_sign.keras", "tfk_sign.h5"])
+def test_truncated_and_oversized_model_files_are_refused_naming_the_file(tmp_path, name):
+    """A cut .keras / .h5 and a file past max_bytes are the format's KerasFileError naming the file."""
+    data = (FIXTURE_MODELS / name).read_bytes()
+    cut = tmp_path / f"cut_{name}"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(KerasFileError, match=rf"cut_{re.escape(name)}: .*(truncated|corrupt)"):
+        load_model(cut)
+    with pytest.raises(KerasFileError, match=rf"{re.escape(name)}: .*limit of 1000"):
+        load_model(FIXTURE_MODELS / name, max_bytes=1000)
