@@ -6,7 +6,9 @@ differs from Keras 3's (``relu6(x + 3) / 6``); the Keras 2 one is registered as 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
@@ -145,6 +147,80 @@ def softsign(x: torch.Tensor) -> torch.Tensor:
 
 def softplus(x: torch.Tensor) -> torch.Tensor:
     return F.softplus(x)
+
+
+@dataclass(frozen=True)
+class ParametricActivation:
+    """An activation with ONNX's ``alpha`` and ``beta`` (the LSTM operator's ``activation_alpha`` and
+    ``activation_beta``), as ONNX defines each kind:
+
+    ========================  =====================================  ======================
+    kind                      f(x)                                   defaults (alpha, beta)
+    ========================  =====================================  ======================
+    ``"affine"``              alpha x + beta                         (1, 0)
+    ``"leaky_relu"``          x if x >= 0 else alpha x               (0.01, -)
+    ``"thresholded_relu"``    x if x > alpha else 0                  (1, -)
+    ``"scaled_tanh"``         alpha tanh(beta x)                     (1, 1)
+    ``"hard_sigmoid"``        max(0, min(1, alpha x + beta))         (0.2, 0.5)
+    ``"elu"``                 x if x >= 0 else alpha (e^x - 1)       (1, -)
+    ========================  =====================================  ======================
+
+    Instances are hashable and compare by value, so kernels look them up by ``kind`` and read the two
+    numbers; gradients at the kinks are torch's (those of the ops in :meth:`__call__`).
+    """
+
+    kind: str
+    alpha: float
+    beta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in PARAMETRIC_DEFAULTS:
+            known = ", ".join(sorted(PARAMETRIC_DEFAULTS))
+            raise ValueError(f"parametric activation: unknown kind {self.kind!r}; known kinds: {known}")
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(
+                    f"parametric activation {self.kind}: {name} must be a finite number, got {value!r}"
+                )
+            object.__setattr__(self, name, float(value))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.alpha, self.beta
+        if self.kind == "affine":
+            return x * a + b
+        if self.kind == "leaky_relu":
+            return F.leaky_relu(x, negative_slope=a)
+        if self.kind == "thresholded_relu":
+            return torch.where(x > a, x, torch.zeros_like(x))
+        if self.kind == "scaled_tanh":
+            return torch.tanh(x * b) * a
+        if self.kind == "hard_sigmoid":
+            return torch.clamp(x * a + b, 0.0, 1.0)
+        return F.elu(x, alpha=a)  # "elu"
+
+
+#: ONNX's default (alpha, beta) per parametric kind; None where the kind has no such parameter
+PARAMETRIC_DEFAULTS: dict[str, tuple[float, float | None]] = {
+    "affine": (1.0, 0.0),
+    "leaky_relu": (0.01, None),
+    "thresholded_relu": (1.0, None),
+    "scaled_tanh": (1.0, 1.0),
+    "hard_sigmoid": (0.2, 0.5),
+    "elu": (1.0, None),
+}
+
+
+def parametric(kind: str, alpha: float | None = None, beta: float | None = None) -> ParametricActivation:
+    """A :class:`ParametricActivation` with ONNX's defaults for the numbers not given."""
+    if kind not in PARAMETRIC_DEFAULTS:
+        ParametricActivation(kind, 0.0)  # raises the error naming the known kinds
+    default_alpha, default_beta = PARAMETRIC_DEFAULTS[kind]
+    return ParametricActivation(
+        kind,
+        default_alpha if alpha is None else alpha,
+        (default_beta or 0.0) if beta is None else beta,
+    )
 
 
 REGISTRY: dict[str, Activation] = {

@@ -15,8 +15,8 @@ from torch.nn.parameter import UninitializedParameter
 
 from .activations import resolve
 from .kernels import DirectionWeights, run_stack
-from .parameter_names import parameter_names, parameter_shape, parameter_suffix
-from .spec import ActivationLike, LSTMSpec, MaskedOutput
+from .parameter_names import parameter_kind, parameter_names, parameter_shape, parameter_suffix
+from .spec import SAME_AS_ACTIVATION, ActivationLike, LSTMSpec, MaskedOutput
 from .steps import EVERY_STEP, CountedSteps
 
 State = tuple[Tensor, Tensor]
@@ -56,10 +56,9 @@ def _cast_weights(weights: DirectionWeights, dtype: torch.dtype) -> DirectionWei
     def cast(w: Tensor | None) -> Tensor | None:
         return None if w is None else w.to(dtype)
 
-    return DirectionWeights(
-        weights.w_ih.to(dtype), weights.w_hh.to(dtype),
-        cast(weights.b_ih), cast(weights.b_hh), cast(weights.w_hr),
-    )
+    w_ih, w_hh, *rest = (cast(w) for w in weights.tensors())
+    assert w_ih is not None and w_hh is not None
+    return DirectionWeights(w_ih, w_hh, *rest)
 
 
 def _shape_text(shape: tuple[int, ...] | torch.Size) -> str:
@@ -88,7 +87,9 @@ class LSTM(nn.Module):
         h_t = o * g(c_t),   then h_t = h_t W_hr^T when proj_size > 0
 
     with ``g = activation`` (tanh), ``sigma = recurrent_activation`` (sigmoid) and ``m_x``, ``m_h`` Keras's
-    variational dropout masks while training.
+    variational dropout masks while training. The cell variants (layer normalisation, peepholes, clips,
+    coupled gates, zoneout, forget bias, a separate output activation) extend these equations as
+    :mod:`unilstm.spec` writes them.
 
     Args:
         input_size: F, features of the input; ``None`` infers it from the first call (or :meth:`build`).
@@ -109,6 +110,19 @@ class LSTM(nn.Module):
         go_backwards: process the sequence reversed and return outputs in processing order (Keras).
         masked_output: ``"zero"`` or ``"previous"``: what masked steps output (see :class:`LSTMSpec`).
         stateful: the final states of a call become the initial states of the next one.
+        layer_norm: layer-normalise the input and recurrent pre-activations and the cell state (adds
+            ``ln_weight_ih``, ``ln_bias_ih``, ``ln_weight_hh``, ``ln_bias_hh`` (4H,) and ``ln_weight_c``,
+            ``ln_bias_c`` (H,) per layer and direction; gains start at 1, biases at 0).
+        layer_norm_eps: epsilon of the layer normalisations.
+        peepholes: peephole connections (adds ``weight_ph`` (3H,), blocks [p_i, p_f, p_o]).
+        gate_clip: ONNX's ``clip``: bound on every gate pre-activation.
+        cell_clip: TF1's ``cell_clip``: bound on the cell state.
+        proj_clip: TF1's ``proj_clip``: bound on the projected h.
+        coupled_gates: ONNX's ``input_forget``: f = 1 - i.
+        zoneout_hidden: zoneout rate of h (Krueger et al. 2016).
+        zoneout_cell: zoneout rate of c.
+        forget_bias: TF1's ``forget_bias``, added to the forget gate's pre-activation.
+        output_activation: the activation of the cell state in h (ONNX's ``h``); ``"same"``: ``activation``.
         device: where parameters are created.
         dtype: the parameters' dtype: float16, bfloat16, float32 or float64 (another one is a TypeError).
 
@@ -145,6 +159,17 @@ class LSTM(nn.Module):
         go_backwards: bool = False,
         masked_output: MaskedOutput = "zero",
         stateful: bool = False,
+        layer_norm: bool = False,
+        layer_norm_eps: float = 1e-5,
+        peepholes: bool = False,
+        gate_clip: float | None = None,
+        cell_clip: float | None = None,
+        proj_clip: float | None = None,
+        coupled_gates: bool = False,
+        zoneout_hidden: float = 0.0,
+        zoneout_cell: float = 0.0,
+        forget_bias: float = 0.0,
+        output_activation: ActivationLike = SAME_AS_ACTIVATION,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -165,6 +190,17 @@ class LSTM(nn.Module):
             go_backwards=go_backwards,
             masked_output=masked_output,
             stateful=stateful,
+            layer_norm=layer_norm,
+            layer_norm_eps=layer_norm_eps,
+            peepholes=peepholes,
+            gate_clip=gate_clip,
+            cell_clip=cell_clip,
+            proj_clip=proj_clip,
+            coupled_gates=coupled_gates,
+            zoneout_hidden=zoneout_hidden,
+            zoneout_cell=zoneout_cell,
+            forget_bias=forget_bias,
+            output_activation=output_activation,
         )
         _check_parameter_dtype(dtype)
         super().__init__()
@@ -184,6 +220,7 @@ class LSTM(nn.Module):
     def _init_from_spec(self, spec: LSTMSpec, *, device, dtype) -> None:
         resolve(spec.activation, "activation")
         resolve(spec.recurrent_activation, "recurrent_activation")
+        resolve(spec.cell_output_activation, "output_activation")
         self.spec = spec
         self.states: State | None = None
         factory = {"device": device, "dtype": dtype}
@@ -213,12 +250,17 @@ class LSTM(nn.Module):
         return self.spec.input_size is not None
 
     def reset_parameters(self) -> None:
-        """torch's initialisation: every parameter U(-1/sqrt(H), 1/sqrt(H)), in parameter order."""
+        """torch's initialisation: every parameter U(-1/sqrt(H), 1/sqrt(H)), in parameter order (peephole
+        weights too); then layer-normalisation gains 1 and biases 0."""
         bound = 1.0 / math.sqrt(self.spec.hidden_size)
         with torch.no_grad():
             for parameter in self.parameters():
                 if not isinstance(parameter, UninitializedParameter):
                     parameter.uniform_(-bound, bound)
+            for name in self._flat_weights_names:
+                kind = parameter_kind(name)
+                if kind is not None and kind.startswith("ln_"):
+                    getattr(self, name).fill_(1.0 if kind.startswith("ln_weight") else 0.0)
 
     def build(self, input_size: int) -> None:
         """Fix the input size of a layer created with ``input_size=None`` and initialise its input weights
@@ -277,6 +319,8 @@ class LSTM(nn.Module):
         weights = self._flat_weights
         if not self.is_built or not all(isinstance(w, Tensor) and w.is_cuda for w in weights):
             return
+        if self.spec.cell_variants:  # cuDNN computes none of them, and its buffer has no place for theirs
+            return
         nn.RNNBase.flatten_parameters(self)  # type: ignore[arg-type]  # reads only attributes this class has
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
@@ -293,13 +337,22 @@ class LSTM(nn.Module):
             directions = []
             for direction in range(spec.num_directions):
                 suffix = parameter_suffix(layer, direction)
+                def own(kind: str, present: bool, suffix: str = suffix) -> Tensor | None:
+                    return getattr(self, kind + suffix) if present else None
+
                 directions.append(
                     DirectionWeights(
                         w_ih=getattr(self, "weight_ih" + suffix),
                         w_hh=getattr(self, "weight_hh" + suffix),
-                        b_ih=getattr(self, "bias_ih" + suffix) if spec.bias else None,
-                        b_hh=getattr(self, "bias_hh" + suffix) if spec.bias else None,
-                        w_hr=getattr(self, "weight_hr" + suffix) if spec.proj_size > 0 else None,
+                        b_ih=own("bias_ih", spec.bias),
+                        b_hh=own("bias_hh", spec.bias),
+                        w_hr=own("weight_hr", spec.proj_size > 0),
+                        peephole=own("weight_ph", spec.peepholes),
+                        **{
+                            kind: own(kind, spec.layer_norm)
+                            for kind in ("ln_weight_ih", "ln_bias_ih", "ln_weight_hh", "ln_bias_hh",
+                                         "ln_weight_c", "ln_bias_c")
+                        },
                     )
                 )
             layers.append(directions)
@@ -528,7 +581,8 @@ class LSTM(nn.Module):
         for name in (
             "num_layers", "bias", "batch_first", "dropout", "bidirectional", "proj_size", "activation",
             "recurrent_activation", "input_dropout", "recurrent_dropout", "go_backwards", "masked_output",
-            "stateful",
+            "stateful", "layer_norm", "layer_norm_eps", "peepholes", "gate_clip", "cell_clip", "proj_clip",
+            "coupled_gates", "zoneout_hidden", "zoneout_cell", "forget_bias", "output_activation",
         ):
             value = getattr(spec, name)
             if value != getattr(defaults, name):

@@ -17,9 +17,9 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from ..activations import REGISTRY
+from ..activations import PARAMETRIC_DEFAULTS, REGISTRY, ParametricActivation
 from ..interchange import InterchangeLSTM, KerasConventions
-from ..spec import LSTMSpec
+from ..spec import SAME_AS_ACTIVATION, LSTMSpec
 
 #: What an activation the writer could not name (a Python callable) is stored as.
 CALLABLE = "<callable>"
@@ -30,16 +30,28 @@ _RATES = ("dropout", "input_dropout", "recurrent_dropout")
 _ENTRY_KEYS = {"name", "framework", "spec", "keras", "prefix", "checkpoint"}
 _KERAS_KEYS = {"class_name", "return_sequences", "return_state", "merge_mode", "names", "keras2"}
 _FRAMEWORKS = ("keras", "mindspore", "torch")
+_ACTIVATION_FIELDS = ("activation", "recurrent_activation", "output_activation")
+#: the spec fields of the cell variants: written only when they differ from the default
+_VARIANT_FIELDS = (
+    "layer_norm", "layer_norm_eps", "peepholes", "gate_clip", "cell_clip", "proj_clip", "coupled_gates",
+    "zoneout_hidden", "zoneout_cell", "forget_bias", "output_activation",
+)
 _MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 
 
 def spec_json(unit: InterchangeLSTM) -> dict[str, Any]:
     """The semantics unilstm records next to the weights (and ``inspect`` shows): spec and Keras conventions
     as JSON values (callable activations as ``"<callable>"``)."""
-    spec = {k: getattr(unit.spec, k) for k in LSTMSpec.__dataclass_fields__}
-    for key in ("activation", "recurrent_activation"):
-        if not (spec[key] is None or isinstance(spec[key], str)):
-            spec[key] = CALLABLE
+    defaults = LSTMSpec(input_size=None, hidden_size=1)
+    spec = {
+        k: getattr(unit.spec, k) for k in LSTMSpec.__dataclass_fields__
+        # a cell variant's field only when it is used: files of the shared cell stay readable by older
+        # readers, which refuse fields they do not know
+        if k not in _VARIANT_FIELDS or getattr(unit.spec, k) != getattr(defaults, k)
+    }
+    for key in _ACTIVATION_FIELDS:
+        if key in spec:
+            spec[key] = _activation_json(spec[key])
     keras = None
     if unit.keras is not None:
         keras = {
@@ -51,6 +63,32 @@ def spec_json(unit: InterchangeLSTM) -> dict[str, Any]:
             "keras2": unit.keras.keras2,
         }
     return {"name": unit.name, "framework": unit.framework, "spec": spec, "keras": keras}
+
+
+def _activation_json(value: object) -> object:
+    """An activation as JSON: its name, null (linear), ``{"kind", "alpha", "beta"}`` for ONNX's parametric
+    ones, or ``"<callable>"`` for a Python callable."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, ParametricActivation):
+        return {"kind": value.kind, "alpha": value.alpha, "beta": value.beta}
+    return CALLABLE
+
+
+def _activation_ok(value: object, key: str) -> bool:
+    if value is None or value == CALLABLE or (isinstance(value, str) and value in REGISTRY):
+        return True
+    if key == "output_activation" and value == SAME_AS_ACTIVATION:
+        return True
+    return (
+        isinstance(value, dict) and set(value) == {"kind", "alpha", "beta"}
+        and value["kind"] in PARAMETRIC_DEFAULTS
+        and all(_is_finite_number(value[k]) for k in ("alpha", "beta"))
+    )
+
+
+def _is_finite_number(value: object) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)  # type: ignore[arg-type]
 
 
 def describe(
@@ -135,8 +173,18 @@ def _check_spec(spec: dict[str, Any], where: str, error: type[ValueError]) -> No
         elif key in _RATES:
             ok = _is_int(value) or isinstance(value, float)
             ok = ok and math.isfinite(value) and 0.0 <= value <= 1.0
-        elif key in ("activation", "recurrent_activation"):
-            ok = value is None or value == CALLABLE or (isinstance(value, str) and value in REGISTRY)
+        elif key in _ACTIVATION_FIELDS:
+            ok = _activation_ok(value, key)
+        elif key in ("layer_norm", "peepholes", "coupled_gates"):
+            ok = isinstance(value, bool)
+        elif key in ("zoneout_hidden", "zoneout_cell"):
+            ok = _is_finite_number(value) and 0.0 <= value <= 1.0
+        elif key in ("gate_clip", "cell_clip", "proj_clip"):
+            ok = value is None or (_is_finite_number(value) and value > 0.0)
+        elif key == "forget_bias":
+            ok = _is_finite_number(value)
+        elif key == "layer_norm_eps":
+            ok = _is_finite_number(value) and value > 0.0
         else:  # masked_output, the only other field
             ok = value in ("zero", "previous")
         if not ok:
@@ -205,10 +253,18 @@ def apply(unit: InterchangeLSTM, entry: dict[str, Any], where: str, error: type[
                 f"{getattr(unit.spec, key)!r}"
             )
         stored.pop(key, None)
-    for key in ("activation", "recurrent_activation"):
+    for key in _ACTIVATION_FIELDS:
         if stored.get(key) == CALLABLE:
             stored.pop(key)
-            unit.notes.append(f"{key} was a Python callable; tanh/sigmoid assumed")
+            unit.notes.append(f"{key} was a Python callable; the default ({getattr(unit.spec, key)}) assumed")
+        elif isinstance(stored.get(key), dict):
+            stored[key] = ParametricActivation(**stored[key])
+    for key in ("layer_norm", "peepholes"):
+        if stored.get(key, getattr(unit.spec, key)) != getattr(unit.spec, key):
+            raise error(
+                f"{where}: spec field {key!r} says {stored[key]!r}, the stored tensors give "
+                f"{getattr(unit.spec, key)!r}"
+            )
     try:
         unit.spec = replace(unit.spec, **stored)
     except (TypeError, ValueError) as problem:  # checked above; LSTMSpec's own rules have the last word

@@ -134,6 +134,31 @@ def draw_dropout_mask(
     return keep / (1.0 - rate)
 
 
+def zoneout_weights(
+    rate: float, steps: int, state: Tensor, training: bool, generator: torch.Generator | None
+) -> Tensor | float:
+    """The weight of the previous state in zoneout: in training a (T, B, N) tensor of Bernoulli(rate) draws
+    (1 keeps the previous value), one per step and unit of the (B, N) ``state``; otherwise the rate itself,
+    the draws' expectation (Krueger et al. 2016)."""
+    if not training or rate == 0.0:
+        return rate
+    keep = state.new_empty((steps, *state.shape))
+    return keep.bernoulli_(rate, generator=generator)
+
+
+def _run_variants(spec: LSTMSpec, output_activation: Callable | None) -> dict:
+    """The DirectionRun fields of the spec's cell variants that are the same for every direction."""
+    return {
+        "output_activation": output_activation,
+        "forget_bias": float(spec.forget_bias),
+        "gate_clip": None if spec.gate_clip is None else float(spec.gate_clip),
+        "cell_clip": None if spec.cell_clip is None else float(spec.cell_clip),
+        "proj_clip": None if spec.proj_clip is None else float(spec.proj_clip),
+        "coupled_gates": spec.coupled_gates,
+        "layer_norm_eps": float(spec.layer_norm_eps),
+    }
+
+
 def select_direction_kernel(x: Tensor, weights: DirectionWeights, run: DirectionRun) -> DirectionKernel:
     for name, accepts, kernel in DIRECTION_KERNELS:
         if _forced_kernel is not None:
@@ -302,6 +327,8 @@ def _run_layer_by_layer(
         step_mask = None if step_mask is None else step_mask.flip(0)
     activation = resolve(spec.activation, "activation")
     recurrent_activation = resolve(spec.recurrent_activation, "recurrent_activation")
+    output_activation = resolve(spec.cell_output_activation, "output_activation")
+    variants = _run_variants(spec, output_activation if output_activation is not activation else None)
     directions = spec.num_directions
     h_n: list[Tensor] = []
     c_n: list[Tensor] = []
@@ -324,6 +351,11 @@ def _run_layer_by_layer(
                 recurrent_dropout_mask=draw_dropout_mask(
                     spec.recurrent_dropout, h0[index], spec.per_gate_dropout, generator
                 ) if training else None,
+                zoneout_hidden=zoneout_weights(
+                    spec.zoneout_hidden, x.shape[0], h0[index], training, generator
+                ),
+                zoneout_cell=zoneout_weights(spec.zoneout_cell, x.shape[0], c0[index], training, generator),
+                **variants,
             ))
         first = layer * directions
         states = h0[first : first + directions], c0[first : first + directions]

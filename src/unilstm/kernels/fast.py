@@ -44,7 +44,7 @@ from torch import Tensor
 from .. import activations as A
 from . import cuda_graphs, policy, triton_cell
 from .opaque import opaque_to_compile
-from .reference import GATES, DirectionRun, DirectionWeights, differentiable_gradients
+from .reference import GATES, DirectionRun, DirectionWeights, differentiable_gradients, is_variant
 
 __all__ = ["accepts", "run_direction_fast", "supported_activation"]
 
@@ -181,6 +181,8 @@ def accepts(x: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:
     """Whether :func:`run_direction_fast` computes this run: named elementwise activations, a floating
     dtype, at least one step and one sequence."""
     if x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0 or x.dtype not in _DTYPES:
+        return False
+    if is_variant(weights, run):
         return False
     return supported_activation(run.activation) and supported_activation(run.recurrent_activation)
 
@@ -703,7 +705,7 @@ def reference_backward(
     with torch.autocast(device_type=x.device.type, enabled=False):  # in x's dtype, as the forward
         weights = DirectionWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
         found = differentiable_gradients(x, h0, c0, weights, run, grads)
-    return (None, *found, None, None, None)
+    return (None, *found[:8], None, None, None)  # x, h0, c0 and the five weights of DirectionWeights
 
 
 def _forward_results(cfg, patterns, args: tuple) -> tuple:

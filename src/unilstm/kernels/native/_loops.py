@@ -51,7 +51,7 @@ from ..fast import (
     summed_bias,
 )
 from ..opaque import opaque_to_compile
-from ..reference import GATES, DirectionRun, DirectionWeights, run_direction_reference
+from ..reference import GATES, DirectionRun, DirectionWeights, is_variant, run_direction_reference
 from . import _blas
 from . import _extension as C
 
@@ -79,6 +79,8 @@ def accepts(x: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:
     if not C.available() or x.device.type != "cpu" or x.dtype not in _DTYPES:
         return False
     if x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0:
+        return False
+    if is_variant(weights, run):
         return False
     return activation_id(run.activation) is not None and activation_id(run.recurrent_activation) is not None
 
