@@ -8,11 +8,10 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from kernel_cases import make_case
 
 from unilstm.activations import parametric, resolve
 from unilstm.kernels.reference import WEIGHT_FIELDS, DirectionRun, DirectionWeights
-
-from kernel_cases import make_case
 
 #: one entry per variant, alone: the keyword arguments of :func:`make_variant_case`
 SINGLE_VARIANTS: dict[str, dict] = {
