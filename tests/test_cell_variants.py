@@ -51,7 +51,7 @@ def reference_stack(layer: unilstm.LSTM, x, mask, training_zoneout=None):
     layer_input = x.flip(0) if spec.go_backwards else x
     step_mask = None if mask is None else (mask.t().flip(0) if spec.go_backwards else mask.t())
     h_n, c_n = [], []
-    for k, directions in enumerate(weights):
+    for directions in weights:
         outs = []
         for d, w in enumerate(directions):
             run = DirectionRun(
@@ -63,9 +63,8 @@ def reference_stack(layer: unilstm.LSTM, x, mask, training_zoneout=None):
                 zoneout_hidden=spec.zoneout_hidden, zoneout_cell=spec.zoneout_cell,
                 layer_norm_eps=spec.layer_norm_eps,
             )
-            B = x.shape[1]
-            h0 = x.new_zeros(B, spec.output_size)
-            c0 = x.new_zeros(B, spec.hidden_size)
+            h0 = x.new_zeros(x.shape[1], spec.output_size)
+            c0 = x.new_zeros(x.shape[1], spec.hidden_size)
             out, h, c = run_direction_reference(layer_input, h0, c0, w, run)
             outs.append(out)
             h_n.append(h)
@@ -109,7 +108,8 @@ def test_parameters_names_shapes_and_initial_values():
     assert layer.weight_ph_l0_reverse.shape == (12,)
     assert layer.ln_weight_ih_l0.shape == (16,) and layer.ln_bias_hh_l0_reverse.shape == (16,)
     assert layer.ln_weight_c_l0.shape == (4,) and layer.ln_bias_c_l0.shape == (4,)
-    assert torch.equal(layer.ln_weight_c_l0, torch.ones(4)) and torch.equal(layer.ln_bias_ih_l0, torch.zeros(16))
+    assert torch.equal(layer.ln_weight_c_l0, torch.ones(4))
+    assert torch.equal(layer.ln_bias_ih_l0, torch.zeros(16))
     peephole = layer.weight_ph_l0.detach()
     assert float(peephole.abs().max()) <= 0.5 and float(peephole.std()) > 0  # U(-1/sqrt(H), 1/sqrt(H))
     copy = unilstm.LSTM(3, 4, bidirectional=True, peepholes=True, layer_norm=True)
