@@ -15,7 +15,14 @@ from torch.nn.parameter import UninitializedParameter
 
 from .activations import resolve
 from .kernels import DirectionWeights, run_stack
-from .parameter_names import parameter_kind, parameter_names, parameter_shape, parameter_suffix
+from .kernels.reference import WEIGHT_FIELDS
+from .parameter_names import (
+    LAYER_NORM_KINDS,
+    parameter_kind,
+    parameter_names,
+    parameter_shape,
+    parameter_suffix,
+)
 from .spec import SAME_AS_ACTIVATION, ActivationLike, LSTMSpec, MaskedOutput
 from .steps import EVERY_STEP, CountedSteps
 
@@ -59,6 +66,13 @@ def _cast_weights(weights: DirectionWeights, dtype: torch.dtype) -> DirectionWei
     w_ih, w_hh, *rest = (cast(w) for w in weights.tensors())
     assert w_ih is not None and w_hh is not None
     return DirectionWeights(w_ih, w_hh, *rest)
+
+
+#: the parameter kind of each DirectionWeights field
+_FIELD_KINDS = {
+    "w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh", "w_hr": "weight_hr",
+    "peephole": "weight_ph", **{kind: kind for kind in LAYER_NORM_KINDS},
+}
 
 
 def _shape_text(shape: tuple[int, ...] | torch.Size) -> str:
@@ -331,34 +345,36 @@ class LSTM(nn.Module):
     def direction_weights(self, dtype: torch.dtype | None = None) -> list[list[DirectionWeights]]:
         """The parameters grouped for the kernels: L lists of D :class:`DirectionWeights`; cast
         (differentiably) to ``dtype`` when it is given and differs from theirs."""
-        spec = self.spec
-        layers = []
-        for layer in range(spec.num_layers):
-            directions = []
-            for direction in range(spec.num_directions):
-                suffix = parameter_suffix(layer, direction)
-                def own(kind: str, present: bool, suffix: str = suffix) -> Tensor | None:
-                    return getattr(self, kind + suffix) if present else None
-
-                directions.append(
-                    DirectionWeights(
-                        w_ih=getattr(self, "weight_ih" + suffix),
-                        w_hh=getattr(self, "weight_hh" + suffix),
-                        b_ih=own("bias_ih", spec.bias),
-                        b_hh=own("bias_hh", spec.bias),
-                        w_hr=own("weight_hr", spec.proj_size > 0),
-                        peephole=own("weight_ph", spec.peepholes),
-                        **{
-                            kind: own(kind, spec.layer_norm)
-                            for kind in ("ln_weight_ih", "ln_bias_ih", "ln_weight_hh", "ln_bias_hh",
-                                         "ln_weight_c", "ln_bias_c")
-                        },
-                    )
-                )
-            layers.append(directions)
+        layers = [
+            [DirectionWeights(  # type: ignore[arg-type]  # w_ih and w_hh always exist
+                *(None if name is None else getattr(self, name) for name in fields)
+            ) for fields in directions]
+            for directions in self._weight_field_names()
+        ]
         if dtype is None or dtype == self._parameter_dtype():
             return layers
         return [[_cast_weights(weights, dtype) for weights in directions] for directions in layers]
+
+    def _weight_field_names(self) -> list[list[tuple[str | None, ...]]]:
+        """Per layer and direction, the parameter name of each DirectionWeights field (``WEIGHT_FIELDS``
+        order; None where the spec has no such parameter), computed once per spec."""
+        cached = self.__dict__.get("_weight_names")
+        if cached is not None and cached[0] is self.spec:
+            return cached[1]
+        present = set(self._flat_weights_names)
+        names = [
+            [
+                tuple(
+                    name if (name := _FIELD_KINDS[field] + parameter_suffix(layer, direction)) in present
+                    else None
+                    for field in WEIGHT_FIELDS
+                )
+                for direction in range(self.spec.num_directions)
+            ]
+            for layer in range(self.spec.num_layers)
+        ]
+        self.__dict__["_weight_names"] = (self.spec, names)
+        return names
 
     @property
     def all_weights(self) -> list[list[Tensor]]:

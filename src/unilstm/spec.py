@@ -35,6 +35,7 @@ expectations (the rates) otherwise. The output of step t is h_t.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -205,7 +206,7 @@ class LSTMSpec:
             return self.activation
         return self.output_activation
 
-    @property
+    @functools.cached_property
     def cell_variants(self) -> tuple[str, ...]:
         """The names of the cell variants this spec uses (empty for the cell the three frameworks share)."""
         used = []
@@ -225,7 +226,7 @@ class LSTMSpec:
             used.append("output_activation")
         return tuple(used)
 
-    @property
+    @functools.cached_property
     def is_standard_cell(self) -> bool:
         """True when the cell is torch's: tanh activation, sigmoid gates, no recurrent dropout, no cell
         variant."""

@@ -146,10 +146,22 @@ def zoneout_weights(
     return keep.bernoulli_(rate, generator=generator)
 
 
-def _run_variants(spec: LSTMSpec, output_activation: Callable | None) -> dict:
-    """The DirectionRun fields of the spec's cell variants that are the same for every direction."""
+def _zoneout_fields(
+    spec: LSTMSpec, steps: int, h0: Tensor, c0: Tensor, training: bool, generator: torch.Generator | None
+) -> dict:
+    """One direction's zoneout weights of h and c (:func:`zoneout_weights`), as DirectionRun fields."""
     return {
-        "output_activation": output_activation,
+        "zoneout_hidden": zoneout_weights(spec.zoneout_hidden, steps, h0, training, generator),
+        "zoneout_cell": zoneout_weights(spec.zoneout_cell, steps, c0, training, generator),
+    }
+
+
+def _run_variants(spec: LSTMSpec, activation: Callable) -> dict:
+    """The DirectionRun fields of the spec's cell variants that are the same for every direction
+    (``activation``: the resolved cell activation)."""
+    output_activation = resolve(spec.cell_output_activation, "output_activation")
+    return {
+        "output_activation": None if output_activation is activation else output_activation,
         "forget_bias": float(spec.forget_bias),
         "gate_clip": None if spec.gate_clip is None else float(spec.gate_clip),
         "cell_clip": None if spec.cell_clip is None else float(spec.cell_clip),
@@ -327,8 +339,7 @@ def _run_layer_by_layer(
         step_mask = None if step_mask is None else step_mask.flip(0)
     activation = resolve(spec.activation, "activation")
     recurrent_activation = resolve(spec.recurrent_activation, "recurrent_activation")
-    output_activation = resolve(spec.cell_output_activation, "output_activation")
-    variants = _run_variants(spec, output_activation if output_activation is not activation else None)
+    variants = _run_variants(spec, activation) if spec.cell_variants else {}
     directions = spec.num_directions
     h_n: list[Tensor] = []
     c_n: list[Tensor] = []
@@ -351,11 +362,9 @@ def _run_layer_by_layer(
                 recurrent_dropout_mask=draw_dropout_mask(
                     spec.recurrent_dropout, h0[index], spec.per_gate_dropout, generator
                 ) if training else None,
-                zoneout_hidden=zoneout_weights(
-                    spec.zoneout_hidden, x.shape[0], h0[index], training, generator
-                ),
-                zoneout_cell=zoneout_weights(spec.zoneout_cell, x.shape[0], c0[index], training, generator),
                 **variants,
+                **(_zoneout_fields(spec, x.shape[0], h0[index], c0[index], training, generator)
+                   if spec.cell_variants else {}),
             ))
         first = layer * directions
         states = h0[first : first + directions], c0[first : first + directions]

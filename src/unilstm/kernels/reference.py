@@ -60,7 +60,15 @@ class DirectionWeights:
     @property
     def has_variant(self) -> bool:
         """Whether any variant tensor (peepholes, layer normalisation) is present."""
-        return any(getattr(self, name) is not None for name in VARIANT_WEIGHTS)
+        return self.peephole is not None or self.ln_weight_ih is not None
+
+    def __post_init__(self) -> None:
+        given = [getattr(self, name) is not None for name in VARIANT_WEIGHTS[1:]]
+        if any(given) and not all(given):
+            missing = [name for name, present in zip(VARIANT_WEIGHTS[1:], given, strict=True) if not present]
+            raise ValueError(
+                f"DirectionWeights: layer normalisation needs all six tensors, missing {missing}"
+            )
 
 
 #: the DirectionWeights fields that only cell variants have, in declaration order
