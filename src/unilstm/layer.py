@@ -346,9 +346,8 @@ class LSTM(nn.Module):
         """The parameters grouped for the kernels: L lists of D :class:`DirectionWeights`; cast
         (differentiably) to ``dtype`` when it is given and differs from theirs."""
         layers = [
-            [DirectionWeights(  # type: ignore[arg-type]  # w_ih and w_hh always exist
-                *(None if name is None else getattr(self, name) for name in fields)
-            ) for fields in directions]
+            [DirectionWeights(*(None if name is None else getattr(self, name) for name in fields))  # type: ignore[arg-type]
+             for fields in directions]
             for directions in self._weight_field_names()
         ]
         if dtype is None or dtype == self._parameter_dtype():
