@@ -117,3 +117,11 @@ def test_the_cli_reports_every_layer_of_a_whole_model(tmp_path, capsys):
 def test_lstm_only_keeps_the_layer_level_conversion(tmp_path):
     report = convert(MODELS / "k3_sign.keras", tmp_path / "lstms.pt", lstm_only=True)
     assert any("other layers are not in the target" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("target", ["model.pt", "model.ckpt", "model.onnx"])
+def test_stateful_models_are_refused_by_name(tmp_path, target):
+    with pytest.raises(ConversionError, match=r"LSTM 'lstm'.*stateful") as refused:
+        convert(MODELS / "k3_stateful.keras", tmp_path / target)
+    assert "stateful" in str(refused.value)
+    assert not (tmp_path / target).exists()

@@ -18,7 +18,7 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "keras_models"
 
 MODELS = [
     "tagger", "tagger_sum", "sign", "charlm", "forecast", "nested", "shared", "encdec", "masking",
-    "cnn_lstm", "attention", "zoo", "hard_sigmoid", "finetune",
+    "cnn_lstm", "attention", "zoo", "hard_sigmoid", "finetune", "stateful",
 ]  # fmt: skip
 #: the files each generation writes per model (besides the .npz)
 FORMATS = {"k3": [".keras", ".h5", ".weights.h5", ".json"], "tfk": [".h5", ".keras"]}

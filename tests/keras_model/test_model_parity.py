@@ -118,3 +118,22 @@ def test_every_model_spec_names_its_keras_version():
     for npz in MODELS.glob("*.npz"):
         spec = json.loads(str(np.load(npz)["spec"]))
         assert spec.get("keras"), npz.name
+
+
+@pytest.mark.parametrize(
+    "path", [path for path, _ in _cases() if "_stateful." in path.name], ids=lambda path: path.name
+)
+def test_stateful_models_continue_their_states_across_calls(path: Path):
+    data = np.load(MODELS / (path.name.split(".")[0] + ".npz"))
+    model = _load(path)
+    with torch.no_grad():
+        first = model(data["input_0"])
+        second = model(data["second_input_0"])
+    np.testing.assert_allclose(first.numpy(), data["output_0"], rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(second.numpy(), data["second_output_0"], rtol=1e-5, atol=2e-6)
+    for module in model.modules():  # Keras's reset_states on every stateful layer: back to zeros
+        if hasattr(module, "reset_states") and getattr(module, "stateful", False):
+            module.reset_states()
+    with torch.no_grad():
+        again = model(data["input_0"])
+    np.testing.assert_allclose(again.numpy(), data["output_0"], rtol=1e-5, atol=2e-6)
