@@ -69,6 +69,17 @@ def test_convert_pt_to_safetensors_and_back_keeps_every_variant(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(outputs(again, X), outputs(layer, X), strict=True))
 
 
+def test_the_cli_converts_pt_to_safetensors_keeping_every_variant(tmp_path, capsys):
+    from unilstm import cli
+
+    layer = randomised(unilstm.LSTM(3, 4, **EVERYTHING), seed=5)
+    cv.save(layer, tmp_path / "a.pt")
+    assert cli.main(["convert", "-q", str(tmp_path / "a.pt"), str(tmp_path / "b.safetensors")]) == 0
+    [again] = cv.load(tmp_path / "b.safetensors")
+    assert again.spec == layer.spec
+    assert all(torch.equal(a, b) for a, b in zip(outputs(again, X), outputs(layer, X), strict=True))
+
+
 def test_a_plain_pt_holds_no_description_and_torch_loads_it(tmp_path):
     cv.save(randomised(unilstm.LSTM(3, 4)), tmp_path / "plain.pt")
     state = torch.load(tmp_path / "plain.pt", weights_only=True)
