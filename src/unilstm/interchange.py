@@ -94,6 +94,9 @@ class InterchangeLSTM:
             parts.append(f"recurrent_activation={activation_text(s.recurrent_activation)}")
         if s.go_backwards:
             parts.append("go_backwards")
+        for name in s.cell_variants:  # each variant as its spec field says it
+            value = s.cell_output_activation if name == "output_activation" else getattr(s, name)
+            parts.append(name if value is True else f"{name}={activation_text(value)}")
         if self.keras is not None:
             parts.append(f"return_sequences={self.keras.return_sequences}")
             if self.keras.class_name == "Bidirectional":

@@ -23,10 +23,12 @@ from ..formats.keras_files import (
     read_keras_model_config,
 )
 from ..formats.mindspore_ckpt import CheckpointError, read_checkpoint
-from ..formats.torch_files import TorchFileError, read_safetensors, read_torch_file, strip_prefix
+from ..formats.torch_files import TorchFileError, read_safetensors, read_torch_payload, strip_prefix
 from ..interchange import InterchangeLSTM, KerasConventions
 from ..keras_names import UnknownKerasActivationError, activation_from_stored_config
 from ..parameter_names import (
+    LAYER_NORM_KINDS,
+    PEEPHOLE_KINDS,
     parameter_names,
     parameter_shape,
     parameter_suffix,
@@ -186,12 +188,24 @@ def _spec_from_state(state: OrderedDict[str, Tensor], where: str, error: type[Va
         )
     bidirectional = any(n.endswith("_reverse") for n in state)
     bias = "bias_ih_l0" in state or "bias_hh_l0" in state
+    # the cell variants with tensors of their own: any one of their names asks for all of them, so that a
+    # file missing some is refused by name below instead of read as another cell
+    kinds = {parsed.kind for parsed in map(parse_parameter_name, state) if parsed is not None}
+    peepholes = bool(kinds & set(PEEPHOLE_KINDS))
+    layer_norm = bool(kinds & set(LAYER_NORM_KINDS))
     try:
         proj = int(state["weight_hr_l0"].shape[0]) if "weight_hr_l0" in state else 0
         w_ih = state["weight_ih_l0"]
         hidden = int(state["weight_hh_l0"].shape[0]) // 4
         spec = LSTMSpec(
-            int(w_ih.shape[1]), hidden, layers, bias=bias, bidirectional=bidirectional, proj_size=proj
+            int(w_ih.shape[1]),
+            hidden,
+            layers,
+            bias=bias,
+            bidirectional=bidirectional,
+            proj_size=proj,
+            peepholes=peepholes,
+            layer_norm=layer_norm,
         )
     except (KeyError, IndexError, ValueError, TypeError) as problem:
         raise error(f"{where}: the LSTM parameters are incomplete or inconsistent ({problem})") from None
@@ -201,6 +215,7 @@ def _spec_from_state(state: OrderedDict[str, Tensor], where: str, error: type[Va
         extra = sorted(set(state) - set(expected))
         raise error(
             f"{where}: the LSTM parameters do not form a torch LSTM: missing {missing}, unexpected {extra}"
+            + _variant_hint(peepholes, layer_norm)
         )
     for name in expected:
         want = parameter_shape(spec, name)
@@ -212,6 +227,11 @@ def _spec_from_state(state: OrderedDict[str, Tensor], where: str, error: type[Va
         if not state[name].is_floating_point():
             raise error(f"{where}: {name} has dtype {state[name].dtype}, expected a float dtype")
     return spec
+
+
+def _variant_hint(peepholes: bool, layer_norm: bool) -> str:
+    used = [name for name, on in (("peepholes", peepholes), ("layer_norm", layer_norm)) if on]
+    return f" (with the cell variant(s) {', '.join(used)} its names ask for)" if used else ""
 
 
 def _units_from_state(
@@ -336,9 +356,8 @@ def _read_units(
     if fmt == "safetensors":
         tensors, metadata = read_safetensors(path)
         skipped: list[str] = []
-    else:
-        tensors, skipped = read_torch_file(path)
-        metadata = {}
+    else:  # a .pt unilstm wrote for cell variants holds the description as safetensors does
+        tensors, skipped, metadata = read_torch_payload(path)
     where = f"{path}: __metadata__ {METADATA_KEY!r}"
     described = None
     if METADATA_KEY in metadata:

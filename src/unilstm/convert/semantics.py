@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from ..formats.onnx_export import OnnxExportError, check_exportable
+from ..formats.onnx_export import export_problems
 from ..interchange import InterchangeLSTM, activation_text
 from ..layer import LSTM
 from ..parameter_names import parameter_names
@@ -41,11 +41,65 @@ def canonical_layer(
 # -- what a target can express ----------------------------------------------------------------------------
 
 
-def target_problems(unit: InterchangeLSTM, target: str) -> list[str]:
-    """Every feature of ``unit`` that framework ``target`` cannot express (empty when it can)."""
+#: The spec fields of the cell variants (:attr:`LSTMSpec.cell_variants` names the ones a spec uses).
+CELL_VARIANT_FIELDS = (
+    "layer_norm", "layer_norm_eps", "peepholes", "gate_clip", "cell_clip", "proj_clip", "coupled_gates",
+    "zoneout_hidden", "zoneout_cell", "forget_bias", "output_activation",
+)
+
+#: what a framework's plain LSTM lacks, per cell variant
+_LACKS = {
+    "layer_norm": "has no layer normalisation",
+    "peepholes": "has no peephole weights",
+    "gate_clip": "does not clip the gate pre-activations",
+    "cell_clip": "does not clip the cell state",
+    "proj_clip": "does not clip the projection",
+    "coupled_gates": "has no coupled input and forget gates (f = 1 - i)",
+    "zoneout_hidden": "has no zoneout",
+    "zoneout_cell": "has no zoneout",
+    "forget_bias": "adds no forget bias at run time",
+    "output_activation": "applies its activation to the cell state (no separate output activation)",
+}
+
+
+def _variant_value(spec: LSTMSpec, field: str) -> str:
+    if field == "output_activation":
+        return activation_text(spec.cell_output_activation)
+    return repr(getattr(spec, field))
+
+
+def variant_problems(spec: LSTMSpec, name: str, *, folds_forget_bias: bool = False) -> list[str]:
+    """The cell variants of ``spec`` a framework's plain LSTM (``name``) cannot express, each naming its spec
+    field. ``folds_forget_bias``: the writer adds ``forget_bias`` to the forget block of the stored bias
+    (exact: the engine adds it to the same sum), which needs a bias to add it to."""
+    problems = []
+    for field in spec.cell_variants:
+        if field == "forget_bias" and folds_forget_bias:
+            if not spec.bias:
+                problems.append(
+                    f"forget_bias={spec.forget_bias!r} with bias=False: {name} has no bias to fold it into "
+                    "(build the layer with bias=True and zero biases to convert it)"
+                )
+            continue
+        problems.append(f"{field}={_variant_value(spec, field)}: {name} {_LACKS[field]}")
+    return problems
+
+
+def target_problems(unit: InterchangeLSTM, target: str, *, variants_stored: bool = False) -> list[str]:
+    """Every feature of ``unit`` that framework ``target`` cannot express (empty when it can).
+
+    ``variants_stored``: the target file records the cell variants itself (unilstm's .pt / .safetensors,
+    which :func:`unilstm.load` reads back as a canonical unilstm.LSTM), so they are no problem; without it a
+    torch target means ``torch.nn.LSTM``, which has none of them. MindSpore and Keras targets take
+    ``forget_bias`` folded into the bias and refuse every other variant."""
     s = unit.spec
     problems = []
     name = {"torch": "torch.nn.LSTM", "mindspore": "mindspore.nn.LSTM"}.get(target, target)
+    if target == "torch" and not variants_stored:
+        problems += variant_problems(s, name)
+    elif target in ("mindspore", "keras"):
+        lstm = name if target == "mindspore" else "Keras's LSTM"
+        problems += variant_problems(s, lstm, folds_forget_bias=True)
     if target in ("torch", "mindspore"):
         if s.activation != "tanh":
             problems.append(f"activation={activation_text(s.activation)}: {name} computes tanh only")
@@ -72,10 +126,7 @@ def target_problems(unit: InterchangeLSTM, target: str) -> list[str]:
         if unit.framework != "keras" and s.num_layers > 1 and s.dropout:
             problems.append(f"dropout={s.dropout} between layers: Keras LSTMs have none (training only)")
     elif target == "onnx":
-        try:
-            check_exportable(s)
-        except OnnxExportError as error:
-            problems.append(str(error))
+        problems += export_problems(s)
         if unit.keras is not None and unit.keras.merge_mode is None:
             problems.append("merge_mode=None (two outputs): the ONNX graph returns one output")
     return problems
@@ -175,6 +226,12 @@ def previous_output_fix(out: Tensor, last_h: Tensor, lengths: Tensor, hidden: in
     return torch.cat([forward, out[..., hidden:]], dim=-1)
 
 
+def stored_torch_spec(spec: LSTMSpec) -> LSTMSpec:
+    """What the LSTM of a torch file computes, batch-major: :func:`plain_torch_spec` plus the cell variants
+    the file records (unilstm's .pt / .safetensors)."""
+    return replace(plain_torch_spec(spec), **{field: getattr(spec, field) for field in CELL_VARIANT_FIELDS})
+
+
 def plain_torch_spec(spec: LSTMSpec) -> LSTMSpec:
     """What a torch / MindSpore LSTM with ``spec``'s sizes computes (tanh, sigmoid, batch-major)."""
     return LSTMSpec(
@@ -186,7 +243,6 @@ def plain_torch_spec(spec: LSTMSpec) -> LSTMSpec:
         bidirectional=spec.bidirectional,
         proj_size=spec.proj_size,
     )
-
 
 
 def ignored_keras_arguments(config: dict | None) -> list[str]:

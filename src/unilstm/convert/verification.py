@@ -19,7 +19,7 @@ from ..layer import LSTM
 from ..parameter_names import parameter_names
 from .file_kinds import FRAMEWORK_OF, ConversionError, PathLike
 from .reading import from_keras_record, read_units
-from .semantics import plain_torch_spec, run_source, torch_glue_run
+from .semantics import plain_torch_spec, run_source, stored_torch_spec, torch_glue_run
 from .writing import keras_records
 
 
@@ -71,7 +71,9 @@ def _target_runner(
             runners.append(_keras_chain_runner(unit, chain))
         return runners
     for unit, target in zip(source, target_units, strict=False):
-        layer = LSTM.from_spec(plain_torch_spec(target.spec), dtype=torch.float32)
+        # a torch file's cell variants are recorded in it and run by unilstm.LSTM; MindSpore has none
+        spec = stored_torch_spec(target.spec) if framework == "torch" else plain_torch_spec(target.spec)
+        layer = LSTM.from_spec(spec, dtype=torch.float32)
         with torch.no_grad():
             for name in parameter_names(layer.spec):
                 getattr(layer, name).copy_(target.state[name].float())

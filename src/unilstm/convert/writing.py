@@ -175,6 +175,24 @@ def as_float32_for(units: list[InterchangeLSTM], framework: str) -> list[Interch
     return result
 
 
+def fold_forget_bias(unit: InterchangeLSTM) -> InterchangeLSTM:
+    """``unit`` with its ``forget_bias`` added to the forget block (H:2H, torch's [i, f, g, o]) of every
+    ``bias_ih`` and the spec's ``forget_bias`` 0: the same sum z_f at every step, for targets that have no
+    run-time forget bias (Keras, MindSpore). A unit without bias or forget bias is returned as it is (writing
+    refuses the first before it gets here, unless only weights are asked for)."""
+    if unit.spec.forget_bias == 0.0 or not unit.spec.bias:
+        return unit
+    hidden = unit.spec.hidden_size
+    state = OrderedDict(unit.state)
+    for name in state:
+        if name.startswith("bias_ih"):
+            folded = state[name].detach().clone()
+            folded[hidden : 2 * hidden] += unit.spec.forget_bias
+            state[name] = folded
+    note = f"forget_bias={unit.spec.forget_bias} folded into the forget gate's bias"
+    return replace(unit, spec=replace(unit.spec, forget_bias=0.0), state=state, notes=[*unit.notes, note])
+
+
 def _onnx_chain_problem(units: list[InterchangeLSTM]) -> str | None:
     """None when ``units`` feed each other in a Keras Sequential (so one ONNX graph can chain them)."""
     for previous, unit in zip(units, units[1:], strict=False):
@@ -213,7 +231,12 @@ def write_units(
         raise ConversionError(
             f"{shown}: cannot convert:\n  - " + "\n  - ".join(blocked) + "\n(pick other layers with --layer)"
         )
-    problems = [f"layer {unit.name!r}: {p}" for unit in units for p in target_problems(unit, framework)]
+    stored = fmt in ("pt", "safetensors")  # unilstm's torch files record the cell variants
+    problems = [
+        f"layer {unit.name!r}: {p}"
+        for unit in units
+        for p in target_problems(unit, framework, variants_stored=stored)
+    ]
     if framework == "onnx" and len(units) > 1 and _onnx_chain_problem(units):
         problems.append(
             f"an ONNX file holds one chain of LSTMs; {_onnx_chain_problem(units)} "
@@ -243,6 +266,8 @@ def _write(
     crc: bool = False,
 ) -> None:
     prefixes = unit_prefixes(units, prefix)
+    if fmt in ("keras", "weights.h5", "ckpt"):  # Keras's and MindSpore's LSTMs take it in their bias
+        units = [fold_forget_bias(unit) for unit in units]
     if fmt in ("keras", "weights.h5"):
         records = keras_records(units)
         write_keras_model(records, path, (input_steps, units[0].spec.input_size))
@@ -253,7 +278,10 @@ def _write(
         for unit, unit_prefix in zip(units, prefixes, strict=False):
             for name, tensor in unit.state.items():
                 tensors[unit_prefix + name] = tensor
-        metadata = {METADATA_KEY: describe(units, prefixes)} if fmt == "safetensors" else None
+        # a .pt holds the description only for cell variants: plain ones stay loadable by
+        # torch.nn.LSTM.load_state_dict, which a variant's file must not be (it would compute another cell)
+        described = fmt == "safetensors" or any(unit.spec.cell_variants for unit in units)
+        metadata = {METADATA_KEY: describe(units, prefixes)} if described else None
         save_state_dict(
             tensors, path, kind="safetensors" if fmt == "safetensors" else "torch", metadata=metadata
         )

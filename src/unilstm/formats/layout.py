@@ -78,3 +78,12 @@ def torch_views_from_keras(
     """
     bias_hh = None if bias is None else torch.zeros_like(bias, requires_grad=False)
     return kernel.t().contiguous(), recurrent_kernel.t().contiguous(), bias, bias_hh
+
+
+def to_onnx_peepholes(array: Array) -> Array:
+    """Peephole weights (3H,) in unilstm's blocks [p_i, p_f, p_o] -> ONNX's ``P`` order [p_i, p_o, p_f]."""
+    if isinstance(array, np.ndarray):
+        blocks = np.split(array, 3)
+        return np.concatenate([blocks[0], blocks[2], blocks[1]])
+    chunks = torch.chunk(array, 3)
+    return torch.cat([chunks[0], chunks[2], chunks[1]])

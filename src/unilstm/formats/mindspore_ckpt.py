@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..parameter_names import PARAMETER_KINDS, parameter_names, parse_parameter_name
+from ..parameter_names import PARAMETER_KINDS, VARIANT_KINDS, parameter_names, parse_parameter_name
 from ..spec import LSTMSpec
 from .atomic import atomic_file
 
@@ -382,12 +382,14 @@ def load_checkpoint(
 # -- names in MindSpore's order -----------------------------------------------------------------------------
 def mindspore_parameter_order(names: Iterable[str]) -> list[str]:
     """An LSTM's parameter names (torch order) in MindSpore's order: grouped by kind (every weight_ih, then
-    weight_hh, bias_ih, bias_hh, and weight_hr last, which MindSpore lacks), torch order inside a kind."""
+    weight_hh, bias_ih, bias_hh, and weight_hr, which MindSpore lacks, then the cell variants' kinds, which
+    it lacks too: a checkpoint unilstm writes with ``weights_only``), torch order inside a kind."""
     names = list(names)
+    kinds = PARAMETER_KINDS + VARIANT_KINDS
 
     def kind(name: str) -> int:
         parsed = parse_parameter_name(name)
-        return PARAMETER_KINDS.index(parsed.kind) if parsed and not parsed.prefix else len(PARAMETER_KINDS)
+        return kinds.index(parsed.kind) if parsed and not parsed.prefix else len(kinds)
 
     return sorted(names, key=lambda name: (kind(name), names.index(name)))
 

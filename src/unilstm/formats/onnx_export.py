@@ -16,11 +16,20 @@ What maps to what:
   ``masked_output="previous"`` is rebuilt with a Where on the forward-running directions of the last layer;
 - activations: sigmoid, tanh, relu, linear/None (Affine 1, 0), Keras 3 ``hard_sigmoid`` (HardSigmoid 1/6,
   0.5), Keras 2 ``hard_sigmoid_keras2`` (HardSigmoid 0.2, 0.5), elu, softsign, softplus, leaky_relu
-  (LeakyRelu 0.2), and the same functions passed as callables (``torch.tanh`` ...).
+  (LeakyRelu 0.2), the same functions passed as callables (``torch.tanh`` ...), and ONNX's parametric ones
+  (:class:`~unilstm.activations.ParametricActivation`: Affine, LeakyRelu, ThresholdedRelu, ScaledTanh,
+  HardSigmoid, Elu with their alpha and beta in ``activation_alpha`` / ``activation_beta``);
+  ``recurrent_activation`` -> f, ``activation`` -> g, ``output_activation`` -> h (``activation`` unless set);
+- cell variants: ``peepholes`` -> ``P`` ([p_i, p_o, p_f] per direction), ``gate_clip`` -> ``clip`` (ONNX clips
+  the four gate pre-activations, as unilstm does), ``coupled_gates`` -> ``input_forget=1``, ``forget_bias``
+  added to the forget block of ``B`` (a ``B`` of zeros is written for a layer without bias).
 
-Refused with :class:`OnnxExportError`: ``proj_size`` > 0, activations the operator lacks, unknown callables, a
-layer whose input size is not known yet. Dropout of every kind is a training-time feature and is not exported.
-Masks with gaps cannot be given to the graph at all: it takes right-padded lengths only.
+Refused with :class:`OnnxExportError`, naming the spec field: ``proj_size`` > 0 (and ``proj_clip`` with it),
+``layer_norm``, ``cell_clip``, ``zoneout_hidden`` / ``zoneout_cell`` (even in inference, where zoneout mixes
+the new state with the previous one: the LSTM operator has no such mix), activations the operator lacks,
+unknown callables, a layer whose input size is not known yet. Dropout of every kind is a training-time
+feature and is not exported. Masks with gaps cannot be given to the graph at all: it takes right-padded
+lengths only.
 
 onnx (and onnxruntime for checking) are the optional extra ``unilstm[onnx]``; they are imported on use.
 """
@@ -40,7 +49,7 @@ import torch.nn.functional as F
 from .. import activations as _acts
 from ..spec import LSTMSpec
 from .atomic import atomic_write_bytes
-from .layout import to_onnx_gates
+from .layout import to_onnx_gates, to_onnx_peepholes
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
@@ -49,7 +58,8 @@ MERGE_MODES = ("concat", "sum", "mul", "ave")
 
 class ExportableLSTM(Protocol):
     """What the graph builder reads from a layer: its spec and its weights per layer and direction
-    (:meth:`unilstm.LSTM.direction_weights`: objects with ``w_ih``, ``w_hh``, ``b_ih``, ``b_hh``)."""
+    (:meth:`unilstm.LSTM.direction_weights`: objects with ``w_ih``, ``w_hh``, ``b_ih``, ``b_hh`` and, with
+    ``peepholes``, ``peephole`` (3H,) [p_i, p_f, p_o])."""
 
     spec: LSTMSpec
 
@@ -108,9 +118,25 @@ _CALLABLE_NAMES: dict[object, str] = {  # keyed by identity of torch's functions
 }
 
 
+#: ParametricActivation kind -> ONNX activation, and whether it reads a beta (all six read alpha)
+ONNX_PARAMETRIC: dict[str, tuple[str, bool]] = {
+    "affine": ("Affine", True),
+    "leaky_relu": ("LeakyRelu", False),
+    "thresholded_relu": ("ThresholdedRelu", False),
+    "scaled_tanh": ("ScaledTanh", True),
+    "hard_sigmoid": ("HardSigmoid", True),
+    "elu": ("Elu", False),
+}
+
+
 def onnx_activation(activation: object, argument: str) -> tuple[str, float | None, float | None]:
-    """The ONNX LSTM activation (name, alpha, beta) for a unilstm activation, or :class:`OnnxExportError`."""
+    """The ONNX LSTM activation (name, alpha, beta) for a unilstm activation, or :class:`OnnxExportError`.
+    alpha / beta are None where the ONNX activation reads none (the operator consumes its
+    ``activation_alpha`` list in order, one value per activation that reads one)."""
     name: str | None
+    if isinstance(activation, _acts.ParametricActivation):
+        onnx_name, has_beta = ONNX_PARAMETRIC[activation.kind]
+        return onnx_name, activation.alpha, activation.beta if has_beta else None
     if activation is None:
         name = "linear"
     elif isinstance(activation, str):
@@ -136,16 +162,48 @@ def _known() -> str:
     return ", ".join(sorted(ONNX_ACTIVATIONS))
 
 
-def check_exportable(spec: LSTMSpec) -> None:
-    """Raise :class:`OnnxExportError` naming the first feature of ``spec`` ONNX's LSTM cannot express."""
+#: the cell variants the ONNX LSTM operator lacks: spec field -> why
+_REFUSED_VARIANTS = {
+    "layer_norm": "the ONNX LSTM operator has no layer normalisation",
+    "cell_clip": "the ONNX LSTM operator does not clip the cell state (its clip is gate_clip's)",
+    "proj_clip": "the ONNX LSTM operator has no projection to clip",
+    "zoneout_hidden": "the ONNX LSTM operator cannot mix its new h with the previous one (zoneout)",
+    "zoneout_cell": "the ONNX LSTM operator cannot mix its new c with the previous one (zoneout)",
+}
+
+
+def export_problems(spec: LSTMSpec) -> list[str]:
+    """Every feature of ``spec`` ONNX's LSTM operator cannot express, each naming its spec field (empty when
+    it can export)."""
     if spec.input_size is None:
-        raise OnnxExportError("input_size: the layer is not built yet; call it once or give input_size")
+        return ["input_size: the layer is not built yet; call it once or give input_size"]
+    problems = []
     if spec.proj_size > 0:
-        raise OnnxExportError(
+        problems.append(
             f"proj_size={spec.proj_size}: the ONNX LSTM operator has no projection (torch's proj_size)"
         )
-    onnx_activation(spec.activation, "activation")
-    onnx_activation(spec.recurrent_activation, "recurrent_activation")
+    used = spec.cell_variants
+    for field, why in _REFUSED_VARIANTS.items():
+        if field in used:
+            problems.append(f"{field}={getattr(spec, field)!r}: {why}")
+    for argument, value in (
+        ("activation", spec.activation),
+        ("recurrent_activation", spec.recurrent_activation),
+        ("output_activation", spec.cell_output_activation),
+    ):
+        try:
+            onnx_activation(value, argument)
+        except OnnxExportError as error:
+            problems.append(str(error))
+    return problems
+
+
+def check_exportable(spec: LSTMSpec) -> None:
+    """Raise :class:`OnnxExportError` naming every feature of ``spec`` ONNX's LSTM cannot express (the spec
+    fields, ``; ``-separated)."""
+    problems = export_problems(spec)
+    if problems:
+        raise OnnxExportError("; ".join(problems))
 
 
 # -- graph building ----------------------------------------------------------------------------------------
@@ -313,7 +371,8 @@ def _add_stack(
     swap = spec.go_backwards  # every direction runs the other way round in original time
     f_act = onnx_activation(spec.recurrent_activation, "recurrent_activation")
     g_act = onnx_activation(spec.activation, "activation")
-    acts = [f_act, g_act, g_act] * directions
+    h_act = onnx_activation(spec.cell_output_activation, "output_activation")
+    acts = [f_act, g_act, h_act] * directions
     attrs: dict[str, Any] = {"hidden_size": hidden, "activations": [a[0] for a in acts]}
     alphas = [a[1] for a in acts if a[1] is not None]
     betas = [a[2] for a in acts if a[2] is not None]
@@ -321,6 +380,10 @@ def _add_stack(
         attrs["activation_alpha"] = [float(a) for a in alphas]
     if betas:
         attrs["activation_beta"] = [float(b) for b in betas]
+    if spec.gate_clip is not None:
+        attrs["clip"] = float(spec.gate_clip)
+    if spec.coupled_gates:
+        attrs["input_forget"] = 1
     if spec.bidirectional:
         attrs["direction"] = "bidirectional"
     else:
@@ -334,15 +397,8 @@ def _add_stack(
         w = np.stack([to_onnx_gates(_numpy(d.w_ih), axis=0) for d in ordered])
         r = np.stack([to_onnx_gates(_numpy(d.w_hh), axis=0) for d in ordered])
         node_inputs = [x, g.const(f"W_{name}", w), g.const(f"R_{name}", r)]
-        if spec.bias:
-            b = np.stack(
-                [
-                    np.concatenate(
-                        [to_onnx_gates(_numpy(d.b_ih), axis=0), to_onnx_gates(_numpy(d.b_hh), axis=0)]
-                    )
-                    for d in ordered
-                ]
-            )
+        if spec.bias or spec.forget_bias != 0.0:
+            b = np.stack([_onnx_bias(d, spec, g.dtype) for d in ordered])
             node_inputs.append(g.const(f"B_{name}", b))
         else:
             node_inputs.append("")
@@ -360,6 +416,10 @@ def _add_stack(
                         "Gather", [part, g.ints("slots", slot_dirs)], f"{state}_slots_{name}", axis=0
                     )
                 node_inputs.append(part)
+        if spec.peepholes:
+            node_inputs += [""] * (7 - len(node_inputs))  # P is input 7, after initial_h and initial_c
+            p = np.stack([to_onnx_peepholes(_numpy(d.peephole)) for d in ordered])
+            node_inputs.append(g.const(f"P_{name}", p))
         while node_inputs and node_inputs[-1] == "":
             node_inputs.pop()
         y, y_h, y_c = g.node("LSTM", node_inputs, f"lstm_{name}", outputs=3, **attrs)
@@ -374,8 +434,8 @@ def _add_stack(
                 ],
                 "empty_1b1",
             )
-            y_h = g.node("Where", [empty, node_inputs[-2], y_h], f"h_or_h0_{name}")
-            y_c = g.node("Where", [empty, node_inputs[-1], y_c], f"c_or_c0_{name}")
+            y_h = g.node("Where", [empty, node_inputs[5], y_h], f"h_or_h0_{name}")
+            y_c = g.node("Where", [empty, node_inputs[6], y_c], f"c_or_c0_{name}")
         if slot_dirs != list(range(directions)):  # back to spec direction order
             back = g.ints("directions", slot_dirs)  # [1, 0] is its own inverse
             y = g.node("Gather", [y, back], f"y_dirs_{name}", axis=1)
@@ -394,6 +454,19 @@ def _add_stack(
     if swap:
         x = _time_flip(g, x)  # back to processing order
     return x, h_n, c_n
+
+
+def _onnx_bias(weights: Any, spec: LSTMSpec, dtype: np.dtype) -> np.ndarray:
+    """ONNX's ``B`` of one direction, [Wb, Rb] (8H) in ONNX gate order, with ``forget_bias`` added to the
+    forget block of Wb (the engine adds it to z_f at every step: the same sum); zeros where the layer has no
+    bias."""
+    gates = 4 * spec.hidden_size
+    b_ih = _numpy(weights.b_ih).copy() if weights.b_ih is not None else np.zeros(gates, dtype)
+    b_hh = _numpy(weights.b_hh) if weights.b_hh is not None else np.zeros(gates, dtype)
+    if spec.forget_bias != 0.0:
+        hidden = spec.hidden_size
+        b_ih[hidden : 2 * hidden] += np.asarray(spec.forget_bias, dtype=b_ih.dtype)  # torch's f block
+    return np.concatenate([to_onnx_gates(b_ih, axis=0), to_onnx_gates(b_hh, axis=0)])
 
 
 def _keras_glue(g: _Graph, out: str, spec: LSTMSpec, return_sequences: bool, merge_mode: str | None) -> str:

@@ -2,7 +2,8 @@
 
 - ``.pt`` / ``.pth`` are read with ``torch.load(weights_only=True)``: no arbitrary pickled code runs. A
   checkpoint that nests the state dict (``{"model": {...}, "epoch": 3}``) is flattened to dotted names;
-  entries that are not tensors are reported, not loaded.
+  entries that are not tensors are reported, not loaded. Metadata (str -> str, what safetensors keeps in
+  its header) is a top-level ``"__metadata__"`` dict entry (unilstm writes one only for cell variants).
 - ``.safetensors`` is read and written by this module with the standard library (``json`` + ``struct``):
   8 bytes little-endian header length N, N bytes of JSON ``{name: {"dtype", "shape", "data_offsets"},
   "__metadata__": {str: str}}`` (padded with spaces to a multiple of 8), then the raw little-endian C-order
@@ -234,6 +235,14 @@ def read_torch_file(path: PathLike) -> tuple[OrderedDict[str, Tensor], list[str]
         TorchFileError: the file is not a torch file, is truncated or corrupted, or holds pickled objects
             that ``weights_only`` loading refuses (a whole ``nn.Module``: save its ``state_dict()`` instead).
     """
+    tensors, skipped, _ = read_torch_payload(path)
+    return tensors, skipped
+
+
+def read_torch_payload(path: PathLike) -> tuple[OrderedDict[str, Tensor], list[str], dict[str, str]]:
+    """:func:`read_torch_file`, plus the metadata a ``torch.save`` file may hold as safetensors does: a
+    top-level ``"__metadata__"`` entry mapping str to str (what :func:`save_state_dict` writes). An entry of
+    that name holding anything else is reported as skipped, like any other non-tensor value."""
     source = Path(path)
     data = source.read_bytes()
     try:
@@ -251,15 +260,32 @@ def read_torch_file(path: PathLike) -> tuple[OrderedDict[str, Tensor], list[str]
         ) from None
     tensors: OrderedDict[str, Tensor] = OrderedDict()
     skipped: list[str] = []
+    metadata: dict[str, str] = {}
+    if isinstance(loaded, Mapping) and _is_metadata(loaded.get(METADATA_KEY)):
+        metadata = dict(loaded[METADATA_KEY])
+        loaded = {key: value for key, value in loaded.items() if key != METADATA_KEY}
     _flatten(loaded, "", tensors, skipped)
     if isinstance(loaded, Tensor):
         raise TorchFileError(f"{source}: holds a single tensor, expected a state dict (a dict of tensors)")
-    return tensors, skipped
+    return tensors, skipped, metadata
 
 
-def torch_file_bytes(tensors: Mapping[str, Tensor]) -> bytes:
-    """The bytes ``torch.save`` writes for an ordered state dict of ``tensors`` (cloned, contiguous, CPU)."""
-    state = OrderedDict((name, t.detach().cpu().contiguous().clone()) for name, t in tensors.items())
+def _is_metadata(value: object) -> bool:
+    return isinstance(value, Mapping) and all(
+        isinstance(key, str) and isinstance(text, str) for key, text in value.items()
+    )
+
+
+def torch_file_bytes(tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    """The bytes ``torch.save`` writes for an ordered state dict of ``tensors`` (cloned, contiguous, CPU),
+    with ``metadata`` (str -> str) under a last ``"__metadata__"`` entry when given."""
+    state: OrderedDict[str, Any] = OrderedDict(
+        (name, t.detach().cpu().contiguous().clone()) for name, t in tensors.items()
+    )
+    if metadata:
+        if METADATA_KEY in state or not _is_metadata(metadata):
+            raise ValueError(f"metadata must map str to str, and no tensor may be named {METADATA_KEY!r}")
+        state[METADATA_KEY] = dict(metadata)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()
@@ -340,7 +366,8 @@ def save_state_dict(
 ) -> Path:
     """Write a state dict (or a module's) as ``.pt`` / ``.pth`` (``torch.save``) or ``.safetensors``,
     atomically. ``prefix`` is put in front of every name; ``metadata`` (str -> str) is kept in a safetensors
-    header and refused for torch files."""
+    header, or in a torch file under a ``"__metadata__"`` entry (:func:`read_torch_payload` reads it back;
+    ``torch.nn.Module.load_state_dict`` then refuses the file as having an unexpected key)."""
     if isinstance(tensors, torch.nn.Module):
         tensors = tensors.state_dict()
     if not isinstance(prefix, str):
@@ -349,9 +376,5 @@ def save_state_dict(
     if file_kind(path, kind) == "safetensors":
         payload = safetensors_bytes(named, metadata)
     else:
-        if metadata:
-            raise ValueError(
-                "metadata: torch files (.pt/.pth) hold a plain state dict; use .safetensors for it"
-            )
-        payload = torch_file_bytes(named)
+        payload = torch_file_bytes(named, metadata)
     return atomic_write_bytes(path, payload)
