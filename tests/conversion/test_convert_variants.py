@@ -69,6 +69,13 @@ def test_convert_pt_to_safetensors_and_back_keeps_every_variant(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(outputs(again, X), outputs(layer, X), strict=True))
 
 
+def test_weights_only_conversion_between_torch_files_is_still_verified(tmp_path):
+    layer = randomised(unilstm.LSTM(3, 4, peepholes=True, layer_norm=True, forget_bias=0.5), seed=2)
+    cv.save(layer, tmp_path / "a.pt", weights_only=True)
+    report = cv.convert(tmp_path / "a.pt", tmp_path / "b.safetensors", weights_only=True)
+    assert report.verified and report.max_difference == 0.0
+
+
 def test_the_cli_converts_pt_to_safetensors_keeping_every_variant(tmp_path, capsys):
     from unilstm import cli
 

@@ -200,8 +200,9 @@ def convert(
             display=target,
             crc=crc,
         )
+        stored = dst_fmt in ("pt", "safetensors")  # unilstm's torch files record the cell variants
         checked = verify_numbers and not (
-            weights_only and any(target_problems(u, framework) for u in units)
+            weights_only and any(target_problems(u, framework, variants_stored=stored) for u in units)
         )
         if checked:
             say("verifying")
@@ -567,8 +568,8 @@ def export_onnx(
         >>> unilstm.export_onnx(layer, "lstm.onnx", lengths=True)
 
     Raises:
-        OnnxExportError: the spec uses a feature ONNX's LSTM lacks (proj_size, an activation it lacks, a
-            callable activation); the message names it.
+        OnnxExportError: the spec uses a feature ONNX's LSTM lacks (proj_size, layer_norm, cell_clip,
+            proj_clip, zoneout, an activation it lacks, a callable activation); the message names each.
         ImportError: onnx is not installed (``pip install 'unilstm[onnx]'``).
     """
     if isinstance(layer, LSTM):
