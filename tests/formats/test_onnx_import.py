@@ -595,3 +595,40 @@ def test_conversion_refusals_name_the_file(tmp_path):
     with pytest.raises(OnnxFileError, match=str(path)):
         convert(path, tmp_path / "m.pt")
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_seeded_fuzz_lets_only_onnx_file_errors_escape(tmp_path):
+    """Bytes flipped, cut out and put in, and attributes, inputs and dims changed in real files: a read
+    either gives a stack or refuses with OnnxFileError (never another exception)."""
+    import random
+
+    rng = random.Random(16)
+    seeds = [plain_model(), onnx.load(FIXTURES / "tf2onnx_bidir2.onnx")]
+    path = tmp_path / "fuzz.onnx"
+    loaded = 0
+    for _ in range(150):
+        model = type(seeds[0])()
+        model.CopyFrom(rng.choice(seeds))
+        node = rng.choice(model.graph.node)
+        if rng.random() < 0.5 and node.attribute:
+            attribute = rng.choice(node.attribute)
+            if attribute.type == onnx.AttributeProto.INT:
+                attribute.i = rng.choice([-1, 0, 2, 2**40])
+            elif attribute.type == onnx.AttributeProto.INTS and attribute.ints:
+                attribute.ints[rng.randrange(len(attribute.ints))] = rng.choice([-5, 3, 2**33])
+            elif attribute.type == onnx.AttributeProto.STRINGS and attribute.strings:
+                attribute.strings[0] = rng.choice([b"Affine", b"zz"])
+        elif node.input:
+            names = [n for other in model.graph.node for n in other.output] + [""]
+            node.input[rng.randrange(len(node.input))] = rng.choice(names)
+        data = bytearray(model.SerializeToString())
+        for _ in range(rng.randint(0, 2)):
+            at = rng.randrange(len(data))
+            data[at : at + rng.randint(0, 3)] = bytes(rng.randrange(256) for _ in range(rng.randint(0, 3)))
+        path.write_bytes(bytes(data))
+        try:
+            read_onnx_lstms(path)
+            loaded += 1
+        except OnnxFileError as error:
+            assert str(path) in str(error)
+    assert 0 < loaded < 150

@@ -156,7 +156,15 @@ def read_onnx_lstms(path: PathLike, *, max_bytes: int | None = None) -> list[Onn
         raise OnnxFileError(
             f"{where}: not an ONNX model, or a cut one ({type(error).__name__}: {error})"
         ) from None
-    return [_read_model(model, where, limit)]
+    try:
+        return [_read_model(model, where, limit)]
+    except OnnxFileError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+        # a value no check above foresaw, met while reading (an attribute of an unexpected type ...)
+        raise OnnxFileError(
+            f"{where}: cannot read this ONNX file ({type(error).__name__}: {error})"
+        ) from None
 
 
 def _read_model(model: Any, where: str, limit: int) -> OnnxStack:
@@ -565,6 +573,8 @@ class _Stack:
         for index, layer in enumerate(layers):
             value = layer.call.inputs[key]
             d = layer.call.directions
+            if isinstance(value, Zeros):
+                self.zero_shape(value.shape, layer, key)
             if value is None or isinstance(value, Zeros) or self.zero_constant(value, layer, key):
                 given.append(None)
             elif (
@@ -589,6 +599,19 @@ class _Stack:
         if given[0] is not None:
             self.inputs[role] = given[0]
 
+    def zero_shape(self, shape: tuple[Dim, ...], layer: _Layer, key: str) -> None:
+        """Zeros as an initial state must have the node's (D, B, H) shape ((B, D, H) for layout 1) where the
+        file says the sizes (onnxruntime refuses other shapes when it runs)."""
+        d, h = layer.call.directions, layer.hidden
+        want: tuple[int | None, ...] = (None, d, h) if layer.call.layout == 1 else (d, None, h)
+        fits = len(shape) == 3 and all(
+            w is None or not isinstance(s, int) or s == w for s, w in zip(shape, want, strict=True)
+        )
+        if not fits:
+            raise self.fail(
+                f"{layer.what}: {key} is zeros of shape {shape}, not the node's (D, B, H) = ({d}, B, {h})"
+            )
+
     def zero_constant(self, value: Value, layer: _Layer, key: str) -> bool:
         if isinstance(value, Stored):
             array = _array(value.proto, f"{self.where}: {layer.what} {key} ({value.name})", self.limit)
@@ -596,6 +619,8 @@ class _Stack:
             array = value.array
         else:
             return False
+        if array.dtype.kind == "f" and array.ndim == 3:
+            self.zero_shape(array.shape, layer, key)
         if array.dtype.kind != "f" or array.ndim != 3:
             raise self.fail(
                 f"{layer.what}: {key} must be a float tensor (D, B, H), got {array.dtype} {array.shape}"

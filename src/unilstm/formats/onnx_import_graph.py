@@ -226,6 +226,8 @@ class Tracer:
                 results = self.node(node, inputs)
             except GlueError as error:
                 raise GlueError(f"{where(node)}: {error}") from None
+            except (KeyError, IndexError, TypeError, ValueError) as error:  # numpy on ill-fitting constants
+                raise GlueError(f"{where(node)}: cannot apply it ({type(error).__name__}: {error})") from None
             for name, value in zip(node.output, results, strict=False):
                 if name:
                     self.values[name] = value
@@ -537,7 +539,10 @@ class Tracer:
         from onnx import helper
 
         data = inputs[0]
-        to = helper.tensor_dtype_to_np_dtype(int(self.attribute(node, "to", 0)))
+        try:
+            to = np.dtype(helper.tensor_dtype_to_np_dtype(int(self.attribute(node, "to", 0))))
+        except (KeyError, TypeError, ValueError):
+            raise GlueError(f"Cast to the unknown data type {self.attribute(node, 'to', 0)}") from None
         if isinstance(data, Dims) and to.kind in "iu":
             return data
         if isinstance(data, GraphInput) and to.kind in "iu" and data.rows is None and not data.transposed:
