@@ -269,7 +269,7 @@ def check_against_ort(tmp_path, attrs, **case) -> unilstm.LSTM:
         initial=(arrays["initial_h"], arrays["initial_c"]) if "initial_h" in arrays else None,
         reverse=attrs.get("direction") == "reverse",
     )
-    assert max_diff(ours, expected) < 1e-5
+    assert max_diff(ours, expected) < 1e-6  # measured: 2.4e-7 at most (float32; ORT has no float64 LSTM)
     return layer
 
 
@@ -387,7 +387,7 @@ def test_layout_1_equals_the_layout_0_node_in_onnxruntime(tmp_path):
                 "Y_c": expected["Y_c"].transpose(1, 0, 2),
             },
         )
-        < 1e-5
+        < 1e-6
     )
 
 
@@ -406,8 +406,8 @@ def test_length_zero_with_initial_states_is_the_documented_difference(tmp_path):
     assert np.all(expected["Y_h"][:, 1] == 0)  # onnxruntime: zeros
     assert np.allclose(ours["Y_h"][:, 1], arrays["initial_h"][:, 1])  # the layer: the initial state
     keep = [0, 2]
-    assert np.abs(ours["Y_h"][:, keep] - expected["Y_h"][:, keep]).max() < 1e-5
-    assert np.abs(ours["Y"] - expected["Y"]).max() < 1e-5
+    assert np.abs(ours["Y_h"][:, keep] - expected["Y_h"][:, keep]).max() < 1e-6
+    assert np.abs(ours["Y"] - expected["Y"]).max() < 1e-6
     assert any("length 0" in note for note in reading.read_units(tmp_path / "zero.onnx")[0].notes)
 
 
@@ -632,3 +632,55 @@ def test_a_seeded_fuzz_lets_only_onnx_file_errors_escape(tmp_path):
         except OnnxFileError as error:
             assert str(path) in str(error)
     assert 0 < loaded < 150
+
+
+def test_a_bidirectional_output_split_into_its_directions_is_described(tmp_path):
+    names, arrays = crafted(4, directions=2)
+    model = single_node_model(names, arrays, {"hidden_size": H, "direction": "bidirectional"}, ["Y"], ["X"])
+    constants = {"zero": [0], "one": [1], "two": [2]}
+    for name, values in constants.items():
+        model.graph.initializer.append(numpy_helper.from_array(np.asarray(values, np.int64), name))
+    model.graph.output.pop()
+    for half, (start, stop) in enumerate([("zero", "one"), ("one", "two")]):
+        model.graph.node.append(helper.make_node("Slice", ["Y", start, stop, "one"], [f"part{half}"]))
+        model.graph.node.append(helper.make_node("Squeeze", [f"part{half}", "one"], [f"half{half}"]))
+        model.graph.output.append(helper.make_tensor_value_info(f"half{half}", TensorProto.FLOAT, None))
+    path = tmp_path / "halves.onnx"
+    path.write_bytes(model.SerializeToString())
+    [stack] = read_onnx_lstms(path)
+    assert stack.spec.bidirectional
+    assert "graph output 'half1' = the backward half of the layer's output, with axes T, B, H" in stack.notes
+    expected = ort_run(model, {"X": arrays["X"]})
+    [layer] = unilstm.load(path)
+    with torch.no_grad():
+        out, _ = layer(torch.from_numpy(arrays["X"]))
+    assert np.abs(out[..., H:].numpy() - expected["half1"]).max() < 1e-6
+
+
+def test_weights_from_constant_nodes_load(tmp_path):
+    model = plain_model()
+    expected = ort_run(model, {"X": crafted(1, peepholes=True)[1]["X"]})
+    for tensor in list(model.graph.initializer):
+        model.graph.node.insert(0, helper.make_node("Constant", [], [tensor.name], value=tensor))
+    del model.graph.initializer[:]
+    layer = load_model(model, tmp_path / "constants.onnx")
+    assert layer.spec.peepholes
+    ours = onnx_outputs(layer, crafted(1, peepholes=True)[1]["X"])
+    assert max_diff(ours, expected) < 1e-6
+
+
+def test_functions_sparse_initializers_and_subgraphs_are_refused(tmp_path):
+    model = plain_model()
+    model.functions.append(onnx.FunctionProto(name="f", domain="custom"))
+    refused(tmp_path, model, "defines functions")
+    model = plain_model()
+    values = numpy_helper.from_array(np.ones(2, np.float32), "S")
+    indices = numpy_helper.from_array(np.asarray([0, 1], np.int64), "S_indices")
+    model.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [4]))
+    refused(tmp_path, model, "sparse initializer 'S'")
+    model = plain_model()
+    branch = helper.make_graph(
+        [], "branch", [], [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)]
+    )
+    model.graph.node.append(helper.make_node("If", ["cond"], ["Z"], then_branch=branch, else_branch=branch))
+    refused(tmp_path, model, r"operator If is not read")

@@ -651,7 +651,12 @@ class _Stack:
         for name, value in self.outputs.items():
             if isinstance(value, Sequence) and value.node == last:
                 flip = value.flipped != reverse
-                if value.axes == layer_axes and not flip:
+                if value.part is not None:  # one direction's half of a bidirectional output
+                    text = f"the {('forward', 'backward')[value.part]} half of the layer's output"
+                    if flip:
+                        text += " flipped in time"
+                    text += f", with axes {', '.join(value.axes)}"
+                elif value.axes == layer_axes and not flip:
                     text = "the layer's output"
                 else:
                     text = f"the layer's output ({', '.join(layer_axes).replace('C', 'D*H')})"
