@@ -150,10 +150,24 @@ LSTM_INPUTS = ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P
 # -- reading constants -----------------------------------------------------------------------------------
 
 
+def small_stored(value: Stored, what: str, materialize: Callable[[Stored], np.ndarray]) -> Known:
+    """A stored constant the glue reads (axes, shapes, starts): refused by its declared size before it is
+    converted when it is larger than any such constant."""
+    count = 1
+    for d in value.proto.dims:
+        count *= max(int(d), 0)
+    if count > MAX_COMPUTED_ELEMENTS:
+        raise GlueError(
+            f"{what} ({value.name}) declares {count} elements; glue constants have at most "
+            f"{MAX_COMPUTED_ELEMENTS}"
+        )
+    return Known(materialize(value))
+
+
 def ints(value: Value | None, what: str, materialize: Callable[[Stored], np.ndarray]) -> list[int]:
     """A constant int vector (or scalar, as a one-element list)."""
     if isinstance(value, Stored):
-        value = Known(materialize(value))
+        value = small_stored(value, what, materialize)
     if isinstance(value, Dims) and all(isinstance(d, int) for d in value.dims):
         return [int(d) for d in value.dims]
     if not isinstance(value, Known) or value.array.dtype.kind not in "iu":
@@ -181,7 +195,8 @@ def _axis(axis: int, rank: int, what: str) -> int:
 class Tracer:
     """Walks the nodes in file order (ONNX requires a topological order) and gives every output a
     :class:`Value`. ``materialize`` turns a :class:`Stored` small constant into an array (bounded by the
-    caller); ``input_ranks`` are the graph inputs' declared ranks (None: unknown) and static dims."""
+    caller); ``input_shapes`` are the graph inputs' declared shapes (None: unknown; str entries: symbolic
+    dims)."""
 
     def __init__(
         self,
@@ -198,7 +213,7 @@ class Tracer:
 
     def known(self, value: Value, what: str) -> Known | None:
         if isinstance(value, Stored):
-            return _small(self.materialize(value), what)
+            return small_stored(value, what, self.materialize)
         return value if isinstance(value, Known) else None
 
     def attribute(self, node: Any, name: str, default: Any = None) -> Any:
