@@ -684,3 +684,55 @@ def test_functions_sparse_initializers_and_subgraphs_are_refused(tmp_path):
     )
     model.graph.node.append(helper.make_node("If", ["cond"], ["Z"], then_branch=branch, else_branch=branch))
     refused(tmp_path, model, r"operator If is not read")
+
+
+def test_a_layout_1_stack_equals_its_layout_0_twin_in_onnxruntime(tmp_path):
+    """Two bidirectional nodes; between them Y (T, D, B, H) -> Transpose (0, 2, 1, 3) -> Reshape [0, 0, -1]
+    with layout 0, and Y (B, T, D, H) -> Reshape [0, 0, -1] with layout 1; outputs Y and Y_h of both."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((T, B, F)).astype(np.float32)
+    weights = {
+        "W0": rng.standard_normal((2, 4 * H, F)),
+        "R0": rng.standard_normal((2, 4 * H, H)),
+        "W1": rng.standard_normal((2, 4 * H, 2 * H)),
+        "R1": rng.standard_normal((2, 4 * H, H)),
+        "B1": rng.standard_normal((2, 8 * H)),
+        "shape": np.asarray([0, 0, -1]),
+    }
+
+    def model(layout):
+        attrs = {"hidden_size": H, "direction": "bidirectional", "layout": layout}
+        glue = [helper.make_node("Reshape", ["Y0", "shape"], ["seq"])]
+        if layout == 0:
+            glue.insert(0, helper.make_node("Transpose", ["Y0"], ["Y0t"], perm=[0, 2, 1, 3]))
+            glue[1].input[0] = "Y0t"
+        nodes = [
+            helper.make_node("LSTM", ["X", "W0", "R0"], ["Y0", "h0"], **attrs),
+            *glue,
+            helper.make_node("LSTM", ["seq", "W1", "R1", "B1"], ["Y1", "h1"], **attrs),
+            helper.make_node("Concat", ["h0", "h1"], ["h_n"], axis=0 if layout == 0 else 1),
+        ]
+        outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("Y1", "h_n")]
+        inits = [
+            numpy_helper.from_array(v.astype(np.int64 if k == "shape" else np.float32), k)
+            for k, v in weights.items()
+        ]
+        inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)]
+        graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    expected = ort_run(model(0), {"X": x})
+    time_major = load_model(model(0), tmp_path / "layout0.onnx")
+    batch_major = load_model(model(1), tmp_path / "layout1.onnx")
+    assert (time_major.spec.num_layers, time_major.spec.batch_first, batch_major.spec.batch_first) == (
+        2,
+        False,
+        True,
+    )
+    ours = onnx_outputs(time_major, x)
+    ours_1 = onnx_outputs(batch_major, x.transpose(1, 0, 2).copy(), layout=1)
+    assert np.abs(ours["Y"] - expected["Y1"]).max() < 1e-6
+    assert np.abs(ours["Y_h"] - expected["h_n"]).max() < 1e-6
+    assert np.abs(ours_1["Y"] - expected["Y1"].transpose(2, 0, 1, 3)).max() < 1e-6
+    notes = reading.read_units(tmp_path / "layout1.onnx")[0].notes
+    assert "graph output 'h_n' = the layer's h_n.transpose(0, 1)" in notes

@@ -411,7 +411,6 @@ class Tracer:
             if (
                 same
                 and _axis(axis, 3, "Concat") == first.axes.index("D")
-                and first.axes == "DBH"
                 and (nodes == tuple(range(nodes[0], nodes[0] + len(nodes))))
             ):
                 return States(first.kind, nodes, first.axes)
