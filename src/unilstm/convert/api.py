@@ -444,11 +444,15 @@ def load(
         >>> [net] = unilstm.load("model.ckpt", prefix="encoder.")
         >>> output, (h_n, c_n) = net(x)
 
+    ``.onnx`` files give one canonical ``unilstm.LSTM`` for the graph's LSTM nodes (batch_first for
+    ``layout=1`` or a transposed input; see :mod:`unilstm.formats.onnx_import`).
+
     ``require_crc``: a .ckpt file must end with a matching CRC32 trailer. ``batch_first``: the layout of
     the calls, for files that do not store it (a MindSpore .ckpt, a plain .pt: time-major unless told).
 
     Raises:
-        ConversionError, KerasFileError, CheckpointError, TorchFileError: unreadable files, no LSTM in them.
+        ConversionError, KerasFileError, CheckpointError, TorchFileError, OnnxFileError: unreadable files,
+        no LSTM in them.
     """
     fmt = detect_format(path, format)
     if FRAMEWORK_OF[fmt] == "keras" and fmt != "weights.h5":
@@ -470,6 +474,8 @@ def load(
         require_crc=require_crc,
         batch_first=batch_first,
     )
+    if fmt == "onnx":  # the graph's semantics (lengths=, parametric activations): the canonical layer
+        return [canonical_layer(unit) for unit in units]
     return [_front_door_layer(unit) for unit in units]
 
 

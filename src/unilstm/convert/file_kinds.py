@@ -9,7 +9,7 @@ from typing import Any
 PathLike = str | os.PathLike
 
 FORMATS = ("keras", "weights.h5", "h5", "ckpt", "pt", "safetensors", "onnx")
-READABLE = ("keras", "weights.h5", "h5", "ckpt", "pt", "safetensors")
+READABLE = ("keras", "weights.h5", "h5", "ckpt", "pt", "safetensors", "onnx")
 WRITABLE = ("keras", "weights.h5", "ckpt", "pt", "safetensors", "onnx")
 FRAMEWORK_OF = {
     "keras": "keras",

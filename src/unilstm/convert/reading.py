@@ -23,6 +23,7 @@ from ..formats.keras_files import (
     read_keras_model_config,
 )
 from ..formats.mindspore_ckpt import CheckpointError, read_checkpoint
+from ..formats.onnx_import import OnnxFileError, read_onnx_lstms
 from ..formats.torch_files import TorchFileError, read_safetensors, read_torch_payload, strip_prefix
 from ..interchange import InterchangeLSTM, KerasConventions
 from ..keras_names import UnknownKerasActivationError, activation_from_stored_config
@@ -320,7 +321,7 @@ def read_units(
         raise ConversionError(f"{path}: no such file")
     try:
         units = _read_units(path, fmt, prefix, dict(custom_objects or {}), require_crc)
-    except (ConversionError, TorchFileError, KerasFileError, CheckpointError):
+    except (ConversionError, TorchFileError, KerasFileError, CheckpointError, OnnxFileError):
         raise
     except Exception as error:
         raise ConversionError(
@@ -353,6 +354,11 @@ def _read_units(
         return _mark_adjacent(units, sequence)
     if fmt == "ckpt":
         return _read_checkpoint_units(path, prefix, require_crc)
+    if fmt == "onnx":  # one stack of LSTM nodes; torch's conventions (zeros past a length)
+        return [
+            InterchangeLSTM(stack.name, stack.spec, stack.state, "torch", notes=stack.notes)
+            for stack in read_onnx_lstms(path)
+        ]
     if fmt == "safetensors":
         tensors, metadata = read_safetensors(path)
         skipped: list[str] = []
