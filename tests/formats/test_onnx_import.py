@@ -494,6 +494,21 @@ def test_external_data_is_refused(tmp_path):
     refused(tmp_path, model, "initializer 'W': its data lies in an external file")
 
 
+def test_inspect_never_opens_external_data(tmp_path):
+    from unilstm.convert.inspection import inspect_file
+
+    model = plain_model()
+    weights = next(t for t in model.graph.initializer if t.name == "W")
+    weights.ClearField("raw_data")
+    weights.data_location = TensorProto.EXTERNAL
+    entry = weights.external_data.add()
+    entry.key, entry.value = "location", "absent.bin"  # onnx.load would open it (and fail: it is absent)
+    path = tmp_path / "external.onnx"
+    path.write_bytes(model.SerializeToString())
+    info = inspect_file(path)
+    assert info["format"] == "onnx" and [layer["W"] for layer in info["layers"]] == [list(weights.dims)]
+
+
 def test_unknown_operators_and_subgraphs_are_refused_by_name(tmp_path):
     model = plain_model()
     model.graph.node.append(helper.make_node("Relu", ["Y"], ["Z"], name="act"))

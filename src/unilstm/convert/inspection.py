@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from ..formats.keras_files import KerasFileError
 from ..formats.onnx_export import require_onnx
+from ..formats.onnx_import import OnnxFileError, parse_onnx_file
 from ..keras_model.description import describe_model, format_model
 from .file_kinds import FRAMEWORK_OF, ConversionError, PathLike, detect_format
 from .reading import read_units, spec_json
@@ -64,10 +64,10 @@ def _keras_model(path: PathLike) -> dict[str, Any] | None:
 
 def _inspect_onnx(path: PathLike) -> dict[str, Any]:
     onnx = require_onnx()
-    try:
-        model = onnx.load(os.fspath(path))
-    except Exception as error:
-        raise ConversionError(f"{path}: not a readable ONNX file ({type(error).__name__}: {error})") from None
+    try:  # external data is never loaded: inspection shows the graph, not the weights
+        model = parse_onnx_file(path)
+    except OnnxFileError as error:
+        raise ConversionError(str(error)) from None
     inits = {i.name: list(i.dims) for i in model.graph.initializer}
     layers = []
     for node in model.graph.node:

@@ -142,6 +142,24 @@ def read_onnx_lstms(path: PathLike, *, max_bytes: int | None = None) -> list[Onn
     """
     limit = max_file_bytes(max_bytes)
     where = str(path)
+    model = parse_onnx_file(path, max_bytes=limit)
+    try:
+        return [_read_model(model, where, limit)]
+    except OnnxFileError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+        # a value no check above foresaw, met while reading (an attribute of an unexpected type ...)
+        raise OnnxFileError(
+            f"{where}: cannot read this ONNX file ({type(error).__name__}: {error})"
+        ) from None
+
+
+def parse_onnx_file(path: PathLike, *, max_bytes: int | None = None) -> Any:
+    """The ``onnx.ModelProto`` of ``path``, its size checked against ``max_bytes`` (default as
+    :func:`read_onnx_lstms`) before it is read, and parsed without loading external data (``onnx.load``
+    would open the files an initializer names). Raises :class:`OnnxFileError` naming the file."""
+    limit = max_file_bytes(max_bytes)
+    where = str(path)
     size = Path(path).stat().st_size
     if size > limit:
         raise OnnxFileError(
@@ -156,15 +174,7 @@ def read_onnx_lstms(path: PathLike, *, max_bytes: int | None = None) -> list[Onn
         raise OnnxFileError(
             f"{where}: not an ONNX model, or a cut one ({type(error).__name__}: {error})"
         ) from None
-    try:
-        return [_read_model(model, where, limit)]
-    except OnnxFileError:
-        raise
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
-        # a value no check above foresaw, met while reading (an attribute of an unexpected type ...)
-        raise OnnxFileError(
-            f"{where}: cannot read this ONNX file ({type(error).__name__}: {error})"
-        ) from None
+    return model
 
 
 def _read_model(model: Any, where: str, limit: int) -> OnnxStack:
