@@ -76,6 +76,20 @@ def test_weights_only_conversion_between_torch_files_is_still_verified(tmp_path)
     assert report.verified and report.max_difference == 0.0
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_an_onnx_stack_with_variants_converts_to_torch_files_with_its_activations(tmp_path, suffix):
+    layer = randomised(unilstm.LSTM(
+        3, 4, bidirectional=True, peepholes=True, gate_clip=2.0, coupled_gates=True,
+        activation=parametric("scaled_tanh", 1.25, 0.75), output_activation="softsign",
+    ))
+    cv.save(layer, tmp_path / "a.onnx")
+    report = cv.convert(tmp_path / "a.onnx", tmp_path / f"b{suffix}")
+    assert report.verified and report.max_difference < 1e-6
+    [again] = cv.load(tmp_path / f"b{suffix}")
+    assert again.spec.activation == parametric("scaled_tanh", 1.25, 0.75)
+    assert again.spec.cell_variants == ("peepholes", "gate_clip", "coupled_gates", "output_activation")
+
+
 def test_the_cli_converts_pt_to_safetensors_keeping_every_variant(tmp_path, capsys):
     from unilstm import cli
 

@@ -100,10 +100,12 @@ def target_problems(unit: InterchangeLSTM, target: str, *, variants_stored: bool
     elif target in ("mindspore", "keras"):
         lstm = name if target == "mindspore" else "Keras's LSTM"
         problems += variant_problems(s, lstm, folds_forget_bias=True)
+    # a torch file that stores variants stores unilstm's description too, activations included
+    described = target == "torch" and variants_stored and bool(s.cell_variants)
     if target in ("torch", "mindspore"):
-        if s.activation != "tanh":
+        if s.activation != "tanh" and not described:
             problems.append(f"activation={activation_text(s.activation)}: {name} computes tanh only")
-        if s.recurrent_activation != "sigmoid":
+        if s.recurrent_activation != "sigmoid" and not described:
             problems.append(
                 f"recurrent_activation={activation_text(s.recurrent_activation)}: {name} gates with "
                 "sigmoid only"
@@ -228,8 +230,13 @@ def previous_output_fix(out: Tensor, last_h: Tensor, lengths: Tensor, hidden: in
 
 def stored_torch_spec(spec: LSTMSpec) -> LSTMSpec:
     """What the LSTM of a torch file computes, batch-major: :func:`plain_torch_spec` plus the cell variants
-    the file records (unilstm's .pt / .safetensors)."""
-    return replace(plain_torch_spec(spec), **{field: getattr(spec, field) for field in CELL_VARIANT_FIELDS})
+    the file records (unilstm's .pt / .safetensors) and, with variants, the activations its description
+    records with them."""
+    if not spec.cell_variants:
+        return plain_torch_spec(spec)
+    fields = (*CELL_VARIANT_FIELDS, "activation", "recurrent_activation")
+    recorded = {field: getattr(spec, field) for field in fields}
+    return replace(plain_torch_spec(spec), **recorded)
 
 
 def plain_torch_spec(spec: LSTMSpec) -> LSTMSpec:
