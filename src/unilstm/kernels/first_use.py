@@ -7,7 +7,7 @@ loop calls (``benchmarks/kernel_choices.md``, "CPU inference of standard cells: 
 So the first call of each kind runs every candidate once (it warms up and gives the result), then times
 them in interleaved rounds (``policy.FIRST_USE_ROUNDS`` where one run is short, a single round where it is
 long: a shared machine's load moves single timings by tens of percent), keeps the candidate with the
-smallest median for that kind for the rest of the process, and returns its result. A kind is what decides
+fastest round for that kind for the rest of the process, and returns its result. A kind is what decides
 the winner: the dtype, the spec's shape (layers, directions, projection, counted steps or not), each size
 rounded to a power of two, and the intra-op thread count.
 
@@ -45,9 +45,16 @@ _route_timings: dict[Hashable, dict[str, float]] = {}
 _lock = threading.Lock()
 
 
+_MODES: dict[str | None, bool] = {}  # the variable's raw value -> measuring (it is read on every call)
+
+
 def measuring() -> bool:
     """Whether choices are measured (the default) rather than left to the fixed policy."""
-    return os.environ.get(CHOICE_ENV, "measure").strip().lower() != "policy"
+    raw = os.environ.get(CHOICE_ENV)
+    mode = _MODES.get(raw)
+    if mode is None:
+        mode = _MODES[raw] = (raw or "measure").strip().lower() != "policy"
+    return mode
 
 
 def bucket(size: int) -> int:
@@ -106,9 +113,11 @@ def fastest(kind: Hashable, candidates: dict[str, Callable[[], Result | None]]) 
 
 
 def _timed(candidates: Mapping[str, Callable[[], object]], longest: float) -> dict[str, float]:
-    """Seconds per candidate: the median over interleaved rounds (each round runs every candidate once, in
+    """Seconds per candidate: the fastest of interleaved rounds (each round runs every candidate once, in
     an order rotated per round), ``policy.FIRST_USE_ROUNDS`` rounds where the longest warm-up run took less
-    than ``policy.FIRST_USE_SHORT_S``, else one."""
+    than ``policy.FIRST_USE_SHORT_S``, else one. The minimum, not the median: on a shared machine a run
+    only ever loses time (a thread of torch's OpenMP team waiting for a core can add milliseconds to one
+    product), so the fastest run is the best estimate of each candidate's own cost."""
     rounds = policy.FIRST_USE_ROUNDS if longest < policy.FIRST_USE_SHORT_S else 1
     names = list(candidates)
     seconds: dict[str, list[float]] = {name: [] for name in names}
@@ -117,7 +126,7 @@ def _timed(candidates: Mapping[str, Callable[[], object]], longest: float) -> di
             start = time.perf_counter()
             candidates[name]()
             seconds[name].append(time.perf_counter() - start)
-    return {name: sorted(times)[len(times) // 2] for name, times in seconds.items()}
+    return {name: min(times) for name, times in seconds.items()}
 
 
 def route(kind: Hashable, candidates: Callable[[], dict[str, Callable[[], object]]], default: str) -> str:
@@ -141,6 +150,12 @@ def route(kind: Hashable, candidates: Callable[[], dict[str, Callable[[], object
     with _lock:
         _route_timings.setdefault(kind, timings)
         return _routes.setdefault(kind, best)
+
+
+def measured_route(kind: Hashable) -> str | None:
+    """The route measured for ``kind``, or None (a plain look-up, for callers that checked
+    :func:`measuring` themselves)."""
+    return _routes.get(kind)
 
 
 def routes() -> dict[Hashable, tuple[str, dict[str, float]]]:

@@ -42,7 +42,7 @@ PROJECTION_THROUGH_BIAS_MAX_ROWS = 16
 
 # -- choices measured at first use (kernels/first_use.py) ---------------------------------------------------
 
-#: A first-use measurement times its candidates in this many interleaved rounds (the median counts) when
+#: A first-use measurement times its candidates in this many interleaved rounds (the fastest counts) when
 #: the longest warm-up run took less than FIRST_USE_SHORT_S seconds, else in one round: on the shared 2-core
 #: VM single timings of one candidate moved by 20-40 % (kernel_choices.md, "CPU inference of standard
 #: cells: measured at first use").

@@ -249,8 +249,8 @@ def _onednn_available(dtype: torch.dtype) -> bool:
 
 def projection_kind(dtype: torch.dtype, M: int, K: int, N: int) -> tuple:
     """What decides the route: dtype, each size's power-of-two bucket and the intra-op thread count."""
-    return ("projection", dtype, first_use.bucket(M), first_use.bucket(K), first_use.bucket(N),
-            torch.get_num_threads())
+    # (first_use.bucket inlined: this runs on every call of the native kernel)
+    return ("projection", dtype, M.bit_length(), K.bit_length(), N.bit_length(), torch.get_num_threads())
 
 
 def projection_route(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | None,
@@ -259,15 +259,19 @@ def projection_route(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | N
     ``"c_gemm"`` (the loop computes it), ``"torch_mm"`` or ``"onednn"``; measured on these operands the
     first time a kind of product (:func:`projection_kind`) is seen, ``policy.INPUT_PROJECTION_ROUTE`` with
     measuring off."""
+    if not first_use.measuring():
+        chosen = policy.INPUT_PROJECTION_ROUTE
+        # (a policy may name oneDNN for every dtype; it computes float32 only)
+        return "torch_mm" if chosen == "onednn" and not _onednn_available(x.dtype) else chosen
     T, B, K = x.shape
     M, N = T * B, w_ih.shape[0]
-    chosen = first_use.route(
-        projection_kind(x.dtype, M, K, N),
-        lambda: _projection_candidates(x.reshape(M, K), w_ih, b_ih, b_hh),
-        policy.INPUT_PROJECTION_ROUTE,
+    kind = projection_kind(x.dtype, M, K, N)
+    measured = first_use.measured_route(kind)  # (every later call of a kind: one look-up)
+    if measured is not None:
+        return measured
+    return first_use.route(
+        kind, lambda: _projection_candidates(x.reshape(M, K), w_ih, b_ih, b_hh), policy.INPUT_PROJECTION_ROUTE
     )
-    # (a policy may name oneDNN for every dtype; it computes float32 only)
-    return "torch_mm" if chosen == "onednn" and not _onednn_available(x.dtype) else chosen
 
 
 def _projection_candidates(
