@@ -177,12 +177,27 @@ def blas_gemm(dtype: torch.dtype) -> int:
     return _BLAS_GEMM.get(dtype, 0)
 
 
+#: blas_functions' answers (asked twice per native call: batch-1 latency), for the tables they were read from
+_FUNCTIONS: dict[torch.dtype, tuple[object, object, object, C.BlasFunctions]] = {}
+
+
 def blas_functions(dtype: torch.dtype) -> C.BlasFunctions:
     """(gemm, pack_get_size, pack, compute, gemm_batch) for the C loops; zeros for what is missing."""
+    cached = _FUNCTIONS.get(dtype)
+    # (tests replace the tables to take functions away: an answer holds for the tables it was read from)
+    if (
+        cached is not None
+        and cached[0] is _BLAS_GEMM
+        and cached[1] is _BLAS_PACK
+        and cached[2] is _BLAS_BATCH
+    ):
+        return cached[3]
     gemm = blas_gemm(dtype)
-    if not gemm:
-        return (0, 0, 0, 0, 0)
-    return (gemm, *_BLAS_PACK.get(dtype, (0, 0, 0)), _BLAS_BATCH.get(dtype, 0))
+    found: C.BlasFunctions = (0, 0, 0, 0, 0)
+    if gemm:
+        found = (gemm, *_BLAS_PACK.get(dtype, (0, 0, 0)), _BLAS_BATCH.get(dtype, 0))
+    _FUNCTIONS[dtype] = (_BLAS_GEMM, _BLAS_PACK, _BLAS_BATCH, found)
+    return found
 
 
 _CELL_THREADS: bool | None = None  # None: not looked for yet
