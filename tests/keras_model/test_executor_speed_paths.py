@@ -132,3 +132,28 @@ def test_forward_hooks_on_a_layer_still_run() -> None:
         model(x)
     handle.remove()
     assert seen == [(2, 1), (2, 1)]
+
+
+def test_threads_making_their_first_calls_together_each_run_one_consistent_plan() -> None:
+    import threading
+
+    want_model = load_model(FIXTURES / "k3_nested.keras")
+    with np.load(FIXTURES / "k3_nested.npz") as data:
+        keys = sorted((k for k in data.files if k.startswith("input_")), key=lambda k: int(k[6:]))
+        raw = [data[k] for k in keys]
+    with torch.no_grad():
+        want = want_model(*raw)
+    for _ in range(3):
+        model = load_model(FIXTURES / "k3_nested.keras")
+        got: list[Any] = []
+
+        def run(model: KerasModel = model, got: list[Any] = got) -> None:
+            with torch.no_grad():
+                got.append(model(*raw))
+
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(got) == 4 and all(_same(result, want) for result in got)

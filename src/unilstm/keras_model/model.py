@@ -6,8 +6,8 @@ nested :class:`KerasModel`. Every call of the graph is run in dependency order, 
 model is built: a layer called several times (a shared layer) is one module run several times. The first
 call compiles that order into closures over integer slots (:meth:`KerasModel._compile`): per call the
 executor then only moves tensors between slots and calls the layers (batch 1 is latency-bound: the
-dict-keyed executor spent 28-32 us per call of the benchmark models in its own Python, the compiled one
-8-13 us; ``benchmarks/RESULTS.md``).
+dict-keyed executor spent 28-32 us per ``call`` of the benchmark models in its own Python, the compiled
+one 8-13 us; ``benchmarks/RESULTS.md``).
 
 Masks: every tensor carries the mask Keras would attach to it (``_keras_mask``). A call gets the masks of
 its input tensors in the structure of its inputs, unless the file recorded an explicit ``mask=`` argument
@@ -284,57 +284,58 @@ class KerasModel(KerasLayer):
             raise KerasModelError(
                 f"model {self.graph.name!r} takes {len(self.graph.inputs)} inputs, got {len(tensors)}"
             )
-        steps = self._steps if self._steps is not None else self._compile()
+        plan = self._compiled if self._compiled is not None else self._compile()
+        steps, input_slots, output_slots, refs = plan
         # tensors and masks by slot (see _compile); a mask entry is missing where the old executor had none
         values: dict[int, Tensor] = {}
         value_masks: dict[int, Tensor | None] = {}
-        for slot, tensor, input_mask in zip(self._input_slots, tensors, masks, strict=True):
+        for slot, tensor, input_mask in zip(input_slots, tensors, masks, strict=True):
             values[slot], value_masks[slot] = tensor, input_mask
         for step in steps:
             step(values, value_masks)
         if self._traced is not None:
-            refs = self._slot_refs
             self._traced[id(self)] = (
                 {refs[slot]: tensor for slot, tensor in values.items()},
                 {refs[slot]: out_mask for slot, out_mask in value_masks.items()},
             )
-        outputs = [values[slot] for slot in self._output_slots]
-        out_masks = [value_masks.get(slot) for slot in self._output_slots]
+        outputs = [values[slot] for slot in output_slots]
+        out_masks = [value_masks.get(slot) for slot in output_slots]
         if len(outputs) > 1:  # Keras returns a lone output as a tensor, even from Model(x, [y])
             return outputs, out_masks
         return outputs[0], out_masks[0]
 
     # -- the execution plan: every call of _plan made once into a closure over integer slots -------------
-    #: the compiled steps (None until the first call: building with ``problems`` may leave calls unbuildable)
-    _steps: list[_Step] | None = None
+    #: (steps, input slots, output slots, the Ref of each slot), made on the first call (building with
+    #: ``problems`` may leave calls unbuildable) and set at once, so that threads making their first calls
+    #: together each run one consistent plan
+    _compiled: tuple[list[_Step], list[int], list[int], list[Ref]] | None = None
 
-    def _slot(self, ref: Ref) -> int:
-        """The slot of a graph tensor in a call's tables (allocated on first sight)."""
-        slot = self._slots.get(ref)
-        if slot is None:
-            slot = self._slots[ref] = len(self._slot_refs)
-            self._slot_refs.append(ref)
-        return slot
-
-    def _compile(self) -> list[_Step]:
+    def _compile(self) -> tuple[list[_Step], list[int], list[int], list[Ref]]:
         """The plan as closures: each reads its inputs and masks from integer slots (no Ref hashing, no
         argument structure walked per call, no operation looked up per call) and writes its outputs'. Per
         call it does what the dict-based executor did: inputs from the tensors' slots (a KeyError for one
         never computed), the mask of each input (explicit ``mask=`` first; None for a list of all-None
         masks), the call's other keyword arguments with their tensors, and the outputs and masks in order.
         """
-        self._slots: dict[Ref, int] = {}
-        self._slot_refs: list[Ref] = []
-        self._input_slots = [self._slot(ref) for ref in self.graph.inputs]
-        steps = [self._compile_call(layer, index) for layer, index in self._plan]
-        self._output_slots = [self._slot(ref) for ref in self.graph.outputs]
-        self._steps = steps
-        return steps
+        slots: dict[Ref, int] = {}
+        refs: list[Ref] = []
 
-    def _compile_call(self, layer: GraphLayer, index: int) -> _Step:
+        def slot(ref: Ref) -> int:  # a graph tensor's slot, allocated on first sight
+            found = slots.get(ref)
+            if found is None:
+                found = slots[ref] = len(refs)
+                refs.append(ref)
+            return found
+
+        input_slots = [slot(ref) for ref in self.graph.inputs]
+        steps = [self._compile_call(layer, index, slot) for layer, index in self._plan]
+        output_slots = [slot(ref) for ref in self.graph.outputs]
+        self._compiled = (steps, input_slots, output_slots, refs)
+        return self._compiled
+
+    def _compile_call(self, layer: GraphLayer, index: int, slot: Callable[[Ref], int]) -> _Step:
         call: Call = layer.calls[index]
         node = index + layer.first_node
-        slot = self._slot
         if layer.kind == "operation":
             fn, _ = operation(layer.class_name, self._where(layer))
             read_args = _reader(call.args, slot, optional=False)
