@@ -1,6 +1,6 @@
 """Whole Keras models: ``unilstm.keras.load_model`` in torch against Keras 3 on TensorFlow, inference.
 
-    python benchmarks/keras_models.py --keras-python /path/to/tf-env/bin/python [--repeats 20]
+    python benchmarks/keras_models.py --keras-python /path/to/tf-env/bin/python [--repeats 20] [--threads N]
 
 One run does all three sides: it starts ``benchmarks/keras_models_tf.py`` under the TensorFlow environment,
 which builds the two models (a tagger: Embedding(20000, 128, mask_zero) -> Bidirectional(LSTM(64)) x2 ->
@@ -10,7 +10,10 @@ Dense(1) on (60, 1)), saves them as ``.keras`` and times ``tf.function(model(x, 
 ``torch.inference_mode()`` the same way (median of ``repeats`` after 3 warm-up calls), and the ONNX graph
 ``unilstm convert`` makes of each file in ONNX Runtime (one session, the same inputs). It prints a markdown
 table with the CPU and the BLAS torch uses, and the ratios Keras time / unilstm time and ONNX Runtime time /
-unilstm time (above 1: unilstm is faster).
+unilstm time (above 1: unilstm is faster). ``--threads N`` runs all three on N intra-op threads (torch's
+``set_num_threads``, ONNX Runtime's ``intra_op_num_threads``, TensorFlow's intra- and inter-op threads): on
+a machine whose cores other processes also use, a team of several threads waits for the slowest, and one
+thread gives the steadier batch-1 numbers.
 """
 
 from __future__ import annotations
@@ -32,10 +35,16 @@ from unilstm.convert import convert
 from unilstm.keras import load_model
 
 
-def _time_onnx(path: pathlib.Path, x: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
+def _time_onnx(
+    path: pathlib.Path, x: np.ndarray, repeats: int, threads: int | None
+) -> tuple[float, np.ndarray]:
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     kind = session.get_inputs()[0].type
     feed = {
         session.get_inputs()[0].name: x.astype(
@@ -71,11 +80,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--keras-python", required=True, help="python of an environment with TensorFlow")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, help="intra-op threads for all three (default: their own)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = ["--threads", str(args.threads)] if args.threads else []
     here = pathlib.Path(__file__).parent
     with tempfile.TemporaryDirectory() as folder:
         done = subprocess.run(
-            [args.keras_python, str(here / "keras_models_tf.py"), folder, "--repeats", str(args.repeats)],
+            [
+                args.keras_python, str(here / "keras_models_tf.py"), folder, "--repeats", str(args.repeats),
+                *threads,
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -101,7 +117,7 @@ def main() -> None:
             x = np.load(pathlib.Path(folder) / f"{name}_b{batch}.npy")
             expected = np.load(pathlib.Path(folder) / f"{name}_b{batch}_out.npy")
             ours, out = _time_ours(model, x, args.repeats)
-            onnx_ms, onnx_out = _time_onnx(graph, x, args.repeats)
+            onnx_ms, onnx_out = _time_onnx(graph, x, args.repeats, args.threads)
             diff = float(np.max(np.abs(out - expected)))
             onnx_diff = float(np.max(np.abs(onnx_out - expected)))
             print(

@@ -2,7 +2,7 @@
 
 Run with the TensorFlow reference environment (never a dependency of unilstm)::
 
-    .refenv/tf/bin/python benchmarks/keras_models_tf.py OUT_DIR [--repeats 20] [--warmup 3]
+    .refenv/tf/bin/python benchmarks/keras_models_tf.py OUT_DIR [--repeats 20] [--warmup 3] [--threads N]
 
 It builds (seeded weights, Keras's own initializers) and saves to ``OUT_DIR``:
 
@@ -89,7 +89,11 @@ def main() -> None:
     parser.add_argument("out", help="folder for tagger.keras, forecaster.keras and the inputs")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="TensorFlow's intra- and inter-op threads")
     args = parser.parse_args()
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(0)

@@ -93,3 +93,94 @@ def test_policy_turns_measuring_off(monkeypatch):
         unilstm.LSTM(8, 16).eval()(torch.randn(10, 4, 8))
     assert first_use.winners() == {}
     assert not first_use.measuring()
+
+
+# -- the input projection's GEMM route (native/_blas.projection_route) -------------------------------------
+
+
+def _direction_case(dtype: torch.dtype, T: int = 7, B: int = 3, F: int = 5, H: int = 4):  # noqa: N803
+    from unilstm.kernels.reference import DirectionRun, DirectionWeights
+
+    generator = torch.Generator().manual_seed(1)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return (torch.randn(*shape, generator=generator, dtype=dtype) * 0.5).requires_grad_()
+
+    weights = DirectionWeights(rand(4 * H, F), rand(4 * H, H), rand(4 * H), rand(4 * H), None)
+    run = DirectionRun(torch.relu, torch.sigmoid, None, False, True)
+    return rand(T, B, F), rand(B, H), rand(B, H), weights, run
+
+
+def _results(kernel, case) -> list[torch.Tensor]:
+    x, h0, c0, weights, run = case
+    out, h, c = kernel(x, h0, c0, weights, run)
+    leaves = [x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh]
+    return [out, h, c, *torch.autograd.grad((out * out).sum() + h.sum() + c.sum(), leaves)]
+
+
+@pytest.mark.parametrize("route", ["c_gemm", "torch_mm", "onednn"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_every_projection_route_equals_the_reference(route, dtype, monkeypatch):
+    """The route the policy names (deterministic without measuring) computes what the reference loop
+    computes, forward and every gradient: float64 within 1e-10 (oneDNN, float32 only, falls back to torch's
+    addmm there), float32 within 1e-5."""
+    from unilstm.kernels import policy
+    from unilstm.kernels.native import _blas, _loops
+    from unilstm.kernels.reference import run_direction_reference
+
+    if not native_kernels.available() or not _blas.blas_gemm(dtype):
+        pytest.skip("the native C loop is not built")
+    monkeypatch.setenv(first_use.CHOICE_ENV, "policy")
+    monkeypatch.setattr(policy, "INPUT_PROJECTION_ROUTE", route)
+    case = _direction_case(dtype)
+    chosen = _blas.projection_route(case[0], case[3].w_ih, case[3].b_ih, case[3].b_hh)
+    assert chosen == ("torch_mm" if route == "onednn" and not _blas._onednn_available(dtype) else route)
+    got = _results(_loops.run_direction_native, case)
+    want = _results(run_direction_reference, case)
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-5
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+
+
+def test_the_projection_route_is_measured_once_per_kind_and_reused(measuring, monkeypatch):
+    from unilstm.kernels.native import _blas
+
+    if not native_kernels.available() or not _blas.blas_gemm(torch.float32):
+        pytest.skip("the native C loop is not built")
+    layer = unilstm.LSTM(8, 16, activation="relu").eval()  # not a standard cell: the native kernel runs
+    with torch.no_grad():
+        first = layer(torch.ones(10, 4, 8))[0]
+        measured = first_use.routes()
+        assert len(measured) == 1
+        ((winner, timings),) = measured.values()
+        assert winner in timings and {"c_gemm", "torch_mm"} <= set(timings) <= set(_blas.PROJECTION_ROUTES)
+        made = []
+        original = _blas._projection_candidates
+        monkeypatch.setattr(_blas, "_projection_candidates", lambda *a: made.append(1) or original(*a))
+        second = layer(torch.ones(12, 4, 8))[0]  # the same kind: no new measurement
+        assert made == [] and len(first_use.routes()) == 1
+        layer(torch.ones(100, 4, 8))  # a new kind of product
+    assert made == [1] and len(first_use.routes()) == 2
+    torch.testing.assert_close(second[:10], first, rtol=0, atol=0)
+
+
+def test_route_picks_the_fastest_candidate_and_policy_mode_measures_nothing(monkeypatch):
+    import time
+
+    first_use.forget()
+    made = []
+
+    def candidates():
+        made.append(1)
+        return {"slow": lambda: time.sleep(0.004), "fast": lambda: None}
+
+    monkeypatch.setenv(first_use.CHOICE_ENV, "policy")
+    assert first_use.route("kind", candidates, "slow") == "slow"
+    assert made == [] and first_use.routes() == {}
+    monkeypatch.setenv(first_use.CHOICE_ENV, "measure")
+    assert first_use.route("kind", candidates, "slow") == "fast"
+    assert first_use.route("kind", candidates, "slow") == "fast"
+    assert made == [1]
+    ((winner, timings),) = first_use.routes().values()
+    assert winner == "fast" and timings["slow"] > timings["fast"]
+    first_use.forget()

@@ -3,7 +3,11 @@ carried along as Keras carries them.
 
 Each Keras layer becomes a registered submodule named after it (``model.dense_1``); a nested model becomes a
 nested :class:`KerasModel`. Every call of the graph is run in dependency order, computed once when the
-model is built: a layer called several times (a shared layer) is one module run several times.
+model is built: a layer called several times (a shared layer) is one module run several times. The first
+call compiles that order into closures over integer slots (:meth:`KerasModel._compile`): per call the
+executor then only moves tensors between slots and calls the layers (batch 1 is latency-bound: the
+dict-keyed executor spent 28-32 us per ``call`` of the benchmark models in its own Python, the compiled
+one 8-13 us; ``benchmarks/RESULTS.md``).
 
 Masks: every tensor carries the mask Keras would attach to it (``_keras_mask``). A call gets the masks of
 its input tensors in the structure of its inputs, unless the file recorded an explicit ``mask=`` argument
@@ -39,18 +43,35 @@ def _module_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _structure(value: Any, leaf: Callable[[Ref], Any]) -> Any:
-    if isinstance(value, Ref):
-        return leaf(value)
-    if isinstance(value, list):
-        return [_structure(v, leaf) for v in value]
-    if isinstance(value, dict):
-        return {k: _structure(v, leaf) for k, v in value.items()}
-    return value
-
-
 def _flat_refs(value: Any) -> list[Ref]:
     return refs_in(value)
+
+
+#: one compiled call of the plan: reads and writes the call's tables of tensors and masks by slot
+_Step = Callable[[dict[int, Tensor], dict[int, Tensor | None]], None]
+
+
+def _reader(value: Any, slot: Callable[[Ref], int], optional: bool) -> Callable[[dict[int, Any]], Any]:
+    """A function of a slot table that rebuilds the call argument ``value`` (nested lists and dicts) with
+    each :class:`Ref` replaced by its slot's entry: ``table[slot]`` (a KeyError for a tensor never computed)
+    or, with ``optional``, ``table.get(slot)`` (masks). Lists and dicts are new on every call, as before."""
+    if isinstance(value, Ref):
+        index = slot(value)
+        if optional:
+            return lambda table: table.get(index)
+        return lambda table: table[index]
+    if isinstance(value, list):
+        if value and all(isinstance(v, Ref) for v in value):  # the common list input: [x1, x2]
+            indices = [slot(v) for v in value]
+            if optional:
+                return lambda table: [table.get(i) for i in indices]
+            return lambda table: [table[i] for i in indices]
+        parts = [_reader(v, slot, optional) for v in value]
+        return lambda table: [part(table) for part in parts]
+    if isinstance(value, dict):
+        items = [(k, _reader(v, slot, optional)) for k, v in value.items()]
+        return lambda table: {k: part(table) for k, part in items}
+    return lambda table: value
 
 
 class CustomLayer(KerasLayer):
@@ -263,53 +284,113 @@ class KerasModel(KerasLayer):
             raise KerasModelError(
                 f"model {self.graph.name!r} takes {len(self.graph.inputs)} inputs, got {len(tensors)}"
             )
-        values: dict[Ref, Tensor] = {}
-        value_masks: dict[Ref, Tensor | None] = {}
-        for ref, tensor, input_mask in zip(self.graph.inputs, tensors, masks, strict=True):
-            values[ref], value_masks[ref] = tensor, input_mask
-        for layer, index in self._plan:
-            self._run_call(layer, index, values, value_masks)
+        plan = self._compiled if self._compiled is not None else self._compile()
+        steps, input_slots, output_slots, refs = plan
+        # tensors and masks by slot (see _compile); a mask entry is missing where the old executor had none
+        values: dict[int, Tensor] = {}
+        value_masks: dict[int, Tensor | None] = {}
+        for slot, tensor, input_mask in zip(input_slots, tensors, masks, strict=True):
+            values[slot], value_masks[slot] = tensor, input_mask
+        for step in steps:
+            step(values, value_masks)
         if self._traced is not None:
-            self._traced[id(self)] = (values, value_masks)
-        outputs = [values[r] for r in self.graph.outputs]
-        out_masks = [value_masks.get(r) for r in self.graph.outputs]
+            self._traced[id(self)] = (
+                {refs[slot]: tensor for slot, tensor in values.items()},
+                {refs[slot]: out_mask for slot, out_mask in value_masks.items()},
+            )
+        outputs = [values[slot] for slot in output_slots]
+        out_masks = [value_masks.get(slot) for slot in output_slots]
         if len(outputs) > 1:  # Keras returns a lone output as a tensor, even from Model(x, [y])
             return outputs, out_masks
         return outputs[0], out_masks[0]
 
-    def _run_call(
-        self, layer: GraphLayer, index: int, values: dict[Ref, Tensor], masks: dict[Ref, Tensor | None]
-    ) -> None:
+    # -- the execution plan: every call of _plan made once into a closure over integer slots -------------
+    #: (steps, input slots, output slots, the Ref of each slot), made on the first call (building with
+    #: ``problems`` may leave calls unbuildable) and set at once, so that threads making their first calls
+    #: together each run one consistent plan
+    _compiled: tuple[list[_Step], list[int], list[int], list[Ref]] | None = None
+
+    def _compile(self) -> tuple[list[_Step], list[int], list[int], list[Ref]]:
+        """The plan as closures: each reads its inputs and masks from integer slots (no Ref hashing, no
+        argument structure walked per call, no operation looked up per call) and writes its outputs'. Per
+        call it does what the dict-based executor did: inputs from the tensors' slots (a KeyError for one
+        never computed), the mask of each input (explicit ``mask=`` first; None for a list of all-None
+        masks), the call's other keyword arguments with their tensors, and the outputs and masks in order.
+        """
+        slots: dict[Ref, int] = {}
+        refs: list[Ref] = []
+
+        def slot(ref: Ref) -> int:  # a graph tensor's slot, allocated on first sight
+            found = slots.get(ref)
+            if found is None:
+                found = slots[ref] = len(refs)
+                refs.append(ref)
+            return found
+
+        input_slots = [slot(ref) for ref in self.graph.inputs]
+        steps = [self._compile_call(layer, index, slot) for layer, index in self._plan]
+        output_slots = [slot(ref) for ref in self.graph.outputs]
+        self._compiled = (steps, input_slots, output_slots, refs)
+        return self._compiled
+
+    def _compile_call(self, layer: GraphLayer, index: int, slot: Callable[[Ref], int]) -> _Step:
         call: Call = layer.calls[index]
         node = index + layer.first_node
         if layer.kind == "operation":
             fn, _ = operation(layer.class_name, self._where(layer))
-            args = _structure(call.args, values.__getitem__)
+            read_args = _reader(call.args, slot, optional=False)
             options = {k: v for k, v in {**layer.config, **call.kwargs}.items() if k != "name"}
-            values[Ref(layer.name, node, 0)] = fn(*args, **options)
-            return
+            out = slot(Ref(layer.name, node, 0))
+
+            def run_operation(values: dict[int, Tensor], masks: dict[int, Tensor | None]) -> None:
+                values[out] = fn(*read_args(values), **options)
+
+            return run_operation
         if not call.args:
-            raise KerasModelError(f"{self._where(layer)}: a call without inputs")
-        inputs = _structure(call.args[0], values.__getitem__)
-        kwargs = dict(call.kwargs)
-        kwargs.pop("training", None)
-        if "mask" in kwargs:
-            mask = _structure(kwargs.pop("mask"), values.__getitem__)
-        else:
-            mask = _structure(call.args[0], masks.get)
-            if isinstance(mask, list) and all(m is None for m in mask):
-                mask = None
-        kwargs = _structure(kwargs, values.__getitem__)
+            error = KerasModelError(f"{self._where(layer)}: a call without inputs")
+
+            def refuse(values: dict[int, Tensor], masks: dict[int, Tensor | None]) -> None:
+                raise error
+
+            return refuse
+        read_inputs = _reader(call.args[0], slot, optional=False)
+        explicit_mask = "mask" in call.kwargs
+        read_mask = (
+            _reader(call.kwargs["mask"], slot, optional=False)
+            if explicit_mask
+            else _reader(call.args[0], slot, optional=True)
+        )
+        rest = {k: v for k, v in call.kwargs.items() if k not in ("training", "mask")}
+        read_kwargs = _reader(rest, slot, optional=False) if rest else None
         module = self._by_name[layer.name]
-        if isinstance(module, KerasModel):
-            outputs, out_masks = module.call(inputs, mask, **kwargs)
-        else:
-            outputs, out_masks = module(inputs, mask, **kwargs)
-        output_list = outputs if isinstance(outputs, list) else [outputs]
-        mask_list = out_masks if isinstance(out_masks, list) else [out_masks] * len(output_list)
-        for position, (tensor, out_mask) in enumerate(zip(output_list, mask_list, strict=True)):
-            values[Ref(layer.name, node, position)] = tensor
-            masks[Ref(layer.name, node, position)] = out_mask
+        run = module.call if isinstance(module, KerasModel) else module
+        known = sum(1 for ref in self._shapes if ref.layer == layer.name and ref.node == node)
+        out_slots = [slot(Ref(layer.name, node, position)) for position in range(max(known, 1))]
+        first = out_slots[0]
+        name = layer.name
+
+        def run_layer(values: dict[int, Tensor], masks: dict[int, Tensor | None]) -> None:
+            inputs = read_inputs(values)
+            if explicit_mask:
+                mask = read_mask(values)
+            else:
+                mask = read_mask(masks)
+                if isinstance(mask, list) and all(m is None for m in mask):
+                    mask = None
+            if read_kwargs is None:
+                outputs, out_masks = run(inputs, mask)
+            else:
+                outputs, out_masks = run(inputs, mask, **read_kwargs(values))
+            if not isinstance(outputs, list) and not isinstance(out_masks, list):
+                values[first], masks[first] = outputs, out_masks
+                return
+            output_list = outputs if isinstance(outputs, list) else [outputs]
+            mask_list = out_masks if isinstance(out_masks, list) else [out_masks] * len(output_list)
+            for position, (tensor, out_mask) in enumerate(zip(output_list, mask_list, strict=True)):
+                target = out_slots[position] if position < len(out_slots) else slot(Ref(name, node, position))
+                values[target], masks[target] = tensor, out_mask
+
+        return run_layer
 
     #: set by :meth:`trace` while it runs: where each graph leaves its tensors and masks
     _traced: dict[int, tuple[dict[Ref, Tensor], dict[Ref, Tensor | None]]] | None = None

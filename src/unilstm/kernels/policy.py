@@ -40,6 +40,21 @@ TWO_LOOPS_THREADS = 2
 #: (kernel_choices.md, "Projection through a zero bias"; benchmarks/gpu_small_gemm.py).
 PROJECTION_THROUGH_BIAS_MAX_ROWS = 16
 
+# -- choices measured at first use (kernels/first_use.py) ---------------------------------------------------
+
+#: A first-use measurement times its candidates in this many interleaved rounds (the fastest counts) when
+#: the longest warm-up run took less than FIRST_USE_SHORT_S seconds, else in one round: on the shared 2-core
+#: VM single timings of one candidate moved by 20-40 % (kernel_choices.md, "CPU inference of standard
+#: cells: measured at first use").
+FIRST_USE_ROUNDS = 3
+FIRST_USE_SHORT_S = 0.02
+
+#: The input projection X W_ih^T of the native kernel without measuring (``UNILSTM_KERNEL_CHOICE=policy``):
+#: the C loop's own gemm call, which saves a torch op per call (kernel_choices.md, "Input projection
+#: route"). Measured, it is one of "c_gemm", "torch_mm" (torch's MKL addmm) or "onednn" (oneDNN's linear,
+#: float32 only).
+INPUT_PROJECTION_ROUTE = "c_gemm"
+
 # -- dispatch (kernels/dispatch.py) ------------------------------------------------------------------------
 
 #: CPU calls of at most this many steps, and steps times sequences, run the native kernel instead of torch's

@@ -1,4 +1,4 @@
-# ruff: noqa: N806  (B, H, M, K, N are the sizes of the products checked)
+# ruff: noqa: N803, N806  (B, H, M, K, N are the sizes of the products checked)
 """What the C loops call besides themselves, found in the libraries torch loaded and checked on first use.
 
 * The BLAS gemm torch itself links (``sgemm_`` / ``dgemm_`` of libtorch_cpu, MKL in the x86 wheels), MKL's
@@ -6,6 +6,10 @@
   (``cblas_?gemm_batch``) where exported: each checked on small products against torch. Without the gemm,
   the time loop runs in Python with one torch GEMM and one C call per step; without the packed or batched
   GEMM, the C loops make plain gemm calls.
+* The GEMM route of the input projection Z = X W_ih^T + b (:func:`projection_route`): the C loop's own
+  gemm call, torch's MKL addmm or oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, float32),
+  whichever measured fastest at first use for that kind of product (:func:`..first_use.route`); oneDNN's
+  result is checked against addmm before it may be chosen.
 * The OpenMP runtime torch links (``GOMP_parallel``, the team its BLAS uses), with which the C loop splits a
   step's cell rows among torch's intra-op threads (``cell_threads``), after checking that two threads give
   exactly the bits of one.
@@ -24,6 +28,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from .. import first_use, policy
 from ..activation_ids import ACTIVATION_IDS
 from ..opaque import opaque_to_compile
 from ..reference import GATES
@@ -172,12 +177,27 @@ def blas_gemm(dtype: torch.dtype) -> int:
     return _BLAS_GEMM.get(dtype, 0)
 
 
+#: blas_functions' answers (asked twice per native call: batch-1 latency), for the tables they were read from
+_FUNCTIONS: dict[torch.dtype, tuple[object, object, object, C.BlasFunctions]] = {}
+
+
 def blas_functions(dtype: torch.dtype) -> C.BlasFunctions:
     """(gemm, pack_get_size, pack, compute, gemm_batch) for the C loops; zeros for what is missing."""
+    cached = _FUNCTIONS.get(dtype)
+    # (tests replace the tables to take functions away: an answer holds for the tables it was read from)
+    if (
+        cached is not None
+        and cached[0] is _BLAS_GEMM
+        and cached[1] is _BLAS_PACK
+        and cached[2] is _BLAS_BATCH
+    ):
+        return cached[3]
     gemm = blas_gemm(dtype)
-    if not gemm:
-        return (0, 0, 0, 0, 0)
-    return (gemm, *_BLAS_PACK.get(dtype, (0, 0, 0)), _BLAS_BATCH.get(dtype, 0))
+    found: C.BlasFunctions = (0, 0, 0, 0, 0)
+    if gemm:
+        found = (gemm, *_BLAS_PACK.get(dtype, (0, 0, 0)), _BLAS_BATCH.get(dtype, 0))
+    _FUNCTIONS[dtype] = (_BLAS_GEMM, _BLAS_PACK, _BLAS_BATCH, found)
+    return found
 
 
 _CELL_THREADS: bool | None = None  # None: not looked for yet
@@ -221,3 +241,89 @@ def threads_for_check(threads: int) -> Iterator[None]:
         yield
     finally:
         _threads_for_check = None
+
+
+# -- the input projection's GEMM route -------------------------------------------------------------------
+
+#: the routes :func:`projection_route` chooses among (see the module docstring)
+PROJECTION_ROUTES = ("c_gemm", "torch_mm", "onednn")
+
+
+def onednn_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """rows (M, K) weight^T + bias through oneDNN's inner product (weight (N, K) in its own layout)."""
+    return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+
+
+def _onednn_available(dtype: torch.dtype) -> bool:
+    return (
+        dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+def projection_kind(dtype: torch.dtype, M: int, K: int, N: int) -> tuple:
+    """What decides the route: dtype, each size's power-of-two bucket and the intra-op thread count."""
+    # (first_use.bucket inlined: this runs on every call of the native kernel)
+    return ("projection", dtype, M.bit_length(), K.bit_length(), N.bit_length(), torch.get_num_threads())
+
+
+def projection_route(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | None,
+                     b_hh: torch.Tensor | None) -> str:
+    """The route of Z (T*B, 4H) = X (T*B, F) W_ih^T + b_ih + b_hh for a native loop whose gemm was found:
+    ``"c_gemm"`` (the loop computes it), ``"torch_mm"`` or ``"onednn"``; measured on these operands the
+    first time a kind of product (:func:`projection_kind`) is seen, ``policy.INPUT_PROJECTION_ROUTE`` with
+    measuring off."""
+    if not first_use.measuring():
+        chosen = policy.INPUT_PROJECTION_ROUTE
+        # (a policy may name oneDNN for every dtype; it computes float32 only)
+        return "torch_mm" if chosen == "onednn" and not _onednn_available(x.dtype) else chosen
+    T, B, K = x.shape
+    M, N = T * B, w_ih.shape[0]
+    kind = projection_kind(x.dtype, M, K, N)
+    measured = first_use.measured_route(kind)  # (every later call of a kind: one look-up)
+    if measured is not None:
+        return measured
+    return first_use.route(
+        kind, lambda: _projection_candidates(x.reshape(M, K), w_ih, b_ih, b_hh), policy.INPUT_PROJECTION_ROUTE
+    )
+
+
+def _projection_candidates(
+    rows: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | None, b_hh: torch.Tensor | None
+) -> dict[str, Callable[[], object]]:
+    """The runs the first use of a kind times, on the call's own operands (outside autograd: the products
+    only). The C loop's gemm is timed through the loops' product helper without packing, as the loop calls
+    it (its bias fill, one row copied M times, is left out)."""
+    with torch.no_grad():
+        rows, weight = rows.detach().contiguous(), w_ih.detach().contiguous()
+        bias = None
+        for b in (b_ih, b_hh):
+            if b is not None:
+                bias = b.detach() if bias is None else bias + b.detach()
+        M, K = rows.shape
+        N = weight.shape[0]
+        out = rows.new_empty(M, N)
+        gemm = blas_gemm(rows.dtype)
+
+        def c_gemm() -> None:
+            C.product(
+                float64=rows.dtype == torch.float64, blas=(gemm, 0, 0, 0, 0), trans=True, M=M, N=N, K=K,
+                A=rows.data_ptr(), lda=K, W=weight.data_ptr(), ldw=K, C=out.data_ptr(), ldc=N,
+            )
+
+        def torch_mm() -> torch.Tensor:
+            with torch.no_grad():
+                return torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
+
+        runs: dict[str, Callable[[], object]] = {"c_gemm": c_gemm, "torch_mm": torch_mm}
+        if _onednn_available(rows.dtype):
+            try:
+                with torch.no_grad():
+                    got = onednn_linear(rows, weight, bias)
+                    agrees = torch.allclose(got, torch_mm(), rtol=1e-4, atol=1e-4)
+            except RuntimeError:
+                agrees = False
+            if agrees:
+                runs["onednn"] = lambda: onednn_linear(rows, weight, bias)
+        return runs

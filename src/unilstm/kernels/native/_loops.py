@@ -111,10 +111,15 @@ def _recurrent_operands(w_hh: Tensor, w_hr: Tensor | None, gate_masks: int, copy
     return rec, proj
 
 
-def _input_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None, mx: Tensor | None) -> Tensor:
-    """Z (T, B, 4H) = (x * mx) W_ih^T + b for all steps: one GEMM, or one bmm over the gates when the input
-    dropout mask is per gate (4, B, F)."""
+def _input_projection(
+    x: Tensor, w_ih: Tensor, bias: Tensor | None, mx: Tensor | None, route: str = "torch_mm"
+) -> Tensor:
+    """Z (T, B, 4H) = (x * mx) W_ih^T + b for all steps: one GEMM (through oneDNN's linear for ``route``
+    "onednn", float32 without an input dropout mask; else torch's MKL addmm), or one bmm over the gates when
+    the input dropout mask is per gate (4, B, F)."""
     T, B, Fdim = x.shape
+    if route == "onednn" and mx is None:
+        return _blas.onednn_linear(x.reshape(T * B, Fdim), w_ih.contiguous(), bias).view(T, B, -1)
     if mx is None or mx.dim() == 2:
         rows = (x if mx is None else x * mx).reshape(T * B, Fdim)
         Z = torch.addmm(bias, rows, w_ih.t()) if bias is not None else torch.mm(rows, w_ih.t())
@@ -171,13 +176,15 @@ def forward_pass(
     gate_masks = 4 if mh is not None and mh.dim() == 3 else 1
     blas = _blas.blas_functions(x.dtype)
     loop_in_c = bool(blas[0])
-    # the C loop projects the inputs itself (one fewer torch op per call: it matters when streaming), except
-    # with per-gate or input dropout masks, which torch's bmm / mul handle
-    project_in_c = loop_in_c and mx is None
+    # the input projection's GEMM route, measured at first use per kind of product (_blas.projection_route):
+    # the C loop's own gemm (one fewer torch op per call: it matters when streaming), torch's MKL addmm or
+    # oneDNN; with per-gate or input dropout masks torch's bmm / mul
+    route = _blas.projection_route(x, w_ih, b_ih, b_hh) if loop_in_c and mx is None else "torch_mm"
+    project_in_c = route == "c_gemm"
     if project_in_c:
         Z = x.new_empty(T, B, GATES * H)
     else:
-        Z = _input_projection(x, w_ih, summed_bias(b_ih, b_hh), mx)
+        Z = _input_projection(x, w_ih, summed_bias(b_ih, b_hh), mx, route)
 
     # (T + 1)-step histories: step t reads index t and writes t + 1 (reverse: reads t + 1, writes t)
     Hp = x.new_empty(T + 1, B, P)
