@@ -345,11 +345,22 @@ class LSTM(nn.Module):
     def direction_weights(self, dtype: torch.dtype | None = None) -> list[list[DirectionWeights]]:
         """The parameters grouped for the kernels: L lists of D :class:`DirectionWeights`; cast
         (differentiably) to ``dtype`` when it is given and differs from theirs."""
-        layers = [
-            [DirectionWeights(*(None if name is None else getattr(self, name) for name in fields))  # type: ignore[arg-type]
-             for fields in directions]
-            for directions in self._weight_field_names()
-        ]
+        names = self._weight_field_names()
+        current = tuple(getattr(self, name) for name in self._flat_weights_names)
+        cached = self.__dict__.get("_direction_weights")
+        # the same parameter objects give the same groups (in-place updates are seen through them); a
+        # replaced parameter (assignment, torch.func.functional_call) makes new ones
+        if cached is not None and len(cached[0]) == len(current) and all(
+            a is b for a, b in zip(cached[0], current, strict=True)
+        ):
+            layers = cached[1]
+        else:
+            layers = [
+                [DirectionWeights(*(None if name is None else getattr(self, name) for name in fields))  # type: ignore[arg-type]
+                 for fields in directions]
+                for directions in names
+            ]
+            self.__dict__["_direction_weights"] = (current, layers)
         if dtype is None or dtype == self._parameter_dtype():
             return layers
         return [[_cast_weights(weights, dtype) for weights in directions] for directions in layers]

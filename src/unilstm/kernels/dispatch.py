@@ -146,6 +146,33 @@ def zoneout_weights(
     return keep.bernoulli_(rate, generator=generator)
 
 
+def _training_run(
+    spec: LSTMSpec, common: dict, direction: int, layer_input: Tensor, h0: Tensor, c0: Tensor,
+    generator: torch.Generator | None,
+) -> DirectionRun:
+    """One direction's run in training: its dropout masks (input, recurrent) and zoneout draws, in that
+    order from ``generator``."""
+    return DirectionRun(
+        reverse=direction == 1,
+        input_dropout_mask=draw_dropout_mask(
+            spec.input_dropout, layer_input.new_empty(layer_input.shape[1:]), spec.per_gate_dropout, generator
+        ),
+        recurrent_dropout_mask=draw_dropout_mask(
+            spec.recurrent_dropout, h0, spec.per_gate_dropout, generator
+        ),
+        **common,
+        **(_zoneout_fields(spec, layer_input.shape[0], h0, c0, True, generator)
+           if spec.cell_variants else {}),
+    )
+
+
+def _inference_zoneout(spec: LSTMSpec) -> dict:
+    """Zoneout's inference weights (the rates: the draws' expectation), as DirectionRun fields."""
+    if not spec.cell_variants:
+        return {}
+    return {"zoneout_hidden": spec.zoneout_hidden, "zoneout_cell": spec.zoneout_cell}
+
+
 def _zoneout_fields(
     spec: LSTMSpec, steps: int, h0: Tensor, c0: Tensor, training: bool, generator: torch.Generator | None
 ) -> dict:
@@ -339,43 +366,41 @@ def _run_layer_by_layer(
         step_mask = None if step_mask is None else step_mask.flip(0)
     activation = resolve(spec.activation, "activation")
     recurrent_activation = resolve(spec.recurrent_activation, "recurrent_activation")
-    variants = _run_variants(spec, activation) if spec.cell_variants else {}
+    common = {
+        "activation": activation,
+        "recurrent_activation": recurrent_activation,
+        "step_mask": step_mask,
+        "zero_masked_output": spec.masked_output == "zero",
+        **(_run_variants(spec, activation) if spec.cell_variants else {}),
+    }
     directions = spec.num_directions
+    # without training nothing is drawn: one run per direction serves every layer
+    inference_runs = None if training else [
+        DirectionRun(reverse=direction == 1, **common, **_inference_zoneout(spec))
+        for direction in range(directions)
+    ]
     h_n: list[Tensor] = []
     c_n: list[Tensor] = []
     layer_input = x
     for layer, layer_weights in enumerate(layers):
         outputs = []
-        runs = []
-        for direction in range(directions):
-            index = layer * directions + direction
-            runs.append(DirectionRun(
-                activation=activation,
-                recurrent_activation=recurrent_activation,
-                step_mask=step_mask,
-                reverse=direction == 1,
-                zero_masked_output=spec.masked_output == "zero",
-                input_dropout_mask=draw_dropout_mask(
-                    spec.input_dropout, layer_input.new_empty(layer_input.shape[1:]), spec.per_gate_dropout,
-                    generator,
-                ) if training else None,
-                recurrent_dropout_mask=draw_dropout_mask(
-                    spec.recurrent_dropout, h0[index], spec.per_gate_dropout, generator
-                ) if training else None,
-                **variants,
-                **(_zoneout_fields(spec, x.shape[0], h0[index], c0[index], training, generator)
-                   if spec.cell_variants else {}),
-            ))
         first = layer * directions
-        states = h0[first : first + directions], c0[first : first + directions]
+        runs = inference_runs if inference_runs is not None else [
+            _training_run(spec, common, direction, layer_input, h0[first + direction], c0[first + direction],
+                          generator)
+            for direction in range(directions)
+        ]
         results: list[tuple[Tensor, Tensor, Tensor]]
         if directions == 2 and _forced_kernel in (None, "native") and native_pair_accepts(
-            layer_input, *states, _pair(layer_weights), _pair(runs)
+            layer_input, h0[first : first + 2], c0[first : first + 2], _pair(layer_weights), _pair(runs)
         ):  # both directions at once, one per core
-            results = list(run_bidirectional_native(layer_input, *states, _pair(layer_weights), _pair(runs)))
+            results = list(run_bidirectional_native(
+                layer_input, h0[first : first + 2], c0[first : first + 2], _pair(layer_weights), _pair(runs)
+            ))
         else:
             results = []
-            for weights, run, h_start, c_start in zip(layer_weights, runs, *states, strict=True):
+            for direction, (weights, run) in enumerate(zip(layer_weights, runs, strict=True)):
+                h_start, c_start = h0[first + direction], c0[first + direction]
                 kernel = select_direction_kernel(layer_input, weights, run)
                 if kernel is run_direction_native and native_halves_accept(
                     layer_input, h_start, c_start, weights, run
