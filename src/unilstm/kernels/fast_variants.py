@@ -1,0 +1,501 @@
+# ruff: noqa: N803, N806  (T, B, H, P, ... are the maths names of the module docstring)
+"""The fast kernel's cell variants: every equation of :mod:`unilstm.spec` with a hand-written backward.
+
+:func:`run_direction_variants` computes exactly what
+:func:`~unilstm.kernels.reference.run_direction_reference` computes for a run with any cell variant
+(:func:`~unilstm.kernels.reference.is_variant`), with every option of the standard fast kernel (masks with
+gaps in both modes, reverse, projection, shared or per-gate dropout masks, the four floating dtypes), as a
+:class:`torch.autograd.Function`. The standard cell stays on :mod:`~unilstm.kernels.fast`'s tuned body, so a
+run without variants pays for none of this. Gate blocks keep torch's order [i, f, g, o] here.
+
+Forward, per step t (B rows; ``a_t`` for all steps at once before the loop)::
+
+    a_t = LN_ih(gate_projection(x_t, W_ih, m_x)) + b_ih + b_hh,  a_t,f += forget_bias        (B, 4H)
+    z = a_t + LN_hh(gate_projection(h, W_hh, m_h));  z_i += p_i c;  z_f += p_f c              (B, 4H)
+    i, f, g = sigma(clip z_i), 1 - i or sigma(clip z_f), act(clip z_g)                         (B, H)
+    k = f c + i g  (saved: the cell candidate before its clip),  c~ = clip(k, cell_clip)
+    z_o += p_o c~;  o = sigma(clip z_o);  n = LN_c(c~) or c~;  r = o g_out(n)                 (B, H)
+    h~ = clip(r W_hr^T, proj_clip) or r;  h' = d_h h + (1 - d_h) h~;  c' = d_c c + (1 - d_c) c~
+
+It saves the gate pre-activations before their clips Z (T, B, 4H), the candidates k (T, B, H), r (T, B, H)
+and r W_hr^T (T, B, P) where projected and clipped, the normalised values and reciprocal deviations of the
+three layer normalisations, and the states; the activations are recomputed in the backward.
+
+Backward, per step in reverse processing order, from dh' and dc' (the masking as in the standard kernel)::
+
+    dh~ = (1 - d_h) dh',  dc~ = (1 - d_c) dc',  dr = [|r W_hr^T| <= proj_clip] dh~ W_hr
+    do = dr g_out(n),  dn = g_out'(n) o dr,  dc~ += LN_c'(dn),  dz_o = sigma'(z_o) do [|z_o| <= gate_clip]
+    dc~ += p_o dz_o;  dk = [|k| <= cell_clip] dc~
+    di, df, dg = dk g, dk c, dk i;  dc = f dk + d_c dc' + p_i dz_i + p_f dz_f
+    coupled gates: di -= df and dz_f = 0;  dz_* = f'(z_*) d* [|z_*| <= gate_clip]
+    dh = LN_hh'(dz) (W_hh, m_h)^T + d_h dh'
+
+with ``LN'(dy) = rstd (dy w - mean(dy w) - v^ mean(dy w v^))`` (v^ the normalised values, w the gain; gain
+gradient sum(dy v^), bias gradient sum(dy)). The weight gradients are one product each over all steps:
+``dW_ih = LN_ih'(dZ)^T (X m_x)``, ``dW_hh = LN_hh'(dZ)^T (H_prev m_h)``, ``dW_hr = dH~^T R``; the peephole
+gradients are ``sum dz_i c``, ``sum dz_f c``, ``sum dz_o c~``. Layer-norm statistics are computed in float32
+for float16 and bfloat16 inputs (as torch's layer_norm does). Clips pass the gradient where the value lies
+within the bounds, bounds included (torch's clamp). A masked row's saved values are never multiplied into a
+gradient before a ``where`` selects it out (an inf there cannot become nan).
+
+On CUDA the bodies run through :mod:`~unilstm.kernels.cuda_graphs` like the standard ones (capturable: the
+step patterns are all "partly masked"). The Triton cell does not implement variants: they run on these
+torch ops everywhere. A backward that autograd records (``create_graph=True``) goes through the reference
+loop (:func:`variant_reference_backward`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import cuda_graphs
+from .fast_activations import act_entry
+from .reference import GATES, DirectionRun, DirectionWeights, differentiable_gradients, gate_projection
+
+__all__ = ["VariantConfig", "accepts", "run_direction_variants", "variant_reference_backward"]
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """The non-tensor part of a variant run (hashable: a CUDA-graph key). ``act``, ``ract`` and ``out_act``
+    are :mod:`~unilstm.kernels.fast_activations` entries (``fn``, ``grad``); the zoneout weights are the
+    inference weights, unused where the call passes tensors of draws."""
+
+    act: Any
+    ract: Any
+    out_act: Any
+    reverse: bool
+    zero_out: bool
+    forget_bias: float
+    gate_clip: float | None
+    cell_clip: float | None
+    proj_clip: float | None
+    coupled: bool
+    zoneout_hidden: float
+    zoneout_cell: float
+    eps: float
+
+
+def accepts(x: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:
+    """Whether :func:`run_direction_variants` computes the variants of this run (the activation and
+    recurrent activation are the caller's check): a named output activation, zoneout draws of shape
+    (T, B, P) and (T, B, H)."""
+    if run.output_activation is not None and act_entry(run.output_activation) is None:
+        return False
+    H, P = weights.w_hh.shape[0] // GATES, weights.w_hh.shape[1]
+    for rate, size in ((run.zoneout_hidden, P), (run.zoneout_cell, H)):
+        if isinstance(rate, Tensor) and tuple(rate.shape) != (x.shape[0], x.shape[1], size):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pieces of the step and their derivatives
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _clip(v: Tensor, bound: float | None) -> Tensor:
+    return v if bound is None else v.clamp(-bound, bound)
+
+
+def _clip_grad(g: Tensor, v: Tensor, bound: float | None) -> Tensor:
+    """g where -bound <= v <= bound, else 0 (torch's clamp backward); a selection, never a product."""
+    if bound is None:
+        return g
+    return torch.where((v >= -bound) & (v <= bound), g, g.new_zeros(()))
+
+
+def _statistics_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _layer_norm(v: Tensor, gain: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(LN(v) in v's dtype, v^ (normalised, before gain and bias), rstd (..., 1)) over the last axis, with the
+    biased variance; v^ and rstd in the statistics dtype."""
+    w = v.to(_statistics_dtype(v.dtype))
+    centred = w - w.mean(-1, keepdim=True)
+    rstd = torch.rsqrt((centred * centred).mean(-1, keepdim=True) + eps)
+    hat = centred * rstd
+    return (hat * gain + bias).to(v.dtype), hat, rstd
+
+
+def _layer_norm_grad(dy: Tensor, hat: Tensor, rstd: Tensor, gain: Tensor) -> Tensor:
+    """dv of LN given dy: rstd (dv^ - mean(dv^) - v^ mean(dv^ v^)), dv^ = dy * gain."""
+    dhat = dy.to(hat.dtype) * gain
+    mean_dhat = dhat.mean(-1, keepdim=True)
+    mean_dhat_hat = (dhat * hat).mean(-1, keepdim=True)
+    return (rstd * (dhat - mean_dhat - hat * mean_dhat_hat)).to(dy.dtype)
+
+
+def _values_grad(dz: Tensor, weight: Tensor, mask: Tensor | None) -> Tensor:
+    """The gradient of :func:`~unilstm.kernels.reference.gate_projection` w.r.t. its values: dz (..., B, 4H)
+    -> (..., B, F), with no, a shared (B, F) or a per-gate (4, B, F) mask."""
+    if mask is None:
+        return dz @ weight
+    if mask.dim() == 2:
+        return (dz @ weight) * mask
+    H = weight.shape[0] // GATES
+    total = (dz[..., :H] @ weight[:H]) * mask[0]
+    for k in range(1, GATES):
+        total = total + (dz[..., k * H : (k + 1) * H] @ weight[k * H : (k + 1) * H]) * mask[k]
+    return total
+
+
+def _weight_grad(dz: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
+    """The gradient of gate_projection w.r.t. its weight over all steps: dz (T, B, 4H), values (T, B, F) ->
+    (4H, F) = dz^T (values * mask), per gate block with a per-gate mask."""
+    width = values.shape[-1]
+    rows = dz.reshape(-1, dz.shape[-1])
+    if mask is None or mask.dim() == 2:
+        shared = values if mask is None else values * mask
+        return rows.t() @ shared.reshape(-1, width)
+    H = dz.shape[-1] // GATES
+    return torch.cat([
+        rows[:, k * H : (k + 1) * H].t() @ (values * mask[k]).reshape(-1, width) for k in range(GATES)
+    ])
+
+
+def _zoneout_weight(cfg_weight: float, draws: Tensor | None, t: int) -> Tensor | float:
+    return cfg_weight if draws is None else draws[t]
+
+
+def _step_gates(cfg: VariantConfig, z: Tensor, H: int) -> tuple[Tensor, ...]:
+    """(z clipped, i, f, g, o) from the pre-activations z (B, 4H), z_o's peephole term included."""
+    zc = _clip(z, cfg.gate_clip)
+    sigma = cfg.ract.fn
+    i = sigma(zc[:, :H])
+    f = 1.0 - i if cfg.coupled else sigma(zc[:, H : 2 * H])
+    return zc, i, f, cfg.act.fn(zc[:, 2 * H : 3 * H]), sigma(zc[:, 3 * H :])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The forward and backward bodies (CUDA-graph capturable: no host reads of device values)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, lwi, lbi, lwh,
+                  lbh, lwc, lbc, mx, mh, step_mask, zh, zc):
+    """(out, h_T, c_T, then the record of the backward: Z, K, R, RP, A^, A rstd, R^, R rstd, C^, C rstd,
+    H states, C states)."""
+    T, B, _ = x.shape
+    H, P = c0.shape[-1], h0.shape[-1]
+    ln, proj = lwi is not None, w_hr is not None
+    stat = _statistics_dtype(x.dtype)
+    a = gate_projection(x, w_ih, mx)
+    # (Any: None where the run has no layer normalisation, and then never indexed)
+    a_hat: Any = None
+    a_rstd: Any = None
+    r_hat: Any = None
+    r_rstd: Any = None
+    c_hat: Any = None
+    c_rstd: Any = None
+    if ln:
+        a, a_hat, a_rstd = _layer_norm(a, lwi, lbi, cfg.eps)
+        r_hat, r_rstd = x.new_empty(T, B, 4 * H, dtype=stat), x.new_empty(T, B, 1, dtype=stat)
+        c_hat, c_rstd = x.new_empty(T, B, H, dtype=stat), x.new_empty(T, B, 1, dtype=stat)
+    for b in (b_ih, b_hh):
+        if b is not None:
+            a = a + b
+    if cfg.forget_bias != 0.0:
+        a = torch.cat((a[..., :H], a[..., H : 2 * H] + cfg.forget_bias, a[..., 2 * H :]), dim=-1)
+    if peep is not None:
+        p_i, p_f, p_o = peep[:H], peep[H : 2 * H], peep[2 * H :]
+    Z = x.new_empty(T, B, 4 * H)
+    K = x.new_empty(T, B, H)
+    R: Any = x.new_empty(T, B, H) if proj else None
+    RP: Any = x.new_empty(T, B, P) if proj and cfg.proj_clip is not None else None
+    Hp, Cp = x.new_empty(T + 1, B, P), x.new_empty(T + 1, B, H)
+    first = T if cfg.reverse else 0
+    Hp[first].copy_(h0)
+    Cp[first].copy_(c0)
+    masked = step_mask is not None
+    if masked:
+        per_step, none_step = patterns
+        kb = step_mask.unsqueeze(-1)
+        Obuf = x.new_empty(T, B, P)
+        prev_out = x.new_zeros(B, P)
+        zero = x.new_zeros(())
+    order = range(T - 1, -1, -1) if cfg.reverse else range(T)
+    for t in order:
+        hi, ho = (t + 1, t) if cfg.reverse else (t, t + 1)
+        h, c = Hp[hi], Cp[hi]
+        if masked and none_step[t]:  # every row keeps its state; the record's rows are never read
+            Hp[ho].copy_(h)
+            Cp[ho].copy_(c)
+            for saved in (Z, K, R, RP, r_hat, r_rstd, c_hat, c_rstd):
+                if saved is not None:
+                    saved[t].zero_()
+            Obuf[t].copy_(zero if cfg.zero_out else prev_out)
+            prev_out = Obuf[t]
+            continue
+        r = gate_projection(h, w_hh, mh)
+        if ln:
+            r, r_hat[t], r_rstd[t] = _layer_norm(r, lwh, lbh, cfg.eps)
+        z = Z[t]
+        torch.add(a[t], r, out=z)
+        if peep is not None:
+            z[:, :H].addcmul_(p_i, c)
+            z[:, H : 2 * H].addcmul_(p_f, c)
+        zcl = _clip(z[:, : 3 * H], cfg.gate_clip)
+        i = cfg.ract.fn(zcl[:, :H])
+        f = 1.0 - i if cfg.coupled else cfg.ract.fn(zcl[:, H : 2 * H])
+        k = torch.addcmul(f * c, i, cfg.act.fn(zcl[:, 2 * H :]), out=K[t])
+        c_cand = _clip(k, cfg.cell_clip)
+        if peep is not None:
+            z[:, 3 * H :].addcmul_(p_o, c_cand)
+        o = cfg.ract.fn(_clip(z[:, 3 * H :], cfg.gate_clip))
+        if ln:
+            n, c_hat[t], c_rstd[t] = _layer_norm(c_cand, lwc, lbc, cfg.eps)
+        else:
+            n = c_cand
+        h_cand = o * cfg.out_act.fn(n)
+        partial = masked and not per_step[t]
+        if proj:
+            if partial:  # masked rows out of dW_hr = dH~^T R (they may hold inf)
+                torch.where(kb[t], h_cand, zero, out=R[t])
+            else:
+                R[t].copy_(h_cand)
+            h_cand = h_cand @ w_hr.t()
+            if RP is not None:
+                RP[t].copy_(h_cand)
+                h_cand = _clip(h_cand, cfg.proj_clip)
+        dh_w = _zoneout_weight(cfg.zoneout_hidden, zh, t)
+        dc_w = _zoneout_weight(cfg.zoneout_cell, zc, t)
+        h_new = h_cand if zh is None and dh_w == 0.0 else dh_w * h + (1.0 - dh_w) * h_cand
+        c_new = c_cand if zc is None and dc_w == 0.0 else dc_w * c + (1.0 - dc_w) * c_cand
+        if partial:
+            torch.where(kb[t], h_new, h, out=Hp[ho])
+            torch.where(kb[t], c_new, c, out=Cp[ho])
+            torch.where(kb[t], h_new, zero if cfg.zero_out else prev_out, out=Obuf[t])
+        else:
+            Hp[ho].copy_(h_new)
+            Cp[ho].copy_(c_new)
+            if masked:
+                Obuf[t].copy_(h_new)
+        if masked:
+            prev_out = Obuf[t]
+    last = 0 if cfg.reverse else T
+    out = Obuf if masked else (Hp[:T] if cfg.reverse else Hp[1:])
+    return (out, Hp[last], Cp[last], Z, K, R, RP, a_hat, a_rstd, r_hat, r_rstd, c_hat, c_rstd, Hp, Cp)
+
+
+def _backward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, lwi, lbi,
+                   lwh, lbh, lwc, lbc, mx, mh, step_mask, zh, zc, Z, K, R, RP, a_hat, a_rstd, r_hat, r_rstd,
+                   c_hat, c_rstd, Hp, Cp, dout, dhT, dcT):
+    """The gradients (x, h0, c0, w_ih, w_hh, bias (one for both), w_hr, peephole, then the six layer-norm
+    tensors), None where the tensor is absent."""
+    T, B, _ = x.shape
+    H, P = c0.shape[-1], h0.shape[-1]
+    ln, proj = lwi is not None, w_hr is not None
+    DZ = x.new_empty(T, B, 4 * H)
+    DR = x.new_empty(T, B, 4 * H) if ln else DZ  # the recurrent projection's gradient (before LN_hh)
+    DN: Any = x.new_empty(T, B, H) if ln else None  # the cell normalisation's output gradient
+    DH: Any = x.new_empty(T, B, P) if proj else None
+    dh, dc = dhT.clone(), dcT.clone()
+    if peep is not None:
+        p_i, p_f, p_o = peep[:H], peep[H : 2 * H], peep[2 * H :]
+    masked = step_mask is not None
+    carry = None
+    if masked:
+        per_step, none_step = patterns
+        kb = step_mask.unsqueeze(-1)
+        kf = kb.to(x.dtype)
+        zero = x.new_zeros(())
+        if not cfg.zero_out:
+            carry = x.new_zeros(B, P)
+    order = range(T) if cfg.reverse else range(T - 1, -1, -1)
+    for t in order:
+        hi = t + 1 if cfg.reverse else t
+        gout = dout[t]
+        if masked and none_step[t]:
+            if carry is not None:
+                carry = gout + carry
+            for grads in (DZ, DR, DN, DH):
+                if grads is not None:
+                    grads[t].zero_()
+            continue
+        partial = masked and not per_step[t]
+        dh_pass: Any = None
+        dc_pass: Any = None
+        if carry is not None:
+            gout = gout + carry
+            carry = gout * (1.0 - kf[t]) if partial else torch.zeros_like(carry)
+        if partial:
+            dh_new, dh_pass = (gout + dh) * kf[t], dh * (1.0 - kf[t])
+            dc_new, dc_pass = dc * kf[t], dc * (1.0 - kf[t])
+        else:
+            dh_new, dc_new = dh + gout, dc
+        dh_w = _zoneout_weight(cfg.zoneout_hidden, zh, t)
+        dc_w = _zoneout_weight(cfg.zoneout_cell, zc, t)
+        h_zoned = zh is not None or dh_w != 0.0
+        c_zoned = zc is not None or dc_w != 0.0
+        dh_cand = dh_new * (1.0 - dh_w) if h_zoned else dh_new
+        dcc = dc_new * (1.0 - dc_w) if c_zoned else dc_new
+        c_prev, z, k = Cp[hi], Z[t], K[t]
+        zcl, i, f, g, o = _step_gates(cfg, z, H)
+        c_cand = _clip(k, cfg.cell_clip)
+        if proj:
+            dr = dh_cand if RP is None else _clip_grad(dh_cand, RP[t], cfg.proj_clip)
+            DH[t].copy_(dr)
+            dr = dr @ w_hr
+        else:
+            dr = dh_cand
+        n = (c_hat[t] * lwc + lbc).to(x.dtype) if ln else c_cand
+        gn = cfg.out_act.fn(n)
+        dn = cfg.out_act.grad(dr * o, n, gn)
+        if ln:
+            if partial:
+                dn = torch.where(kb[t], dn, zero)
+            DN[t].copy_(dn)
+            dcc = dcc + _layer_norm_grad(dn, c_hat[t], c_rstd[t], lwc)
+        else:
+            dcc = dcc + dn
+        dz = DZ[t]
+        dz_o = dz[:, 3 * H :]
+        dz_o.copy_(_clip_grad(cfg.ract.grad(dr * gn, zcl[:, 3 * H :], o), z[:, 3 * H :], cfg.gate_clip))
+        if peep is not None:
+            dcc = dcc + dz_o * p_o
+        dk = _clip_grad(dcc, k, cfg.cell_clip)
+        d_i, d_f = dk * g, dk * c_prev
+        dc_prev = dk * f
+        if cfg.coupled:
+            d_i = d_i - d_f
+            dz[:, H : 2 * H].zero_()
+        else:
+            dz[:, H : 2 * H].copy_(
+                _clip_grad(cfg.ract.grad(d_f, zcl[:, H : 2 * H], f), z[:, H : 2 * H], cfg.gate_clip)
+            )
+        dz[:, :H].copy_(_clip_grad(cfg.ract.grad(d_i, zcl[:, :H], i), z[:, :H], cfg.gate_clip))
+        dz[:, 2 * H : 3 * H].copy_(_clip_grad(
+            cfg.act.grad(dk * i, zcl[:, 2 * H : 3 * H], g), z[:, 2 * H : 3 * H], cfg.gate_clip
+        ))
+        if peep is not None:
+            dc_prev = dc_prev + dz[:, :H] * p_i + dz[:, H : 2 * H] * p_f
+        if c_zoned:
+            dc_prev = dc_prev + dc_new * dc_w
+        if partial:
+            torch.where(kb[t], dz, zero, out=dz)
+            dc = torch.where(kb[t], dc_prev, dc_pass)
+        else:
+            dc = dc_prev
+        if ln:
+            DR[t].copy_(_layer_norm_grad(dz, r_hat[t], r_rstd[t], lwh))
+        dh = _values_grad(DR[t], w_hh, mh)
+        if h_zoned:
+            dh = dh + dh_new * dh_w
+        if dh_pass is not None:
+            dh = dh + dh_pass
+
+    Hprev = Hp[1:] if cfg.reverse else Hp[:T]
+    Cprev = Cp[1:] if cfg.reverse else Cp[:T]
+    steps_rows = (0, 1)
+    DA = _layer_norm_grad(DZ, a_hat, a_rstd, lwi) if ln else DZ
+    dx = _values_grad(DA, w_ih, mx)
+    dwih = _weight_grad(DA, x, mx)
+    dwhh = _weight_grad(DR, Hprev, mh)
+    db = DZ.sum(steps_rows) if b_ih is not None or b_hh is not None else None
+    dwhr = DH.reshape(T * B, P).t() @ R.reshape(T * B, H) if proj else None
+    dpeep = None
+    if peep is not None:
+        dpeep = torch.cat((
+            (DZ[..., :H] * Cprev).sum(steps_rows), (DZ[..., H : 2 * H] * Cprev).sum(steps_rows),
+            (DZ[..., 3 * H :] * _clip(K, cfg.cell_clip)).sum(steps_rows),
+        ))
+    dln: tuple = (None,) * 6
+    if ln:
+        dt = x.dtype
+        dln = (
+            (DZ * a_hat).sum(steps_rows).to(dt), DZ.sum(steps_rows), (DZ * r_hat).sum(steps_rows).to(dt),
+            DZ.sum(steps_rows), (DN * c_hat).sum(steps_rows).to(dt), DN.sum(steps_rows),
+        )
+    return (dx, dh, dc, dwih, dwhh, db, dwhr, dpeep, *dln)
+
+
+def variant_reference_backward(
+    cfg: VariantConfig, args: tuple, grads: tuple[Tensor, Tensor, Tensor]
+) -> tuple:
+    """The gradients of the tensors ``args`` (x, h0, c0, the twelve DirectionWeights fields in
+    ``WEIGHT_FIELDS`` order, m_x, m_h, step mask, zoneout draws of h and c) through the reference loop, which
+    autograd records: for a backward with ``create_graph=True`` (second derivatives)."""
+    x, h0, c0 = args[:3]
+    weights = DirectionWeights(*args[3:15])
+    mx, mh, step_mask, zh, zc = args[15:]
+    run = DirectionRun(
+        cfg.act.fn, cfg.ract.fn, step_mask, cfg.reverse, cfg.zero_out, mx, mh,
+        output_activation=cfg.out_act.fn, forget_bias=cfg.forget_bias, gate_clip=cfg.gate_clip,
+        cell_clip=cfg.cell_clip, proj_clip=cfg.proj_clip, coupled_gates=cfg.coupled,
+        zoneout_hidden=cfg.zoneout_hidden if zh is None else zh,
+        zoneout_cell=cfg.zoneout_cell if zc is None else zc, layer_norm_eps=cfg.eps,
+    )
+    with torch.autocast(device_type=x.device.type, enabled=False):  # in x's dtype, as the forward
+        found = differentiable_gradients(x, h0, c0, weights, run, grads)
+    return (*found, None, None, None, None, None)
+
+
+def _through_graphs(key: tuple, body: Callable, args: tuple) -> tuple:
+    return cuda_graphs.run(key, body, args) if cuda_graphs.usable(args[0]) else body(*args)
+
+
+class _FastVariantLSTM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cfg, patterns, *args):  # noqa: N805
+        body = functools.partial(_forward_body, cfg, patterns)
+        results = _through_graphs(("fast variant forward", cfg), body, args)
+        ctx.cfg, ctx.patterns, ctx.n_args = cfg, patterns, len(args)
+        ctx.save_for_backward(*args, *results[3:])
+        return results[:3]
+
+    @staticmethod
+    def backward(ctx, dout, dhT, dcT):  # noqa: N805
+        saved = ctx.saved_tensors
+        args, record = saved[: ctx.n_args], saved[ctx.n_args :]
+        needs = ctx.needs_input_grad[2:]
+        if torch.is_grad_enabled():  # create_graph=True: gradients autograd can differentiate again
+            found = variant_reference_backward(ctx.cfg, args, (dout, dhT, dcT))
+            return (None, None, *(g if need else None for g, need in zip(found, needs, strict=True)))
+        body = functools.partial(_backward_body, ctx.cfg, ctx.patterns)
+        body_args = (*args, *record, dout.contiguous(), dhT, dcT)
+        dx, dh, dc, dwih, dwhh, db, dwhr, dpeep, *dln = _through_graphs(
+            ("fast variant backward", ctx.cfg), body, body_args
+        )
+        db_ih = db if needs[5] else None
+        db_hh = db if needs[6] else None
+        if db_ih is not None and db_hh is not None:
+            db_hh = db_ih.clone()
+        found = (dx, dh, dc, dwih, dwhh, db_ih, db_hh, dwhr, dpeep, *dln)
+        found = tuple(g if need else None for g, need in zip(found, needs, strict=False))
+        return (None, None, *found, None, None, None, None, None)
+
+
+def run_direction_variants(
+    x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, run: DirectionRun, patterns
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Same contract as :func:`~unilstm.kernels.reference.run_direction_reference` for a run with cell
+    variants; ``patterns`` are the step patterns of the step mask (``fast._step_patterns``). The caller
+    checked :func:`accepts` and the activations and switched autocast off."""
+    act, ract = act_entry(run.activation), act_entry(run.recurrent_activation)
+    out_act = act if run.output_activation is None else act_entry(run.output_activation)
+    cfg = VariantConfig(
+        act, ract, out_act, bool(run.reverse), bool(run.zero_masked_output), float(run.forget_bias),
+        run.gate_clip, run.cell_clip, run.proj_clip, bool(run.coupled_gates),
+        0.0 if isinstance(run.zoneout_hidden, Tensor) else float(run.zoneout_hidden),
+        0.0 if isinstance(run.zoneout_cell, Tensor) else float(run.zoneout_cell),
+        float(run.layer_norm_eps),
+    )
+    mask = run.step_mask
+    if mask is not None:
+        mask = mask.to(device=x.device, dtype=torch.bool)
+
+    def draws(value: Tensor | float) -> Tensor | None:
+        return value.to(device=x.device, dtype=x.dtype) if isinstance(value, Tensor) else None
+
+    return _FastVariantLSTM.apply(
+        cfg, patterns, x, h0, c0, *weights.tensors(), run.input_dropout_mask, run.recurrent_dropout_mask,
+        mask, draws(run.zoneout_hidden), draws(run.zoneout_cell),
+    )
