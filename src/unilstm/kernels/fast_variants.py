@@ -273,6 +273,11 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, 
             torch.where(kb[t], h_new, h, out=Hp[ho])
             torch.where(kb[t], c_new, c, out=Cp[ho])
             torch.where(kb[t], h_new, zero if cfg.zero_out else prev_out, out=Obuf[t])
+            # masked rows out of the sums over all steps (dp_o, the cell normalisation's gain): an inf there
+            # (an exponential activation of padding) times a zero gradient would be nan
+            torch.where(kb[t], K[t], zero, out=K[t])
+            if ln:
+                torch.where(kb[t], c_hat[t], zero, out=c_hat[t])
         else:
             Hp[ho].copy_(h_new)
             Cp[ho].copy_(c_new)
