@@ -290,21 +290,83 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, 
     return (out, Hp[last], Cp[last], Z, K, R, RP, a_hat, a_rstd, r_hat, r_rstd, c_hat, c_rstd, Hp, Cp)
 
 
+def _derivative(act, x: Tensor, y: Tensor) -> Tensor:
+    """f'(x) where y = f(x): the entry's ``grad`` of ones (every derivative there is linear in g)."""
+    return act.grad(torch.ones_like(y), None if act.y_only else x, y)
+
+
+def _within(v: Tensor, bound: float | None) -> Tensor | None:
+    """Where -bound <= v <= bound (torch's clamp passes the gradient there, bounds included), or None."""
+    return None if bound is None else (v >= -bound) & (v <= bound)
+
+
+def _selected(v: Tensor, where: Tensor | None) -> Tensor:
+    return v if where is None else torch.where(where, v, v.new_zeros(()))
+
+
+def _step_factors(cfg, Z, K, Cprev, c_hat, lwc, lbc, peep, H):
+    """What the backward's steps multiply their gradients by, for every step at once (it depends on the
+    forward's record alone): (Fo, On, Pc, Fz, Dc, kin) with
+
+    Fo = g_out(n) sigma'(z_o) [z_o in clip]: dz_o = dr Fo;  On = o g_out'(n): dn = dr On;
+    Pc = Fo p_o: the peephole's share of dc~ (None without peepholes);
+    Fz (T, B, 3, H) = [(g, or g - c with coupled gates) sigma'(z_i), c sigma'(z_f) (0 coupled), i act'(z_g)],
+    each within its clip: dz_{i,f,g} = dk Fz;  Dc = f + p_i Fz_i + p_f Fz_f: dc_{t-1} = dk Dc (+ zoneout);
+    kin: where the candidate lies within cell_clip (None without one)."""
+    zcl = _clip(Z, cfg.gate_clip)
+    inside = _within(Z, cfg.gate_clip)
+    z_i, z_f, z_g, z_o = (zcl[..., k * H : (k + 1) * H] for k in range(GATES))
+    sigma = cfg.ract
+    i = sigma.fn(z_i)
+    S_i = _derivative(sigma, z_i, i)
+    if cfg.coupled:
+        f = 1.0 - i
+        S_f = torch.zeros_like(i)
+    else:
+        f = sigma.fn(z_f)
+        S_f = _derivative(sigma, z_f, f)
+    g = cfg.act.fn(z_g)
+    S_g = _derivative(cfg.act, z_g, g)
+    o = sigma.fn(z_o)
+    S_o = _derivative(sigma, z_o, o)
+    if inside is not None:
+        S_i, S_f, S_g, S_o = (_selected(v, inside[..., k * H : (k + 1) * H])
+                              for k, v in enumerate((S_i, S_f, S_g, S_o)))
+    c_cand = _clip(K, cfg.cell_clip)
+    n = (c_hat * lwc + lbc).to(Z.dtype) if c_hat is not None else c_cand
+    gn = cfg.out_act.fn(n)
+    Fo = gn * S_o
+    On = o * _derivative(cfg.out_act, n, gn)
+    Fz = torch.stack(((g - Cprev if cfg.coupled else g) * S_i, Cprev * S_f, i * S_g), dim=2)
+    Dc = f
+    Pc = None
+    if peep is not None:
+        p_i, p_f, p_o = peep[:H], peep[H : 2 * H], peep[2 * H :]
+        Dc = f + p_i * Fz[:, :, 0] + p_f * Fz[:, :, 1]
+        Pc = Fo * p_o
+    return Fo, On, Pc, Fz, Dc, _within(K, cfg.cell_clip)
+
+
 def _backward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, lwi, lbi,
                    lwh, lbh, lwc, lbc, mx, mh, step_mask, zh, zc, Z, K, R, RP, a_hat, a_rstd, r_hat, r_rstd,
                    c_hat, c_rstd, Hp, Cp, dout, dhT, dcT):
     """The gradients (x, h0, c0, w_ih, w_hh, bias (one for both), w_hr, peephole, then the six layer-norm
-    tensors), None where the tensor is absent."""
+    tensors), None where the tensor is absent. The step's factors that depend on the record alone are
+    computed for all steps first (:func:`_step_factors`); the loop runs only the recurrence."""
     T, B, _ = x.shape
     H, P = c0.shape[-1], h0.shape[-1]
     ln, proj = lwi is not None, w_hr is not None
+    Hprev = Hp[1:] if cfg.reverse else Hp[:T]
+    Cprev = Cp[1:] if cfg.reverse else Cp[:T]
+    Fo, On, Pc, Fz, Dc, kin = _step_factors(cfg, Z, K, Cprev, c_hat, lwc, lbc, peep, H)
+    if Pc is not None and not ln:  # dc~ = dr (On + Pc) in one product
+        On, Pc = On + Pc, None
+    pin = _within(RP, cfg.proj_clip) if RP is not None else None
     DZ = x.new_empty(T, B, 4 * H)
     DR = x.new_empty(T, B, 4 * H) if ln else DZ  # the recurrent projection's gradient (before LN_hh)
     DN: Any = x.new_empty(T, B, H) if ln else None  # the cell normalisation's output gradient
     DH: Any = x.new_empty(T, B, P) if proj else None
     dh, dc = dhT.clone(), dcT.clone()
-    if peep is not None:
-        p_i, p_f, p_o = peep[:H], peep[H : 2 * H], peep[2 * H :]
     masked = step_mask is not None
     carry = None
     if masked:
@@ -316,7 +378,6 @@ def _backward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep,
             carry = x.new_zeros(B, P)
     order = range(T) if cfg.reverse else range(T - 1, -1, -1)
     for t in order:
-        hi = t + 1 if cfg.reverse else t
         gout = dout[t]
         if masked and none_step[t]:
             if carry is not None:
@@ -340,50 +401,29 @@ def _backward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep,
         dc_w = _zoneout_weight(cfg.zoneout_cell, zc, t)
         h_zoned = zh is not None or dh_w != 0.0
         c_zoned = zc is not None or dc_w != 0.0
-        dh_cand = dh_new * (1.0 - dh_w) if h_zoned else dh_new
-        dcc = dc_new * (1.0 - dc_w) if c_zoned else dc_new
-        c_prev, z, k = Cp[hi], Z[t], K[t]
-        zcl, i, f, g, o = _step_gates(cfg, z, H)
-        c_cand = _clip(k, cfg.cell_clip)
+        dr = dh_new * (1.0 - dh_w) if h_zoned else dh_new
         if proj:
-            dr = dh_cand if RP is None else _clip_grad(dh_cand, RP[t], cfg.proj_clip)
+            dr = _selected(dr, None if pin is None else pin[t])
             DH[t].copy_(dr)
             dr = dr @ w_hr
-        else:
-            dr = dh_cand
-        n = (c_hat[t] * lwc + lbc).to(x.dtype) if ln else c_cand
-        gn = cfg.out_act.fn(n)
-        dn = cfg.out_act.grad(dr * o, n, gn)
+        dz = DZ[t]
+        torch.mul(dr, Fo[t], out=dz[:, 3 * H :])
         if ln:
+            dn = dr * On[t]
             if partial:
                 dn = torch.where(kb[t], dn, zero)
             DN[t].copy_(dn)
-            dcc = dcc + _layer_norm_grad(dn, c_hat[t], c_rstd[t], lwc)
+            dk = _layer_norm_grad(dn, c_hat[t], c_rstd[t], lwc)
+            if Pc is not None:
+                dk = dk.addcmul_(dr, Pc[t])
         else:
-            dcc = dcc + dn
-        dz = DZ[t]
-        dz_o = dz[:, 3 * H :]
-        dz_o.copy_(_clip_grad(cfg.ract.grad(dr * gn, zcl[:, 3 * H :], o), z[:, 3 * H :], cfg.gate_clip))
-        if peep is not None:
-            dcc = dcc + dz_o * p_o
-        dk = _clip_grad(dcc, k, cfg.cell_clip)
-        d_i, d_f = dk * g, dk * c_prev
-        dc_prev = dk * f
-        if cfg.coupled:
-            d_i = d_i - d_f
-            dz[:, H : 2 * H].zero_()
-        else:
-            dz[:, H : 2 * H].copy_(
-                _clip_grad(cfg.ract.grad(d_f, zcl[:, H : 2 * H], f), z[:, H : 2 * H], cfg.gate_clip)
-            )
-        dz[:, :H].copy_(_clip_grad(cfg.ract.grad(d_i, zcl[:, :H], i), z[:, :H], cfg.gate_clip))
-        dz[:, 2 * H : 3 * H].copy_(_clip_grad(
-            cfg.act.grad(dk * i, zcl[:, 2 * H : 3 * H], g), z[:, 2 * H : 3 * H], cfg.gate_clip
-        ))
-        if peep is not None:
-            dc_prev = dc_prev + dz[:, :H] * p_i + dz[:, H : 2 * H] * p_f
+            dk = dr * On[t]
+        dk = dk.add_(dc_new * (1.0 - dc_w) if c_zoned else dc_new)
+        dk = _selected(dk, None if kin is None else kin[t])
+        torch.mul(dk.unsqueeze(1), Fz[t], out=dz[:, : 3 * H].view(B, 3, H))
+        dc_prev = dk * Dc[t]
         if c_zoned:
-            dc_prev = dc_prev + dc_new * dc_w
+            dc_prev = dc_prev.addcmul_(dc_new, dc_w) if zc is not None else dc_prev.add_(dc_new * dc_w)
         if partial:
             torch.where(kb[t], dz, zero, out=dz)
             dc = torch.where(kb[t], dc_prev, dc_pass)
@@ -393,12 +433,10 @@ def _backward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep,
             DR[t].copy_(_layer_norm_grad(dz, r_hat[t], r_rstd[t], lwh))
         dh = _values_grad(DR[t], w_hh, mh)
         if h_zoned:
-            dh = dh + dh_new * dh_w
+            dh = dh.addcmul_(dh_new, dh_w) if zh is not None else dh.add_(dh_new * dh_w)
         if dh_pass is not None:
-            dh = dh + dh_pass
+            dh = dh.add_(dh_pass)
 
-    Hprev = Hp[1:] if cfg.reverse else Hp[:T]
-    Cprev = Cp[1:] if cfg.reverse else Cp[:T]
     steps_rows = (0, 1)
     DA = _layer_norm_grad(DZ, a_hat, a_rstd, lwi) if ln else DZ
     dx = _values_grad(DA, w_ih, mx)
