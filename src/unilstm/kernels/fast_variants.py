@@ -111,26 +111,7 @@ def _clip_grad(g: Tensor, v: Tensor, bound: float | None) -> Tensor:
     return torch.where((v >= -bound) & (v <= bound), g, g.new_zeros(()))
 
 
-def _statistics_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _layer_norm(v: Tensor, gain: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(LN(v) in v's dtype, v^ (normalised, before gain and bias), rstd (..., 1)) over the last axis, with the
-    biased variance; v^ and rstd in the statistics dtype."""
-    w = v.to(_statistics_dtype(v.dtype))
-    centred = w - w.mean(-1, keepdim=True)
-    rstd = torch.rsqrt((centred * centred).mean(-1, keepdim=True) + eps)
-    hat = centred * rstd
-    return (hat * gain + bias).to(v.dtype), hat, rstd
-
-
-def _layer_norm_grad(dy: Tensor, hat: Tensor, rstd: Tensor, gain: Tensor) -> Tensor:
-    """dv of LN given dy: rstd (dv^ - mean(dv^) - v^ mean(dv^ v^)), dv^ = dy * gain."""
-    dhat = dy.to(hat.dtype) * gain
-    mean_dhat = dhat.mean(-1, keepdim=True)
-    mean_dhat_hat = (dhat * hat).mean(-1, keepdim=True)
-    return (rstd * (dhat - mean_dhat - hat * mean_dhat_hat)).to(dy.dtype)
+_ln_backward = torch.ops.aten.native_layer_norm_backward.default
 
 
 def _values_grad(dz: Tensor, weight: Tensor, mask: Tensor | None) -> Tensor:
@@ -181,31 +162,39 @@ def _step_gates(cfg: VariantConfig, z: Tensor, H: int) -> tuple[Tensor, ...]:
 
 def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, lwi, lbi, lwh,
                   lbh, lwc, lbc, mx, mh, step_mask, zh, zc):
-    """(out, h_T, c_T, then the record of the backward: Z, K, R, RP, A^, A rstd, R^, R rstd, C^, C rstd,
-    H states, C states)."""
+    """(out, h_T, c_T, then the record of the backward: Z, K, R, RP, then the three layer normalisations'
+    inputs (all steps' input projections, the recurrent projections, or the normalised cell N for the cell),
+    means and reciprocal deviations, then the H and C states)."""
     T, B, _ = x.shape
     H, P = c0.shape[-1], h0.shape[-1]
     ln, proj = lwi is not None, w_hr is not None
-    stat = _statistics_dtype(x.dtype)
-    a = gate_projection(x, w_ih, mx)
-    # (Any: None where the run has no layer normalisation, and then never indexed)
-    a_hat: Any = None
-    a_rstd: Any = None
-    r_hat: Any = None
-    r_rstd: Any = None
-    c_hat: Any = None
-    c_rstd: Any = None
-    if ln:
-        a, a_hat, a_rstd = _layer_norm(a, lwi, lbi, cfg.eps)
-        r_hat, r_rstd = x.new_empty(T, B, 4 * H, dtype=stat), x.new_empty(T, B, 1, dtype=stat)
-        c_hat, c_rstd = x.new_empty(T, B, H, dtype=stat), x.new_empty(T, B, 1, dtype=stat)
-    for b in (b_ih, b_hh):
-        if b is not None:
-            a = a + b
+    bias = x.new_zeros(4 * H) if b_ih is None and b_hh is None else summed(b_ih, b_hh)
     if cfg.forget_bias != 0.0:
-        a = torch.cat((a[..., :H], a[..., H : 2 * H] + cfg.forget_bias, a[..., 2 * H :]), dim=-1)
+        bias = bias + torch.cat((x.new_zeros(H), x.new_full((H,), cfg.forget_bias), x.new_zeros(2 * H)))
+    # (Any: None where the run has no layer normalisation, and then never indexed)
+    a_raw: Any = None
+    a_mean: Any = None
+    a_rstd: Any = None
+    RR: Any = None
+    r_mean: Any = None
+    r_rstd: Any = None
+    N: Any = None
+    c_mean: Any = None
+    c_rstd: Any = None
+    if ln:  # torch's own layer_norm kernels (those autograd runs), with the statistics they save
+        a_raw = gate_projection(x, w_ih, mx)
+        a, a_mean, a_rstd = torch.native_layer_norm(a_raw, (4 * H,), lwi, lbi, cfg.eps)
+        a = a + bias
+        RR, N = x.new_empty(T, B, 4 * H), x.new_empty(T, B, H)
+        r_mean, r_rstd = x.new_empty(T, B, 1), x.new_empty(T, B, 1)
+        c_mean, c_rstd = x.new_empty(T, B, 1), x.new_empty(T, B, 1)
+    else:
+        a = gate_projection(x, w_ih, mx) + bias
+    # without layer norm and per-gate masks, a step's pre-activations are one addmm
+    direct = not ln and (mh is None or mh.dim() == 2)
+    w_hh_t = w_hh.t()
     if peep is not None:
-        p_i, p_f, p_o = peep[:H], peep[H : 2 * H], peep[2 * H :]
+        p_if, p_o = peep[: 2 * H].view(2, H), peep[2 * H :]
     Z = x.new_empty(T, B, 4 * H)
     K = x.new_empty(T, B, H)
     R: Any = x.new_empty(T, B, H) if proj else None
@@ -228,30 +217,38 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, 
         if masked and none_step[t]:  # every row keeps its state; the record's rows are never read
             Hp[ho].copy_(h)
             Cp[ho].copy_(c)
-            for saved in (Z, K, R, RP, r_hat, r_rstd, c_hat, c_rstd):
+            for saved in (Z, K, R, RP, RR, r_mean, r_rstd, N, c_mean, c_rstd):
                 if saved is not None:
                     saved[t].zero_()
             Obuf[t].copy_(zero if cfg.zero_out else prev_out)
             prev_out = Obuf[t]
             continue
-        r = gate_projection(h, w_hh, mh)
-        if ln:
-            r, r_hat[t], r_rstd[t] = _layer_norm(r, lwh, lbh, cfg.eps)
         z = Z[t]
-        torch.add(a[t], r, out=z)
+        if direct:
+            torch.addmm(a[t], h if mh is None else h * mh, w_hh_t, out=z)
+        elif ln:
+            RR[t] = gate_projection(h, w_hh, mh)
+            r, r_mean[t], r_rstd[t] = torch.native_layer_norm(RR[t], (4 * H,), lwh, lbh, cfg.eps)
+            torch.add(a[t], r, out=z)
+        else:
+            torch.add(a[t], gate_projection(h, w_hh, mh), out=z)
         if peep is not None:
-            z[:, :H].addcmul_(p_i, c)
-            z[:, H : 2 * H].addcmul_(p_f, c)
+            z[:, : 2 * H].view(B, 2, H).addcmul_(p_if, c.unsqueeze(1))
         zcl = _clip(z[:, : 3 * H], cfg.gate_clip)
-        i = cfg.ract.fn(zcl[:, :H])
-        f = 1.0 - i if cfg.coupled else cfg.ract.fn(zcl[:, H : 2 * H])
+        if cfg.coupled:
+            i = cfg.ract.fn(zcl[:, :H])
+            f = 1.0 - i
+        else:
+            i_f = cfg.ract.fn(zcl[:, : 2 * H])
+            i, f = i_f[:, :H], i_f[:, H:]
         k = torch.addcmul(f * c, i, cfg.act.fn(zcl[:, 2 * H :]), out=K[t])
         c_cand = _clip(k, cfg.cell_clip)
         if peep is not None:
             z[:, 3 * H :].addcmul_(p_o, c_cand)
         o = cfg.ract.fn(_clip(z[:, 3 * H :], cfg.gate_clip))
         if ln:
-            n, c_hat[t], c_rstd[t] = _layer_norm(c_cand, lwc, lbc, cfg.eps)
+            N[t], c_mean[t], c_rstd[t] = torch.native_layer_norm(c_cand, (H,), lwc, lbc, cfg.eps)
+            n = N[t]
         else:
             n = c_cand
         h_cand = o * cfg.out_act.fn(n)
@@ -265,19 +262,22 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, 
             if RP is not None:
                 RP[t].copy_(h_cand)
                 h_cand = _clip(h_cand, cfg.proj_clip)
-        dh_w = _zoneout_weight(cfg.zoneout_hidden, zh, t)
-        dc_w = _zoneout_weight(cfg.zoneout_cell, zc, t)
-        h_new = h_cand if zh is None and dh_w == 0.0 else dh_w * h + (1.0 - dh_w) * h_cand
-        c_new = c_cand if zc is None and dc_w == 0.0 else dc_w * c + (1.0 - dc_w) * c_cand
+        # zoneout: d prev + (1 - d) new = lerp(new, prev, d)
+        h_new = h_cand if zh is None and cfg.zoneout_hidden == 0.0 else torch.lerp(
+            h_cand, h, _zoneout_weight(cfg.zoneout_hidden, zh, t)
+        )
+        c_new = c_cand if zc is None and cfg.zoneout_cell == 0.0 else torch.lerp(
+            c_cand, c, _zoneout_weight(cfg.zoneout_cell, zc, t)
+        )
         if partial:
             torch.where(kb[t], h_new, h, out=Hp[ho])
             torch.where(kb[t], c_new, c, out=Cp[ho])
             torch.where(kb[t], h_new, zero if cfg.zero_out else prev_out, out=Obuf[t])
             # masked rows out of the sums over all steps (dp_o, the cell normalisation's gain): an inf there
             # (an exponential activation of padding) times a zero gradient would be nan
-            torch.where(kb[t], K[t], zero, out=K[t])
-            if ln:
-                torch.where(kb[t], c_hat[t], zero, out=c_hat[t])
+            for saved in (K, N, c_mean, c_rstd):
+                if saved is not None:
+                    torch.where(kb[t], saved[t], zero, out=saved[t])
         else:
             Hp[ho].copy_(h_new)
             Cp[ho].copy_(c_new)
@@ -287,7 +287,19 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, 
             prev_out = Obuf[t]
     last = 0 if cfg.reverse else T
     out = Obuf if masked else (Hp[:T] if cfg.reverse else Hp[1:])
-    return (out, Hp[last], Cp[last], Z, K, R, RP, a_hat, a_rstd, r_hat, r_rstd, c_hat, c_rstd, Hp, Cp)
+    return (
+        out, Hp[last], Cp[last], Z, K, R, RP, a_raw, a_mean, a_rstd, RR, r_mean, r_rstd, N, c_mean, c_rstd,
+        Hp, Cp,
+    )
+
+
+def summed(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
+    """b_ih + b_hh, or the one given (not both None)."""
+    if b_ih is None or b_hh is None:
+        found = b_hh if b_ih is None else b_ih
+        assert found is not None
+        return found
+    return b_ih + b_hh
 
 
 def _derivative(act, x: Tensor, y: Tensor) -> Tensor:
@@ -304,7 +316,7 @@ def _selected(v: Tensor, where: Tensor | None) -> Tensor:
     return v if where is None else torch.where(where, v, v.new_zeros(()))
 
 
-def _step_factors(cfg, Z, K, Cprev, c_hat, lwc, lbc, peep, H):
+def _step_factors(cfg, Z, K, Cprev, N, peep, H):
     """What the backward's steps multiply their gradients by, for every step at once (it depends on the
     forward's record alone): (Fo, On, Pc, Fz, Dc, kin) with
 
@@ -312,7 +324,7 @@ def _step_factors(cfg, Z, K, Cprev, c_hat, lwc, lbc, peep, H):
     Pc = Fo p_o: the peephole's share of dc~ (None without peepholes);
     Fz (T, B, 3, H) = [(g, or g - c with coupled gates) sigma'(z_i), c sigma'(z_f) (0 coupled), i act'(z_g)],
     each within its clip: dz_{i,f,g} = dk Fz;  Dc = f + p_i Fz_i + p_f Fz_f: dc_{t-1} = dk Dc (+ zoneout);
-    kin: where the candidate lies within cell_clip (None without one)."""
+    kin: where the candidate lies within cell_clip (None without one); and c~, the clipped candidates."""
     zcl = _clip(Z, cfg.gate_clip)
     inside = _within(Z, cfg.gate_clip)
     z_i, z_f, z_g, z_o = (zcl[..., k * H : (k + 1) * H] for k in range(GATES))
@@ -333,7 +345,7 @@ def _step_factors(cfg, Z, K, Cprev, c_hat, lwc, lbc, peep, H):
         S_i, S_f, S_g, S_o = (_selected(v, inside[..., k * H : (k + 1) * H])
                               for k, v in enumerate((S_i, S_f, S_g, S_o)))
     c_cand = _clip(K, cfg.cell_clip)
-    n = (c_hat * lwc + lbc).to(Z.dtype) if c_hat is not None else c_cand
+    n = N if N is not None else c_cand
     gn = cfg.out_act.fn(n)
     Fo = gn * S_o
     On = o * _derivative(cfg.out_act, n, gn)
@@ -344,12 +356,12 @@ def _step_factors(cfg, Z, K, Cprev, c_hat, lwc, lbc, peep, H):
         p_i, p_f, p_o = peep[:H], peep[H : 2 * H], peep[2 * H :]
         Dc = f + p_i * Fz[:, :, 0] + p_f * Fz[:, :, 1]
         Pc = Fo * p_o
-    return Fo, On, Pc, Fz, Dc, _within(K, cfg.cell_clip)
+    return Fo, On, Pc, Fz, Dc, _within(K, cfg.cell_clip), c_cand
 
 
 def _backward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, lwi, lbi,
-                   lwh, lbh, lwc, lbc, mx, mh, step_mask, zh, zc, Z, K, R, RP, a_hat, a_rstd, r_hat, r_rstd,
-                   c_hat, c_rstd, Hp, Cp, dout, dhT, dcT):
+                   lwh, lbh, lwc, lbc, mx, mh, step_mask, zh, zc, Z, K, R, RP, a_raw, a_mean, a_rstd, RR,
+                   r_mean, r_rstd, N, c_mean, c_rstd, Hp, Cp, dout, dhT, dcT):
     """The gradients (x, h0, c0, w_ih, w_hh, bias (one for both), w_hr, peephole, then the six layer-norm
     tensors), None where the tensor is absent. The step's factors that depend on the record alone are
     computed for all steps first (:func:`_step_factors`); the loop runs only the recurrence."""
@@ -358,7 +370,8 @@ def _backward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep,
     ln, proj = lwi is not None, w_hr is not None
     Hprev = Hp[1:] if cfg.reverse else Hp[:T]
     Cprev = Cp[1:] if cfg.reverse else Cp[:T]
-    Fo, On, Pc, Fz, Dc, kin = _step_factors(cfg, Z, K, Cprev, c_hat, lwc, lbc, peep, H)
+    Fo, On, Pc, Fz, Dc, kin, CC = _step_factors(cfg, Z, K, Cprev, N, peep, H)
+    cell_only, input_only = (True, False, False), (False, True, True)
     if Pc is not None and not ln:  # dc~ = dr (On + Pc) in one product
         On, Pc = On + Pc, None
     pin = _within(RP, cfg.proj_clip) if RP is not None else None
@@ -413,7 +426,7 @@ def _backward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep,
             if partial:
                 dn = torch.where(kb[t], dn, zero)
             DN[t].copy_(dn)
-            dk = _layer_norm_grad(dn, c_hat[t], c_rstd[t], lwc)
+            dk = _ln_backward(dn, CC[t], (H,), c_mean[t], c_rstd[t], lwc, lbc, cell_only)[0]
             if Pc is not None:
                 dk = dk.addcmul_(dr, Pc[t])
         else:
@@ -430,7 +443,7 @@ def _backward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep,
         else:
             dc = dc_prev
         if ln:
-            DR[t].copy_(_layer_norm_grad(dz, r_hat[t], r_rstd[t], lwh))
+            DR[t] = _ln_backward(dz, RR[t], (4 * H,), r_mean[t], r_rstd[t], lwh, lbh, cell_only)[0]
         dh = _values_grad(DR[t], w_hh, mh)
         if h_zoned:
             dh = dh.addcmul_(dh_new, dh_w) if zh is not None else dh.add_(dh_new * dh_w)
@@ -438,7 +451,14 @@ def _backward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep,
             dh = dh.add_(dh_pass)
 
     steps_rows = (0, 1)
-    DA = _layer_norm_grad(DZ, a_hat, a_rstd, lwi) if ln else DZ
+    dln: tuple = (None,) * 6
+    DA = DZ
+    if ln:  # the gains' and biases' gradients summed over all steps by the same kernels
+        DA, dlwi, dlbi = _ln_backward(DZ, a_raw, (4 * H,), a_mean, a_rstd, lwi, lbi, (True, True, True))
+        dln = (
+            dlwi, dlbi, *_ln_backward(DZ, RR, (4 * H,), r_mean, r_rstd, lwh, lbh, input_only)[1:],
+            *_ln_backward(DN, CC, (H,), c_mean, c_rstd, lwc, lbc, input_only)[1:],
+        )
     dx = _values_grad(DA, w_ih, mx)
     dwih = _weight_grad(DA, x, mx)
     dwhh = _weight_grad(DR, Hprev, mh)
@@ -448,15 +468,8 @@ def _backward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep,
     if peep is not None:
         dpeep = torch.cat((
             (DZ[..., :H] * Cprev).sum(steps_rows), (DZ[..., H : 2 * H] * Cprev).sum(steps_rows),
-            (DZ[..., 3 * H :] * _clip(K, cfg.cell_clip)).sum(steps_rows),
+            (DZ[..., 3 * H :] * CC).sum(steps_rows),
         ))
-    dln: tuple = (None,) * 6
-    if ln:
-        dt = x.dtype
-        dln = (
-            (DZ * a_hat).sum(steps_rows).to(dt), DZ.sum(steps_rows), (DZ * r_hat).sum(steps_rows).to(dt),
-            DZ.sum(steps_rows), (DN * c_hat).sum(steps_rows).to(dt), DN.sum(steps_rows),
-        )
     return (dx, dh, dc, dwih, dwhh, db, dwhr, dpeep, *dln)
 
 
