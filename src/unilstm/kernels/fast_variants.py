@@ -436,7 +436,7 @@ def _backward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep,
         torch.mul(dk.unsqueeze(1), Fz[t], out=dz[:, : 3 * H].view(B, 3, H))
         dc_prev = dk * Dc[t]
         if c_zoned:
-            dc_prev = dc_prev.addcmul_(dc_new, dc_w) if zc is not None else dc_prev.add_(dc_new * dc_w)
+            dc_prev = dc_prev.add_(dc_new * dc_w)
         if partial:
             torch.where(kb[t], dz, zero, out=dz)
             dc = torch.where(kb[t], dc_prev, dc_pass)
@@ -446,7 +446,7 @@ def _backward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep,
             DR[t] = _ln_backward(dz, RR[t], (4 * H,), r_mean[t], r_rstd[t], lwh, lbh, cell_only)[0]
         dh = _values_grad(DR[t], w_hh, mh)
         if h_zoned:
-            dh = dh.addcmul_(dh_new, dh_w) if zh is not None else dh.add_(dh_new * dh_w)
+            dh = dh.add_(dh_new * dh_w)
         if dh_pass is not None:
             dh = dh.add_(dh_pass)
 
