@@ -18,8 +18,10 @@ Forward, per step t (B rows; ``a_t`` for all steps at once before the loop)::
     h~ = clip(r W_hr^T, proj_clip) or r;  h' = d_h h + (1 - d_h) h~;  c' = d_c c + (1 - d_c) c~
 
 It saves the gate pre-activations before their clips Z (T, B, 4H), the candidates k (T, B, H), r (T, B, H)
-and r W_hr^T (T, B, P) where projected and clipped, the normalised values and reciprocal deviations of the
-three layer normalisations, and the states; the activations are recomputed in the backward.
+and r W_hr^T (T, B, P) where projected and clipped, the inputs (the normalised cell for LN_c), means and
+reciprocal deviations of the three layer normalisations, and the states. The backward first computes, for
+all steps at once, every factor that depends on this record alone (the activations and their derivatives,
+the clips' masks); its loop over time then runs only the recurrence of dh and dc.
 
 Backward, per step in reverse processing order, from dh' and dc' (the masking as in the standard kernel)::
 
@@ -33,10 +35,12 @@ Backward, per step in reverse processing order, from dh' and dc' (the masking as
 with ``LN'(dy) = rstd (dy w - mean(dy w) - v^ mean(dy w v^))`` (v^ the normalised values, w the gain; gain
 gradient sum(dy v^), bias gradient sum(dy)). The weight gradients are one product each over all steps:
 ``dW_ih = LN_ih'(dZ)^T (X m_x)``, ``dW_hh = LN_hh'(dZ)^T (H_prev m_h)``, ``dW_hr = dH~^T R``; the peephole
-gradients are ``sum dz_i c``, ``sum dz_f c``, ``sum dz_o c~``. Layer-norm statistics are computed in float32
-for float16 and bfloat16 inputs (as torch's layer_norm does). Clips pass the gradient where the value lies
-within the bounds, bounds included (torch's clamp). A masked row's saved values are never multiplied into a
-gradient before a ``where`` selects it out (an inf there cannot become nan).
+gradients are ``sum dz_i c``, ``sum dz_f c``, ``sum dz_o c~``. The layer normalisations and their backward
+are torch's own kernels (``native_layer_norm`` and its backward, what autograd runs for ``F.layer_norm``),
+the gains' and biases' gradients summed over all steps in one call each. Clips pass the gradient where the
+value lies within the bounds, bounds included (torch's clamp). A masked row's gradients are selected
+with ``where``, never multiplied by the mask, and its saved values are zeroed where they enter the sums over
+all steps: an inf there (an exponential activation of padding) cannot become nan.
 
 On CUDA the bodies run through :mod:`~unilstm.kernels.cuda_graphs` like the standard ones (capturable: the
 step patterns are all "partly masked"). The Triton cell does not implement variants: they run on these
