@@ -8,7 +8,9 @@ import dataclasses
 
 import pytest
 import torch
-from kernel_cases import captures
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kernel_cases import MASK_KINDS, captures, projection
 from variant_cases import (
     COMBINED_VARIANTS,
     SINGLE_VARIANTS,
@@ -224,3 +226,25 @@ def test_autocast_bfloat16_cpu():
     loss.backward()
     assert torch.isfinite(out.float()).all()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**31 - 1), T=st.integers(1, 5), B=st.integers(1, 3), H=st.integers(1, 4),
+    proj=st.booleans(), mask=st.sampled_from(MASK_KINDS), reverse=st.booleans(), zero=st.booleans(),
+    mx_kind=st.sampled_from(["none", "shared", "per_gate"]),
+    mh_kind=st.sampled_from(["none", "shared", "per_gate"]),
+    bias=st.sampled_from(["both", "ih", "hh", "none"]), layer_norm=st.booleans(), peepholes=st.booleans(),
+    gate_clip=st.sampled_from([None, 0.7]), cell_clip=st.sampled_from([None, 0.6]),
+    proj_clip=st.sampled_from([None, 0.3]), coupled_gates=st.booleans(),
+    zoneout_hidden=st.sampled_from([0.0, 0.25, "draw"]), zoneout_cell=st.sampled_from([0.0, 0.1, "draw"]),
+    forget_bias=st.sampled_from([0.0, 1.0]), output_activation=st.sampled_from([None, "relu", "softsign"]),
+    act=st.sampled_from(["tanh", parametric("scaled_tanh", 1.2, 0.7), "elu"]),
+    ract=st.sampled_from(["sigmoid", parametric("hard_sigmoid", 0.3, 0.45)]),
+)
+def test_random_variant_combinations_equal_reference(seed, H, proj, proj_clip, **kwargs):
+    P = projection(seed, H, proj)
+    case = make_variant_case(seed, H=H, P=P, F=2, proj_clip=proj_clip if P else None, **kwargs)
+    assert accepts(case[0], case[3], case[4])
+    _assert_results_close(variant_results(run_direction_fast, *case),
+                          variant_results(run_direction_reference, *case), atol=1e-10, rtol=1e-10)
