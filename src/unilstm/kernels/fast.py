@@ -14,6 +14,12 @@ proj_size, float16/bfloat16/float32/float64) but as a :class:`torch.autograd.Fun
 
 Gate rows are reordered internally to [i, f, o, g] so that the three gate sigmoids are one op.
 
+A run with cell variants (:func:`~unilstm.kernels.reference.is_variant`: layer normalisation, peepholes,
+clips, coupled gates, zoneout, forget bias, an output activation of its own) runs on a body of its own with
+its own hand-written backward, :mod:`~unilstm.kernels.fast_variants`, so that the standard cell's body stays
+as it is. The activations and their derivatives, ONNX's parametric ones included, are
+:mod:`~unilstm.kernels.fast_activations`'.
+
 On CUDA the elementwise part of each step is one Triton kernel forward and one backward where
 :mod:`~unilstm.kernels.triton_cell` has both activations, and the whole forward and backward bodies are
 replayed from CUDA graphs (:mod:`~unilstm.kernels.cuda_graphs`) from the second call with the same shapes

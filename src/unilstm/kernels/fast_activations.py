@@ -29,17 +29,11 @@ from .. import activations as A
 
 __all__ = ["act_entry", "supported_activation"]
 
-# ---------------------------------------------------------------------------------------------------------
-# Activations with hand-written derivatives.
-#
-# ``grad(g, x, y)`` returns ``g * f'(x)`` where ``y = f(x)``; ``x`` is None when ``y_only`` (the derivative
-# is a function of the output alone, so the kernel keeps only outputs). Each derivative matches what
-# autograd computes for the function in unilstm.activations, including its choice at the kinks.
-# ---------------------------------------------------------------------------------------------------------
-
 
 @dataclass(frozen=True)
 class _Act:
+    """An activation ``fn`` with its derivative: ``grad(g, x, y) = g * fn'(x)`` (x None when ``y_only``)."""
+
     fn: Callable[[Tensor], Tensor]
     y_only: bool
     grad: Callable[[Tensor, Tensor | None, Tensor], Tensor]
