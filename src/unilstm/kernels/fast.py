@@ -14,6 +14,12 @@ proj_size, float16/bfloat16/float32/float64) but as a :class:`torch.autograd.Fun
 
 Gate rows are reordered internally to [i, f, o, g] so that the three gate sigmoids are one op.
 
+A run with cell variants (:func:`~unilstm.kernels.reference.is_variant`: layer normalisation, peepholes,
+clips, coupled gates, zoneout, forget bias, an output activation of its own) runs on a body of its own with
+its own hand-written backward, :mod:`~unilstm.kernels.fast_variants`, so that the standard cell's body stays
+as it is. The activations and their derivatives, ONNX's parametric ones included, are
+:mod:`~unilstm.kernels.fast_activations`'.
+
 On CUDA the elementwise part of each step is one Triton kernel forward and one backward where
 :mod:`~unilstm.kernels.triton_cell` has both activations, and the whole forward and backward bodies are
 replayed from CUDA graphs (:mod:`~unilstm.kernels.cuda_graphs`) from the second call with the same shapes
@@ -35,154 +41,26 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .. import activations as A
-from . import cuda_graphs, policy, triton_cell
+from . import cuda_graphs, fast_variants, policy, triton_cell
+from .fast_activations import _Act, act_entry, supported_activation
 from .opaque import opaque_to_compile
 from .reference import GATES, DirectionRun, DirectionWeights, differentiable_gradients, is_variant
 
 __all__ = ["accepts", "run_direction_fast", "supported_activation"]
 
-
-# ---------------------------------------------------------------------------------------------------------
-# Activations with hand-written derivatives.
-#
-# ``grad(g, x, y)`` returns ``g * f'(x)`` where ``y = f(x)``; ``x`` is None when ``y_only`` (the derivative
-# is a function of the output alone, so the kernel keeps only outputs). Each derivative matches what
-# autograd computes for the function in unilstm.activations, including its choice at the kinks.
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Act:
-    fn: Callable[[Tensor], Tensor]
-    y_only: bool
-    grad: Callable[[Tensor, Tensor | None, Tensor], Tensor]
-    inplace: Callable[[Tensor], Tensor] | None = None
-    #: grad_out(g, y, out): ``g * f'`` written into ``out`` (which may be ``y`` itself), for y_only ones
-    grad_out: Callable[[Tensor, Tensor, Tensor], object] | None = None
-
-
-def _ind(cond: Tensor, like: Tensor) -> Tensor:
-    return cond.to(like.dtype)
-
-
-def _grad_mish(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
-    assert x is not None
-    sp = F.softplus(x)
-    tsp = torch.tanh(sp)
-    z = torch.exp(x)
-    dsp = torch.where(x > 20.0, torch.ones_like(x), z / (z + 1.0))
-    return g * (tsp + x * (1.0 - tsp * tsp) * dsp)
-
-
-def _grad_hard_sigmoid_keras2(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
-    assert x is not None
-    v = 0.2 * x + 0.5
-    return g * (0.2 * _ind((v >= 0.0) & (v <= 1.0), g))
-
-
-def _grad_hard_silu(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
-    assert x is not None
-    s = x + 3.0
-    hs = F.relu6(s) / 6.0
-    return g * (hs + x * _ind((s > 0.0) & (s < 6.0), g) / 6.0)
-
-
-def _grad_squareplus(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
-    assert x is not None
-    return g * (0.5 * (1.0 + x / torch.sqrt(x * x + 4.0)))
-
-
-def _grad_sparse_plus(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
-    assert x is not None
-    inner = g * ((x + 1.0) / 2.0)
-    return torch.where(x <= -1.0, torch.zeros_like(g), torch.where(x >= 1.0, g, inner))
-
-
-def _grad_softsign(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
-    assert x is not None
-    return g / (1.0 + torch.abs(x)) ** 2
-
-
-def _grad_tanh_shrink(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
-    assert x is not None
-    return g * torch.tanh(x) ** 2
-
-
-def _grad_log_sigmoid(g: Tensor, x: Tensor | None, y: Tensor) -> Tensor:
-    assert x is not None
-    return g * torch.sigmoid(-x)
-
-
-_aten = torch.ops.aten
-_sigmoid_bw = _aten.sigmoid_backward.default
-_tanh_bw = _aten.tanh_backward.default
-_threshold_bw = _aten.threshold_backward.default
-_hardtanh_bw = _aten.hardtanh_backward.default
-_elu_bw = _aten.elu_backward.default
-_leaky_bw = _aten.leaky_relu_backward.default
-_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
-
-# The fused aten backward ops are what autograd itself calls for these functions: one op each.
-_ACTS: dict[Callable, _Act] = {
-    torch.tanh: _Act(
-        torch.tanh, True, lambda g, x, y: _tanh_bw(g, y), torch.tanh_,
-        lambda g, y, out: _aten.tanh_backward.grad_input(g, y, grad_input=out),
-    ),
-    torch.sigmoid: _Act(
-        torch.sigmoid, True, lambda g, x, y: _sigmoid_bw(g, y), torch.sigmoid_,
-        lambda g, y, out: _aten.sigmoid_backward.grad_input(g, y, grad_input=out),
-    ),
-    torch.relu: _Act(
-        torch.relu, True, lambda g, x, y: _threshold_bw(g, y, 0), torch.relu_,
-        lambda g, y, out: _aten.threshold_backward.grad_input(g, y, 0, grad_input=out),
-    ),
-    A.linear: _Act(A.linear, True, lambda g, x, y: g, lambda v: v),
-    A.exponential: _Act(A.exponential, True, lambda g, x, y: g * y, torch.exp_),
-    A.hard_sigmoid: _Act(A.hard_sigmoid, True, lambda g, x, y: _hardtanh_bw(g, y, 0.0, 1.0).mul_(1.0 / 6.0)),
-    A.hard_sigmoid_keras2: _Act(A.hard_sigmoid_keras2, False, _grad_hard_sigmoid_keras2),
-    A.hard_silu: _Act(A.hard_silu, False, _grad_hard_silu),
-    A.elu: _Act(A.elu, False, lambda g, x, y: _elu_bw(g, 1.0, 1, 1, False, x)),
-    A.celu: _Act(A.celu, False, lambda g, x, y: _elu_bw(g, 1.0, 1, 1, False, x)),
-    A.selu: _Act(A.selu, False, lambda g, x, y: _elu_bw(g, _SELU_ALPHA, _SELU_SCALE, 1, False, x)),
-    A.gelu: _Act(A.gelu, False, lambda g, x, y: _aten.gelu_backward.default(g, x, approximate="tanh")),
-    A.silu: _Act(A.silu, False, lambda g, x, y: _aten.silu_backward.default(g, x)),
-    A.softplus: _Act(A.softplus, False, lambda g, x, y: _aten.softplus_backward.default(g, x, 1, 20)),
-    A.softsign: _Act(A.softsign, False, _grad_softsign),
-    A.relu6: _Act(A.relu6, True, lambda g, x, y: _hardtanh_bw(g, y, 0.0, 6.0)),
-    # leaky_relu's sign is the sign of its input: the output decides
-    A.leaky_relu: _Act(A.leaky_relu, True, lambda g, x, y: _leaky_bw(g, y, 0.2, False)),
-    A.mish: _Act(A.mish, False, _grad_mish),
-    A.squareplus: _Act(A.squareplus, False, _grad_squareplus),
-    A.sparse_plus: _Act(A.sparse_plus, False, _grad_sparse_plus),
-    A.tanh_shrink: _Act(A.tanh_shrink, False, _grad_tanh_shrink),
-    A.soft_shrink: _Act(A.soft_shrink, False, lambda g, x, y: _aten.softshrink_backward.default(g, x, 0.5)),
-    A.hard_shrink: _Act(A.hard_shrink, False, lambda g, x, y: _aten.hardshrink_backward.default(g, x, 0.5)),
-    A.hard_tanh: _Act(A.hard_tanh, True, lambda g, x, y: _hardtanh_bw(g, y, -1.0, 1.0)),
-    A.log_sigmoid: _Act(A.log_sigmoid, False, _grad_log_sigmoid),
-}
-
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-
-def supported_activation(fn: Callable) -> bool:
-    """True when the fast kernel has a hand-written derivative for ``fn`` (a resolved activation)."""
-    return A.kernel_entry(_ACTS, fn) is not None
-
-
 def accepts(x: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:
-    """Whether :func:`run_direction_fast` computes this run: named elementwise activations, a floating
-    dtype, at least one step and one sequence."""
+    """Whether :func:`run_direction_fast` computes this run: named elementwise activations (ONNX's
+    parametric ones included), a floating dtype, at least one step and one sequence; every cell variant."""
     if x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0 or x.dtype not in _DTYPES:
         return False
-    if is_variant(weights, run):
+    if is_variant(weights, run) and not fast_variants.accepts(x, weights, run):
         return False
     return supported_activation(run.activation) and supported_activation(run.recurrent_activation)
 
@@ -298,6 +176,10 @@ def _step_patterns(
     if capturable:
         return [False] * T, [False] * T
     return step_mask.all(dim=1).tolist(), (~step_mask.any(dim=1)).tolist()
+
+
+def _capturable(x: Tensor) -> bool:
+    return x.device.type == "cuda" or cuda_graphs.usable(x)
 
 
 def _project(r: Tensor, w_hr_t: Tensor, zero_bias: Tensor | None, out: Tensor) -> None:
@@ -718,7 +600,7 @@ class _FastLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask):  # noqa: N805
         T, B, Fdim = x.shape
-        patterns = _step_patterns(step_mask, T, capturable=x.device.type == "cuda" or cuda_graphs.usable(x))
+        patterns = _step_patterns(step_mask, T, capturable=_capturable(x))
         args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask)
         results = _forward_results(cfg, patterns, args)
         out, h_last, c_last = results[:3]
@@ -764,10 +646,15 @@ def run_direction_fast(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Same contract as :func:`~unilstm.kernels.reference.run_direction_reference` (see the module
     docstring for what differs: speed)."""
-    act, ract = _ACTS[run.activation], _ACTS[run.recurrent_activation]
+    device_type = x.device.type
+    if is_variant(weights, run):  # (a body of its own: the standard cell's stays as tuned)
+        mask = None if run.step_mask is None else run.step_mask.to(dtype=torch.bool)
+        patterns = _step_patterns(mask, x.shape[0], capturable=_capturable(x))
+        with torch.autocast(device_type=device_type, enabled=False):
+            return fast_variants.run_direction_variants(x, h0, c0, weights, run, patterns)
+    act, ract = act_entry(run.activation), act_entry(run.recurrent_activation)
     cfg = (act, ract, bool(run.reverse), bool(run.zero_masked_output))
     args = function_arguments(cfg, x, h0, c0, weights, run)
-    device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         with torch.autocast(device_type=device_type, enabled=False):
             return _FastLSTM.apply(*args)
