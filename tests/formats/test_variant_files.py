@@ -76,7 +76,9 @@ def test_each_exported_variant_matches_onnxruntime(case):
     model = build_graph(layer, lengths=True)
     assert carried(model, carrier)
     got = run_onnx(model, x.numpy(), lengths=lengths.numpy())
-    assert max(float(np.abs(a - b).max()) for a, b in zip(got, expected, strict=True)) < TOL
+    # relative to the results' size: unbounded activations (elu) reach 10 in float32
+    scale = max(1.0, max(float(np.abs(b).max()) for b in expected))
+    assert max(float(np.abs(a - b).max()) for a, b in zip(got, expected, strict=True)) < TOL * scale
     assert float(np.abs(expected[0] - unchanged).max()) > 1e-3  # the variant changes the numbers
 
 
