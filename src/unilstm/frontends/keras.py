@@ -511,7 +511,21 @@ class LSTM(nn.Module):
         return self._generators[device]
 
     def spec(self, training: bool = False) -> LSTMSpec:
-        """The engine's description of this layer (dropout only when ``training``)."""
+        """The engine's description of this layer (dropout only when ``training``); made again only when
+        an attribute it reads has changed."""
+        key = (
+            training, self.input_size, self.units, self.use_bias, self.activation, self.recurrent_activation,
+            self.dropout, self.recurrent_dropout, self.implementation, self.go_backwards,
+            self.zero_output_for_mask,
+        )
+        cached = self.__dict__.get("_spec_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        spec = self._make_spec(training)
+        self.__dict__["_spec_cache"] = (key, spec)
+        return spec
+
+    def _make_spec(self, training: bool) -> LSTMSpec:
         return LSTMSpec(
             input_size=self.input_size,
             hidden_size=self.units,
@@ -549,17 +563,18 @@ class LSTM(nn.Module):
         )
         return self._results(out, h_n[0], c_n[0])
 
-    def _fit_features(self, x: Tensor, shown_shape: str) -> Tensor:
+    def _fit_features(self, x: Tensor, shown_shape: str | torch.Size) -> Tensor:
         """``x`` on the weights' device, the layer built for its features (last axis) on the first call;
-        afterwards an input of other features is Keras's ValueError (``shown_shape``: x's shape as the
-        message writes it)."""
+        afterwards an input of other features is Keras's ValueError (``shown_shape``: the shape the message
+        shows, as text or a size written as Keras writes shapes)."""
         if not self.built:
             self.build(tuple(x.shape))
             return x.to(self._device())
         if x.shape[-1] != self.input_size:
             raise ValueError(
                 f'Input 0 of layer "{self.name}" is incompatible with the layer: expected axis -1 of input '
-                f"shape to have value {self.input_size}, but received input with shape {shown_shape}"
+                f"shape to have value {self.input_size}, but received input with shape "
+                f"{shown_shape if isinstance(shown_shape, str) else _shape_text(shown_shape)}"
             )
         return x
 
@@ -572,7 +587,7 @@ class LSTM(nn.Module):
                 f'Input 0 of layer "{self.name}" is incompatible with the layer: expected ndim=3, found '
                 f"ndim={x.dim()}. Full shape received: {_shape_text(x.shape)}"
             )
-        x = self._fit_features(x, _shape_text(x.shape))
+        x = self._fit_features(x, x.shape)
         if self.stateful and self._expected_batch_size is None:
             self.build(tuple(x.shape))
         x_tm = (x if self.time_major else x.transpose(0, 1)).contiguous()  # (T, B, F)
@@ -605,7 +620,8 @@ class LSTM(nn.Module):
         return output
 
     def _direction_weights(self) -> DirectionWeights:
-        """The Keras-layout weights as the engine's torch-layout views (differentiable, no copies kept)."""
+        """The Keras-layout weights as the engine's torch-layout tensors (differentiable copies, made per
+        call: a cache keyed by version counters would miss changes made through ``weight.data``)."""
         w_ih, w_hh, b_ih, b_hh = torch_views_from_keras(self.kernel, self.recurrent_kernel, self.bias)
         return DirectionWeights(w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
 
