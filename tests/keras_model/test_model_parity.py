@@ -131,9 +131,7 @@ def test_stateful_models_continue_their_states_across_calls(path: Path):
         second = model(data["second_input_0"])
     np.testing.assert_allclose(first.numpy(), data["output_0"], rtol=1e-5, atol=2e-6)
     np.testing.assert_allclose(second.numpy(), data["second_output_0"], rtol=1e-5, atol=2e-6)
-    for module in model.modules():  # Keras's reset_states on every stateful layer: back to zeros
-        if hasattr(module, "reset_states") and getattr(module, "stateful", False):
-            module.reset_states()
+    model.reset_states()  # tf-keras's Model.reset_states: every stateful layer back to zeros
     with torch.no_grad():
         again = model(data["input_0"])
     np.testing.assert_allclose(again.numpy(), data["output_0"], rtol=1e-5, atol=2e-6)

@@ -448,6 +448,14 @@ class KerasModel(KerasLayer):
         outputs, _ = self.call(tensors if len(tensors) > 1 else tensors[0])
         return outputs
 
+    def reset_states(self) -> None:
+        """Zero the stored states of every stateful layer, nested models included (tf-keras's
+        ``Model.reset_states()``; in Keras 3, each stateful layer's ``reset_states()``)."""
+        for module in self.modules():
+            reset = getattr(module, "reset_states", None)
+            if module is not self and getattr(module, "stateful", False) is True and callable(reset):
+                reset()
+
 
 def build_model(
     config: Mapping[str, Any],
