@@ -105,11 +105,14 @@ def test_the_compiled_executor_equals_the_dict_executor_bit_for_bit(path: Path) 
     model = load_model(path)
     tensors = [model._as_input(value, position) for position, value in enumerate(raw)]
     inputs = tensors if len(tensors) > 1 else tensors[0]
-    with torch.no_grad():
+    with torch.no_grad():  # each call from zero states (stateful models continue them otherwise)
         expected_seen: dict = {}
         want, want_mask = _reference_call(model, inputs, None, expected_seen)
+        model.reset_states()
         got, got_mask = model.call(inputs)
+        model.reset_states()
         traced = model.trace(*raw)
+        model.reset_states()
         again = model(*raw)  # the compiled plan, reused
     assert _same(got, want) and _same(got_mask, want_mask)
     assert _same(again, want)
