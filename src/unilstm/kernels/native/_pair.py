@@ -35,6 +35,7 @@ from ._loops import (
     needs_graph,
     record_for_backward,
     run_config,
+    uses_variant_loops,
 )
 
 
@@ -143,6 +144,8 @@ def pair_accepts(x: Tensor, h0: Tensor, c0: Tensor, weights: tuple[DirectionWeig
     at once is faster (policy.PAIR_MIN_BATCH, policy.PAIR_MAX_HIDDEN)."""
     if not _two_loops_at_once(x.dtype):
         return False
+    if any(uses_variant_loops(w, r) for w, r in zip(weights, runs, strict=True)):  # one loop after the other
+        return False
     if not all(accepts(x, w, r) and buffers_agree(x, h, c, w, r)
                for w, r, h, c in zip(weights, runs, h0, c0, strict=True)):
         return False
@@ -185,7 +188,7 @@ def halves_accept(x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, 
     (_two_loops_at_once), a native run, at least policy.HALVES_MIN_BATCH sequences and recurrent weights
     small enough (policy.HALVES_MAX_WEIGHT_BYTES, or HALVES_MAX_WEIGHT_BYTES_INFERENCE when autograd does
     not record the call): each thread reads all of them every step, where two-thread GEMMs read half each."""
-    if not _two_loops_at_once(x.dtype):
+    if not _two_loops_at_once(x.dtype) or uses_variant_loops(weights, run):  # one loop (._variants)
         return False
     records = needs_graph((x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr))
     limit = policy.HALVES_MAX_WEIGHT_BYTES if records else policy.HALVES_MAX_WEIGHT_BYTES_INFERENCE
