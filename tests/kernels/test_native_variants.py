@@ -27,7 +27,14 @@ from unilstm.kernels.native import run_direction_native
 from unilstm.kernels.reference import DirectionWeights, run_direction_reference
 
 ATOL = 1e-10
-CASES = {**SINGLE_VARIANTS, **COMBINED_VARIANTS}
+#: the single-pass rows with relu (the shared cases use tanh), and the general rows with a gate clip
+EXTRA_VARIANTS = {
+    "relu_fused": {"act": "relu", "peepholes": True, "coupled_gates": True, "gate_clip": 0.5,
+                   "zoneout_cell": "draw", "mask": "gaps", "zero": False, "mh_kind": "per_gate"},
+    "softsign_general": {"act": "softsign", "gate_clip": 0.5, "cell_clip": 0.4, "forget_bias": 0.3,
+                         "zoneout_hidden": 0.2, "P": 2, "mask": "right", "reverse": True},
+}
+CASES = {**SINGLE_VARIANTS, **COMBINED_VARIANTS, **EXTRA_VARIANTS}
 _REFERENCE: dict = {}
 
 
@@ -86,30 +93,38 @@ def test_variants_run_on_the_c_loop_and_decline_without_the_gemm(name, cell):
 
 
 def _small(name):
-    return make_variant_case(5, **{**CASES[name], "T": 3, "B": 2, "F": 2, "H": 3})
+    return make_variant_case(5, **{**CASES[name], "T": 2, "B": 2, "F": 2, "H": 4})
 
 
-@needs_extension
-@pytest.mark.parametrize("name", ["everything", "onnx_like"])
-def test_gradcheck_and_gradgradcheck(name):
-    """First derivatives through the C loops (every leaf), second ones (create_graph: through the reference
-    loop) for x and W_hh (the others held: gradgradcheck's cost grows fast with the leaves)."""
+def _checked(name, names=None):
+    """(function of the leaves ``names`` (default: every leaf) that runs the small case on the native
+    kernel, those leaves)."""
     x, h0, c0, w, run = _small(name)
     _assert_variant_path(x, h0, c0, w, run)
     leaves = dict(variant_leaves(x, h0, c0, w))
+    names = list(leaves) if names is None else names
 
-    def checked(names):
-        def fn(*tensors):
-            given = {**leaves, **dict(zip(names, tensors, strict=True))}
-            fields = {f: given.get(f, getattr(w, f)) for f in w.__dataclass_fields__}
-            return run_direction_native(given["x"], given["h0"], given["c0"], DirectionWeights(**fields), run)
+    def fn(*tensors):
+        given = {**leaves, **dict(zip(names, tensors, strict=True))}
+        fields = {f: given.get(f, getattr(w, f)) for f in w.__dataclass_fields__}
+        return run_direction_native(given["x"], given["h0"], given["c0"], DirectionWeights(**fields), run)
 
-        return fn, tuple(leaves[n] for n in names)
+    return fn, tuple(leaves[n] for n in names)
 
-    fn, inputs = checked(list(leaves))
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
-    fn, inputs = checked(["x", "w_hh"])
-    assert torch.autograd.gradgradcheck(fn, inputs, eps=1e-6, atol=1e-5)
+
+@needs_extension
+@pytest.mark.parametrize("name", ["everything", "tf1_like"])
+def test_gradcheck(name):
+    """First derivatives through the C loops, every leaf."""
+    assert torch.autograd.gradcheck(*_checked(name), eps=1e-6, atol=1e-6)
+
+
+@needs_extension
+@pytest.mark.parametrize("name", ["onnx_like", "tf1_like"])
+def test_gradgradcheck(name):
+    """Second derivatives (create_graph: through the reference loop) for x and W_hh, the other leaves held
+    (each leaf costs gradgradcheck seconds of reference loops)."""
+    assert torch.autograd.gradgradcheck(*_checked(name, ["x", "w_hh"]), eps=1e-6, atol=1e-5)
 
 
 @needs_extension

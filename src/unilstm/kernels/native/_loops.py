@@ -4,7 +4,9 @@ the cell in C.
 
 It computes what :func:`~unilstm.kernels.reference.run_direction_reference` computes, on the CPU, in float32
 and float64, for the activations of ``unilstm/kernels/activation_ids.py``, with step masks with gaps,
-reverse, both masked-output modes, proj_size and shared or per-gate dropout masks.
+reverse, both masked-output modes, proj_size and shared or per-gate dropout masks. The cell variants of
+:mod:`unilstm.spec` (and ONNX's parametric activations) have their own loops, :mod:`._variants`
+(:func:`uses_variant_loops`); this module's loops compute the standard cell only, unchanged by them.
 
 * forward: Z = X W_ih^T + b for all steps in one GEMM; then per step rec = h_{t-1} W_hh^T and the cell
   (c_t = f c_{t-1} + i g, h_t = o act(c_t), masks, outputs), which keeps the pre-activations in Z_t. It

@@ -37,8 +37,10 @@
 #if defined(__GNUC__)
 /* the activation loops must be compiled inside each target clone of the step functions, not called */
 #define ALWAYS_INLINE __attribute__((always_inline))
+#define NOINLINE __attribute__((noinline))
 #else
 #define ALWAYS_INLINE
+#define NOINLINE
 #endif
 
 #if !defined(ACT_COUNT) || !defined(ACT_NAMES)
@@ -106,8 +108,8 @@ enum { VF_LAYER_NORM = 1, VF_PEEPHOLES = 2, VF_GATE_CLIP = 4, VF_CELL_CLIP = 8, 
 enum { FP_ACT_A, FP_ACT_B, FP_RACT_A, FP_RACT_B, FP_OACT_A, FP_OACT_B, FP_GATE_CLIP, FP_CELL_CLIP, FP_PROJ_CLIP,
        FP_FORGET_BIAS, FP_EPS, FP_ZH, FP_ZC, FP_COUNT };
 
-/* scratch floats per hidden unit and thread of the variant loops (the backward cell's 16 H, rounded up) */
-#define VARIANT_SCRATCH_PER_HIDDEN 20
+/* scratch floats per hidden unit and thread of the variant loops: the backward cell's 24 H (vbwd_cell_rows) */
+#define VARIANT_SCRATCH_PER_HIDDEN 24
 
 #define SELU_ALPHA 1.6732632423543772848170429916717
 #define SELU_SCALE 1.0507009873554804934193349852946
@@ -163,12 +165,16 @@ ALWAYS_INLINE static inline float tanh_approx(float x) {
 
 #define REAL float
 #define NAME(f) f##_f32
+#define VHOT HOT
+#define VACT HOT
 #define EXP exp_approx
 #define SIGMOID sigmoid_approx
 #define TANH tanh_approx
 #define LOG1P log1pf
 #include "_lstm_cell_body.h"
 #include "_lstm_variant_body.h"
+#undef VHOT
+#undef VACT
 #undef REAL
 #undef NAME
 #undef EXP
@@ -180,12 +186,16 @@ ALWAYS_INLINE static inline float tanh_approx(float x) {
 static inline double sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
 #define REAL double
 #define NAME(f) f##_f64
+#define VHOT
+#define VACT NOINLINE
 #define EXP exp
 #define SIGMOID sigmoid_f64
 #define TANH tanh
 #define LOG1P log1p
 #include "_lstm_cell_body.h"
 #include "_lstm_variant_body.h"
+#undef VHOT
+#undef VACT
 #undef REAL
 #undef NAME
 #undef EXP
@@ -458,128 +468,7 @@ DEFINE_RUN_LOOP(forward_loop)
 DEFINE_RUN_LOOP(backward_loop)
 #undef CALL
 
-/*
- * The variant loops (_lstm_variant_body.h): one flat tuple of integers each, in the order of these lists
- * (exported as VARIANT_FORWARD_PARAMETERS / VARIANT_BACKWARD_PARAMETERS; native/_variants.py builds the
- * tuple by name). `floats` is the address of a float64 array of FP_COUNT numbers (FP_* in the header).
- */
-#define VARIANT_FORWARD                                                                                        \
-    X(float64) X(gemm) X(pack_get_size) X(pack) X(compute) X(gemm_batch) X(trans_w) X(T) X(B) X(H) X(P)          \
-    X(reverse) X(zero_out) X(n_masks) X(threads) X(flags) X(act) X(ract) X(oact) X(floats) X(Z) X(Hp) X(Cp)       \
-    X(Obuf) X(keep) X(mh) X(hnext) X(hm_hist) X(rec) X(Wrec) X(R) X(rbuf) X(hcand) X(Whr) X(zeros) X(scratch)    \
-    X(h0) X(c0) X(peephole) X(g_hh) X(b_hh) X(g_c) X(b_c) X(ZH) X(ZC) X(RHAT) X(RRSTD) X(CC) X(CHAT) X(CRSTD)   \
-    X(HPU) X(ostride)
-#define VARIANT_BACKWARD                                                                                       \
-    X(float64) X(gemm) X(pack_get_size) X(pack) X(compute) X(gemm_batch) X(T) X(B) X(H) X(P) X(reverse)         \
-    X(n_masks) X(threads) X(flags) X(act) X(ract) X(oact) X(floats) X(Z) X(Cp) X(dout) X(dstride) X(keep) X(dh)  \
-    X(dc) X(carry) X(dh_new) X(DH) X(dr) X(w_hr) X(DREC) X(drec_step) X(dh_tmp) X(Wrec) X(mh) X(scratch)          \
-    X(peephole) X(g_hh) X(g_c) X(b_c) X(RHAT) X(RRSTD) X(CC) X(CHAT) X(CRSTD) X(DCN) X(HPU) X(ZH) X(ZC) X(zdir)
-#define X(name) VFA_##name,
-enum { VARIANT_FORWARD VFA_COUNT };
-#undef X
-#define X(name) VBA_##name,
-enum { VARIANT_BACKWARD VBA_COUNT };
-#undef X
-#define X(name) #name,
-static const char *const variant_forward_names[] = {VARIANT_FORWARD};
-static const char *const variant_backward_names[] = {VARIANT_BACKWARD};
-#undef X
-
-/* an activation id of the variant loops: the shared table's or a parametric one */
-static int variant_act_ok(long long v) { return (v >= 0 && v < ACT_COUNT) || (v >= PACT_AFFINE && v <= PACT_ELU); }
-
-static int variant_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t arity, const char *name,
-                        long long *a, int act_index) {
-    if (parse_ints(args, nargs, arity, name, a) < 0) return -1;
-    for (int k = act_index; k < act_index + 3; k++) {
-        if (!variant_act_ok(a[k])) {
-            PyErr_Format(PyExc_ValueError, "%s: expected an activation id, received %lld", name, a[k]);
-            return -1;
-        }
-    }
-    if (a[1] == 0) {
-        PyErr_Format(PyExc_ValueError, "%s: expected the address of a BLAS gemm, received 0", name);
-        return -1;
-    }
-    return 0;
-}
-
-#define VF(field) a[VFA_##field]
-#define FILL_FORWARD(TY, REAL, p)                                                                             \
-    TY##_vfwd_t p = {                                                                                          \
-        .T = (long)VF(T), .B = (long)VF(B), .H = (long)VF(H), .P = (long)VF(P), .reverse = (int)VF(reverse),    \
-        .zero_out = (int)VF(zero_out), .n_masks = (int)VF(n_masks), .threads = (int)VF(threads),              \
-        .trans_w = (int)VF(trans_w), .flags = (int)VF(flags), .act = (int)VF(act), .ract = (int)VF(ract),      \
-        .oact = (int)VF(oact), .Z = PTR(REAL, VF(Z)), .Hp = PTR(REAL, VF(Hp)), .Cp = PTR(REAL, VF(Cp)),         \
-        .Obuf = PTR(REAL, VF(Obuf)), .hnext = PTR(REAL, VF(hnext)), .hm_hist = PTR(REAL, VF(hm_hist)),         \
-        .rec = PTR(REAL, VF(rec)), .R = PTR(REAL, VF(R)), .rbuf = PTR(REAL, VF(rbuf)),                        \
-        .hcand = PTR(REAL, VF(hcand)), .scratch = PTR(REAL, VF(scratch)), .keep = PTR(const uint8_t, VF(keep)), \
-        .mh = PTR(const REAL, VF(mh)), .Wrec = PTR(const REAL, VF(Wrec)), .Whr = PTR(const REAL, VF(Whr)),     \
-        .zeros = PTR(const REAL, VF(zeros)), .h0 = PTR(const REAL, VF(h0)), .c0 = PTR(const REAL, VF(c0)),     \
-        .peep = PTR(const REAL, VF(peephole)), .g_hh = PTR(const REAL, VF(g_hh)),                             \
-        .b_hh = PTR(const REAL, VF(b_hh)), .g_c = PTR(const REAL, VF(g_c)), .b_c = PTR(const REAL, VF(b_c)),   \
-        .ZH = PTR(const REAL, VF(ZH)), .ZC = PTR(const REAL, VF(ZC)), .RHAT = PTR(REAL, VF(RHAT)),             \
-        .RRSTD = PTR(REAL, VF(RRSTD)), .CC = PTR(REAL, VF(CC)), .CHAT = PTR(REAL, VF(CHAT)),                  \
-        .CRSTD = PTR(REAL, VF(CRSTD)), .HPU = PTR(REAL, VF(HPU)), .ostride = (long)VF(ostride)};              \
-    for (int k = 0; k < FP_COUNT; k++) p.fp[k] = (REAL)PTR(const double, VF(floats))[k];
-
-static PyObject *py_variant_forward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[VFA_COUNT];
-    if (variant_args(args, nargs, VFA_COUNT, "variant_forward_loop", a, VFA_act) < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    if (VF(float64)) {
-        BLAS(f64, blas)
-        FILL_FORWARD(f64, double, p)
-        vforward_loop_f64(&blas, &p);
-    } else {
-        BLAS(f32, blas)
-        FILL_FORWARD(f32, float, p)
-        vforward_loop_f32(&blas, &p);
-    }
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
-}
-#undef VF
-#undef FILL_FORWARD
-
-#define VB(field) a[VBA_##field]
-#define FILL_BACKWARD(TY, REAL, p)                                                                            \
-    TY##_vbwd_t p = {                                                                                          \
-        .T = (long)VB(T), .B = (long)VB(B), .H = (long)VB(H), .P = (long)VB(P), .reverse = (int)VB(reverse),    \
-        .n_masks = (int)VB(n_masks), .threads = (int)VB(threads), .flags = (int)VB(flags),                    \
-        .act = (int)VB(act), .ract = (int)VB(ract), .oact = (int)VB(oact), .Z = PTR(REAL, VB(Z)),              \
-        .dh = PTR(REAL, VB(dh)), .dc = PTR(REAL, VB(dc)), .carry = PTR(REAL, VB(carry)),                       \
-        .dh_new = PTR(REAL, VB(dh_new)), .DH = PTR(REAL, VB(DH)), .dr = PTR(REAL, VB(dr)),                     \
-        .DREC = PTR(REAL, VB(DREC)), .dh_tmp = PTR(REAL, VB(dh_tmp)), .scratch = PTR(REAL, VB(scratch)),       \
-        .DCN = PTR(REAL, VB(DCN)), .zdir = PTR(REAL, VB(zdir)), .Cp = PTR(const REAL, VB(Cp)),                 \
-        .dout = PTR(const REAL, VB(dout)), .w_hr = PTR(const REAL, VB(w_hr)),                                 \
-        .Wrec = PTR(const REAL, VB(Wrec)), .mh = PTR(const REAL, VB(mh)),                                     \
-        .peep = PTR(const REAL, VB(peephole)), .g_hh = PTR(const REAL, VB(g_hh)),                             \
-        .g_c = PTR(const REAL, VB(g_c)), .b_c = PTR(const REAL, VB(b_c)), .RHAT = PTR(const REAL, VB(RHAT)),   \
-        .RRSTD = PTR(const REAL, VB(RRSTD)), .CC = PTR(const REAL, VB(CC)), .CHAT = PTR(const REAL, VB(CHAT)), \
-        .CRSTD = PTR(const REAL, VB(CRSTD)), .HPU = PTR(const REAL, VB(HPU)), .ZH = PTR(const REAL, VB(ZH)),   \
-        .ZC = PTR(const REAL, VB(ZC)), .keep = PTR(const uint8_t, VB(keep)), .dstride = (long)VB(dstride),     \
-        .drec_step = (long)VB(drec_step)};                                                                    \
-    for (int k = 0; k < FP_COUNT; k++) p.fp[k] = (REAL)PTR(const double, VB(floats))[k];
-
-static PyObject *py_variant_backward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[VBA_COUNT];
-    if (variant_args(args, nargs, VBA_COUNT, "variant_backward_loop", a, VBA_act) < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    if (VB(float64)) {
-        BLAS(f64, blas)
-        FILL_BACKWARD(f64, double, p)
-        vbackward_loop_f64(&blas, &p);
-    } else {
-        BLAS(f32, blas)
-        FILL_BACKWARD(f32, float, p)
-        vbackward_loop_f32(&blas, &p);
-    }
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
-}
-#undef VB
-#undef FILL_BACKWARD
+#include "_lstm_variant_entry.h" /* the variant loops' entry points */
 
 /* one whole loop, without the GIL: it touches only the buffers it is given */
 static PyObject *run_loop(PyObject *const *args, Py_ssize_t nargs,

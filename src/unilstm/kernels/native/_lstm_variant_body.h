@@ -5,6 +5,10 @@
  * helpers (act_forward, act_backward, finish_hidden_rows, product, gate_products, operand_pack, step_keep)
  * they use. The standard cell never comes here: its loops in _lstm_cell_body.h are unchanged.
  *
+ * VHOT (the row functions) and VACT (the activation passes, called from the general rows) are target clones
+ * for float32 and plain functions for float64 (checking, no speed goal): the clones of every inlined
+ * activation in every row function would triple the build time.
+ *
  * Per step and kept row (gate blocks [i, f, g, o]; Z_t holds LN_ih(x_t W_ih^T) + b_ih + b_hh on entry):
  *   rec = h_{t-1} W_hh^T;  r = LN_hh(rec) (else rec);  z = Z_t + r;  z_f += forget_bias;
  *   z_i += p_i c_{t-1};  z_f += p_f c_{t-1};  i = s(clip z_i);  f = 1 - i (coupled) or s(clip z_f);
@@ -19,7 +23,7 @@
  */
 
 /* y = f(x) for the C ids and the parametric kinds (alpha a, beta bb) */
-ALWAYS_INLINE static inline void NAME(vact_forward)(int act, REAL a, REAL bb, const REAL *restrict x,
+VACT static void NAME(vact_forward)(int act, REAL a, REAL bb, const REAL *restrict x,
                                                     REAL *restrict y, long n) {
     long j;
     switch (act) {
@@ -51,7 +55,7 @@ ALWAYS_INLINE static inline void NAME(vact_forward)(int act, REAL a, REAL bb, co
 }
 
 /* out = g * f'(x), with y = f(x); the derivatives autograd takes of ParametricActivation's torch ops */
-ALWAYS_INLINE static inline void NAME(vact_backward)(int act, REAL a, REAL bb, const REAL *x, const REAL *y,
+VACT static void NAME(vact_backward)(int act, REAL a, REAL bb, const REAL *x, const REAL *y,
                                                      const REAL *g, REAL *out, long n) {
     long j;
     switch (act) {
@@ -103,7 +107,7 @@ ALWAYS_INLINE static inline void NAME(vclip_grad)(int on, REAL bound, const REAL
 }
 
 /* (v - mean) / sqrt(var + eps) into hat (biased variance); returns 1 / sqrt(var + eps) */
-static REAL NAME(vnormalise)(const REAL *restrict v, REAL *restrict hat, long n, REAL eps) {
+ALWAYS_INLINE static inline REAL NAME(vnormalise)(const REAL *restrict v, REAL *restrict hat, long n, REAL eps) {
     REAL mean = 0, var = 0;
     for (long j = 0; j < n; j++) mean += v[j];
     mean /= (REAL)n;
@@ -118,7 +122,7 @@ static REAL NAME(vnormalise)(const REAL *restrict v, REAL *restrict hat, long n,
 }
 
 /* dv = rstd (gain dy - mean(gain dy) - hat mean(gain dy hat)): the layer normalisation's input gradient */
-static void NAME(vnormalise_grad)(const REAL *restrict dy, const REAL *restrict hat, const REAL *restrict gain,
+ALWAYS_INLINE static inline void NAME(vnormalise_grad)(const REAL *restrict dy, const REAL *restrict hat, const REAL *restrict gain,
                                   REAL rstd, REAL *restrict dv, long n) {
     REAL m1 = 0, m2 = 0;
     for (long j = 0; j < n; j++) {
@@ -145,8 +149,116 @@ typedef struct {
 /* the zoneout weight of element j of row b at step t: the (T, B, N) draws or the scalar */
 #define VZONE(tensor, scalar, t, b, N, j) ((tensor) != NULL ? (tensor)[((t) * B + (b)) * (N) + (j)] : (scalar))
 
+/*
+ * Single-pass rows for the variants without layer normalisation whose activations are (tanh, sigmoid) or
+ * (relu, sigmoid) with g_out = g, as the standard cell's fused rows (_lstm_cell_body.h): one loop over the
+ * hidden units, inlined with constant activation ids and peephole / coupled flags so that each vectorises.
+ * The other variants enter branch-free: the clips with a bound of inf when off (clip(x, -inf, inf) = x),
+ * the forget bias as a number (0 when off) and zoneout as a weight row (the draws, or the rate repeated;
+ * c~ + 0 (c_prev - c~) = c~). vfused_ok says which runs take them.
+ */
+static inline int NAME(vfused_ok)(int flags, int act, int ract, int oact) {
+    return !(flags & VF_LAYER_NORM) && ract == ACT_SIGMOID && (act == ACT_TANH || act == ACT_RELU) && oact == act;
+}
+
+ALWAYS_INLINE static inline REAL NAME(vclamp)(REAL x, REAL bound) { return x < -bound ? -bound : (x > bound ? bound : x); }
+
+/* clamp's gradient: g where -bound <= x <= bound, else 0 */
+ALWAYS_INLINE static inline REAL NAME(vpass)(REAL x, REAL bound, REAL g) {
+    return (x >= -bound && x <= bound) ? g : (REAL)0.0;
+}
+
+/* one row forward: z (4H) gets rec, the forget bias and the peepholes (the final pre-activations); cc the
+ * unclipped cell candidate, co c_t (zoneout weights zw), hc = o g(c~) */
+ALWAYS_INLINE static inline void NAME(vfused_forward_row)(int act, int peep, int coupled, long H, REAL *restrict zr,
+                                                         const REAL *restrict r0, const REAL *restrict r1,
+                                                         const REAL *restrict r2, const REAL *restrict r3,
+                                                         const REAL *restrict cp, REAL *restrict cc,
+                                                         REAL *restrict co, REAL *restrict hc,
+                                                         const REAL *restrict pw, REAL fbias, REAL gb, REAL cb,
+                                                         const REAL *restrict zw) {
+#pragma GCC ivdep
+    for (long j = 0; j < H; j++) {
+        REAL zi = zr[j] + r0[j], zf = zr[H + j] + r1[j] + fbias;
+        const REAL zg = zr[2 * H + j] + r2[j];
+        if (peep) {
+            zi += pw[j] * cp[j];
+            zf += pw[H + j] * cp[j];
+        }
+        const REAL i = NAME(act_one)(ACT_SIGMOID, NAME(vclamp)(zi, gb));
+        const REAL f = coupled ? (REAL)1.0 - i : NAME(act_one)(ACT_SIGMOID, NAME(vclamp)(zf, gb));
+        const REAL c = f * cp[j] + i * NAME(act_one)(act, NAME(vclamp)(zg, gb));
+        const REAL ct = NAME(vclamp)(c, cb);
+        REAL zo = zr[3 * H + j] + r3[j];
+        if (peep) zo += pw[2 * H + j] * ct;
+        zr[j] = zi;
+        zr[H + j] = zf;
+        zr[2 * H + j] = zg;
+        zr[3 * H + j] = zo;
+        cc[j] = c;
+        co[j] = ct + zw[j] * (cp[j] - ct);
+        hc[j] = NAME(act_one)(ACT_SIGMOID, NAME(vclamp)(zo, gb)) * NAME(act_one)(act, ct);
+    }
+}
+
+/* one row backward: from d (the gradient of h~) and dc (of c_t; becomes that of c_{t-1}), z becomes dz */
+ALWAYS_INLINE static inline void NAME(vfused_backward_row)(int act, int peep, int coupled, long H, REAL *restrict zr,
+                                                          const REAL *restrict cp, const REAL *restrict cc,
+                                                          const REAL *restrict d, REAL *restrict dcr,
+                                                          const REAL *restrict pw, REAL gb, REAL cb,
+                                                          const REAL *restrict zw) {
+#pragma GCC ivdep
+    for (long j = 0; j < H; j++) {
+        const REAL zi = zr[j], zf = zr[H + j], zg = zr[2 * H + j], zo = zr[3 * H + j];
+        const REAL yi = NAME(act_one)(ACT_SIGMOID, NAME(vclamp)(zi, gb));
+        const REAL yf = coupled ? (REAL)1.0 - yi : NAME(act_one)(ACT_SIGMOID, NAME(vclamp)(zf, gb));
+        const REAL yg = NAME(act_one)(act, NAME(vclamp)(zg, gb));
+        const REAL yo = NAME(act_one)(ACT_SIGMOID, NAME(vclamp)(zo, gb));
+        const REAL ct = NAME(vclamp)(cc[j], cb);
+        const REAL ac = NAME(act_one)(act, ct);
+        const REAL dzo = NAME(vpass)(zo, gb, NAME(act_grad_one)(ACT_SIGMOID, yo, d[j] * ac));
+        REAL dct = NAME(act_grad_one)(act, ac, d[j] * yo) + ((REAL)1.0 - zw[j]) * dcr[j];
+        if (peep) dct += dzo * pw[2 * H + j];
+        dct = NAME(vpass)(cc[j], cb, dct); /* the gradient of the unclipped candidate */
+        const REAL di = coupled ? dct * (yg - cp[j]) : dct * yg;
+        const REAL dzi = NAME(vpass)(zi, gb, NAME(act_grad_one)(ACT_SIGMOID, yi, di));
+        const REAL dzf = coupled ? (REAL)0.0 : NAME(vpass)(zf, gb, NAME(act_grad_one)(ACT_SIGMOID, yf, dct * cp[j]));
+        const REAL dzg = NAME(vpass)(zg, gb, NAME(act_grad_one)(act, yg, dct * yi));
+        REAL dcp = zw[j] * dcr[j] + dct * yf;
+        if (peep) dcp += dzi * pw[j] + dzf * pw[H + j];
+        dcr[j] = dcp;
+        zr[j] = dzi;
+        zr[H + j] = dzf;
+        zr[2 * H + j] = dzg;
+        zr[3 * H + j] = dzo;
+    }
+}
+
+/* the fused rows with their constant arguments: act (tanh or relu), peepholes, coupled gates */
+#define VFUSED_CALL(fn, act, peep, coupled, ...)                                  \
+    do {                                                                          \
+        if ((act) == ACT_TANH) {                                                  \
+            if (peep) {                                                           \
+                if (coupled) fn(ACT_TANH, 1, 1, __VA_ARGS__);                     \
+                else fn(ACT_TANH, 1, 0, __VA_ARGS__);                             \
+            } else {                                                              \
+                if (coupled) fn(ACT_TANH, 0, 1, __VA_ARGS__);                     \
+                else fn(ACT_TANH, 0, 0, __VA_ARGS__);                             \
+            }                                                                     \
+        } else {                                                                  \
+            if (peep) {                                                           \
+                if (coupled) fn(ACT_RELU, 1, 1, __VA_ARGS__);                     \
+                else fn(ACT_RELU, 1, 0, __VA_ARGS__);                             \
+            } else {                                                              \
+                if (coupled) fn(ACT_RELU, 0, 1, __VA_ARGS__);                     \
+                else fn(ACT_RELU, 0, 0, __VA_ARGS__);                             \
+            }                                                                     \
+        }                                                                         \
+    } while (0)
+
 /* one forward step's cell on rows [b0, b1): scratch 12H */
-static void NAME(vfwd_rows)(const NAME(vfwd_t) * p, long t, const uint8_t *kp, long b0, long b1, REAL *scratch) {
+VHOT static void NAME(vfwd_rows)(const NAME(vfwd_t) * p, long t, const uint8_t *kp, long b0, long b1,
+                                REAL *scratch) {
     const long B = p->B, H = p->H, P = p->P, G = 4 * H;
     const long hi = p->reverse ? t + 1 : t, ho = p->reverse ? t : t + 1;
     const int ln = p->flags & VF_LAYER_NORM, peep = p->flags & VF_PEEPHOLES, gclip = p->flags & VF_GATE_CLIP;
@@ -155,6 +267,12 @@ static void NAME(vfwd_rows)(const NAME(vfwd_t) * p, long t, const uint8_t *kp, l
     REAL *restrict rr = scratch, *restrict zc4 = scratch + G, *restrict y4 = scratch + 2 * G;
     REAL *restrict ct = scratch + 3 * G, *restrict cn = ct + H, *restrict ac = cn + H, *restrict cc = ac + H;
     const size_t bytes = (size_t)H * sizeof(REAL);
+    const int fused = NAME(vfused_ok)(p->flags, p->act, p->ract, p->oact);
+    const REAL gb = gclip ? fp[FP_GATE_CLIP] : (REAL)INFINITY, cb = cclip ? fp[FP_CELL_CLIP] : (REAL)INFINITY;
+    REAL *zfill = cc + H; /* the zoneout rate repeated (a weight row), and 3H zeros for absent peepholes */
+    if (fused) {
+        for (long j = 0; j < H; j++) zfill[j] = fp[FP_ZC];
+    }
     for (long b = b0; b < b1; b++) {
         const REAL *restrict cp = p->Cp + (hi * B + b) * H;
         REAL *restrict co = p->Cp + (ho * B + b) * H;
@@ -171,15 +289,34 @@ static void NAME(vfwd_rows)(const NAME(vfwd_t) * p, long t, const uint8_t *kp, l
             continue;
         }
         REAL *restrict z = p->Z + row * G;
-        for (int k = 0; k < 4; k++) /* the recurrent products of this row, in [i, f, g, o] order */
-            memcpy(rr + k * H, p->n_masks == 4 ? p->rec + (k * B + b) * H : p->rec + b * G + k * H, bytes);
+        if (fused) {
+            const REAL *rk[4];
+            for (int k = 0; k < 4; k++) rk[k] = p->n_masks == 4 ? p->rec + (k * B + b) * H : p->rec + b * G + k * H;
+            REAL *hc = proj ? p->rbuf + b * H : p->Hp + (ho * B + b) * P;
+            REAL *ccr = p->CC != NULL ? p->CC + row * H : cc;
+            const REAL *zw = p->ZC != NULL ? p->ZC + row * H : zfill;
+            VFUSED_CALL(NAME(vfused_forward_row), p->act, peep, coupled, H, z, rk[0], rk[1], rk[2], rk[3], cp, ccr, co,
+                        hc, p->peep, fp[FP_FORGET_BIAS], gb, cb, zw);
+            if (proj) {
+                if (p->R != NULL) memcpy(p->R + row * H, hc, bytes);
+            } else if (p->ZH != NULL || fp[FP_ZH] != (REAL)0.0) {
+                const REAL *restrict hp = p->Hp + (hi * B + b) * P;
+                for (long j = 0; j < H; j++) hc[j] = hc[j] + VZONE(p->ZH, fp[FP_ZH], t, b, P, j) * (hp[j] - hc[j]);
+            }
+            continue;
+        }
+        if (p->n_masks == 4 || ln) {
+            for (int k = 0; k < 4; k++) /* the recurrent products of this row, in [i, f, g, o] order */
+                memcpy(rr + k * H, p->n_masks == 4 ? p->rec + (k * B + b) * H : p->rec + b * G + k * H, bytes);
+        }
         if (ln) {
             REAL *hat = p->RHAT != NULL ? p->RHAT + row * G : y4;
             const REAL rstd = NAME(vnormalise)(rr, hat, G, fp[FP_EPS]);
             if (p->RRSTD != NULL) p->RRSTD[row] = rstd;
             for (long j = 0; j < G; j++) z[j] += hat[j] * p->g_hh[j] + p->b_hh[j];
         } else {
-            for (long j = 0; j < G; j++) z[j] += rr[j];
+            const REAL *restrict rk = p->n_masks == 4 ? rr : p->rec + b * G;
+            for (long j = 0; j < G; j++) z[j] += rk[j];
         }
         REAL *restrict zi = z, *restrict zf = z + H, *restrict zo = z + 3 * H;
         if (fp[FP_FORGET_BIAS] != (REAL)0.0)
@@ -190,36 +327,46 @@ static void NAME(vfwd_rows)(const NAME(vfwd_t) * p, long t, const uint8_t *kp, l
                 zf[j] += p->peep[H + j] * cp[j];
             }
         }
+        const REAL *zc = gclip ? zc4 : z; /* the clipped pre-activations (z itself without a clip) */
         NAME(vclip)(gclip, fp[FP_GATE_CLIP], z, zc4, 3 * H);
         REAL *restrict yi = y4, *restrict yf = y4 + H, *restrict yg = y4 + 2 * H, *restrict yo = y4 + 3 * H;
-        NAME(vact_forward)(p->ract, fp[FP_RACT_A], fp[FP_RACT_B], zc4, yi, H);
+        NAME(vact_forward)(p->ract, fp[FP_RACT_A], fp[FP_RACT_B], zc, yi, H);
         if (coupled)
             for (long j = 0; j < H; j++) yf[j] = (REAL)1.0 - yi[j];
         else
-            NAME(vact_forward)(p->ract, fp[FP_RACT_A], fp[FP_RACT_B], zc4 + H, yf, H);
-        NAME(vact_forward)(p->act, fp[FP_ACT_A], fp[FP_ACT_B], zc4 + 2 * H, yg, H);
-        for (long j = 0; j < H; j++) cc[j] = yf[j] * cp[j] + yi[j] * yg[j];
-        if (p->CC != NULL) memcpy(p->CC + row * H, cc, bytes);
-        NAME(vclip)(cclip, fp[FP_CELL_CLIP], cc, ct, H);
+            NAME(vact_forward)(p->ract, fp[FP_RACT_A], fp[FP_RACT_B], zc + H, yf, H);
+        NAME(vact_forward)(p->act, fp[FP_ACT_A], fp[FP_ACT_B], zc + 2 * H, yg, H);
+        REAL *ccr = p->CC != NULL ? p->CC + row * H : cc; /* (the history keeps it) */
+        for (long j = 0; j < H; j++) ccr[j] = yf[j] * cp[j] + yi[j] * yg[j];
+        const REAL *ctr = cclip ? ct : ccr; /* c~ */
+        NAME(vclip)(cclip, fp[FP_CELL_CLIP], ccr, ct, H);
         if (peep)
-            for (long j = 0; j < H; j++) zo[j] += p->peep[2 * H + j] * ct[j];
+            for (long j = 0; j < H; j++) zo[j] += p->peep[2 * H + j] * ctr[j];
         NAME(vclip)(gclip, fp[FP_GATE_CLIP], zo, zc4 + 3 * H, H);
-        NAME(vact_forward)(p->ract, fp[FP_RACT_A], fp[FP_RACT_B], zc4 + 3 * H, yo, H);
-        for (long j = 0; j < H; j++) co[j] = ct[j] + VZONE(p->ZC, fp[FP_ZC], t, b, H, j) * (cp[j] - ct[j]);
+        NAME(vact_forward)(p->ract, fp[FP_RACT_A], fp[FP_RACT_B], zc + 3 * H, yo, H);
+        if (p->ZC != NULL) {
+            const REAL *restrict zw = p->ZC + row * H;
+            for (long j = 0; j < H; j++) co[j] = ctr[j] + zw[j] * (cp[j] - ctr[j]);
+        } else if (fp[FP_ZC] != (REAL)0.0) {
+            const REAL zw = fp[FP_ZC];
+            for (long j = 0; j < H; j++) co[j] = ctr[j] + zw * (cp[j] - ctr[j]);
+        } else {
+            memcpy(co, ctr, bytes);
+        }
+        const REAL *cnr = ctr; /* the output activation's input: LN_c(c~), or c~ */
         if (ln) {
             REAL *hat = p->CHAT != NULL ? p->CHAT + row * H : cn;
-            const REAL rstd = NAME(vnormalise)(ct, hat, H, fp[FP_EPS]);
+            const REAL rstd = NAME(vnormalise)(ctr, hat, H, fp[FP_EPS]);
             if (p->CRSTD != NULL) p->CRSTD[row] = rstd;
             for (long j = 0; j < H; j++) cn[j] = hat[j] * p->g_c[j] + p->b_c[j];
-        } else {
-            memcpy(cn, ct, bytes);
+            cnr = cn;
         }
-        NAME(vact_forward)(p->oact, fp[FP_OACT_A], fp[FP_OACT_B], cn, ac, H);
+        NAME(vact_forward)(p->oact, fp[FP_OACT_A], fp[FP_OACT_B], cnr, ac, H);
         REAL *restrict hc = proj ? p->rbuf + b * H : p->Hp + (ho * B + b) * P;
         for (long j = 0; j < H; j++) hc[j] = yo[j] * ac[j];
         if (proj) {
             if (p->R != NULL) memcpy(p->R + row * H, hc, bytes);
-        } else { /* zoneout of h here; with a projection after the product (vfinish_rows) */
+        } else if (p->ZH != NULL || fp[FP_ZH] != (REAL)0.0) { /* zoneout of h (with a projection: vfinish_rows) */
             const REAL *restrict hp = p->Hp + (hi * B + b) * P;
             for (long j = 0; j < H; j++) hc[j] = hc[j] + VZONE(p->ZH, fp[FP_ZH], t, b, P, j) * (hp[j] - hc[j]);
         }
@@ -228,7 +375,7 @@ static void NAME(vfwd_rows)(const NAME(vfwd_t) * p, long t, const uint8_t *kp, l
 
 /* the hidden state's end of a step with a projection, rows [b0, b1): hcand = clip(hcand) (HPU keeps it
  * unclipped), zoneout of h; then finish_hidden_rows (masks, outputs, the next GEMM operand) */
-static void NAME(vfinish_rows)(const NAME(vfwd_t) * p, long t, const uint8_t *kp, REAL *out_t, const REAL *prev,
+VHOT static void NAME(vfinish_rows)(const NAME(vfwd_t) * p, long t, const uint8_t *kp, REAL *out_t, const REAL *prev,
                                long b0, long b1) {
     const long B = p->B, P = p->P;
     const long hi = p->reverse ? t + 1 : t, ho = p->reverse ? t : t + 1;
@@ -351,7 +498,7 @@ typedef struct {
  *     clip's gradient, goes to dh_new and DH;
  * the cell (vbwd_cell_rows) is its own task: with a projection it reads dr = dh_new W_hr.
  */
-static void NAME(vbwd_head_rows)(const NAME(vbwd_t) * p, int phases, long t, const uint8_t *kp,
+VHOT static void NAME(vbwd_head_rows)(const NAME(vbwd_t) * p, int phases, long t, const uint8_t *kp,
                                  const uint8_t *prev_kp, long b0, long b1) {
     const long B = p->B, P = p->P;
     const int zone = p->ZH != NULL || p->fp[FP_ZH] != (REAL)0.0;
@@ -403,8 +550,8 @@ static void NAME(vbwd_head_rows)(const NAME(vbwd_t) * p, int phases, long t, con
 /* the backward cell on rows [b0, b1): from dr (the gradient of h~ before the projection) and dc (of c_t,
  * becoming that of c_{t-1}), Z_t becomes the gate gradients dz, DCN_t the gradient of LN_c's output, and
  * the recurrent GEMM operand (DREC_t, or the per-step buffer) that of rec (LN_hh's backward of dz).
- * scratch 20H */
-static void NAME(vbwd_cell_rows)(const NAME(vbwd_t) * p, long t, const uint8_t *kp, long b0, long b1,
+ * scratch 24H */
+VHOT static void NAME(vbwd_cell_rows)(const NAME(vbwd_t) * p, long t, const uint8_t *kp, long b0, long b1,
                                  REAL *scratch) {
     const long B = p->B, H = p->H, G = 4 * H;
     const long hi = p->reverse ? t + 1 : t;
@@ -416,6 +563,12 @@ static void NAME(vbwd_cell_rows)(const NAME(vbwd_t) * p, long t, const uint8_t *
     REAL *restrict dcn = t1 + H, *restrict dct = dcn + H, *restrict dg = dct + H, *restrict drec = dg + H;
     const size_t bytes = (size_t)H * sizeof(REAL);
     REAL *drec_base = p->DREC + t * p->drec_step;
+    const int fused = NAME(vfused_ok)(p->flags, p->act, p->ract, p->oact);
+    const REAL gb = gclip ? fp[FP_GATE_CLIP] : (REAL)INFINITY, cb = cclip ? fp[FP_CELL_CLIP] : (REAL)INFINITY;
+    REAL *zfill = drec + G; /* the zoneout rate repeated (a weight row) */
+    if (fused) {
+        for (long j = 0; j < H; j++) zfill[j] = fp[FP_ZC];
+    }
     for (long b = b0; b < b1; b++) {
         const long row = t * B + b;
         REAL *restrict z = p->Z + row * G;
@@ -428,24 +581,35 @@ static void NAME(vbwd_cell_rows)(const NAME(vbwd_t) * p, long t, const uint8_t *
         }
         const REAL *restrict cp = p->Cp + (hi * B + b) * H, *restrict d = p->dr + b * H;
         REAL *restrict dcr = p->dc + b * H;
+        if (fused) {
+            const REAL *zw = p->ZC != NULL ? p->ZC + row * H : zfill;
+            VFUSED_CALL(NAME(vfused_backward_row), p->act, peep, coupled, H, z, cp, p->CC + row * H, d, dcr, p->peep,
+                        gb, cb, zw);
+            for (int k = 0; k < 4; k++)
+                memcpy(p->n_masks == 4 ? drec_base + (k * B + b) * H : drec_base + b * G + k * H, z + k * H, bytes);
+            continue;
+        }
+        const REAL *zc = gclip ? zc4 : z; /* the clipped pre-activations (z itself without a clip) */
         NAME(vclip)(gclip, fp[FP_GATE_CLIP], z, zc4, G);
         REAL *restrict yi = y4, *restrict yf = y4 + H, *restrict yg = y4 + 2 * H, *restrict yo = y4 + 3 * H;
-        NAME(vact_forward)(p->ract, fp[FP_RACT_A], fp[FP_RACT_B], zc4, yi, H);
+        NAME(vact_forward)(p->ract, fp[FP_RACT_A], fp[FP_RACT_B], zc, yi, H);
         if (coupled)
             for (long j = 0; j < H; j++) yf[j] = (REAL)1.0 - yi[j];
         else
-            NAME(vact_forward)(p->ract, fp[FP_RACT_A], fp[FP_RACT_B], zc4 + H, yf, H);
-        NAME(vact_forward)(p->act, fp[FP_ACT_A], fp[FP_ACT_B], zc4 + 2 * H, yg, H);
-        NAME(vact_forward)(p->ract, fp[FP_RACT_A], fp[FP_RACT_B], zc4 + 3 * H, yo, H);
-        const REAL *restrict cc = p->CC + row * H;
+            NAME(vact_forward)(p->ract, fp[FP_RACT_A], fp[FP_RACT_B], zc + H, yf, H);
+        NAME(vact_forward)(p->act, fp[FP_ACT_A], fp[FP_ACT_B], zc + 2 * H, yg, H);
+        NAME(vact_forward)(p->ract, fp[FP_RACT_A], fp[FP_RACT_B], zc + 3 * H, yo, H);
+        const REAL *cc = p->CC + row * H;
+        const REAL *ctr = cclip ? ct : cc; /* c~ */
         NAME(vclip)(cclip, fp[FP_CELL_CLIP], cc, ct, H);
-        if (ln)
+        const REAL *cnr = ctr;
+        if (ln) {
             for (long j = 0; j < H; j++) cn[j] = p->CHAT[row * H + j] * p->g_c[j] + p->b_c[j];
-        else
-            memcpy(cn, ct, bytes);
-        NAME(vact_forward)(p->oact, fp[FP_OACT_A], fp[FP_OACT_B], cn, ac, H);
+            cnr = cn;
+        }
+        NAME(vact_forward)(p->oact, fp[FP_OACT_A], fp[FP_OACT_B], cnr, ac, H);
         for (long j = 0; j < H; j++) t1[j] = d[j] * yo[j];
-        NAME(vact_backward)(p->oact, fp[FP_OACT_A], fp[FP_OACT_B], cn, ac, t1, dcn, H);
+        NAME(vact_backward)(p->oact, fp[FP_OACT_A], fp[FP_OACT_B], cnr, ac, t1, dcn, H);
         if (ln) {
             memcpy(p->DCN + row * H, dcn, bytes);
             NAME(vnormalise_grad)(dcn, p->CHAT + row * H, p->g_c, p->CRSTD[row], dct, H);
@@ -454,7 +618,7 @@ static void NAME(vbwd_cell_rows)(const NAME(vbwd_t) * p, long t, const uint8_t *
         }
         REAL *restrict dzi = dz4, *restrict dzf = dz4 + H, *restrict dzg = dz4 + 2 * H, *restrict dzo = dz4 + 3 * H;
         for (long j = 0; j < H; j++) t1[j] = d[j] * ac[j]; /* d_o */
-        NAME(vact_backward)(p->ract, fp[FP_RACT_A], fp[FP_RACT_B], zc4 + 3 * H, yo, t1, dzo, H);
+        NAME(vact_backward)(p->ract, fp[FP_RACT_A], fp[FP_RACT_B], zc + 3 * H, yo, t1, dzo, H);
         NAME(vclip_grad)(gclip, fp[FP_GATE_CLIP], z + 3 * H, dzo, H);
         for (long j = 0; j < H; j++) {
             REAL v = dct[j] + ((REAL)1.0 - VZONE(p->ZC, fp[FP_ZC], t, b, H, j)) * dcr[j];
@@ -466,16 +630,16 @@ static void NAME(vbwd_cell_rows)(const NAME(vbwd_t) * p, long t, const uint8_t *
             t1[j] = coupled ? dct[j] * (yg[j] - cp[j]) : dct[j] * yg[j]; /* d_i */
             dg[j] = dct[j] * yi[j];
         }
-        NAME(vact_backward)(p->ract, fp[FP_RACT_A], fp[FP_RACT_B], zc4, yi, t1, dzi, H);
+        NAME(vact_backward)(p->ract, fp[FP_RACT_A], fp[FP_RACT_B], zc, yi, t1, dzi, H);
         NAME(vclip_grad)(gclip, fp[FP_GATE_CLIP], z, dzi, H);
         if (coupled) {
             memset(dzf, 0, bytes);
         } else {
             for (long j = 0; j < H; j++) t1[j] = dct[j] * cp[j]; /* d_f */
-            NAME(vact_backward)(p->ract, fp[FP_RACT_A], fp[FP_RACT_B], zc4 + H, yf, t1, dzf, H);
+            NAME(vact_backward)(p->ract, fp[FP_RACT_A], fp[FP_RACT_B], zc + H, yf, t1, dzf, H);
             NAME(vclip_grad)(gclip, fp[FP_GATE_CLIP], z + H, dzf, H);
         }
-        NAME(vact_backward)(p->act, fp[FP_ACT_A], fp[FP_ACT_B], zc4 + 2 * H, yg, dg, dzg, H);
+        NAME(vact_backward)(p->act, fp[FP_ACT_A], fp[FP_ACT_B], zc + 2 * H, yg, dg, dzg, H);
         NAME(vclip_grad)(gclip, fp[FP_GATE_CLIP], z + 2 * H, dzg, H);
         for (long j = 0; j < H; j++) {
             REAL v = VZONE(p->ZC, fp[FP_ZC], t, b, H, j) * dcr[j] + dct[j] * yf[j];
