@@ -9,7 +9,8 @@ fused kernel may take the standard spec, which only the variant loops' rows then
 a pair are timed interleaved, ``--reps`` times each, and the medians compared: the machine may be shared,
 and interleaving spreads its noise over both. Writes benchmarks/cell_variants.md (with ``--write``).
 
-    python benchmarks/cell_variants.py [--reps 7] [--shapes small,large] [--only layer_norm,...] [--write]
+    python benchmarks/cell_variants.py [--reps 7] [--shapes small,large] [--only layer_norm,...] [--threads N]
+                                       [--write]
 """
 
 from __future__ import annotations
@@ -100,13 +101,17 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--shapes", default="small,large")
     parser.add_argument("--only", default="")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     parser.add_argument("--write", action="store_true", help="write benchmarks/cell_variants.md")
     options = parser.parse_args()
+    if options.threads:
+        torch.set_num_threads(options.threads)
     names = [n for n in VARIANTS if not options.only or n in options.only.split(",")]
     lines = [
         "# Cell variants on the CPU: each variant / the same layer's standard spec",
         "",
-        f"`python benchmarks/cell_variants.py --reps {options.reps}` on {date.today().isoformat()}: "
+        f"`python benchmarks/cell_variants.py --reps {options.reps}"
+        f"{f' --threads {options.threads}' if options.threads else ''}` on {date.today().isoformat()}: "
         f"{cpu_model()}, {torch.get_num_threads()} torch threads, {blas_description()}, torch "
         f"{torch.__version__}. `unilstm.LSTM` in training mode as dispatch chooses its kernel; medians of "
         f"{options.reps} interleaved runs (the machine was shared with other jobs: the ratios are the "

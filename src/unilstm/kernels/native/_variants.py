@@ -178,12 +178,12 @@ def forward_pass(cfg: VariantConfig, threads: int, args: Arguments, save: bool =
     proj, ln = w_hr is not None, bool(cfg.flags & LAYER_NORM)
     gate_masks = 4 if mh is not None and mh.dim() == 3 else 1
     Zraw = mean = rstd = None
-    if ln:
+    if ln:  # the biases b_ih + b_hh join the normalisation's own bias: one pass over Z fewer
         Zraw = _input_part(x, w_ih, mx)
-        Z, mean, rstd = torch.native_layer_norm(Zraw, [GATES * H], g_ih, bt_ih, cfg.floats[10])
         bias = summed_bias(b_ih, b_hh)
-        if bias is not None:
-            Z += bias
+        Z, mean, rstd = torch.native_layer_norm(
+            Zraw, [GATES * H], g_ih, bt_ih if bias is None else bt_ih + bias, cfg.floats[10]
+        )
     else:
         Z = _input_part(x, w_ih, mx)
         bias = summed_bias(b_ih, b_hh)
@@ -282,17 +282,20 @@ def backward_pass(cfg: VariantConfig, threads: int, args: Arguments, record: tup
     grads[1], grads[2] = (dh if needs[1] else None), (dc if needs[2] else None)
     dZ = Z.view(T * B, GATES * H)
     dZin = dZ
+    # the gradient of every bias added to z (b_ih, b_hh, and the two normalisations' biases of the gates)
+    dz_sum = dZ.sum(0) if any(needs[i] for i in (5, 6, 10, 12)) else None
     if ln:
         assert Zraw is not None and RHAT is not None and CHAT is not None and DCN is not None
-        dZraw, dg_ih, dbt_ih = torch.ops.aten.native_layer_norm_backward(
-            Z, Zraw, [GATES * H], mean, rstd, g_ih, bt_ih, [needs[0] or needs[3], needs[9], needs[10]]
+        dZraw, dg_ih, _ = torch.ops.aten.native_layer_norm_backward(
+            Z, Zraw, [GATES * H], mean, rstd, g_ih, bt_ih, [needs[0] or needs[3], needs[9], False]
         )
         dZin = dZraw.reshape(T * B, GATES * H) if dZraw is not None else dZ
-        grads[9], grads[10] = dg_ih, dbt_ih
+        grads[9] = dg_ih
+        grads[10] = dz_sum if needs[10] else None
         if needs[11]:
             grads[11] = (dZ * RHAT.view(T * B, -1)).sum(0)
         if needs[12]:
-            grads[12] = dZ.sum(0)
+            grads[12] = None if dz_sum is None else dz_sum.clone()
         if needs[13]:
             grads[13] = (DCN * CHAT).sum((0, 1))
         if needs[14]:
@@ -325,10 +328,9 @@ def backward_pass(cfg: VariantConfig, threads: int, args: Arguments, record: tup
             grads[4] = torch.bmm(dR4.transpose(1, 2), HM.view(GATES, T * B, P)).view(GATES * H, P)
         else:
             grads[4] = torch.mm(dR.t(), HM.view(T * B, P))
-    if needs[5] or needs[6]:
-        db = dZ.sum(0)
-        grads[5] = db if needs[5] else None
-        grads[6] = (db.clone() if needs[5] else db) if needs[6] else None
+    if dz_sum is not None:  # each bias its own tensor (autograd may accumulate into them)
+        grads[5] = dz_sum.clone() if needs[5] else None
+        grads[6] = dz_sum.clone() if needs[6] else None
     if needs[7] and DH is not None and R is not None:
         grads[7] = torch.mm(DH.view(T * B, P).t(), R.view(T * B, H))
     if needs[8]:
