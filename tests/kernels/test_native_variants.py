@@ -175,3 +175,22 @@ def test_bidirectional_variant_layer_on_native_equals_reference(dtype):
     tol = 1e-9 if dtype == torch.float64 else 1e-4
     for g, e in zip(*found, strict=True):
         torch.testing.assert_close(g, e, rtol=tol, atol=tol)
+
+
+@needs_extension
+@pytest.mark.parametrize(
+    ("variants", "T", "H", "P"),
+    [
+        ({"layer_norm": True, "peepholes": True, "mask": "gaps", "mh_kind": "shared"}, 9, 128, 0),
+        ({"gate_clip": 0.5, "zoneout_hidden": "draw", "proj_clip": 0.1, "reverse": True}, 9, 128, 96),
+        ({"layer_norm": True, "coupled_gates": True, "mh_kind": "per_gate"}, 3, 16, 0),
+    ],
+)
+def test_packed_copied_and_per_gate_products(variants, T, H, P):
+    """B = 16 and 4H P >= 65536 over 9 steps: the variant loops pack their per-step weights (MKL) and read
+    the projection packed; 3 steps: transposed copies off; per-gate masks: four products per step (gate-major
+    operands, layer norm over them). float64 against the reference at 1e-9."""
+    case = make_variant_case(13, T=T, B=16, F=5, H=H, P=P, **variants)
+    _assert_variant_path(*case)
+    assert_results_close(variant_results(run_direction_native, *case),
+                         variant_results(run_direction_reference, *case), RTOL64, ATOL)
