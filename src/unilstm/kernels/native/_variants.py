@@ -6,11 +6,18 @@ zoneout, forget bias, a separate output activation, ONNX's parametric activation
 with step masks (gaps, both masked-output modes), reverse, proj_size and shared or per-gate dropout masks.
 
 The standard cell keeps its own loops (:mod:`._loops`); a run comes here only when
-:func:`~unilstm.kernels.reference.is_variant` says so, and only where the BLAS gemm was found (the
-variants have no per-step Python loop; without the gemm they run on the other kernels).
+:func:`~._loops.uses_variant_loops` says so (a variant, or a parametric activation), and only where the
+BLAS gemm was found (the variants have no per-step Python loop; without the gemm they run on the other
+kernels).
+
+The C cell has single-pass rows (one loop over the hidden units, vectorised) for the runs without layer
+normalisation whose activations are (tanh or relu, sigmoid) with the output activation g: the clips,
+peepholes, coupled gates, forget bias and zoneout enter them branch-free. The other runs (layer
+normalisation, other or parametric activations) take rows with a pass per gate and operation.
 
 * forward: Z = X W_ih^T for all steps in one GEMM; with layer normalisation its normalisation over the 4H
-  axis for all steps at once (``native_layer_norm``: the mean and 1/std are kept), then the biases. Per
+  axis for all steps at once (``native_layer_norm``: the mean and 1/std are kept; the biases join its
+  bias). Per
   step, in C: rec = h_{t-1} W_hh^T, its normalisation (the normalised values and 1/std kept), the cell with
   every variant, the projection and its clip, zoneout and the step mask. Z keeps the final
   pre-activations (before the gate clip), CC the unclipped cell candidates, CHAT / CRSTD the cell's
