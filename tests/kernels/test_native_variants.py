@@ -198,3 +198,18 @@ def test_packed_copied_and_per_gate_products(variants, T, H, P, dtype):
     tol = (RTOL64, ATOL) if dtype == torch.float64 else (2e-5, 2e-5)
     got = variant_results(run_direction_native, *case)
     assert_results_close(got, want, *tol, scaled=dtype != torch.float64)
+
+
+@needs_extension
+@pytest.mark.parametrize("name", ["everything", "onnx_like", "ln_zoneout_infer_masked", "relu_fused"])
+def test_batch_halves_at_once_equal_the_reference(name, two_threads):
+    """With two threads a batch of 16 runs as two halves whose variant loops run at once (forward and
+    backward): the same numbers as the reference, gradients summed over the halves."""
+    case = make_variant_case(sorted(CASES).index(name), **{**CASES[name], "B": 16})
+    if not native.halves_accept(*case):
+        pytest.skip("two loops at once need torch's OpenMP runtime with two threads")
+    got = variant_results(native.run_direction_native_halves, *case)
+    want = variant_results(run_direction_reference, *case)
+    assert_results_close(got, want, RTOL64, ATOL, context=name)
+    out, _, _ = native.run_direction_native_halves(*case)
+    assert type(out.grad_fn).__name__ == "_NativeLSTMVariantsHalvesBackward"

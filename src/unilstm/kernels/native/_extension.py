@@ -214,3 +214,20 @@ def variant_backward_loop(**parameters: int) -> None:
     _lstm_cell.variant_backward_loop(
         *_by_name(VARIANT_BACKWARD_PARAMETERS, parameters, "variant_backward_loop")
     )
+
+
+def variant_forward_arguments(**parameters: int) -> tuple[int, ...]:
+    """variant_forward_loop's argument tuple from its parameters by name (for :func:`variant_loop_pair`)."""
+    return _by_name(VARIANT_FORWARD_PARAMETERS, parameters, "variant_forward_loop")
+
+
+def variant_backward_arguments(**parameters: int) -> tuple[int, ...]:
+    """variant_backward_loop's argument tuple from its parameters by name (for :func:`variant_loop_pair`)."""
+    return _by_name(VARIANT_BACKWARD_PARAMETERS, parameters, "variant_backward_loop")
+
+
+def variant_loop_pair(backward: bool, first: tuple[int, ...], second: tuple[int, ...]) -> None:
+    """Two variant loops (forward, or backward) at once, one on each of two threads of torch's OpenMP team,
+    their cells unsplit (one after the other without the OpenMP runtime)."""
+    assert _lstm_cell is not None  # callers check variants_available() first
+    _lstm_cell.variant_loop_pair(int(backward), first, second)

@@ -619,6 +619,8 @@ static PyMethodDef methods[] = {
      "the cell variants' forward time loop"},
     {"variant_backward_loop", (PyCFunction)(void (*)(void))py_variant_backward_loop, METH_FASTCALL,
      "the cell variants' backward time loop"},
+    {"variant_loop_pair", (PyCFunction)(void (*)(void))py_variant_loop_pair, METH_FASTCALL,
+     "two variant loops at once"},
     {NULL, NULL, 0, NULL},
 };
 

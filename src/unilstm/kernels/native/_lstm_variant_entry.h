@@ -85,7 +85,6 @@ static PyObject *py_variant_forward_loop(PyObject *self, PyObject *const *args, 
     Py_RETURN_NONE;
 }
 #undef VF
-#undef FILL_FORWARD
 
 #define VB(field) a[VBA_##field]
 #define FILL_BACKWARD(TY, REAL, p)                                                                            \
@@ -124,5 +123,81 @@ static PyObject *py_variant_backward_loop(PyObject *self, PyObject *const *args,
     Py_RETURN_NONE;
 }
 #undef VB
-#undef FILL_BACKWARD
 
+/*
+ * Two variant loops at once (the two halves of a batch): one OpenMP team of two threads, each running one
+ * loop with its cell unsplit and its BLAS calls on its own thread; without the OpenMP runtime one after the
+ * other. variant_loop_pair(backward, first, second): backward 0 or 1, then two argument tuples.
+ */
+typedef struct {
+    const long long *records[2];
+    int backward;
+} vpair_t;
+
+static void run_variant_record(const long long *a, int backward) {
+    if (backward) {
+#define VB(field) a[VBA_##field]
+        if (VB(float64)) {
+            BLAS(f64, blas)
+            FILL_BACKWARD(f64, double, p)
+            vbackward_loop_f64(&blas, &p);
+        } else {
+            BLAS(f32, blas)
+            FILL_BACKWARD(f32, float, p)
+            vbackward_loop_f32(&blas, &p);
+        }
+#undef VB
+    } else {
+#define VF(field) a[VFA_##field]
+        if (VF(float64)) {
+            BLAS(f64, blas)
+            FILL_FORWARD(f64, double, p)
+            vforward_loop_f64(&blas, &p);
+        } else {
+            BLAS(f32, blas)
+            FILL_FORWARD(f32, float, p)
+            vforward_loop_f32(&blas, &p);
+        }
+#undef VF
+    }
+}
+
+static void vpair_task(void *argument) {
+    const vpair_t *pair = (const vpair_t *)argument;
+    const int t = omp_thread_num_fn();
+    if (t < 2) run_variant_record(pair->records[t], pair->backward);
+}
+
+static PyObject *py_variant_loop_pair(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long a[2][(int)VFA_COUNT > (int)VBA_COUNT ? (int)VFA_COUNT : (int)VBA_COUNT];
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "variant_loop_pair: expected 3 arguments, received %zd", nargs);
+        return NULL;
+    }
+    const long backward = PyLong_AsLong(args[0]);
+    if (backward == -1 && PyErr_Occurred()) return NULL;
+    const Py_ssize_t arity = backward ? VBA_COUNT : VFA_COUNT;
+    for (int k = 0; k < 2; k++) {
+        PyObject *tuple = args[1 + k];
+        if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) != arity) {
+            PyErr_Format(PyExc_TypeError, "variant_loop_pair: expected tuples of %zd integers", arity);
+            return NULL;
+        }
+        if (variant_args(&PyTuple_GET_ITEM(tuple, 0), arity, arity, "variant_loop_pair", a[k],
+                         backward ? VBA_act : VFA_act) < 0)
+            return NULL;
+        a[k][backward ? VBA_threads : VFA_threads] = 1; /* each loop on its own thread: no split of its cell */
+    }
+    vpair_t pair = {{a[0], a[1]}, (int)(backward != 0)};
+    Py_BEGIN_ALLOW_THREADS
+    if (gomp_parallel_fn != NULL) {
+        gomp_parallel_fn(vpair_task, &pair, 2, 0);
+    } else {
+        run_variant_record(a[0], pair.backward);
+        run_variant_record(a[1], pair.backward);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+#undef FILL_FORWARD
+#undef FILL_BACKWARD

@@ -37,6 +37,7 @@ from ._loops import (
     run_config,
     uses_variant_loops,
 )
+from ._variants import run_direction_variant_halves, variant_buffers_agree
 
 
 def _forward_both(
@@ -188,13 +189,15 @@ def halves_accept(x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, 
     (_two_loops_at_once), a native run, at least policy.HALVES_MIN_BATCH sequences and recurrent weights
     small enough (policy.HALVES_MAX_WEIGHT_BYTES, or HALVES_MAX_WEIGHT_BYTES_INFERENCE when autograd does
     not record the call): each thread reads all of them every step, where two-thread GEMMs read half each."""
-    if not _two_loops_at_once(x.dtype) or uses_variant_loops(weights, run):  # one loop (._variants)
+    if not _two_loops_at_once(x.dtype):
         return False
     records = needs_graph((x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr))
     limit = policy.HALVES_MAX_WEIGHT_BYTES if records else policy.HALVES_MAX_WEIGHT_BYTES_INFERENCE
     if x.shape[1] < policy.HALVES_MIN_BATCH or weights.w_hh.numel() * x.element_size() > limit:
         return False
-    return accepts(x, weights, run) and buffers_agree(x, h0, c0, weights, run)
+    if not (accepts(x, weights, run) and buffers_agree(x, h0, c0, weights, run)):
+        return False
+    return not uses_variant_loops(weights, run) or variant_buffers_agree(x, h0, c0, weights, run)
 
 
 def _batch_rows(run: DirectionRun, rows: slice) -> DirectionRun:
@@ -220,6 +223,8 @@ def run_direction_native_halves(
     (the rows of an LSTM are independent): each loop's per-step products run on one thread with no fork,
     and the cell is not split. The caller checks :func:`halves_accept` first. The weight gradients are the
     sums of the halves' (another summation order than one run's, within float rounding)."""
+    if uses_variant_loops(weights, run):
+        return run_direction_variant_halves(x, h0, c0, weights, run)
     cfg = run_config(run)
     middle = x.shape[1] // 2
     runs = [

@@ -176,8 +176,15 @@ def _zoneout_tensor(value: Tensor | float, x: Tensor) -> Tensor | None:
 Arguments = tuple
 
 
-def forward_pass(cfg: VariantConfig, threads: int, args: Arguments, save: bool = True) -> tuple:
-    """The forward time loop: ((output, h_T, c_T), record); the record is what the backward reads."""
+#: a deferred loop: its argument tuple, and the tensors its buffers lie in (kept alive until it has run)
+Deferred = tuple[tuple[int, ...], tuple]
+
+
+def forward_pass(cfg: VariantConfig, threads: int, args: Arguments, save: bool = True,
+                 defer: list[Deferred] | None = None) -> tuple:
+    """The forward time loop: ((output, h_T, c_T), record); the record is what the backward reads. With
+    ``defer`` (a list) the loop does not run: its arguments and buffers are appended, and the results hold
+    their values once the caller has run it (:func:`run_direction_variant_halves`)."""
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, g_ih, bt_ih, g_hh, bt_hh, g_c, bt_c = args[:15]
     mx, mh, step_mask, zh, zc = args[15:]
     T, B, _ = x.shape
@@ -228,7 +235,7 @@ def forward_pass(cfg: VariantConfig, threads: int, args: Arguments, save: bool =
     peep, g_hh, bt_hh, g_c, bt_c = (
         None if t is None else t.contiguous() for t in (peep, g_hh, bt_hh, g_c, bt_c)
     )
-    C.variant_forward_loop(
+    loop = dict(
         **_blas_arguments(x), trans_w=int(not copy), T=T, B=B, H=H, P=P, reverse=int(cfg.reverse),
         zero_out=int(cfg.zero_out), n_masks=gate_masks, threads=threads, flags=cfg.flags, act=cfg.act[0],
         ract=cfg.ract[0], oact=cfg.oact[0], floats=floats.data_ptr(), Z=Z.data_ptr(), Hp=Hp.data_ptr(),
@@ -240,6 +247,13 @@ def forward_pass(cfg: VariantConfig, threads: int, args: Arguments, save: bool =
         RRSTD=address(RRSTD), CC=address(CC), CHAT=address(CHAT), CRSTD=address(CRSTD), HPU=address(HPU),
         ostride=0 if Obuf is None else Obuf.stride(0),
     )
+    if defer is None:
+        C.variant_forward_loop(**loop)
+    else:
+        buffers = (x, h0, c0, Z, Hp, Cp, Obuf, keep, zeros, mh, R, HM, CC, RHAT, RRSTD, CHAT, CRSTD, HPU,
+                   Wrec, Whr, w_hh_c, hnext, rec, rbuf, hcand, scratch, floats, peep, g_hh, bt_hh, g_c, bt_c,
+                   zh, zc)
+        defer.append((C.variant_forward_arguments(**loop), buffers))
     last = 0 if cfg.reverse else T
     out = Obuf if Obuf is not None else (Hp[:T] if cfg.reverse else Hp[1:])
     record = (Z, Zraw, mean, rstd, Hp, Cp, R, HM, CC, RHAT, RRSTD, CHAT, CRSTD, HPU, keep)
@@ -247,8 +261,11 @@ def forward_pass(cfg: VariantConfig, threads: int, args: Arguments, save: bool =
 
 
 def backward_pass(cfg: VariantConfig, threads: int, args: Arguments, record: tuple, needs: tuple[bool, ...],
-                  dout: Tensor, dhT: Tensor, dcT: Tensor) -> tuple:
-    """The gradients of every tensor argument (:data:`Arguments` order; None where not needed)."""
+                  dout: Tensor, dhT: Tensor, dcT: Tensor, defer: list[Deferred] | None = None,
+                  ) -> Callable[[], tuple]:
+    """Runs the backward time loop and returns a function that gives the gradients of every tensor argument
+    (:data:`Arguments` order; None where not needed). With ``defer`` the loop does not run (as
+    :func:`forward_pass`): the function is to be called once the caller has run it."""
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, g_ih, bt_ih, g_hh, bt_hh, g_c, bt_c = args[:15]
     mx, mh, _, zh, zc = args[15:]
     Z, Zraw, mean, rstd, Hp, Cp, R, HM, CC, RHAT, RRSTD, CHAT, CRSTD, HPU, keep = record
@@ -273,7 +290,7 @@ def backward_pass(cfg: VariantConfig, threads: int, args: Arguments, record: tup
     w_hh_c = w_hh.contiguous()
     w_hr_c = None if w_hr is None else w_hr.contiguous()
     peep_c, g_hh_c, g_c_c, bt_c_c = (None if t is None else t.contiguous() for t in (peep, g_hh, g_c, bt_c))
-    C.variant_backward_loop(
+    loop = dict(
         **_blas_arguments(x), T=T, B=B, H=H, P=P, reverse=int(cfg.reverse), n_masks=gate_masks,
         threads=threads, flags=cfg.flags, act=cfg.act[0], ract=cfg.ract[0], oact=cfg.oact[0],
         floats=floats.data_ptr(), Z=Z.data_ptr(), Cp=Cp.data_ptr(), dout=dout.data_ptr(),
@@ -285,6 +302,27 @@ def backward_pass(cfg: VariantConfig, threads: int, args: Arguments, record: tup
         RRSTD=address(RRSTD), CC=address(CC), CHAT=address(CHAT), CRSTD=address(CRSTD), DCN=address(DCN),
         HPU=address(HPU), ZH=address(zh), ZC=address(zc), zdir=address(zdir),
     )
+    if defer is None:
+        C.variant_backward_loop(**loop)
+    else:
+        buffers = (dout, dh, dc, DH, dh_new, dr, DREC, dh_tmp, carry, DCN, zdir, scratch, floats, w_hh_c,
+                   w_hr_c, mh, peep_c, g_hh_c, g_c_c, bt_c_c, zh, zc, *record)
+        defer.append((C.variant_backward_arguments(**loop), buffers))
+    return lambda: _gradients(cfg, args, record, needs, (dh, dc, DH, DREC, DCN))
+
+
+def _gradients(
+    cfg: VariantConfig, args: Arguments, record: tuple, needs: tuple[bool, ...], found: tuple
+) -> tuple:
+    """backward_pass's gradients, from what its loop found: dh0, dc0, DH, DREC, DCN and Z (now dZ)."""
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, g_ih, bt_ih, g_hh, bt_hh, g_c, bt_c = args[:15]
+    mx, mh = args[15:17]
+    Z, Zraw, mean, rstd, Hp, Cp, R, HM, CC, RHAT, RRSTD, CHAT, CRSTD, HPU, keep = record
+    dh, dc, DH, DREC, DCN = found
+    T, B, Fdim = x.shape
+    H, P = c0.shape[-1], h0.shape[-1]
+    ln = bool(cfg.flags & LAYER_NORM)
+    gate_masks = 4 if mh is not None and mh.dim() == 3 else 1
     grads: list[Tensor | None] = [None] * 20
     grads[1], grads[2] = (dh if needs[1] else None), (dc if needs[2] else None)
     dZ = Z.view(T * B, GATES * H)
@@ -376,7 +414,7 @@ class _NativeLSTMVariants(torch.autograd.Function):
                 record = forward_pass(ctx.cfg, ctx.threads, args)[1]
         ctx.consumed = True
         needs = ctx.needs_input_grad[3:]
-        grads = backward_pass(ctx.cfg, ctx.threads, args, record, needs, dout, dhT, dcT)
+        grads = backward_pass(ctx.cfg, ctx.threads, args, record, needs, dout, dhT, dcT)()
         return (None, None, None, *grads)
 
 
@@ -409,3 +447,93 @@ def run_direction_variant(
         if not records:  # inference: nothing saved for a backward
             return forward_pass(cfg, threads, args, save=False)[0]
         return _NativeLSTMVariants.apply(cfg, run, threads, *args)
+
+
+def _half(args: Arguments, rows: slice) -> Arguments:
+    """The arguments of the sequences ``rows``: x, h0, c0, the step mask, dropout masks ((B, .) or per gate
+    (4, B, .)) and zoneout draws cut along the batch; the weights whole."""
+    x, h0, c0 = args[:3]
+    mx, mh, step_mask, zh, zc = args[15:]
+
+    def cut(t: Tensor | None, batch_dim: int) -> Tensor | None:
+        return None if t is None else t[(slice(None),) * batch_dim + (rows,)].contiguous()
+
+    return (
+        x[:, rows].contiguous(), h0[rows].contiguous(), c0[rows].contiguous(), *args[3:15],
+        cut(mx, 0 if mx is None else mx.dim() - 2), cut(mh, 0 if mh is None else mh.dim() - 2),
+        cut(step_mask, 1), cut(zh, 1), cut(zc, 1),
+    )
+
+
+def _forward_halves(cfg: VariantConfig, args: Arguments, middle: int, save: bool = True) -> tuple:
+    """Both halves' forward loops at once: ((out, h_T, c_T) of the whole batch, the halves' records)."""
+    defer: list[Deferred] = []
+    halves = [_half(args, rows) for rows in (slice(0, middle), slice(middle, None))]
+    (res_a, rec_a), (res_b, rec_b) = (forward_pass(cfg, 1, half, save, defer) for half in halves)
+    C.variant_loop_pair(False, defer[0][0], defer[1][0])
+    out = torch.cat((res_a[0], res_b[0]), dim=1)
+    return (out, torch.cat((res_a[1], res_b[1])), torch.cat((res_a[2], res_b[2]))), (rec_a, rec_b)
+
+
+def _joined(a: Tensor | None, b: Tensor | None, index: int) -> Tensor | None:
+    """The whole batch's gradient of argument ``index`` from its halves': x along the batch (dim 1), h0 and
+    c0 along theirs (dim 0), the weights summed."""
+    if a is None or b is None:
+        return None
+    if index == 0:
+        return torch.cat((a, b), dim=1)
+    return torch.cat((a, b)) if index in (1, 2) else a + b
+
+
+class _NativeLSTMVariantsHalves(torch.autograd.Function):
+    """:class:`_NativeLSTMVariants` on the two halves of the batch, their C loops at once on two threads:
+    arguments (cfg, run, middle, x, h0, c0, the 12 weight fields, mx, mh, step_mask, zh, zc)."""
+
+    @staticmethod
+    def forward(ctx, cfg, run, middle, *args):  # noqa: N805
+        results, (rec_a, rec_b) = _forward_halves(cfg, args, middle)
+        ctx.cfg, ctx.run, ctx.middle = cfg, run, middle
+        ctx.save_for_backward(*args, *rec_a, *rec_b)
+        return results
+
+    @staticmethod
+    def backward(ctx, dout, dhT, dcT):  # noqa: N805
+        saved = ctx.saved_tensors
+        args, records = saved[:20], (saved[20:35], saved[35:50])
+        if torch.is_grad_enabled():  # create_graph=True: gradients autograd can differentiate again
+            x, h0, c0 = args[:3]
+            weights = DirectionWeights(*args[3:15])
+            found = differentiable_gradients(x, h0, c0, weights, ctx.run, (dout, dhT, dcT))
+            return (None, None, None, *found, None, None, None, None, None)
+        if getattr(ctx, "consumed", False):  # the first backward wrote the gate gradients over Z
+            with torch.autocast(device_type="cpu", enabled=False):
+                records = _forward_halves(ctx.cfg, args, ctx.middle)[1]
+        ctx.consumed = True
+        needs = ctx.needs_input_grad[3:]
+        defer: list[Deferred] = []
+        finishes = [
+            backward_pass(ctx.cfg, 1, _half(args, rows), record, needs, dout[:, rows], dhT[rows], dcT[rows],
+                          defer)
+            for rows, record in zip((slice(0, ctx.middle), slice(ctx.middle, None)), records, strict=True)
+        ]
+        C.variant_loop_pair(True, defer[0][0], defer[1][0])
+        grads_a, grads_b = (finish() for finish in finishes)
+        joined = [_joined(a, b, k) for k, (a, b) in enumerate(zip(grads_a, grads_b, strict=True))]
+        return (None, None, None, *joined)
+
+
+def run_direction_variant_halves(
+    x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, run: DirectionRun
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`run_direction_variant` on the two halves of the batch, their C loops at once on two threads
+    (:func:`~._pair.halves_accept` decides where; the weight gradients are the sums of the halves')."""
+    cfg = variant_config(weights, run)
+    if cfg is None:
+        return run_direction_reference(x, h0, c0, weights, run)
+    args = function_arguments(x, h0, c0, weights, run)
+    middle = x.shape[1] // 2
+    records = torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)
+    with torch.autocast(device_type="cpu", enabled=False):  # products must stay in x's dtype
+        if not records:
+            return _forward_halves(cfg, args, middle, save=False)[0]
+        return _NativeLSTMVariantsHalves.apply(cfg, run, middle, *args)
