@@ -20,7 +20,8 @@ setup(
         Extension(
             "unilstm.kernels.native._lstm_cell",
             [f"{NATIVE}/_lstm_cell.c"],
-            depends=[f"{NATIVE}/_lstm_cell_body.h", ACTIVATION_IDS],
+            depends=[f"{NATIVE}/_lstm_cell_body.h", f"{NATIVE}/_lstm_variant_body.h",
+                     f"{NATIVE}/_lstm_variant_entry.h", ACTIVATION_IDS],
             define_macros=table["compiler_macros"](),
             extra_compile_args=["-O3", "-std=gnu11", "-fno-math-errno", "-fno-trapping-math"],
             optional=True,

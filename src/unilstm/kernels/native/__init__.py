@@ -4,6 +4,7 @@
   calls it, with named arguments;
 * :mod:`._blas` finds the BLAS and OpenMP functions torch links and checks them on first use;
 * :mod:`._loops` holds one direction's forward and backward passes and their autograd Function;
+* :mod:`._variants` the same for the cell variants of :mod:`unilstm.spec` (their own C loops);
 * :mod:`._pair` runs two loops at once (both directions of a layer, or the halves of a batch).
 
 The extension is optional: without a C compiler at install time :func:`available` is False (and

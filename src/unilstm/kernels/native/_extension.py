@@ -175,3 +175,59 @@ def set_cell_threads(gomp_parallel: int, omp_get_thread_num: int, omp_get_num_th
     """The OpenMP runtime's functions for the cell split (all three, or three zeros: one thread)."""
     assert _lstm_cell is not None  # callers check available() first
     _lstm_cell.set_cell_threads(gomp_parallel, omp_get_thread_num, omp_get_num_threads)
+
+
+#: the cell variants' loops (_lstm_variant_body.h): their parameters' names in order, the ids of ONNX's
+#: parametric activations ({kind: id}, past the shared table's) and the scratch per hidden unit and thread
+VARIANT_FORWARD_PARAMETERS: tuple[str, ...] = getattr(_lstm_cell, "VARIANT_FORWARD_PARAMETERS", ())
+VARIANT_BACKWARD_PARAMETERS: tuple[str, ...] = getattr(_lstm_cell, "VARIANT_BACKWARD_PARAMETERS", ())
+PARAMETRIC_IDS: dict[str, int] = getattr(_lstm_cell, "PARAMETRIC_IDS", {})
+VARIANT_SCRATCH_PER_HIDDEN: int = getattr(_lstm_cell, "VARIANT_SCRATCH_PER_HIDDEN", 0)
+
+
+def variants_available() -> bool:
+    """Whether the build has the variant loops (a build from before them lacks them: variants then run on
+    the other kernels)."""
+    return _lstm_cell is not None and bool(VARIANT_FORWARD_PARAMETERS)
+
+
+def _by_name(names: tuple[str, ...], parameters: dict[str, int], function: str) -> tuple[int, ...]:
+    if set(parameters) != set(names):
+        missing, extra = set(names) - set(parameters), set(parameters) - set(names)
+        raise TypeError(f"{function}: missing {sorted(missing)}, unexpected {sorted(extra)}")
+    return tuple(int(parameters[name]) for name in names)
+
+
+def variant_forward_loop(**parameters: int) -> None:
+    """The cell variants' forward time loop in C (without the GIL), its parameters by name
+    (VARIANT_FORWARD_PARAMETERS; ``floats``: the address of a float64 array, FP_* in _lstm_cell.c)."""
+    assert _lstm_cell is not None  # callers check variants_available() first
+    _lstm_cell.variant_forward_loop(
+        *_by_name(VARIANT_FORWARD_PARAMETERS, parameters, "variant_forward_loop")
+    )
+
+
+def variant_backward_loop(**parameters: int) -> None:
+    """The cell variants' backward time loop in C (without the GIL), its parameters by name
+    (VARIANT_BACKWARD_PARAMETERS)."""
+    assert _lstm_cell is not None  # callers check variants_available() first
+    _lstm_cell.variant_backward_loop(
+        *_by_name(VARIANT_BACKWARD_PARAMETERS, parameters, "variant_backward_loop")
+    )
+
+
+def variant_forward_arguments(**parameters: int) -> tuple[int, ...]:
+    """variant_forward_loop's argument tuple from its parameters by name (for :func:`variant_loop_pair`)."""
+    return _by_name(VARIANT_FORWARD_PARAMETERS, parameters, "variant_forward_loop")
+
+
+def variant_backward_arguments(**parameters: int) -> tuple[int, ...]:
+    """variant_backward_loop's argument tuple from its parameters by name (for :func:`variant_loop_pair`)."""
+    return _by_name(VARIANT_BACKWARD_PARAMETERS, parameters, "variant_backward_loop")
+
+
+def variant_loop_pair(backward: bool, first: tuple[int, ...], second: tuple[int, ...]) -> None:
+    """Two variant loops (forward, or backward) at once, one on each of two threads of torch's OpenMP team,
+    their cells unsplit (one after the other without the OpenMP runtime)."""
+    assert _lstm_cell is not None  # callers check variants_available() first
+    _lstm_cell.variant_loop_pair(int(backward), first, second)

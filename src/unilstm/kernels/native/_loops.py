@@ -4,7 +4,9 @@ the cell in C.
 
 It computes what :func:`~unilstm.kernels.reference.run_direction_reference` computes, on the CPU, in float32
 and float64, for the activations of ``unilstm/kernels/activation_ids.py``, with step masks with gaps,
-reverse, both masked-output modes, proj_size and shared or per-gate dropout masks.
+reverse, both masked-output modes, proj_size and shared or per-gate dropout masks. The cell variants of
+:mod:`unilstm.spec` (and ONNX's parametric activations) have their own loops, :mod:`._variants`
+(:func:`uses_variant_loops`); this module's loops compute the standard cell only, unchanged by them.
 
 * forward: Z = X W_ih^T + b for all steps in one GEMM; then per step rec = h_{t-1} W_hh^T and the cell
   (c_t = f c_{t-1} + i g, h_t = o act(c_t), masks, outputs), which keeps the pre-activations in Z_t. It
@@ -54,6 +56,7 @@ from ..opaque import opaque_to_compile
 from ..reference import GATES, DirectionRun, DirectionWeights, is_variant, run_direction_reference
 from . import _blas
 from . import _extension as C
+from ._variants import run_direction_variant, variant_accepts, variant_buffers_agree
 
 #: The activations the C cell implements, with their ids (unilstm/kernels/activation_ids.py).
 NATIVE_ACTIVATION_IDS: dict[Callable, int] = A.kernel_ids(ACTIVATION_IDS)
@@ -75,14 +78,24 @@ def activation_id(fn: Callable) -> int | None:
 def accepts(x: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:
     """Whether :func:`run_direction_native` computes this run: the C cell is built, a CPU tensor in float32
     or float64 with at least one step and one sequence, activations the C cell implements and dropout
-    masks shared by the four gates or one per gate."""
+    masks shared by the four gates or one per gate; a cell variant where the variant loops take it
+    (:func:`variant_accepts`)."""
     if not C.available() or x.device.type != "cpu" or x.dtype not in _DTYPES:
         return False
     if x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0:
         return False
-    if is_variant(weights, run):
-        return False
-    return activation_id(run.activation) is not None and activation_id(run.recurrent_activation) is not None
+    if uses_variant_loops(weights, run):  # the variant loops (._variants), where the gemm was found
+        return variant_accepts(x, weights, run)
+    return True
+
+
+def uses_variant_loops(weights: DirectionWeights, run: DirectionRun) -> bool:
+    """Whether a run goes to the variant loops (:mod:`._variants`): a cell variant, or an activation that
+    only they have (ONNX's parametric ones)."""
+    return (
+        is_variant(weights, run) or activation_id(run.activation) is None
+        or activation_id(run.recurrent_activation) is None
+    )
 
 
 def address(t: Tensor | None) -> int:
@@ -490,11 +503,15 @@ def run_direction_native(
     docstring for what differs: speed and float32 rounding)."""
     if not accepts(x, weights, run):  # dispatch asks first; force_kernel("native") does not
         return run_direction_reference(x, h0, c0, weights, run)
-    cfg = run_config(run)
     if not buffers_agree(x, h0, c0, weights, run):
         # the C loop reads raw buffers of x's type and of these shapes: anything else goes to the loop
         # whose torch ops check them and raise torch's errors
         return run_direction_reference(x, h0, c0, weights, run)
+    if uses_variant_loops(weights, run):
+        if not variant_buffers_agree(x, h0, c0, weights, run):
+            return run_direction_reference(x, h0, c0, weights, run)
+        return run_direction_variant(x, h0, c0, weights, run, cell_threads())
+    cfg = run_config(run)
     args = function_arguments(cfg, x.contiguous(), h0.contiguous(), c0.contiguous(), weights, run)
     if not needs_graph(args):  # inference (streaming): no autograd.Function bookkeeping
         if torch.is_autocast_enabled("cpu"):

@@ -37,8 +37,10 @@
 #if defined(__GNUC__)
 /* the activation loops must be compiled inside each target clone of the step functions, not called */
 #define ALWAYS_INLINE __attribute__((always_inline))
+#define NOINLINE __attribute__((noinline))
 #else
 #define ALWAYS_INLINE
+#define NOINLINE
 #endif
 
 #if !defined(ACT_COUNT) || !defined(ACT_NAMES)
@@ -87,6 +89,27 @@ static int cell_rows(long B, long *b0, long *b1) {
 }
 
 static void cell_parallel(void (*fn)(void *), void *data, unsigned n) { gomp_parallel_fn(fn, data, n, 0); }
+
+/* ONNX's parametric activations (unilstm.activations.ParametricActivation), ids of the variant loops only,
+ * past the shared table's; their alpha and beta travel with them (_lstm_variant_body.h); exported as
+ * PARAMETRIC_IDS */
+#define PACT_AFFINE 64
+#define PACT_LEAKY_RELU 65
+#define PACT_THRESHOLDED_RELU 66
+#define PACT_SCALED_TANH 67
+#define PACT_HARD_SIGMOID 68
+#define PACT_ELU 69
+#define PACT_NAMES X(affine, AFFINE) X(leaky_relu, LEAKY_RELU) X(thresholded_relu, THRESHOLDED_RELU) \
+    X(scaled_tanh, SCALED_TANH) X(hard_sigmoid, HARD_SIGMOID) X(elu, ELU)
+
+/* flags of the variant loops (the Python side's VARIANT_FLAGS) */
+enum { VF_LAYER_NORM = 1, VF_PEEPHOLES = 2, VF_GATE_CLIP = 4, VF_CELL_CLIP = 8, VF_PROJ_CLIP = 16, VF_COUPLED = 32 };
+/* the float parameters, one float64 array (FLOAT_PARAMETERS on the Python side) */
+enum { FP_ACT_A, FP_ACT_B, FP_RACT_A, FP_RACT_B, FP_OACT_A, FP_OACT_B, FP_GATE_CLIP, FP_CELL_CLIP, FP_PROJ_CLIP,
+       FP_FORGET_BIAS, FP_EPS, FP_ZH, FP_ZC, FP_COUNT };
+
+/* scratch floats per hidden unit and thread of the variant loops: the backward cell's 24 H (vbwd_cell_rows) */
+#define VARIANT_SCRATCH_PER_HIDDEN 24
 
 #define SELU_ALPHA 1.6732632423543772848170429916717
 #define SELU_SCALE 1.0507009873554804934193349852946
@@ -142,11 +165,16 @@ ALWAYS_INLINE static inline float tanh_approx(float x) {
 
 #define REAL float
 #define NAME(f) f##_f32
+#define VHOT HOT
+#define VACT HOT
 #define EXP exp_approx
 #define SIGMOID sigmoid_approx
 #define TANH tanh_approx
 #define LOG1P log1pf
 #include "_lstm_cell_body.h"
+#include "_lstm_variant_body.h"
+#undef VHOT
+#undef VACT
 #undef REAL
 #undef NAME
 #undef EXP
@@ -158,11 +186,16 @@ ALWAYS_INLINE static inline float tanh_approx(float x) {
 static inline double sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
 #define REAL double
 #define NAME(f) f##_f64
+#define VHOT
+#define VACT NOINLINE
 #define EXP exp
 #define SIGMOID sigmoid_f64
 #define TANH tanh
 #define LOG1P log1p
 #include "_lstm_cell_body.h"
+#include "_lstm_variant_body.h"
+#undef VHOT
+#undef VACT
 #undef REAL
 #undef NAME
 #undef EXP
@@ -265,6 +298,10 @@ typedef blas_t_f32 f32_blas_t;
 typedef blas_t_f64 f64_blas_t;
 typedef operand_t_f32 f32_operand_t;
 typedef operand_t_f64 f64_operand_t;
+typedef vfwd_t_f32 f32_vfwd_t;
+typedef vfwd_t_f64 f64_vfwd_t;
+typedef vbwd_t_f32 f32_vbwd_t;
+typedef vbwd_t_f64 f64_vbwd_t;
 
 /* run_<loop>(a): the loop of the dtype flag a[0], with the BLAS functions of a[1..5], through CALL */
 #define DEFINE_RUN_LOOP(loop)                    \
@@ -431,6 +468,8 @@ DEFINE_RUN_LOOP(forward_loop)
 DEFINE_RUN_LOOP(backward_loop)
 #undef CALL
 
+#include "_lstm_variant_entry.h" /* the variant loops' entry points */
+
 /* one whole loop, without the GIL: it touches only the buffers it is given */
 static PyObject *run_loop(PyObject *const *args, Py_ssize_t nargs,
                           int (*check)(PyObject *const *, Py_ssize_t, long long *),
@@ -576,6 +615,12 @@ static PyMethodDef methods[] = {
     PART(backward_loop_tail, "backward_loop's last arguments by name, as a tuple")
 #undef PART
     {"activation", (PyCFunction)(void (*)(void))py_activation, METH_FASTCALL, "an activation over a buffer"},
+    {"variant_forward_loop", (PyCFunction)(void (*)(void))py_variant_forward_loop, METH_FASTCALL,
+     "the cell variants' forward time loop"},
+    {"variant_backward_loop", (PyCFunction)(void (*)(void))py_variant_backward_loop, METH_FASTCALL,
+     "the cell variants' backward time loop"},
+    {"variant_loop_pair", (PyCFunction)(void (*)(void))py_variant_loop_pair, METH_FASTCALL,
+     "two variant loops at once"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -624,7 +669,36 @@ static int add_constants(PyObject *m) {
         Py_DECREF(backward);
         return -1;
     }
-    if (PyModule_AddIntConstant(m, "ACTIVATION_COUNT", ACT_COUNT) < 0 ||
+    PyObject *vf = parameter_names(variant_forward_names, VFA_COUNT);
+    if (vf == NULL || PyModule_AddObject(m, "VARIANT_FORWARD_PARAMETERS", vf) < 0) {
+        Py_XDECREF(vf);
+        return -1;
+    }
+    PyObject *vb = parameter_names(variant_backward_names, VBA_COUNT);
+    if (vb == NULL || PyModule_AddObject(m, "VARIANT_BACKWARD_PARAMETERS", vb) < 0) {
+        Py_XDECREF(vb);
+        return -1;
+    }
+    PyObject *pids = PyDict_New();
+    if (pids == NULL) return -1;
+#define X(name, NAME)                                                      \
+    do {                                                                   \
+        PyObject *code = PyLong_FromLong(PACT_##NAME);                     \
+        if (code == NULL || PyDict_SetItemString(pids, #name, code) < 0) { \
+            Py_XDECREF(code);                                              \
+            Py_DECREF(pids);                                               \
+            return -1;                                                     \
+        }                                                                  \
+        Py_DECREF(code);                                                   \
+    } while (0);
+    PACT_NAMES
+#undef X
+    if (PyModule_AddObject(m, "PARAMETRIC_IDS", pids) < 0) {
+        Py_DECREF(pids);
+        return -1;
+    }
+    if (PyModule_AddIntConstant(m, "VARIANT_SCRATCH_PER_HIDDEN", VARIANT_SCRATCH_PER_HIDDEN) < 0 ||
+        PyModule_AddIntConstant(m, "ACTIVATION_COUNT", ACT_COUNT) < 0 ||
         PyModule_AddIntConstant(m, "SCRATCH_PER_HIDDEN", SCRATCH_PER_HIDDEN) < 0 ||
         PyModule_AddIntConstant(m, "CELL_PARALLEL_MIN", CELL_PARALLEL_MIN) < 0 ||
         PyModule_AddIntConstant(m, "PACK_MIN_ROWS", PACK_MIN_ROWS) < 0 ||

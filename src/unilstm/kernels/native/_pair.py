@@ -35,7 +35,9 @@ from ._loops import (
     needs_graph,
     record_for_backward,
     run_config,
+    uses_variant_loops,
 )
+from ._variants import run_direction_variant_halves, variant_buffers_agree
 
 
 def _forward_both(
@@ -143,6 +145,8 @@ def pair_accepts(x: Tensor, h0: Tensor, c0: Tensor, weights: tuple[DirectionWeig
     at once is faster (policy.PAIR_MIN_BATCH, policy.PAIR_MAX_HIDDEN)."""
     if not _two_loops_at_once(x.dtype):
         return False
+    if any(uses_variant_loops(w, r) for w, r in zip(weights, runs, strict=True)):  # one loop after the other
+        return False
     if not all(accepts(x, w, r) and buffers_agree(x, h, c, w, r)
                for w, r, h, c in zip(weights, runs, h0, c0, strict=True)):
         return False
@@ -191,7 +195,9 @@ def halves_accept(x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, 
     limit = policy.HALVES_MAX_WEIGHT_BYTES if records else policy.HALVES_MAX_WEIGHT_BYTES_INFERENCE
     if x.shape[1] < policy.HALVES_MIN_BATCH or weights.w_hh.numel() * x.element_size() > limit:
         return False
-    return accepts(x, weights, run) and buffers_agree(x, h0, c0, weights, run)
+    if not (accepts(x, weights, run) and buffers_agree(x, h0, c0, weights, run)):
+        return False
+    return not uses_variant_loops(weights, run) or variant_buffers_agree(x, h0, c0, weights, run)
 
 
 def _batch_rows(run: DirectionRun, rows: slice) -> DirectionRun:
@@ -217,6 +223,8 @@ def run_direction_native_halves(
     (the rows of an LSTM are independent): each loop's per-step products run on one thread with no fork,
     and the cell is not split. The caller checks :func:`halves_accept` first. The weight gradients are the
     sums of the halves' (another summation order than one run's, within float rounding)."""
+    if uses_variant_loops(weights, run):
+        return run_direction_variant_halves(x, h0, c0, weights, run)
     cfg = run_config(run)
     middle = x.shape[1] // 2
     runs = [
