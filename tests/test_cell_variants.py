@@ -173,8 +173,8 @@ def test_training_zoneout_draw_matches_reference_with_the_same_draws():
     x = torch.randn(5, 3, 4, dtype=torch.float64)
     got = layer(x, training=True, generator=torch.Generator().manual_seed(7))[0]
     gen = torch.Generator().manual_seed(7)
-    keep_h = torch.empty(5, 3, 5, dtype=torch.float64).bernoulli_(0.4, generator=gen)
-    keep_c = torch.empty(5, 3, 5, dtype=torch.float64).bernoulli_(0.3, generator=gen)
+    keep_h = (torch.rand(5, 3, 5, generator=gen, dtype=torch.float64) < 0.4).double()
+    keep_c = (torch.rand(5, 3, 5, generator=gen, dtype=torch.float64) < 0.3).double()
     (w,), = layer.direction_weights()
     run = DirectionRun(torch.tanh, torch.sigmoid, zoneout_hidden=keep_h, zoneout_cell=keep_c)
     zeros = x.new_zeros(3, 5)
@@ -222,3 +222,14 @@ def test_parametric_activations_follow_onnx_formulas():
         parametric("swish")
     with pytest.raises(ValueError, match="alpha must be a finite number"):
         parametric("elu", float("nan"))
+
+
+def test_zoneout_draws_keep_a_unit_with_the_rate():
+    from unilstm.kernels.dispatch import zoneout_weights
+
+    state = torch.zeros(64, 32)
+    keep = zoneout_weights(0.3, 200, state, True, torch.Generator().manual_seed(0))
+    assert isinstance(keep, torch.Tensor) and keep.shape == (200, 64, 32)
+    assert set(keep.unique().tolist()) == {0.0, 1.0}
+    assert abs(float(keep.mean()) - 0.3) < 0.005  # 409600 draws: standard deviation 0.0007
+    assert zoneout_weights(0.3, 200, state, False, None) == 0.3
