@@ -389,6 +389,14 @@ def _gradients(
     return tuple(grads)
 
 
+def _differentiable_backward(args: tuple, run: DirectionRun, grads: tuple[Tensor, Tensor, Tensor]) -> tuple:
+    """The variant Functions' backward result through the reference loop, which autograd records (for a
+    backward with ``create_graph=True``): args are (x, h0, c0, the 12 weight fields, ...)."""
+    x, h0, c0 = args[:3]
+    found = differentiable_gradients(x, h0, c0, DirectionWeights(*args[3:15]), run, grads)
+    return (None, None, None, *found, None, None, None, None, None)
+
+
 class _NativeLSTMVariants(torch.autograd.Function):
     """One direction of a variant cell through the C loops: arguments (cfg, run, threads, x, h0, c0, the 12
     weight fields of DirectionWeights, mx, mh, step_mask, zh, zc); results (out, h_T, c_T)."""
@@ -405,10 +413,7 @@ class _NativeLSTMVariants(torch.autograd.Function):
         saved = ctx.saved_tensors
         args, record = saved[:20], saved[20:]
         if torch.is_grad_enabled():  # create_graph=True: gradients autograd can differentiate again
-            x, h0, c0 = args[:3]
-            weights = DirectionWeights(*args[3:15])
-            found = differentiable_gradients(x, h0, c0, weights, ctx.run, (dout, dhT, dcT))
-            return (None, None, None, *found, None, None, None, None, None)
+            return _differentiable_backward(args, ctx.run, (dout, dhT, dcT))
         if getattr(ctx, "consumed", False):  # the first backward wrote the gate gradients over Z
             with torch.autocast(device_type="cpu", enabled=False):
                 record = forward_pass(ctx.cfg, ctx.threads, args)[1]
@@ -501,10 +506,7 @@ class _NativeLSTMVariantsHalves(torch.autograd.Function):
         saved = ctx.saved_tensors
         args, records = saved[:20], (saved[20:35], saved[35:50])
         if torch.is_grad_enabled():  # create_graph=True: gradients autograd can differentiate again
-            x, h0, c0 = args[:3]
-            weights = DirectionWeights(*args[3:15])
-            found = differentiable_gradients(x, h0, c0, weights, ctx.run, (dout, dhT, dcT))
-            return (None, None, None, *found, None, None, None, None, None)
+            return _differentiable_backward(args, ctx.run, (dout, dhT, dcT))
         if getattr(ctx, "consumed", False):  # the first backward wrote the gate gradients over Z
             with torch.autocast(device_type="cpu", enabled=False):
                 records = _forward_halves(ctx.cfg, args, ctx.middle)[1]
