@@ -233,3 +233,27 @@ def test_zoneout_draws_keep_a_unit_with_the_rate():
     assert set(keep.unique().tolist()) == {0.0, 1.0}
     assert abs(float(keep.mean()) - 0.3) < 0.005  # 409600 draws: standard deviation 0.0007
     assert zoneout_weights(0.3, 200, state, False, None) == 0.3
+
+
+def test_lengths_with_variants_equal_the_same_right_padded_mask():
+    layer = make(num_layers=2, bidirectional=True, **VARIANTS["all"]).eval()
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+    lengths = torch.tensor([6, 2, 0])
+    mask = torch.arange(6).unsqueeze(0) < lengths.unsqueeze(1)
+    by_lengths, (h1, c1) = layer(x, lengths=lengths)
+    by_mask, (h2, c2) = layer(x, mask=mask)
+    torch.testing.assert_close(by_lengths, by_mask, rtol=0, atol=0)
+    torch.testing.assert_close((h1, c1), (h2, c2), rtol=0, atol=0)
+    torch.testing.assert_close(by_lengths, reference_stack(layer, x, mask)[0], rtol=1e-10, atol=1e-12)
+    assert torch.equal(by_lengths[2:, 1], torch.zeros_like(by_lengths[2:, 1]))  # packed semantics
+
+
+def test_variants_in_low_precision_follow_float64():
+    kwargs = {"layer_norm": True, "peepholes": True, "forget_bias": 1.0, "zoneout_hidden": 0.1}
+    exact = make(**kwargs).eval()
+    x = torch.randn(8, 2, 4, dtype=torch.float64)
+    want = exact(x)[0]
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 5e-2)):
+        low = make(**kwargs).to(dtype).eval()
+        got = low(x.to(dtype))[0].double()
+        assert float((got - want).abs().max()) < tolerance, dtype
