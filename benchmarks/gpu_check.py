@@ -2,7 +2,7 @@
 """One short GPU check (run by benchmarks/gpu_check.sh on a CUDA machine).
 
 1. Property comparison on CUDA: the fast kernel against the reference loop, outputs, states and all
-   gradients, on random runs (float64 tight, float32 loose).
+   gradients, on random runs (float64 tight, float32 loose), and on every cell-variant case.
 2. Timing on CUDA (``--all``: also with CUDA graphs alone and with the fused Triton steps alone): unilstm standard spec (cuDNN through torch) and flexible specs (fast kernel) against
    torch.nn.LSTM (cuDNN), forward and forward+backward, via unilstm.bench with --device cuda.
 Writes $OUT/gpu_check.md (or ./gpu_check.md).
@@ -77,6 +77,39 @@ def property_check(n: int, dtype, tol, device: str) -> tuple[int, float]:
     return n, worst
 
 
+def variant_check(dtype, tol, device: str) -> tuple[int, float]:
+    """Every cell-variant case of tests/kernels/variant_cases.py on ``device``: the fast kernel (its variant
+    body, three calls: direct, graph capture, replay) against the reference loop, outputs, states and every
+    gradient (the variant tensors' included)."""
+    import dataclasses
+
+    from variant_cases import COMBINED_VARIANTS, SINGLE_VARIANTS, make_variant_case, variant_results
+
+    def moved(value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        return value.detach().to(device).requires_grad_(value.requires_grad)
+
+    worst, count = 0.0, 0
+    for index, kwargs in enumerate([*SINGLE_VARIANTS.values(), *COMBINED_VARIANTS.values()]):
+        x, h0, c0, w, run = make_variant_case(index, dtype=dtype, **kwargs)
+        w = DirectionWeights(*(moved(t) for t in w.tensors()))
+        run = dataclasses.replace(run, **{f.name: moved(getattr(run, f.name)) for f in dataclasses.fields(run)})
+        case = (moved(x), moved(h0), moved(c0), w, run)
+        expected = variant_results(run_direction_reference, *case)
+        for call in range(3):
+            got = variant_results(run_direction_fast, *case)
+            for name, e in expected.items():
+                g = got[name]
+                assert g.device.type == device, name
+                scale = max(1.0, float(e.abs().max())) if e.numel() else 1.0
+                err = float((g - e).abs().max()) / scale if e.numel() else 0.0
+                worst = max(worst, err)
+                assert err <= tol, (index, call, name, err)
+        count += 1
+    return count, worst
+
+
 def graph_counts() -> str:
     entries = list(cuda_graphs._entries.values())
     ready = sum(e.graph is not None for e in entries)
@@ -144,6 +177,12 @@ def main() -> int:
                     f"replay): fast kernel == reference on {device}, worst scaled error {worst:.2e}; "
                     f"{len(triton_steps) - before} fused Triton steps ran")
         stage(lines, f"property check {dtype}", check)
+    for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-4)):
+        def check_variants(dtype=dtype, tol=tol):
+            count, worst = variant_check(dtype, tol, device)
+            return (f"cell variants {dtype}: {count} cases, each three times: fast kernel (variant body) == "
+                    f"reference on {device}, worst scaled error {worst:.2e}")
+        stage(lines, f"cell variants {dtype}", check_variants)
     lines.append(f"- {graph_counts()}")
     stage(lines, "peak memory", lambda: peak_memory(device))
     configs = [("CUDA graphs and fused Triton steps (default)", "bench", True, True)]
