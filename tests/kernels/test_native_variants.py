@@ -24,7 +24,7 @@ import unilstm
 from unilstm.activations import parametric
 from unilstm.kernels import force_kernel, native
 from unilstm.kernels.native import run_direction_native
-from unilstm.kernels.reference import DirectionWeights, run_direction_reference
+from unilstm.kernels.reference import DirectionRun, DirectionWeights, run_direction_reference
 
 ATOL = 1e-10
 #: the single-pass rows with relu (the shared cases use tanh), and the general rows with a gate clip
@@ -213,3 +213,44 @@ def test_batch_halves_at_once_equal_the_reference(name, two_threads):
     assert_results_close(got, want, RTOL64, ATOL, context=name)
     out, _, _ = native.run_direction_native_halves(*case)
     assert type(out.grad_fn).__name__ == "_NativeLSTMVariantsHalvesBackward"
+
+
+@needs_extension
+@pytest.mark.parametrize("training", [False, True])
+def test_bidirectional_directions_at_once_equal_the_reference(training, two_threads):
+    """With two threads both directions of a bidirectional variant layer run their C loops at once (forward
+    and backward): the reference's numbers, gradients included (x's is the sum of both directions'); a
+    second backward through the same call and a create_graph backward as well."""
+    torch.manual_seed(0)
+    layer = unilstm.LSTM(
+        5, 8, num_layers=2, bidirectional=True, layer_norm=True, peepholes=True, gate_clip=2.0,
+        zoneout_hidden=0.2, zoneout_cell=0.1, dtype=torch.float64,
+    ).train(training)
+    x = torch.randn(7, 16, 5, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(16, 7, generator=torch.Generator().manual_seed(2)) > 0.3
+    weights = layer.direction_weights()[0]
+    runs = tuple(
+        DirectionRun(torch.tanh, torch.sigmoid, mask.t(), d == 1, zoneout_hidden=0.2, zoneout_cell=0.1)
+        for d in range(2)
+    )
+    states = torch.zeros(2, 16, 8, dtype=torch.float64)
+    if not native.pair_accepts(x, states, states, weights, runs):
+        pytest.skip("two loops at once need torch's OpenMP runtime with two threads")
+    found = []
+    try:
+        for kernel in (None, "reference"):
+            force_kernel(kernel)
+            out, (h, c) = layer(x, mask=mask, generator=torch.Generator().manual_seed(1))
+            if kernel is None:
+                assert type(out.grad_fn).__name__ == "CatBackward0"
+                assert "_NativeLSTMVariantsDirectionsBackward" in {
+                    type(f[0]).__name__ for f in out.grad_fn.next_functions if f[0] is not None
+                }
+            loss = (out * out).sum() + h.sum() + c.sum()
+            grads = torch.autograd.grad(loss, [x, *layer.parameters()], retain_graph=True)
+            again = torch.autograd.grad(loss, [x, *layer.parameters()], create_graph=True)
+            found.append([out, h, c, *grads, *again])
+    finally:
+        force_kernel(None)
+    for g, e in zip(*found, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-10)

@@ -37,7 +37,7 @@ from ._loops import (
     run_config,
     uses_variant_loops,
 )
-from ._variants import run_direction_variant_halves, variant_buffers_agree
+from ._variants import run_direction_variant_halves, run_directions_variant, variant_buffers_agree
 
 
 def _forward_both(
@@ -145,9 +145,11 @@ def pair_accepts(x: Tensor, h0: Tensor, c0: Tensor, weights: tuple[DirectionWeig
     at once is faster (policy.PAIR_MIN_BATCH, policy.PAIR_MAX_HIDDEN)."""
     if not _two_loops_at_once(x.dtype):
         return False
-    if any(uses_variant_loops(w, r) for w, r in zip(weights, runs, strict=True)):  # one loop after the other
+    variants = [uses_variant_loops(w, r) for w, r in zip(weights, runs, strict=True)]
+    if variants[0] != variants[1]:  # one loop of each kind: one after the other
         return False
     if not all(accepts(x, w, r) and buffers_agree(x, h, c, w, r)
+               and (not variants[0] or variant_buffers_agree(x, h, c, w, r))
                for w, r, h, c in zip(weights, runs, h0, c0, strict=True)):
         return False
     return x.shape[1] >= policy.PAIR_MIN_BATCH or c0.shape[-1] <= policy.PAIR_MAX_HIDDEN
@@ -161,6 +163,8 @@ def run_bidirectional_native(
     """Both directions of one layer (h0, c0: (2, B, .)), each as :func:`run_direction_native` computes it,
     their loops at once on two threads. The caller checks :func:`pair_accepts` first."""
     x = x.contiguous()
+    if uses_variant_loops(weights[0], runs[0]):
+        return run_directions_variant(x, h0, c0, weights, runs)
     direction_args = [
         function_arguments(run_config(run), x, h.contiguous(), c.contiguous(), weights_d, run)
         for weights_d, run, h, c in zip(weights, runs, h0, c0, strict=True)

@@ -174,6 +174,9 @@ def _zoneout_tensor(value: Tensor | float, x: Tensor) -> Tensor | None:
 #: the Function's tensor arguments after cfg, run and threads: x, h0, c0, the 12 weight fields, then
 #: mx, mh, step_mask (bool), zh, zc
 Arguments = tuple
+#: how many tensor arguments a run has (x, h0, c0, the 12 weight fields, mx, mh, step_mask, zh, zc), and
+#: how many tensors its forward records
+ARGUMENT_COUNT, RECORD_COUNT = 20, 15
 
 
 #: a deferred loop: its argument tuple, and the tensors its buffers lie in (kept alive until it has run)
@@ -411,7 +414,7 @@ class _NativeLSTMVariants(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dhT, dcT):  # noqa: N805
         saved = ctx.saved_tensors
-        args, record = saved[:20], saved[20:]
+        args, record = saved[:ARGUMENT_COUNT], saved[ARGUMENT_COUNT:]
         if torch.is_grad_enabled():  # create_graph=True: gradients autograd can differentiate again
             return _differentiable_backward(args, ctx.run, (dout, dhT, dcT))
         if getattr(ctx, "consumed", False):  # the first backward wrote the gate gradients over Z
@@ -504,7 +507,9 @@ class _NativeLSTMVariantsHalves(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dhT, dcT):  # noqa: N805
         saved = ctx.saved_tensors
-        args, records = saved[:20], (saved[20:35], saved[35:50])
+        args = saved[:ARGUMENT_COUNT]
+        middle = ARGUMENT_COUNT + RECORD_COUNT
+        records = (saved[ARGUMENT_COUNT:middle], saved[middle:])
         if torch.is_grad_enabled():  # create_graph=True: gradients autograd can differentiate again
             return _differentiable_backward(args, ctx.run, (dout, dhT, dcT))
         if getattr(ctx, "consumed", False):  # the first backward wrote the gate gradients over Z
@@ -539,3 +544,81 @@ def run_direction_variant_halves(
         if not records:
             return _forward_halves(cfg, args, middle, save=False)[0]
         return _NativeLSTMVariantsHalves.apply(cfg, run, middle, *args)
+
+
+def _forward_directions(cfgs: tuple[VariantConfig, VariantConfig], args: tuple[Arguments, Arguments],
+                        save: bool = True) -> tuple:
+    """The two directions' forward loops at once: ((out, h_T, c_T) of each, their records)."""
+    defer: list[Deferred] = []
+    (res_a, rec_a), (res_b, rec_b) = (
+        forward_pass(cfg, 1, run_args, save, defer) for cfg, run_args in zip(cfgs, args, strict=True)
+    )
+    C.variant_loop_pair(False, defer[0][0], defer[1][0])
+    return (*res_a, *res_b), (rec_a, rec_b)
+
+
+class _NativeLSTMVariantsDirections(torch.autograd.Function):
+    """:class:`_NativeLSTMVariants` for the two directions of a bidirectional layer, their C loops at once on
+    two threads: arguments (cfg_a, cfg_b, run_a, run_b, then the 20 arguments of each direction); results
+    (out, h_T, c_T) of each. x is given to both: autograd adds its two gradients."""
+
+    @staticmethod
+    def forward(ctx, cfg_a, cfg_b, run_a, run_b, *args):  # noqa: N805
+        args_a, args_b = args[:ARGUMENT_COUNT], args[ARGUMENT_COUNT:]
+        results, (rec_a, rec_b) = _forward_directions((cfg_a, cfg_b), (args_a, args_b))
+        ctx.cfgs, ctx.runs = (cfg_a, cfg_b), (run_a, run_b)
+        ctx.save_for_backward(*args, *rec_a, *rec_b)
+        return results
+
+    @staticmethod
+    def backward(ctx, dout_a, dh_a, dc_a, dout_b, dh_b, dc_b):  # noqa: N805
+        saved = ctx.saved_tensors
+        both = saved[: 2 * ARGUMENT_COUNT]
+        args = (both[:ARGUMENT_COUNT], both[ARGUMENT_COUNT:])
+        records = (saved[2 * ARGUMENT_COUNT : 2 * ARGUMENT_COUNT + RECORD_COUNT],
+                   saved[2 * ARGUMENT_COUNT + RECORD_COUNT :])
+        grads = ((dout_a, dh_a, dc_a), (dout_b, dh_b, dc_b))
+        if torch.is_grad_enabled():  # create_graph=True: each direction through the reference loop
+            found = [
+                _differentiable_backward(run_args, run, g)[3:]
+                for run_args, run, g in zip(args, ctx.runs, grads, strict=True)
+            ]
+            return (None, None, None, None, *found[0][:ARGUMENT_COUNT], *found[1][:ARGUMENT_COUNT])
+        if getattr(ctx, "consumed", False):  # the first backward wrote the gate gradients over Z
+            with torch.autocast(device_type="cpu", enabled=False):
+                records = _forward_directions(ctx.cfgs, args)[1]
+        ctx.consumed = True
+        needs = ctx.needs_input_grad[4:]
+        needs_by_direction = (needs[:ARGUMENT_COUNT], needs[ARGUMENT_COUNT:])
+        defer: list[Deferred] = []
+        finishes = [
+            backward_pass(cfg, 1, a, record, need, *g, defer)
+            for cfg, a, record, need, g in zip(
+                ctx.cfgs, args, records, needs_by_direction, grads, strict=True
+            )
+        ]
+        C.variant_loop_pair(True, defer[0][0], defer[1][0])
+        grads_a, grads_b = (finish() for finish in finishes)
+        return (None, None, None, None, *grads_a, *grads_b)
+
+
+def run_directions_variant(
+    x: Tensor, h0: Tensor, c0: Tensor, weights: tuple[DirectionWeights, DirectionWeights],
+    runs: tuple[DirectionRun, DirectionRun],
+) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """Both directions of a bidirectional variant layer (h0, c0: (2, B, .)) as :func:`run_direction_variant`
+    computes each, their C loops at once on two threads (:func:`~._pair.pair_accepts` decides where)."""
+    cfgs = (variant_config(weights[0], runs[0]), variant_config(weights[1], runs[1]))
+    if cfgs[0] is None or cfgs[1] is None:
+        return (run_direction_reference(x, h0[0], c0[0], weights[0], runs[0]),
+                run_direction_reference(x, h0[1], c0[1], weights[1], runs[1]))
+    args = tuple(function_arguments(x, h0[d], c0[d], weights[d], runs[d]) for d in range(2))
+    records = torch.is_grad_enabled() and any(
+        isinstance(a, Tensor) and a.requires_grad for direction_args in args for a in direction_args
+    )
+    with torch.autocast(device_type="cpu", enabled=False):  # products must stay in x's dtype
+        if not records:
+            out = _forward_directions((cfgs[0], cfgs[1]), (args[0], args[1]), save=False)[0]
+        else:
+            out = _NativeLSTMVariantsDirections.apply(cfgs[0], cfgs[1], runs[0], runs[1], *args[0], *args[1])
+    return out[:3], out[3:]
