@@ -193,7 +193,7 @@ def halves_accept(x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, 
     (_two_loops_at_once), a native run, at least policy.HALVES_MIN_BATCH sequences and recurrent weights
     small enough (policy.HALVES_MAX_WEIGHT_BYTES, or HALVES_MAX_WEIGHT_BYTES_INFERENCE when autograd does
     not record the call): each thread reads all of them every step, where two-thread GEMMs read half each."""
-    if not _two_loops_at_once(x.dtype):
+    if x.shape[1] < policy.HALVES_MIN_BATCH or not _two_loops_at_once(x.dtype):  # batch first: streaming
         return False
     records = needs_graph((x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr))
     limit = policy.HALVES_MAX_WEIGHT_BYTES if records else policy.HALVES_MAX_WEIGHT_BYTES_INFERENCE
