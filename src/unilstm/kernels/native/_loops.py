@@ -80,11 +80,16 @@ def accepts(x: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:
     or float64 with at least one step and one sequence, activations the C cell implements and dropout
     masks shared by the four gates or one per gate; a cell variant where the variant loops take it
     (:func:`variant_accepts`)."""
+    return _accepts(x, weights, run, uses_variant_loops(weights, run))
+
+
+def _accepts(x: Tensor, weights: DirectionWeights, run: DirectionRun, variant: bool) -> bool:
+    """:func:`accepts` with :func:`uses_variant_loops` already known."""
     if not C.available() or x.device.type != "cpu" or x.dtype not in _DTYPES:
         return False
     if x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0:
         return False
-    if uses_variant_loops(weights, run):  # the variant loops (._variants), where the gemm was found
+    if variant:  # the variant loops (._variants), where the gemm was found
         return variant_accepts(x, weights, run)
     return True
 
@@ -501,13 +506,14 @@ def run_direction_native(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Same contract as :func:`~unilstm.kernels.reference.run_direction_reference` (see the module
     docstring for what differs: speed and float32 rounding)."""
-    if not accepts(x, weights, run):  # dispatch asks first; force_kernel("native") does not
+    variant = uses_variant_loops(weights, run)
+    if not _accepts(x, weights, run, variant):  # dispatch asks first; force_kernel("native") does not
         return run_direction_reference(x, h0, c0, weights, run)
     if not buffers_agree(x, h0, c0, weights, run):
         # the C loop reads raw buffers of x's type and of these shapes: anything else goes to the loop
         # whose torch ops check them and raise torch's errors
         return run_direction_reference(x, h0, c0, weights, run)
-    if uses_variant_loops(weights, run):
+    if variant:
         if not variant_buffers_agree(x, h0, c0, weights, run):
             return run_direction_reference(x, h0, c0, weights, run)
         return run_direction_variant(x, h0, c0, weights, run, cell_threads())
