@@ -10,6 +10,7 @@ import numpy as np
 
 from ..keras_names import stored_activation_name
 from .model_code_mindspore_writer import StepWriter, emitter
+from .model_program import INFERENCE_IDENTITY_LAYERS, PER_STEP_LAYERS
 
 # -- activations ---------------------------------------------------------------------------------------------
 
@@ -112,14 +113,7 @@ def _activation(w: StepWriter) -> None:
     w.pass_mask()
 
 
-@emitter(
-    "Dropout",
-    "SpatialDropout1D",
-    "GaussianNoise",
-    "GaussianDropout",
-    "AlphaDropout",
-    "ActivityRegularization",
-)
+@emitter(*INFERENCE_IDENTITY_LAYERS)
 def _identity(w: StepWriter) -> None:
     """Regularization layers act in training only: the identity at inference."""
     w.line(f"{w.out()} = {w.x}  # {w.step.class_name}: training only, the identity at inference")
@@ -177,17 +171,6 @@ def _layer_norm(w: StepWriter) -> None:
 
 # -- TimeDistributed -----------------------------------------------------------------------------------------
 
-_LAST_AXIS_LAYERS = (
-    "Dense",
-    "Activation",
-    "Dropout",
-    "GaussianNoise",
-    "GaussianDropout",
-    "AlphaDropout",
-    "ActivityRegularization",
-)
-
-
 @emitter("TimeDistributed")
 def _time_distributed(w: StepWriter) -> None:
     """The inner layer on every step: a layer of the last axis (Dense, Activation ...) directly on
@@ -208,7 +191,7 @@ def _time_distributed(w: StepWriter) -> None:
         "GlobalAveragePooling1D",
     ):
         w.refuse(f"its inner layer {class_name} is not supported")
-    direct = class_name in _LAST_AXIS_LAYERS
+    direct = class_name in PER_STEP_LAYERS
     flat = w.x if direct else w.temp(f"{w.attr}_samples")
     flat_out = w.out() if direct else w.temp(f"{w.attr}_samples_out")
     if not direct:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import activations
 from .file_kinds import ConversionError
-from .model_program import Step
+from .model_program import INFERENCE_IDENTITY_LAYERS, Step
 
 #: torch code of each Keras activation (by its name in :data:`unilstm.activations.REGISTRY`), ``{x}``
 #: standing for a variable; linear is the identity.
@@ -705,17 +705,7 @@ LAYER_EMITTERS: dict[str, Callable[[Writer, Step], None]] = {
     "TimeDistributed": emit_time_distributed,
     "BatchNormalization": emit_batch_normalization,
     "LayerNormalization": emit_layer_normalization,
-    **{
-        name: emit_noise
-        for name in (
-            "Dropout",
-            "SpatialDropout1D",
-            "GaussianNoise",
-            "GaussianDropout",
-            "AlphaDropout",
-            "ActivityRegularization",
-        )
-    },
+    **{name: emit_noise for name in INFERENCE_IDENTITY_LAYERS},
     **{name: emit_shape for name in ("Flatten", "Reshape", "Permute", "RepeatVector")},
     "GlobalAveragePooling1D": emit_global_pooling,
     "GlobalMaxPooling1D": emit_global_pooling,

@@ -62,18 +62,7 @@ from ..formats.onnx_export import (
 from ..keras_model.operations import OPERATIONS
 from .file_kinds import ConversionError
 from .model_onnx_layers import EMITTERS, Emitted, Graph, Mask, array_of, layer_of
-from .model_program import Program, Step
-
-#: layers a TimeDistributed runs on (B * T, ...) that are per-step already: applied to (B, T, ...) as is
-_PER_STEP = {
-    "Dense",
-    "Activation",
-    "Dropout",
-    "GaussianNoise",
-    "GaussianDropout",
-    "AlphaDropout",
-    "ActivityRegularization",
-}
+from .model_program import PER_STEP_LAYERS, Program, Step
 
 
 def export_model_onnx(program: Program, opset: int | None = None) -> Any:
@@ -351,7 +340,7 @@ def _emit_time_distributed(
         kwargs={},
     )
     x = inputs[0]
-    if inner.spec.class_name in _PER_STEP:
+    if inner.spec.class_name in PER_STEP_LAYERS:
         outputs, _ = _emit_step(g, inner_step, [x], [None], "", values, known)
         return [outputs[0]], [mask]
     shape = g.node("Shape", [x], "shape")

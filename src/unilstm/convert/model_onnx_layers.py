@@ -20,7 +20,7 @@ import numpy as np
 from .. import activations as acts
 from ..keras_model.layers_merge import Concatenate as _ConcatenateLayer
 from .file_kinds import ConversionError
-from .model_program import Step
+from .model_program import INFERENCE_IDENTITY_LAYERS, Step
 
 #: unilstm registry name of an activation function (by identity), for the Dense / Activation / Conv1D
 #: lowerings (Keras's ``gelu`` is the exact one, ``hard_swish`` Keras 3's ``hard_silu`` ...).
@@ -731,12 +731,7 @@ EMITTERS: dict[str, Emitter] = {
     "Masking": emit_masking,
     "Dense": emit_dense,
     "Activation": emit_activation,
-    "Dropout": emit_identity,
-    "SpatialDropout1D": emit_identity,
-    "GaussianNoise": emit_identity,
-    "GaussianDropout": emit_identity,
-    "AlphaDropout": emit_identity,
-    "ActivityRegularization": emit_identity,
+    **{name: emit_identity for name in INFERENCE_IDENTITY_LAYERS},
     "BatchNormalization": emit_batch_normalization,
     "LayerNormalization": emit_layer_normalization,
     "Flatten": emit_flatten,

@@ -26,6 +26,17 @@ from ..keras_model.base import KerasLayer
 from ..keras_model.graph import Ref
 from ..keras_model.model import KerasModel
 
+#: Keras layers that are the identity at inference (noise, dropout, activity regularization): every writer
+#: lowers them as such
+INFERENCE_IDENTITY_LAYERS = (
+    "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
+    "ActivityRegularization",
+)
+#: Keras layers that act on each step alone: a TimeDistributed applies them to (B, T, ...) as they are
+PER_STEP_LAYERS = (
+    "Dense", "Activation", *(name for name in INFERENCE_IDENTITY_LAYERS if name != "SpatialDropout1D"),
+)
+
 
 @dataclass
 class Step:
