@@ -38,6 +38,7 @@ from .model_code_torch_layers import (
     LAYER_EMITTERS,
     Writer,
     activation_name,
+    build_parameter_dict,
     module,
     prune_masks,
     refuse,
@@ -281,12 +282,7 @@ def emit_attention(w: Writer, step: Step) -> None:
     key = step.inputs[2] if len(step.inputs) > 2 else value
     q_mask, v_mask = (w.mask(x) for x in step.input_masks[:2])
     attr, out = step.attribute, step.outputs[0]
-    weights = {name: getattr(m, name) for name in m.weight_names}
-    if weights:
-        params = ", ".join(
-            f'"{n}": nn.Parameter(torch.empty({tuple(t.shape)!r}))' for n, t in weights.items()
-        )
-        w.build(step, [f"self.{attr} = nn.ParameterDict({{{params}}})"], weights)
+    build_parameter_dict(w, step, m)
     scores = w.local(f"{out}_scores")
     if m.score_mode == "dot":
         scale = f' * self.{attr}["scale"]' if m.use_scale else ""

@@ -393,17 +393,23 @@ def emit_layer_normalization(w: Writer, step: Step) -> None:
     w.pass_mask(step, w.mask(mask))
 
 
-def _explicit_layer_normalization(w: Writer, step: Step, x: str) -> None:
-    """What nn.LayerNorm cannot say (axes that are not the trailing ones, Keras 3's rms_scaling, a beta
-    without gamma) as tensor code, with gamma and beta in an nn.ParameterDict."""
-    m = module(step)
-    attr, out = step.attribute, step.outputs[0]
+def build_parameter_dict(w: Writer, step: Step, m: Any) -> None:
+    """The layer's weights (``m.weight_names``) as an ``nn.ParameterDict`` under the step's attribute, for
+    layers whose tensor code reads them by name; nothing when it has none."""
     weights = {name: getattr(m, name) for name in m.weight_names}
     if weights:
         params = ", ".join(
             f'"{n}": nn.Parameter(torch.empty({tuple(t.shape)!r}))' for n, t in weights.items()
         )
-        w.build(step, [f"self.{attr} = nn.ParameterDict({{{params}}})"], weights)
+        w.build(step, [f"self.{step.attribute} = nn.ParameterDict({{{params}}})"], weights)
+
+
+def _explicit_layer_normalization(w: Writer, step: Step, x: str) -> None:
+    """What nn.LayerNorm cannot say (axes that are not the trailing ones, Keras 3's rms_scaling, a beta
+    without gamma) as tensor code, with gamma and beta in an nn.ParameterDict."""
+    m = module(step)
+    attr, out = step.attribute, step.outputs[0]
+    build_parameter_dict(w, step, m)
     axes = tuple(m.axes)
     view = tuple(m.param_shape[axes.index(i)] if i in axes else 1 for i in range(rank(step)))
     mean, variance = w.local(f"{out}_mean"), w.local(f"{out}_variance")
