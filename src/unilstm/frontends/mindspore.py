@@ -34,6 +34,17 @@ class SeqLengthError(ValueError, RuntimeError):
     there, so code written for MindSpore catches it too."""
 
 
+def check_state_dtypes(class_name: str, x: Tensor, h: Tensor, c: Tensor) -> None:
+    """MindSpore's TypeError when ``hx = (h, c)`` has another dtype than ``x`` (its message, for
+    ``class_name`` LSTM or LSTMCell)."""
+    for name, value in (("hx[0]", h), ("hx[1]", c)):
+        if value.dtype != x.dtype:
+            raise TypeError(
+                f"For '{class_name}', the type of '{name}' should be same as 'x', but got 'x' with type "
+                f"{x.dtype} and '{name}' with type {value.dtype}"
+            )
+
+
 def resolve_dtype(dtype: object) -> torch.dtype:
     """The parameter dtype from a torch dtype, a numpy dtype, a string ('float16', 'float32', 'float64',
     'bfloat16') or a MindSpore dtype object (read by its name, e.g. ``Float16``)."""
@@ -284,12 +295,7 @@ class LSTM(CellAPI, CanonicalLSTM):
                     f"For '{_CLASS}', when hx is given the element of '{name}' must be one of float32, "
                     f"float16, but got {value.dtype}"
                 )
-        for name, value in (("hx[0]", h0), ("hx[1]", c0)):
-            if value.dtype != x.dtype:
-                raise TypeError(
-                    f"For '{_CLASS}', the type of '{name}' should be same as 'x', but got 'x' with type "
-                    f"{x.dtype} and '{name}' with type {value.dtype}"
-                )
+        check_state_dtypes(_CLASS, x, h0, c0)
         expected = (spec.num_layers * spec.num_directions, batch, spec.hidden_size)
         for name, value in (("hx[0]", h0), ("hx[1]", c0)):
             if tuple(value.shape) != expected:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from .. import layer as _layer
 from ..spec import LSTMSpec
 from .cells import one_step
-from .mindspore import CellAPI, float32, resolve_dtype
+from .mindspore import CellAPI, check_state_dtypes, float32, resolve_dtype
 
 __all__ = ["LSTMCell"]
 
@@ -186,12 +186,7 @@ class LSTMCell(CellAPI):
                 f"For '{_CLASS}', 'x' must have the parameters' dtype {parameter_dtype} (MindSpore's MatMul "
                 f"takes no mixed dtypes), but got {x.dtype}; cast x or build the cell with dtype={x.dtype}"
             )
-        for name, value in (("hx[0]", h), ("hx[1]", c)):
-            if value.dtype != x.dtype:
-                raise TypeError(
-                    f"For '{_CLASS}', the type of '{name}' should be same as 'x', but got 'x' with type "
-                    f"{x.dtype} and '{name}' with type {value.dtype}"
-                )
+        check_state_dtypes(_CLASS, x, h, c)
         if x.dim() != 2 or x.shape[1] != self.input_size:
             raise ValueError(
                 f"For '{_CLASS}', 'x' must have shape (batch, input_size) with input_size={self.input_size}, "
