@@ -162,32 +162,29 @@ def _training_run(
         recurrent_dropout_mask=draw_dropout_mask(
             spec.recurrent_dropout, h0, spec.per_gate_dropout, generator
         ),
-        **common,
-        **(_zoneout_fields(spec, layer_input.shape[0], h0, c0, True, generator)
-           if spec.cell_variants else {}),
+        # the zoneout draws replace the rates (the inference weights) that ``common`` holds
+        **{
+            **common,
+            **(_zoneout_draws(spec, layer_input.shape[0], h0, c0, generator) if spec.cell_variants else {}),
+        },
     )
 
 
-def _inference_zoneout(spec: LSTMSpec) -> dict:
-    """Zoneout's inference weights (the rates: the draws' expectation), as DirectionRun fields."""
-    if not spec.cell_variants:
-        return {}
-    return {"zoneout_hidden": spec.zoneout_hidden, "zoneout_cell": spec.zoneout_cell}
-
-
-def _zoneout_fields(
-    spec: LSTMSpec, steps: int, h0: Tensor, c0: Tensor, training: bool, generator: torch.Generator | None
+def _zoneout_draws(
+    spec: LSTMSpec, steps: int, h0: Tensor, c0: Tensor, generator: torch.Generator | None
 ) -> dict:
-    """One direction's zoneout weights of h and c (:func:`zoneout_weights`), as DirectionRun fields."""
+    """One direction's zoneout draws of h and c in training (:func:`zoneout_weights`), as DirectionRun
+    fields."""
     return {
-        "zoneout_hidden": zoneout_weights(spec.zoneout_hidden, steps, h0, training, generator),
-        "zoneout_cell": zoneout_weights(spec.zoneout_cell, steps, c0, training, generator),
+        "zoneout_hidden": zoneout_weights(spec.zoneout_hidden, steps, h0, True, generator),
+        "zoneout_cell": zoneout_weights(spec.zoneout_cell, steps, c0, True, generator),
     }
 
 
 def _run_variants(spec: LSTMSpec, activation: Callable) -> dict:
-    """The DirectionRun fields of the spec's cell variants that are the same for every direction
-    (``activation``: the resolved cell activation)."""
+    """The DirectionRun fields of the spec's cell variants that are the same for every direction, zoneout's
+    inference weights (the rates, the draws' expectation) included (``activation``: the resolved cell
+    activation)."""
     output_activation = resolve(spec.cell_output_activation, "output_activation")
     return {
         "output_activation": None if output_activation is activation else output_activation,
@@ -197,6 +194,8 @@ def _run_variants(spec: LSTMSpec, activation: Callable) -> dict:
         "proj_clip": None if spec.proj_clip is None else float(spec.proj_clip),
         "coupled_gates": spec.coupled_gates,
         "layer_norm_eps": float(spec.layer_norm_eps),
+        "zoneout_hidden": float(spec.zoneout_hidden),
+        "zoneout_cell": float(spec.zoneout_cell),
     }
 
 
@@ -378,7 +377,7 @@ def _run_layer_by_layer(
     directions = spec.num_directions
     # without training nothing is drawn: one run per direction serves every layer
     inference_runs = None if training else [
-        DirectionRun(reverse=direction == 1, **common, **_inference_zoneout(spec))
+        DirectionRun(reverse=direction == 1, **common)
         for direction in range(directions)
     ]
     h_n: list[Tensor] = []
