@@ -8,27 +8,39 @@ bias (4H,), which is the sum of torch's two.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 import torch
 
 Array = np.ndarray | torch.Tensor
+#: a numpy array or a tensor, kept as it came
+Blocks = TypeVar("Blocks", np.ndarray, torch.Tensor)
 
 GATE_ORDER = "ifgo"
 ONNX_GATE_ORDER = "iofg"  # ONNX names these i, o, f, c: c is the candidate block g
+PEEPHOLE_ORDER = "ifo"  # unilstm's weight_ph (3H,)
+ONNX_PEEPHOLE_ORDER = "iof"  # ONNX's P
 
 
-def _reorder_gates(array: Array, source: str, target: str, axis: int = 0) -> Array:
-    """Permute the four gate blocks along ``axis`` from ``source`` order to ``target`` order."""
+def _reorder_gates(array: Blocks, source: str, target: str, axis: int = 0) -> Blocks:
+    """Permute the gate blocks (as many as ``source`` names) along ``axis`` from ``source`` order to
+    ``target`` order."""
     if isinstance(array, np.ndarray):
-        array_blocks = np.split(array, 4, axis=axis)
+        array_blocks = np.split(array, len(source), axis=axis)
         return np.concatenate([array_blocks[source.index(gate)] for gate in target], axis=axis)
-    tensor_blocks = torch.chunk(array, 4, dim=axis)
+    tensor_blocks = torch.chunk(array, len(source), dim=axis)
     return torch.cat([tensor_blocks[source.index(gate)] for gate in target], dim=axis)
 
 
-def to_onnx_gates(array: Array, axis: int = 0) -> Array:
+def to_onnx_gates(array: Blocks, axis: int = 0) -> Blocks:
     """Gate blocks [i, f, g, o] -> ONNX's [i, o, f, c]."""
     return _reorder_gates(array, GATE_ORDER, ONNX_GATE_ORDER, axis)
+
+
+def from_onnx_gates(array: Blocks, axis: int = 0) -> Blocks:
+    """ONNX's gate blocks [i, o, f, c] -> [i, f, g, o]."""
+    return _reorder_gates(array, ONNX_GATE_ORDER, GATE_ORDER, axis)
 
 
 def keras_from_torch(
@@ -80,10 +92,11 @@ def torch_views_from_keras(
     return kernel.t().contiguous(), recurrent_kernel.t().contiguous(), bias, bias_hh
 
 
-def to_onnx_peepholes(array: Array) -> Array:
+def to_onnx_peepholes(array: Blocks) -> Blocks:
     """Peephole weights (3H,) in unilstm's blocks [p_i, p_f, p_o] -> ONNX's ``P`` order [p_i, p_o, p_f]."""
-    if isinstance(array, np.ndarray):
-        blocks = np.split(array, 3)
-        return np.concatenate([blocks[0], blocks[2], blocks[1]])
-    chunks = torch.chunk(array, 3)
-    return torch.cat([chunks[0], chunks[2], chunks[1]])
+    return _reorder_gates(array, PEEPHOLE_ORDER, ONNX_PEEPHOLE_ORDER)
+
+
+def from_onnx_peepholes(array: Blocks) -> Blocks:
+    """ONNX's ``P`` blocks [p_i, p_o, p_f] -> unilstm's weight_ph [p_i, p_f, p_o]."""
+    return _reorder_gates(array, ONNX_PEEPHOLE_ORDER, PEEPHOLE_ORDER)

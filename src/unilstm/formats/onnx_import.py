@@ -63,7 +63,7 @@ from torch import Tensor
 from ..parameter_names import parameter_suffix
 from ..spec import SAME_AS_ACTIVATION, ActivationLike, LSTMSpec
 from .keras_files.limits import MAX_FILE_BYTES_ENV, max_file_bytes
-from .layout import GATE_ORDER, ONNX_GATE_ORDER
+from .layout import from_onnx_gates, from_onnx_peepholes
 from .onnx_export import require_onnx
 from .onnx_import_activations import ActivationError, node_attributes, onnx_activations
 from .onnx_import_graph import (
@@ -83,9 +83,6 @@ from .onnx_import_graph import (
 
 PathLike = str | os.PathLike
 
-#: ONNX's peephole blocks (P) are [p_i, p_o, p_f]; unilstm's weight_ph [p_i, p_f, p_o]
-ONNX_PEEPHOLE_ORDER = "iof"
-PEEPHOLE_ORDER = "ifo"
 LSTM_ATTRIBUTES = (
     "activation_alpha",
     "activation_beta",
@@ -708,25 +705,16 @@ class _Stack:
                     )
             for direction in range(spec.num_directions):
                 suffix = parameter_suffix(index, direction)
-                state["weight_ih" + suffix] = _tensor(_from_onnx_gates(arrays["W"][direction]))
-                state["weight_hh" + suffix] = _tensor(_from_onnx_gates(arrays["R"][direction]))
+                state["weight_ih" + suffix] = _tensor(from_onnx_gates(arrays["W"][direction]))
+                state["weight_hh" + suffix] = _tensor(from_onnx_gates(arrays["R"][direction]))
                 if spec.bias:
                     b = arrays.get("B", np.zeros((spec.num_directions, 8 * hidden), layer.dtype))[direction]
-                    state["bias_ih" + suffix] = _tensor(_from_onnx_gates(b[: 4 * hidden]))
-                    state["bias_hh" + suffix] = _tensor(_from_onnx_gates(b[4 * hidden :]))
+                    state["bias_ih" + suffix] = _tensor(from_onnx_gates(b[: 4 * hidden]))
+                    state["bias_hh" + suffix] = _tensor(from_onnx_gates(b[4 * hidden :]))
                 if spec.peepholes:
                     p = arrays.get("P", np.zeros((spec.num_directions, 3 * hidden), layer.dtype))[direction]
-                    blocks = np.split(p, 3)
-                    state["weight_ph" + suffix] = _tensor(
-                        np.concatenate([blocks[ONNX_PEEPHOLE_ORDER.index(gate)] for gate in PEEPHOLE_ORDER])
-                    )
+                    state["weight_ph" + suffix] = _tensor(from_onnx_peepholes(p))
         return state
-
-
-def _from_onnx_gates(array: np.ndarray) -> np.ndarray:
-    """ONNX's gate blocks [i, o, f, c] along axis 0 -> unilstm's [i, f, g, o] (orders from :mod:`.layout`)."""
-    blocks = np.split(array, 4, axis=0)
-    return np.concatenate([blocks[ONNX_GATE_ORDER.index(gate)] for gate in GATE_ORDER], axis=0)
 
 
 def _tensor(array: np.ndarray) -> Tensor:
