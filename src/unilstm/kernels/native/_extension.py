@@ -18,8 +18,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from ..activation_ids import ACTIVATION_IDS
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 BlasFunctions = tuple[int, int, int, int, int]
 
@@ -52,6 +56,11 @@ CELL_PARALLEL_MIN: int = getattr(_lstm_cell, "CELL_PARALLEL_MIN", 0)
 
 #: backward_step's phases (bit flags, see backward_step_rows in _lstm_cell_body.h)
 TAIL, HEAD, CELL = 1, 2, 4
+
+
+def address(t: Tensor | None) -> int:
+    """A tensor's address for the C code; 0 (NULL) for None."""
+    return 0 if t is None else t.data_ptr()
 
 
 def available() -> bool:

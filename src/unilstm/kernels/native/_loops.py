@@ -56,7 +56,8 @@ from ..opaque import opaque_to_compile
 from ..reference import GATES, DirectionRun, DirectionWeights, is_variant, run_direction_reference
 from . import _blas
 from . import _extension as C
-from ._variants import run_direction_variant, variant_accepts, variant_buffers_agree
+from ._extension import address
+from ._variants import needs_graph, run_direction_variant, variant_accepts, variant_buffers_agree
 
 #: The activations the C cell implements, with their ids (unilstm/kernels/activation_ids.py).
 NATIVE_ACTIVATION_IDS: dict[Callable, int] = A.kernel_ids(ACTIVATION_IDS)
@@ -101,11 +102,6 @@ def uses_variant_loops(weights: DirectionWeights, run: DirectionRun) -> bool:
         is_variant(weights, run) or activation_id(run.activation) is None
         or activation_id(run.recurrent_activation) is None
     )
-
-
-def address(t: Tensor | None) -> int:
-    """A tensor's address for the C code; 0 (NULL) for None."""
-    return 0 if t is None else t.data_ptr()
 
 
 def _all_packed_in_c(blas: tuple, T: int, B: int, H: int, P: int, gate_masks: int, proj: bool) -> bool:
@@ -546,11 +542,6 @@ def buffers_agree(x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, 
         if tensor is not None and (tensor.shape != shape or tensor.dtype != dtype or not tensor.is_cpu):
             return False
     return run.step_mask is None or run.step_mask.shape == (T, B)
-
-
-def needs_graph(args: tuple) -> bool:
-    """Whether autograd records a call with these arguments."""
-    return torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)
 
 
 def cell_threads() -> int:

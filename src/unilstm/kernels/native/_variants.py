@@ -55,6 +55,7 @@ from ..reference import (
 )
 from . import _blas
 from . import _extension as C
+from ._extension import address
 
 #: flags of the C loops (VF_* in _lstm_cell.c)
 LAYER_NORM, PEEPHOLES, GATE_CLIP, CELL_CLIP, PROJ_CLIP, COUPLED = 1, 2, 4, 8, 16, 32
@@ -144,9 +145,9 @@ def variant_buffers_agree(
     return True
 
 
-def address(t: Tensor | None) -> int:
-    """A tensor's address for the C code; 0 (NULL) for None."""
-    return 0 if t is None else t.data_ptr()
+def needs_graph(args: tuple) -> bool:
+    """Whether autograd records a call with these arguments."""
+    return torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)
 
 
 def _blas_arguments(x: Tensor) -> dict[str, int]:
@@ -450,7 +451,7 @@ def run_direction_variant(
     if cfg is None:
         return run_direction_reference(x, h0, c0, weights, run)
     args = function_arguments(x, h0, c0, weights, run)
-    records = torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)
+    records = needs_graph(args)
     with torch.autocast(device_type="cpu", enabled=False):  # products must stay in x's dtype
         if not records:  # inference: nothing saved for a backward
             return forward_pass(cfg, threads, args, save=False)[0]
@@ -539,7 +540,7 @@ def run_direction_variant_halves(
         return run_direction_reference(x, h0, c0, weights, run)
     args = function_arguments(x, h0, c0, weights, run)
     middle = x.shape[1] // 2
-    records = torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)
+    records = needs_graph(args)
     with torch.autocast(device_type="cpu", enabled=False):  # products must stay in x's dtype
         if not records:
             return _forward_halves(cfg, args, middle, save=False)[0]
@@ -613,9 +614,7 @@ def run_directions_variant(
         return (run_direction_reference(x, h0[0], c0[0], weights[0], runs[0]),
                 run_direction_reference(x, h0[1], c0[1], weights[1], runs[1]))
     args = tuple(function_arguments(x, h0[d], c0[d], weights[d], runs[d]) for d in range(2))
-    records = torch.is_grad_enabled() and any(
-        isinstance(a, Tensor) and a.requires_grad for direction_args in args for a in direction_args
-    )
+    records = needs_graph((*args[0], *args[1]))
     with torch.autocast(device_type="cpu", enabled=False):  # products must stay in x's dtype
         if not records:
             out = _forward_directions((cfgs[0], cfgs[1]), (args[0], args[1]), save=False)[0]
