@@ -11,6 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kernel_cases import MASK_KINDS, captures, projection
+from test_triton_cell import count_fused_steps
 from variant_cases import (
     COMBINED_VARIANTS,
     SINGLE_VARIANTS,
@@ -196,15 +197,7 @@ def test_triton_cell_declines_variants_and_parametric_activations(monkeypatch):
     activations keep the fast kernel's torch ops (here on the CPU through Triton's interpreter)."""
     pytest.importorskip("triton")
     monkeypatch.setattr(triton_cell, "run_on_cpu", True)
-    calls: list[int] = []
-    for name in ("forward_step", "backward_step"):
-        original = getattr(triton_cell, name)
-
-        def counted(*args, original=original, **kwargs):
-            calls.append(1)
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(triton_cell, name, counted)
+    calls = count_fused_steps(monkeypatch.setattr)
     for case in (make_variant_case(3, **COMBINED_VARIANTS["onnx_like"]),
                  make_variant_case(3, act=parametric("scaled_tanh", 1.3, 0.8), mask="gaps")):
         _assert_results_close(variant_results(run_direction_fast, *case),
