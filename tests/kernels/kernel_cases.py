@@ -155,11 +155,14 @@ def reference_results(key, case):
     return _REFERENCE_RESULTS[key]
 
 
-def assert_results_close(got, want, rtol, atol, context="", scaled=False):
+def assert_results_close(got, want, rtol, atol, context="", scaled=False, same_dtype=False):
     """Every result close; ``scaled``: atol relative to the tensor's largest magnitude (float32 sums the same
-    terms in another order, and unbounded activations make values of 1e3-1e5 over 20 steps)."""
+    terms in another order, and unbounded activations make values of 1e3-1e5 over 20 steps); ``same_dtype``:
+    the results must also keep the expected dtypes (else they are compared in the got dtype)."""
     assert got.keys() == want.keys()
     for name in want:
+        if same_dtype:
+            assert got[name].dtype == want[name].dtype, f"{context} {name}: {got[name].dtype}"
         g, e = got[name], want[name].to(got[name].dtype)
         assert g.shape == e.shape, f"{context} {name}: shape {tuple(g.shape)} != {tuple(e.shape)}"
         tol = atol * max(1.0, float(want[name].abs().max())) if scaled else atol

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kernel_cases import MASK_KINDS, captures, projection
+from kernel_cases import MASK_KINDS, assert_results_close, captures, projection
 from test_triton_cell import count_fused_steps
 from variant_cases import (
     COMBINED_VARIANTS,
@@ -30,15 +30,15 @@ from unilstm.kernels.reference import is_variant, run_direction_reference
 ALL_VARIANTS = {**SINGLE_VARIANTS, **COMBINED_VARIANTS}
 
 
-def _assert_results_close(got, want, atol, rtol):
-    assert got.keys() == want.keys()
-    for name, e in want.items():
-        g = got[name]
-        assert g.dtype == e.dtype and g.shape == e.shape, name
-        scale = max(1.0, float(e.detach().double().abs().max())) if e.numel() else 1.0
-        torch.testing.assert_close(
-            g, e, atol=atol * scale, rtol=rtol, msg=lambda m, name=name: f"{name}: {m}"
-        )
+#: float64 results of the fast kernel against the reference: the same dtypes, 1e-10 of each tensor's scale
+FLOAT64_EXACT = {"atol": 1e-10, "rtol": 1e-10, "scaled": True, "same_dtype": True}
+
+
+def _assert_fast_matches_reference(case) -> None:
+    assert_results_close(
+        variant_results(run_direction_fast, *case), variant_results(run_direction_reference, *case),
+        **FLOAT64_EXACT,
+    )
 
 
 def _grad_fn_name(case) -> str:
@@ -58,7 +58,7 @@ def test_variants_equal_reference_float64(name):
     # the comparison is not of zeros: every leaf, variant tensors included, gets a non-zero gradient
     for key, value in got.items():
         assert bool(value.abs().sum() > 0), key
-    _assert_results_close(got, want, atol=1e-10, rtol=1e-10)
+    assert_results_close(got, want, **FLOAT64_EXACT)
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,7 @@ def test_every_variant_at_once_with_run_options(base):
     case = make_variant_case(5, **variants)
     want = variant_results(run_direction_reference, *case)
     got = variant_results(run_direction_fast, *case)
-    _assert_results_close(got, want, atol=1e-10, rtol=1e-10)
+    assert_results_close(got, want, **FLOAT64_EXACT)
 
 
 @pytest.mark.parametrize(
@@ -86,7 +86,7 @@ def test_low_precision_close_to_reference(name, dtype, tol):
     case = cast_variant_case(*make_variant_case(3, **COMBINED_VARIANTS[name]), dtype)
     want = variant_results(run_direction_reference, *case)
     got = variant_results(run_direction_fast, *case)
-    _assert_results_close(got, want, atol=tol, rtol=tol)
+    assert_results_close(got, want, atol=tol, rtol=tol, scaled=True, same_dtype=True)
 
 
 def test_gradcheck_and_gradgradcheck():
@@ -128,7 +128,7 @@ def test_cuda_graph_bodies_replay_the_reference(stand_in_graphs, name):
     calls = [variant_results(run_direction_fast, *case) for _ in range(3)]  # direct, captured, replayed
     assert len(captures) == 2  # the forward and the backward body, each captured once
     for got in calls:  # the first call's results survive the later replays
-        _assert_results_close(got, want, atol=1e-10, rtol=1e-10)
+        assert_results_close(got, want, **FLOAT64_EXACT)
 
 
 @pytest.mark.parametrize("capturable", [False, True])
@@ -150,15 +150,14 @@ def test_overflow_in_masked_rows_stays_out(monkeypatch, capturable):
     want["dx"][~run.step_mask] = 0.0
     for key in want:
         assert bool(torch.isfinite(got[key]).all()), key
-    _assert_results_close(got, want, atol=1e-10, rtol=1e-10)
+    assert_results_close(got, want, **FLOAT64_EXACT)
 
 
 def test_parametric_activations_alone_take_the_standard_body():
     case = make_variant_case(8, act=parametric("leaky_relu", 0.1), ract=parametric("hard_sigmoid", 0.3, 0.45),
                              mask="gaps", P=2)
     assert _grad_fn_name(case).startswith("_FastLSTM")
-    _assert_results_close(variant_results(run_direction_fast, *case),
-                          variant_results(run_direction_reference, *case), atol=1e-10, rtol=1e-10)
+    _assert_fast_matches_reference(case)
     standard = make_variant_case(8)
     assert _grad_fn_name(standard).startswith("_FastLSTM")
 
@@ -200,8 +199,7 @@ def test_triton_cell_declines_variants_and_parametric_activations(monkeypatch):
     calls = count_fused_steps(monkeypatch.setattr)
     for case in (make_variant_case(3, **COMBINED_VARIANTS["onnx_like"]),
                  make_variant_case(3, act=parametric("scaled_tanh", 1.3, 0.8), mask="gaps")):
-        _assert_results_close(variant_results(run_direction_fast, *case),
-                              variant_results(run_direction_reference, *case), atol=1e-10, rtol=1e-10)
+        _assert_fast_matches_reference(case)
     assert not calls
     variant_results(run_direction_fast, *make_variant_case(3))  # the standard cell: the fused steps
     assert calls
@@ -239,5 +237,4 @@ def test_random_variant_combinations_equal_reference(seed, H, proj, proj_clip, *
     P = projection(seed, H, proj)
     case = make_variant_case(seed, H=H, P=P, F=2, proj_clip=proj_clip if P else None, **kwargs)
     assert accepts(case[0], case[3], case[4])
-    _assert_results_close(variant_results(run_direction_fast, *case),
-                          variant_results(run_direction_reference, *case), atol=1e-10, rtol=1e-10)
+    _assert_fast_matches_reference(case)
