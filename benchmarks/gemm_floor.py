@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 import torch
 
+from unilstm.bench import blas_description, cpu_model
+
 SHAPES = ((100, 64, 512, 512), (50, 32, 64, 128), (1000, 16, 256, 256), (100, 1, 512, 512))
 PER_STEP_BATCH = 20  # per-step products are timed 20 at a time (one is a few microseconds)
 
@@ -64,7 +66,10 @@ def product_times(steps: int, batch: int, inputs: int, hidden: int, repeats: int
 
 
 def main() -> None:
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; milliseconds, best of several runs")
+    print(
+        f"CPU: {cpu_model()}; torch {torch.__version__} ({blas_description()}), {torch.get_num_threads()} "
+        "threads; milliseconds, best of several runs"
+    )
     for shape in SHAPES:
         times = product_times(*shape, repeats=5 if shape[0] * shape[1] >= 6400 else 30)
         parts = ", ".join(f"{name} {seconds * 1e3:.1f}" for name, seconds in times.items())
