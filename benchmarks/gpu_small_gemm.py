@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from unilstm.bench import cpu_model
+
 
 def per_call_us(fn, calls: int = 500) -> float:
     side = torch.cuda.Stream()
@@ -64,6 +66,8 @@ def variants(batch: int, hidden: int, proj: int) -> dict:
 
 def main() -> None:
     torch.manual_seed(0)
+    print(f"GPU: {torch.cuda.get_device_name()}; CPU: {cpu_model()}; torch {torch.__version__}, "
+          f"CUDA {torch.version.cuda}")
     shapes = ((16, 256, 128), (8, 256, 128), (1, 256, 128), (32, 256, 128), (16, 512, 256), (1, 512, 256),
               (16, 128, 64), (32, 128, 64), (64, 512, 256), (16, 1024, 512), (4, 64, 32))
     for batch, hidden, proj in shapes:
