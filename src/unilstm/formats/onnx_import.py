@@ -51,87 +51,38 @@ where the layer returns its initial state (equal when the initial states are zer
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from ..parameter_names import parameter_suffix
-from ..spec import SAME_AS_ACTIVATION, ActivationLike, LSTMSpec
 from .keras_files.limits import MAX_FILE_BYTES_ENV, max_file_bytes
-from .layout import from_onnx_gates, from_onnx_peepholes
 from .onnx_export import require_onnx
-from .onnx_import_activations import ActivationError, node_attributes, onnx_activations
-from .onnx_import_graph import (
-    SUPPORTED_OPS,
-    Dim,
-    GlueError,
-    GraphInput,
-    Known,
-    LstmCall,
-    Sequence,
-    States,
-    Stored,
-    Tracer,
-    Value,
-    Zeros,
-)
+from .onnx_import_graph import SUPPORTED_OPS, Dim, GlueError, GraphInput, Stored, Tracer, Value
+from .onnx_import_stack import LSTM_ATTRIBUTES, build_stacks
+from .onnx_import_tensors import OnnxFileError, OnnxStack, _array, _check_tensor, _node_name
 
 PathLike = str | os.PathLike
 
-LSTM_ATTRIBUTES = (
-    "activation_alpha",
-    "activation_beta",
-    "activations",
-    "clip",
-    "direction",
-    "hidden_size",
-    "input_forget",
-    "layout",
-)
-_WEIGHT_DTYPES = (np.float16, np.float32, np.float64)
-
-
-class OnnxFileError(ValueError):
-    """An ONNX file that cannot be read as an LSTM stack: not ONNX, cut, hostile (external data, declared
-    sizes past the limit), or computing something else than LSTM nodes and their glue. The message names the
-    file and the node, initializer or input."""
-
-
-@dataclass
-class OnnxStack:
-    """One LSTM stack read from an ONNX graph.
-
-    Attributes:
-        name: the first LSTM node's name (or ``"lstm"``).
-        spec: what it computes.
-        state: its parameters in torch layout under canonical names (``weight_ih_l0`` ...).
-        inputs: graph input names by role: ``"input"``, and where the graph takes them ``"lengths"``,
-            ``"h0"``, ``"c0"``.
-        notes: how the graph's inputs and outputs relate to the layer's call and results.
-    """
-
-    name: str
-    spec: LSTMSpec
-    state: OrderedDict[str, Tensor]
-    inputs: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+__all__ = ["LSTM_ATTRIBUTES", "OnnxFileError", "OnnxStack", "parse_onnx_file", "read_onnx_lstms"]
 
 
 # -- the file --------------------------------------------------------------------------------------------
 
 
-def read_onnx_lstms(path: PathLike, *, max_bytes: int | None = None) -> list[OnnxStack]:
-    """The LSTM stack of an ONNX file (a list of one), after every check of the module docstring.
+def read_onnx_lstms(
+    path: PathLike, *, max_bytes: int | None = None, constants: bool = False
+) -> list[OnnxStack]:
+    """The LSTM stacks of an ONNX file (one per independent chain of LSTM nodes), after every check of the
+    module docstring.
 
     Args:
         path: the ``.onnx`` file.
         max_bytes: the largest file accepted (default ``$UNILSTM_MAX_FILE_BYTES``, else 1 GiB); checked
             before the file is read, and every initializer's declared size against it.
+        constants: read a constant ``sequence_lens`` and non-zero constant initial states into the stacks'
+            ``lengths`` / ``initial_state`` (refused otherwise: ``unilstm.load`` returns layers, which take
+            them per call and cannot hold them).
 
     Raises:
         OnnxFileError: naming the file and the node, initializer or input.
@@ -141,7 +92,7 @@ def read_onnx_lstms(path: PathLike, *, max_bytes: int | None = None) -> list[Onn
     where = str(path)
     model = parse_onnx_file(path, max_bytes=limit)
     try:
-        return [_read_model(model, where, limit)]
+        return _read_model(model, where, limit, constants)
     except OnnxFileError:
         raise
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
@@ -174,7 +125,7 @@ def parse_onnx_file(path: PathLike, *, max_bytes: int | None = None) -> Any:
     return model
 
 
-def _read_model(model: Any, where: str, limit: int) -> OnnxStack:
+def _read_model(model: Any, where: str, limit: int, constants: bool) -> list[OnnxStack]:
     graph = model.graph
     opset = _check_structure(model, where, limit)
     values: dict[str, Value] = {}
@@ -206,7 +157,7 @@ def _read_model(model: Any, where: str, limit: int) -> OnnxStack:
         if entry.name not in tracer.values:
             raise OnnxFileError(f"{where}: graph output {entry.name!r} is made by no node (a cut file)")
         outputs[entry.name] = tracer.values[entry.name]
-    return _Stack(trace.calls, outputs, input_types, shapes, where, limit).build()
+    return build_stacks(trace.calls, outputs, input_types, shapes, where, limit, constants)
 
 
 def _check_structure(model: Any, where: str, limit: int) -> int:
@@ -260,10 +211,6 @@ def _check_structure(model: Any, where: str, limit: int) -> int:
     return opset
 
 
-def _node_name(node: Any) -> str:
-    return f"{node.name!r} ({node.op_type})" if node.name else f"{node.op_type} -> {list(node.output)}"
-
-
 def _declared_shape(entry: Any) -> tuple[Dim, ...] | None:
     kind = entry.type.WhichOneof("value")
     if kind != "tensor_type" or not entry.type.tensor_type.HasField("shape"):
@@ -275,467 +222,3 @@ def _declared_shape(entry: Any) -> tuple[Dim, ...] | None:
         else:
             dims.append(f"{entry.name}[{index}]")
     return tuple(dims)
-
-
-def _numpy_dtype(tensor: Any) -> np.dtype | None:
-    from onnx import helper
-
-    try:
-        return np.dtype(helper.tensor_dtype_to_np_dtype(int(tensor.data_type)))
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _dtype_name(tensor: Any) -> str:
-    from onnx import TensorProto
-
-    try:
-        return str(TensorProto.DataType.Name(int(tensor.data_type)))
-    except ValueError:
-        return f"data_type {tensor.data_type}"
-
-
-_TYPED_FIELDS = {
-    np.dtype(np.float32): "float_data",
-    np.dtype(np.float64): "double_data",
-    np.dtype(np.int64): "int64_data",
-    np.dtype(np.int32): "int32_data",
-    np.dtype(np.float16): "int32_data",
-    np.dtype(np.int8): "int32_data",
-    np.dtype(np.uint8): "int32_data",
-    np.dtype(np.int16): "int32_data",
-    np.dtype(np.bool_): "int32_data",
-}
-
-
-def _check_tensor(tensor: Any, what: str, limit: int) -> int:
-    """Refuse external data, unknown dtypes, negative dims, a declared size past ``limit`` and data that
-    does not fill the declared dims; returns the declared bytes (nothing is converted here)."""
-    from onnx import TensorProto
-
-    if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data):
-        raise OnnxFileError(f"{what}: its data lies in an external file, which is never read")
-    dtype = _numpy_dtype(tensor)
-    if dtype is None or dtype not in _TYPED_FIELDS:
-        raise OnnxFileError(f"{what}: dtype {_dtype_name(tensor)} is not read")
-    dims = [int(d) for d in tensor.dims]
-    if any(d < 0 for d in dims):
-        raise OnnxFileError(f"{what}: negative dims {dims}")
-    count = 1
-    for d in dims:
-        count *= d
-    nbytes = count * dtype.itemsize
-    if nbytes > limit:
-        raise OnnxFileError(
-            f"{what}: dims {dims} declare {nbytes} bytes, more than the limit of {limit}; pass max_bytes= or "
-            f"set {MAX_FILE_BYTES_ENV} to allow more"
-        )
-    if tensor.raw_data:
-        have, need, unit = len(tensor.raw_data), nbytes, "bytes"
-    else:
-        have, need, unit = len(getattr(tensor, _TYPED_FIELDS[dtype])), count, "values"
-    if have != need:
-        raise OnnxFileError(
-            f"{what}: holds {have} {unit} where its dims {dims} declare {need} (a cut or edited file)"
-        )
-    return nbytes
-
-
-def _array(tensor: Any, what: str, limit: int) -> np.ndarray:
-    from onnx import numpy_helper
-
-    _check_tensor(tensor, what, limit)
-    return np.asarray(numpy_helper.to_array(tensor))
-
-
-# -- the stack ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Layer:
-    """One LSTM node's checked facts."""
-
-    call: LstmCall
-    what: str
-    direction: str
-    hidden: int
-    features: int
-    activations: tuple[ActivationLike, ActivationLike, ActivationLike]
-    clip: float | None
-    input_forget: bool
-    dtype: np.dtype
-
-
-class _Stack:
-    def __init__(
-        self,
-        calls: list[LstmCall],
-        outputs: dict[str, Value],
-        input_types: dict[str, int],
-        shapes: dict[str, tuple[Dim, ...] | None],
-        where: str,
-        limit: int,
-    ) -> None:
-        self.calls, self.outputs, self.input_types, self.shapes = calls, outputs, input_types, shapes
-        self.where, self.limit = where, limit
-        self.notes: list[str] = []
-        self.inputs: dict[str, str] = {}
-
-    def fail(self, message: str) -> OnnxFileError:
-        return OnnxFileError(f"{self.where}: {message}")
-
-    def build(self) -> OnnxStack:
-        layers = [self.layer(call) for call in self.calls]
-        first = layers[0]
-        for layer in layers[1:]:
-            for key in ("direction", "hidden", "activations", "clip", "input_forget", "dtype"):
-                if getattr(layer, key) != getattr(first, key):
-                    raise self.fail(
-                        f"{layer.what}: {key} {getattr(layer, key)!r} differs from the first LSTM node's "
-                        f"{getattr(first, key)!r}: one unilstm LSTM stacks layers that share it"
-                    )
-        directions = first.call.directions
-        batch_first = self.chain(layers)
-        self.lengths(layers)
-        for kind in ("h", "c"):
-            self.initial_state(layers, kind)
-        reverse = first.direction == "reverse"
-        f, g, h = first.activations
-        try:
-            spec = LSTMSpec(
-                input_size=first.features,
-                hidden_size=first.hidden,
-                num_layers=len(layers),
-                bias=any(layer.call.inputs["B"] is not None for layer in layers),
-                batch_first=batch_first,
-                bidirectional=directions == 2,
-                activation=g,
-                recurrent_activation=f,
-                output_activation=SAME_AS_ACTIVATION if h == g else h,
-                gate_clip=first.clip,
-                coupled_gates=first.input_forget,
-                peepholes=any(layer.call.inputs["P"] is not None for layer in layers),
-                go_backwards=reverse,
-            )
-        except (TypeError, ValueError) as error:
-            raise self.fail(f"{first.what}: {error}") from None
-        self.describe_outputs(spec, reverse)
-        if "lengths" in self.inputs and ("h0" in self.inputs or "c0" in self.inputs):
-            self.notes.append(
-                "for a sequence of length 0 onnxruntime returns zeros as Y_h / Y_c; the layer returns the "
-                "initial state there"
-            )
-        state = self.weights(layers, spec)
-        name = first.call.node.name or "lstm"
-        return OnnxStack(name, spec, state, dict(self.inputs), self.notes)
-
-    # -- one node --
-
-    def layer(self, call: LstmCall) -> _Layer:
-        node = call.node
-        what = f"LSTM node {_node_name(node)}"
-        attributes = node_attributes(node)
-        unknown = sorted(set(attributes) - set(LSTM_ATTRIBUTES))
-        if unknown:
-            raise self.fail(f"{what}: attributes {unknown} are not the ONNX LSTM operator's")
-        direction = attributes.get("direction", b"forward")
-        direction = direction.decode() if isinstance(direction, bytes) else str(direction)
-        if direction not in ("forward", "reverse", "bidirectional"):
-            raise self.fail(f"{what}: direction {direction!r} (forward, reverse or bidirectional)")
-        layout = int(attributes.get("layout", 0))
-        if layout not in (0, 1):
-            raise self.fail(f"{what}: layout {layout} (0 or 1)")
-        d = call.directions
-        w = self.stored(call, "W", what)
-        r = self.stored(call, "R", what)
-        dtype = _numpy_dtype(w.proto)
-        if len(r.proto.dims) != 3 or len(w.proto.dims) != 3:
-            raise self.fail(
-                f"{what}: W and R must have 3 dims, got {list(w.proto.dims)} and {list(r.proto.dims)}"
-            )
-        hidden = int(r.proto.dims[2])
-        features = int(w.proto.dims[2])
-        declared = attributes.get("hidden_size")
-        if declared is not None and int(declared) != hidden:
-            raise self.fail(f"{what}: hidden_size {declared} but R ({r.name}) has dims {list(r.proto.dims)}")
-        if hidden < 1 or features < 1:
-            raise self.fail(f"{what}: W {list(w.proto.dims)} / R {list(r.proto.dims)} have an empty axis")
-        expected = {
-            "W": [d, 4 * hidden, features],
-            "R": [d, 4 * hidden, hidden],
-            "B": [d, 8 * hidden],
-            "P": [d, 3 * hidden],
-        }
-        for key, dims in expected.items():
-            value = self.stored(call, key, what) if call.inputs[key] is not None else None
-            if value is None:
-                continue
-            if [int(x) for x in value.proto.dims] != dims:
-                raise self.fail(
-                    f"{what}: {key} ({value.name}) has dims {list(value.proto.dims)}, expected {dims} for "
-                    f"direction={direction}, hidden_size={hidden}, input size {features}"
-                )
-            if _numpy_dtype(value.proto) not in [np.dtype(t) for t in _WEIGHT_DTYPES] or (
-                _numpy_dtype(value.proto) != dtype
-            ):
-                raise self.fail(
-                    f"{what}: {key} ({value.name}) has dtype {_dtype_name(value.proto)}; the weights must be "
-                    f"float16, float32 or float64, all the same ({_dtype_name(w.proto)} for W)"
-                )
-        clip = attributes.get("clip")
-        input_forget = attributes.get("input_forget", 0)
-        if int(input_forget) not in (0, 1):
-            raise self.fail(f"{what}: input_forget {input_forget} (0 or 1)")
-        try:
-            activations = onnx_activations(node, d, what)
-        except ActivationError as error:
-            raise self.fail(str(error)) from None
-        assert dtype is not None
-        call.layout = layout
-        return _Layer(
-            call,
-            what,
-            direction,
-            hidden,
-            features,
-            activations,
-            None if clip is None else float(clip),
-            bool(input_forget),
-            dtype,
-        )
-
-    def stored(self, call: LstmCall, key: str, what: str) -> Stored:
-        value = call.inputs[key]
-        if not isinstance(value, Stored):
-            raise self.fail(
-                f"{what}: input {key} is computed in the graph, not an initializer or Constant; unilstm "
-                "reads weights that are stored"
-            )
-        return value
-
-    # -- the chain, lengths and states --
-
-    def chain(self, layers: list[_Layer]) -> bool:
-        """Check that node k reads node k-1's output as a sequence; returns batch_first (of layer 0's
-        input)."""
-        batch_first = False
-        for index, layer in enumerate(layers):
-            x = layer.call.inputs["X"]
-            batch_major = layer.call.layout == 1
-            if index == 0:
-                if not isinstance(x, GraphInput) or x.rows is not None or x.cast:
-                    raise self.fail(
-                        f"{layer.what}: input X must be a graph input (maybe transposed (1, 0, 2))"
-                    )
-                batch_first = batch_major != x.transposed
-                self.inputs["input"] = x.name
-                shape = self.shapes.get(x.name)
-                if shape is not None and (
-                    len(shape) != 3 or (isinstance(shape[2], int) and shape[2] != layer.features)
-                ):
-                    raise self.fail(
-                        f"graph input {x.name!r} has shape {shape}; the LSTM node {layer.what} takes (T, B, "
-                        f"{layer.features}) or (B, T, {layer.features})"
-                    )
-                continue
-            previous = layers[index - 1]
-            want = "BTC" if batch_major else "TBC"
-            if not (isinstance(x, Sequence) and x.node == index - 1 and x.axes == want and not x.flipped):
-                raise self.fail(
-                    f"{layer.what}: input X must be the previous LSTM node's Y as a sequence ({want[0]}, "
-                    f"{want[1]}, D*H), through Transpose/Reshape/Squeeze; it is {_describe(x)}"
-                )
-            width = previous.call.directions * previous.hidden
-            if layer.features != width:
-                raise self.fail(
-                    f"{layer.what}: W takes {layer.features} features; the previous layer gives {width}"
-                )
-        return batch_first
-
-    def lengths(self, layers: list[_Layer]) -> None:
-        names: set[str | None] = set()
-        for layer in layers:
-            value = layer.call.inputs["sequence_lens"]
-            if value is None:
-                names.add(None)
-            elif isinstance(value, GraphInput) and value.rows is None and not value.transposed:
-                names.add(value.name)
-            else:
-                raise self.fail(
-                    f"{layer.what}: sequence_lens is {_describe(value)}; a unilstm LSTM takes lengths per "
-                    "call, so they must come from a graph input"
-                )
-        if len(names) > 1:
-            raise self.fail(f"the LSTM nodes take different sequence_lens ({sorted(map(str, names))})")
-        name = names.pop()
-        if name is not None:
-            self.inputs["lengths"] = name
-            if self.input_types.get(name) not in (6, 7):  # INT32, INT64
-                raise self.fail(f"graph input {name!r} (sequence_lens) must be int32 or int64")
-
-    def initial_state(self, layers: list[_Layer], kind: str) -> None:
-        key = "initial_h" if kind == "h" else "initial_c"
-        role = "h0" if kind == "h" else "c0"
-        given: list[str | None] = []
-        for index, layer in enumerate(layers):
-            value = layer.call.inputs[key]
-            d = layer.call.directions
-            if isinstance(value, Zeros):
-                self.zero_shape(value.shape, layer, key)
-            if value is None or isinstance(value, Zeros) or self.zero_constant(value, layer, key):
-                given.append(None)
-            elif (
-                isinstance(value, GraphInput)
-                and not value.transposed
-                and not value.cast
-                and ((value.rows is None and len(layers) == 1) or value.rows == (index * d, (index + 1) * d))
-            ):
-                given.append(value.name)
-                if layer.call.layout == 1:
-                    self.notes.append(
-                        f"graph input {value.name!r} ({key}) is (B, D, H) (layout=1); the layer's state is "
-                        "(D, B, H): pass it transposed"
-                    )
-            else:
-                raise self.fail(
-                    f"{layer.what}: {key} is {_describe(value)}; read are zeros, a graph input (one layer), "
-                    f"or rows [{index * d}, {(index + 1) * d}) of one (L*D, B, H) graph input"
-                )
-        if len(set(given)) > 1:
-            raise self.fail(f"{key}: some LSTM nodes take it from a graph input and others not ({given})")
-        if given[0] is not None:
-            self.inputs[role] = given[0]
-
-    def zero_shape(self, shape: tuple[Dim, ...], layer: _Layer, key: str) -> None:
-        """Zeros as an initial state must have the node's (D, B, H) shape ((B, D, H) for layout 1) where the
-        file says the sizes (onnxruntime refuses other shapes when it runs)."""
-        d, h = layer.call.directions, layer.hidden
-        want: tuple[int | None, ...] = (None, d, h) if layer.call.layout == 1 else (d, None, h)
-        fits = len(shape) == 3 and all(
-            w is None or not isinstance(s, int) or s == w for s, w in zip(shape, want, strict=True)
-        )
-        if not fits:
-            raise self.fail(
-                f"{layer.what}: {key} is zeros of shape {shape}, not the node's (D, B, H) = ({d}, B, {h})"
-            )
-
-    def zero_constant(self, value: Value, layer: _Layer, key: str) -> bool:
-        if isinstance(value, Stored):
-            array = _array(value.proto, f"{self.where}: {layer.what} {key} ({value.name})", self.limit)
-        elif isinstance(value, Known):
-            array = value.array
-        else:
-            return False
-        if array.dtype.kind == "f" and array.ndim == 3:
-            self.zero_shape(array.shape, layer, key)
-        if array.dtype.kind != "f" or array.ndim != 3:
-            raise self.fail(
-                f"{layer.what}: {key} must be a float tensor (D, B, H), got {array.dtype} {array.shape}"
-            )
-        if np.any(array != 0):
-            raise self.fail(
-                f"{layer.what}: {key} is a non-zero constant; a unilstm LSTM takes initial states per call: "
-                "make it a graph input and pass state=(h0, c0)"
-            )
-        return True
-
-    # -- outputs --
-
-    def describe_outputs(self, spec: LSTMSpec, reverse: bool) -> None:
-        last = len(self.calls) - 1
-        layer_axes = "BTC" if spec.batch_first else "TBC"
-        self.notes.append(
-            f"graph input {self.inputs['input']!r} is the layer's input "
-            f"({'B, T, F' if spec.batch_first else 'T, B, F'})"
-            + (f"; graph input {self.inputs['lengths']!r} its lengths=" if "lengths" in self.inputs else "")
-            + (
-                f"; graph inputs {self.inputs.get('h0')!r}, {self.inputs.get('c0')!r} its state=(h0, c0) "
-                "(None: zeros)"
-                if "h0" in self.inputs or "c0" in self.inputs
-                else ""
-            )
-        )
-        for name, value in self.outputs.items():
-            if isinstance(value, Sequence) and value.node == last:
-                flip = value.flipped != reverse
-                if value.part is not None:  # one direction's half of a bidirectional output
-                    text = f"the {('forward', 'backward')[value.part]} half of the layer's output"
-                    if flip:
-                        text += " flipped in time"
-                    text += f", with axes {', '.join(value.axes)}"
-                elif value.axes == layer_axes and not flip:
-                    text = "the layer's output"
-                else:
-                    text = f"the layer's output ({', '.join(layer_axes).replace('C', 'D*H')})"
-                    if flip:
-                        text += " flipped in time"
-                    if value.axes != layer_axes:
-                        text += f" with axes {', '.join(value.axes).replace('C', 'D*H')}"
-                if reverse and not value.flipped:
-                    text += (
-                        " (direction=reverse writes outputs at their time index; go_backwards in processing "
-                        "order)"
-                    )
-                self.notes.append(f"graph output {name!r} = {text}")
-            elif isinstance(value, States):
-                d = spec.num_directions
-                rows = f"[{value.nodes[0] * d}:{(value.nodes[-1] + 1) * d}]"
-                whole = value.nodes == tuple(range(len(self.calls)))
-                text = f"{value.kind}_n" + ("" if whole else rows)
-                if value.axes == "BDH":
-                    text += ".transpose(0, 1)"
-                self.notes.append(f"graph output {name!r} = the layer's {text}")
-            else:
-                raise self.fail(
-                    f"graph output {name!r} is {_describe(value)}, not the LSTM stack's output or states"
-                )
-
-    # -- weights --
-
-    def weights(self, layers: list[_Layer], spec: LSTMSpec) -> OrderedDict[str, Tensor]:
-        state: OrderedDict[str, Tensor] = OrderedDict()
-        hidden = spec.hidden_size
-        for index, layer in enumerate(layers):
-            arrays = {}
-            for key in ("W", "R", "B", "P"):
-                value = layer.call.inputs[key]
-                if isinstance(value, Stored):
-                    arrays[key] = _array(
-                        value.proto, f"{self.where}: {layer.what} {key} ({value.name})", self.limit
-                    )
-            for direction in range(spec.num_directions):
-                suffix = parameter_suffix(index, direction)
-                state["weight_ih" + suffix] = _tensor(from_onnx_gates(arrays["W"][direction]))
-                state["weight_hh" + suffix] = _tensor(from_onnx_gates(arrays["R"][direction]))
-                if spec.bias:
-                    b = arrays.get("B", np.zeros((spec.num_directions, 8 * hidden), layer.dtype))[direction]
-                    state["bias_ih" + suffix] = _tensor(from_onnx_gates(b[: 4 * hidden]))
-                    state["bias_hh" + suffix] = _tensor(from_onnx_gates(b[4 * hidden :]))
-                if spec.peepholes:
-                    p = arrays.get("P", np.zeros((spec.num_directions, 3 * hidden), layer.dtype))[direction]
-                    state["weight_ph" + suffix] = _tensor(from_onnx_peepholes(p))
-        return state
-
-
-def _tensor(array: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array).copy())
-
-
-def _describe(value: Value | None) -> str:
-    if value is None:
-        return "absent"
-    if isinstance(value, GraphInput):
-        return (
-            f"graph input {value.name!r}"
-            + (" transposed" if value.transposed else "")
-            + (f" rows {value.rows}" if value.rows else "")
-        )
-    if isinstance(value, Sequence):
-        return f"LSTM node {value.node}'s Y with axes {value.axes}" + (" flipped" if value.flipped else "")
-    if isinstance(value, States):
-        return f"Y_{value.kind} of LSTM nodes {list(value.nodes)}"
-    if isinstance(value, Stored):
-        return f"a stored constant ({value.name})"
-    if isinstance(value, Zeros):
-        return "zeros"
-    return f"a computed constant ({type(value).__name__})"
