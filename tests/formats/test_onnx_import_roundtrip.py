@@ -228,3 +228,46 @@ def test_keras_door_layers_read_back_or_are_refused_by_name(case, tmp_path):
 def test_the_refusal_list_names_only_cases_of_the_grid():
     names = {c[0] for c in CASES} | {c[0] for c in keras_cases()}
     assert set(REFUSED) <= names
+
+
+#: stacks one after the other in one graph, as ``unilstm.save`` / ``unilstm convert`` write a Keras
+#: Sequential of LSTM layers (``build_chain``): (first stack's options, second's, refusal or None)
+CHAINS = {
+    "same cells": (dict(masked_output="previous"), dict(masked_output="previous"), None),
+    "bidirectional then forward": (dict(bidirectional=True), dict(), "direction 'forward' differs"),
+    # the first stack's output reaches the second flipped in time (go_backwards): not one layer's input
+    "go_backwards then forward": (dict(go_backwards=True), dict(), "direction 'forward' differs"),
+    "go_backwards twice": (dict(go_backwards=True), dict(go_backwards=True), "LSTM node's Y as a sequence"),
+}
+
+
+@pytest.mark.parametrize("name", list(CHAINS))
+def test_stacks_written_one_after_the_other_read_as_one_stack_or_are_refused(name, tmp_path):
+    from unilstm.formats.onnx_export import build_chain, write_model
+
+    first_options, second_options, refusal = CHAINS[name]
+    torch.manual_seed(9)
+    first = unilstm.LSTM(F, H, **first_options).eval()
+    second = unilstm.LSTM(first.spec.num_directions * H, H, **second_options).eval()
+    path = write_model(
+        build_chain([(first, True, "concat"), (second, True, "concat")], lengths=True), tmp_path / "c.onnx"
+    )
+    if refusal is not None:
+        with pytest.raises(OnnxFileError, match=re.escape(refusal)):
+            unilstm.load(path)
+        return
+    [loaded] = unilstm.load(path)
+    assert loaded.spec.num_layers == 2
+    x, lens, _ = inputs(loaded.spec, 9, True, False)
+    with torch.no_grad():
+        middle, (h_a, c_a) = first(x, lengths=lens)
+        output, (h_b, c_b) = second(middle, lengths=lens)
+    original = [output.numpy(), torch.cat([h_a, h_b]).numpy(), torch.cat([c_a, c_b]).numpy()]
+    ours = results(loaded, x, lens, None)
+    theirs = run_onnx(path, x, lengths=lens, all_outputs=True)
+    theirs_list = [
+        theirs["output"],
+        np.concatenate([theirs["h_n_0"], theirs["h_n_1"]]),
+        np.concatenate([theirs["c_n_0"], theirs["c_n_1"]]),
+    ]
+    assert max_diff(ours, original) < TOL and max_diff(ours, theirs_list) < TOL
