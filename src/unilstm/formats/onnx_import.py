@@ -1,4 +1,4 @@
-"""Read ONNX ``LSTM`` nodes back into one LSTM stack (``unilstm.load("m.onnx")``, ``unilstm convert m.onnx``).
+"""Read ONNX ``LSTM`` nodes back into LSTM stacks (``unilstm.load("m.onnx")``, ``unilstm convert m.onnx``).
 
 What is read:
 
@@ -6,7 +6,8 @@ What is read:
   stacks: node k+1 reads node k's ``Y`` made (T, B, D*H) by ``Transpose`` + ``Reshape`` or, with one
   direction, ``Squeeze`` of the direction axis (``layout=1``: (B, T, D*H)), maybe transposed; the glue is
   traced (:mod:`.onnx_import_graph`) and checked, not assumed. The chain becomes ONE stack with
-  ``num_layers`` = the number of nodes;
+  ``num_layers`` = the number of nodes; several independent chains (each starting at a graph input) become
+  several stacks, in the order of their first nodes (``unilstm.load`` returns a list of layers);
 - every attribute: ``hidden_size`` (checked against ``R``), ``direction`` (``forward``; ``bidirectional``;
   ``reverse``: see below), ``layout`` (1: ``batch_first``), ``activations`` f, g, h ->
   ``recurrent_activation``, ``activation``, ``output_activation`` ("same" when h = g), with
@@ -22,7 +23,16 @@ What is read:
   initializers or ``Constant`` nodes; ``sequence_lens`` from a graph input (maybe ``Cast``) -> the call's
   ``lengths=``; ``initial_h`` / ``initial_c``: zeros (omitted, or made by ``ConstantOfShape`` / ``Expand``
   as exporters do) -> no state, graph inputs -> the call's ``state=(h0, c0)`` in unilstm's (L*D, B, H)
-  (one input per node for one layer, or one (L*D, B, H) input sliced by rows per node).
+  (one input per node for one layer, or one (L*D, B, H) input sliced by rows per node, maybe with its two
+  rows swapped by a ``Gather`` as the exporter writes them for ``go_backwards``);
+- a constant ``sequence_lens`` and non-zero constant initial states only with ``constants=True``, into
+  :attr:`OnnxStack.lengths` / :attr:`OnnxStack.initial_state` (a layer takes them per call; ``unilstm.load``
+  returns layers, which cannot hold them, and refuses them naming this way to read them);
+- the glue of unilstm's own exporter (:mod:`.onnx_import_masks`): a ``Gather`` of [1, 0] along the direction
+  axis of a bidirectional node's ``Y`` / ``Y_h`` / ``Y_c`` (``go_backwards``, derived in
+  :mod:`.onnx_import_stack`); ``Where(lengths == 0, initial state, Y_h)`` (the layer's own state for a
+  sequence of length 0); ``Where(t < lengths, Y, Y_h)`` on the forward-running direction (Keras's
+  ``masked_output="previous"``).
 
 ``direction="reverse"`` runs the sequence from its end (from each length) and writes each output at its own
 time index; the closest spec is ``go_backwards=True`` (Keras), which computes the same states and the same
@@ -41,11 +51,20 @@ shape (checked against the node before any weight is converted); attributes the 
 activations lists of the wrong length, alpha / beta values left over, and Affine, ScaledTanh or
 ThresholdedRelu without their alpha / beta (onnxruntime's defaults differ from ONNX's: measured); different
 activations in the two directions or different attributes between layers; a constant ``sequence_lens`` or
-non-zero constant initial states (a layer takes them per call); glue that computes anything else.
+non-zero constant initial states without ``constants=True``; a node whose ``Y`` feeds two LSTM nodes (a
+branch), a graph output mixing two stacks, a stack reading another stack's flipped or merged output;
+Keras's output glue (the last output's ``Gather`` of one time step, the Bidirectional merges' ``Split``:
+computations on the layer's output, which the layer does not return); glue that computes anything else.
 
 onnx is the optional extra ``unilstm[onnx]``, imported on use. Differences from onnxruntime that the layer
 keeps (documented, not refused): for a sequence of length 0, onnxruntime returns zeros as ``Y_h`` / ``Y_c``
-where the layer returns its initial state (equal when the initial states are zeros).
+where the layer returns its initial state (equal when the initial states are zeros), unless the graph's own
+``Where`` glue returns the initial state there as unilstm's exporter writes it.
+
+Module layout: :mod:`.onnx_import_tensors` (the error, :class:`OnnxStack`, tensor checks),
+:mod:`.onnx_import_values` and :mod:`.onnx_import_graph` (the trace of the glue), :mod:`.onnx_import_masks`
+(direction swaps and length masks), :mod:`.onnx_import_activations`, :mod:`.onnx_import_stack` (stacks, spec,
+weights, notes).
 """
 
 from __future__ import annotations

@@ -13,7 +13,11 @@ Every value the trace knows is one of:
 - :class:`Sequence`: an LSTM node's ``Y`` in some axis order (``TDBH`` as the node writes it, ``BTDH`` with
   ``layout=1``; ``TBC`` / ``BTC`` once the direction and hidden axes are merged by ``Reshape`` or the
   direction axis of a one-direction node squeezed away; ``flipped`` after a full time flip);
-- :class:`States`: ``Y_h`` / ``Y_c`` of consecutive LSTM nodes concatenated along the direction axis.
+- :class:`States`: ``Y_h`` / ``Y_c`` of LSTM nodes concatenated along the direction axis (maybe with the
+  two directions swapped, one direction picked, or the initial state for a sequence of length 0);
+- :class:`TimeIndex`, :class:`Lengths`, :class:`StepMask`: ``Range`` over the time axis, the lengths input,
+  ``lengths == 0`` and ``t < lengths`` (:mod:`.onnx_import_masks`, which also reads ``Gather`` of
+  directions and ``Where``).
 
 Anything else (an op on a value it does not preserve the meaning of) is refused with the node's name.
 """
