@@ -169,8 +169,8 @@ class _Stack:
         directions = first.call.directions
         reverse = first.direction == "reverse"
         self.swap = reverse if directions == 1 else self.bidirectional_order()
-        batch_first, exchanged = self.chain(layers)
         self.lengths(layers)
+        batch_first, exchanged = self.chain(layers)
         for kind in ("h", "c"):
             self.initial_state(layers, kind)
         f, g, h = first.activations
@@ -345,13 +345,15 @@ class _Stack:
                 continue
             previous = layers[index - 1]
             want = "BTC" if batch_major else "TBC"
-            # masked steps past a length (zeros or the previous output) are never read by the next node
+            # masked steps past a length (zeros or the previous output) are never read by the next node, which
+            # stops at the same lengths
             if not (
                 isinstance(x, Sequence)
                 and x.node == previous.call.index
                 and x.axes == want
                 and not x.flipped
                 and x.part is None
+                and x.previous in (None, self.inputs.get("lengths"))
             ):
                 raise self.fail(
                     f"{layer.what}: input X must be the previous LSTM node's Y as a sequence ({want[0]}, "
@@ -547,7 +549,9 @@ class _Stack:
             )
         )
         both = spec.bidirectional
-        empty_states = "lengths" in self.inputs and ("h0" in self.inputs or "c0" in self.inputs)
+        empty_states = ("lengths" in self.inputs or self.constant_lengths is not None) and (
+            "h0" in self.inputs or "c0" in self.inputs or bool(self.constant_states)
+        )
         for name, value in self.outputs.items():
             if isinstance(value, Sequence) and value.node == last:
                 flip = value.flipped != self.swap
@@ -665,6 +669,7 @@ def _describe(value: Value | None) -> str:
             + (" flipped" if value.flipped else "")
             + (" directions swapped" if value.swapped else "")
             + (f" direction {value.part}" if value.part is not None else "")
+            + (f" repeating its last output past the lengths {value.previous!r}" if value.previous else "")
         )
     if isinstance(value, States):
         return f"Y_{value.kind} of LSTM nodes {list(value.nodes)}" + (
