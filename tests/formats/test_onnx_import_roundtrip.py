@@ -32,6 +32,8 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
 F, H, B, T = 3, 4, 4, 5
 
 # -- the grid --------------------------------------------------------------------------------------------
@@ -144,7 +146,23 @@ def variant_cases() -> list[tuple[str, dict, dict]]:
     return cases
 
 
-CASES = structure_cases() + variant_cases()
+_BI_BACK = dict(num_layers=2, bidirectional=True, go_backwards=True)
+#: the rest the writer accepts: training-only features (not in the graph; the layer read back has none),
+#: the oldest opset, float64 weights
+OTHERS: list[tuple[str, dict, dict]] = [
+    (
+        "dropouts (training only)",
+        dict(**_BI_BACK, dropout=0.3, input_dropout=0.2, recurrent_dropout=0.4, per_gate_dropout=True),
+        dict(lengths=True, initial_states=False),
+    ),
+    ("stateful (between calls)", dict(stateful=True), dict(lengths=False, initial_states=True)),
+    ("opset 13", _BI_BACK, dict(lengths=True, initial_states=True, opset=13)),
+    ("float64", {**_BI_BACK, "dtype": torch.float64}, dict(lengths=True, initial_states=True)),
+]
+#: cases onnxruntime cannot run: compared with the original layer only, and onnxruntime's refusal asserted
+ONNXRUNTIME_CANNOT_RUN = {"float64": "LSTM operator does not support double"}
+
+CASES = structure_cases() + variant_cases() + OTHERS
 
 
 # -- running ---------------------------------------------------------------------------------------------
@@ -174,11 +192,12 @@ def max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
 
 
-def read_back(path, original, x, lens, state) -> dict[str, float]:
+def read_back(path, original, x, lens, state, *, onnxruntime: bool = True) -> dict[str, float]:
     [loaded] = unilstm.load(path)
     assert isinstance(loaded, unilstm.LSTM)
+    assert loaded.weight_ih_l0.dtype == original.weight_ih_l0.dtype
     ours = results(loaded, x, lens, state)
-    theirs = list(run_onnx(path, x, lengths=lens, state=state))
+    theirs = list(run_onnx(path, x, lengths=lens, state=state)) if onnxruntime else ours
     # every graph output is the loaded layer's result itself, as the notes say
     [stack] = read_onnx_lstms(path)
     for name, result in (
@@ -201,7 +220,12 @@ def test_every_layer_the_writer_accepts_reads_back(case, tmp_path):
     path = unilstm.export_onnx(layer, tmp_path / "m.onnx", **export)
     assert name not in REFUSED
     x, lens, state = inputs(layer.spec, len(name), export["lengths"], export["initial_states"])
-    diffs = read_back(path, layer, x, lens, state)
+    dtype = layer.weight_ih_l0.dtype
+    x, state = x.to(dtype), None if state is None else tuple(s.to(dtype) for s in state)
+    if name in ONNXRUNTIME_CANNOT_RUN:
+        with pytest.raises(Exception, match=ONNXRUNTIME_CANNOT_RUN[name]):
+            run_onnx(path, x, lengths=lens, state=state)
+    diffs = read_back(path, layer, x, lens, state, onnxruntime=name not in ONNXRUNTIME_CANNOT_RUN)
     assert diffs["layer"] < TOL and diffs["onnxruntime"] < TOL, diffs
 
 
