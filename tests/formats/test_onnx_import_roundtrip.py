@@ -118,12 +118,19 @@ REFUSED: dict[str, str] = {
         for case in KERAS
         if case[2] != "concat"
     },
-    **{
-        # the last output picks one time step
-        keras_name(*case): "Gather of one time step of an LSTM's Y"
-        for case in KERAS
-        if not case[1] and case[2] == "concat"
-    },
+}
+
+#: Keras's last output (return_sequences=False) reads back: the graph's output is each direction's half of
+#: the layer's output at the last step of its processing order, as the stack's notes say (Keras's
+#: Bidirectional refuses go_backwards, so its backward half is at step 0)
+LAST_OUTPUT: dict[str, str] = {
+    keras_name(*case): (
+        f"the layer's output[:, -1][:, :{H}] and output[:, 0][:, {H}:] concatenated"
+        if case[0]
+        else "the layer's output[:, -1]"
+    )
+    for case in KERAS
+    if not case[1] and case[2] == "concat"
 }
 
 
@@ -254,6 +261,12 @@ def test_keras_door_layers_read_back_or_are_refused_by_name(case, tmp_path):
     with torch.no_grad():
         expected = layer(x, mask=mask).numpy()
         out, _ = loaded(x, lengths=lens)
+    [stack] = read_onnx_lstms(path)
+    if name in LAST_OUTPUT:
+        assert f"graph output 'output' = {LAST_OUTPUT[name]}" in stack.notes
+        out = torch.cat([out[:, -1, :H], out[:, 0, H:]], -1) if bi else out[:, -1]
+    else:
+        assert "graph output 'output' = the layer's output" in stack.notes
     onnx_out, _, _ = run_onnx(path, x, lengths=lens)
     assert loaded.spec.batch_first
     assert max(float(np.abs(out.numpy() - expected).max()), float(np.abs(out.numpy() - onnx_out).max())) < TOL
@@ -261,7 +274,7 @@ def test_keras_door_layers_read_back_or_are_refused_by_name(case, tmp_path):
 
 def test_the_refusal_list_names_only_cases_of_the_grid():
     names = {c[0] for c in CASES} | {c[0] for c in keras_cases()}
-    assert set(REFUSED) <= names
+    assert set(REFUSED) <= names and set(LAST_OUTPUT) <= names and not set(REFUSED) & set(LAST_OUTPUT)
 
 
 #: stacks one after the other in one graph, as ``unilstm.save`` / ``unilstm convert`` write a Keras
@@ -305,3 +318,23 @@ def test_stacks_written_one_after_the_other_read_as_one_stack_or_are_refused(nam
         np.concatenate([theirs["c_n_0"], theirs["c_n_1"]]),
     ]
     assert max_diff(ours, original) < TOL and max_diff(ours, theirs_list) < TOL
+
+
+@pytest.mark.parametrize("bi,back", list(itertools.product([False, True], repeat=2)))
+def test_the_last_output_of_any_layer_reads_back_as_the_step_the_notes_name(bi, back, tmp_path):
+    """export_onnx(return_sequences=False): each direction's output at the end of its processing order."""
+    torch.manual_seed(11)
+    layer = unilstm.LSTM(F, H, 2, bidirectional=bi, go_backwards=back, masked_output="previous").eval()
+    path = unilstm.export_onnx(layer, tmp_path / "last.onnx", lengths=True, return_sequences=False)
+    [loaded] = unilstm.load(path)
+    [stack] = read_onnx_lstms(path)
+    x, lens, _ = inputs(layer.spec, 11, True, False)
+    out, _, _ = results(loaded, x, lens, None)
+    first, last = (-1, 0) if back else (0, -1)  # the backward-running half ends at the other end
+    text = f"output[{last}][:, :{H}] and output[{first}][:, {H}:] concatenated" if bi else "output[-1]"
+    assert f"graph output 'output' = the layer's {text}" in stack.notes
+    picked = np.concatenate([out[last, :, :H], out[first, :, H:]], -1) if bi else out[-1]
+    onnx_out, _, _ = run_onnx(path, x, lengths=lens)
+    expected = results(layer, x, lens, None)[0]
+    expected = np.concatenate([expected[last, :, :H], expected[first, :, H:]], -1) if bi else expected[-1]
+    assert max(float(np.abs(picked - onnx_out).max()), float(np.abs(picked - expected).max())) < TOL

@@ -32,7 +32,9 @@ What is read:
   axis of a bidirectional node's ``Y`` / ``Y_h`` / ``Y_c`` (``go_backwards``, derived in
   :mod:`.onnx_import_stack`); ``Where(lengths == 0, initial state, Y_h)`` (the layer's own state for a
   sequence of length 0); ``Where(t < lengths, Y, Y_h)`` on the forward-running direction (Keras's
-  ``masked_output="previous"``).
+  ``masked_output="previous"``); Keras's last output (``return_sequences=False``: a ``Gather`` of one time
+  step, for two directions each half at the end of its processing order, ``Slice`` of the halves and
+  ``Concat``), described in the notes as the steps of the layer's output it picks.
 
 ``direction="reverse"`` runs the sequence from its end (from each length) and writes each output at its own
 time index; the closest spec is ``go_backwards=True`` (Keras), which computes the same states and the same
@@ -53,8 +55,8 @@ ThresholdedRelu without their alpha / beta (onnxruntime's defaults differ from O
 activations in the two directions or different attributes between layers; a constant ``sequence_lens`` or
 non-zero constant initial states without ``constants=True``; a node whose ``Y`` feeds two LSTM nodes (a
 branch), a graph output mixing two stacks, a stack reading another stack's flipped or merged output;
-Keras's output glue (the last output's ``Gather`` of one time step, the Bidirectional merges' ``Split``:
-computations on the layer's output, which the layer does not return); glue that computes anything else.
+Keras's Bidirectional merges (``Split`` and ``Add`` / ``Mul``: computations on the layer's output, which the
+layer does not return); glue that computes anything else.
 
 onnx is the optional extra ``unilstm[onnx]``, imported on use. Differences from onnxruntime that the layer
 keeps (documented, not refused): for a sequence of length 0, onnxruntime returns zeros as ``Y_h`` / ``Y_c``

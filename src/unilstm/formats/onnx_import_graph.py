@@ -334,6 +334,10 @@ class Tracer(MaskOps):
             pieces = [p for p in parts if isinstance(p, Sequence)]
             first_piece = pieces[0]
             previous = next((p.previous for p in pieces if p.previous), None)
+            # Keras's last output: each direction's half taken at its own step
+            steps = None
+            if all(p.steps is not None and p.part is not None for p in pieces):
+                steps = tuple(p.steps[p.part] for p in pieces if p.steps is not None and p.part is not None)
             # along H the directions merge into C; along a restored D axis they make the whole Y again
             merged = "D" not in first_piece.axes and _axis(axis, len(first_piece.axes), "Concat") == (
                 first_piece.axes.find("H")
@@ -345,12 +349,14 @@ class Tracer(MaskOps):
                 (merged or restored)
                 and [p.part for p in pieces] == list(range(first_piece.directions))
                 and all(
-                    replace(p, part=None, previous=None) == replace(first_piece, part=None, previous=None)
+                    replace(p, part=None, previous=None, steps=None)
+                    == replace(first_piece, part=None, previous=None, steps=None)
+                    and (p.steps is None) == (first_piece.steps is None)
                     for p in pieces
                 )
             ):
                 axes = first_piece.axes.replace("H", "C") if merged else first_piece.axes
-                return replace(first_piece, part=None, axes=axes, previous=previous)
+                return replace(first_piece, part=None, axes=axes, previous=previous, steps=steps)
             raise GlueError("Concat of LSTM outputs other than a node's directions, in order, along H or D")
         if all(isinstance(p, Zeros) for p in parts):
             zeros = [p for p in parts if isinstance(p, Zeros)]
@@ -397,18 +403,20 @@ class Tracer(MaskOps):
                 named = data.axes[_axis(axis, len(data.axes), "Slice")]
                 if named == "T" and step == -1 and (start == -1 or start >= _FAR) and end <= -_FAR:
                     return replace(data, flipped=not data.flipped)
-                if (
-                    named == "D"
-                    and step == 1
-                    and data.directions == 1
-                    and (start, min(end, _FAR))
-                    in (
-                        (0, 1),
-                        (0, _FAR),
-                        (-1, _FAR),
-                    )
-                ):
+                span = (start, min(end, _FAR))
+                whole = span in ((0, 1), (0, _FAR), (-1, _FAR))
+                if named == "D" and step == 1 and data.directions == 1 and whole:
                     return data  # the one direction of a one-direction node: all of it
+                h = data.hidden
+                if (
+                    named == "C"
+                    and step == 1
+                    and data.directions == 2
+                    and data.part is None
+                    and span in ((0, h), (h, 2 * h), (h, _FAR), (-h, _FAR))
+                ):
+                    # one direction's half of the merged axis (Keras's last output: each at its own step)
+                    return replace(data, part=int(start % (2 * h) >= h), axes=data.axes.replace("C", "H"))
                 if (
                     named == "D"
                     and step == 1
@@ -418,7 +426,8 @@ class Tracer(MaskOps):
                 ):
                     return replace(data, part=start % 2)
             raise GlueError(
-                "Slice of an LSTM output other than a whole time flip (step -1) or one direction of two"
+                "Slice of an LSTM output other than a whole time flip (step -1) or one direction of two "
+                "(along D or one half of D*H)"
             )
         if isinstance(data, GraphInput) and data.rows is None and not data.transposed and not data.cast:
             if len(cuts) == 1 and cuts[0][0] == 0 and cuts[0][3] == 1 and 0 <= cuts[0][1] < cuts[0][2] < _FAR:

@@ -7,7 +7,8 @@ What is read, each exactly (anything else on these values is refused with the no
   of two rows of an initial-state graph input): a permutation of the two directions, kept as ``swapped``
   (unilstm's exporter writes it for ``go_backwards``: ONNX's forward-running direction then holds the
   layer's second direction, :mod:`.onnx_import_stack` derives what it means); a scalar index picks one
-  direction (as ``Slice`` + ``Squeeze`` do);
+  direction (as ``Slice`` + ``Squeeze`` do); a scalar index along T picks one time step (Keras's last
+  output), kept as ``steps``;
 - the sequence-length masks: ``Equal(lengths, 0)`` (a sequence of length 0) and ``Less(Range(0, T, 1),
   lengths)`` (``t < length``: the valid steps), with ``Unsqueeze`` to broadcast them, T being the ``Shape``
   of an LSTM node's ``Y``;
@@ -72,10 +73,9 @@ class MaskOps:
         if isinstance(data, Sequence):
             named = data.axes[_axis(axis, len(data.axes), "Gather")]
             if named == "T":
-                raise GlueError(
-                    "Gather of one time step of an LSTM's Y (Keras's last output, return_sequences=False) is "
-                    "not read: a unilstm LSTM returns the whole sequence; export it with return_sequences"
-                )
+                if not scalar or data.part is not None or data.steps is not None:
+                    raise GlueError("Gather along T of an LSTM output other than one time step of all of it")
+                return replace(data, axes=data.axes.replace("T", ""), steps=(picked[0],) * data.directions)
             if named != "D" or data.part is not None:
                 raise GlueError(f"Gather along axis {named} of an LSTM output with axes {data.axes}")
             d = data.directions

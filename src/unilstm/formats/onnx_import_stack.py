@@ -556,7 +556,9 @@ class _Stack:
             if isinstance(value, Sequence) and value.node == last:
                 flip = value.flipped != self.swap
                 exchange = both and value.swapped != self.swap
-                if value.part is not None:  # one direction's half of a bidirectional output
+                if value.steps is not None:  # Keras's last output: one step per direction
+                    text = self.step_text(value, spec)
+                elif value.part is not None:  # one direction's half of a bidirectional output
                     own = value.part ^ int(value.swapped) ^ int(self.swap)
                     text = f"the {('forward', 'backward')[own]} half of the layer's output"
                     if flip:
@@ -612,6 +614,29 @@ class _Stack:
                 raise self.fail(
                     f"graph output {name!r} is {_describe(value)}, not the LSTM stack's output or states"
                 )
+
+    def step_text(self, value: Sequence, spec: LSTMSpec) -> str:
+        """What a graph output holding one time step per direction (a ``Gather`` on T) is, in terms of the
+        layer's output: each direction's half at its step, counted in the layer's order."""
+        assert value.steps is not None
+        flip = value.flipped != self.swap  # the graph's time index k is the layer's -1 - k
+
+        def at(j: int) -> str:
+            k = value.steps[j] if value.steps is not None else 0
+            return f"output[{'' if not spec.batch_first else ':, '}{-1 - k if flip else k}]"
+
+        if value.directions == 1:
+            text = f"the layer's {at(0)}"
+        else:
+            h = spec.hidden_size
+            halves = []
+            for j in [value.part] if value.part is not None else [0, 1]:
+                own = j ^ int(value.swapped) ^ int(self.swap)
+                halves.append(f"{at(j)}[:, {':' + str(h) if own == 0 else str(h) + ':'}]")
+            text = "the layer's " + " and ".join(halves) + (" concatenated" if len(halves) > 1 else "")
+        if value.axes not in ("BC", "BH"):
+            text += f" with axes {', '.join(value.axes)}"
+        return text
 
     # -- weights --
 

@@ -84,6 +84,9 @@ class Sequence:
     #: sequence's length instead of zeros (``Where(t < lengths, Y, Y_h)``: Keras's "previous" masking); the
     #: name of the lengths graph input the mask reads
     previous: str | None = None
+    #: one time step picked by a ``Gather`` on T for each direction (in the order after ``swapped``), the T
+    #: axis gone (Keras's last output: each direction's last step in its processing order)
+    steps: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
