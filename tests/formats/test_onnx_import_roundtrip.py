@@ -109,29 +109,39 @@ def keras_name(bi: bool, rs: bool, merge: str, back: bool) -> str:
     return f"keras bi={bi} return_sequences={rs} {merge} back={back}"
 
 
-#: what the reader refuses, by name, with the reason docs/onnx.md gives: Keras's output glue computes on
-#: the layer's output (a unilstm LSTM returns the whole sequence, its directions concatenated)
-REFUSED: dict[str, str] = {
-    **{
-        # the merges (sum, mul, ave) split the output into its directions' halves and combine them
-        keras_name(*case): "operator Split is not read"
-        for case in KERAS
-        if case[2] != "concat"
-    },
-}
+#: what the reader refuses, by name, with the reason docs/onnx.md gives: nothing the writer accepts
+REFUSED: dict[str, str] = {}
 
-#: Keras's last output (return_sequences=False) reads back: the graph's output is each direction's half of
-#: the layer's output at the last step of its processing order, as the stack's notes say (Keras's
-#: Bidirectional refuses go_backwards, so its backward half is at step 0)
-LAST_OUTPUT: dict[str, str] = {
-    keras_name(*case): (
-        f"the layer's output[:, -1][:, :{H}] and output[:, 0][:, {H}:] concatenated"
-        if case[0]
-        else "the layer's output[:, -1]"
+#: Keras's output glue reads back, the graph's output being the part of the layer's output the stack's notes
+#: name: the last output (return_sequences=False: each direction's half at the last step of its processing
+#: order; Keras's Bidirectional refuses go_backwards, so the backward half is at step 0) and the merges
+KERAS_OUTPUT: dict[str, str] = {}
+for _bi, _rs, _merge, _back in KERAS:
+    _halves = (
+        (f"output[:, -1][:, :{H}]", f"output[:, 0][:, {H}:]")
+        if not _rs
+        else (f"output[..., :{H}]", f"output[..., {H}:]")
     )
-    for case in KERAS
-    if not case[1] and case[2] == "concat"
-}
+    KERAS_OUTPUT[keras_name(_bi, _rs, _merge, _back)] = "the layer's " + (
+        ("output[:, -1]" if not _rs else "output")
+        if not _bi
+        else {
+            "concat": f"{_halves[0]} and {_halves[1]} concatenated" if not _rs else "output",
+            "sum": f"{_halves[0]} + {_halves[1]}",
+            "mul": f"{_halves[0]} * {_halves[1]}",
+            "ave": f"({_halves[0]} + {_halves[1]}) / 2",
+        }[_merge]
+    )
+
+
+def keras_output(out: torch.Tensor, bi: bool, rs: bool, merge: str) -> torch.Tensor:
+    """The part of the loaded layer's (B, T, D*H) output a Keras-door graph returns."""
+    if not rs:
+        out = torch.cat([out[:, -1, :H], out[:, 0, H:]], -1) if bi else out[:, -1]
+    if not bi or merge == "concat":
+        return out
+    forward, backward = out[..., :H], out[..., H:]
+    return {"sum": forward + backward, "mul": forward * backward, "ave": (forward + backward) / 2}[merge]
 
 
 def structure_cases() -> list[tuple[str, dict, dict]]:
@@ -262,11 +272,8 @@ def test_keras_door_layers_read_back_or_are_refused_by_name(case, tmp_path):
         expected = layer(x, mask=mask).numpy()
         out, _ = loaded(x, lengths=lens)
     [stack] = read_onnx_lstms(path)
-    if name in LAST_OUTPUT:
-        assert f"graph output 'output' = {LAST_OUTPUT[name]}" in stack.notes
-        out = torch.cat([out[:, -1, :H], out[:, 0, H:]], -1) if bi else out[:, -1]
-    else:
-        assert "graph output 'output' = the layer's output" in stack.notes
+    assert f"graph output 'output' = {KERAS_OUTPUT[name]}" in stack.notes
+    out = keras_output(out, bi, rs, merge)
     onnx_out, _, _ = run_onnx(path, x, lengths=lens)
     assert loaded.spec.batch_first
     assert max(float(np.abs(out.numpy() - expected).max()), float(np.abs(out.numpy() - onnx_out).max())) < TOL
@@ -274,7 +281,7 @@ def test_keras_door_layers_read_back_or_are_refused_by_name(case, tmp_path):
 
 def test_the_refusal_list_names_only_cases_of_the_grid():
     names = {c[0] for c in CASES} | {c[0] for c in keras_cases()}
-    assert set(REFUSED) <= names and set(LAST_OUTPUT) <= names and not set(REFUSED) & set(LAST_OUTPUT)
+    assert set(REFUSED) <= names and set(KERAS_OUTPUT) == {c[0] for c in keras_cases()}
 
 
 #: stacks one after the other in one graph, as ``unilstm.save`` / ``unilstm convert`` write a Keras
@@ -320,21 +327,44 @@ def test_stacks_written_one_after_the_other_read_as_one_stack_or_are_refused(nam
     assert max_diff(ours, original) < TOL and max_diff(ours, theirs_list) < TOL
 
 
-@pytest.mark.parametrize("bi,back", list(itertools.product([False, True], repeat=2)))
-def test_the_last_output_of_any_layer_reads_back_as_the_step_the_notes_name(bi, back, tmp_path):
-    """export_onnx(return_sequences=False): each direction's output at the end of its processing order."""
+LAST_AND_MERGED = [(False, back, "concat") for back in (False, True)] + [
+    (True, back, merge) for back in (False, True) for merge in ("concat", "sum", "mul", "ave")
+]
+
+
+@pytest.mark.parametrize("bi,back,merge", LAST_AND_MERGED)
+def test_the_last_output_of_any_layer_reads_back_as_the_steps_the_notes_name(bi, back, merge, tmp_path):
+    """export_onnx(return_sequences=False, merge_mode=...): each direction's output at the end of its
+    processing order, merged; the notes name the steps and the merge."""
     torch.manual_seed(11)
     layer = unilstm.LSTM(F, H, 2, bidirectional=bi, go_backwards=back, masked_output="previous").eval()
-    path = unilstm.export_onnx(layer, tmp_path / "last.onnx", lengths=True, return_sequences=False)
+    export = dict(lengths=True, return_sequences=False, merge_mode=merge)
+    path = unilstm.export_onnx(layer, tmp_path / "last.onnx", **export)
     [loaded] = unilstm.load(path)
     [stack] = read_onnx_lstms(path)
     x, lens, _ = inputs(layer.spec, 11, True, False)
-    out, _, _ = results(loaded, x, lens, None)
     first, last = (-1, 0) if back else (0, -1)  # the backward-running half ends at the other end
-    text = f"output[{last}][:, :{H}] and output[{first}][:, {H}:] concatenated" if bi else "output[-1]"
-    assert f"graph output 'output' = the layer's {text}" in stack.notes
-    picked = np.concatenate([out[last, :, :H], out[first, :, H:]], -1) if bi else out[-1]
+    halves = (f"output[{last}][:, :{H}]", f"output[{first}][:, {H}:]")
+    text = {
+        "concat": f"{halves[0]} and {halves[1]} concatenated",
+        "sum": f"{halves[0]} + {halves[1]}",
+        "mul": f"{halves[0]} * {halves[1]}",
+        "ave": f"({halves[0]} + {halves[1]}) / 2",
+    }[merge]
+    assert f"graph output 'output' = the layer's {text if bi else 'output[-1]'}" in stack.notes
+
+    def picked(out: np.ndarray) -> np.ndarray:
+        if not bi:
+            return out[-1]
+        forward, backward = out[last, :, :H], out[first, :, H:]
+        return {
+            "concat": np.concatenate([forward, backward], -1),
+            "sum": forward + backward,
+            "mul": forward * backward,
+            "ave": (forward + backward) / 2,
+        }[merge]
+
+    ours = picked(results(loaded, x, lens, None)[0])
     onnx_out, _, _ = run_onnx(path, x, lengths=lens)
-    expected = results(layer, x, lens, None)[0]
-    expected = np.concatenate([expected[last, :, :H], expected[first, :, H:]], -1) if bi else expected[-1]
-    assert max(float(np.abs(picked - onnx_out).max()), float(np.abs(picked - expected).max())) < TOL
+    expected = picked(results(layer, x, lens, None)[0])
+    assert max(float(np.abs(ours - onnx_out).max()), float(np.abs(ours - expected).max())) < TOL

@@ -34,7 +34,9 @@ What is read:
   sequence of length 0); ``Where(t < lengths, Y, Y_h)`` on the forward-running direction (Keras's
   ``masked_output="previous"``); Keras's last output (``return_sequences=False``: a ``Gather`` of one time
   step, for two directions each half at the end of its processing order, ``Slice`` of the halves and
-  ``Concat``), described in the notes as the steps of the layer's output it picks.
+  ``Concat``) and Keras's Bidirectional merges (``Split`` of the D*H axis, ``Add``, ``Mul``, ``Mul`` by 0.5:
+  sum, mul, ave), described in the notes as what the graph's output is of the layer's output ("the layer's
+  output[-1][:, :H] + output[0][:, H:]").
 
 ``direction="reverse"`` runs the sequence from its end (from each length) and writes each output at its own
 time index; the closest spec is ``go_backwards=True`` (Keras), which computes the same states and the same
@@ -55,8 +57,7 @@ ThresholdedRelu without their alpha / beta (onnxruntime's defaults differ from O
 activations in the two directions or different attributes between layers; a constant ``sequence_lens`` or
 non-zero constant initial states without ``constants=True``; a node whose ``Y`` feeds two LSTM nodes (a
 branch), a graph output mixing two stacks, a stack reading another stack's flipped or merged output;
-Keras's Bidirectional merges (``Split`` and ``Add`` / ``Mul``: computations on the layer's output, which the
-layer does not return); glue that computes anything else.
+glue that computes anything else.
 
 onnx is the optional extra ``unilstm[onnx]``, imported on use. Differences from onnxruntime that the layer
 keeps (documented, not refused): for a sequence of length 0, onnxruntime returns zeros as ``Y_h`` / ``Y_c``

@@ -71,6 +71,9 @@ GLUE_OPS = (
     "Less",
     "Equal",
     "Where",
+    "Split",
+    "Add",
+    "Mul",
 )
 SUPPORTED_OPS = ("LSTM", *GLUE_OPS)
 LSTM_INPUTS = ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P")
@@ -160,6 +163,8 @@ class Tracer(MaskOps):
         op = node.op_type
         if op == "LSTM":
             return self.lstm(node, inputs)
+        if op == "Split":
+            return self.split(node, inputs)
         handler = getattr(self, f"op_{op.lower()}")
         present = [v for v in inputs if v is not None]
         if not present and op != "Constant":

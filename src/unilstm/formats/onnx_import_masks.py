@@ -16,7 +16,9 @@ What is read, each exactly (anything else on these values is refused with the no
   the unilstm layer does (onnxruntime returns zeros);
 - ``Where(t < lengths, Y[:, d], Y_h[d])`` on the forward-running direction d = 0: past its length a sequence
   outputs its last valid output (= its final h) instead of zeros, Keras's default masking
-  (``masked_output="previous"``), with the direction re-inserted by ``Unsqueeze`` and ``Concat`` along D.
+  (``masked_output="previous"``), with the direction re-inserted by ``Unsqueeze`` and ``Concat`` along D;
+- Keras's Bidirectional merges: ``Split`` of the D*H axis into the two halves, then ``Add`` (sum), ``Mul``
+  (mul) or ``Add`` and ``Mul`` by 0.5 (ave), kept as ``merge`` and described in the notes.
 """
 
 from __future__ import annotations
@@ -222,6 +224,55 @@ class MaskOps:
             "Y[:, 0], Y_h[0]) on a forward-running direction (Keras's previous output past a length)"
         )
 
+    # -- Keras's Bidirectional merges --------------------------------------------------------------------
+
+    def split(self, node: Any, inputs: list[Value | None]) -> list[Value]:
+        """``Split`` of a bidirectional LSTM output's D*H axis into its two directions' halves."""
+        data = inputs[0]
+        axis = int(self.attribute(node, "axis", 0))
+        sizes_value = inputs[1] if len(inputs) > 1 else None
+        sizes = self.attribute(node, "split", None)
+        if sizes_value is not None:
+            known = self.known(sizes_value, "Split sizes")
+            sizes = None if known is None else [int(v) for v in known.array.reshape(-1)]
+        if (
+            isinstance(data, Sequence)
+            and data.directions == 2
+            and data.part is None
+            and data.merge is None
+            and "C" in data.axes
+            and _axis(axis, len(data.axes), "Split") == data.axes.index("C")
+            and len(node.output) == 2
+            and (sizes is None or [int(v) for v in sizes] == [data.hidden, data.hidden])
+        ):
+            return [replace(data, part=k, axes=data.axes.replace("C", "H")) for k in (0, 1)]
+        raise GlueError("Split other than a bidirectional LSTM output's D*H axis into its two directions")
+
+    def op_add(self, node: Any, inputs: list[Value | None]) -> Value:
+        merged = _halves(inputs[0], inputs[1], "sum")
+        if merged is None:
+            raise GlueError("Add other than the two directions' halves of an LSTM output (a sum merge)")
+        return merged
+
+    def op_mul(self, node: Any, inputs: list[Value | None]) -> Value:
+        merged = _halves(inputs[0], inputs[1], "mul")
+        if merged is not None:
+            return merged
+        for total, half in (inputs, inputs[::-1]):
+            constant = self.known(half, "Mul input") if half is not None else None
+            if (
+                isinstance(total, Sequence)
+                and total.merge == "sum"
+                and constant is not None
+                and constant.array.size == 1
+                and float(constant.array.reshape(-1)[0]) == 0.5
+            ):
+                return replace(total, merge="ave")
+        raise GlueError(
+            "Mul other than the two directions' halves of an LSTM output (a mul merge) or their sum by 0.5 "
+            "(ave)"
+        )
+
     def root(self, index: int) -> int:
         """The first LSTM node of the chain node ``index`` belongs to (following each node's X to the Y it
         reads)."""
@@ -233,6 +284,17 @@ class MaskOps:
                 return index
             index = x.node
         raise GlueError("LSTM nodes read each other's Y in a cycle")  # pragma: no cover - ONNX is acyclic
+
+
+def _halves(first: Value | None, second: Value | None, merge: str) -> Sequence | None:
+    """The two directions' halves of one LSTM output combined by ``merge`` (None: they are not)."""
+    if not (isinstance(first, Sequence) and isinstance(second, Sequence)):
+        return None
+    if {first.part, second.part} != {0, 1} or first.merge or second.merge:
+        return None
+    if replace(first, part=None) != replace(second, part=None):
+        return None
+    return replace(first, part=None, merge=merge)
 
 
 def _runs_forward(call: LstmCall) -> bool:

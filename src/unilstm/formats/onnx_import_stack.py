@@ -556,7 +556,7 @@ class _Stack:
             if isinstance(value, Sequence) and value.node == last:
                 flip = value.flipped != self.swap
                 exchange = both and value.swapped != self.swap
-                if value.steps is not None:  # Keras's last output: one step per direction
+                if value.steps is not None or value.merge is not None:  # Keras's last output, merges
                     text = self.step_text(value, spec)
                 elif value.part is not None:  # one direction's half of a bidirectional output
                     own = value.part ^ int(value.swapped) ^ int(self.swap)
@@ -616,25 +616,38 @@ class _Stack:
                 )
 
     def step_text(self, value: Sequence, spec: LSTMSpec) -> str:
-        """What a graph output holding one time step per direction (a ``Gather`` on T) is, in terms of the
-        layer's output: each direction's half at its step, counted in the layer's order."""
-        assert value.steps is not None
+        """What a graph output holding one time step per direction (a ``Gather`` on T) or Keras's merge of
+        the two directions is, in terms of the layer's output: each direction's half (at its step), counted
+        in the layer's order."""
         flip = value.flipped != self.swap  # the graph's time index k is the layer's -1 - k
+        h = spec.hidden_size
+        whole = "output" if not flip else f"output.flip({int(spec.batch_first)})"
 
-        def at(j: int) -> str:
-            k = value.steps[j] if value.steps is not None else 0
-            return f"output[{'' if not spec.batch_first else ':, '}{-1 - k if flip else k}]"
+        def half(j: int) -> str:
+            if value.steps is not None:
+                k = value.steps[j]
+                text = f"output[{'' if not spec.batch_first else ':, '}{-1 - k if flip else k}]"
+                prefix = ":, "
+            else:
+                text, prefix = whole, "..., "
+            if value.directions == 1:
+                return text
+            own = j ^ int(value.swapped) ^ int(self.swap)
+            return f"{text}[{prefix}{':' + str(h) if own == 0 else str(h) + ':'}]"
 
-        if value.directions == 1:
-            text = f"the layer's {at(0)}"
+        positions = [value.part] if value.part is not None else list(range(value.directions))
+        parts = [half(j) for j in positions]
+        if value.merge == "sum":
+            text = f"{parts[0]} + {parts[1]}"
+        elif value.merge == "mul":
+            text = f"{parts[0]} * {parts[1]}"
+        elif value.merge == "ave":
+            text = f"({parts[0]} + {parts[1]}) / 2"
         else:
-            h = spec.hidden_size
-            halves = []
-            for j in [value.part] if value.part is not None else [0, 1]:
-                own = j ^ int(value.swapped) ^ int(self.swap)
-                halves.append(f"{at(j)}[:, {':' + str(h) if own == 0 else str(h) + ':'}]")
-            text = "the layer's " + " and ".join(halves) + (" concatenated" if len(halves) > 1 else "")
-        if value.axes not in ("BC", "BH"):
+            text = " and ".join(parts) + (" concatenated" if len(parts) > 1 else "")
+        text = "the layer's " + text
+        expected = ("BC", "BH") if value.steps is not None else ("BTH" if spec.batch_first else "TBH",)
+        if value.axes not in expected:
             text += f" with axes {', '.join(value.axes)}"
         return text
 

@@ -87,6 +87,8 @@ class Sequence:
     #: one time step picked by a ``Gather`` on T for each direction (in the order after ``swapped``), the T
     #: axis gone (Keras's last output: each direction's last step in its processing order)
     steps: tuple[int, ...] | None = None
+    #: Keras's Bidirectional merge of the two directions' halves: "sum", "mul" or "ave" (the H axis left)
+    merge: str | None = None
 
 
 @dataclass(frozen=True)
