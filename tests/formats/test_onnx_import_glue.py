@@ -198,7 +198,7 @@ def test_two_independent_stacks_load_as_two_layers(tmp_path):
     assert float(np.abs(h.numpy() - expected[h_b]).max()) < TOL
     stacks = read_onnx_lstms(path)
     assert [s.inputs["input"] for s in stacks] == ["X", "X2"]
-    assert all("one of 2 independent LSTM stacks" in " ".join(s.notes) for s in stacks)
+    assert all("one of 2 LSTM stacks" in " ".join(s.notes) for s in stacks)
     assert len({s.name for s in stacks}) == 2
 
 
@@ -302,3 +302,17 @@ def test_a_fuzz_of_our_own_glue_lets_only_onnx_file_errors_escape(tmp_path):
         except OnnxFileError as error:
             assert str(path) in str(error)
     assert loaded < 60
+
+
+def test_a_stack_reading_one_direction_of_another_is_refused(tmp_path):
+    g = Graph(8)
+    y, _, _ = g.node("LSTM", ["X", *g.weights(2, F)], 3, hidden_size=H, direction="bidirectional")
+    ends = [g.const(np.asarray([v], np.int64)) for v in (0, 1, 1)]
+    forward = g.node("Squeeze", [g.node("Slice", [y, *ends])[0], ends[1]])[0]  # (T, B, H): direction 0
+    y2, _, _ = g.node("LSTM", [forward, *g.weights(1, H)], 3, hidden_size=H)
+    g.output(y2)
+    path = tmp_path / "part.onnx"
+    path.write_bytes(g.model().SerializeToString())
+    with pytest.raises(OnnxFileError, match="another LSTM stack's whole output as a sequence") as info:
+        unilstm.load(path)
+    assert str(path) in str(info.value)

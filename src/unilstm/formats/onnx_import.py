@@ -6,8 +6,11 @@ What is read:
   stacks: node k+1 reads node k's ``Y`` made (T, B, D*H) by ``Transpose`` + ``Reshape`` or, with one
   direction, ``Squeeze`` of the direction axis (``layout=1``: (B, T, D*H)), maybe transposed; the glue is
   traced (:mod:`.onnx_import_graph`) and checked, not assumed. The chain becomes ONE stack with
-  ``num_layers`` = the number of nodes; several independent chains (each starting at a graph input) become
-  several stacks, in the order of their first nodes (``unilstm.load`` returns a list of layers);
+  ``num_layers`` = the number of nodes; several chains become several stacks, in the order of their first
+  nodes (``unilstm.load`` returns a list of layers): independent ones (each starting at a graph input), and
+  stacks one after the other where a node reads another stack's output other than as its next layer
+  (flipped in time, another size or cell: what ``build_chain`` writes for a Keras Sequential), the notes
+  saying how its input is that stack's output;
 - every attribute: ``hidden_size`` (checked against ``R``), ``direction`` (``forward``; ``bidirectional``;
   ``reverse``: see below), ``layout`` (1: ``batch_first``), ``activations`` f, g, h ->
   ``recurrent_activation``, ``activation``, ``output_activation`` ("same" when h = g), with
@@ -56,8 +59,8 @@ activations lists of the wrong length, alpha / beta values left over, and Affine
 ThresholdedRelu without their alpha / beta (onnxruntime's defaults differ from ONNX's: measured); different
 activations in the two directions or different attributes between layers; a constant ``sequence_lens`` or
 non-zero constant initial states without ``constants=True``; a node whose ``Y`` feeds two LSTM nodes (a
-branch), a graph output mixing two stacks, a stack reading another stack's flipped or merged output;
-glue that computes anything else.
+branch), a graph output mixing two stacks, a stack reading another stack's inner layer or a part, step or
+merge of its output; glue that computes anything else.
 
 onnx is the optional extra ``unilstm[onnx]``, imported on use. Differences from onnxruntime that the layer
 keeps (documented, not refused): for a sequence of length 0, onnxruntime returns zeros as ``Y_h`` / ``Y_c``
@@ -81,8 +84,9 @@ import numpy as np
 from .keras_files.limits import MAX_FILE_BYTES_ENV, max_file_bytes
 from .onnx_export import require_onnx
 from .onnx_import_graph import SUPPORTED_OPS, Dim, GlueError, GraphInput, Stored, Tracer, Value
-from .onnx_import_stack import LSTM_ATTRIBUTES, build_stacks
-from .onnx_import_tensors import OnnxFileError, OnnxStack, _array, _check_tensor, _node_name
+from .onnx_import_stack import LSTM_ATTRIBUTES, _describe, _Stack
+from .onnx_import_tensors import OnnxFileError, OnnxStack, _array, _check_tensor, _node_name, _numpy_dtype
+from .onnx_import_values import LstmCall, Sequence, States
 
 PathLike = str | os.PathLike
 
@@ -244,3 +248,100 @@ def _declared_shape(entry: Any) -> tuple[Dim, ...] | None:
         else:
             dims.append(f"{entry.name}[{index}]")
     return tuple(dims)
+
+
+# -- the stacks ------------------------------------------------------------------------------------------
+
+
+def build_stacks(
+    calls: list[LstmCall],
+    outputs: dict[str, Value],
+    input_types: dict[str, int],
+    shapes: dict[str, tuple[Dim, ...] | None],
+    where: str,
+    limit: int,
+    constants: bool,
+) -> list[OnnxStack]:
+    """One :class:`OnnxStack` per chain of LSTM nodes (see the module docstring), in the order of their
+    first nodes; every graph output must be one chain's output or states."""
+    successor: dict[int, int] = {}
+    for call in calls:
+        x = call.inputs["X"]
+        if isinstance(x, Sequence):
+            if x.node in successor:
+                raise OnnxFileError(
+                    f"{where}: LSTM nodes {_node_name(calls[successor[x.node]].node)} and "
+                    f"{_node_name(call.node)} "
+                    f"both read the Y of {_node_name(calls[x.node].node)} (a branch): not one stack"
+                )
+            successor[x.node] = call.index
+    # a node continues the stack of the node whose Y it reads when it reads that Y as a layer reads its
+    # previous layer's output and computes the same cell; else it starts a stack fed by the other's output
+    chains: list[list[LstmCall]] = []
+    owner: dict[int, int] = {}
+    feeds: dict[int, dict[int, Sequence]] = {}  # stack -> {node reading its output: the value read}
+    for call in calls:
+        x = call.inputs["X"]
+        if isinstance(x, Sequence) and _continues(calls[x.node], call, x):
+            owner[call.index] = owner[x.node]
+            chains[owner[call.index]].append(call)
+            continue
+        if isinstance(x, Sequence):
+            feeds.setdefault(owner[x.node], {})[call.index] = x
+        owner[call.index] = len(chains)
+        chains.append([call])
+    per_chain: list[dict[str, Value]] = [{} for _ in chains]
+    for name, value in outputs.items():
+        nodes = (
+            (value.node,) if isinstance(value, Sequence) else value.nodes if isinstance(value, States) else ()
+        )
+        numbers = {owner[n] for n in nodes if n in owner}
+        if len(numbers) != 1:
+            raise OnnxFileError(
+                f"{where}: graph output {name!r} is {_describe(value)}, not one LSTM stack's output or states"
+            )
+        per_chain[numbers.pop()][name] = value
+    stacks: list[OnnxStack] = []
+    built: list[_Stack] = []
+    names: set[str] = set()
+    for number, (chain, chain_outputs) in enumerate(zip(chains, per_chain, strict=True)):
+        x = chain[0].inputs["X"]
+        upstream = None
+        if isinstance(x, Sequence):
+            upstream = (built[owner[x.node]], stacks[owner[x.node]].name)
+        builder = _Stack(chain, chain_outputs, input_types, shapes, where, limit, constants)
+        builder.feeds, builder.upstream = feeds.get(number, {}), upstream
+        stack = builder.build()
+        base, count = stack.name, 1
+        while stack.name in names:  # unnamed nodes: lstm, lstm_1 ...
+            stack.name = f"{base}_{count}"
+            count += 1
+        names.add(stack.name)
+        stacks.append(stack)
+        built.append(builder)
+    if len(stacks) > 1:
+        for stack in stacks:
+            stack.notes.append(f"one of {len(stacks)} LSTM stacks in the graph ({', '.join(sorted(names))})")
+    return stacks
+
+
+def _continues(previous: LstmCall, call: LstmCall, x: Sequence) -> bool:
+    """Whether ``call`` is the next layer of ``previous``'s stack: it reads its whole Y as a sequence, in
+    time order, and has the same attributes (the same cell) and weight dtype."""
+    want = "BTC" if call.layout == 1 else "TBC"
+    plain = x.axes == want and not x.flipped and x.part is None and x.steps is None and x.merge is None
+
+    def attributes(node: Any) -> dict[str, Any]:
+        skipped = ("hidden_size", "layout")
+        return {a.name: a.SerializeToString() for a in node.attribute if a.name not in skipped}
+
+    def dtype(c: LstmCall) -> Any:
+        w = c.inputs["W"]
+        return _numpy_dtype(w.proto) if isinstance(w, Stored) else None
+
+    return (
+        plain
+        and attributes(previous.node) == attributes(call.node)
+        and previous.hidden == call.hidden
+        and dtype(previous) == dtype(call)
+    )

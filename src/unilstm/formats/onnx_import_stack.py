@@ -2,9 +2,11 @@
 chain into one stack, the spec, the weights in unilstm's layout and how every graph output relates to the
 layer's results (for :mod:`.onnx_import`).
 
-Stacks: node k+1 of a stack reads node k's ``Y`` (as a sequence); nodes that read a graph input start a
-stack. Several independent stacks in one graph become several :class:`~.onnx_import_tensors.OnnxStack`;
-a node whose ``Y`` feeds two LSTM nodes (a branch) is refused.
+Stacks (split by :func:`.onnx_import.build_stacks`): node k+1 continues node k's stack when it reads node
+k's whole ``Y`` as a sequence in time order and computes the same cell (the same attributes); nodes that read
+a graph input start a stack, and so does a node reading another stack's output otherwise (flipped in time,
+another size or cell: unilstm's ``build_chain`` of a Keras Sequential), whose notes say how its input is
+that stack's output. A node whose ``Y`` feeds two LSTM nodes (a branch) is refused.
 
 Directions: a bidirectional node's direction 0 runs forward in time, direction 1 backward. A ``Gather`` of
 [1, 0] along D (``swapped``) puts the backward-running direction first: unilstm's exporter writes it for
@@ -72,66 +74,6 @@ class _Layer:
     dtype: np.dtype
 
 
-def build_stacks(
-    calls: list[LstmCall],
-    outputs: dict[str, Value],
-    input_types: dict[str, int],
-    shapes: dict[str, tuple[Dim, ...] | None],
-    where: str,
-    limit: int,
-    constants: bool,
-) -> list[OnnxStack]:
-    """One :class:`OnnxStack` per chain of LSTM nodes (see the module docstring), in the order of their
-    first nodes; every graph output must be one chain's output or states."""
-    successor: dict[int, int] = {}
-    for call in calls:
-        x = call.inputs["X"]
-        if isinstance(x, Sequence):
-            if x.node in successor:
-                raise OnnxFileError(
-                    f"{where}: LSTM nodes {_node_name(calls[successor[x.node]].node)} and "
-                    f"{_node_name(call.node)} "
-                    f"both read the Y of {_node_name(calls[x.node].node)} (a branch): not one stack"
-                )
-            successor[x.node] = call.index
-    chains: list[list[LstmCall]] = []
-    for call in calls:
-        if not isinstance(call.inputs["X"], Sequence):
-            chain, index = [call], call.index
-            while index in successor:
-                index = successor[index]
-                chain.append(calls[index])
-            chains.append(chain)
-    owner = {call.index: number for number, chain in enumerate(chains) for call in chain}
-    per_chain: list[dict[str, Value]] = [{} for _ in chains]
-    for name, value in outputs.items():
-        nodes = (
-            (value.node,) if isinstance(value, Sequence) else value.nodes if isinstance(value, States) else ()
-        )
-        numbers = {owner[n] for n in nodes if n in owner}
-        if len(numbers) != 1:
-            raise OnnxFileError(
-                f"{where}: graph output {name!r} is {_describe(value)}, not one LSTM stack's output or states"
-            )
-        per_chain[numbers.pop()][name] = value
-    stacks = []
-    names: set[str] = set()
-    for chain, chain_outputs in zip(chains, per_chain, strict=True):
-        stack = _Stack(chain, chain_outputs, input_types, shapes, where, limit, constants).build()
-        base, count = stack.name, 1
-        while stack.name in names:  # unnamed nodes: lstm, lstm_1 ...
-            stack.name = f"{base}_{count}"
-            count += 1
-        names.add(stack.name)
-        stacks.append(stack)
-    if len(stacks) > 1:
-        for stack in stacks:
-            stack.notes.append(
-                f"one of {len(stacks)} independent LSTM stacks in the graph ({', '.join(sorted(names))})"
-            )
-    return stacks
-
-
 class _Stack:
     def __init__(
         self,
@@ -152,6 +94,12 @@ class _Stack:
         self.constant_states: dict[str, np.ndarray] = {}
         #: go_backwards: the layer's direction d is each node's direction d XOR swap (bidirectional)
         self.swap = False
+        #: the values read by the first nodes of stacks this one feeds (by node index)
+        self.feeds: dict[int, Sequence] = {}
+        #: the stack whose output this one reads (its builder and name), None for a graph input
+        self.upstream: tuple[_Stack, str] | None = None
+        #: the spec once built
+        self.spec: LSTMSpec | None = None
 
     def fail(self, message: str) -> OnnxFileError:
         return OnnxFileError(f"{self.where}: {message}")
@@ -170,6 +118,7 @@ class _Stack:
         reverse = first.direction == "reverse"
         self.swap = reverse if directions == 1 else self.bidirectional_order()
         self.lengths(layers)
+        self.upstream_exchanged = False
         batch_first, exchanged = self.chain(layers)
         for kind in ("h", "c"):
             self.initial_state(layers, kind)
@@ -193,6 +142,7 @@ class _Stack:
             )
         except (TypeError, ValueError) as error:
             raise self.fail(f"{first.what}: {error}") from None
+        self.spec = spec
         self.describe_outputs(spec, reverse)
         state = self.weights(layers, spec, exchanged)
         name = first.call.node.name or "lstm"
@@ -206,6 +156,7 @@ class _Stack:
         directions swapped (the exporter's ``go_backwards``); see the module docstring."""
         last = self.calls[-1].index
         sequences = [v for v in self.outputs.values() if isinstance(v, Sequence) and v.node == last]
+        sequences += [v for v in self.feeds.values() if v.node == last]
         if sequences:
             return sequences[0].swapped
         states = [v for v in self.outputs.values() if isinstance(v, States)]
@@ -218,6 +169,8 @@ class _Stack:
         marks = {
             name: v.previous for name, v in self.outputs.items() if isinstance(v, Sequence) and v.node == last
         }
+        # a stack reading this one's output may read its steps past a length (flipped in time)
+        marks.update({f"(the input of LSTM node {index})": v.previous for index, v in self.feeds.items()})
         if len(set(marks.values())) > 1:
             raise self.fail(
                 f"graph outputs {sorted(marks)} differ at the steps past a sequence's length (some carry the "
@@ -326,6 +279,10 @@ class _Stack:
         for index, layer in enumerate(layers):
             x = layer.call.inputs["X"]
             batch_major = layer.call.layout == 1
+            if index == 0 and isinstance(x, Sequence) and self.upstream is not None:
+                batch_first = self.fed_by(layer, x, batch_major)
+                exchanged[0] = self.upstream_exchanged
+                continue
             if index == 0:
                 if not isinstance(x, GraphInput) or x.rows is not None or x.cast:
                     raise self.fail(
@@ -367,6 +324,33 @@ class _Stack:
                     f"{layer.what}: W takes {layer.features} features; the previous layer gives {width}"
                 )
         return batch_first, exchanged
+
+    def fed_by(self, layer: _Layer, x: Sequence, batch_major: bool) -> bool:
+        """The first node reads another stack's output: check that it is that stack's whole output as a
+        sequence and note how it relates to that layer's output; returns batch_first."""
+        assert self.upstream is not None
+        source, name = self.upstream
+        assert source.spec is not None
+        want = "BTC" if batch_major else "TBC"
+        if x.node != source.calls[-1].index or x.axes != want or x.part is not None or x.steps or x.merge:
+            raise self.fail(
+                f"{layer.what}: input X must be a graph input or another LSTM stack's whole output as a "
+                f"sequence ({want[0]}, {want[1]}, D*H); it is {_describe(x)}"
+            )
+        width = source.spec.num_directions * source.spec.hidden_size
+        if layer.features != width:
+            raise self.fail(f"{layer.what}: W takes {layer.features} features; stack {name!r} gives {width}")
+        # the source's output in its processing order is its nodes' Y flipped when it runs backwards; its
+        # directions' halves are the nodes' swapped as it reads them (W's column halves take an exchange)
+        flip = x.flipped != source.swap
+        self.upstream_exchanged = source.spec.bidirectional and x.swapped != source.swap
+        text = f"the layer's input is the output of stack {name!r}"
+        if flip:
+            text += " flipped in time"
+        if source.spec.batch_first != batch_major:
+            text += " with its batch and time axes exchanged"
+        self.notes.append(text + " (call it on that layer's output, with the same lengths)")
+        return batch_major
 
     def lengths(self, layers: list[_Layer]) -> None:
         names: set[str | None] = set()
@@ -537,9 +521,14 @@ class _Stack:
     def describe_outputs(self, spec: LSTMSpec, reverse: bool) -> None:
         last = self.calls[-1].index
         layer_axes = "BTC" if spec.batch_first else "TBC"
-        self.notes.append(
+        source = (
             f"graph input {self.inputs['input']!r} is the layer's input "
-            f"({'B, T, F' if spec.batch_first else 'T, B, F'})"
+            if "input" in self.inputs
+            else "the layer's input is another stack's output "
+        )
+        self.notes.append(
+            source
+            + f"({'B, T, F' if spec.batch_first else 'T, B, F'})"
             + (f"; graph input {self.inputs['lengths']!r} its lengths=" if "lengths" in self.inputs else "")
             + (
                 f"; graph inputs {self.inputs.get('h0')!r}, {self.inputs.get('c0')!r} its state=(h0, c0) "
