@@ -56,6 +56,8 @@ LSTM_ATTRIBUTES = (
     "input_forget",
     "layout",
 )
+
+
 # -- the stack ---------------------------------------------------------------------------------------------
 
 
@@ -75,6 +77,8 @@ class _Layer:
 
 
 class _Stack:
+    """One chain of LSTM nodes checked and read into an :class:`OnnxStack` (:meth:`build`)."""
+
     def __init__(
         self,
         calls: list[LstmCall],
