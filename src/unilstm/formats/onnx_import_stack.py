@@ -353,7 +353,8 @@ class _Stack:
             text += " flipped in time"
         if source.spec.batch_first != batch_major:
             text += " with its batch and time axes exchanged"
-        self.notes.append(text + " (call it on that layer's output, with the same lengths)")
+        axes = "B, T" if batch_major else "T, B"
+        self.notes.append(text + f" ({axes}, D*H; call the layer on that layer's output)")
         return batch_major
 
     def lengths(self, layers: list[_Layer]) -> None:
@@ -525,22 +526,19 @@ class _Stack:
     def describe_outputs(self, spec: LSTMSpec, reverse: bool) -> None:
         last = self.calls[-1].index
         layer_axes = "BTC" if spec.batch_first else "TBC"
-        source = (
-            f"graph input {self.inputs['input']!r} is the layer's input "
-            if "input" in self.inputs
-            else "the layer's input is another stack's output "
-        )
-        self.notes.append(
-            source
-            + f"({'B, T, F' if spec.batch_first else 'T, B, F'})"
-            + (f"; graph input {self.inputs['lengths']!r} its lengths=" if "lengths" in self.inputs else "")
-            + (
-                f"; graph inputs {self.inputs.get('h0')!r}, {self.inputs.get('c0')!r} its state=(h0, c0) "
-                "(None: zeros)"
-                if "h0" in self.inputs or "c0" in self.inputs
-                else ""
+        axes = "B, T, F" if spec.batch_first else "T, B, F"
+        parts = []
+        if "input" in self.inputs:  # else the notes say which stack's output the input is
+            parts.append(f"graph input {self.inputs['input']!r} is the layer's input ({axes})")
+        if "lengths" in self.inputs:
+            parts.append(f"graph input {self.inputs['lengths']!r} the call's lengths=")
+        if "h0" in self.inputs or "c0" in self.inputs:
+            parts.append(
+                f"graph inputs {self.inputs.get('h0')!r}, {self.inputs.get('c0')!r} the call's "
+                "state=(h0, c0) (None: zeros)"
             )
-        )
+        if parts:
+            self.notes.append("; ".join(parts))
         both = spec.bidirectional
         empty_states = ("lengths" in self.inputs or self.constant_lengths is not None) and (
             "h0" in self.inputs or "c0" in self.inputs or bool(self.constant_states)
