@@ -282,16 +282,21 @@ def test_masks_that_read_another_input_than_the_lengths_are_refused(tmp_path):
 
 
 def test_a_fuzz_of_our_own_glue_lets_only_onnx_file_errors_escape(tmp_path):
-    """Inputs of the swap, mask and Where nodes rewired at random: a read gives stacks or OnnxFileError."""
+    """Inputs of the swap, mask, Where, last-output and merge nodes rewired at random: a read gives stacks or
+    OnnxFileError."""
     rng = random.Random(19)
-    seed = onnx.load(str(own_export(tmp_path, initial_states=True)))
+    seeds = [
+        onnx.load(str(own_export(tmp_path, initial_states=True))),
+        onnx.load(str(own_export(tmp_path, return_sequences=False, merge_mode="ave"))),
+    ]
     path = tmp_path / "fuzz.onnx"
     loaded = 0
+    kinds = ("Gather", "Where", "Less", "Equal", "Range", "Split", "Add", "Mul", "Concat", "Slice")
     for _ in range(60):
-        model = type(seed)()
-        model.CopyFrom(seed)
-        glue = [n for n in model.graph.node if n.op_type in ("Gather", "Where", "Less", "Equal", "Range")]
-        names = [o for n in model.graph.node for o in n.output] + [i.name for i in model.graph.input]
+        model = type(seeds[0])()
+        model.CopyFrom(rng.choice(seeds))
+        glue = [n for n in model.graph.node if n.op_type in kinds]
+        names = [o for n in model.graph.node for o in n.output] + [i.name for i in model.graph.input] + [""]
         for _ in range(rng.randint(1, 2)):
             node = rng.choice(glue)
             node.input[rng.randrange(len(node.input))] = rng.choice(names)

@@ -212,7 +212,8 @@ class Tracer(MaskOps):
         raise GlueError(f"Constant with {attribute.name}: only value, value_int(s), value_float(s) are read")
 
     def op_identity(self, node: Any, inputs: list[Value | None]) -> Value:
-        assert inputs[0] is not None
+        if inputs[0] is None:
+            raise GlueError("Identity of an absent input")
         return inputs[0]
 
     def op_shape(self, node: Any, inputs: list[Value | None]) -> Value:
@@ -247,7 +248,8 @@ class Tracer(MaskOps):
 
     def op_gather(self, node: Any, inputs: list[Value | None]) -> Value:
         data, index = inputs[0], inputs[1]
-        assert index is not None
+        if data is None or index is None:
+            raise GlueError("Gather needs its data and indices")
         axis = int(self.attribute(node, "axis", 0))
         picked = self.known(index, "Gather indices")
         if picked is None or picked.array.dtype.kind not in "iu" or picked.array.ndim > 1:
@@ -468,7 +470,8 @@ class Tracer(MaskOps):
             raise GlueError("Transpose without perm (reverses every axis)")
         perm = [int(p) for p in perm]
         if perm == sorted(perm) and perm == list(range(len(perm))):
-            assert data is not None
+            if data is None:
+                raise GlueError("Transpose of an absent input")
             return data
         if isinstance(data, Sequence) and sorted(perm) == list(range(len(data.axes))):
             return replace(data, axes="".join(data.axes[p] for p in perm))
