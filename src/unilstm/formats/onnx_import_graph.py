@@ -13,7 +13,11 @@ Every value the trace knows is one of:
 - :class:`Sequence`: an LSTM node's ``Y`` in some axis order (``TDBH`` as the node writes it, ``BTDH`` with
   ``layout=1``; ``TBC`` / ``BTC`` once the direction and hidden axes are merged by ``Reshape`` or the
   direction axis of a one-direction node squeezed away; ``flipped`` after a full time flip);
-- :class:`States`: ``Y_h`` / ``Y_c`` of consecutive LSTM nodes concatenated along the direction axis.
+- :class:`States`: ``Y_h`` / ``Y_c`` of LSTM nodes concatenated along the direction axis (maybe with the
+  two directions swapped, one direction picked, or the initial state for a sequence of length 0);
+- :class:`TimeIndex`, :class:`Lengths`, :class:`StepMask`: ``Range`` over the time axis, the lengths input,
+  ``lengths == 0`` and ``t < lengths`` (:mod:`.onnx_import_masks`, which also reads ``Gather`` of
+  directions and ``Where``).
 
 Anything else (an op on a value it does not preserve the meaning of) is refused with the node's name.
 """
@@ -21,10 +25,32 @@ Anything else (an op on a value it does not preserve the meaning of) is refused 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
+
+from .onnx_import_masks import MaskOps
+from .onnx_import_values import (
+    _FAR,
+    MAX_COMPUTED_ELEMENTS,
+    Dim,
+    Dims,
+    GlueError,
+    GraphInput,
+    Known,
+    LstmCall,
+    Sequence,
+    States,
+    Stored,
+    Trace,
+    Value,
+    Zeros,
+    _axis,
+    _small,
+    ints,
+    small_stored,
+)
 
 #: The operators allowed around LSTM nodes (each interpreted below); anything else is refused by name.
 GLUE_OPS = (
@@ -41,158 +67,43 @@ GLUE_OPS = (
     "Cast",
     "ConstantOfShape",
     "Expand",
+    "Range",
+    "Less",
+    "Equal",
+    "Where",
+    "Split",
+    "Add",
+    "Mul",
 )
 SUPPORTED_OPS = ("LSTM", *GLUE_OPS)
-#: computed constants (shapes, axes) stay small: a larger one is refused rather than allocated
-MAX_COMPUTED_ELEMENTS = 1 << 16
-#: a Slice bound at least this far out means "to the end" (exporters write INT64_MIN / INT64_MAX)
-_FAR = 2**31 - 1
-
-Dim = int | str
-
-
-class GlueError(ValueError):
-    """A glue node the trace cannot interpret (the importer adds the file's name)."""
-
-
-@dataclass(frozen=True)
-class Stored:
-    """An initializer or Constant tensor, not converted yet."""
-
-    proto: Any
-    name: str
-
-
-@dataclass(frozen=True)
-class Known:
-    """A small constant array."""
-
-    array: np.ndarray
-
-
-@dataclass(frozen=True)
-class Dims:
-    """An int64 vector (``scalar``: a 0-d int) of dimensions; str entries are symbolic (``x[1]``)."""
-
-    dims: tuple[Dim, ...]
-    scalar: bool = False
-
-
-@dataclass(frozen=True)
-class Zeros:
-    """A float tensor of zeros of a (partly symbolic) shape."""
-
-    shape: tuple[Dim, ...]
-
-
-@dataclass(frozen=True)
-class GraphInput:
-    """A graph input, maybe transposed by (1, 0, 2), cast, or sliced to rows [start, stop) of axis 0."""
-
-    name: str
-    transposed: bool = False
-    cast: bool = False
-    rows: tuple[int, int] | None = None
-
-
-@dataclass(frozen=True)
-class Sequence:
-    """``Y`` of LSTM node ``node`` (the node's index among LSTM nodes) with axes named T, B, D, H or, once
-    D and H are merged, C = D*H; ``directions`` and ``hidden`` are the node's D and H. tf2onnx splits a
-    bidirectional Y into its directions (``Slice`` along D, ``Squeeze``) and concatenates them along H:
-    ``part`` is the direction a slice holds."""
-
-    node: int
-    axes: str
-    directions: int
-    hidden: int
-    flipped: bool = False
-    #: one direction of a bidirectional node's Y (sliced along D), None for all of them
-    part: int | None = None
-
-
-@dataclass(frozen=True)
-class States:
-    """``Y_h`` (``kind`` "h") or ``Y_c`` ("c") of LSTM nodes ``nodes`` concatenated along D, with ``axes``
-    DBH (layout 0) or BDH (layout 1)."""
-
-    kind: str
-    nodes: tuple[int, ...]
-    axes: str
-
-
-Value = Stored | Known | Dims | Zeros | GraphInput | Sequence | States
-
-
-@dataclass
-class LstmCall:
-    """One LSTM node as the trace met it: its index among LSTM nodes, the node, and the values of its
-    inputs by ONNX name (X, W, R, B, sequence_lens, initial_h, initial_c, P; None when absent)."""
-
-    index: int
-    node: Any
-    inputs: dict[str, Value | None]
-    layout: int = 0
-    directions: int = 1
-    hidden: int = 0
-
-
-@dataclass
-class Trace:
-    """What the graph computes: its LSTM calls in node order and the value of every graph output."""
-
-    calls: list[LstmCall] = field(default_factory=list)
-    outputs: dict[str, Value] = field(default_factory=dict)
-
-
 LSTM_INPUTS = ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P")
 
-# -- reading constants -----------------------------------------------------------------------------------
-
-
-def small_stored(value: Stored, what: str, materialize: Callable[[Stored], np.ndarray]) -> Known:
-    """A stored constant the glue reads (axes, shapes, starts): refused by its declared size before it is
-    converted when it is larger than any such constant."""
-    count = 1
-    for d in value.proto.dims:
-        count *= max(int(d), 0)
-    if count > MAX_COMPUTED_ELEMENTS:
-        raise GlueError(
-            f"{what} ({value.name}) declares {count} elements; glue constants have at most "
-            f"{MAX_COMPUTED_ELEMENTS}"
-        )
-    return Known(materialize(value))
-
-
-def ints(value: Value | None, what: str, materialize: Callable[[Stored], np.ndarray]) -> list[int]:
-    """A constant int vector (or scalar, as a one-element list)."""
-    if isinstance(value, Stored):
-        value = small_stored(value, what, materialize)
-    if isinstance(value, Dims) and all(isinstance(d, int) for d in value.dims):
-        return [int(d) for d in value.dims]
-    if not isinstance(value, Known) or value.array.dtype.kind not in "iu":
-        raise GlueError(f"{what} must be a constant int tensor")
-    return [int(v) for v in value.array.reshape(-1)]
-
-
-def _small(array: np.ndarray, what: str) -> Known:
-    if array.size > MAX_COMPUTED_ELEMENTS:
-        raise GlueError(
-            f"{what}: a computed constant of {array.size} elements (at most {MAX_COMPUTED_ELEMENTS})"
-        )
-    return Known(array)
-
-
-def _axis(axis: int, rank: int, what: str) -> int:
-    if not -rank <= axis < rank:
-        raise GlueError(f"{what}: axis {axis} outside a rank-{rank} tensor")
-    return axis % rank
-
+__all__ = [
+    "GLUE_OPS",
+    "LSTM_INPUTS",
+    "MAX_COMPUTED_ELEMENTS",
+    "SUPPORTED_OPS",
+    "Dim",
+    "Dims",
+    "GlueError",
+    "GraphInput",
+    "Known",
+    "LstmCall",
+    "Sequence",
+    "States",
+    "Stored",
+    "Trace",
+    "Tracer",
+    "Value",
+    "Zeros",
+    "ints",
+    "small_stored",
+]
 
 # -- the trace -------------------------------------------------------------------------------------------
 
 
-class Tracer:
+class Tracer(MaskOps):
     """Walks the nodes in file order (ONNX requires a topological order) and gives every output a
     :class:`Value`. ``materialize`` turns a :class:`Stored` small constant into an array (bounded by the
     caller); ``input_shapes`` are the graph inputs' declared shapes (None: unknown; str entries: symbolic
@@ -252,6 +163,8 @@ class Tracer:
         op = node.op_type
         if op == "LSTM":
             return self.lstm(node, inputs)
+        if op == "Split":
+            return self.split(node, inputs)
         handler = getattr(self, f"op_{op.lower()}")
         present = [v for v in inputs if v is not None]
         if not present and op != "Constant":
@@ -299,7 +212,8 @@ class Tracer:
         raise GlueError(f"Constant with {attribute.name}: only value, value_int(s), value_float(s) are read")
 
     def op_identity(self, node: Any, inputs: list[Value | None]) -> Value:
-        assert inputs[0] is not None
+        if inputs[0] is None:
+            raise GlueError("Identity of an absent input")
         return inputs[0]
 
     def op_shape(self, node: Any, inputs: list[Value | None]) -> Value:
@@ -311,8 +225,11 @@ class Tracer:
             if value.transposed:
                 shape = (shape[1], shape[0], *shape[2:])
         elif isinstance(value, Sequence):
+            # the time axis is named after the node: a Range over it is that chain's steps
             shape = tuple(
-                value.directions
+                f"T@{value.node}"
+                if a == "T"
+                else value.directions
                 if a == "D"
                 else value.hidden
                 if a == "H"
@@ -331,11 +248,16 @@ class Tracer:
 
     def op_gather(self, node: Any, inputs: list[Value | None]) -> Value:
         data, index = inputs[0], inputs[1]
-        assert index is not None
+        if data is None or index is None:
+            raise GlueError("Gather needs its data and indices")
         axis = int(self.attribute(node, "axis", 0))
         picked = self.known(index, "Gather indices")
         if picked is None or picked.array.dtype.kind not in "iu" or picked.array.ndim > 1:
             raise GlueError("Gather needs constant int indices of rank 0 or 1")
+        if isinstance(data, (Sequence, States, GraphInput)):
+            gathered = self.gather_lstm(data, picked.array, axis)
+            if gathered is not None:
+                return gathered
         if isinstance(data, Dims) and not data.scalar and axis == 0:
             n = len(data.dims)
             chosen = [data.dims[_axis(int(i), n, "Gather")] for i in picked.array.reshape(-1)]
@@ -352,6 +274,9 @@ class Tracer:
         if axes is None:
             raise GlueError("Unsqueeze needs axes")
         data = inputs[0]
+        unsqueezed = self.unsqueeze_lstm(data, axes)
+        if unsqueezed is not None:
+            return unsqueezed
         if isinstance(data, Dims):
             if data.scalar and axes in ([0], [-1]):
                 return Dims(data.dims)
@@ -407,26 +332,39 @@ class Tracer:
             states = [p for p in parts if isinstance(p, States)]
             first = states[0]
             nodes = tuple(n for s in states for n in s.nodes)
-            same = all(s.kind == first.kind and s.axes == first.axes for s in states)
-            if (
-                same
-                and _axis(axis, 3, "Concat") == first.axes.index("D")
-                and (nodes == tuple(range(nodes[0], nodes[0] + len(nodes))))
-            ):
-                return States(first.kind, nodes, first.axes)
-            raise GlueError("Concat of LSTM states other than Y_h (or Y_c) of consecutive layers along D")
+            same = all(replace(s, nodes=first.nodes) == first for s in states) and first.row is None
+            # whether the nodes are consecutive layers of one stack is checked once the stacks are known
+            if same and _axis(axis, 3, "Concat") == first.axes.index("D") and len(set(nodes)) == len(nodes):
+                return replace(first, nodes=nodes)
+            raise GlueError("Concat of LSTM states other than Y_h (or Y_c) of distinct layers along D")
         if all(isinstance(p, Sequence) for p in parts):
             pieces = [p for p in parts if isinstance(p, Sequence)]
             first_piece = pieces[0]
-            whole = replace(first_piece, part=None, axes=first_piece.axes.replace("H", "C"))
+            previous = next((p.previous for p in pieces if p.previous), None)
+            # Keras's last output: each direction's half taken at its own step
+            steps = None
+            if all(p.steps is not None and p.part is not None for p in pieces):
+                steps = tuple(p.steps[p.part] for p in pieces if p.steps is not None and p.part is not None)
+            # along H the directions merge into C; along a restored D axis they make the whole Y again
+            merged = "D" not in first_piece.axes and _axis(axis, len(first_piece.axes), "Concat") == (
+                first_piece.axes.find("H")
+            )
+            restored = "D" in first_piece.axes and _axis(axis, len(first_piece.axes), "Concat") == (
+                first_piece.axes.find("D")
+            )
             if (
-                "D" not in first_piece.axes
-                and _axis(axis, len(first_piece.axes), "Concat") == first_piece.axes.find("H")
+                (merged or restored)
                 and [p.part for p in pieces] == list(range(first_piece.directions))
-                and all(replace(p, part=None) == replace(first_piece, part=None) for p in pieces)
+                and all(
+                    replace(p, part=None, previous=None, steps=None)
+                    == replace(first_piece, part=None, previous=None, steps=None)
+                    and (p.steps is None) == (first_piece.steps is None)
+                    for p in pieces
+                )
             ):
-                return whole
-            raise GlueError("Concat of LSTM outputs other than a node's directions, in order, along H")
+                axes = first_piece.axes.replace("H", "C") if merged else first_piece.axes
+                return replace(first_piece, part=None, axes=axes, previous=previous, steps=steps)
+            raise GlueError("Concat of LSTM outputs other than a node's directions, in order, along H or D")
         if all(isinstance(p, Zeros) for p in parts):
             zeros = [p for p in parts if isinstance(p, Zeros)]
             rank = len(zeros[0].shape)
@@ -472,6 +410,20 @@ class Tracer:
                 named = data.axes[_axis(axis, len(data.axes), "Slice")]
                 if named == "T" and step == -1 and (start == -1 or start >= _FAR) and end <= -_FAR:
                     return replace(data, flipped=not data.flipped)
+                span = (start, min(end, _FAR))
+                whole = span in ((0, 1), (0, _FAR), (-1, _FAR))
+                if named == "D" and step == 1 and data.directions == 1 and whole:
+                    return data  # the one direction of a one-direction node: all of it
+                h = data.hidden
+                if (
+                    named == "C"
+                    and step == 1
+                    and data.directions == 2
+                    and data.part is None
+                    and span in ((0, h), (h, 2 * h), (h, _FAR), (-h, _FAR))
+                ):
+                    # one direction's half of the merged axis (Keras's last output: each at its own step)
+                    return replace(data, part=int(start % (2 * h) >= h), axes=data.axes.replace("C", "H"))
                 if (
                     named == "D"
                     and step == 1
@@ -481,7 +433,8 @@ class Tracer:
                 ):
                     return replace(data, part=start % 2)
             raise GlueError(
-                "Slice of an LSTM output other than a whole time flip (step -1) or one direction of two"
+                "Slice of an LSTM output other than a whole time flip (step -1) or one direction of two "
+                "(along D or one half of D*H)"
             )
         if isinstance(data, GraphInput) and data.rows is None and not data.transposed and not data.cast:
             if len(cuts) == 1 and cuts[0][0] == 0 and cuts[0][3] == 1 and 0 <= cuts[0][1] < cuts[0][2] < _FAR:
@@ -517,7 +470,8 @@ class Tracer:
             raise GlueError("Transpose without perm (reverses every axis)")
         perm = [int(p) for p in perm]
         if perm == sorted(perm) and perm == list(range(len(perm))):
-            assert data is not None
+            if data is None:
+                raise GlueError("Transpose of an absent input")
             return data
         if isinstance(data, Sequence) and sorted(perm) == list(range(len(data.axes))):
             return replace(data, axes="".join(data.axes[p] for p in perm))
