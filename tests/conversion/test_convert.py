@@ -610,3 +610,34 @@ def test_emitted_code_for_a_time_major_mindspore_source_returns_its_states(tmp_p
     expected = cv.run_source(unit, x.transpose(0, 1), mask.sum(1))
     assert torch.equal(out.transpose(0, 1), expected["output"])
     assert torch.equal(h, expected["h_n"]) and torch.equal(c, expected["c_n"])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"go_backwards": True},
+        {"go_backwards": True, "batch_first": True},
+        {"masked_output": "previous", "batch_first": True},
+        {"masked_output": "previous", "bidirectional": True},
+    ],
+)
+@pytest.mark.parametrize("target", ["pt", "safetensors"])
+def test_go_backwards_and_previous_outputs_of_a_unilstm_layer_convert_with_glue(options, target, tmp_path):
+    """A unilstm layer's go_backwards / "previous" outputs (no Keras record): the conversion verifies and the
+    emitted torch code applies the same glue as for Keras sources."""
+    layer = unilstm.LSTM(3, 4, **options)
+    unilstm.save(layer, tmp_path / "source.safetensors")
+    out_file = tmp_path / f"w.{target}"
+    cv.convert(tmp_path / "source.safetensors", out_file, emit_code=tmp_path / "rebuilt.py")
+    model = _import(tmp_path / "rebuilt.py").load(str(out_file))
+    [unit] = cv.read_units(tmp_path / "source.safetensors")
+    x = torch.randn(3, 6, 3)
+    mask = torch.arange(6)[None] < torch.tensor([6, 3, 1])[:, None]
+    for m in [None, mask]:
+        expected = cv.run_source(unit, x, None if m is None else m.sum(1))
+        with torch.no_grad():
+            got, [(h, c)] = model(x if options.get("batch_first") else x.transpose(0, 1), m)
+        got = got if options.get("batch_first") else got.transpose(0, 1)
+        torch.testing.assert_close(got, expected["output"], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(h, expected["h_n"], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(c, expected["c_n"], atol=1e-6, rtol=1e-6)

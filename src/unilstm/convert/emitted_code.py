@@ -229,7 +229,10 @@ def _emit_unit_run(attr: str, unit: InterchangeLSTM, ms: bool) -> list[str]:
     directions = s.num_directions
     lines = [f"    def _run_{attr}(self, x, lengths):"]
     time_axis = 0 if (keras and keras.time_major) or (not keras and not s.batch_first) else 1
-    backwards = bool(keras and s.go_backwards)
+    backwards = s.go_backwards
+    # torch's and MindSpore's LSTMs lack go_backwards and "previous" masked outputs: glue, whichever
+    # framework's spec asked for them
+    glued = backwards or s.masked_output == "previous"
     if backwards:
         lines += _emit_backwards_input(time_axis, ms)
     if ms:
@@ -245,7 +248,7 @@ def _emit_unit_run(attr: str, unit: InterchangeLSTM, ms: bool) -> list[str]:
             f"            out, _ = pad_packed_sequence(out, batch_first={time_axis == 1}, "
             f"total_length=x.shape[{time_axis}])",
         ]
-    if keras is None:
+    if keras is None and not glued:
         lines += ["        return out, (h, c)", ""]
         return lines
     if time_axis == 0:
@@ -291,6 +294,11 @@ def _emit_unit_run(attr: str, unit: InterchangeLSTM, ms: bool) -> list[str]:
                 f"            forward = torch.where(padded.unsqueeze(-1), fill, out[..., :{hidden}])",
                 f"            out = torch.cat([forward, out[..., {hidden}:]], -1)",
             ]
+    if keras is None:
+        if time_axis == 0:
+            lines.append(f"        out = {'ops.transpose(out, (1, 0, 2))' if ms else 'out.transpose(0, 1)'}")
+        lines += ["        return out, (h, c)", ""]
+        return lines
     cat = "ops.cat" if ms else "torch.cat"
     if not keras.return_sequences:
         if s.bidirectional:

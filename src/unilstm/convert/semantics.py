@@ -179,22 +179,22 @@ def torch_glue_run(
     unit: InterchangeLSTM, target_layer: LSTM, x: Tensor, lengths: Tensor | None
 ) -> dict[str, Tensor]:
     """torch / MindSpore semantics (tanh, sigmoid, packed lengths, zeros past a length) of ``target_layer``
-    plus the glue the emitted code applies for the source's Keras conventions."""
-    keras = unit.keras
-    backwards = keras is not None and unit.spec.go_backwards
-    if backwards:
+    plus the glue the emitted code applies for the source's conventions that torch's LSTM lacks
+    (go_backwards, "previous" masked outputs: the spec's, whichever framework wrote the source) and, for a
+    Keras source, Keras's outputs (last step, merges, states)."""
+    spec = unit.spec
+    if spec.go_backwards:
         x = x.flip(1) if lengths is None else gather_steps(x, reversed_prefix_index(lengths, x.shape[1]))
     with torch.no_grad():
         out, (h_n, c_n) = target_layer(x, lengths=lengths)
-    if keras is None:
-        return {"output": out, "h_n": h_n, "c_n": c_n}
-    hidden = unit.spec.hidden_size
-    if backwards and lengths is not None:
-        # Keras's processing order: the padded steps first (zeros; the state stays initial), then the valid
-        # prefix reversed, which the packed run left at the front; so "previous output" needs no fix here
+    if spec.go_backwards and lengths is not None:
+        # go_backwards's processing order: the padded steps first (zeros; the state stays initial), then the
+        # valid prefix reversed, which the packed run left at the front; so "previous output" needs no fix
         out = gather_steps(out, processing_order_index(lengths, out.shape[1]))
-    elif lengths is not None and unit.spec.masked_output == "previous":
-        out = previous_output_fix(out, h_n[-unit.spec.num_directions], lengths, hidden)
+    elif lengths is not None and spec.masked_output == "previous":
+        out = previous_output_fix(out, h_n[-spec.num_directions], lengths, spec.hidden_size)
+    if unit.keras is None:
+        return {"output": out, "h_n": h_n, "c_n": c_n}
     return keras_outputs(unit, out, h_n, c_n)
 
 
