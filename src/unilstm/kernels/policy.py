@@ -70,3 +70,10 @@ NATIVE_TRAINS_STANDARD_CELLS = True
 #: Whether torch's packed (lengths) kernel may run CPU training: its backward is many times slower than the
 #: native kernel's (kernel_choices.md, "torch's packed CPU backward").
 TORCH_PACKED_CPU_BACKWARD = False
+
+# -- the hand-written gemm for tiny products (kernels/native/_small_gemm.py) --------------------------------
+
+#: Without measuring (``UNILSTM_KERNEL_CHOICE=policy``) the C loops call the BLAS gemm, as before the
+#: hand-written one existed; measured at first use, each kind of loop takes the faster (kernel_choices.md,
+#: "Small products: the hand-written gemm").
+SMALL_GEMM = False

@@ -57,6 +57,7 @@ from ..reference import GATES, DirectionRun, DirectionWeights, is_variant, run_d
 from . import _blas
 from . import _extension as C
 from ._extension import address
+from ._small_gemm import loop_gemm, loop_kind
 from ._variants import needs_graph, run_direction_variant, variant_accepts, variant_buffers_agree
 
 #: The activations the C cell implements, with their ids (unilstm/kernels/activation_ids.py).
@@ -258,6 +259,10 @@ def forward_pass(
             b_ih=inputs[3], b_hh=inputs[4], h0=h0.data_ptr(), c0=c0.data_ptr(), threads=threads, act=act,
             ract=ract, ostride=ostride,
         )
+        # the BLAS gemm or the hand-written one for tiny products, measured per kind of loop at first use
+        # (_small_gemm.loop_gemm; two loops at once take what was measured, without measuring)
+        kind = loop_kind("forward", x.dtype, T, B, Fdim if project_in_c else 0, H, P, gate_masks, not copy)
+        loop_args = loop_gemm(kind, x.dtype, C.forward_loop if defer is None else None, loop_args)
         if defer is not None:
             # every buffer the loop reads or writes stays referenced until it has run
             buffers = (work, w_ih, b_ih, b_hh, Wrec, Whr, zeros, keep, mh, h0, c0, x, Z, Hp, Cp, R, Obuf, HM)
