@@ -150,17 +150,19 @@ def test_the_projection_route_is_measured_once_per_kind_and_reused(measuring, mo
     layer = unilstm.LSTM(8, 16, activation="relu").eval()  # not a standard cell: the native kernel runs
     with torch.no_grad():
         first = layer(torch.ones(10, 4, 8))[0]
+        # (with two threads the batch halves are measured too, their products another kind)
         measured = projection_routes()
-        assert len(measured) == 1
-        ((winner, timings),) = measured.values()
+        whole = [found for kind, found in measured.items() if kind[2] == (10 * 4).bit_length()]
+        assert len(whole) == 1
+        ((winner, timings),) = whole
         assert winner in timings and {"c_gemm", "torch_mm"} <= set(timings) <= set(_blas.PROJECTION_ROUTES)
         made = []
         original = _blas._projection_candidates
         monkeypatch.setattr(_blas, "_projection_candidates", lambda *a: made.append(1) or original(*a))
         second = layer(torch.ones(12, 4, 8))[0]  # the same kind: no new measurement
-        assert made == [] and len(projection_routes()) == 1
+        assert made == [] and projection_routes() == measured
         layer(torch.ones(100, 4, 8))  # a new kind of product
-    assert made == [1] and len(projection_routes()) == 2
+    assert made and len(projection_routes()) > len(measured)
     torch.testing.assert_close(second[:10], first, rtol=0, atol=0)
 
 

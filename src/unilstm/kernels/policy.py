@@ -77,3 +77,10 @@ TORCH_PACKED_CPU_BACKWARD = False
 #: hand-written one existed; measured at first use, each kind of loop takes the faster (kernel_choices.md,
 #: "Small products: the hand-written gemm").
 SMALL_GEMM = False
+
+# -- the cell split among threads (kernels/native/_cell_split.py) -------------------------------------------
+
+#: Without measuring, a step's cell splits among torch's intra-op threads wherever the C loop would (from
+#: CELL_PARALLEL_MIN hidden units per step, _lstm_cell.c); measured at first use, each kind of loop takes
+#: split or unsplit, whichever ran faster (kernel_choices.md, "Cell split among threads").
+CELL_SPLIT = True

@@ -56,6 +56,7 @@ from ..opaque import opaque_to_compile
 from ..reference import GATES, DirectionRun, DirectionWeights, is_variant, run_direction_reference
 from . import _blas
 from . import _extension as C
+from ._cell_split import backward_threads, forward_threads, split_kind
 from ._extension import address
 from ._small_gemm import loop_gemm, loop_kind
 from ._variants import needs_graph, run_direction_variant, variant_accepts, variant_buffers_agree
@@ -262,7 +263,10 @@ def forward_pass(
         # the BLAS gemm or the hand-written one for tiny products, measured per kind of loop at first use
         # (_small_gemm.loop_gemm; two loops at once take what was measured, without measuring)
         kind = loop_kind("forward", x.dtype, T, B, Fdim if project_in_c else 0, H, P, gate_masks, not copy)
-        loop_args = loop_gemm(kind, x.dtype, C.forward_loop if defer is None else None, loop_args)
+        run_again = C.forward_loop if defer is None else None
+        loop_args = loop_gemm(kind, x.dtype, run_again, loop_args)
+        # split each step's cell among the threads or not, measured per kind of loop at first use
+        loop_args = forward_threads(split_kind(x.dtype, B, H, P), threads, B, H, run_again, loop_args)
         if defer is not None:
             # every buffer the loop reads or writes stays referenced until it has run
             buffers = (work, w_ih, b_ih, b_hh, Wrec, Whr, zeros, keep, mh, h0, c0, x, Z, Hp, Cp, R, Obuf, HM)
@@ -340,7 +344,7 @@ def backward_pass(
     dh_tmp = x.new_empty(GATES, B, P) if gate_masks == 4 else x.new_empty(B, P)
     carry = x.new_zeros(B, P) if masked and not zero_out else None
     blas = _blas.blas_functions(x.dtype)
-    threads = cell_threads() if blas[0] else 1
+    threads = backward_threads(split_kind(x.dtype, B, H, P), cell_threads(), B, H) if blas[0] else 1
     scratch = x.new_empty(C.SCRATCH_PER_HIDDEN * H * threads)
     w_hh = w_hh.contiguous()
     if gate_masks == 4:

@@ -25,9 +25,9 @@ from . import _extension as C
 _SYMBOLS = {torch.float32: "unilstm_small_sgemm", torch.float64: "unilstm_small_dgemm"}
 _FOUND: dict[torch.dtype, int] | None = None  # None: not looked for yet
 
-#: where the gemm's address sits in a forward or backward loop's argument tuple (after float64), and the
-#: four BLAS functions after it (packed GEMM, batched GEMM) that the hand-written gemm replaces by zeros
-_GEMM_AT = 1
+#: where the gemm's address sits in a forward loop's argument tuple, and the four BLAS functions after it
+#: (packed GEMM, batched GEMM) that the hand-written gemm replaces by zeros
+_GEMM_AT = C.FORWARD_LOOP_PARAMETERS.index("gemm") if "gemm" in C.FORWARD_LOOP_PARAMETERS else 1
 _BLAS_SLOTS = 5
 
 
