@@ -16,6 +16,12 @@ through the C loop's own gemm call, torch's MKL addmm or oneDNN's linear, whiche
 that kind of product (``native._blas.projection_route``); on an AMD EPYC oneDNN's GEMMs ran ~1.5x faster
 than MKL's sgemm, on the Intel Xeon of ``benchmarks/RESULTS.md`` the C loop's call wins at small products.
 
+The same :func:`route` makes the native loops' other processor-dependent choices, each per kind of call
+(its own key, the first word of the kind): the gemm of the C forward loop, MKL's or the hand-written one
+for tiny products (``native._small_gemm``, "loop_gemm"); whether a step's cell splits among the threads
+(``native._cell_split``, "cell_split"); whether two loops run at once, both directions of a layer
+(``native._pair.pair_accepts``, "pair") or the two halves of a batch (``halves_accept``, "halves").
+
 ``UNILSTM_KERNEL_CHOICE=policy`` turns measuring off (the fixed rules of :mod:`.policy` decide, as on
 processors nobody measured); :func:`winners` and :func:`routes` report what was measured.
 """
@@ -160,7 +166,8 @@ def measured_route(kind: Hashable) -> str | None:
 
 
 def routes() -> dict[Hashable, tuple[str, dict[str, float]]]:
-    """The GEMM routes measured so far: kind -> (winner, seconds per candidate)."""
+    """The routes measured so far (GEMM routes, the loops' gemm, thread splits): kind -> (winner, seconds
+    per candidate)."""
     with _lock:
         return {kind: (name, dict(_route_timings.get(kind, {}))) for kind, name in _routes.items()}
 

@@ -3,7 +3,10 @@
 Each constant names the section of ``benchmarks/kernel_choices.md`` with the measurements that justified
 it; the code that applies a threshold reads it from here at call time (tests may change it). The C loops'
 own thresholds (cell split, MKL packing) are compiled into ``native/_lstm_cell.c`` and exported by the
-built module: ``native._extension.CELL_PARALLEL_MIN`` and ``PACK_MIN_*``.
+built module: ``native._extension.CELL_PARALLEL_MIN`` and ``PACK_MIN_*``. Choices that depend on the
+processor are measured at first use (:mod:`.first_use`: the kernel for CPU inference, GEMM routes, the
+loops' gemm, thread splits); their constants here decide only with measuring off
+(``UNILSTM_KERNEL_CHOICE=policy``, the test suite).
 """
 
 from __future__ import annotations
@@ -15,22 +18,24 @@ from __future__ import annotations
 COPY_MIN_STEPS = 4
 COPY_MIN_BATCH = 8
 
-#: The two directions of a bidirectional layer run their C loops at once (one thread each) when the batch
-#: has at least PAIR_MIN_BATCH sequences or the hidden size is at most PAIR_MAX_HIDDEN (kernel_choices.md,
-#: "Both directions at once").
+#: Two C loops at once (one thread each) are measured against one after the other at first use per kind of
+#: call (native/_pair.py); with measuring off (UNILSTM_KERNEL_CHOICE=policy) these rules, measured once on
+#: the 2-core Xeon, decide (kernel_choices.md, "Both directions at once, batch halves at once"):
+#: the two directions of a bidirectional layer run at once when the batch has at least PAIR_MIN_BATCH
+#: sequences or the hidden size is at most PAIR_MAX_HIDDEN;
 PAIR_MIN_BATCH = 16
 PAIR_MAX_HIDDEN = 256
 
-#: One direction's batch runs as two halves at once from HALVES_MIN_BATCH sequences on, when the recurrent
+#: one direction's batch runs as two halves at once from HALVES_MIN_BATCH sequences on, when the recurrent
 #: weights take at most HALVES_MAX_WEIGHT_BYTES (with autograd) or HALVES_MAX_WEIGHT_BYTES_INFERENCE
-#: (without) (kernel_choices.md, "Batch halves at once").
+#: (without).
 HALVES_MIN_BATCH = 16
 HALVES_MAX_WEIGHT_BYTES = 2**20  # H = P = 256 in float32
 HALVES_MAX_WEIGHT_BYTES_INFERENCE = 2**18  # H = P = 128 in float32
 
 #: Two C loops run at once (pair, halves) only with exactly this many intra-op threads: one per loop, and
 #: with more each loop's GEMMs would give up the other threads (kernel_choices.md, "Both directions at
-#: once").
+#: once, batch halves at once").
 TWO_LOOPS_THREADS = 2
 
 # -- the fast kernel (kernels/fast.py) ---------------------------------------------------------------------

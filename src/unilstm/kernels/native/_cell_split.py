@@ -37,15 +37,19 @@ def would_split(threads: int, B: int, H: int) -> bool:
     return threads > 1 and B > 1 and B * H >= C.CELL_PARALLEL_MIN
 
 
-def forward_threads(kind: tuple, threads: int, B: int, H: int, run: Callable[[tuple[int, ...]], None] | None,
-                    arguments: tuple[int, ...]) -> tuple[int, ...]:
-    """The forward loop's argument tuple with the thread count measured fastest for ``kind`` (its own, or
-    1: unsplit); the first loop of a kind runs both, ``run(arguments)`` (the forward loop gives the same
-    results when run again on the same buffers); with ``run`` None an unmeasured kind keeps ``threads``."""
+def forward_threads(
+    dtype: torch.dtype, threads: int, B: int, H: int, P: int, run: Callable[[tuple[int, ...]], None] | None,
+    arguments: tuple[int, ...],
+) -> tuple[int, ...]:
+    """The forward loop's argument tuple with the thread count measured fastest for its kind
+    (:func:`split_kind`): its own, or 1 (unsplit); the first loop of a kind runs both, ``run(arguments)``
+    (the forward loop gives the same results when run again on the same buffers); with ``run`` None an
+    unmeasured kind keeps ``threads``."""
     if not would_split(threads, B, H) or _FORWARD_THREADS_AT < 0:
         return arguments
     if not first_use.measuring():
         return arguments if policy.CELL_SPLIT else _with_threads(arguments, 1)
+    kind = split_kind(dtype, B, H, P)
     chosen = first_use.measured_route(kind)
     if chosen is None and run is not None and _blas._threads_for_check is None:
         one = _with_threads(arguments, 1)
@@ -55,14 +59,14 @@ def forward_threads(kind: tuple, threads: int, B: int, H: int, run: Callable[[tu
     return _with_threads(arguments, 1) if chosen == "one" else arguments
 
 
-def backward_threads(kind: tuple, threads: int, B: int, H: int) -> int:
-    """The backward loop's thread count: the forward's measured choice for ``kind`` (``threads`` where none
+def backward_threads(dtype: torch.dtype, threads: int, B: int, H: int, P: int) -> int:
+    """The backward loop's thread count: the forward's measured choice for the kind (``threads`` where none
     was measured), ``policy.CELL_SPLIT`` with measuring off."""
     if not would_split(threads, B, H):
         return threads
     if not first_use.measuring():
         return threads if policy.CELL_SPLIT else 1
-    return 1 if first_use.measured_route(kind) == "one" else threads
+    return 1 if first_use.measured_route(split_kind(dtype, B, H, P)) == "one" else threads
 
 
 def _with_threads(arguments: tuple[int, ...], threads: int) -> tuple[int, ...]:

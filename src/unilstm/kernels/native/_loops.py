@@ -56,7 +56,7 @@ from ..opaque import opaque_to_compile
 from ..reference import GATES, DirectionRun, DirectionWeights, is_variant, run_direction_reference
 from . import _blas
 from . import _extension as C
-from ._cell_split import backward_threads, forward_threads, split_kind
+from ._cell_split import backward_threads, forward_threads
 from ._extension import address
 from ._small_gemm import loop_gemm, loop_kind
 from ._variants import needs_graph, run_direction_variant, variant_accepts, variant_buffers_agree
@@ -262,11 +262,14 @@ def forward_pass(
         )
         # the BLAS gemm or the hand-written one for tiny products, measured per kind of loop at first use
         # (_small_gemm.loop_gemm; two loops at once take what was measured, without measuring)
-        kind = loop_kind("forward", x.dtype, T, B, Fdim if project_in_c else 0, H, P, gate_masks, not copy)
         run_again = C.forward_loop if defer is None else None
-        loop_args = loop_gemm(kind, x.dtype, run_again, loop_args)
+        projected = Fdim if project_in_c else 0
+        loop_args = loop_gemm(
+            lambda: loop_kind("forward", x.dtype, T, B, projected, H, P, gate_masks, not copy),
+            x.dtype, run_again, loop_args,
+        )
         # split each step's cell among the threads or not, measured per kind of loop at first use
-        loop_args = forward_threads(split_kind(x.dtype, B, H, P), threads, B, H, run_again, loop_args)
+        loop_args = forward_threads(x.dtype, threads, B, H, P, run_again, loop_args)
         if defer is not None:
             # every buffer the loop reads or writes stays referenced until it has run
             buffers = (work, w_ih, b_ih, b_hh, Wrec, Whr, zeros, keep, mh, h0, c0, x, Z, Hp, Cp, R, Obuf, HM)
@@ -344,7 +347,7 @@ def backward_pass(
     dh_tmp = x.new_empty(GATES, B, P) if gate_masks == 4 else x.new_empty(B, P)
     carry = x.new_zeros(B, P) if masked and not zero_out else None
     blas = _blas.blas_functions(x.dtype)
-    threads = backward_threads(split_kind(x.dtype, B, H, P), cell_threads(), B, H) if blas[0] else 1
+    threads = backward_threads(x.dtype, cell_threads(), B, H, P) if blas[0] else 1
     scratch = x.new_empty(C.SCRATCH_PER_HIDDEN * H * threads)
     w_hh = w_hh.contiguous()
     if gate_masks == 4:

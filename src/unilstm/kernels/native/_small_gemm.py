@@ -90,18 +90,19 @@ def loop_kind(loop: str, dtype: torch.dtype, T: int, B: int, F: int, H: int, P: 
             P.bit_length(), masks, trans, torch.get_num_threads())
 
 
-def loop_gemm(kind: tuple, dtype: torch.dtype, run: Callable[[tuple[int, ...]], None] | None,
+def loop_gemm(kind_of: Callable[[], tuple], dtype: torch.dtype, run: Callable[[tuple[int, ...]], None] | None,
               arguments: tuple[int, ...]) -> tuple[int, ...]:
     """The argument tuple to run a loop with: its own (the BLAS gemm) or the hand-written gemm's, whichever
-    measured faster for ``kind`` (the first call of a kind runs the loop both ways, ``run(arguments)``, in
-    interleaved rounds: the loop must give the same results when run again on the same buffers, as the
-    forward loop does; with ``run`` None nothing is measured and an unmeasured kind keeps the BLAS);
-    ``policy.SMALL_GEMM`` with measuring off."""
+    measured faster for its kind ``kind_of()`` (made only when measuring: :func:`loop_kind`). The first call
+    of a kind runs the loop both ways, ``run(arguments)``, in interleaved rounds: the loop must give the
+    same results when run again on the same buffers, as the forward loop does; with ``run`` None nothing is
+    measured and an unmeasured kind keeps the BLAS. ``policy.SMALL_GEMM`` decides with measuring off."""
     small = small_gemm(dtype)
     if not small:
         return arguments
     if not first_use.measuring():
         return with_gemm(arguments, small) if policy.SMALL_GEMM else arguments
+    kind = kind_of()
     chosen = first_use.measured_route(kind)
     # (not inside the first-use check of the cell split: its call is no kind the caller makes)
     if chosen is None and run is not None and _blas._threads_for_check is None:
