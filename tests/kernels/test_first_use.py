@@ -191,3 +191,13 @@ def test_route_picks_the_fastest_candidate_and_policy_mode_measures_nothing(monk
     ((winner, timings),) = first_use.routes().values()
     assert winner == "fast" and timings["slow"] > timings["fast"]
     first_use.forget()
+
+
+def test_measuring_follows_the_variable_as_it_changes(monkeypatch):
+    """measuring() reads os.environ's own table (it runs several times per call): every change through
+    os.environ is seen at the next call."""
+    for value, expected in (("policy", False), ("measure", True), (" Policy ", False), ("", True)):
+        monkeypatch.setenv(first_use.CHOICE_ENV, value)
+        assert first_use.measuring() is expected, value
+    monkeypatch.delenv(first_use.CHOICE_ENV)
+    assert first_use.measuring() is True

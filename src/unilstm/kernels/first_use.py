@@ -51,15 +51,25 @@ _route_timings: dict[Hashable, dict[str, float]] = {}
 _lock = threading.Lock()
 
 
-_MODES: dict[str | None, bool] = {}  # the variable's raw value -> measuring (it is read on every call)
+_MODES: dict[object, bool] = {}  # the variable's raw value -> measuring (it is read on every call)
+# The variable is read several times per native call (the kernel, the GEMM route, the loops' gemm): through
+# os.environ's own table of encoded names and values, where os.environ.get would encode the name and
+# decode the value each time (1-2 us of a 65 us streaming call on the VM). os.environ's writes (and
+# pytest's monkeypatch.setenv) update that table; where it is missing, os.environ.get.
+_ENVIRON_TABLE = getattr(os.environ, "_data", None)
+_ENCODED_NAME = os.environ.encodekey(CHOICE_ENV) if hasattr(os.environ, "encodekey") else None
 
 
 def measuring() -> bool:
     """Whether choices are measured (the default) rather than left to the fixed policy."""
-    raw = os.environ.get(CHOICE_ENV)
+    if _ENVIRON_TABLE is not None and _ENCODED_NAME is not None:
+        raw: object = _ENVIRON_TABLE.get(_ENCODED_NAME)
+    else:
+        raw = os.environ.get(CHOICE_ENV)
     mode = _MODES.get(raw)
     if mode is None:
-        mode = _MODES[raw] = (raw or "measure").strip().lower() != "policy"
+        value = os.environ.get(CHOICE_ENV)
+        mode = _MODES[raw] = (value or "measure").strip().lower() != "policy"
     return mode
 
 

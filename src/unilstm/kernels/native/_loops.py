@@ -538,20 +538,26 @@ def run_direction_native(
 
 def buffers_agree(x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:
     """Every tensor the C loop reads has x's dtype and device (the CPU) and the shape the run implies."""
+    # (no lists, one pass: this runs on every native call, a tenth of a streaming step's Python)
     T, B, F = x.shape
     H, P = c0.shape[-1], h0.shape[-1]
-    if weights.w_hr is None and P != H:
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr
+    gates = GATES * H
+    if (w_hr is None) != (P == H) or h0.shape != (B, P) or c0.shape != (B, H):
         return False
-    expected = [
-        (h0, (B, P)), (c0, (B, H)), (weights.w_ih, (4 * H, F)), (weights.w_hh, (4 * H, P)),
-        (weights.b_ih, (4 * H,)), (weights.b_hh, (4 * H,)), (weights.w_hr, (P, H) if P != H else None),
-    ]
-    for mask, width in ((run.input_dropout_mask, F), (run.recurrent_dropout_mask, P)):
-        if mask is not None:
-            expected.append((mask, (GATES, B, width) if mask.dim() == 3 else (B, width)))
+    if w_ih.shape != (gates, F) or w_hh.shape != (gates, P) or (w_hr is not None and w_hr.shape != (P, H)):
+        return False
+    if (b_ih is not None and b_ih.shape != (gates,)) or (b_hh is not None and b_hh.shape != (gates,)):
+        return False
     dtype = x.dtype  # x is a CPU tensor (accepts)
-    for tensor, shape in expected:
-        if tensor is not None and (tensor.shape != shape or tensor.dtype != dtype or not tensor.is_cpu):
+    for tensor in (h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+        if tensor is not None and (tensor.dtype is not dtype or not tensor.is_cpu):
+            return False
+    for mask, width in ((run.input_dropout_mask, F), (run.recurrent_dropout_mask, P)):
+        if mask is not None and (
+            mask.shape != ((GATES, B, width) if mask.dim() == 3 else (B, width))
+            or mask.dtype != dtype or not mask.is_cpu
+        ):
             return False
     return run.step_mask is None or run.step_mask.shape == (T, B)
 
