@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import unilstm
-from unilstm.kernels import dispatch, first_use
+from unilstm.kernels import dispatch, first_use, policy
 from unilstm.kernels import native as native_kernels
 
 
@@ -201,3 +201,19 @@ def test_measuring_follows_the_variable_as_it_changes(monkeypatch):
         assert first_use.measuring() is expected, value
     monkeypatch.delenv(first_use.CHOICE_ENV)
     assert first_use.measuring() is True
+
+
+def test_tiny_candidates_are_timed_in_more_rounds(measuring):
+    """Candidates that take microseconds run in policy.FIRST_USE_TINY_ROUNDS interleaved rounds after their
+    warm-up run; the fastest round of each is kept."""
+    calls = {"a": 0, "b": 0}
+
+    def count(name):
+        def run():
+            calls[name] += 1
+
+        return run
+
+    chosen = first_use.route(("tiny rounds",), lambda: {"a": count("a"), "b": count("b")}, "a")
+    assert chosen in calls
+    assert calls == {"a": 1 + policy.FIRST_USE_TINY_ROUNDS, "b": 1 + policy.FIRST_USE_TINY_ROUNDS}

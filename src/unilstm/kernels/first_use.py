@@ -131,18 +131,28 @@ def fastest(kind: Hashable, candidates: dict[str, Callable[[], Result | None]]) 
 
 def _timed(candidates: Mapping[str, Callable[[], object]], longest: float) -> dict[str, float]:
     """Seconds per candidate: the fastest of interleaved rounds (each round runs every candidate once, in
-    an order rotated per round), ``policy.FIRST_USE_ROUNDS`` rounds where the longest warm-up run took less
-    than ``policy.FIRST_USE_SHORT_S``, else one. The minimum, not the median: on a shared machine a run
-    only ever loses time (a thread of torch's OpenMP team waiting for a core can add milliseconds to one
-    product), so the fastest run is the best estimate of each candidate's own cost."""
-    rounds = policy.FIRST_USE_ROUNDS if longest < policy.FIRST_USE_SHORT_S else 1
+    an order rotated per round). How many rounds: ``policy.FIRST_USE_TINY_ROUNDS`` where the slowest
+    candidate of the first round took less than ``policy.FIRST_USE_TINY_S``, ``policy.FIRST_USE_ROUNDS``
+    where it (and the longest warm-up run, ``longest``) took less than ``policy.FIRST_USE_SHORT_S``, else
+    one. The minimum, not the median: on a shared machine a run only ever loses time (a thread of torch's
+    OpenMP team waiting for a core can add milliseconds to one product), so the fastest run is the best
+    estimate of each candidate's own cost. (The first round decides, not the warm-up alone: a warm-up may
+    include a nested first-use measurement.)"""
     names = list(candidates)
     seconds: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(rounds):
+    rounds, round_ = 1, 0
+    while round_ < rounds:
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             start = time.perf_counter()
             candidates[name]()
             seconds[name].append(time.perf_counter() - start)
+        if round_ == 0:
+            slowest = max(times[0] for times in seconds.values())
+            if slowest < policy.FIRST_USE_TINY_S:
+                rounds = policy.FIRST_USE_TINY_ROUNDS
+            elif min(slowest, longest) < policy.FIRST_USE_SHORT_S:
+                rounds = policy.FIRST_USE_ROUNDS
+        round_ += 1
     return {name: min(times) for name, times in seconds.items()}
 
 

@@ -53,6 +53,13 @@ PROJECTION_THROUGH_BIAS_MAX_ROWS = 16
 #: cells: measured at first use").
 FIRST_USE_ROUNDS = 3
 FIRST_USE_SHORT_S = 0.02
+#: ... and in FIRST_USE_TINY_ROUNDS rounds where the first round's slowest candidate took less than
+#: FIRST_USE_TINY_S: a batch-1 call of a few hundred microseconds costs a few milliseconds to measure this
+#: way, and with three rounds the choice between torch's fused kernel and the native one at (T, in, H) =
+#: (60, 64, 128), batch 1, went either way on the loaded VM (kernel_choices.md, "CPU inference of standard
+#: cells: measured at first use").
+FIRST_USE_TINY_ROUNDS = 9
+FIRST_USE_TINY_S = 0.002
 
 #: The input projection X W_ih^T of the native kernel without measuring (``UNILSTM_KERNEL_CHOICE=policy``):
 #: the C loop's own gemm call, which saves a torch op per call (kernel_choices.md, "Input projection
