@@ -18,7 +18,9 @@ reverse, both masked-output modes, proj_size and shared or per-gate dropout mask
 Where the BLAS gemm was found (``_blas.blas_gemm``) the whole time loop runs in C (``forward_loop`` /
 ``backward_loop`` in ``_lstm_cell_body.h``), calling it directly: the fast kernel makes about twenty torch
 ops per step, and on small shapes their dispatch, not the arithmetic, is the cost. Without input dropout
-masks the C loop also computes the input projections itself, which saves torch ops in streaming calls.
+masks the C loop also computes the input projections itself, which saves torch ops in streaming calls. The
+forward loop calls, instead of the BLAS gemm, the hand-written one for tiny products where the first use
+measured it faster for that kind of loop (:mod:`._small_gemm`: batch 1, streaming).
 The recurrent and projection weights are read as transposed copies or, where MKL packs them, in their own
 layout (``policy.COPY_MIN_*``, ``_extension.PACK_MIN_*``). Where the gemm is missing, the same loop runs in
 Python with one torch GEMM and one C call per step, on buffers at fixed addresses (no tensor is created
@@ -26,7 +28,8 @@ per step).
 
 The cell makes one pass over the hidden units for the pairs (tanh, sigmoid) and (relu, sigmoid), and a pass
 per gate and operation for the other activations; from ``CELL_PARALLEL_MIN`` hidden units per step the C
-loop splits a step's rows among torch's intra-op threads (``_blas.cell_threads``). float32 uses vectorised
+loop splits a step's rows among torch's intra-op threads (``_blas.cell_threads``) where the first use
+measured the split faster for that kind of loop (:mod:`._cell_split`). float32 uses vectorised
 polynomial approximations of exp and tanh (a few units in the last place, see ``_lstm_cell.c``); float64
 uses libm's functions, so the float64 property tests hold this kernel to the reference at 1e-9. The
 backward writes the gate gradients over the saved pre-activations: a second backward through the same call
