@@ -3,7 +3,7 @@
 
     python benchmarks/batch1_latency.py [--rounds 5] [--repeats 200]
 
-Three tables, each with the CPU model and the BLAS torch uses:
+Four tables, each with the CPU model and the BLAS torch uses:
 
 1. **Streaming latency** of one layer at batch 1, T = 1, 4, 16, 60 steps per call, (in, H) = (1, 50) (the
    forecaster's first LSTM) and (64, 128): ``torch.nn.LSTM`` (standard cell), ``unilstm.LSTM`` standard and
@@ -18,6 +18,8 @@ Three tables, each with the CPU model and the BLAS torch uses:
    (``native._blas.projection_route``): the C loop's own gemm call, torch's MKL addmm and oneDNN's linear,
    at the products of the issue's shapes and two batch-1 ones, timed the way the first use times them
    (interleaved rounds, medians).
+4. **The C forward loop with either gemm** (``native._small_gemm``): MKL's (the BLAS torch links) and the
+   hand-written one of ``_lstm_small_gemm.h`` for tiny products, the loop alone, interleaved rounds.
 
 The machine of ``benchmarks/RESULTS.md`` is a shared 2-core VM: run it when the load is low, and read the
 spread (min-max of the round medians) next to each number.
@@ -36,7 +38,7 @@ import unilstm
 from unilstm.activations import resolve
 from unilstm.bench import blas_description, cpu_model
 from unilstm.kernels import dispatch
-from unilstm.kernels.native import _blas, _extension, _loops
+from unilstm.kernels.native import _blas, _extension, _loops, _small_gemm
 from unilstm.kernels.reference import DirectionRun
 
 
@@ -75,6 +77,9 @@ def streaming(rounds: int, repeats: int) -> None:
         relu = unilstm.LSTM(features, hidden, activation="relu")
         standard.load_state_dict(reference.state_dict())
         relu.load_state_dict(reference.state_dict())
+        # inference: eval() (a module in training mode never takes the first-use choice of kernel)
+        for module in (reference, standard, relu):
+            module.eval()
         for steps in (1, 4, 16, 60):
             x = torch.randn(steps, 1, features)
             state = (torch.zeros(1, 1, hidden), torch.zeros(1, 1, hidden))
@@ -168,11 +173,39 @@ def projection_routes(rounds: int) -> None:
               f"{min(medians, key=medians.__getitem__)} |")
 
 
+def loop_gemms(rounds: int, repeats: int) -> None:
+    print("\n| (T, B, in, H) | C forward loop, BLAS gemm (us) | hand-written gemm (us) | "
+          "hand-written / BLAS |")
+    print("|---|---|---|---|")
+    shapes = [(1, 1, 1, 50), (60, 1, 1, 50), (1, 1, 64, 128), (60, 1, 64, 128), (60, 4, 64, 128),
+              (60, 16, 64, 128), (20, 1, 512, 512)]
+    for steps, batch, features, hidden in shapes:
+        torch.manual_seed(0)
+        layer = unilstm.LSTM(features, hidden, activation="relu")
+        weights = layer.direction_weights()[0][0]
+        run = DirectionRun(resolve("relu", "activation"), resolve("sigmoid", "recurrent_activation"), None,
+                           False, True)
+        x, h, c = torch.randn(steps, batch, features), torch.zeros(batch, hidden), torch.zeros(batch, hidden)
+        with torch.no_grad():
+            arguments = _loops.function_arguments(_loops.run_config(run), x, h, c, weights, run)
+            # defer: the loop's arguments, with every buffer they point into kept alive
+            deferred: list = []
+            _loops.forward_pass(*arguments, save=False, defer=deferred)
+            ((loop_arguments, _buffers),) = deferred
+            blas = _small_gemm.with_gemm(loop_arguments, _blas.blas_gemm(x.dtype))
+            small = _small_gemm.with_gemm(loop_arguments, _small_gemm.small_gemm(x.dtype))
+            found = _rounds({"blas": lambda: _extension.forward_loop(blas),
+                             "small": lambda: _extension.forward_loop(small)}, rounds, repeats)
+        ratio = statistics.median(found["small"]) / statistics.median(found["blas"])
+        print(f"| ({steps}, {batch}, {features}, {hidden}) | {_cell(found['blas'])} | "
+              f"{_cell(found['small'])} | {ratio:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=200)
-    parser.add_argument("--only", choices=["streaming", "levels", "routes"], action="append")
+    parser.add_argument("--only", choices=["streaming", "levels", "routes", "gemms"], action="append")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
@@ -185,6 +218,8 @@ def main() -> None:
         levels(args.rounds, args.repeats)
     if not args.only or "routes" in args.only:
         projection_routes(args.rounds)
+    if not args.only or "gemms" in args.only:
+        loop_gemms(args.rounds, args.repeats)
 
 
 if __name__ == "__main__":

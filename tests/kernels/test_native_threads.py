@@ -22,8 +22,8 @@ from kernel_cases import (
 
 import unilstm
 import unilstm.torch
-from unilstm.kernels import force_kernel, native, policy
-from unilstm.kernels.native import _blas, run_direction_native
+from unilstm.kernels import first_use, force_kernel, native, policy
+from unilstm.kernels.native import _blas, _extension, run_direction_native
 from unilstm.kernels.reference import DirectionRun, DirectionWeights, run_direction_reference
 
 
@@ -209,3 +209,84 @@ def test_batch_halves_only_on_two_threads(monkeypatch, threads, two_threads):
         assert native.halves_accept(x, h0_wide, c0_wide, wide, run)
     monkeypatch.setattr(_blas, "cell_threads", lambda split_agrees: threads)
     assert not native.halves_accept(x, h0, c0, weights, run)
+
+
+# -- thread splits measured at first use (UNILSTM_KERNEL_CHOICE=measure; the suite runs the fixed policy) --
+
+@pytest.fixture
+def measuring(monkeypatch):
+    monkeypatch.setenv(first_use.CHOICE_ENV, "measure")
+    first_use.forget()
+    yield
+    first_use.forget()
+
+
+def measured(name: str) -> list[tuple[str, dict[str, float]]]:
+    """The choices measured so far of the kind ``name`` ("pair", "halves", "cell_split")."""
+    return [found for kind, found in first_use.routes().items() if kind[0] == name]
+
+
+@needs_extension
+@pytest.mark.parametrize(("bidirectional", "name"), [(True, "pair"), (False, "halves")])
+def test_two_loops_at_once_are_measured_at_first_use(bidirectional, name, two_threads, measuring):
+    """Measuring, the first call of a kind times the two loops at once and one after the other (here below
+    the fixed policy's batch for halves) and keeps a choice, reused by the next call of the kind; either way
+    the results equal the reference loop's."""
+    if not c_loops_with_openmp():
+        pytest.skip("the C loops or torch's OpenMP runtime are not available: one loop at a time")
+    torch.manual_seed(0)
+    layer = unilstm.LSTM(5, 8, bidirectional=bidirectional, activation="relu", dtype=torch.float64).eval()
+    x = torch.randn(6, 6, 5, dtype=torch.float64)
+    with torch.no_grad():
+        got = layer(x)[0]
+        (first,) = measured(name)
+        assert set(first[1]) == {"at_once", "apart"} and first[0] in first[1]
+        layer(torch.randn(7, 5, 5, dtype=torch.float64))  # the same kind: nothing new measured
+        assert measured(name) == [first]
+        force_kernel("reference")
+        try:
+            want = layer(x)[0]
+        finally:
+            force_kernel(None)
+    torch.testing.assert_close(got, want, rtol=RTOL64, atol=ATOL64)
+
+
+@needs_extension
+@pytest.mark.parametrize("grad", [False, True])
+def test_the_cell_split_is_measured_at_first_use(grad, two_threads, measuring):
+    """Measuring, the first forward loop of a kind that the C loop would split (B * H >= CELL_PARALLEL_MIN)
+    runs split and unsplit and keeps one; the backward follows it; the results equal the reference's."""
+    if not c_loops_with_openmp() or native.cell_threads() != 2:
+        pytest.skip("the C loops or torch's OpenMP runtime are not available: the cell runs on one thread")
+    case = make_case(5, T=3, B=8, F=5, H=512, act="relu", scale=0.3)
+    with torch.set_grad_enabled(grad):
+        got = results(run_direction_native, *case) if grad else dict(
+            zip(("output", "h_T", "c_T"), run_direction_native(*case), strict=True)
+        )
+    ((winner, seconds),) = measured("cell_split")
+    assert set(seconds) == {"split", "one"} and winner in seconds
+    want = reference_results("cell_split", case)
+    assert_results_close(got, {k: want[k] for k in got}, rtol=1e-9, atol=1e-9, scaled=True)
+
+
+@needs_extension
+def test_the_policy_can_keep_the_cell_unsplit(monkeypatch, two_threads):
+    """With measuring off, policy.CELL_SPLIT False gives the forward and backward loops one thread for the
+    cell: the same bits as split."""
+    if not c_loops_with_openmp() or native.cell_threads() != 2:
+        pytest.skip("the C loops or torch's OpenMP runtime are not available: the cell runs on one thread")
+    case = make_case(6, T=3, B=8, F=5, H=512, act="tanh", scale=0.3)
+    threads: list[int] = []
+    for loop, names in (("forward_loop", _extension.FORWARD_LOOP_PARAMETERS),
+                        ("backward_loop", _extension.BACKWARD_LOOP_PARAMETERS)):
+        original = getattr(_extension, loop)
+        at = names.index("threads")
+        monkeypatch.setattr(_extension, loop, lambda args, original=original, at=at: (
+            threads.append(args[at]), original(args))[1])
+    split = results(run_direction_native, *case)
+    assert threads == [2, 2]
+    monkeypatch.setattr(policy, "CELL_SPLIT", False)
+    unsplit = results(run_direction_native, *case)
+    assert threads == [2, 2, 1, 1]
+    for name in split:
+        assert torch.equal(split[name], unsplit[name]), name

@@ -16,6 +16,12 @@ through the C loop's own gemm call, torch's MKL addmm or oneDNN's linear, whiche
 that kind of product (``native._blas.projection_route``); on an AMD EPYC oneDNN's GEMMs ran ~1.5x faster
 than MKL's sgemm, on the Intel Xeon of ``benchmarks/RESULTS.md`` the C loop's call wins at small products.
 
+The same :func:`route` makes the native loops' other processor-dependent choices, each per kind of call
+(its own key, the first word of the kind): the gemm of the C forward loop, MKL's or the hand-written one
+for tiny products (``native._small_gemm``, "loop_gemm"); whether a step's cell splits among the threads
+(``native._cell_split``, "cell_split"); whether two loops run at once, both directions of a layer
+(``native._pair.pair_accepts``, "pair") or the two halves of a batch (``halves_accept``, "halves").
+
 ``UNILSTM_KERNEL_CHOICE=policy`` turns measuring off (the fixed rules of :mod:`.policy` decide, as on
 processors nobody measured); :func:`winners` and :func:`routes` report what was measured.
 """
@@ -45,15 +51,25 @@ _route_timings: dict[Hashable, dict[str, float]] = {}
 _lock = threading.Lock()
 
 
-_MODES: dict[str | None, bool] = {}  # the variable's raw value -> measuring (it is read on every call)
+_MODES: dict[object, bool] = {}  # the variable's raw value -> measuring (it is read on every call)
+# The variable is read several times per native call (the kernel, the GEMM route, the loops' gemm): through
+# os.environ's own table of encoded names and values, where os.environ.get would encode the name and
+# decode the value each time (1-2 us of a 65 us streaming call on the VM). os.environ's writes (and
+# pytest's monkeypatch.setenv) update that table; where it is missing, os.environ.get.
+_ENVIRON_TABLE = getattr(os.environ, "_data", None)
+_ENCODED_NAME = os.environ.encodekey(CHOICE_ENV) if hasattr(os.environ, "encodekey") else None
 
 
 def measuring() -> bool:
     """Whether choices are measured (the default) rather than left to the fixed policy."""
-    raw = os.environ.get(CHOICE_ENV)
+    if _ENVIRON_TABLE is not None and _ENCODED_NAME is not None:
+        raw: object = _ENVIRON_TABLE.get(_ENCODED_NAME)
+    else:
+        raw = os.environ.get(CHOICE_ENV)
     mode = _MODES.get(raw)
     if mode is None:
-        mode = _MODES[raw] = (raw or "measure").strip().lower() != "policy"
+        value = os.environ.get(CHOICE_ENV)
+        mode = _MODES[raw] = (value or "measure").strip().lower() != "policy"
     return mode
 
 
@@ -115,18 +131,28 @@ def fastest(kind: Hashable, candidates: dict[str, Callable[[], Result | None]]) 
 
 def _timed(candidates: Mapping[str, Callable[[], object]], longest: float) -> dict[str, float]:
     """Seconds per candidate: the fastest of interleaved rounds (each round runs every candidate once, in
-    an order rotated per round), ``policy.FIRST_USE_ROUNDS`` rounds where the longest warm-up run took less
-    than ``policy.FIRST_USE_SHORT_S``, else one. The minimum, not the median: on a shared machine a run
-    only ever loses time (a thread of torch's OpenMP team waiting for a core can add milliseconds to one
-    product), so the fastest run is the best estimate of each candidate's own cost."""
-    rounds = policy.FIRST_USE_ROUNDS if longest < policy.FIRST_USE_SHORT_S else 1
+    an order rotated per round). How many rounds: ``policy.FIRST_USE_TINY_ROUNDS`` where the slowest
+    candidate of the first round took less than ``policy.FIRST_USE_TINY_S``, ``policy.FIRST_USE_ROUNDS``
+    where it (and the longest warm-up run, ``longest``) took less than ``policy.FIRST_USE_SHORT_S``, else
+    one. The minimum, not the median: on a shared machine a run only ever loses time (a thread of torch's
+    OpenMP team waiting for a core can add milliseconds to one product), so the fastest run is the best
+    estimate of each candidate's own cost. (The first round decides, not the warm-up alone: a warm-up may
+    include a nested first-use measurement.)"""
     names = list(candidates)
     seconds: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(rounds):
+    rounds, round_ = 1, 0
+    while round_ < rounds:
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             start = time.perf_counter()
             candidates[name]()
             seconds[name].append(time.perf_counter() - start)
+        if round_ == 0:
+            slowest = max(times[0] for times in seconds.values())
+            if slowest < policy.FIRST_USE_TINY_S:
+                rounds = policy.FIRST_USE_TINY_ROUNDS
+            elif min(slowest, longest) < policy.FIRST_USE_SHORT_S:
+                rounds = policy.FIRST_USE_ROUNDS
+        round_ += 1
     return {name: min(times) for name, times in seconds.items()}
 
 
@@ -160,7 +186,8 @@ def measured_route(kind: Hashable) -> str | None:
 
 
 def routes() -> dict[Hashable, tuple[str, dict[str, float]]]:
-    """The GEMM routes measured so far: kind -> (winner, seconds per candidate)."""
+    """The routes measured so far (GEMM routes, the loops' gemm, thread splits): kind -> (winner, seconds
+    per candidate)."""
     with _lock:
         return {kind: (name, dict(_route_timings.get(kind, {}))) for kind, name in _routes.items()}
 

@@ -18,7 +18,9 @@ reverse, both masked-output modes, proj_size and shared or per-gate dropout mask
 Where the BLAS gemm was found (``_blas.blas_gemm``) the whole time loop runs in C (``forward_loop`` /
 ``backward_loop`` in ``_lstm_cell_body.h``), calling it directly: the fast kernel makes about twenty torch
 ops per step, and on small shapes their dispatch, not the arithmetic, is the cost. Without input dropout
-masks the C loop also computes the input projections itself, which saves torch ops in streaming calls.
+masks the C loop also computes the input projections itself, which saves torch ops in streaming calls. The
+forward loop calls, instead of the BLAS gemm, the hand-written one for tiny products where the first use
+measured it faster for that kind of loop (:mod:`._small_gemm`: batch 1, streaming).
 The recurrent and projection weights are read as transposed copies or, where MKL packs them, in their own
 layout (``policy.COPY_MIN_*``, ``_extension.PACK_MIN_*``). Where the gemm is missing, the same loop runs in
 Python with one torch GEMM and one C call per step, on buffers at fixed addresses (no tensor is created
@@ -26,7 +28,8 @@ per step).
 
 The cell makes one pass over the hidden units for the pairs (tanh, sigmoid) and (relu, sigmoid), and a pass
 per gate and operation for the other activations; from ``CELL_PARALLEL_MIN`` hidden units per step the C
-loop splits a step's rows among torch's intra-op threads (``_blas.cell_threads``). float32 uses vectorised
+loop splits a step's rows among torch's intra-op threads (``_blas.cell_threads``) where the first use
+measured the split faster for that kind of loop (:mod:`._cell_split`). float32 uses vectorised
 polynomial approximations of exp and tanh (a few units in the last place, see ``_lstm_cell.c``); float64
 uses libm's functions, so the float64 property tests hold this kernel to the reference at 1e-9. The
 backward writes the gate gradients over the saved pre-activations: a second backward through the same call
@@ -56,7 +59,9 @@ from ..opaque import opaque_to_compile
 from ..reference import GATES, DirectionRun, DirectionWeights, is_variant, run_direction_reference
 from . import _blas
 from . import _extension as C
+from ._cell_split import backward_threads, forward_threads
 from ._extension import address
+from ._small_gemm import loop_gemm, loop_kind
 from ._variants import needs_graph, run_direction_variant, variant_accepts, variant_buffers_agree
 
 #: The activations the C cell implements, with their ids (unilstm/kernels/activation_ids.py).
@@ -258,6 +263,16 @@ def forward_pass(
             b_ih=inputs[3], b_hh=inputs[4], h0=h0.data_ptr(), c0=c0.data_ptr(), threads=threads, act=act,
             ract=ract, ostride=ostride,
         )
+        # the BLAS gemm or the hand-written one for tiny products, measured per kind of loop at first use
+        # (_small_gemm.loop_gemm; two loops at once take what was measured, without measuring)
+        run_again = C.forward_loop if defer is None else None
+        projected = Fdim if project_in_c else 0
+        loop_args = loop_gemm(
+            lambda: loop_kind("forward", x.dtype, T, B, projected, H, P, gate_masks, not copy),
+            x.dtype, run_again, loop_args,
+        )
+        # split each step's cell among the threads or not, measured per kind of loop at first use
+        loop_args = forward_threads(x.dtype, threads, B, H, P, run_again, loop_args)
         if defer is not None:
             # every buffer the loop reads or writes stays referenced until it has run
             buffers = (work, w_ih, b_ih, b_hh, Wrec, Whr, zeros, keep, mh, h0, c0, x, Z, Hp, Cp, R, Obuf, HM)
@@ -335,7 +350,7 @@ def backward_pass(
     dh_tmp = x.new_empty(GATES, B, P) if gate_masks == 4 else x.new_empty(B, P)
     carry = x.new_zeros(B, P) if masked and not zero_out else None
     blas = _blas.blas_functions(x.dtype)
-    threads = cell_threads() if blas[0] else 1
+    threads = backward_threads(x.dtype, cell_threads(), B, H, P) if blas[0] else 1
     scratch = x.new_empty(C.SCRATCH_PER_HIDDEN * H * threads)
     w_hh = w_hh.contiguous()
     if gate_masks == 4:
@@ -526,20 +541,26 @@ def run_direction_native(
 
 def buffers_agree(x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:
     """Every tensor the C loop reads has x's dtype and device (the CPU) and the shape the run implies."""
+    # (no lists, one pass: this runs on every native call, a tenth of a streaming step's Python)
     T, B, F = x.shape
     H, P = c0.shape[-1], h0.shape[-1]
-    if weights.w_hr is None and P != H:
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr
+    gates = GATES * H
+    if (w_hr is None) != (P == H) or h0.shape != (B, P) or c0.shape != (B, H):
         return False
-    expected = [
-        (h0, (B, P)), (c0, (B, H)), (weights.w_ih, (4 * H, F)), (weights.w_hh, (4 * H, P)),
-        (weights.b_ih, (4 * H,)), (weights.b_hh, (4 * H,)), (weights.w_hr, (P, H) if P != H else None),
-    ]
-    for mask, width in ((run.input_dropout_mask, F), (run.recurrent_dropout_mask, P)):
-        if mask is not None:
-            expected.append((mask, (GATES, B, width) if mask.dim() == 3 else (B, width)))
+    if w_ih.shape != (gates, F) or w_hh.shape != (gates, P) or (w_hr is not None and w_hr.shape != (P, H)):
+        return False
+    if (b_ih is not None and b_ih.shape != (gates,)) or (b_hh is not None and b_hh.shape != (gates,)):
+        return False
     dtype = x.dtype  # x is a CPU tensor (accepts)
-    for tensor, shape in expected:
-        if tensor is not None and (tensor.shape != shape or tensor.dtype != dtype or not tensor.is_cpu):
+    for tensor in (h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+        if tensor is not None and (tensor.dtype is not dtype or not tensor.is_cpu):
+            return False
+    for mask, width in ((run.input_dropout_mask, F), (run.recurrent_dropout_mask, P)):
+        if mask is not None and (
+            mask.shape != ((GATES, B, width) if mask.dim() == 3 else (B, width))
+            or mask.dtype != dtype or not mask.is_cpu
+        ):
             return False
     return run.step_mask is None or run.step_mask.shape == (T, B)
 

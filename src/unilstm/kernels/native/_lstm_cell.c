@@ -469,6 +469,7 @@ DEFINE_RUN_LOOP(backward_loop)
 #undef CALL
 
 #include "_lstm_variant_entry.h" /* the variant loops' entry points */
+#include "_lstm_small_gemm.h"   /* unilstm_small_?gemm: the hand-written gemm for tiny products */
 
 /* one whole loop, without the GIL: it touches only the buffers it is given */
 static PyObject *run_loop(PyObject *const *args, Py_ssize_t nargs,

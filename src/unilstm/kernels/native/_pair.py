@@ -2,17 +2,20 @@
 its BLAS calls on its own thread inside the parallel region): the two directions of a bidirectional layer
 (:func:`run_bidirectional_native`) or the two halves of one direction's batch
 (:func:`run_direction_native_halves`). :func:`pair_accepts` and :func:`halves_accept` say where that is
-faster than one loop after the other (``policy.PAIR_*``, ``policy.HALVES_*``).
+faster than one loop after the other: measured at first use per kind of call (:func:`_split_kind`), both
+ways, forward only, on the call's own tensors (:func:`..first_use.route`); with measuring off
+(``UNILSTM_KERNEL_CHOICE=policy``) the fixed rules ``policy.PAIR_*`` and ``policy.HALVES_*`` decide.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from .. import policy
+from .. import first_use, policy
 from ..fast import function_arguments
 from ..opaque import opaque_to_compile
 from ..reference import DirectionRun, DirectionWeights
@@ -35,6 +38,7 @@ from ._loops import (
     needs_graph,
     record_for_backward,
     run_config,
+    run_direction_native,
     uses_variant_loops,
 )
 from ._variants import run_direction_variant_halves, run_directions_variant, variant_buffers_agree
@@ -141,8 +145,9 @@ def _two_loops_at_once(dtype: torch.dtype) -> bool:
 def pair_accepts(x: Tensor, h0: Tensor, c0: Tensor, weights: tuple[DirectionWeights, DirectionWeights],
                  runs: tuple[DirectionRun, DirectionRun]) -> bool:
     """Whether run_bidirectional_native computes both directions of this layer at once: two loops can run
-    at once (_two_loops_at_once), both directions are native runs and the shape is one where running them
-    at once is faster (policy.PAIR_MIN_BATCH, policy.PAIR_MAX_HIDDEN)."""
+    at once (_two_loops_at_once), both directions are native runs and running them at once is faster:
+    measured at first use per kind of call; with measuring off, from policy.PAIR_MIN_BATCH sequences or up
+    to policy.PAIR_MAX_HIDDEN hidden units."""
     if not _two_loops_at_once(x.dtype):
         return False
     variants = [uses_variant_loops(w, r) for w, r in zip(weights, runs, strict=True)]
@@ -152,7 +157,19 @@ def pair_accepts(x: Tensor, h0: Tensor, c0: Tensor, weights: tuple[DirectionWeig
                and (not variants[0] or variant_buffers_agree(x, h, c, w, r))
                for w, r, h, c in zip(weights, runs, h0, c0, strict=True)):
         return False
-    return x.shape[1] >= policy.PAIR_MIN_BATCH or c0.shape[-1] <= policy.PAIR_MAX_HIDDEN
+    rule = x.shape[1] >= policy.PAIR_MIN_BATCH or c0.shape[-1] <= policy.PAIR_MAX_HIDDEN
+    if not first_use.measuring():
+        return rule
+
+    def candidates() -> dict[str, Callable[[], object]]:
+        def apart() -> None:
+            for d in range(2):
+                run_direction_native(x, h0[d], c0[d], weights[d], runs[d])
+
+        return {"at_once": lambda: run_bidirectional_native(x, h0, c0, weights, runs), "apart": apart}
+
+    kind = _split_kind("pair", x, h0, c0, weights[0], variants[0])
+    return _measured(kind, candidates, rule)
 
 
 @opaque_to_compile
@@ -190,18 +207,73 @@ def _run_pair(run_args: list, halves: bool) -> tuple:
 
 def halves_accept(x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, run: DirectionRun) -> bool:
     """Whether run_direction_native_halves computes this run: two loops can run at once
-    (_two_loops_at_once), a native run, at least policy.HALVES_MIN_BATCH sequences and recurrent weights
+    (_two_loops_at_once), a native run of at least two sequences, and faster so: measured at first use per
+    kind of call; with measuring off, at least policy.HALVES_MIN_BATCH sequences and recurrent weights
     small enough (policy.HALVES_MAX_WEIGHT_BYTES, or HALVES_MAX_WEIGHT_BYTES_INFERENCE when autograd does
     not record the call): each thread reads all of them every step, where two-thread GEMMs read half each."""
-    if x.shape[1] < policy.HALVES_MIN_BATCH or not _two_loops_at_once(x.dtype):  # batch first: streaming
+    measuring = first_use.measuring()
+    smallest = 2 if measuring else policy.HALVES_MIN_BATCH
+    if x.shape[1] < smallest or not _two_loops_at_once(x.dtype):  # batch first: streaming
         return False
-    records = needs_graph((x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr))
-    limit = policy.HALVES_MAX_WEIGHT_BYTES if records else policy.HALVES_MAX_WEIGHT_BYTES_INFERENCE
-    if x.shape[1] < policy.HALVES_MIN_BATCH or weights.w_hh.numel() * x.element_size() > limit:
-        return False
+    if not measuring:
+        records = _records(x, h0, c0, weights)
+        limit = policy.HALVES_MAX_WEIGHT_BYTES if records else policy.HALVES_MAX_WEIGHT_BYTES_INFERENCE
+        if weights.w_hh.numel() * x.element_size() > limit:
+            return False
     if not (accepts(x, weights, run) and buffers_agree(x, h0, c0, weights, run)):
         return False
-    return not uses_variant_loops(weights, run) or variant_buffers_agree(x, h0, c0, weights, run)
+    variant = uses_variant_loops(weights, run)
+    if variant and not variant_buffers_agree(x, h0, c0, weights, run):
+        return False
+    if not measuring:
+        return True
+
+    def candidates() -> dict[str, Callable[[], object]]:
+        return {
+            "at_once": lambda: run_direction_native_halves(x, h0, c0, weights, run),
+            "apart": lambda: run_direction_native(x, h0, c0, weights, run),
+        }
+
+    return _measured(_split_kind("halves", x, h0, c0, weights, variant), candidates, True)
+
+
+def _records(x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights) -> bool:
+    """Whether autograd records a run of these tensors."""
+    return needs_graph((x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr))
+
+
+def _split_kind(
+    name: str, x: Tensor, h0: Tensor, c0: Tensor, weights: DirectionWeights, variant: bool
+) -> tuple:
+    """What decides running two loops at once (``name``: "pair" or "halves"): dtype, each size's power-of-two
+    bucket (steps, sequences, features, H, P), whether autograd records the call, a variant loop or not, and
+    the thread count."""
+    steps, batch, features = x.shape
+    return (name, x.dtype, steps.bit_length(), batch.bit_length(), features.bit_length(),
+            c0.shape[-1].bit_length(), h0.shape[-1].bit_length(), _records(x, h0, c0, weights), variant,
+            torch.get_num_threads())
+
+
+def _measured(kind: tuple, candidates: Callable[[], dict[str, Callable[[], object]]], rule: bool) -> bool:
+    """Whether the two loops run at once for ``kind``: measured at first use, both ways, on the call's own
+    tensors (forward only, outside autograd: a training call's backward pairs its loops as its forward
+    does), ``rule`` until then where nothing can be measured."""
+    chosen = first_use.measured_route(kind)
+    if chosen is None:
+        def timed() -> dict[str, Callable[[], object]]:
+            runs = candidates()
+            return {name: _without_autograd(run) for name, run in runs.items()}
+
+        chosen = first_use.route(kind, timed, "at_once" if rule else "apart")
+    return chosen == "at_once"
+
+
+def _without_autograd(run: Callable[[], object]) -> Callable[[], object]:
+    def timed() -> object:
+        with torch.no_grad():
+            return run()
+
+    return timed
 
 
 def _batch_rows(run: DirectionRun, rows: slice) -> DirectionRun:
