@@ -196,3 +196,25 @@ def test_variant_kernels_compile_for_hopper():
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "compiled 8 Triton variant kernels" in done.stdout
+
+
+def test_first_use_check_passes_through_the_interpreter():
+    triton_cell._variants_work_on.cache_clear()
+    assert triton_cell._variants_work_on(torch.device("cpu"))
+
+
+def test_variant_kernels_that_fail_on_the_device_leave_the_torch_ops(fused_calls, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of resource: shared memory")
+
+    monkeypatch.setattr(triton_cell.VariantSteps, "forward", broken)
+    triton_cell._variants_work_on.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="Triton cell-variant kernels unusable on cpu"):
+            assert not triton_cell.accepts_variants(torch.zeros(2, 1, 1), _config(make_variant_case(0)[4]),
+                                                    False, 4)
+        case = make_variant_case(2, peepholes=True, T=3, B=2)
+        assert_close_results(variant_results(run_direction_fast, *case),
+                             variant_results(run_direction_reference, *case), atol=1e-10, rtol=1e-10)
+    finally:
+        triton_cell._variants_work_on.cache_clear()

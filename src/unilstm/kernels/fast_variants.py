@@ -43,8 +43,11 @@ with ``where``, never multiplied by the mask, and its saved values are zeroed wh
 all steps: an inf there (an exponential activation of padding) cannot become nan.
 
 On CUDA the bodies run through :mod:`~unilstm.kernels.cuda_graphs` like the standard ones (capturable: the
-step patterns are all "partly masked"). The Triton cell does not implement variants: they run on these
-torch ops everywhere. A backward that autograd records (``create_graph=True``) goes through the reference
+step patterns are all "partly masked"), and where :func:`triton_cell.accepts_variants
+<unilstm.kernels.triton_cell.accepts_variants>` says so each step's elementwise part (everything between
+the GEMMs, layer normalisations included) is one Triton kernel forward and one backward
+(:class:`~unilstm.kernels.triton_cell.VariantSteps`), which writes the same record; elsewhere, and on the
+CPU, these torch ops. A backward that autograd records (``create_graph=True``) goes through the reference
 loop (:func:`variant_reference_backward`).
 """
 

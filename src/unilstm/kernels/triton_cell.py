@@ -13,6 +13,16 @@ step is the cell kernel and the projection's GEMM forward (plus two selections w
 float32 (float64 for float64 tensors) and rounded where torch's ops store theirs, so results agree with
 the torch-op loop to a few units in the last place.
 
+The cell variants (kernels/fast_variants.py: layer normalisation, peepholes, gate, cell and projection
+clips, coupled gates, forget bias, zoneout, an output activation, ONNX's parametric activations) have
+kernels of their own (_triton_variant_kernels.py, :class:`VariantSteps`): forward, one kernel from the
+pre-activations to c' and h' (with a projection: to r, then its GEMM, then a (B, P) kernel for proj_clip,
+zoneout and the mask); backward, one kernel from the incoming gradients to the gate gradients and dc_{t-1}
+(with a projection a (B, P) prelude and the GEMM before it). Layer normalisation fits a per-row block: a
+program holds a row's 4H recurrent pre-activations and H cell values, so both normalisations and their
+backward are reductions inside the step's kernel (LN_ih over all steps stays one torch call before the
+loop); :func:`variant_declines` names what is not fused.
+
 Used only where Triton imports and the tensors are on CUDA, and while ``enabled`` (``UNILSTM_TRITON=0``
 switches it off); ``run_on_cpu`` lets the tests run the kernels through Triton's interpreter
 (TRITON_INTERPRET=1) on a machine without a GPU. tools/gpu/compile_triton_cell.py compiles every variant for
@@ -274,7 +284,51 @@ def accepts_variants(x: Tensor, cfg: Any, layer_norm: bool, hidden: int) -> bool
         return False
     if x.device.type != "cuda" and not (run_on_cpu and x.device.type == "cpu"):
         return False
-    return _importable_variant_kernels() is not None and _works_on(x.device)
+    if _importable_variant_kernels() is None:
+        return False
+    return _works_on(x.device) and _variants_work_on(x.device)
+
+
+@functools.cache
+def _variants_work_on(device: torch.device) -> bool:
+    """One tiny variant step (peepholes) forward and backward on ``device`` against the same step in torch
+    ops, as :func:`_works_on` for the standard steps: a failure warns once and leaves the torch ops."""
+    from .fast_activations import act_entry
+    from .fast_variants import VariantConfig
+
+    try:
+        tanh, sigmoid = act_entry(torch.tanh), act_entry(torch.sigmoid)
+        cfg = VariantConfig(tanh, sigmoid, tanh, False, True, 0.0, None, None, None, False, 0.0, 0.0, 1e-5)
+        generator = torch.Generator().manual_seed(0)
+        z, c, peep = (torch.randn(*shape, generator=generator, dtype=torch.float64).to(device)
+                      for shape in ((2, 8), (2, 2), (6,)))
+        steps = VariantSteps(cfg, z.new_zeros(1, 2, 1), 2, 2, peep, None, None, None, None, None, False)
+        record, k, c_new, h_new = z.clone(), torch.empty_like(c), torch.empty_like(c), torch.empty_like(c)
+        steps.forward(0, record, c, k, c_new, torch.zeros_like(c), h_new)
+        i, f = torch.sigmoid(z[:, :2] + peep[:2] * c), torch.sigmoid(z[:, 2:4] + peep[2:4] * c)
+        g = torch.tanh(z[:, 4:6])
+        want_k = f * c + i * g
+        o = torch.sigmoid(z[:, 6:] + peep[4:] * want_k)
+        dc, dz, rest = torch.ones_like(c), torch.empty_like(z), torch.empty_like(c)
+        steps.backward(0, record, k, c, dc, dz, torch.zeros_like(c), torch.zeros_like(c), None, rest)
+        # with a gradient through c alone: dk = 1, dz_i = g i (1 - i), dz_f = c f (1 - f), dz_o = 0
+        dz_i, dz_f = g * i * (1 - i), c * f * (1 - f)
+        ok = all(torch.allclose(got, want) for got, want in (
+            (k, want_k), (c_new, want_k), (h_new, o * torch.tanh(want_k)),
+            (dz[:, :4], torch.cat((dz_i, dz_f), 1)), (dc, f + peep[:2] * dz_i + peep[2:4] * dz_f),
+        ))
+    except Exception as error:  # noqa: BLE001 - any failure: the torch ops compute these runs
+        warnings.warn(
+            f"unilstm: Triton cell-variant kernels unusable on {device} ({type(error).__name__}: {error}); "
+            "the fast kernel runs its torch ops for variants", RuntimeWarning, stacklevel=2,
+        )
+        return False
+    if not ok:
+        warnings.warn(
+            f"unilstm: Triton cell-variant kernels disagree with torch on {device}; the fast kernel runs its "
+            "torch ops for variants", RuntimeWarning, stacklevel=2,
+        )
+    return ok
 
 
 @functools.lru_cache(maxsize=256)
