@@ -46,6 +46,8 @@ FLOAT32_TOL = 2e-5  # the fused standard cell's float32 tolerance (test_triton_c
 def fused_calls(monkeypatch):
     """The Triton steps on the CPU, counting the calls of each VariantSteps method by name."""
     monkeypatch.setattr(triton_cell, "run_on_cpu", True)
+    cpu = torch.device("cpu")  # the first-use checks run their tiny steps before the counting starts
+    assert triton_cell._works_on(cpu) and triton_cell._variants_work_on(cpu)
     return count_variant_steps(monkeypatch.setattr)
 
 
@@ -189,13 +191,14 @@ def test_not_used_on_the_cpu_by_default():
 def test_variant_kernels_compile_for_hopper():
     """The interpreter accepts code that Triton's compiler refuses: compile the four variant kernels for
     sm_90 (no GPU needed) in two configurations that switch every variant on, one in float32 and the
-    other in float64 (``--quick``; the tool alone compiles both in both)."""
+    other in float64, and the standard cell's two with parametric activations (``--quick``; the tool alone
+    compiles everything in both dtypes)."""
     tool = pathlib.Path(__file__).resolve().parents[2] / "tools" / "gpu" / "compile_triton_variants.py"
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     done = subprocess.run([sys.executable, str(tool), "--quick"], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "compiled 8 Triton variant kernels" in done.stdout
+    assert "compiled 10 Triton variant kernels" in done.stdout
 
 
 def test_first_use_check_passes_through_the_interpreter():
@@ -218,3 +221,19 @@ def test_variant_kernels_that_fail_on_the_device_leave_the_torch_ops(fused_calls
                              variant_results(run_direction_reference, *case), atol=1e-10, rtol=1e-10)
     finally:
         triton_cell._variants_work_on.cache_clear()
+
+
+@pytest.mark.parametrize("kind", sorted(triton_cell.PARAMETRIC_CODES))
+def test_parametric_activations_alone_in_the_standard_fused_steps(fused_calls, monkeypatch, kind):
+    """ONNX's parametric activations without another variant are the standard cell: the fast kernel's own
+    body, whose fused steps take alpha and beta too (as the recurrent and as the cell activation)."""
+    from test_triton_cell import count_fused_steps
+
+    standard = count_fused_steps(monkeypatch.setattr)
+    gate = kind == "hard_sigmoid"  # (the one that makes a gate: the others as the cell's activation)
+    act, ract = ("tanh", parametric(kind)) if gate else (parametric(kind, 0.7, 0.4), "sigmoid")
+    case = make_variant_case(6, act=act, ract=ract, mask="gaps", zero=False, T=3, B=2)
+    assert not is_variant(case[3], case[4])
+    assert_close_results(variant_results(run_direction_fast, *case),
+                         variant_results(run_direction_reference, *case), atol=1e-10, rtol=1e-10)
+    assert standard and not fused_calls

@@ -5,8 +5,9 @@ As tools/gpu/compile_triton_cell.py for the standard cell: Triton's interpreter,
 CPU, accepts code that the compiler refuses. This compiles the four variant kernels in two configurations
 that together switch on every variant and every branch (layer normalisation, peepholes, both clips, coupled
 gates, zoneout draws and weights, parametric activations, step mask, both masked-output modes, projection),
-in float32 and float64 (``--quick``: the first in float32, the second in float64), to PTX and machine code
-with the ptxas that ships in the Triton wheel. Needs Triton and TRITON_INTERPRET unset or 0.
+in float32 and float64 (``--quick``: the first in float32, the second in float64), and the standard cell's
+two kernels with ONNX's parametric activations (``--quick``: float32), to PTX and machine code with the ptxas
+that ships in the Triton wheel. Needs Triton and TRITON_INTERPRET unset or 0.
 """
 
 from __future__ import annotations
@@ -22,18 +23,19 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from unilstm.kernels import _triton_cell_kernels as cell_kernels  # noqa: E402
 from unilstm.kernels import _triton_variant_kernels as kernels  # noqa: E402
 from unilstm.kernels.activation_ids import ACTIVATION_IDS  # noqa: E402
 from unilstm.kernels.triton_cell import PARAMETRIC_CODES  # noqa: E402
 
 
-def compile_one(fn, dtype: str, constants: dict) -> None:
+def compile_one(fn, dtype: str, constants: dict, sizes: tuple[str, ...] = ("H", "n", "P")) -> None:
     """Compile ``fn`` for sm_90: pointers of ``dtype`` (the step mask's uint8), int32 sizes, constexprs."""
     signature = {}
     for name in fn.arg_names:  # in the kernel's parameter order
         if name in constants:
             signature[name] = "constexpr"
-        elif name in ("H", "n", "P"):
+        elif name in sizes:
             signature[name] = "i32"
         else:
             signature[name] = "*u8" if name == "Keep" else f"*{dtype}"
@@ -41,6 +43,11 @@ def compile_one(fn, dtype: str, constants: dict) -> None:
     constexprs = {(indices[name],): value for name, value in constants.items()}
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
     triton.compile(source, target=GPUTarget("cuda", 90, 32))
+
+
+def compile_standard(fn, dtype: str, constants: dict) -> None:
+    """As compile_one, for the standard cell's kernels (their strides are int32 arguments too)."""
+    compile_one(fn, dtype, constants, sizes=("n", "H", "gate_stride", "row_stride"))
 
 
 def configurations(float64: bool) -> list[dict]:
@@ -79,6 +86,16 @@ def main() -> int:
             compile_one(kernels.variant_projected_step, dtype, small)
             compile_one(kernels.variant_backward_prelude, dtype, small)
             count += 4
+        if "--quick" in sys.argv[1:] and dtype == "fp64":
+            continue
+        # the standard cell's kernels with ONNX's parametric activations (the fast kernel's standard body)
+        parametric = dict(ACT=PARAMETRIC_CODES["scaled_tanh"], ACT_A=1.5, ACT_B=0.7,
+                          RACT=PARAMETRIC_CODES["hard_sigmoid"], RACT_A=0.2, RACT_B=0.5, MASKED=True,
+                          ZERO_OUT=False, PROJECTED=False, FLOAT64=dtype == "fp64", BLOCK=256)
+        compile_standard(cell_kernels.forward_step, dtype, {**parametric, "STORE_ACTIVATIONS": False,
+                                                             "H_MASKS": 4})
+        compile_standard(cell_kernels.backward_step, dtype, {**parametric, "STORED_ACTIVATIONS": False})
+        count += 2
     print(f"compiled {count} Triton variant kernels for sm_90 in {time.time() - start:.1f} s")
     return 0
 

@@ -10,9 +10,7 @@ torch's order [i, f, g, o] here (as kernels/fast_variants.py): step t's pre-acti
 activations' alpha and beta, the layer normalisations' epsilon) are constexpr: a layer compiles its kernels
 once, and float64 keeps every digit of them (a Triton float argument would be float32).
 
-Parametric activations (ONNX's, :class:`unilstm.activations.ParametricActivation`) have the codes of
-``triton_cell.PARAMETRIC_CODES``, the others ``activation_ids``'; ``_pact`` computes either, ``_pact_grad``
-g f'(x) with torch autograd's choices at the kinks (as kernels/fast_activations.py).
+The activations, ONNX's parametric ones included, are _triton_cell_kernels' ``_pact`` and ``_pact_grad``.
 """
 
 from __future__ import annotations
@@ -20,55 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._triton_cell_kernels import INTERPRETED, _activation, _activation_grad, _c, _div, _exp, _expm1, _tanh
-from .triton_cell import PARAMETRIC_CODES
-
-P_AFFINE, P_LEAKY_RELU, P_THRESHOLDED_RELU, P_SCALED_TANH, P_HARD_SIGMOID, P_ELU = (
-    tl.constexpr(PARAMETRIC_CODES[kind])
-    for kind in ("affine", "leaky_relu", "thresholded_relu", "scaled_tanh", "hard_sigmoid", "elu")
-)
-
-
-@triton.jit
-def _pact(x, CODE: tl.constexpr, A: tl.constexpr, B: tl.constexpr):
-    """f(x) for an activation code, parametric (alpha A, beta B) or not."""
-    if CODE == P_AFFINE:
-        y = x * _c(x, A) + _c(x, B)
-    elif CODE == P_LEAKY_RELU:
-        y = tl.where(x > 0, x, x * _c(x, A))
-    elif CODE == P_THRESHOLDED_RELU:
-        y = tl.where(x > _c(x, A), x, 0.0)
-    elif CODE == P_SCALED_TANH:
-        y = _tanh(x * _c(x, B)) * _c(x, A)
-    elif CODE == P_HARD_SIGMOID:
-        y = tl.minimum(tl.maximum(x * _c(x, A) + _c(x, B), 0.0), 1.0)
-    elif CODE == P_ELU:
-        y = tl.where(x > 0, x, _expm1(x) * _c(x, A))
-    else:
-        y = _activation(x, CODE)
-    return y
-
-
-@triton.jit
-def _pact_grad(g, x, y, CODE: tl.constexpr, A: tl.constexpr, B: tl.constexpr):
-    """g f'(x) given y = f(x) (see _pact)."""
-    if CODE == P_AFFINE:
-        d = g * _c(g, A)
-    elif CODE == P_LEAKY_RELU:
-        d = tl.where(x > 0, g, g * _c(g, A))
-    elif CODE == P_THRESHOLDED_RELU:
-        d = tl.where(x > _c(x, A), g, 0.0)
-    elif CODE == P_SCALED_TANH:
-        t = _tanh(x * _c(x, B))
-        d = g * (1.0 - t * t) * _c(g, A * B)
-    elif CODE == P_HARD_SIGMOID:
-        v = x * _c(x, A) + _c(x, B)
-        d = g * tl.where((v >= 0.0) & (v <= 1.0), _c(g, A), 0.0)
-    elif CODE == P_ELU:
-        d = tl.where(x <= 0, g * _c(g, A) * _exp(x), g)
-    else:
-        d = _activation_grad(g, x, y, CODE)
-    return d
+from ._triton_cell_kernels import INTERPRETED, _c, _div, _pact, _pact_grad
 
 
 @triton.jit

@@ -91,9 +91,9 @@ def _code(fn: Callable) -> int | None:
 
 
 def accepts(x: Tensor, activation: Callable, recurrent_activation: Callable) -> bool:
-    """Whether the fused steps serve this run: both activations have a code, and the tensors are on CUDA
-    with Triton importable (or on the CPU under ``run_on_cpu``)."""
-    if not enabled or _code(activation) is None or _code(recurrent_activation) is None:
+    """Whether the fused steps serve this run: both activations have a code (ONNX's parametric ones
+    included), and the tensors are on CUDA with Triton importable (or on the CPU under ``run_on_cpu``)."""
+    if not enabled or _variant_code(activation) is None or _variant_code(recurrent_activation) is None:
         return False
     if x.device.type != "cuda" and not (run_on_cpu and x.device.type == "cpu"):
         return False
@@ -113,7 +113,7 @@ def _works_on(device: torch.device) -> bool:
         i, f, o = torch.sigmoid(z[:, :2]), torch.sigmoid(z[:, 2:4]), torch.sigmoid(z[:, 4:6])
         want_c = f * c_prev + i * torch.tanh(z[:, 6:])
         gates = z.clone()
-        codes = (ACTIVATION_IDS["tanh"], ACTIVATION_IDS["sigmoid"])
+        codes = ((ACTIVATION_IDS["tanh"], 0.0, 0.0), (ACTIVATION_IDS["sigmoid"], 0.0, 0.0))
         forward_step(gates, False, codes, True, c_prev, c_new, h_prev, h_new, None, None, None, False)
         dc, zero = torch.ones_like(c_prev), torch.zeros_like(c_prev)
         backward_step(gates, False, codes, True, c_new, c_prev, zero, zero, dc, None, None, None, False)
@@ -146,9 +146,13 @@ def _gate_strides(z: Tensor, gatewise: bool) -> tuple[int, int]:
     return z.shape[-1] // 4, z.stride(0)
 
 
+#: (code, alpha, beta) of an activation in the kernels (:func:`codes`)
+ActivationCode = tuple[int, float, float]
+
+
 def forward_step(
-    z: Tensor, gatewise: bool, codes: tuple[int, int], store_activations: bool, c_prev: Tensor,
-    c_new: Tensor, h_prev: Tensor, h_new: Tensor, keep: Tensor | None, out: Tensor | None,
+    z: Tensor, gatewise: bool, codes: tuple[ActivationCode, ActivationCode], store_activations: bool,
+    c_prev: Tensor, c_new: Tensor, h_prev: Tensor, h_new: Tensor, keep: Tensor | None, out: Tensor | None,
     out_prev: Tensor | None, zero_out: bool, projected: bool = False, h_masks: Tensor | None = None,
     h_masked: Tensor | None = None,
 ) -> None:
@@ -168,15 +172,16 @@ def forward_step(
         h_new if out is None else out, h_new if out_prev is None else out_prev,
         c_new if keep is None else keep, c_new if h_masks is None else h_masks,
         c_new if h_masked is None else h_masked, n, c_new.shape[-1],
-        ACT=act, RACT=ract, STORE_ACTIVATIONS=store_activations, MASKED=keep is not None,
+        ACT=act[0], ACT_A=act[1], ACT_B=act[2], RACT=ract[0], RACT_A=ract[1], RACT_B=ract[2],
+        STORE_ACTIVATIONS=store_activations, MASKED=keep is not None,
         ZERO_OUT=zero_out, PROJECTED=projected, H_MASKS=0 if h_masks is None else h_masks.numel() // n,
         FLOAT64=z.dtype == torch.float64, BLOCK=_BLOCK,
     )
 
 
 def backward_step(
-    z: Tensor, gatewise: bool, codes: tuple[int, int], stored_activations: bool, c_new: Tensor,
-    c_prev: Tensor, dout: Tensor, dh: Tensor | None, dc: Tensor, dh_pass: Tensor | None,
+    z: Tensor, gatewise: bool, codes: tuple[ActivationCode, ActivationCode], stored_activations: bool,
+    c_new: Tensor, c_prev: Tensor, dout: Tensor, dh: Tensor | None, dc: Tensor, dh_pass: Tensor | None,
     carry: Tensor | None, keep: Tensor | None, zero_out: bool, projected: bool = False,
 ) -> None:
     """One backward step (see the module docstring): reads dout (step t's output gradient), dh and dc
@@ -192,7 +197,8 @@ def backward_step(
         z, gate_stride, row_stride, c_new, c_prev, dout, dc if dh is None else dh, dc,
         dc if dh_pass is None else dh_pass, dc if carry is None else carry, dc if keep is None else keep,
         n, dc.shape[-1],
-        ACT=act, RACT=ract, STORED_ACTIVATIONS=stored_activations, MASKED=keep is not None,
+        ACT=act[0], ACT_A=act[1], ACT_B=act[2], RACT=ract[0], RACT_A=ract[1], RACT_B=ract[2],
+        STORED_ACTIVATIONS=stored_activations, MASKED=keep is not None,
         ZERO_OUT=zero_out, PROJECTED=projected, FLOAT64=z.dtype == torch.float64, BLOCK=_BLOCK,
     )
 
@@ -212,9 +218,10 @@ def projected_backward_prelude(
     )
 
 
-def codes(activation: Callable, recurrent_activation: Callable) -> tuple[int, int]:
-    """(activation code, recurrent activation code) for runs that :func:`accepts`."""
-    act, ract = _code(activation), _code(recurrent_activation)
+def codes(activation: Callable, recurrent_activation: Callable) -> tuple[ActivationCode, ActivationCode]:
+    """(code, alpha, beta) of the activation and of the recurrent activation, for runs that
+    :func:`accepts`."""
+    act, ract = _variant_code(activation), _variant_code(recurrent_activation)
     assert act is not None and ract is not None
     return act, ract
 
