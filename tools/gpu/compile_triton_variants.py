@@ -5,9 +5,9 @@ As tools/gpu/compile_triton_cell.py for the standard cell: Triton's interpreter,
 CPU, accepts code that the compiler refuses. This compiles the four variant kernels in two configurations
 that together switch on every variant and every branch (layer normalisation, peepholes, both clips, coupled
 gates, zoneout draws and weights, parametric activations, step mask, both masked-output modes, projection),
-in float32 and float64 (``--quick``: the first in float32, the second in float64), and the standard cell's
-two kernels with ONNX's parametric activations (``--quick``: float32), to PTX and machine code with the ptxas
-that ships in the Triton wheel. Needs Triton and TRITON_INTERPRET unset or 0.
+in float32, float64, float16 and bfloat16 (``--quick``: the first in float32, the second in float64), and
+the standard cell's two kernels with ONNX's parametric activations (``--quick``: float32), to PTX and
+machine code with the ptxas that ships in the Triton wheel. Needs Triton and TRITON_INTERPRET unset or 0.
 """
 
 from __future__ import annotations
@@ -75,9 +75,10 @@ def main() -> int:
         return 2
     start = time.time()
     count = 0
-    for dtype in ("fp32", "fp64"):
+    quick = "--quick" in sys.argv[1:]
+    for dtype in ("fp32", "fp64") if quick else ("fp32", "fp64", "fp16", "bf16"):
         for index, flags in enumerate(configurations(dtype == "fp64")):
-            if "--quick" in sys.argv[1:] and index != (dtype == "fp64"):
+            if quick and index != (dtype == "fp64"):
                 continue  # the first configuration in float32, the second in float64
             compile_one(kernels.variant_forward_step, dtype, flags)
             compile_one(kernels.variant_backward_step, dtype, flags)
@@ -86,7 +87,7 @@ def main() -> int:
             compile_one(kernels.variant_projected_step, dtype, small)
             compile_one(kernels.variant_backward_prelude, dtype, small)
             count += 4
-        if "--quick" in sys.argv[1:] and dtype == "fp64":
+        if quick and dtype == "fp64":
             continue
         # the standard cell's kernels with ONNX's parametric activations (the fast kernel's standard body)
         parametric = dict(ACT=PARAMETRIC_CODES["scaled_tanh"], ACT_A=1.5, ACT_B=0.7,

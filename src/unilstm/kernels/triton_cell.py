@@ -246,7 +246,6 @@ def combine_gate_products(dh4: Tensor, mask: Tensor | None, dh_pass: Tensor | No
 
 #: layer normalisation is fused while a row's 4H pre-activations fit one program's block (bytes)
 LAYER_NORM_MAX_ROW_BYTES = 64 * 1024
-_VARIANT_DTYPES = (torch.float32, torch.float64)
 
 
 @functools.cache
@@ -268,18 +267,17 @@ def _variant_code(fn: Callable) -> tuple[int, float, float] | None:
 
 def variant_declines(x: Tensor, cfg: Any, layer_norm: bool, hidden: int) -> list[str]:
     """Why the fused variant steps do not serve a variant run (``cfg`` a fast_variants.VariantConfig), by
-    name; [] where they do. Every variant is fused; declined are activations without a code (by role:
-    "activation", "recurrent_activation", "output_activation"), dtypes other than float32 and float64
-    ("dtype": the half types stay on torch ops), and "layer_norm" where a row's 4H pre-activations exceed
-    LAYER_NORM_MAX_ROW_BYTES (H > 4096 in float32, > 2048 in float64): one program normalises a whole row."""
+    name; [] where they do. Every variant is fused, in every float dtype; declined are activations without a
+    code (by role: "activation", "recurrent_activation", "output_activation"), and "layer_norm" where a
+    row's 4H pre-activations in the compute dtype exceed LAYER_NORM_MAX_ROW_BYTES (H > 4096, > 2048 in
+    float64): one program normalises a whole row."""
     reasons = [
         role for role, entry in (("activation", cfg.act), ("recurrent_activation", cfg.ract),
                                  ("output_activation", cfg.out_act))
         if _variant_code(entry.fn) is None
     ]
-    if x.dtype not in _VARIANT_DTYPES:
-        reasons.append("dtype")
-    if layer_norm and 4 * hidden * x.element_size() > LAYER_NORM_MAX_ROW_BYTES:
+    # (the half types compute in float32)
+    if layer_norm and 4 * hidden * max(4, x.element_size()) > LAYER_NORM_MAX_ROW_BYTES:
         reasons.append("layer_norm")
     return reasons
 
