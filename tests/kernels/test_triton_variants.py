@@ -15,7 +15,9 @@ import sys
 
 import pytest
 import torch
-from kernel_cases import captures
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kernel_cases import MASK_KINDS, captures, projection
 from variant_cases import (
     COMBINED_VARIANTS,
     SINGLE_VARIANTS,
@@ -136,6 +138,32 @@ def test_every_variant_at_once_through_graph_replays(fused_calls, stand_in_graph
     # every step runs, the empty one included, in each run of the bodies (capture runs them once more)
     assert fused_calls["forward"] == fused_calls["backward"] == fused_calls["project"]
     assert fused_calls["forward"] % 3 == 0 and fused_calls["forward"] >= 9
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**31 - 1), H=st.integers(1, 3), proj=st.booleans(), mask=st.sampled_from(MASK_KINDS),
+    reverse=st.booleans(), zero=st.booleans(), mx_kind=st.sampled_from(["none", "shared", "per_gate"]),
+    mh_kind=st.sampled_from(["none", "shared", "per_gate"]), bias=st.sampled_from(["both", "ih", "none"]),
+    layer_norm=st.booleans(), peepholes=st.booleans(), gate_clip=st.sampled_from([None, 0.7]),
+    cell_clip=st.sampled_from([None, 0.6]), proj_clip=st.sampled_from([None, 0.3]),
+    coupled_gates=st.booleans(), zoneout_hidden=st.sampled_from([0.0, 0.25, "draw"]),
+    zoneout_cell=st.sampled_from([0.0, 0.1, "draw"]), forget_bias=st.sampled_from([0.0, 1.0]),
+    output_activation=st.sampled_from([None, "relu", parametric("thresholded_relu", 0.1)]),
+    act=st.sampled_from(["tanh", parametric("scaled_tanh", 1.2, 0.7), "elu"]),
+    ract=st.sampled_from(["sigmoid", parametric("hard_sigmoid", 0.3, 0.45)]),
+)
+def test_random_variant_combinations_through_the_fused_steps(fused_calls, seed, H, proj, proj_clip, **kwargs):
+    """Random combinations of every variant with every run option (as test_fast_variants' property test
+    of the torch ops), through the fused steps: float64 within 1e-10."""
+    P = projection(seed, H, proj)
+    case = make_variant_case(seed, T=3, B=2, F=2, H=H, P=P, proj_clip=proj_clip if P else None, **kwargs)
+    before = fused_calls["backward"]
+    assert_close_results(variant_results(run_direction_fast, *case),
+                         variant_results(run_direction_reference, *case), atol=1e-10, rtol=1e-10)
+    if is_variant(case[3], case[4]) and processed_steps(case[4], 3):
+        assert fused_calls["backward"] > before
 
 
 def test_overflow_in_masked_rows_stays_out(fused_calls):
