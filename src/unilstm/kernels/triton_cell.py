@@ -6,11 +6,12 @@ Between its GEMMs the fast kernel's time loop does the LSTM cell's elementwise w
 
 and, going back, the gate gradients. As torch ops that is six to ten small kernels a step forward and
 fifteen to twenty backward, each a few microseconds of launch on a GPU even inside a CUDA graph. Here each
-direction of each step is one kernel, for the activations with a code in ``ACTIVATION_CODES`` and for every
-step mask, dropout-mask layout, reverse direction and masked-output mode. With a projection (proj_size) the
-step is the cell kernel and the projection's GEMM forward (plus two selections with a step mask), and a
-(B, P) prelude kernel, the GEMM back to (B, H) and the cell kernel backward. Values are computed in
-float32 (float64 for float64 tensors) and rounded where torch's ops store theirs, so results agree with
+direction of each step is one kernel, for the activations with a code in ``ACTIVATION_CODES`` or
+``PARAMETRIC_CODES`` (ONNX's, their alpha and beta compile-time constants) and for every step mask,
+dropout-mask layout, reverse direction and masked-output mode. With a projection (proj_size) the step is
+the cell kernel and the projection's GEMM forward (plus two selections with a step mask), and a (B, P)
+prelude kernel, the GEMM back to (B, H) and the cell kernel backward. Values are computed in float32
+(float64 for float64 tensors) and rounded where torch's ops store theirs, so results agree with
 the torch-op loop to a few units in the last place.
 
 The cell variants (kernels/fast_variants.py: layer normalisation, peepholes, gate, cell and projection
@@ -18,15 +19,17 @@ clips, coupled gates, forget bias, zoneout, an output activation, ONNX's paramet
 kernels of their own (_triton_variant_kernels.py, :class:`VariantSteps`): forward, one kernel from the
 pre-activations to c' and h' (with a projection: to r, then its GEMM, then a (B, P) kernel for proj_clip,
 zoneout and the mask); backward, one kernel from the incoming gradients to the gate gradients and dc_{t-1}
-(with a projection a (B, P) prelude and the GEMM before it). Layer normalisation fits a per-row block: a
+(with a projection a (B, P) prelude and the GEMM before it). They write the record that fast_variants'
+torch-op steps write, so the sums over all steps after the loop (weight, peephole and gain gradients) are
+shared. Layer normalisation fits a per-row block: a
 program holds a row's 4H recurrent pre-activations and H cell values, so both normalisations and their
 backward are reductions inside the step's kernel (LN_ih over all steps stays one torch call before the
 loop); :func:`variant_declines` names what is not fused.
 
 Used only where Triton imports and the tensors are on CUDA, and while ``enabled`` (``UNILSTM_TRITON=0``
 switches it off); ``run_on_cpu`` lets the tests run the kernels through Triton's interpreter
-(TRITON_INTERPRET=1) on a machine without a GPU. tools/gpu/compile_triton_cell.py compiles every variant for
-sm_90 on a machine without a GPU.
+(TRITON_INTERPRET=1) on a machine without a GPU. tools/gpu/compile_triton_cell.py and
+compile_triton_variants.py compile the kernels for sm_90 on a machine without a GPU.
 """
 
 from __future__ import annotations
