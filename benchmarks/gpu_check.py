@@ -89,7 +89,13 @@ def variant_check(dtype, tol, device: str, fused: collections.Counter) -> tuple[
     ran no fused Triton variant step: none is right on CUDA, where every variant is fused)."""
     import dataclasses
 
-    from variant_cases import COMBINED_VARIANTS, SINGLE_VARIANTS, make_variant_case, variant_results
+    from variant_cases import (
+        COMBINED_VARIANTS,
+        SINGLE_VARIANTS,
+        cast_variant_case,
+        make_variant_case,
+        variant_results,
+    )
 
     from unilstm.kernels.reference import is_variant
 
@@ -104,15 +110,16 @@ def variant_check(dtype, tol, device: str, fused: collections.Counter) -> tuple[
         w = DirectionWeights(*(moved(t) for t in w.tensors()))
         run = dataclasses.replace(run, **{f.name: moved(getattr(run, f.name)) for f in dataclasses.fields(run)})
         case = (moved(x), moved(h0), moved(c0), w, run)
-        expected = variant_results(run_direction_reference, *case)
+        # the reference in float64: the half types' own reference loop is further off than the kernels
+        expected = variant_results(run_direction_reference, *cast_variant_case(*case, torch.float64))
         before = fused["backward"]
         for call in range(3):
             got = variant_results(run_direction_fast, *case)
             for name, e in expected.items():
                 g = got[name]
-                assert g.device.type == device, name
+                assert g.device.type == device and g.dtype == dtype, name
                 scale = max(1.0, float(e.abs().max())) if e.numel() else 1.0
-                err = float((g - e).abs().max()) / scale if e.numel() else 0.0
+                err = float((g.double() - e).abs().max()) / scale if e.numel() else 0.0
                 worst = max(worst, err)
                 assert err <= tol, (index, call, name, err)
         if is_variant(w, run) and fused["backward"] == before:
@@ -250,13 +257,15 @@ def main() -> int:
                     f"replay): fast kernel == reference on {device}, worst scaled error {worst:.2e}; "
                     f"{len(triton_steps) - before} fused Triton steps ran")
         stage(lines, f"property check {dtype}", check)
-    for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-4)):
+    # (relative to the float64 reference; bfloat16 is left out: its 8-bit mantissa leaves even the torch ops
+    # a whole unit off the float64 gradients on the "everything" case)
+    for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-4), (torch.float16, 3e-2)):
         def check_variants(dtype=dtype, tol=tol):
             before = dict(variant_steps)
             count, worst, unfused = variant_check(dtype, tol, device, variant_steps)
             ran = {k: v - before.get(k, 0) for k, v in variant_steps.items()}
-            line = (f"cell variants {dtype}: {count} cases, each three times: fast kernel (variant body) == "
-                    f"reference on {device}, worst scaled error {worst:.2e}; fused Triton variant steps "
+            line = (f"cell variants {dtype}: {count} cases, each three times: fast kernel (variant body) vs "
+                    f"float64 reference on {device}, worst scaled error {worst:.2e}; fused Triton variant steps "
                     f"(Python calls: capture and direct runs, not replays) {ran}")
             if unfused and (device == "cuda" or triton_cell.run_on_cpu):
                 raise AssertionError(f"{line}; variant cases that ran no fused step: {unfused}")
