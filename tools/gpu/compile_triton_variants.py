@@ -26,7 +26,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from unilstm.kernels import _triton_cell_kernels as cell_kernels  # noqa: E402
 from unilstm.kernels import _triton_variant_kernels as kernels  # noqa: E402
 from unilstm.kernels.activation_ids import ACTIVATION_IDS  # noqa: E402
-from unilstm.kernels.triton_cell import PARAMETRIC_CODES  # noqa: E402
+from unilstm.kernels.triton_codes import PARAMETRIC_CODES  # noqa: E402
 
 
 def compile_one(fn, dtype: str, constants: dict, sizes: tuple[str, ...] = ("H", "n", "P")) -> None:

@@ -4,7 +4,7 @@
 One program handles BLOCK elements of the (B, H) plane of one time step. Gate pre-activations or activations
 live at ``Z + row * row_stride + gate * gate_stride + column`` in the internal gate order [i, f, o, g].
 ONNX's parametric activations (:class:`unilstm.activations.ParametricActivation`) have the codes of
-``triton_cell.PARAMETRIC_CODES`` and their alpha and beta as constexpr arguments: ``_pact`` computes every
+``triton_codes.PARAMETRIC_CODES`` and their alpha and beta as constexpr arguments: ``_pact`` computes every
 activation, ``_pact_grad`` g f'(x) with torch autograd's choices at the kinks (as fast_activations.py).
 Under TRITON_INTERPRET=1 (the test suite on a machine without a GPU) Triton's libdevice functions do not
 exist, so exp, expm1, log1p and tanh come from plain Triton there; on a GPU they are libdevice's, the CUDA
@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .activation_ids import ACTIVATION_IDS
-from .triton_cell import PARAMETRIC_CODES
+from .triton_codes import PARAMETRIC_CODES
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 

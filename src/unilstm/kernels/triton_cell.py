@@ -38,6 +38,7 @@ import functools
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -46,6 +47,7 @@ from torch import Tensor
 
 from .. import activations as A
 from .activation_ids import ACTIVATION_IDS
+from .triton_codes import PARAMETRIC_CODES
 
 __all__ = [
     "ACTIVATION_CODES", "PARAMETRIC_CODES", "VariantSteps", "accepts", "accepts_variants", "backward_step",
@@ -56,13 +58,6 @@ __all__ = [
 #: the activations the kernels compute, by their code (unilstm/kernels/activation_ids.py); celu (alpha 1)
 #: is elu
 ACTIVATION_CODES: dict[Callable, int] = {**A.kernel_ids(ACTIVATION_IDS), A.celu: ACTIVATION_IDS["elu"]}
-
-#: the codes of ONNX's parametric activations in the variant kernels, by kind (after activation_ids')
-PARAMETRIC_CODES: dict[str, int] = {
-    kind: 64 + k for k, kind in enumerate(
-        ("affine", "leaky_relu", "thresholded_relu", "scaled_tanh", "hard_sigmoid", "elu")
-    )
-}
 
 #: switch for the fused steps; ``UNILSTM_TRITON=0`` in the environment sets it False at import
 enabled: bool = os.environ.get("UNILSTM_TRITON", "1") != "0"
@@ -297,16 +292,35 @@ def accepts_variants(x: Tensor, cfg: Any, layer_norm: bool, hidden: int) -> bool
     return _works_on(x.device) and _variants_work_on(x.device)
 
 
+@dataclass(frozen=True)
+class _CheckEntry:
+    fn: Callable
+
+
+@dataclass(frozen=True)
+class _CheckConfig:
+    """The fields of fast_variants.VariantConfig that the kernels read (fast_variants imports this module)."""
+
+    act: _CheckEntry
+    ract: _CheckEntry
+    out_act: _CheckEntry
+    zero_out: bool = True
+    gate_clip: float | None = None
+    cell_clip: float | None = None
+    proj_clip: float | None = None
+    coupled: bool = False
+    zoneout_hidden: float = 0.0
+    zoneout_cell: float = 0.0
+    eps: float = 1e-5
+
+
 @functools.cache
 def _variants_work_on(device: torch.device) -> bool:
     """One tiny variant step (peepholes) forward and backward on ``device`` against the same step in torch
     ops, as :func:`_works_on` for the standard steps: a failure warns once and leaves the torch ops."""
-    from .fast_activations import act_entry
-    from .fast_variants import VariantConfig
-
     try:
-        tanh, sigmoid = act_entry(torch.tanh), act_entry(torch.sigmoid)
-        cfg = VariantConfig(tanh, sigmoid, tanh, False, True, 0.0, None, None, None, False, 0.0, 0.0, 1e-5)
+        tanh, sigmoid = _CheckEntry(torch.tanh), _CheckEntry(torch.sigmoid)
+        cfg = _CheckConfig(tanh, sigmoid, tanh)
         generator = torch.Generator().manual_seed(0)
         z, c, peep = (torch.randn(*shape, generator=generator, dtype=torch.float64).to(device)
                       for shape in ((2, 8), (2, 2), (6,)))
