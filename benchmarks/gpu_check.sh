@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One short GPU check: every front door on CUDA (tools/gpu/cuda_check.py); the fast kernel's property
-# comparison on CUDA (fused Triton steps, graph capture and replay), peak memory, and cuDNN-vs-flexible
+# comparison on CUDA (fused Triton steps, graph capture and replay; every cell-variant case through the
+# fused variant steps, and each variant's time fused vs torch ops), peak memory, and cuDNN-vs-flexible
 # timings with CUDA graphs and Triton steps on (benchmarks/gpu_check.py; ``--all``: also each alone); then
 # the per-step GEMMs (benchmarks/gpu_small_gemm.py). Needs a python3 with CUDA torch and Triton (the device
 # image has both); installs nothing. Run from the repo root; writes into $OUT when set, else into the current

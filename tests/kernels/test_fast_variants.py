@@ -11,7 +11,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kernel_cases import MASK_KINDS, assert_results_close, captures, projection
-from test_triton_cell import count_fused_steps
 from variant_cases import (
     COMBINED_VARIANTS,
     SINGLE_VARIANTS,
@@ -23,7 +22,7 @@ from variant_cases import (
 
 import unilstm
 from unilstm.activations import parametric, resolve
-from unilstm.kernels import dispatch, fast, triton_cell
+from unilstm.kernels import dispatch, fast
 from unilstm.kernels.fast import accepts, run_direction_fast
 from unilstm.kernels.reference import is_variant, run_direction_reference
 
@@ -189,20 +188,6 @@ def test_layer_with_variants_fast_equals_reference():
     # without forcing, a variant run leaves the reference loop (the fast kernel, or the native one)
     case = make_variant_case(0, **COMBINED_VARIANTS["tf1_like"])
     assert dispatch.select_direction_kernel(case[0], case[3], case[4]) is not run_direction_reference
-
-
-def test_triton_cell_declines_variants_and_parametric_activations(monkeypatch):
-    """The fused Triton steps implement the standard cell only: variant runs and ONNX's parametric
-    activations keep the fast kernel's torch ops (here on the CPU through Triton's interpreter)."""
-    pytest.importorskip("triton")
-    monkeypatch.setattr(triton_cell, "run_on_cpu", True)
-    calls = count_fused_steps(monkeypatch.setattr)
-    for case in (make_variant_case(3, **COMBINED_VARIANTS["onnx_like"]),
-                 make_variant_case(3, act=parametric("scaled_tanh", 1.3, 0.8), mask="gaps")):
-        _assert_fast_matches_reference(case)
-    assert not calls
-    variant_results(run_direction_fast, *make_variant_case(3))  # the standard cell: the fused steps
-    assert calls
 
 
 def test_autocast_bfloat16_cpu():

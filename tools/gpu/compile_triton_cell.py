@@ -55,8 +55,8 @@ def main() -> int:
     for dtype, (position, code) in itertools.product(dtypes, enumerate(codes)):
         masked, zero_out, stored = position % 2 == 0, position % 4 == 0, position % 3 != 0
         act, ract = code, codes[(position * 7 + 1) % len(codes)]
-        flags = dict(ACT=act, RACT=ract, MASKED=masked, ZERO_OUT=zero_out, PROJECTED=position % 5 == 1,
-                     FLOAT64=dtype == "fp64", BLOCK=256)
+        flags = dict(ACT=act, ACT_A=0.0, ACT_B=0.0, RACT=ract, RACT_A=0.0, RACT_B=0.0, MASKED=masked,
+                     ZERO_OUT=zero_out, PROJECTED=position % 5 == 1, FLOAT64=dtype == "fp64", BLOCK=256)
         h_masks = 0 if flags["PROJECTED"] else (0, 1, 4)[position % 3]
         compile_one(kernels.forward_step, dtype, {**flags, "STORE_ACTIVATIONS": stored, "H_MASKS": h_masks})
         compile_one(kernels.backward_step, dtype, {**flags, "STORED_ACTIVATIONS": stored})

@@ -3,6 +3,9 @@
 
 One program handles BLOCK elements of the (B, H) plane of one time step. Gate pre-activations or activations
 live at ``Z + row * row_stride + gate * gate_stride + column`` in the internal gate order [i, f, o, g].
+ONNX's parametric activations (:class:`unilstm.activations.ParametricActivation`) have the codes of
+``triton_codes.PARAMETRIC_CODES`` and their alpha and beta as constexpr arguments: ``_pact`` computes every
+activation, ``_pact_grad`` g f'(x) with torch autograd's choices at the kinks (as fast_activations.py).
 Under TRITON_INTERPRET=1 (the test suite on a machine without a GPU) Triton's libdevice functions do not
 exist, so exp, expm1, log1p and tanh come from plain Triton there; on a GPU they are libdevice's, the CUDA
 maths library that torch's own kernels call.
@@ -16,6 +19,7 @@ import triton
 import triton.language as tl
 
 from .activation_ids import ACTIVATION_IDS
+from .triton_codes import PARAMETRIC_CODES
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -154,10 +158,59 @@ def _activation_grad(g, x, y, CODE: tl.constexpr):
     return d
 
 
+P_AFFINE, P_LEAKY_RELU, P_THRESHOLDED_RELU, P_SCALED_TANH, P_HARD_SIGMOID, P_ELU = (
+    tl.constexpr(PARAMETRIC_CODES[kind])
+    for kind in ("affine", "leaky_relu", "thresholded_relu", "scaled_tanh", "hard_sigmoid", "elu")
+)
+
+
+@triton.jit
+def _pact(x, CODE: tl.constexpr, A: tl.constexpr, B: tl.constexpr):
+    """f(x) for an activation code, parametric (alpha A, beta B) or not."""
+    if CODE == P_AFFINE:
+        y = x * _c(x, A) + _c(x, B)
+    elif CODE == P_LEAKY_RELU:
+        y = tl.where(x > 0, x, x * _c(x, A))
+    elif CODE == P_THRESHOLDED_RELU:
+        y = tl.where(x > _c(x, A), x, 0.0)
+    elif CODE == P_SCALED_TANH:
+        y = _tanh(x * _c(x, B)) * _c(x, A)
+    elif CODE == P_HARD_SIGMOID:
+        y = tl.minimum(tl.maximum(x * _c(x, A) + _c(x, B), 0.0), 1.0)
+    elif CODE == P_ELU:
+        y = tl.where(x > 0, x, _expm1(x) * _c(x, A))
+    else:
+        y = _activation(x, CODE)
+    return y
+
+
+@triton.jit
+def _pact_grad(g, x, y, CODE: tl.constexpr, A: tl.constexpr, B: tl.constexpr):
+    """g f'(x) given y = f(x) (see _pact)."""
+    if CODE == P_AFFINE:
+        d = g * _c(g, A)
+    elif CODE == P_LEAKY_RELU:
+        d = tl.where(x > 0, g, g * _c(g, A))
+    elif CODE == P_THRESHOLDED_RELU:
+        d = tl.where(x > _c(x, A), g, 0.0)
+    elif CODE == P_SCALED_TANH:
+        t = _tanh(x * _c(x, B))
+        d = g * (1.0 - t * t) * _c(g, A * B)
+    elif CODE == P_HARD_SIGMOID:
+        v = x * _c(x, A) + _c(x, B)
+        d = g * tl.where((v >= 0.0) & (v <= 1.0), _c(g, A), 0.0)
+    elif CODE == P_ELU:
+        d = tl.where(x <= 0, g * _c(g, A) * _exp(x), g)
+    else:
+        d = _activation_grad(g, x, y, CODE)
+    return d
+
+
 @triton.jit
 def forward_step(
     Z, gate_stride, row_stride, C_prev, C_new, H_prev, H_new, Out, Out_prev, Keep, Mh, Hm, n, H,
-    ACT: tl.constexpr, RACT: tl.constexpr, STORE_ACTIVATIONS: tl.constexpr, MASKED: tl.constexpr,
+    ACT: tl.constexpr, ACT_A: tl.constexpr, ACT_B: tl.constexpr, RACT: tl.constexpr, RACT_A: tl.constexpr,
+    RACT_B: tl.constexpr, STORE_ACTIVATIONS: tl.constexpr, MASKED: tl.constexpr,
     ZERO_OUT: tl.constexpr, PROJECTED: tl.constexpr, H_MASKS: tl.constexpr, FLOAT64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -171,10 +224,10 @@ def forward_step(
     row = offs // H
     zp = Z + row * row_stride + (offs - row * H)
     compute = tl.float64 if FLOAT64 else tl.float32
-    i = _activation(tl.load(zp, mask=inside, other=0.0).to(compute), RACT)
-    f = _activation(tl.load(zp + gate_stride, mask=inside, other=0.0).to(compute), RACT)
-    o = _activation(tl.load(zp + 2 * gate_stride, mask=inside, other=0.0).to(compute), RACT)
-    g = _activation(tl.load(zp + 3 * gate_stride, mask=inside, other=0.0).to(compute), ACT)
+    i = _pact(tl.load(zp, mask=inside, other=0.0).to(compute), RACT, RACT_A, RACT_B)
+    f = _pact(tl.load(zp + gate_stride, mask=inside, other=0.0).to(compute), RACT, RACT_A, RACT_B)
+    o = _pact(tl.load(zp + 2 * gate_stride, mask=inside, other=0.0).to(compute), RACT, RACT_A, RACT_B)
+    g = _pact(tl.load(zp + 3 * gate_stride, mask=inside, other=0.0).to(compute), ACT, ACT_A, ACT_B)
     if STORE_ACTIVATIONS:
         tl.store(zp, i.to(Z.dtype.element_ty), mask=inside)
         tl.store(zp + gate_stride, f.to(Z.dtype.element_ty), mask=inside)
@@ -183,7 +236,7 @@ def forward_step(
     # rounded to the storage dtype where torch's ops store their results
     c_prev = tl.load(C_prev + offs, mask=inside, other=0.0)
     c = (f * c_prev.to(compute) + i * g).to(C_new.dtype.element_ty)
-    h = (o * _activation(c.to(compute), ACT)).to(H_new.dtype.element_ty)
+    h = (o * _pact(c.to(compute), ACT, ACT_A, ACT_B)).to(H_new.dtype.element_ty)
     if MASKED:
         keep = tl.load(Keep + row, mask=inside, other=0) != 0
         tl.store(C_new + offs, tl.where(keep, c, c_prev), mask=inside)
@@ -208,7 +261,8 @@ def forward_step(
 @triton.jit
 def backward_step(
     Z, gate_stride, row_stride, C_new, C_prev, Dout, Dh, Dc, Dh_pass, Carry, Keep, n, H,
-    ACT: tl.constexpr, RACT: tl.constexpr, STORED_ACTIVATIONS: tl.constexpr, MASKED: tl.constexpr,
+    ACT: tl.constexpr, ACT_A: tl.constexpr, ACT_B: tl.constexpr, RACT: tl.constexpr, RACT_A: tl.constexpr,
+    RACT_B: tl.constexpr, STORED_ACTIVATIONS: tl.constexpr, MASKED: tl.constexpr,
     ZERO_OUT: tl.constexpr, PROJECTED: tl.constexpr, FLOAT64: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """One step of the backward through time (as fast._backward_body): the gate gradients dz over Z,
@@ -257,18 +311,19 @@ def backward_step(
     if STORED_ACTIVATIONS:
         i, f, o, g = zi, zf, zo, zg
     else:
-        i, f, o, g = _activation(zi, RACT), _activation(zf, RACT), _activation(zo, RACT), _activation(zg, ACT)
+        i, f = _pact(zi, RACT, RACT_A, RACT_B), _pact(zf, RACT, RACT_A, RACT_B)
+        o, g = _pact(zo, RACT, RACT_A, RACT_B), _pact(zg, ACT, ACT_A, ACT_B)
     c = tl.load(C_new + offs, mask=inside, other=0.0).to(compute)
-    ac = _activation(c, ACT)
+    ac = _pact(c, ACT, ACT_A, ACT_B)
     d_o = dr * ac
-    dct = _activation_grad(dr * o, c, ac, ACT) + dc_new
+    dct = _pact_grad(dr * o, c, ac, ACT, ACT_A, ACT_B) + dc_new
     d_i = dct * g
     d_f = dct * tl.load(C_prev + offs, mask=inside, other=0.0).to(compute)
     d_g = dct * i
-    dz_i = _activation_grad(d_i, zi, i, RACT)
-    dz_f = _activation_grad(d_f, zf, f, RACT)
-    dz_o = _activation_grad(d_o, zo, o, RACT)
-    dz_g = _activation_grad(d_g, zg, g, ACT)
+    dz_i = _pact_grad(d_i, zi, i, RACT, RACT_A, RACT_B)
+    dz_f = _pact_grad(d_f, zf, f, RACT, RACT_A, RACT_B)
+    dz_o = _pact_grad(d_o, zo, o, RACT, RACT_A, RACT_B)
+    dz_g = _pact_grad(d_g, zg, g, ACT, ACT_A, ACT_B)
     dc_prev = dct * f
     if MASKED:  # selections, not products with the mask: a masked row may hold inf, and inf * 0 is nan
         dc_prev = tl.where(keep, dc_prev, dc_pass)

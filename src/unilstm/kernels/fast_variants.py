@@ -43,8 +43,11 @@ with ``where``, never multiplied by the mask, and its saved values are zeroed wh
 all steps: an inf there (an exponential activation of padding) cannot become nan.
 
 On CUDA the bodies run through :mod:`~unilstm.kernels.cuda_graphs` like the standard ones (capturable: the
-step patterns are all "partly masked"). The Triton cell does not implement variants: they run on these
-torch ops everywhere. A backward that autograd records (``create_graph=True``) goes through the reference
+step patterns are all "partly masked"), and where :func:`triton_cell.accepts_variants
+<unilstm.kernels.triton_cell.accepts_variants>` says so each step's elementwise part (everything between
+the GEMMs, layer normalisations included) is one Triton kernel forward and one backward
+(:class:`~unilstm.kernels.triton_cell.VariantSteps`), which writes the same record; elsewhere, and on the
+CPU, these torch ops. A backward that autograd records (``create_graph=True``) goes through the reference
 loop (:func:`variant_reference_backward`).
 """
 
@@ -58,7 +61,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import cuda_graphs
+from . import cuda_graphs, triton_cell
 from .fast_activations import act_entry
 from .reference import GATES, DirectionRun, DirectionWeights, differentiable_gradients, gate_projection
 
@@ -214,6 +217,9 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, 
         Obuf = x.new_empty(T, B, P)
         prev_out = x.new_zeros(B, P)
         zero = x.new_zeros(())
+    steps = _fused_steps(cfg, x, H, P, peep, lwh, lbh, lwc, lbc, step_mask, zh, zc, proj)
+    if steps is not None and proj and RP is None:
+        RP_step = x.new_empty(B, P)
     order = range(T - 1, -1, -1) if cfg.reverse else range(T)
     for t in order:
         hi, ho = (t + 1, t) if cfg.reverse else (t, t + 1)
@@ -232,10 +238,25 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, 
             torch.addmm(a[t], h if mh is None else h * mh, w_hh_t, out=z)
         elif ln:
             RR[t] = gate_projection(h, w_hh, mh)
-            r, r_mean[t], r_rstd[t] = torch.native_layer_norm(RR[t], (4 * H,), lwh, lbh, cfg.eps)
-            torch.add(a[t], r, out=z)
+            if steps is None:  # (the fused step normalises RR[t] itself)
+                r, r_mean[t], r_rstd[t] = torch.native_layer_norm(RR[t], (4 * H,), lwh, lbh, cfg.eps)
+                torch.add(a[t], r, out=z)
         else:
             torch.add(a[t], gate_projection(h, w_hh, mh), out=z)
+        if steps is not None:  # the rest of the step: one Triton kernel (two around a projection)
+            out_t = Obuf[t] if masked else None
+            prev = prev_out if masked else None
+            steps.forward(
+                t, z, c, K[t], Cp[ho], h, Hp[ho], out_t, prev, R[t] if proj else None,
+                *((a[t], RR[t], (r_mean[t], r_rstd[t]), N[t], (c_mean[t], c_rstd[t])) if ln else ()),
+            )
+            if proj:
+                rp = RP[t] if RP is not None else RP_step
+                torch.mm(R[t], w_hr.t(), out=rp)
+                steps.project(t, rp, h, Hp[ho], out_t, prev)
+            if masked:
+                prev_out = Obuf[t]
+            continue
         if peep is not None:
             z[:, : 2 * H].view(B, 2, H).addcmul_(p_if, c.unsqueeze(1))
         zcl = _clip(z[:, : 3 * H], cfg.gate_clip)
@@ -294,6 +315,16 @@ def _forward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, 
     return (
         out, Hp[last], Cp[last], Z, K, R, RP, a_raw, a_mean, a_rstd, RR, r_mean, r_rstd, N, c_mean, c_rstd,
         Hp, Cp,
+    )
+
+
+def _fused_steps(cfg, x, H, P, peep, lwh, lbh, lwc, lbc, step_mask, zh, zc, proj):
+    """The Triton steps of :mod:`~unilstm.kernels.triton_cell` where they serve this call, else None."""
+    ln = lwh is not None
+    if not triton_cell.accepts_variants(x, cfg, ln, H):
+        return None
+    return triton_cell.VariantSteps(
+        cfg, x, H, P, peep, (lwh, lbh) if ln else None, (lwc, lbc) if ln else None, step_mask, zh, zc, proj
     )
 
 
@@ -374,7 +405,14 @@ def _backward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep,
     ln, proj = lwi is not None, w_hr is not None
     Hprev = Hp[1:] if cfg.reverse else Hp[:T]
     Cprev = Cp[1:] if cfg.reverse else Cp[:T]
-    Fo, On, Pc, Fz, Dc, kin, CC = _step_factors(cfg, Z, K, Cprev, N, peep, H)
+    steps = _fused_steps(cfg, x, H, P, peep, lwh, lbh, lwc, lbc, step_mask, zh, zc, proj)
+    if steps is not None:  # the fused steps compute their factors from the record themselves
+        CC = _clip(K, cfg.cell_clip)
+        On: Any = None
+        Pc: Any = None
+        rest, dr_step = x.new_empty(B, P), (x.new_empty(B, H) if proj else None)
+    else:
+        Fo, On, Pc, Fz, Dc, kin, CC = _step_factors(cfg, Z, K, Cprev, N, peep, H)
     cell_only, input_only = (True, False, False), (False, True, True)
     if Pc is not None and not ln:  # dc~ = dr (On + Pc) in one product
         On, Pc = On + Pc, None
@@ -402,6 +440,19 @@ def _backward_body(cfg, patterns, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep,
             for grads in (DZ, DR, DN, DH):
                 if grads is not None:
                     grads[t].zero_()
+            continue
+        if steps is not None:  # one Triton kernel (two around the projection's GEMM), then the GEMM of dh
+            lns = (N[t], (c_mean[t], c_rstd[t]), RR[t], (r_mean[t], r_rstd[t]), DR[t], DN[t]) if ln else ()
+            if proj:
+                steps.backward_prelude(t, gout, dh, carry, None if RP is None else RP[t], DH[t], rest)
+                torch.mm(DH[t], w_hr, out=dr_step)
+                steps.backward(t, Z[t], K[t], Cprev[t], dc, DZ[t], None, None, None, None, dr_step, *lns)
+            else:
+                steps.backward(t, Z[t], K[t], Cprev[t], dc, DZ[t], gout, dh, carry, rest, None, *lns)
+            if mh is None:  # noqa: SIM108 (one product with the sum in it)
+                dh = torch.addmm(rest, DR[t], w_hh)
+            else:
+                dh = _values_grad(DR[t], w_hh, mh).add_(rest)
             continue
         partial = masked and not per_step[t]
         dh_pass: Any = None
