@@ -227,6 +227,19 @@ class LSTMSpec:
         return tuple(used)
 
     @functools.cached_property
+    def draws_in_training(self) -> bool:
+        """Whether training mode changes what is computed: some dropout (between layers of a stack, on the
+        inputs, on the recurrent state) or zoneout draws masks; otherwise a call in training mode computes
+        the inference numbers."""
+        return bool(
+            (self.dropout and self.num_layers > 1)
+            or self.input_dropout
+            or self.recurrent_dropout
+            or self.zoneout_hidden
+            or self.zoneout_cell
+        )
+
+    @functools.cached_property
     def is_standard_cell(self) -> bool:
         """True when the cell is torch's: tanh activation, sigmoid gates, no recurrent dropout, no cell
         variant."""

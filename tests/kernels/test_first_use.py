@@ -67,6 +67,20 @@ def test_training_and_autograd_are_never_measured(measuring):
     assert first_use.winners() == {}
 
 
+def test_training_mode_without_draws_is_measured_as_inference(measuring):
+    """A layer left in training mode with nothing to draw (no dropout, no zoneout) computes the inference
+    numbers, so its no-grad calls take the measured choice too."""
+    if not native_kernels.available():
+        pytest.skip("the native kernel is not built")
+    layer = unilstm.LSTM(8, 16, dropout=0.5)  # one layer: the dropout between layers draws nothing
+    assert layer.training and not layer.spec.draws_in_training
+    x = torch.randn(10, 4, 8)
+    with torch.no_grad():
+        in_training_mode = layer(x)[0]
+        assert len(first_use.winners()) == 1
+        torch.testing.assert_close(layer.eval()(x)[0], in_training_mode, rtol=0, atol=0)
+
+
 def test_a_mask_with_gaps_uses_the_kernel_that_computes_it():
     """torch's fused kernel cannot compute a mask with gaps; the other candidate does, and nothing is chosen
     from that call."""

@@ -284,6 +284,8 @@ def run_stack(
         output (T, B, D*P) (in processing order when ``spec.go_backwards``; packed (N, D*P) for packed
         data), h_n (L*D, B, P), c_n (L*D, B, H).
     """
+    # without anything to draw, training mode computes the inference numbers: the same kernel choices
+    training = training and spec.draws_in_training
     every_step = steps is EVERY_STEP or steps.every_step
     if not every_step and steps.packed:
         return _run_packed(spec, x, steps, h0, c0, layers, training, generator)
