@@ -174,6 +174,7 @@ def forward_pass(
     cfg: Config, x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
     b_hh: Tensor | None, w_hr: Tensor | None, mx: Tensor | None, mh: Tensor | None, step_mask: Tensor | None,
     save: bool = True, defer: list[Deferred] | None = None, output: Tensor | None = None,
+    route: str | None = None,
 ) -> tuple[tuple[Tensor, Tensor, Tensor], Record]:
     """The forward time loop. Returns (output, h_T, c_T) and what the backward pass needs: (meta, tensors)
     (with ``save`` False, nothing beyond what the loop itself needs is recorded). With ``defer`` (a list)
@@ -181,7 +182,8 @@ def forward_pass(
     to ``defer``, and the results hold their values once the caller has run it (forward_loop_pair).
     ``output``: a (T, B, P) tensor, rows contiguous within each step (_step_rows_contiguous), for the
     outputs (the half of a batch's output buffer: run_direction_native_halves); by default the outputs are
-    the hidden-state history, or a buffer of their own when masked."""
+    the hidden-state history, or a buffer of their own when masked. ``route``: the input projection's GEMM
+    route (``_blas.PROJECTION_ROUTES``), chosen by first-use measurement when None."""
     act, ract, reverse, zero_out = cfg
     T, B, Fdim = x.shape
     H, P = c0.shape[-1], h0.shape[-1]
@@ -190,13 +192,26 @@ def forward_pass(
     gate_masks = 4 if mh is not None and mh.dim() == 3 else 1
     blas = _blas.blas_functions(x.dtype)
     loop_in_c = bool(blas[0])
-    # the input projection's GEMM route, measured at first use per kind of product (_blas.projection_route):
-    # the C loop's own gemm (one fewer torch op per call: it matters when streaming), torch's MKL addmm or
-    # oneDNN; with per-gate or input dropout masks torch's bmm / mul
-    route = _blas.projection_route(x, w_ih, b_ih, b_hh) if loop_in_c and mx is None else "torch_mm"
+    # the input projection's GEMM route, measured at first use: the C loop's own gemm (one fewer torch op per
+    # call: it matters when streaming; in inference, in cache-sized chunks of steps), torch's MKL addmm or
+    # oneDNN; with per-gate or input dropout masks torch's bmm / mul. Training measures the product alone
+    # (_blas.projection_route), inference the whole forward with each route (_blas.inference_route: the
+    # chunks' gain is the cache and the memory they spare the loop, not a faster product)
+    if not loop_in_c or mx is not None:
+        route = "torch_mm"
+    elif route is None and save:
+        route = _blas.projection_route(x, w_ih, b_ih, b_hh)
+    elif route is None:
+        args = (cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask)
+        route = _blas.inference_route(
+            x, w_ih, b_ih, b_hh, lambda name: forward_pass(*args, save=False, route=name)
+        )
     project_in_c = route == "c_gemm"
+    # inference: the loop projects the inputs a cache-sized chunk of steps at a time into a Z of one chunk
+    # (_blas.projection_chunk; 0: all steps at once, as training saves Z for the backward)
+    chunk = _blas.projection_chunk(T, B, H, x.element_size()) if project_in_c and not save else 0
     if project_in_c:
-        Z = x.new_empty(T, B, GATES * H)
+        Z = x.new_empty(chunk or T, B, GATES * H)
     else:
         Z = _input_projection(x, w_ih, summed_bias(b_ih, b_hh), mx, route)
 
@@ -255,8 +270,8 @@ def forward_pass(
             R=r_base, rbuf=rbuf_p, hcand=hcand_p,
         ) + C.forward_loop_tail(
             WhrT=address(Whr), zeros=prev_p, scratch=scr_p, X=inputs[0], F=inputs[1], W_ih=inputs[2],
-            b_ih=inputs[3], b_hh=inputs[4], h0=h0.data_ptr(), c0=c0.data_ptr(), threads=threads, act=act,
-            ract=ract, ostride=ostride,
+            b_ih=inputs[3], b_hh=inputs[4], h0=h0.data_ptr(), c0=c0.data_ptr(), chunk=chunk, threads=threads,
+            act=act, ract=ract, ostride=ostride,
         )
         if defer is not None:
             # every buffer the loop reads or writes stays referenced until it has run
