@@ -135,8 +135,12 @@ def profile_contenders(shape: tuple[int, int, int, int]) -> dict[str, Callable[[
     T, B, F, H = shape
     g = torch.Generator().manual_seed(2)
     x = torch.randn(T, B, F, generator=g)
-    w_ih, w_hh = torch.randn(4 * H, F, generator=g) * 0.1, torch.randn(4 * H, H, generator=g) * 0.1
-    b = torch.randn(4 * H, generator=g) * 0.1
+    # torch.nn.LSTM's initialisation, U(-1/sqrt(H), 1/sqrt(H)): larger weights can drive the cell state
+    # into float32's subnormal range over the steps, where every multiplication costs ~100 cycles
+    def uniform(*shape: int) -> torch.Tensor:
+        return (torch.rand(*shape, generator=g) * 2 - 1) / H**0.5
+
+    w_ih, w_hh, b = uniform(4 * H, F), uniform(4 * H, H), uniform(4 * H)
     weights = DirectionWeights(w_ih, w_hh, b, b.clone(), None)
     run = DirectionRun(torch.relu, torch.sigmoid, None, False, True)
     h0, c0 = torch.zeros(B, H), torch.zeros(B, H)
