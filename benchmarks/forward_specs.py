@@ -207,6 +207,13 @@ def main() -> None:
             contenders = {"torch standard": forward_contenders(shape, [])["torch standard"]}
             contenders.update(profile_contenders(shape))
             table(f"native forward parts {shape}", rounds(contenders, args.rounds, repeats), "torch standard")
+        if not args.no_forward:
+            from unilstm.kernels import first_use
+
+            for kind, (winner, seconds) in first_use.routes().items():
+                if kind[0] == "inference projection":
+                    timed = ", ".join(f"{name} {value * 1e3:.2f} ms" for name, value in seconds.items())
+                    print(f"first use, {kind[0]} {kind[2:6]}: {winner} ({timed})")
         if args.fwbw:
             results = rounds(fwbw_contenders(shape), args.rounds, max(3, repeats // 3))
             table(f"forward+backward standard {shape}", results, "torch fw+bw")
