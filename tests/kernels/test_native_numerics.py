@@ -550,3 +550,26 @@ def test_inference_route_times_whole_forwards_once_per_kind(monkeypatch):
     for g, a, e in zip(got, again, want, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(a, g, rtol=0, atol=0)
+
+
+@needs_extension
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_inference_chunks_in_the_two_loops_at_once(bidirectional, two_threads, monkeypatch):
+    """On two threads a layer's two directions, or its batch's two halves (B = 20), run their C loops at
+    once, each projecting its inputs in chunks of 3 steps: the same values as all steps at once, float64."""
+    torch.manual_seed(0)
+    lstm = unilstm.LSTM(5, 8, activation="relu", bidirectional=bidirectional).double().eval()
+    x = torch.randn(11, 20, 5, dtype=torch.float64)
+    mask = torch.rand(20, 11) > 0.2
+    chunks: list[int] = []
+    outputs = []
+    for chunk in (0, 3):
+        monkeypatch.setattr(
+            _blas, "projection_chunk", lambda *sizes, chunk=chunk: chunks.append(chunk) or chunk
+        )
+        with torch.no_grad():
+            outputs.append(lstm(x, mask=mask))
+    assert chunks == [0, 0, 3, 3]  # two loops per call
+    torch.testing.assert_close(outputs[1][0], outputs[0][0], rtol=1e-10, atol=1e-10)
+    for got, want in zip(outputs[1][1], outputs[0][1], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

@@ -222,7 +222,8 @@ def forward_pass(
     R = x.new_empty(T, B, H) if proj else None
     masked = step_mask is not None
     keep = step_mask.to(torch.uint8).contiguous() if step_mask is not None else None
-    all_kept = step_mask.all(dim=1).tolist() if step_mask is not None else []
+    # (per step whether every row is kept: for the backward and the Python loop; the C loop looks itself)
+    all_kept = step_mask.all(dim=1).tolist() if step_mask is not None and (save or not loop_in_c) else []
     Obuf = output if output is not None else (x.new_empty(T, B, P) if masked else None)
     ostride = 0 if Obuf is None else Obuf.stride(0)  # elements between two steps of Obuf
     zeros = x.new_zeros(B, P) if masked else None
