@@ -10,7 +10,9 @@ reverse, both masked-output modes, proj_size and shared or per-gate dropout mask
 
 * forward: Z = X W_ih^T + b for all steps in one GEMM; then per step rec = h_{t-1} W_hh^T and the cell
   (c_t = f c_{t-1} + i g, h_t = o act(c_t), masks, outputs), which keeps the pre-activations in Z_t. It
-  saves Z, the hidden and cell states and, with a projection, r_t = o act(c_t).
+  saves Z, the hidden and cell states and, with a projection, r_t = o act(c_t). Inference saves nothing, so
+  there the C loop computes Z a cache-sized chunk of steps at a time (``_blas.projection_chunk``) into a Z
+  of one chunk, where that route measured fastest (``_blas.inference_route``).
 * backward: per step the cell recomputes the gate activations from Z_t and overwrites Z_t with the gate
   gradients dZ_t; dh_{t-1} = dZ_t W_hh. Then dW_ih = dZ^T X, dW_hh = dZ^T H_prev, dW_hr = dH^T R and the
   bias gradients as one torch GEMM or sum each over all steps.
