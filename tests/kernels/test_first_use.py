@@ -162,7 +162,8 @@ def test_the_projection_route_is_measured_once_per_kind_and_reused(measuring, mo
     if not native_kernels.available() or not _blas.blas_gemm(torch.float32):
         pytest.skip("the native C loop is not built")
     layer = unilstm.LSTM(8, 16, activation="relu").eval()  # not a standard cell: the native kernel runs
-    with torch.no_grad():
+    # (with autograd: inference measures whole forwards instead, _blas.inference_route)
+    with torch.enable_grad():
         first = layer(torch.ones(10, 4, 8))[0]
         # (with two threads the batch halves are measured too, their products another kind)
         measured = projection_routes()

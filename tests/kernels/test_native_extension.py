@@ -125,18 +125,18 @@ def test_c_entry_points_check_their_arguments():
             cell.backward_step(*([0] * 22), 2, bad)
         with pytest.raises(ValueError, match="activation id"):
             cell.activation(0, bad, 0, 0, 0, 0, 0)
-        for loop, count in ((cell.forward_loop, 41), (cell.backward_loop, 32)):  # ..., act, ract, stride
+        for loop, count in ((cell.forward_loop, 42), (cell.backward_loop, 32)):  # ..., act, ract, stride
             with pytest.raises(ValueError, match="activation id"):
                 loop(*([0] * (count - 3)), bad, 1, 0)
             with pytest.raises(ValueError, match="activation id"):
                 loop(*([0] * (count - 3)), 1, bad, 0)
-    for loop, count in ((cell.forward_loop, 41), (cell.backward_loop, 32)):
+    for loop, count in ((cell.forward_loop, 42), (cell.backward_loop, 32)):
         with pytest.raises(ValueError, match="BLAS gemm"):  # gemm address 0
             loop(*([0] * (count - 3)), 1, 2, 0)
         with pytest.raises(ValueError, match="step stride >= 0, received -4"):
             loop(*([0] * (count - 3)), 1, 2, -4)
     for fn, count in ((cell.forward_step, 22), (cell.backward_step, 24), (cell.finish_hidden, 13),
-                      (cell.forward_loop, 41), (cell.backward_loop, 32), (cell.activation, 7)):
+                      (cell.forward_loop, 42), (cell.backward_loop, 32), (cell.activation, 7)):
         for wrong in (0, count - 1, count + 1):
             with pytest.raises(TypeError, match="expected"):
                 fn(*([0] * wrong))
@@ -206,13 +206,13 @@ def test_a_build_from_another_activation_table_is_refused(monkeypatch):
 
 
 @needs_extension
-@pytest.mark.parametrize(("kind", "sizes"), [("forward", (12, 15, 14)), ("backward", (11, 15, 6))])
+@pytest.mark.parametrize(("kind", "sizes"), [("forward", (12, 15, 15)), ("backward", (11, 15, 6))])
 def test_loop_arguments_by_name(kind, sizes):
     """A loop's argument tuple is built from its parameters by name in three parts, each in the order of
     FORWARD_LOOP_PARAMETERS / BACKWARD_LOOP_PARAMETERS whatever the keywords' order; a missing, unknown or
     positional argument is refused."""
     names = getattr(_extension, f"{kind.upper()}_LOOP_PARAMETERS")
-    assert len(names) == len(set(names)) == sum(sizes) == (41 if kind == "forward" else 32)
+    assert len(names) == len(set(names)) == sum(sizes) == (42 if kind == "forward" else 32)
     built, start = (), 0
     for part, size in zip(("head", "buffers", "tail"), sizes, strict=True):
         build = getattr(_extension, f"{kind}_loop_{part}")

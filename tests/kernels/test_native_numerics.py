@@ -463,3 +463,113 @@ def test_per_gate_products_batched_or_four_calls(batched, P, dtype, monkeypatch)
     got = results(run_direction_native, *case)
     tol = 1e-9 if dtype == torch.float64 else 2e-5
     assert_results_close(got, want, rtol=tol, atol=tol, context=f"batched={batched}", scaled=True)
+
+
+@needs_extension
+@pytest.mark.parametrize("chunk", [1, 4, 5])
+@pytest.mark.parametrize(("P", "mask", "reverse", "zero"), [
+    (0, None, False, True), (0, "gaps", True, False), (2, "gaps_empty_step", False, True),
+    (0, "gaps_empty_row", False, False),
+    (2, None, True, True),
+])
+def test_inference_in_chunks_of_steps_float64(chunk, P, mask, reverse, zero, monkeypatch):
+    """Inference (no autograd record) projects the inputs ``chunk`` steps at a time inside the C loop
+    (``_blas.projection_chunk``, from the cache size; forced here): T = 9 is no multiple of 4 or 5, and the
+    reverse loop takes its chunks from the end. Equal to the reference in float64."""
+    monkeypatch.setattr(_blas, "projection_chunk", lambda *sizes: chunk)
+    x, h0, c0, w, run = make_case(31, T=9, B=3, F=5, H=4, P=P, mask=mask, reverse=reverse, zero=zero)
+    with torch.no_grad():
+        want = run_direction_reference(x, h0, c0, w, run)
+        got = run_direction_native(x, h0, c0, w, run)
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
+
+
+@needs_extension
+def test_inference_in_chunks_with_packed_input_weights_float32():
+    """From 8 chunks of at least 16 rows and a (4H, F) weight of 2^16 elements, W_ih is packed once (MKL's
+    packed GEMM, where the BLAS has it) and each chunk's projection computed from the packed copy: 9 chunks
+    of 2 steps (the last one of 1), float32 against the float64 reference."""
+    g = torch.Generator().manual_seed(3)
+    T, B, F, H = 17, 16, 64, 256
+    x = torch.randn(T, B, F, generator=g, dtype=torch.float64)
+    w = DirectionWeights(torch.randn(4 * H, F, generator=g, dtype=torch.float64) * 0.2,
+                         torch.randn(4 * H, H, generator=g, dtype=torch.float64) * 0.1,
+                         torch.randn(4 * H, generator=g, dtype=torch.float64) * 0.1, None, None)
+    h0, c0 = torch.zeros(B, H, dtype=torch.float64), torch.zeros(B, H, dtype=torch.float64)
+    run = DirectionRun(torch.relu, torch.sigmoid, None, False, True)
+    chunk = 2
+    with torch.no_grad():
+        want = run_direction_reference(x, h0, c0, w, run)
+        w32 = DirectionWeights(w.w_ih.float(), w.w_hh.float(), w.b_ih.float(), None, None)
+        original = _blas.projection_chunk
+        try:
+            _blas.projection_chunk = lambda *sizes: chunk
+            got = run_direction_native(x.float(), h0.float(), c0.float(), w32, run)
+        finally:
+            _blas.projection_chunk = original
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4)
+
+
+@needs_extension
+def test_inference_route_times_whole_forwards_once_per_kind(monkeypatch):
+    """Measuring (not the suite's fixed policy), an inference call's projection route is chosen from whole
+    forwards run with each route, once per kind of call; every route gives the reference's values."""
+    from unilstm.kernels import first_use
+
+    monkeypatch.setenv(first_use.CHOICE_ENV, "measure")
+    first_use.forget()
+    x, h0, c0, w, run = make_case(5, T=7, B=3, F=5, H=4, mask="gaps", reverse=True)
+    seen: list[str] = []
+    original = _blas.inference_route
+
+    def spy(x, w_ih, b_ih, b_hh, forward):
+        return original(x, w_ih, b_ih, b_hh, lambda name: seen.append(name) or forward(name))
+
+    monkeypatch.setattr(_blas, "inference_route", spy)
+    try:
+        with torch.no_grad():
+            want = run_direction_reference(x, h0, c0, w, run)
+            got = run_direction_native(x, h0, c0, w, run)
+            assert {"c_gemm", "torch_mm"} <= set(seen) <= set(_blas.PROJECTION_ROUTES)
+            ((kind, (winner, timings)),) = [(k, v) for k, v in first_use.routes().items()
+                                            if k[0] == "inference projection"]
+            assert winner in timings and set(timings) == set(seen)
+            count = len(seen)
+            again = run_direction_native(x, h0, c0, w, run)  # the same kind: no new measurement
+            assert len(seen) == count
+            for name in set(seen):
+                by_route = native._loops.forward_pass(
+                    *native._loops.function_arguments(native._loops.run_config(run), x, h0, c0, w, run),
+                    save=False, route=name)[0]
+                for g, e in zip(by_route, want, strict=True):
+                    torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
+    finally:
+        first_use.forget()
+    for g, a, e in zip(got, again, want, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(a, g, rtol=0, atol=0)
+
+
+@needs_extension
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_inference_chunks_in_the_two_loops_at_once(bidirectional, two_threads, monkeypatch):
+    """On two threads a layer's two directions, or its batch's two halves (B = 20), run their C loops at
+    once, each projecting its inputs in chunks of 3 steps: the same values as all steps at once, float64."""
+    torch.manual_seed(0)
+    lstm = unilstm.LSTM(5, 8, activation="relu", bidirectional=bidirectional).double().eval()
+    x = torch.randn(11, 20, 5, dtype=torch.float64)
+    mask = torch.rand(20, 11) > 0.2
+    chunks: list[int] = []
+    outputs = []
+    for chunk in (0, 3):
+        monkeypatch.setattr(
+            _blas, "projection_chunk", lambda *sizes, chunk=chunk: chunks.append(chunk) or chunk
+        )
+        with torch.no_grad():
+            outputs.append(lstm(x, mask=mask))
+    assert chunks == [0, 0, 3, 3]  # two loops per call
+    torch.testing.assert_close(outputs[1][0], outputs[0][0], rtol=1e-10, atol=1e-10)
+    for got, want in zip(outputs[1][1], outputs[0][1], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

@@ -144,7 +144,7 @@ def _recurrent_step_agrees(gemm: int, batch: int, dtype: torch.dtype, per_gate: 
             rec=rec.data_ptr(), WrecT=weight.data_ptr(), R=0, rbuf=0, hcand=0,
         ) + C.forward_loop_tail(
             WhrT=0, zeros=0, scratch=scratch.data_ptr(), X=0, F=0, W_ih=0, b_ih=0, b_hh=0, h0=0, c0=0,
-            threads=1, act=linear, ract=linear, ostride=0,
+            chunk=0, threads=1, act=linear, ract=linear, ostride=0,
         )
         C.forward_loop(arguments)
         if not torch.allclose(z[0], want, rtol=1e-4, atol=1e-4):
@@ -289,6 +289,57 @@ def projection_route(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | N
     )
 
 
+def inference_route(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | None, b_hh: torch.Tensor | None,
+                    forward: Callable[[str], object]) -> str:
+    """The input projection's route for an inference forward (no autograd record): ``"c_gemm"`` (the loop
+    computes it in cache-sized chunks of steps, :func:`projection_chunk`), ``"torch_mm"`` or ``"onednn"``
+    (all steps before the loop), whichever made ``forward(route)`` (the whole forward on the call's own
+    operands) fastest the first time a kind of call (dtype, each size's power-of-two bucket, thread count)
+    was seen; ``policy.INPUT_PROJECTION_ROUTE`` with measuring off. The whole forward is timed, not the
+    product alone: the chunks are no faster a product, they spare the loop a (T, B, 4H) buffer that it
+    would write once and read back from memory."""
+    if not first_use.measuring():
+        chosen = policy.INPUT_PROJECTION_ROUTE
+        return "torch_mm" if chosen == "onednn" and not _onednn_available(x.dtype) else chosen
+    T, B, K = x.shape
+    # (first_use.bucket inlined: this runs on every inference call of the native kernel)
+    kind = ("inference projection", x.dtype, T.bit_length(), B.bit_length(), K.bit_length(),
+            w_ih.shape[0].bit_length(), torch.get_num_threads())
+    measured = first_use.measured_route(kind)
+    if measured is not None:
+        return measured
+
+    def candidates() -> dict[str, Callable[[], object]]:
+        names = ["c_gemm", "torch_mm"]
+        if _onednn_agrees(x.reshape(T * B, K), w_ih, b_ih, b_hh):
+            names.append("onednn")
+        def run(name: str) -> Callable[[], object]:
+            return lambda: forward(name)
+
+        return {name: run(name) for name in names}
+
+    return first_use.route(kind, candidates, policy.INPUT_PROJECTION_ROUTE)
+
+
+def _onednn_agrees(rows: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | None,
+                   b_hh: torch.Tensor | None) -> bool:
+    """Whether oneDNN's linear runs here and computes rows W_ih^T + b as addmm does (before it may be
+    chosen)."""
+    if not _onednn_available(rows.dtype):
+        return False
+    with torch.no_grad():
+        rows, weight = rows.detach().contiguous(), w_ih.detach().contiguous()
+        bias = None
+        for b in (b_ih, b_hh):
+            if b is not None:
+                bias = b.detach() if bias is None else bias + b.detach()
+        want = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
+        try:
+            return torch.allclose(onednn_linear(rows, weight, bias), want, rtol=1e-4, atol=1e-4)
+        except RuntimeError:
+            return False
+
+
 def _projection_candidates(
     rows: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor | None, b_hh: torch.Tensor | None
 ) -> dict[str, Callable[[], object]]:
@@ -327,3 +378,55 @@ def _projection_candidates(
             if agrees:
                 runs["onednn"] = lambda: onednn_linear(rows, weight, bias)
         return runs
+
+
+# -- the inference loop's chunks of input projections ----------------------------------------------------
+
+_CACHE_BYTES: int | None = None
+#: the per-core cache assumed where the probe finds none (1 MiB: the smallest L2 of current x86 server cores)
+DEFAULT_CACHE_BYTES = 1 << 20
+
+
+def per_core_cache_bytes() -> int:
+    """The size of a core's L2 cache (private to the core, or to its SMT siblings, on current x86 CPUs,
+    Intel and AMD alike), read from Linux's description of cpu0's caches
+    (``/sys/devices/system/cpu/cpu0/cache/index*/{level,type,size}``); ``DEFAULT_CACHE_BYTES`` where it
+    cannot be read."""
+    global _CACHE_BYTES
+    if _CACHE_BYTES is None:
+        _CACHE_BYTES = _probe_cache_bytes() or DEFAULT_CACHE_BYTES
+    return _CACHE_BYTES
+
+
+def _probe_cache_bytes() -> int:
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        entries = sorted(os.listdir(base))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            fields = {}
+            for name in ("level", "type", "size"):
+                with open(os.path.join(base, entry, name)) as f:
+                    fields[name] = f.read().strip()
+        except OSError:
+            continue
+        if fields["level"] != "2" or fields["type"] == "Instruction":
+            continue
+        size = fields["size"].upper()
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+        try:
+            return int(size.rstrip("KMG")) * scale
+        except ValueError:
+            return 0
+    return 0
+
+
+def projection_chunk(T: int, B: int, H: int, element_size: int) -> int:
+    """How many steps' input projections the inference loop computes at a time (forward_loop's ``chunk``):
+    as many as fill half the per-core cache (:func:`per_core_cache_bytes`) with their (B, 4H) rows, at least
+    one; 0 (all before the loop) where that is every step anyway."""
+    step_bytes = B * GATES * H * element_size
+    chunk = max(1, per_core_cache_bytes() // 2 // max(1, step_bytes))
+    return 0 if chunk >= T else chunk

@@ -167,11 +167,12 @@ def backward_stepper(
 
 def product(
     *, float64: bool, blas: BlasFunctions, trans: bool, M: int, N: int, K: int, A: int, lda: int, W: int,
-    ldw: int, C: int, ldc: int,
+    ldw: int, C: int, ldc: int, repeat: int = 1,
 ) -> None:
-    """C (M, N) = A (M, K) op(W), packed when the sizes ask for it: the loops' product helper, once."""
+    """C (M, N) = A (M, K) op(W), packed when the sizes ask for it: the loops' product helper, ``repeat``
+    times (the weight packed once, as a loop packs it for its steps)."""
     assert _lstm_cell is not None  # callers check available() first
-    _lstm_cell.product(int(float64), *blas, int(trans), M, N, K, A, lda, W, ldw, C, ldc)
+    _lstm_cell.product(int(float64), *blas, int(trans), M, N, K, A, lda, W, ldw, C, ldc, repeat)
 
 
 def activation(*, float64: bool, act: int, x: int, y: int, g: int, out: int, n: int) -> None:

@@ -10,7 +10,9 @@ reverse, both masked-output modes, proj_size and shared or per-gate dropout mask
 
 * forward: Z = X W_ih^T + b for all steps in one GEMM; then per step rec = h_{t-1} W_hh^T and the cell
   (c_t = f c_{t-1} + i g, h_t = o act(c_t), masks, outputs), which keeps the pre-activations in Z_t. It
-  saves Z, the hidden and cell states and, with a projection, r_t = o act(c_t).
+  saves Z, the hidden and cell states and, with a projection, r_t = o act(c_t). Inference saves nothing, so
+  there the C loop computes Z a cache-sized chunk of steps at a time (``_blas.projection_chunk``) into a Z
+  of one chunk, where that route measured fastest (``_blas.inference_route``).
 * backward: per step the cell recomputes the gate activations from Z_t and overwrites Z_t with the gate
   gradients dZ_t; dh_{t-1} = dZ_t W_hh. Then dW_ih = dZ^T X, dW_hh = dZ^T H_prev, dW_hr = dH^T R and the
   bias gradients as one torch GEMM or sum each over all steps.
@@ -179,6 +181,7 @@ def forward_pass(
     cfg: Config, x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
     b_hh: Tensor | None, w_hr: Tensor | None, mx: Tensor | None, mh: Tensor | None, step_mask: Tensor | None,
     save: bool = True, defer: list[Deferred] | None = None, output: Tensor | None = None,
+    route: str | None = None,
 ) -> tuple[tuple[Tensor, Tensor, Tensor], Record]:
     """The forward time loop. Returns (output, h_T, c_T) and what the backward pass needs: (meta, tensors)
     (with ``save`` False, nothing beyond what the loop itself needs is recorded). With ``defer`` (a list)
@@ -186,7 +189,8 @@ def forward_pass(
     to ``defer``, and the results hold their values once the caller has run it (forward_loop_pair).
     ``output``: a (T, B, P) tensor, rows contiguous within each step (_step_rows_contiguous), for the
     outputs (the half of a batch's output buffer: run_direction_native_halves); by default the outputs are
-    the hidden-state history, or a buffer of their own when masked."""
+    the hidden-state history, or a buffer of their own when masked. ``route``: the input projection's GEMM
+    route (``_blas.PROJECTION_ROUTES``), chosen by first-use measurement when None."""
     act, ract, reverse, zero_out = cfg
     T, B, Fdim = x.shape
     H, P = c0.shape[-1], h0.shape[-1]
@@ -195,13 +199,26 @@ def forward_pass(
     gate_masks = 4 if mh is not None and mh.dim() == 3 else 1
     blas = _blas.blas_functions(x.dtype)
     loop_in_c = bool(blas[0])
-    # the input projection's GEMM route, measured at first use per kind of product (_blas.projection_route):
-    # the C loop's own gemm (one fewer torch op per call: it matters when streaming), torch's MKL addmm or
-    # oneDNN; with per-gate or input dropout masks torch's bmm / mul
-    route = _blas.projection_route(x, w_ih, b_ih, b_hh) if loop_in_c and mx is None else "torch_mm"
+    # the input projection's GEMM route, measured at first use: the C loop's own gemm (one fewer torch op per
+    # call: it matters when streaming; in inference, in cache-sized chunks of steps), torch's MKL addmm or
+    # oneDNN; with per-gate or input dropout masks torch's bmm / mul. Training measures the product alone
+    # (_blas.projection_route), inference the whole forward with each route (_blas.inference_route: the
+    # chunks' gain is the cache and the memory they spare the loop, not a faster product)
+    if not loop_in_c or mx is not None:
+        route = "torch_mm"
+    elif route is None and save:
+        route = _blas.projection_route(x, w_ih, b_ih, b_hh)
+    elif route is None:
+        args = (cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, mx, mh, step_mask)
+        route = _blas.inference_route(
+            x, w_ih, b_ih, b_hh, lambda name: forward_pass(*args, save=False, route=name)
+        )
     project_in_c = route == "c_gemm"
+    # inference: the loop projects the inputs a cache-sized chunk of steps at a time into a Z of one chunk
+    # (_blas.projection_chunk; 0: all steps at once, as training saves Z for the backward)
+    chunk = _blas.projection_chunk(T, B, H, x.element_size()) if project_in_c and not save else 0
     if project_in_c:
-        Z = x.new_empty(T, B, GATES * H)
+        Z = x.new_empty(chunk or T, B, GATES * H)
     else:
         Z = _input_projection(x, w_ih, summed_bias(b_ih, b_hh), mx, route)
 
@@ -212,7 +229,8 @@ def forward_pass(
     R = x.new_empty(T, B, H) if proj else None
     masked = step_mask is not None
     keep = step_mask.to(torch.uint8).contiguous() if step_mask is not None else None
-    all_kept = step_mask.all(dim=1).tolist() if step_mask is not None else []
+    # (per step whether every row is kept: for the backward and the Python loop; the C loop looks itself)
+    all_kept = step_mask.all(dim=1).tolist() if step_mask is not None and (save or not loop_in_c) else []
     Obuf = output if output is not None else (x.new_empty(T, B, P) if masked else None)
     ostride = 0 if Obuf is None else Obuf.stride(0)  # elements between two steps of Obuf
     zeros = x.new_zeros(B, P) if masked else None
@@ -260,8 +278,8 @@ def forward_pass(
             R=r_base, rbuf=rbuf_p, hcand=hcand_p,
         ) + C.forward_loop_tail(
             WhrT=address(Whr), zeros=prev_p, scratch=scr_p, X=inputs[0], F=inputs[1], W_ih=inputs[2],
-            b_ih=inputs[3], b_hh=inputs[4], h0=h0.data_ptr(), c0=c0.data_ptr(), threads=threads, act=act,
-            ract=ract, ostride=ostride,
+            b_ih=inputs[3], b_hh=inputs[4], h0=h0.data_ptr(), c0=c0.data_ptr(), chunk=chunk, threads=threads,
+            act=act, ract=ract, ostride=ostride,
         )
         # the BLAS gemm or the hand-written one for tiny products, measured per kind of loop at first use
         # (_small_gemm.loop_gemm; two loops at once take what was measured, without measuring)

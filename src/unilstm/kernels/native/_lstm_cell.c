@@ -350,7 +350,8 @@ static int loop_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t arity, 
     X(Z) X(Hp) X(Cp) X(Obuf) X(keep) X(zero_out) X(mh) X(n_masks) X(hnext) X(hm_hist) X(rec) X(WrecT) X(R) \
     X(rbuf) X(hcand)
 #define FORWARD_TAIL                                                                                         \
-    X(WhrT) X(zeros) X(scratch) X(X) X(F) X(W_ih) X(b_ih) X(b_hh) X(h0) X(c0) X(threads) X(act) X(ract) X(ostride)
+    X(WhrT) X(zeros) X(scratch) X(X) X(F) X(W_ih) X(b_ih) X(b_hh) X(h0) X(c0) X(chunk) X(threads) X(act) X(ract) \
+    X(ostride)
 #define BACKWARD_HEAD X(float64) X(gemm) X(pack_get_size) X(pack) X(compute) X(gemm_batch) X(T) X(B) X(H) X(P) X(reverse)
 #define BACKWARD_BUFFERS                                                                                        \
     X(Z) X(Cp) X(dout) X(keep) X(dh) X(dc) X(carry) X(dh_new) X(DH) X(dr) X(w_hr) X(dz) X(dh_tmp) X(Wrec) X(mh)
@@ -362,8 +363,8 @@ static const char *const forward_head[] = {FORWARD_HEAD}, *const forward_buffers
                          *const backward_buffers[] = {BACKWARD_BUFFERS}, *const backward_tail[] = {BACKWARD_TAIL};
 #undef X
 #define COUNT(list) ((Py_ssize_t)(sizeof list / sizeof *list))
-_Static_assert(COUNT(forward_head) + COUNT(forward_buffers) + COUNT(forward_tail) == 41,
-               "forward_loop takes 41 integers");
+_Static_assert(COUNT(forward_head) + COUNT(forward_buffers) + COUNT(forward_tail) == 42,
+               "forward_loop takes 42 integers");
 _Static_assert(COUNT(backward_head) + COUNT(backward_buffers) + COUNT(backward_tail) == 32,
                "backward_loop takes 32 integers");
 
@@ -441,7 +442,7 @@ DEFINE_PART(5, backward_loop_tail)
 #undef DEFINE_PART
 
 static int forward_loop_args(PyObject *const *args, Py_ssize_t nargs, long long *a) {
-    return loop_args(args, nargs, 41, "forward_loop", a);
+    return loop_args(args, nargs, 42, "forward_loop", a);
 }
 
 static int backward_loop_args(PyObject *const *args, Py_ssize_t nargs, long long *a) {
@@ -455,7 +456,7 @@ static int backward_loop_args(PyObject *const *args, Py_ssize_t nargs, long long
        PTR(const REAL, a[23]), PTR(REAL, a[24]), PTR(REAL, a[25]), PTR(REAL, a[26]), PTR(const REAL, a[27]), \
        PTR(const REAL, a[28]), PTR(REAL, a[29]), PTR(const REAL, a[30]), (long)a[31], PTR(const REAL, a[32]), \
        PTR(const REAL, a[33]), PTR(const REAL, a[34]), PTR(const REAL, a[35]), PTR(const REAL, a[36]),      \
-       (int)a[37], (int)a[38], (int)a[39], (long)a[40])
+       (int)a[38], (int)a[39], (int)a[40], (long)a[41], (long)a[37])
 DEFINE_RUN_LOOP(forward_loop)
 #undef CALL
 
@@ -475,7 +476,7 @@ DEFINE_RUN_LOOP(backward_loop)
 static PyObject *run_loop(PyObject *const *args, Py_ssize_t nargs,
                           int (*check)(PyObject *const *, Py_ssize_t, long long *),
                           void (*run)(const long long *)) {
-    long long a[41];
+    long long a[42];
     if (check(args, nargs, a) < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
     run(a);
@@ -510,7 +511,7 @@ static void loop_pair_task(void *argument) {
 static PyObject *run_loop_pair(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t arity, const char *name,
                                int (*check)(PyObject *const *, Py_ssize_t, long long *),
                                void (*run)(const long long *), int threads_index) {
-    long long a[2][41];
+    long long a[2][42];
     if (nargs != 2) {
         PyErr_Format(PyExc_TypeError, "%s: expected two argument tuples, received %zd arguments", name, nargs);
         return NULL;
@@ -536,27 +537,29 @@ static PyObject *run_loop_pair(PyObject *const *args, Py_ssize_t nargs, Py_ssize
 }
 
 static PyObject *py_forward_loop_pair(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    return run_loop_pair(args, nargs, 41, "forward_loop_pair", forward_loop_args, run_forward_loop, 37);
+    return run_loop_pair(args, nargs, 42, "forward_loop_pair", forward_loop_args, run_forward_loop, 38);
 }
 
 static PyObject *py_backward_loop_pair(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     return run_loop_pair(args, nargs, 32, "backward_loop_pair", backward_loop_args, run_backward_loop, 28);
 }
 
-/* C (M, N) = A (M, K) op(W) once through the loops' product helper, packed when the sizes ask for it (as
- * if repeated over many steps): the driver's check of the BLAS functions it found */
+/* C (M, N) = A (M, K) op(W) through the loops' product helper, packed when the sizes ask for it (as if
+ * repeated over many steps), a[16] times: the driver's check of the BLAS functions it found, and the
+ * benchmarks' timing of a loop's per-step products (packed once, computed a[16] times) */
 static PyObject *py_product(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long a[16];
-    if (parse_ints(args, nargs, 16, "product", a) < 0) return NULL;
+    long long a[17];
+    if (parse_ints(args, nargs, 17, "product", a) < 0) return NULL;
     CHECK_GEMM("product", a[1]);
-    /* a[6] trans, a[7..9] M N K, a[10] A, a[11] lda, a[12] W, a[13] ldw, a[14] C, a[15] ldc */
+    /* a[6] trans, a[7..9] M N K, a[10] A, a[11] lda, a[12] W, a[13] ldw, a[14] C, a[15] ldc, a[16] repeat */
 #define CALL(R, REAL)                                                                                        \
     do {                                                                                                     \
         BLAS(R, blas)                                                                                        \
         R##_operand_t op = {PTR(const REAL, a[12]), (long)a[13], (int)a[6], NULL};                           \
         operand_pack_##R(&blas, &op, (long)a[7], (long)a[8], (long)a[9], 1L << 30);                          \
-        product_##R(&blas, &op, (long)a[7], (long)a[8], (long)a[9], PTR(const REAL, a[10]), (long)a[11],       \
-                    PTR(REAL, a[14]), (long)a[15]);                                                          \
+        for (long long s = 0; s < a[16]; s++)                                                               \
+            product_##R(&blas, &op, (long)a[7], (long)a[8], (long)a[9], PTR(const REAL, a[10]), (long)a[11],   \
+                        PTR(REAL, a[14]), (long)a[15]);                                                      \
         free(op.packed);                                                                                     \
     } while (0)
     if (a[0]) CALL(f64, double); else CALL(f32, float);

@@ -668,14 +668,32 @@ static void NAME(operand_pack)(const NAME(blas_t) * blas, NAME(operand_t) * op, 
     op->packed = buffer;
 }
 
+/* C (M, N) = A (M, K) op(W) + beta C */
+static void NAME(product_beta)(const NAME(blas_t) * blas, const NAME(operand_t) * op, long M, long N, long K,
+                               const REAL *A, long lda, REAL beta, REAL *C, long ldc) {
+    if (op->packed != NULL)
+        blas->compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, M, N, K, A, lda, op->packed, N, beta, C, ldc);
+    else
+        NAME(gemm_rows_beta)(blas->gemm, M, N, K, A, lda, op->w, op->ld, op->trans, beta, C, ldc);
+}
+
 /* C (M, N) = A (M, K) op(W) */
 static void NAME(product)(const NAME(blas_t) * blas, const NAME(operand_t) * op, long M, long N, long K,
                           const REAL *A, long lda, REAL *C, long ldc) {
-    if (op->packed != NULL)
-        blas->compute(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_PACKED, M, N, K, A, lda, op->packed, N, (REAL)0, C,
-                      ldc);
-    else
-        NAME(gemm_rows)(blas->gemm, M, N, K, A, lda, op->w, op->ld, op->trans, C, ldc);
+    NAME(product_beta)(blas, op, M, N, K, A, lda, (REAL)0, C, ldc);
+}
+
+/* Z (n, N) = X (n, K) op(W) + b_ih + b_hh (either bias NULL): the biases fill Z and the product adds to them
+ * (beta = 1), as torch's addmm does */
+static void NAME(project_rows)(const NAME(blas_t) * blas, const NAME(operand_t) * op, long n, long N, long K,
+                               const REAL *X, const REAL *b_ih, const REAL *b_hh, REAL *Z) {
+    REAL beta = 0;
+    if (b_ih != NULL || b_hh != NULL) {
+        for (long j = 0; j < N; j++) Z[j] = (b_ih != NULL ? b_ih[j] : (REAL)0) + (b_hh != NULL ? b_hh[j] : (REAL)0);
+        for (long r = 1; r < n; r++) memcpy(Z + r * N, Z, (size_t)N * sizeof(REAL));
+        beta = 1;
+    }
+    NAME(product_beta)(blas, op, n, N, K, X, K, beta, Z, N);
 }
 
 /*
@@ -724,6 +742,11 @@ static const uint8_t *NAME(step_keep)(const uint8_t *keep, long t, long B) {
  * bias NULL); otherwise Z holds it on entry. h0 (B, P) and c0 (B, H) are copied into the histories'
  * first entries (index T when reverse); NULL means they are in place already. ostride: the elements between
  * two steps of Obuf (B * P, or more when Obuf holds these B rows of a wider batch).
+ * chunk (with X, for inference): 0 computes every step's projection before the loop; from 1 on, the loop
+ * computes them `chunk` steps at a time, each chunk just before its steps run, and Z holds one chunk
+ * (chunk, B, 4H) instead of T steps: a buffer that stays in the cache (the driver sizes it from the cache's
+ * size) instead of one the size of the whole sequence, written once and read back from memory. W_ih is then
+ * packed once (MKL's packed GEMM, where the sizes ask for it) for all chunks.
  */
 static void NAME(forward_loop)(const NAME(blas_t) * blas, int trans_w, long T, long B, long H, long P, int reverse,
                                REAL *Z, REAL *Hp, REAL *Cp, REAL *Obuf, const uint8_t *keep, int zero_out,
@@ -731,10 +754,14 @@ static void NAME(forward_loop)(const NAME(blas_t) * blas, int trans_w, long T, l
                                const REAL *WrecT, REAL *R, REAL *rbuf, REAL *hcand, const REAL *WhrT,
                                const REAL *zeros, REAL *scratch, const REAL *X, long F, const REAL *W_ih,
                                const REAL *b_ih, const REAL *b_hh, const REAL *h0, const REAL *c0, int threads,
-                               int act, int ract, long ostride) {
+                               int act, int ract, long ostride, long chunk) {
     const REAL *prev = zeros;
     const long first = reverse ? T : 0, stride = SCRATCH_PER_HIDDEN * H; /* one scratch slice per thread */
-    if (X != NULL) NAME(project_inputs)(blas->gemm, T * B, 4 * H, F, X, W_ih, b_ih, b_hh, Z);
+    if (X == NULL || chunk >= T || chunk < 0) chunk = 0;
+    NAME(operand_t) in_w = {W_ih, F, 1, NULL};
+    long z_first = 0; /* with chunks: the first step whose projection Z holds */
+    if (X != NULL && chunk == 0) NAME(project_inputs)(blas->gemm, T * B, 4 * H, F, X, W_ih, b_ih, b_hh, Z);
+    if (chunk > 0) NAME(operand_pack)(blas, &in_w, chunk * B, 4 * H, F, (T + chunk - 1) / chunk);
     if (h0 != NULL) memcpy(Hp + first * B * P, h0, (size_t)(B * P) * sizeof(REAL));
     if (c0 != NULL) memcpy(Cp + first * B * H, c0, (size_t)(B * H) * sizeof(REAL));
     for (int k = 0; k < n_masks; k++) { /* the first GEMM operand: h0, times each mask */
@@ -754,6 +781,11 @@ static void NAME(forward_loop)(const NAME(blas_t) * blas, int trans_w, long T, l
     for (long s = 0; s < T; s++) {
         const long t = reverse ? T - 1 - s : s;
         const long hi = reverse ? t + 1 : t, ho = reverse ? t : t + 1;
+        if (chunk > 0 && s % chunk == 0) { /* the projections of the next n steps in loop order */
+            const long n = T - s < chunk ? T - s : chunk;
+            z_first = reverse ? T - s - n : s;
+            NAME(project_rows)(blas, &in_w, n * B, 4 * H, F, X + z_first * B * F, b_ih, b_hh, Z);
+        }
         if (hm_hist != NULL) { /* the masked h_{t-1} of each gate, for dW_hh */
             for (int k = 0; k < n_masks; k++)
                 memcpy(hm_hist + (k * T + t) * B * P, hnext + k * B * P, (size_t)(B * P) * sizeof(REAL));
@@ -765,7 +797,7 @@ static void NAME(forward_loop)(const NAME(blas_t) * blas, int trans_w, long T, l
         }
         const uint8_t *kp = NAME(step_keep)(keep, t, B);
         REAL *out_t = Obuf != NULL ? Obuf + t * ostride : NULL;
-        REAL *zt = Z + t * B * 4 * H;
+        REAL *zt = Z + (t - z_first) * B * 4 * H;
         if (R != NULL) {
             NAME(forward_step_par)(threads, stride, B, H, P, zt, rec, Cp + hi * B * H, Cp + ho * B * H, NULL, NULL,
                                    NULL, NULL, kp, zero_out, NULL, n_masks, NULL, rbuf, R + t * B * H, scratch, act,
@@ -782,6 +814,7 @@ static void NAME(forward_loop)(const NAME(blas_t) * blas, int trans_w, long T, l
     }
     free(rec_w.packed);
     free(proj_w.packed);
+    free(in_w.packed);
 }
 
 /*
