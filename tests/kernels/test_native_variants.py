@@ -23,7 +23,7 @@ from variant_cases import (
 import unilstm
 from unilstm.activations import parametric
 from unilstm.kernels import force_kernel, native
-from unilstm.kernels.native import run_direction_native
+from unilstm.kernels.native import _variants, run_direction_native
 from unilstm.kernels.reference import DirectionRun, DirectionWeights, run_direction_reference
 
 ATOL = 1e-10
@@ -33,6 +33,11 @@ EXTRA_VARIANTS = {
                    "zoneout_cell": "draw", "mask": "gaps", "zero": False, "mh_kind": "per_gate"},
     "softsign_general": {"act": "softsign", "gate_clip": 0.5, "cell_clip": 0.4, "forget_bias": 0.3,
                          "zoneout_hidden": 0.2, "P": 2, "mask": "right", "reverse": True},
+    # layer normalisation's single-pass rows with relu, and its general rows (another output activation)
+    "ln_relu_fused": {"act": "relu", "layer_norm": True, "peepholes": True, "coupled_gates": True,
+                      "cell_clip": 0.6, "zoneout_hidden": "draw", "mask": "gaps", "mh_kind": "per_gate"},
+    "ln_general": {"layer_norm": True, "peepholes": True, "output_activation": "softsign", "gate_clip": 0.5,
+                   "zoneout_cell": 0.1, "forget_bias": 0.4},
 }
 CASES = {**SINGLE_VARIANTS, **COMBINED_VARIANTS, **EXTRA_VARIANTS}
 _REFERENCE: dict = {}
@@ -254,3 +259,21 @@ def test_bidirectional_directions_at_once_equal_the_reference(training, two_thre
         force_kernel(None)
     for g, e in zip(*found, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-10)
+
+
+@needs_extension
+@pytest.mark.parametrize("variants", [{"layer_norm": True, "peepholes": True}, {"peepholes": True},
+                                      {"layer_norm": True, "peepholes": True, "act": "softsign"}])
+def test_cell_split_over_two_threads_sums_the_gradients_of_each(variants, two_threads):
+    """B H = 4096: with two threads each step's cell splits its rows between them, and each thread sums the
+    peephole and gain gradients of its rows apart (the backward loop's per-thread sums): their total is the
+    reference's gradient."""
+    case = make_variant_case(21, T=4, B=32, F=3, H=128, **variants)
+    assert 32 * 128 >= native._extension.CELL_PARALLEL_MIN
+    got = variant_results(lambda *c: _variants.run_direction_variant(*c, threads=2), *case)
+    assert_results_close(got, variant_results(run_direction_reference, *case), RTOL64, ATOL)
+
+
+@needs_extension
+def test_gradient_sums_layout_is_the_builds():
+    assert _variants.ACC_PER_HIDDEN == native._extension._lstm_cell.VARIANT_ACC_PER_HIDDEN

@@ -21,6 +21,7 @@ VARIANT_FORWARD_PARAMETERS: tuple[str, ...]
 VARIANT_BACKWARD_PARAMETERS: tuple[str, ...]
 PARAMETRIC_IDS: dict[str, int]
 VARIANT_SCRATCH_PER_HIDDEN: int
+VARIANT_ACC_PER_HIDDEN: int
 
 def set_cell_threads(gomp_parallel: int, omp_get_thread_num: int, omp_get_num_threads: int, /) -> None: ...
 def forward_step(

@@ -18,7 +18,7 @@
     X(float64) X(gemm) X(pack_get_size) X(pack) X(compute) X(gemm_batch) X(T) X(B) X(H) X(P) X(reverse)         \
     X(n_masks) X(threads) X(flags) X(act) X(ract) X(oact) X(floats) X(Z) X(Cp) X(dout) X(dstride) X(keep) X(dh)  \
     X(dc) X(carry) X(dh_new) X(DH) X(dr) X(w_hr) X(DREC) X(drec_step) X(dh_tmp) X(Wrec) X(mh) X(scratch)          \
-    X(peephole) X(g_hh) X(g_c) X(b_c) X(RHAT) X(RRSTD) X(CC) X(CHAT) X(CRSTD) X(DCN) X(HPU) X(ZH) X(ZC) X(zdir)
+    X(peephole) X(g_hh) X(g_c) X(b_c) X(RHAT) X(RRSTD) X(CC) X(CHAT) X(CRSTD) X(ACC) X(HPU) X(ZH) X(ZC) X(zdir)
 #define X(name) VFA_##name,
 enum { VARIANT_FORWARD VFA_COUNT };
 #undef X
@@ -95,7 +95,7 @@ static PyObject *py_variant_forward_loop(PyObject *self, PyObject *const *args, 
         .dh = PTR(REAL, VB(dh)), .dc = PTR(REAL, VB(dc)), .carry = PTR(REAL, VB(carry)),                       \
         .dh_new = PTR(REAL, VB(dh_new)), .DH = PTR(REAL, VB(DH)), .dr = PTR(REAL, VB(dr)),                     \
         .DREC = PTR(REAL, VB(DREC)), .dh_tmp = PTR(REAL, VB(dh_tmp)), .scratch = PTR(REAL, VB(scratch)),       \
-        .DCN = PTR(REAL, VB(DCN)), .zdir = PTR(REAL, VB(zdir)), .Cp = PTR(const REAL, VB(Cp)),                 \
+        .ACC = PTR(REAL, VB(ACC)), .zdir = PTR(REAL, VB(zdir)), .Cp = PTR(const REAL, VB(Cp)),                 \
         .dout = PTR(const REAL, VB(dout)), .w_hr = PTR(const REAL, VB(w_hr)),                                 \
         .Wrec = PTR(const REAL, VB(Wrec)), .mh = PTR(const REAL, VB(mh)),                                     \
         .peep = PTR(const REAL, VB(peephole)), .g_hh = PTR(const REAL, VB(g_hh)),                             \

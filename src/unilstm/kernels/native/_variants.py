@@ -67,6 +67,8 @@ FLOAT_PARAMETERS = (
 
 _IDS: dict[Callable, int] = A.kernel_ids(ACTIVATION_IDS)
 _DTYPES = (torch.float32, torch.float64)
+#: the backward loop's gradient sums per thread and hidden unit (VARIANT_ACC_PER_HIDDEN in _lstm_cell.c)
+ACC_PER_HIDDEN = 9
 
 
 def variant_activation(fn: Callable | None) -> tuple[int, float, float] | None:
@@ -286,7 +288,8 @@ def backward_pass(cfg: VariantConfig, threads: int, args: Arguments, record: tup
     DREC = x.new_empty(T, B, GATES * H) if ln else x.new_empty(B, GATES * H)
     dh_tmp = x.new_empty(gate_masks, B, P)
     carry = x.new_zeros(B, P) if keep is not None and not cfg.zero_out else None
-    DCN = x.new_empty(T, B, H) if ln else None
+    # the gradient sums of the peepholes and the gains over the rows, per thread (summed in _gradients)
+    ACC = x.new_zeros(max(threads, 1), ACC_PER_HIDDEN * H) if ln or cfg.flags & PEEPHOLES else None
     zone_h = zh is not None or cfg.floats[11] != 0.0
     zdir = x.new_empty(B, P) if zone_h else None
     scratch = x.new_empty(C.VARIANT_SCRATCH_PER_HIDDEN * H * max(threads, 1))
@@ -303,26 +306,33 @@ def backward_pass(cfg: VariantConfig, threads: int, args: Arguments, record: tup
         DREC=DREC.data_ptr(), drec_step=B * GATES * H if ln else 0, dh_tmp=dh_tmp.data_ptr(),
         Wrec=w_hh_c.data_ptr(), mh=address(mh), scratch=scratch.data_ptr(), peephole=address(peep_c),
         g_hh=address(g_hh_c), g_c=address(g_c_c), b_c=address(bt_c_c), RHAT=address(RHAT),
-        RRSTD=address(RRSTD), CC=address(CC), CHAT=address(CHAT), CRSTD=address(CRSTD), DCN=address(DCN),
+        RRSTD=address(RRSTD), CC=address(CC), CHAT=address(CHAT), CRSTD=address(CRSTD), ACC=address(ACC),
         HPU=address(HPU), ZH=address(zh), ZC=address(zc), zdir=address(zdir),
     )
     if defer is None:
         C.variant_backward_loop(**loop)
     else:
-        buffers = (dout, dh, dc, DH, dh_new, dr, DREC, dh_tmp, carry, DCN, zdir, scratch, floats, w_hh_c,
+        buffers = (dout, dh, dc, DH, dh_new, dr, DREC, dh_tmp, carry, ACC, zdir, scratch, floats, w_hh_c,
                    w_hr_c, mh, peep_c, g_hh_c, g_c_c, bt_c_c, zh, zc, *record)
         defer.append((C.variant_backward_arguments(**loop), buffers))
-    return lambda: _gradients(cfg, args, record, needs, (dh, dc, DH, DREC, DCN))
+    return lambda: _gradients(cfg, args, record, needs, (dh, dc, DH, DREC, ACC))
 
 
 def _gradients(
     cfg: VariantConfig, args: Arguments, record: tuple, needs: tuple[bool, ...], found: tuple
 ) -> tuple:
-    """backward_pass's gradients, from what its loop found: dh0, dc0, DH, DREC, DCN and Z (now dZ)."""
+    """backward_pass's gradients, from what its loop found: dh0, dc0, DH, DREC, the per-thread sums ACC
+    (peepholes [3H], LN_hh's gain [4H], LN_c's gain and bias [H each]) and Z (now dZ)."""
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, g_ih, bt_ih, g_hh, bt_hh, g_c, bt_c = args[:15]
     mx, mh = args[15:17]
     Z, Zraw, mean, rstd, Hp, Cp, R, HM, CC, RHAT, RRSTD, CHAT, CRSTD, HPU, keep = record
-    dh, dc, DH, DREC, DCN = found
+    dh, dc, DH, DREC, ACC = found
+    sums = None if ACC is None else ACC.sum(0)
+
+    def part(start: int, stop: int) -> Tensor:  # each gradient its own tensor: autograd may add into it
+        assert sums is not None
+        return sums[start:stop].clone()
+
     T, B, Fdim = x.shape
     H, P = c0.shape[-1], h0.shape[-1]
     ln = bool(cfg.flags & LAYER_NORM)
@@ -334,21 +344,18 @@ def _gradients(
     # the gradient of every bias added to z (b_ih, b_hh, and the two normalisations' biases of the gates)
     dz_sum = dZ.sum(0) if any(needs[i] for i in (5, 6, 10, 12)) else None
     if ln:
-        assert Zraw is not None and RHAT is not None and CHAT is not None and DCN is not None
+        assert Zraw is not None and sums is not None
         dZraw, dg_ih, _ = torch.ops.aten.native_layer_norm_backward(
             Z, Zraw, [GATES * H], mean, rstd, g_ih, bt_ih, [needs[0] or needs[3], needs[9], False]
         )
         dZin = dZraw.reshape(T * B, GATES * H) if dZraw is not None else dZ
         grads[9] = dg_ih
         grads[10] = dz_sum if needs[10] else None
-        if needs[11]:
-            grads[11] = (dZ * RHAT.view(T * B, -1)).sum(0)
+        grads[11] = part(3 * H, 7 * H) if needs[11] else None
         if needs[12]:
             grads[12] = None if dz_sum is None else dz_sum.clone()
-        if needs[13]:
-            grads[13] = (DCN * CHAT).sum((0, 1))
-        if needs[14]:
-            grads[14] = DCN.sum((0, 1))
+        grads[13] = part(7 * H, 8 * H) if needs[13] else None
+        grads[14] = part(8 * H, 9 * H) if needs[14] else None
     dZ4 = dZin.view(T * B, GATES, H).transpose(0, 1)
     if needs[3]:
         if mx is not None and mx.dim() == 3:
@@ -382,14 +389,7 @@ def _gradients(
         grads[6] = dz_sum.clone() if needs[6] else None
     if needs[7] and DH is not None and R is not None:
         grads[7] = torch.mm(DH.view(T * B, P).t(), R.view(T * B, H))
-    if needs[8]:
-        Cprev = (Cp[1:] if cfg.reverse else Cp[:T]).reshape(T * B, H)
-        ct = CC.view(T * B, H)
-        if cfg.flags & CELL_CLIP:
-            ct = ct.clamp(-cfg.floats[7], cfg.floats[7])
-        grads[8] = torch.cat([
-            (dZ[:, :H] * Cprev).sum(0), (dZ[:, H:2 * H] * Cprev).sum(0), (dZ[:, 3 * H:] * ct).sum(0),
-        ])
+    grads[8] = part(0, 3 * H) if needs[8] else None  # [p_i, p_f, p_o]: dz_i c_{t-1}, dz_f c_{t-1}, dz_o c~
     return tuple(grads)
 
 
