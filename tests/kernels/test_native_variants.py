@@ -277,3 +277,42 @@ def test_cell_split_over_two_threads_sums_the_gradients_of_each(variants, two_th
 @needs_extension
 def test_gradient_sums_layout_is_the_builds():
     assert _variants.ACC_PER_HIDDEN == native._extension._lstm_cell.VARIANT_ACC_PER_HIDDEN
+
+
+def _lowbias32(x: int) -> int:
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_zoneout_draws_are_the_counter_hash_of_two_generator_keys(dtype):
+    """zoneout_keep: element i is 1 where mix(mix(i ^ k0) ^ k1) < round(rate 2^32), k0 and k1 the
+    generator's next two 32-bit draws (checked against Python integers); the C extension and torch's integer
+    ops give the same bits; a generator seed reproduces them."""
+    rate, state = 0.3, torch.zeros(5, 7, dtype=dtype)
+    keys = torch.empty(2, dtype=torch.int64).random_(0, 2**32, generator=torch.Generator().manual_seed(4))
+    k0, k1 = keys.tolist()
+    want = torch.tensor(
+        [float(_lowbias32(_lowbias32(i ^ k0) ^ k1) < round(rate * 2**32)) for i in range(6 * 5 * 7)]
+    ).view(6, 5, 7)
+    found = [
+        _variants.zoneout_keep(rate, 6, state, torch.Generator().manual_seed(4), in_c=in_c)
+        for in_c in (True, False)
+    ]
+    for keep in found:
+        assert keep.dtype == dtype and keep.shape == (6, 5, 7)
+        assert torch.equal(keep.double(), want.double())
+    assert 0.1 < want.mean() < 0.5  # a few draws: loosely the rate (test_cell_variants checks it closely)
+
+
+def test_zoneout_draws_reproduce_under_manual_seed():
+    state = torch.zeros(32, 64)
+    torch.manual_seed(3)
+    first = _variants.zoneout_keep(0.1, 50, state, None)
+    torch.manual_seed(3)
+    assert torch.equal(first, _variants.zoneout_keep(0.1, 50, state, None))
+    assert not torch.equal(first, _variants.zoneout_keep(0.1, 50, state, None))
+    assert abs(first.mean().item() - 0.1) < 0.005  # 102400 draws: 0.1 +- 5 standard deviations

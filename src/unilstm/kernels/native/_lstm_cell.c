@@ -623,6 +623,7 @@ static PyMethodDef methods[] = {
      "the cell variants' backward time loop"},
     {"variant_loop_pair", (PyCFunction)(void (*)(void))py_variant_loop_pair, METH_FASTCALL,
      "two variant loops at once"},
+    {"zoneout_draws", (PyCFunction)(void (*)(void))py_zoneout_draws, METH_FASTCALL, "zoneout's draws in training"},
     {NULL, NULL, 0, NULL},
 };
 

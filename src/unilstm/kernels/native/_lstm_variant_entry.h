@@ -201,3 +201,53 @@ static PyObject *py_variant_loop_pair(PyObject *self, PyObject *const *args, Py_
 }
 #undef FILL_FORWARD
 #undef FILL_BACKWARD
+
+/*
+ * Zoneout's draws in training (native/_variants.py's zoneout_keep, which computes the same bits with torch
+ * ops where this build is absent): out[i] = 1 where mix(mix(lo(i) ^ k0) ^ k1 ^ hi(i)) < threshold, else 0,
+ * for i in [0, n); mix is a 32-bit bijective hash (Wellons' lowbias32), k0 and k1 32 bits from torch's
+ * generator, threshold = round(rate 2^32). Counter-based: no state, each element on its own.
+ * zoneout_draws(float64, out, n, k0, k1, threshold).
+ */
+static inline uint32_t zoneout_mix(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7feb352dU;
+    x ^= x >> 15;
+    x *= 0x846ca68bU;
+    x ^= x >> 16;
+    return x;
+}
+
+#define ZONEOUT_DRAWS(REAL)                                                                                     \
+    do {                                                                                                         \
+        REAL *restrict o = (REAL *)(uintptr_t)a[1];                                                              \
+        for (uint64_t start = 0; start < n; start += (uint64_t)1 << 32) { /* one block per high word */         \
+            const uint64_t left = n - start;                                                                     \
+            const uint32_t count = left > 0xffffffffULL ? 0xffffffffU : (uint32_t)left;                          \
+            const uint32_t k1 = (uint32_t)a[4] ^ (uint32_t)(start >> 32);                                       \
+            REAL *restrict ob = o + start;                                                                       \
+            for (uint32_t lo = 0; lo < count; lo++)                                                              \
+                ob[lo] = (uint64_t)zoneout_mix(zoneout_mix(lo ^ k0) ^ k1) < threshold ? (REAL)1.0 : (REAL)0.0; \
+            if (count == 0xffffffffU && left > 0xffffffffULL) /* the block's last element */                    \
+                ob[count] = (uint64_t)zoneout_mix(zoneout_mix(count ^ k0) ^ k1) < threshold ? (REAL)1.0 : (REAL)0.0; \
+        }                                                                                                        \
+    } while (0)
+
+static PyObject *py_zoneout_draws(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long a[6];
+    if (parse_ints(args, nargs, 6, "zoneout_draws", a) < 0) return NULL;
+    if (a[1] == 0 || a[2] < 0) {
+        PyErr_SetString(PyExc_ValueError, "zoneout_draws: expected an output address and n >= 0");
+        return NULL;
+    }
+    const uint64_t n = (uint64_t)a[2], threshold = (uint64_t)a[5];
+    const uint32_t k0 = (uint32_t)a[3];
+    Py_BEGIN_ALLOW_THREADS
+    if (a[0])
+        ZONEOUT_DRAWS(double);
+    else
+        ZONEOUT_DRAWS(float);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+#undef ZONEOUT_DRAWS

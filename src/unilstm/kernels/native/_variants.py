@@ -35,6 +35,7 @@ gradients over the saved pre-activations.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -69,6 +70,50 @@ _IDS: dict[Callable, int] = A.kernel_ids(ACTIVATION_IDS)
 _DTYPES = (torch.float32, torch.float64)
 #: the backward loop's gradient sums per thread and hidden unit (VARIANT_ACC_PER_HIDDEN in _lstm_cell.c)
 ACC_PER_HIDDEN = 9
+
+
+#: zoneout's hash (Wellons' lowbias32): shifts and odd multipliers, a bijection of 32-bit words
+_MIX_SHIFTS, _MIX_MULTIPLIERS = (16, 15, 16), (0x7FEB352D, 0x846CA68B)
+_LOW32 = 0xFFFFFFFF
+
+
+def _mul32(x: Tensor, m: int) -> Tensor:
+    """x m mod 2^32 for int64 words x < 2^32, in two 16-bit halves of m (each product < 2^48: no int64
+    overflow on any device)."""
+    return (x * (m & 0xFFFF) + (((x * (m >> 16)) & 0xFFFF) << 16)) & _LOW32
+
+
+def _mix32(x: Tensor) -> Tensor:
+    x = x ^ (x >> _MIX_SHIFTS[0])
+    x = _mul32(x, _MIX_MULTIPLIERS[0])
+    x = x ^ (x >> _MIX_SHIFTS[1])
+    x = _mul32(x, _MIX_MULTIPLIERS[1])
+    return x ^ (x >> _MIX_SHIFTS[2])
+
+
+def zoneout_keep(
+    rate: float, steps: int, state: Tensor, generator: torch.Generator | None, in_c: bool = True
+) -> Tensor:
+    """Zoneout's draws in training: a (steps, *state.shape) tensor of state's dtype and device, 1 where a
+    unit keeps its previous value (probability ``rate``, to 2^-33), else 0.
+
+    Counter-based: two 32-bit keys k0, k1 come from ``generator`` (torch's default one without it, so that
+    ``torch.manual_seed`` reproduces the draws); element i (row-major) is 1 where
+    ``mix(mix(lo(i) ^ k0) ^ k1 ^ hi(i)) < round(rate 2^32)``, mix the 32-bit hash lowbias32 and lo, hi the
+    low and high 32 bits of i. The C extension computes it for float32 / float64 CPU states (0.1 ms for
+    (50, 32, 128) against 0.6 ms for torch's uniform_ and lt_), torch's integer ops everywhere else: the
+    same bits on every device and build (``in_c=False`` takes the torch ops on the CPU too)."""
+    shape = (steps, *state.shape)
+    threshold = min(round(rate * 2.0**32), 2**32)
+    keys = torch.empty(2, dtype=torch.int64, device=state.device).random_(0, 2**32, generator=generator)
+    if in_c and state.device.type == "cpu" and state.dtype in _DTYPES and C.zoneout_draws_available():
+        out = state.new_empty(shape)
+        k0, k1 = keys.tolist()
+        C.zoneout_draws(out, k0, k1, threshold)
+        return out
+    index = torch.arange(math.prod(shape), dtype=torch.int64, device=state.device)
+    bits = _mix32(_mix32((index & _LOW32) ^ keys[0]) ^ keys[1] ^ (index >> 32))
+    return (bits < threshold).to(state.dtype).view(shape)
 
 
 def variant_activation(fn: Callable | None) -> tuple[int, float, float] | None:
