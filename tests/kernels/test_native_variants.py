@@ -36,7 +36,7 @@ EXTRA_VARIANTS = {
     # layer normalisation's single-pass rows with relu, and its general rows (another output activation)
     "ln_relu_fused": {"act": "relu", "layer_norm": True, "peepholes": True, "coupled_gates": True,
                       "cell_clip": 0.6, "zoneout_hidden": "draw", "mask": "gaps", "mh_kind": "per_gate"},
-    "ln_general": {"layer_norm": True, "peepholes": True, "output_activation": "softsign", "gate_clip": 0.5,
+    "ln_general": {"layer_norm": True, "peepholes": True, "output_activation": "softsign", "cell_clip": 0.5,
                    "zoneout_cell": 0.1, "forget_bias": 0.4},
 }
 CASES = {**SINGLE_VARIANTS, **COMBINED_VARIANTS, **EXTRA_VARIANTS}
@@ -177,8 +177,10 @@ def test_bidirectional_variant_layer_on_native_equals_reference(dtype):
             found.append([out, h, c, *grads])
     finally:
         force_kernel(None)
-    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    # float32: both kernels round differently (sums in other orders); gradients reach 40 here, and the
+    # float32 reference itself is 5e-4 from float64's: a tolerance scaled by each tensor's largest value
     for g, e in zip(*found, strict=True):
+        tol = 1e-9 if dtype == torch.float64 else 5e-5 * max(1.0, float(e.detach().abs().max()))
         torch.testing.assert_close(g, e, rtol=tol, atol=tol)
 
 

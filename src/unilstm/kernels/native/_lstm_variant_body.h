@@ -174,14 +174,38 @@ ALWAYS_INLINE static inline void NAME(vnormalise_grad)(const REAL *restrict dy, 
     for (j = 0; j < n; j++) dv[j] = rstd * (gain[j] * dy[j] - m1 - hat[j] * m2);
 }
 
+/* sums of gain dy and gain dy hat over [0, n) (the layer normalisation's backward), in VLANES partial sums */
+ALWAYS_INLINE static inline void NAME(vgrad_sums)(const REAL *restrict dy, const REAL *restrict hat,
+                                                  const REAL *restrict gain, long n, REAL *s1, REAL *s2) {
+    REAL a1[VLANES] = {0}, a2[VLANES] = {0};
+    long j = 0;
+    for (; j + VLANES <= n; j += VLANES)
+        for (int k = 0; k < VLANES; k++) {
+            const REAL gd = gain[j + k] * dy[j + k];
+            a1[k] += gd;
+            a2[k] += gd * hat[j + k];
+        }
+    for (; j < n; j++) {
+        a1[0] += gain[j] * dy[j];
+        a2[0] += gain[j] * dy[j] * hat[j];
+    }
+    REAL m1 = 0, m2 = 0;
+    for (int k = 0; k < VLANES; k++) {
+        m1 += a1[k];
+        m2 += a2[k];
+    }
+    *s1 += m1;
+    *s2 += m2;
+}
+
 typedef struct {
     long T, B, H, P;
     int reverse, zero_out, n_masks, threads, trans_w, flags, act, ract, oact;
     REAL fp[FP_COUNT];
     REAL *Z, *Hp, *Cp, *Obuf, *hnext, *hm_hist, *rec, *R, *rbuf, *hcand, *scratch;
     const uint8_t *keep;
-    const REAL *mh, *Wrec, *Whr, *zeros, *h0, *c0, *peep, *g_hh, *b_hh, *g_c, *b_c, *ZH, *ZC;
-    REAL *RHAT, *RRSTD, *CC, *CHAT, *CRSTD, *HPU;
+    const REAL *mh, *Wrec, *Whr, *zeros, *h0, *c0, *peep, *g_hh, *b_hh, *g_c, *b_c, *ZH, *ZC, *g_ih, *xbias;
+    REAL *RHAT, *RRSTD, *CC, *CHAT, *CRSTD, *HPU, *XHAT, *XRSTD;
     long ostride;
 } NAME(vfwd_t);
 
@@ -198,6 +222,39 @@ typedef struct {
  */
 static inline int NAME(vfused_ok)(int flags, int act, int ract, int oact) {
     return !(flags & VF_LAYER_NORM) && ract == ACT_SIGMOID && (act == ACT_TANH || act == ACT_RELU) && oact == act;
+}
+
+/* LN_ih of one row in place: z = (z - mean) rstd g + bias (bias: LN_ih's own plus b_ih + b_hh); xhat
+ * (NULL in inference) keeps the normalised values; returns rstd */
+ALWAYS_INLINE static inline REAL NAME(vln_input_row)(REAL *restrict z, REAL *restrict xhat, const REAL *restrict g,
+                                                    const REAL *restrict bias, long n, REAL eps) {
+    const REAL mean = NAME(vsum)(z, n) / (REAL)n;
+    const REAL rstd = (REAL)1.0 / (REAL)sqrt((double)(NAME(vsumsq)(z, mean, n) / (REAL)n + eps));
+    if (xhat != NULL) {
+        for (long j = 0; j < n; j++) {
+            const REAL v = (z[j] - mean) * rstd;
+            xhat[j] = v;
+            z[j] = v * g[j] + bias[j];
+        }
+    } else {
+        for (long j = 0; j < n; j++) z[j] = (z[j] - mean) * rstd * g[j] + bias[j];
+    }
+    return rstd;
+}
+
+/* LN_ih's backward of one row: xhat becomes the gradient of its input from dz; acc sums dz xhat (the gain's) */
+ALWAYS_INLINE static inline void NAME(vln_input_grad)(const REAL *restrict dz, REAL *restrict xhat,
+                                                     const REAL *restrict g, REAL rstd, REAL *restrict acc,
+                                                     long n) {
+    REAL m1 = 0, m2 = 0;
+    NAME(vgrad_sums)(dz, xhat, g, n, &m1, &m2);
+    m1 /= (REAL)n;
+    m2 /= (REAL)n;
+    for (long j = 0; j < n; j++) {
+        const REAL v = xhat[j];
+        acc[j] += dz[j] * v;
+        xhat[j] = rstd * (g[j] * dz[j] - m1 - v * m2);
+    }
 }
 
 /* the single-pass rows of layer normalisation (vln_forward_row): the same activations */
@@ -304,30 +361,6 @@ ALWAYS_INLINE static inline void NAME(vfused_backward_row)(int act, int peep, in
             }                                                                     \
         }                                                                         \
     } while (0)
-
-/* sums of gain dy and gain dy hat over [0, n) (the layer normalisation's backward), in VLANES partial sums */
-ALWAYS_INLINE static inline void NAME(vgrad_sums)(const REAL *restrict dy, const REAL *restrict hat,
-                                                  const REAL *restrict gain, long n, REAL *s1, REAL *s2) {
-    REAL a1[VLANES] = {0}, a2[VLANES] = {0};
-    long j = 0;
-    for (; j + VLANES <= n; j += VLANES)
-        for (int k = 0; k < VLANES; k++) {
-            const REAL gd = gain[j + k] * dy[j + k];
-            a1[k] += gd;
-            a2[k] += gd * hat[j + k];
-        }
-    for (; j < n; j++) {
-        a1[0] += gain[j] * dy[j];
-        a2[0] += gain[j] * dy[j] * hat[j];
-    }
-    REAL m1 = 0, m2 = 0;
-    for (int k = 0; k < VLANES; k++) {
-        m1 += a1[k];
-        m2 += a2[k];
-    }
-    *s1 += m1;
-    *s2 += m2;
-}
 
 /*
  * Single-pass rows of layer normalisation (the activations of vfused_ok): per row, the statistics of rec
@@ -490,6 +523,7 @@ VHOT static void NAME(vfwd_rows)(const NAME(vfwd_t) * p, long t, const uint8_t *
             if (p->RHAT != NULL) memset(p->RHAT + row * G, 0, 4 * bytes);
             if (p->CC != NULL) memset(p->CC + row * H, 0, bytes);
             if (p->CHAT != NULL) memset(p->CHAT + row * H, 0, bytes);
+            if (p->XHAT != NULL) memset(p->XHAT + row * G, 0, 4 * bytes);
             if (proj) {
                 memset(p->rbuf + b * H, 0, bytes);
                 if (p->R != NULL) memset(p->R + row * H, 0, bytes);
@@ -497,6 +531,11 @@ VHOT static void NAME(vfwd_rows)(const NAME(vfwd_t) * p, long t, const uint8_t *
             continue;
         }
         REAL *restrict z = p->Z + row * G;
+        if (p->g_ih != NULL) { /* LN_ih of the row's input part (X W_ih^T on entry) */
+            const REAL rs = NAME(vln_input_row)(z, p->XHAT != NULL ? p->XHAT + row * G : NULL, p->g_ih, p->xbias, G,
+                                                fp[FP_EPS]);
+            if (p->XRSTD != NULL) p->XRSTD[row] = rs;
+        }
         if (lnfused) {
             const REAL *rk[4];
             for (int k = 0; k < 4; k++) rk[k] = p->n_masks == 4 ? p->rec + (k * B + b) * H : p->rec + b * G + k * H;
@@ -714,6 +753,8 @@ typedef struct {
     REAL fp[FP_COUNT];
     REAL *Z, *dh, *dc, *carry, *dh_new, *DH, *dr, *DREC, *dh_tmp, *scratch, *ACC, *zdir;
     const REAL *Cp, *dout, *w_hr, *Wrec, *mh, *peep, *g_hh, *g_c, *b_c, *RHAT, *RRSTD, *CC, *CHAT, *CRSTD, *HPU;
+    REAL *XHAT; /* LN_ih's normalised input, becoming the gradient of its input */
+    const REAL *XRSTD, *g_ih;
     const REAL *ZH, *ZC;
     const uint8_t *keep;
     long dstride, drec_step; /* drec_step: elements between steps of DREC (0: one per-step buffer) */
@@ -779,7 +820,8 @@ VHOT static void NAME(vbwd_head_rows)(const NAME(vbwd_t) * p, int phases, long t
 /* the backward cell on rows [b0, b1): from dr (the gradient of h~ before the projection) and dc (of c_t,
  * becoming that of c_{t-1}), Z_t becomes the gate gradients dz and the recurrent GEMM operand (DREC_t, or
  * the per-step buffer) that of rec (LN_hh's backward of dz); acc (this thread's, 9H) sums the gradients of
- * the peepholes [3H], LN_hh's gain [4H] and LN_c's gain and bias [H each] over the rows (vln_backward_row).
+ * the peepholes [3H], LN_hh's gain [4H], LN_c's gain and bias [H each] and LN_ih's gain [4H] over the rows;
+ * XHAT_t (LN_ih's normalised input) becomes the gradient of LN_ih's input.
  * scratch 24H */
 VHOT static void NAME(vbwd_cell_rows)(const NAME(vbwd_t) * p, long t, const uint8_t *kp, long b0, long b1,
                                  REAL *scratch, REAL *acc) {
@@ -806,6 +848,7 @@ VHOT static void NAME(vbwd_cell_rows)(const NAME(vbwd_t) * p, long t, const uint
         REAL *restrict z = p->Z + row * G;
         if (kp != NULL && !kp[b]) {
             memset(z, 0, 4 * bytes);
+            if (p->XHAT != NULL) memset(p->XHAT + row * G, 0, 4 * bytes);
             for (int k = 0; k < 4; k++)
                 memset(p->n_masks == 4 ? drec_base + (k * B + b) * H : drec_base + b * G + k * H, 0, bytes);
             continue;
@@ -819,6 +862,7 @@ VHOT static void NAME(vbwd_cell_rows)(const NAME(vbwd_t) * p, long t, const uint
             VFUSED_CALL(NAME(vln_backward_row), p->act, peep, coupled, H, z, cp, p->CC + row * H, p->CHAT + row * H,
                         p->CRSTD[row], p->g_c, p->b_c, d, dcr, p->peep, gb, cb, zw, p->RHAT + row * G, p->RRSTD[row],
                         p->g_hh, dk[0], dk[1], dk[2], dk[3], t1, acc);
+            if (p->XHAT != NULL) NAME(vln_input_grad)(z, p->XHAT + row * G, p->g_ih, p->XRSTD[row], acc + 9 * H, G);
             continue;
         }
         if (fused) {
@@ -898,6 +942,7 @@ VHOT static void NAME(vbwd_cell_rows)(const NAME(vbwd_t) * p, long t, const uint
             }
         }
         memcpy(z, dz4, 4 * bytes);
+        if (p->XHAT != NULL) NAME(vln_input_grad)(z, p->XHAT + row * G, p->g_ih, p->XRSTD[row], acc + 9 * H, G);
         const REAL *src = dz4;
         if (ln) {
             const REAL *restrict rhat = p->RHAT + row * G;

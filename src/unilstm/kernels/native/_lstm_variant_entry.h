@@ -13,12 +13,12 @@
     X(reverse) X(zero_out) X(n_masks) X(threads) X(flags) X(act) X(ract) X(oact) X(floats) X(Z) X(Hp) X(Cp)       \
     X(Obuf) X(keep) X(mh) X(hnext) X(hm_hist) X(rec) X(Wrec) X(R) X(rbuf) X(hcand) X(Whr) X(zeros) X(scratch)    \
     X(h0) X(c0) X(peephole) X(g_hh) X(b_hh) X(g_c) X(b_c) X(ZH) X(ZC) X(RHAT) X(RRSTD) X(CC) X(CHAT) X(CRSTD)   \
-    X(HPU) X(ostride)
+    X(HPU) X(ostride) X(g_ih) X(xbias) X(XHAT) X(XRSTD)
 #define VARIANT_BACKWARD                                                                                       \
     X(float64) X(gemm) X(pack_get_size) X(pack) X(compute) X(gemm_batch) X(T) X(B) X(H) X(P) X(reverse)         \
     X(n_masks) X(threads) X(flags) X(act) X(ract) X(oact) X(floats) X(Z) X(Cp) X(dout) X(dstride) X(keep) X(dh)  \
     X(dc) X(carry) X(dh_new) X(DH) X(dr) X(w_hr) X(DREC) X(drec_step) X(dh_tmp) X(Wrec) X(mh) X(scratch)          \
-    X(peephole) X(g_hh) X(g_c) X(b_c) X(RHAT) X(RRSTD) X(CC) X(CHAT) X(CRSTD) X(ACC) X(HPU) X(ZH) X(ZC) X(zdir)
+    X(peephole) X(g_hh) X(g_c) X(b_c) X(RHAT) X(RRSTD) X(CC) X(CHAT) X(CRSTD) X(ACC) X(HPU) X(ZH) X(ZC) X(zdir) X(XHAT) X(XRSTD) X(g_ih)
 #define X(name) VFA_##name,
 enum { VARIANT_FORWARD VFA_COUNT };
 #undef X
@@ -65,7 +65,9 @@ static int variant_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t arit
         .b_hh = PTR(const REAL, VF(b_hh)), .g_c = PTR(const REAL, VF(g_c)), .b_c = PTR(const REAL, VF(b_c)),   \
         .ZH = PTR(const REAL, VF(ZH)), .ZC = PTR(const REAL, VF(ZC)), .RHAT = PTR(REAL, VF(RHAT)),             \
         .RRSTD = PTR(REAL, VF(RRSTD)), .CC = PTR(REAL, VF(CC)), .CHAT = PTR(REAL, VF(CHAT)),                  \
-        .CRSTD = PTR(REAL, VF(CRSTD)), .HPU = PTR(REAL, VF(HPU)), .ostride = (long)VF(ostride)};              \
+        .CRSTD = PTR(REAL, VF(CRSTD)), .HPU = PTR(REAL, VF(HPU)), .ostride = (long)VF(ostride),               \
+        .g_ih = PTR(const REAL, VF(g_ih)), .xbias = PTR(const REAL, VF(xbias)), .XHAT = PTR(REAL, VF(XHAT)),    \
+        .XRSTD = PTR(REAL, VF(XRSTD))};                                                                       \
     for (int k = 0; k < FP_COUNT; k++) p.fp[k] = (REAL)PTR(const double, VF(floats))[k];
 
 static PyObject *py_variant_forward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -103,7 +105,8 @@ static PyObject *py_variant_forward_loop(PyObject *self, PyObject *const *args, 
         .RRSTD = PTR(const REAL, VB(RRSTD)), .CC = PTR(const REAL, VB(CC)), .CHAT = PTR(const REAL, VB(CHAT)), \
         .CRSTD = PTR(const REAL, VB(CRSTD)), .HPU = PTR(const REAL, VB(HPU)), .ZH = PTR(const REAL, VB(ZH)),   \
         .ZC = PTR(const REAL, VB(ZC)), .keep = PTR(const uint8_t, VB(keep)), .dstride = (long)VB(dstride),     \
-        .drec_step = (long)VB(drec_step)};                                                                    \
+        .drec_step = (long)VB(drec_step), .XHAT = PTR(REAL, VB(XHAT)), .XRSTD = PTR(const REAL, VB(XRSTD)),   \
+        .g_ih = PTR(const REAL, VB(g_ih))};                                                                   \
     for (int k = 0; k < FP_COUNT; k++) p.fp[k] = (REAL)PTR(const double, VB(floats))[k];
 
 static PyObject *py_variant_backward_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {

@@ -10,22 +10,21 @@ The standard cell keeps its own loops (:mod:`._loops`); a run comes here only wh
 BLAS gemm was found (the variants have no per-step Python loop; without the gemm they run on the other
 kernels).
 
-The C cell has single-pass rows (one loop over the hidden units, vectorised) for the runs without layer
-normalisation whose activations are (tanh or relu, sigmoid) with the output activation g: the clips,
-peepholes, coupled gates, forget bias and zoneout enter them branch-free. The other runs (layer
-normalisation, other or parametric activations) take rows with a pass per gate and operation.
+The C cell has single-pass rows (one loop over the hidden units, vectorised) for the runs whose
+activations are (tanh or relu, sigmoid) with the output activation g: the clips, peepholes, coupled gates,
+forget bias and zoneout enter them branch-free; with layer normalisation a row is the statistics of rec in
+partial sums, one fused loop (LN_hh, the gates, c), the statistics of c~ and one loop for LN_c and h~. The
+other runs (other or parametric activations) take rows with a pass per gate and operation.
 
-* forward: Z = X W_ih^T for all steps in one GEMM; with layer normalisation its normalisation over the 4H
-  axis for all steps at once (``native_layer_norm``: the mean and 1/std are kept; the biases join its
-  bias). Per
-  step, in C: rec = h_{t-1} W_hh^T, its normalisation (the normalised values and 1/std kept), the cell with
-  every variant, the projection and its clip, zoneout and the step mask. Z keeps the final
-  pre-activations (before the gate clip), CC the unclipped cell candidates, CHAT / CRSTD the cell's
-  normalisation.
-* backward: per step in C the gate gradients dZ overwrite Z, and the gradient of rec (LN_hh's backward of
-  dZ) feeds dh_{t-1} = drec W_hh; after the loop the input normalisation's backward for all steps
-  (``native_layer_norm_backward``), then dW_ih, dW_hh, dW_hr, the bias, peephole and gain gradients as
-  one torch product or sum each over all steps.
+* forward: Z = X W_ih^T for all steps in one GEMM (with layer normalisation without the biases). Per step,
+  in C: rec = h_{t-1} W_hh^T; per row LN_ih of Z_t (its normalised values XHAT and 1/std XRSTD kept; the
+  biases b_ih + b_hh join its bias), LN_hh of rec (RHAT / RRSTD kept), the cell with every variant, the
+  projection and its clip, zoneout and the step mask. Z keeps the final pre-activations (before the gate
+  clip), CC the unclipped cell candidates, CHAT / CRSTD the cell's normalisation.
+* backward: per step in C the gate gradients dZ overwrite Z, XHAT becomes the gradient of LN_ih's input
+  and the gradient of rec (LN_hh's backward of dZ) feeds dh_{t-1} = drec W_hh; each thread sums the
+  peephole and gain gradients of its rows (ACC). After the loop dW_ih, dW_hh, dW_hr and the bias gradients
+  are one torch product or sum each over all steps.
 
 A backward that autograd records (``create_graph=True``: second derivatives) computes through the
 reference loop (:func:`~unilstm.kernels.reference.differentiable_gradients`); a second backward through
@@ -69,7 +68,7 @@ FLOAT_PARAMETERS = (
 _IDS: dict[Callable, int] = A.kernel_ids(ACTIVATION_IDS)
 _DTYPES = (torch.float32, torch.float64)
 #: the backward loop's gradient sums per thread and hidden unit (VARIANT_ACC_PER_HIDDEN in _lstm_cell.c)
-ACC_PER_HIDDEN = 9
+ACC_PER_HIDDEN = 13
 
 
 #: zoneout's hash (Wellons' lowbias32): shifts and odd multipliers, a bijection of 32-bit words
@@ -242,19 +241,13 @@ def forward_pass(cfg: VariantConfig, threads: int, args: Arguments, save: bool =
     H, P = c0.shape[-1], h0.shape[-1]
     proj, ln = w_hr is not None, bool(cfg.flags & LAYER_NORM)
     gate_masks = 4 if mh is not None and mh.dim() == 3 else 1
-    Zraw = mean = rstd = None
-    if ln:  # the biases b_ih + b_hh join the normalisation's own bias: one pass over Z fewer
-        Zraw = _input_part(x, w_ih, mx)
-        bias = summed_bias(b_ih, b_hh)
-        Z, mean, rstd = torch.native_layer_norm(
-            Zraw, [GATES * H], g_ih, bt_ih if bias is None else bt_ih + bias, cfg.floats[10]
-        )
-    else:
-        Z = _input_part(x, w_ih, mx)
-        bias = summed_bias(b_ih, b_hh)
-        if bias is not None:
-            Z += bias
-    Z = Z.contiguous()
+    Z = _input_part(x, w_ih, mx).contiguous()
+    bias = summed_bias(b_ih, b_hh)
+    xbias = None
+    if ln:  # LN_ih per row in the C loop; b_ih + b_hh join its own bias
+        xbias = (bt_ih if bias is None else bt_ih + bias).contiguous()
+    elif bias is not None:
+        Z += bias
     Hp, Cp = x.new_empty(T + 1, B, P), x.new_empty(T + 1, B, H)
     masked = step_mask is not None
     keep = step_mask.to(torch.uint8).contiguous() if masked else None
@@ -271,6 +264,8 @@ def forward_pass(cfg: VariantConfig, threads: int, args: Arguments, save: bool =
     RHAT, RRSTD = history(ln, T, B, GATES * H), history(ln, T, B)
     CHAT, CRSTD = history(ln, T, B, H), history(ln, T, B)
     HPU = history(bool(cfg.flags & PROJ_CLIP), T, B, P)
+    XHAT, XRSTD = history(ln, T, B, GATES * H), history(ln, T, B)
+    g_ih_c = None if g_ih is None or not ln else g_ih.contiguous()
     copy = T >= policy.COPY_MIN_STEPS and B >= policy.COPY_MIN_BATCH
     w_hh_c = w_hh.contiguous()
     if gate_masks == 4:
@@ -296,18 +291,19 @@ def forward_pass(cfg: VariantConfig, threads: int, args: Arguments, save: bool =
         h0=h0.data_ptr(), c0=c0.data_ptr(), peephole=address(peep), g_hh=address(g_hh), b_hh=address(bt_hh),
         g_c=address(g_c), b_c=address(bt_c), ZH=address(zh), ZC=address(zc), RHAT=address(RHAT),
         RRSTD=address(RRSTD), CC=address(CC), CHAT=address(CHAT), CRSTD=address(CRSTD), HPU=address(HPU),
-        ostride=0 if Obuf is None else Obuf.stride(0),
+        ostride=0 if Obuf is None else Obuf.stride(0), g_ih=address(g_ih_c), xbias=address(xbias),
+        XHAT=address(XHAT), XRSTD=address(XRSTD),
     )
     if defer is None:
         C.variant_forward_loop(**loop)
     else:
         buffers = (x, h0, c0, Z, Hp, Cp, Obuf, keep, zeros, mh, R, HM, CC, RHAT, RRSTD, CHAT, CRSTD, HPU,
                    Wrec, Whr, w_hh_c, hnext, rec, rbuf, hcand, scratch, floats, peep, g_hh, bt_hh, g_c, bt_c,
-                   zh, zc)
+                   zh, zc, g_ih_c, xbias, XHAT, XRSTD)
         defer.append((C.variant_forward_arguments(**loop), buffers))
     last = 0 if cfg.reverse else T
     out = Obuf if Obuf is not None else (Hp[:T] if cfg.reverse else Hp[1:])
-    record = (Z, Zraw, mean, rstd, Hp, Cp, R, HM, CC, RHAT, RRSTD, CHAT, CRSTD, HPU, keep)
+    record = (Z, XHAT, XRSTD, None, Hp, Cp, R, HM, CC, RHAT, RRSTD, CHAT, CRSTD, HPU, keep)
     return (out, Hp[last], Cp[last]), record
 
 
@@ -319,7 +315,7 @@ def backward_pass(cfg: VariantConfig, threads: int, args: Arguments, record: tup
     :func:`forward_pass`): the function is to be called once the caller has run it."""
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, g_ih, bt_ih, g_hh, bt_hh, g_c, bt_c = args[:15]
     mx, mh, _, zh, zc = args[15:]
-    Z, Zraw, mean, rstd, Hp, Cp, R, HM, CC, RHAT, RRSTD, CHAT, CRSTD, HPU, keep = record
+    Z, XHAT, XRSTD, _, Hp, Cp, R, HM, CC, RHAT, RRSTD, CHAT, CRSTD, HPU, keep = record
     T, B, Fdim = x.shape
     H, P = c0.shape[-1], h0.shape[-1]
     proj, ln = w_hr is not None, bool(cfg.flags & LAYER_NORM)
@@ -341,7 +337,9 @@ def backward_pass(cfg: VariantConfig, threads: int, args: Arguments, record: tup
     floats = torch.tensor(cfg.floats, dtype=torch.float64)
     w_hh_c = w_hh.contiguous()
     w_hr_c = None if w_hr is None else w_hr.contiguous()
-    peep_c, g_hh_c, g_c_c, bt_c_c = (None if t is None else t.contiguous() for t in (peep, g_hh, g_c, bt_c))
+    peep_c, g_hh_c, g_c_c, bt_c_c, g_ih_c = (
+        None if t is None else t.contiguous() for t in (peep, g_hh, g_c, bt_c, g_ih if ln else None)
+    )
     loop = dict(
         **_blas_arguments(x), T=T, B=B, H=H, P=P, reverse=int(cfg.reverse), n_masks=gate_masks,
         threads=threads, flags=cfg.flags, act=cfg.act[0], ract=cfg.ract[0], oact=cfg.oact[0],
@@ -352,13 +350,14 @@ def backward_pass(cfg: VariantConfig, threads: int, args: Arguments, record: tup
         Wrec=w_hh_c.data_ptr(), mh=address(mh), scratch=scratch.data_ptr(), peephole=address(peep_c),
         g_hh=address(g_hh_c), g_c=address(g_c_c), b_c=address(bt_c_c), RHAT=address(RHAT),
         RRSTD=address(RRSTD), CC=address(CC), CHAT=address(CHAT), CRSTD=address(CRSTD), ACC=address(ACC),
-        HPU=address(HPU), ZH=address(zh), ZC=address(zc), zdir=address(zdir),
+        HPU=address(HPU), ZH=address(zh), ZC=address(zc), zdir=address(zdir), XHAT=address(XHAT),
+        XRSTD=address(XRSTD), g_ih=address(g_ih_c),
     )
     if defer is None:
         C.variant_backward_loop(**loop)
     else:
         buffers = (dout, dh, dc, DH, dh_new, dr, DREC, dh_tmp, carry, ACC, zdir, scratch, floats, w_hh_c,
-                   w_hr_c, mh, peep_c, g_hh_c, g_c_c, bt_c_c, zh, zc, *record)
+                   w_hr_c, mh, peep_c, g_hh_c, g_c_c, bt_c_c, g_ih_c, zh, zc, *record)
         defer.append((C.variant_backward_arguments(**loop), buffers))
     return lambda: _gradients(cfg, args, record, needs, (dh, dc, DH, DREC, ACC))
 
@@ -367,10 +366,11 @@ def _gradients(
     cfg: VariantConfig, args: Arguments, record: tuple, needs: tuple[bool, ...], found: tuple
 ) -> tuple:
     """backward_pass's gradients, from what its loop found: dh0, dc0, DH, DREC, the per-thread sums ACC
-    (peepholes [3H], LN_hh's gain [4H], LN_c's gain and bias [H each]) and Z (now dZ)."""
+    (peepholes [3H], LN_hh's gain [4H], LN_c's gain and bias [H each], LN_ih's gain [4H]), Z (now dZ) and
+    XHAT (now the gradient of LN_ih's input)."""
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, g_ih, bt_ih, g_hh, bt_hh, g_c, bt_c = args[:15]
     mx, mh = args[15:17]
-    Z, Zraw, mean, rstd, Hp, Cp, R, HM, CC, RHAT, RRSTD, CHAT, CRSTD, HPU, keep = record
+    Z, XHAT, _, _, Hp, Cp, R, HM, CC, RHAT, RRSTD, CHAT, CRSTD, HPU, keep = record
     dh, dc, DH, DREC, ACC = found
     sums = None if ACC is None else ACC.sum(0)
 
@@ -389,12 +389,9 @@ def _gradients(
     # the gradient of every bias added to z (b_ih, b_hh, and the two normalisations' biases of the gates)
     dz_sum = dZ.sum(0) if any(needs[i] for i in (5, 6, 10, 12)) else None
     if ln:
-        assert Zraw is not None and sums is not None
-        dZraw, dg_ih, _ = torch.ops.aten.native_layer_norm_backward(
-            Z, Zraw, [GATES * H], mean, rstd, g_ih, bt_ih, [needs[0] or needs[3], needs[9], False]
-        )
-        dZin = dZraw.reshape(T * B, GATES * H) if dZraw is not None else dZ
-        grads[9] = dg_ih
+        assert XHAT is not None and sums is not None
+        dZin = XHAT.view(T * B, GATES * H)
+        grads[9] = part(9 * H, 13 * H) if needs[9] else None
         grads[10] = dz_sum if needs[10] else None
         grads[11] = part(3 * H, 7 * H) if needs[11] else None
         if needs[12]:
