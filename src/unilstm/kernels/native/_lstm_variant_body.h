@@ -148,47 +148,19 @@ ALWAYS_INLINE static inline REAL NAME(vnormalise)(const REAL *restrict v, REAL *
     return rstd;
 }
 
-/* dv = rstd (gain dy - mean(gain dy) - hat mean(gain dy hat)): the layer normalisation's input gradient */
-ALWAYS_INLINE static inline void NAME(vnormalise_grad)(const REAL *restrict dy, const REAL *restrict hat,
-                                                       const REAL *restrict gain, REAL rstd, REAL *restrict dv,
-                                                       long n) {
-    REAL a1[VLANES] = {0}, a2[VLANES] = {0};
-    long j = 0;
-    for (; j + VLANES <= n; j += VLANES)
-        for (int k = 0; k < VLANES; k++) {
-            const REAL gd = gain[j + k] * dy[j + k];
-            a1[k] += gd;
-            a2[k] += gd * hat[j + k];
-        }
-    for (; j < n; j++) {
-        a1[0] += gain[j] * dy[j];
-        a2[0] += gain[j] * dy[j] * hat[j];
-    }
-    REAL m1 = 0, m2 = 0;
-    for (int k = 0; k < VLANES; k++) {
-        m1 += a1[k];
-        m2 += a2[k];
-    }
-    m1 /= (REAL)n;
-    m2 /= (REAL)n;
-    for (j = 0; j < n; j++) dv[j] = rstd * (gain[j] * dy[j] - m1 - hat[j] * m2);
-}
-
-/* sums of gain dy and gain dy hat over [0, n) (the layer normalisation's backward), in VLANES partial sums */
+/* sums of gain dy and gain dy hat over [0, n) (the layer normalisation's backward), in VLANES partial sums;
+ * one loop per sum: GCC vectorises a single array of partial sums, not two in one loop (10x slower, 760
+ * against 63 ns for 512 floats) */
 ALWAYS_INLINE static inline void NAME(vgrad_sums)(const REAL *restrict dy, const REAL *restrict hat,
                                                   const REAL *restrict gain, long n, REAL *s1, REAL *s2) {
     REAL a1[VLANES] = {0}, a2[VLANES] = {0};
     long j = 0;
     for (; j + VLANES <= n; j += VLANES)
-        for (int k = 0; k < VLANES; k++) {
-            const REAL gd = gain[j + k] * dy[j + k];
-            a1[k] += gd;
-            a2[k] += gd * hat[j + k];
-        }
-    for (; j < n; j++) {
-        a1[0] += gain[j] * dy[j];
-        a2[0] += gain[j] * dy[j] * hat[j];
-    }
+        for (int k = 0; k < VLANES; k++) a1[k] += gain[j + k] * dy[j + k];
+    for (; j < n; j++) a1[0] += gain[j] * dy[j];
+    for (j = 0; j + VLANES <= n; j += VLANES)
+        for (int k = 0; k < VLANES; k++) a2[k] += gain[j + k] * dy[j + k] * hat[j + k];
+    for (; j < n; j++) a2[0] += gain[j] * dy[j] * hat[j];
     REAL m1 = 0, m2 = 0;
     for (int k = 0; k < VLANES; k++) {
         m1 += a1[k];
@@ -196,6 +168,17 @@ ALWAYS_INLINE static inline void NAME(vgrad_sums)(const REAL *restrict dy, const
     }
     *s1 += m1;
     *s2 += m2;
+}
+
+/* dv = rstd (gain dy - mean(gain dy) - hat mean(gain dy hat)): the layer normalisation's input gradient */
+ALWAYS_INLINE static inline void NAME(vnormalise_grad)(const REAL *restrict dy, const REAL *restrict hat,
+                                                       const REAL *restrict gain, REAL rstd, REAL *restrict dv,
+                                                       long n) {
+    REAL m1 = 0, m2 = 0;
+    NAME(vgrad_sums)(dy, hat, gain, n, &m1, &m2);
+    m1 /= (REAL)n;
+    m2 /= (REAL)n;
+    for (long j = 0; j < n; j++) dv[j] = rstd * (gain[j] * dy[j] - m1 - hat[j] * m2);
 }
 
 typedef struct {
