@@ -10,7 +10,11 @@ a pair are timed interleaved, ``--reps`` times each, and the medians compared: t
 and interleaving spreads its noise over both. Writes benchmarks/cell_variants.md (with ``--write``).
 
     python benchmarks/cell_variants.py [--reps 7] [--shapes small,large] [--only layer_norm,...] [--threads N]
-                                       [--write]
+                                       [--write] [--floor]
+
+``--floor`` splits each pair's forward+backward instead (torch's profiler, the two layers' calls
+interleaved): the C time loops (the autograd Functions' own time: the loops and their Python) and the
+torch ops around them, per call: where a variant's time goes beyond the standard spec's.
 """
 
 from __future__ import annotations
@@ -96,6 +100,51 @@ def measure(name: str, shape: tuple[int, int, int, int], reps: int) -> dict[str,
     return {key: statistics.median(values) for key, values in times.items()}
 
 
+#: the autograd Functions of the native loops (the standard cell's, the variants'): their own time is the
+#: C loop's plus their Python
+_LOOPS = {
+    "_NativeLSTM": "standard C forward", "_NativeLSTMBackward": "standard C backward",
+    "_NativeLSTMPair": "standard C forward", "_NativeLSTMPairBackward": "standard C backward",
+    "_NativeLSTMVariants": "variant C forward", "_NativeLSTMVariantsBackward": "variant C backward",
+    "_NativeLSTMVariantsHalves": "variant C forward",
+    "_NativeLSTMVariantsHalvesBackward": "variant C backward",
+}
+
+
+def floor(name: str, shape: tuple[int, int, int, int], reps: int) -> list[str]:
+    """Per call (ms): each layer's whole forward+backward, its C loops, and the torch ops of both layers."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    T, B, F, H = shape
+    x = torch.randn(T, B, F, generator=torch.Generator().manual_seed(1))
+    variant_args, standard_args = VARIANTS[name]
+    layers = {"standard": _layer(F, H, standard_args).train(), "variant": _layer(F, H, variant_args).train()}
+    both = {key: _timers(layer, x)[0] for key, layer in layers.items()}
+    for key in layers:
+        both[key]()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            for key in layers:
+                with record_function(f"call:{key}"):
+                    both[key]()
+    events = {e.key: e for e in prof.key_averages()}
+
+    def ms(key: str, own: bool = True) -> float:
+        e = events.get(key)
+        return 0.0 if e is None else (e.self_cpu_time_total if own else e.cpu_time_total) / reps / 1e3
+
+    loops: dict[str, float] = {}
+    for key, label in _LOOPS.items():
+        loops[label] = loops.get(label, 0.0) + ms(key)
+    ops = sorted(((ms(k), k) for k in events if k.startswith(("aten::", "mkldnn::"))), reverse=True)[:6]
+    standard, variant = ms("call:standard", False), ms("call:variant", False)
+    return [
+        f"{name} {shape}: standard {standard:.2f} ms, variant {variant:.2f} ms per forward+backward; "
+        + ", ".join(f"{label} {value:.2f}" for label, value in loops.items())
+        + "; torch ops of both layers: " + ", ".join(f"{k} {v:.2f}" for v, k in ops)
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=7)
@@ -103,10 +152,16 @@ def main() -> None:
     parser.add_argument("--only", default="")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     parser.add_argument("--write", action="store_true", help="write benchmarks/cell_variants.md")
+    parser.add_argument("--floor", action="store_true", help="where the time goes (torch's profiler)")
     options = parser.parse_args()
     if options.threads:
         torch.set_num_threads(options.threads)
     names = [n for n in VARIANTS if not options.only or n in options.only.split(",")]
+    if options.floor:
+        for shape_name in options.shapes.split(","):
+            for name in names:
+                print("\n".join(floor(name, SHAPES[shape_name], options.reps)), flush=True)
+        return
     lines = [
         "# Cell variants on the CPU: each variant / the same layer's standard spec",
         "",

@@ -172,12 +172,14 @@ def test_training_zoneout_draw_matches_reference_with_the_same_draws():
     layer = make(zoneout_hidden=0.4, zoneout_cell=0.3)
     x = torch.randn(5, 3, 4, dtype=torch.float64)
     got = layer(x, training=True, generator=torch.Generator().manual_seed(7))[0]
+    from unilstm.kernels.dispatch import zoneout_weights
+
     gen = torch.Generator().manual_seed(7)
-    keep_h = (torch.rand(5, 3, 5, generator=gen, dtype=torch.float64) < 0.4).double()
-    keep_c = (torch.rand(5, 3, 5, generator=gen, dtype=torch.float64) < 0.3).double()
+    zeros = x.new_zeros(3, 5)
+    keep_h = zoneout_weights(0.4, 5, zeros, True, gen)  # h's draws, then c's, from the layer's generator
+    keep_c = zoneout_weights(0.3, 5, zeros, True, gen)
     (w,), = layer.direction_weights()
     run = DirectionRun(torch.tanh, torch.sigmoid, zoneout_hidden=keep_h, zoneout_cell=keep_c)
-    zeros = x.new_zeros(3, 5)
     want = run_direction_reference(x, zeros, zeros, w, run)[0]
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 

@@ -241,3 +241,17 @@ def variant_loop_pair(backward: bool, first: tuple[int, ...], second: tuple[int,
     their cells unsplit (one after the other without the OpenMP runtime)."""
     assert _lstm_cell is not None  # callers check variants_available() first
     _lstm_cell.variant_loop_pair(int(backward), first, second)
+
+
+def zoneout_draws_available() -> bool:
+    """Whether the build computes zoneout's draws (:func:`zoneout_draws`; a build from before it does not)."""
+    return _lstm_cell is not None and hasattr(_lstm_cell, "zoneout_draws")
+
+
+def zoneout_draws(out: Tensor, k0: int, k1: int, threshold: int) -> None:
+    """Fills the contiguous float32 or float64 CPU tensor ``out`` with zoneout's 0/1 draws from the 32-bit
+    keys k0, k1 (native/_variants.py's zoneout_keep says which bits)."""
+    assert _lstm_cell is not None  # callers check zoneout_draws_available() first
+    _lstm_cell.zoneout_draws(
+        int(out.dtype.itemsize == 8), out.data_ptr(), out.numel(), k0, k1, threshold
+    )

@@ -110,6 +110,9 @@ enum { FP_ACT_A, FP_ACT_B, FP_RACT_A, FP_RACT_B, FP_OACT_A, FP_OACT_B, FP_GATE_C
 
 /* scratch floats per hidden unit and thread of the variant loops: the backward cell's 24 H (vbwd_cell_rows) */
 #define VARIANT_SCRATCH_PER_HIDDEN 24
+/* per hidden unit and thread, the variant backward's gradient sums: peepholes 3H, LN_hh's gain 4H, LN_c's 2H,
+ * LN_ih's gain 4H */
+#define VARIANT_ACC_PER_HIDDEN 13
 
 #define SELU_ALPHA 1.6732632423543772848170429916717
 #define SELU_SCALE 1.0507009873554804934193349852946
@@ -625,6 +628,7 @@ static PyMethodDef methods[] = {
      "the cell variants' backward time loop"},
     {"variant_loop_pair", (PyCFunction)(void (*)(void))py_variant_loop_pair, METH_FASTCALL,
      "two variant loops at once"},
+    {"zoneout_draws", (PyCFunction)(void (*)(void))py_zoneout_draws, METH_FASTCALL, "zoneout's draws in training"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -702,6 +706,7 @@ static int add_constants(PyObject *m) {
         return -1;
     }
     if (PyModule_AddIntConstant(m, "VARIANT_SCRATCH_PER_HIDDEN", VARIANT_SCRATCH_PER_HIDDEN) < 0 ||
+        PyModule_AddIntConstant(m, "VARIANT_ACC_PER_HIDDEN", VARIANT_ACC_PER_HIDDEN) < 0 ||
         PyModule_AddIntConstant(m, "ACTIVATION_COUNT", ACT_COUNT) < 0 ||
         PyModule_AddIntConstant(m, "SCRATCH_PER_HIDDEN", SCRATCH_PER_HIDDEN) < 0 ||
         PyModule_AddIntConstant(m, "CELL_PARALLEL_MIN", CELL_PARALLEL_MIN) < 0 ||

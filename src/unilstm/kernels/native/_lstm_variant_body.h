@@ -106,30 +106,76 @@ ALWAYS_INLINE static inline void NAME(vclip_grad)(int on, REAL bound, const REAL
     for (long j = 0; j < n; j++) g[j] = (src[j] >= -bound && src[j] <= bound) ? g[j] : (REAL)0.0;
 }
 
+/* the normalisations' sums over a row in VLANES partial sums: one running sum waits for each add to finish
+ * (a 4-cycle chain per element); independent lanes vectorise and overlap */
+#ifndef VLANES
+#define VLANES 16
+#endif
+
+/* sum of v[0, n) */
+ALWAYS_INLINE static inline REAL NAME(vsum)(const REAL *restrict v, long n) {
+    REAL acc[VLANES] = {0};
+    long j = 0;
+    for (; j + VLANES <= n; j += VLANES)
+        for (int k = 0; k < VLANES; k++) acc[k] += v[j + k];
+    for (; j < n; j++) acc[0] += v[j];
+    REAL s = 0;
+    for (int k = 0; k < VLANES; k++) s += acc[k];
+    return s;
+}
+
+/* sum of (v - m)^2 over v[0, n) */
+ALWAYS_INLINE static inline REAL NAME(vsumsq)(const REAL *restrict v, REAL m, long n) {
+    REAL acc[VLANES] = {0};
+    long j = 0;
+    for (; j + VLANES <= n; j += VLANES)
+        for (int k = 0; k < VLANES; k++) {
+            const REAL d = v[j + k] - m;
+            acc[k] += d * d;
+        }
+    for (; j < n; j++) acc[0] += (v[j] - m) * (v[j] - m);
+    REAL s = 0;
+    for (int k = 0; k < VLANES; k++) s += acc[k];
+    return s;
+}
+
 /* (v - mean) / sqrt(var + eps) into hat (biased variance); returns 1 / sqrt(var + eps) */
 ALWAYS_INLINE static inline REAL NAME(vnormalise)(const REAL *restrict v, REAL *restrict hat, long n, REAL eps) {
-    REAL mean = 0, var = 0;
-    for (long j = 0; j < n; j++) mean += v[j];
-    mean /= (REAL)n;
-    for (long j = 0; j < n; j++) {
-        const REAL d = v[j] - mean;
-        var += d * d;
-    }
-    var /= (REAL)n;
+    const REAL mean = NAME(vsum)(v, n) / (REAL)n;
+    const REAL var = NAME(vsumsq)(v, mean, n) / (REAL)n;
     const REAL rstd = (REAL)1.0 / (REAL)sqrt((double)(var + eps));
     for (long j = 0; j < n; j++) hat[j] = (v[j] - mean) * rstd;
     return rstd;
 }
 
-/* dv = rstd (gain dy - mean(gain dy) - hat mean(gain dy hat)): the layer normalisation's input gradient */
-ALWAYS_INLINE static inline void NAME(vnormalise_grad)(const REAL *restrict dy, const REAL *restrict hat, const REAL *restrict gain,
-                                  REAL rstd, REAL *restrict dv, long n) {
+/* sums of gain dy and gain dy hat over [0, n) (the layer normalisation's backward), in VLANES partial sums;
+ * one loop per sum: GCC vectorises a single array of partial sums, not two in one loop (10x slower, 760
+ * against 63 ns for 512 floats) */
+ALWAYS_INLINE static inline void NAME(vgrad_sums)(const REAL *restrict dy, const REAL *restrict hat,
+                                                  const REAL *restrict gain, long n, REAL *s1, REAL *s2) {
+    REAL a1[VLANES] = {0}, a2[VLANES] = {0};
+    long j = 0;
+    for (; j + VLANES <= n; j += VLANES)
+        for (int k = 0; k < VLANES; k++) a1[k] += gain[j + k] * dy[j + k];
+    for (; j < n; j++) a1[0] += gain[j] * dy[j];
+    for (j = 0; j + VLANES <= n; j += VLANES)
+        for (int k = 0; k < VLANES; k++) a2[k] += gain[j + k] * dy[j + k] * hat[j + k];
+    for (; j < n; j++) a2[0] += gain[j] * dy[j] * hat[j];
     REAL m1 = 0, m2 = 0;
-    for (long j = 0; j < n; j++) {
-        const REAL gd = gain[j] * dy[j];
-        m1 += gd;
-        m2 += gd * hat[j];
+    for (int k = 0; k < VLANES; k++) {
+        m1 += a1[k];
+        m2 += a2[k];
     }
+    *s1 += m1;
+    *s2 += m2;
+}
+
+/* dv = rstd (gain dy - mean(gain dy) - hat mean(gain dy hat)): the layer normalisation's input gradient */
+ALWAYS_INLINE static inline void NAME(vnormalise_grad)(const REAL *restrict dy, const REAL *restrict hat,
+                                                       const REAL *restrict gain, REAL rstd, REAL *restrict dv,
+                                                       long n) {
+    REAL m1 = 0, m2 = 0;
+    NAME(vgrad_sums)(dy, hat, gain, n, &m1, &m2);
     m1 /= (REAL)n;
     m2 /= (REAL)n;
     for (long j = 0; j < n; j++) dv[j] = rstd * (gain[j] * dy[j] - m1 - hat[j] * m2);
@@ -141,8 +187,8 @@ typedef struct {
     REAL fp[FP_COUNT];
     REAL *Z, *Hp, *Cp, *Obuf, *hnext, *hm_hist, *rec, *R, *rbuf, *hcand, *scratch;
     const uint8_t *keep;
-    const REAL *mh, *Wrec, *Whr, *zeros, *h0, *c0, *peep, *g_hh, *b_hh, *g_c, *b_c, *ZH, *ZC;
-    REAL *RHAT, *RRSTD, *CC, *CHAT, *CRSTD, *HPU;
+    const REAL *mh, *Wrec, *Whr, *zeros, *h0, *c0, *peep, *g_hh, *b_hh, *g_c, *b_c, *ZH, *ZC, *g_ih, *xbias;
+    REAL *RHAT, *RRSTD, *CC, *CHAT, *CRSTD, *HPU, *XHAT, *XRSTD;
     long ostride;
 } NAME(vfwd_t);
 
@@ -159,6 +205,44 @@ typedef struct {
  */
 static inline int NAME(vfused_ok)(int flags, int act, int ract, int oact) {
     return !(flags & VF_LAYER_NORM) && ract == ACT_SIGMOID && (act == ACT_TANH || act == ACT_RELU) && oact == act;
+}
+
+/* LN_ih of one row in place: z = (z - mean) rstd g + bias (bias: LN_ih's own plus b_ih + b_hh); xhat
+ * (NULL in inference) keeps the normalised values; returns rstd */
+ALWAYS_INLINE static inline REAL NAME(vln_input_row)(REAL *restrict z, REAL *restrict xhat, const REAL *restrict g,
+                                                    const REAL *restrict bias, long n, REAL eps) {
+    const REAL mean = NAME(vsum)(z, n) / (REAL)n;
+    const REAL rstd = (REAL)1.0 / (REAL)sqrt((double)(NAME(vsumsq)(z, mean, n) / (REAL)n + eps));
+    if (xhat != NULL) {
+        for (long j = 0; j < n; j++) {
+            const REAL v = (z[j] - mean) * rstd;
+            xhat[j] = v;
+            z[j] = v * g[j] + bias[j];
+        }
+    } else {
+        for (long j = 0; j < n; j++) z[j] = (z[j] - mean) * rstd * g[j] + bias[j];
+    }
+    return rstd;
+}
+
+/* LN_ih's backward of one row: xhat becomes the gradient of its input from dz; acc sums dz xhat (the gain's) */
+ALWAYS_INLINE static inline void NAME(vln_input_grad)(const REAL *restrict dz, REAL *restrict xhat,
+                                                     const REAL *restrict g, REAL rstd, REAL *restrict acc,
+                                                     long n) {
+    REAL m1 = 0, m2 = 0;
+    NAME(vgrad_sums)(dz, xhat, g, n, &m1, &m2);
+    m1 /= (REAL)n;
+    m2 /= (REAL)n;
+    for (long j = 0; j < n; j++) {
+        const REAL v = xhat[j];
+        acc[j] += dz[j] * v;
+        xhat[j] = rstd * (g[j] * dz[j] - m1 - v * m2);
+    }
+}
+
+/* the single-pass rows of layer normalisation (vln_forward_row): the same activations */
+static inline int NAME(vln_fused_ok)(int flags, int act, int ract, int oact) {
+    return (flags & VF_LAYER_NORM) && ract == ACT_SIGMOID && (act == ACT_TANH || act == ACT_RELU) && oact == act;
 }
 
 ALWAYS_INLINE static inline REAL NAME(vclamp)(REAL x, REAL bound) { return x < -bound ? -bound : (x > bound ? bound : x); }
@@ -206,7 +290,7 @@ ALWAYS_INLINE static inline void NAME(vfused_backward_row)(int act, int peep, in
                                                           const REAL *restrict cp, const REAL *restrict cc,
                                                           const REAL *restrict d, REAL *restrict dcr,
                                                           const REAL *restrict pw, REAL gb, REAL cb,
-                                                          const REAL *restrict zw) {
+                                                          const REAL *restrict zw, REAL *restrict ap) {
 #pragma GCC ivdep
     for (long j = 0; j < H; j++) {
         const REAL zi = zr[j], zf = zr[H + j], zg = zr[2 * H + j], zo = zr[3 * H + j];
@@ -225,7 +309,12 @@ ALWAYS_INLINE static inline void NAME(vfused_backward_row)(int act, int peep, in
         const REAL dzf = coupled ? (REAL)0.0 : NAME(vpass)(zf, gb, NAME(act_grad_one)(ACT_SIGMOID, yf, dct * cp[j]));
         const REAL dzg = NAME(vpass)(zg, gb, NAME(act_grad_one)(act, yg, dct * yi));
         REAL dcp = zw[j] * dcr[j] + dct * yf;
-        if (peep) dcp += dzi * pw[j] + dzf * pw[H + j];
+        if (peep) { /* dcp, and the peepholes' gradients summed over the thread's rows */
+            dcp += dzi * pw[j] + dzf * pw[H + j];
+            ap[j] += dzi * cp[j];
+            ap[H + j] += dzf * cp[j];
+            ap[2 * H + j] += dzo * ct;
+        }
         dcr[j] = dcp;
         zr[j] = dzi;
         zr[H + j] = dzf;
@@ -256,6 +345,140 @@ ALWAYS_INLINE static inline void NAME(vfused_backward_row)(int act, int peep, in
         }                                                                         \
     } while (0)
 
+/*
+ * Single-pass rows of layer normalisation (the activations of vfused_ok): per row, the statistics of rec
+ * (4H, in partial sums), one fused loop over the hidden units (LN_hh, the gates, c and its clip, zoneout of
+ * c, the cell's normalisation input), the statistics of c~ and one loop for LN_c and h~. rhat (4H), chat and
+ * ctb (H) receive the normalised rec, the normalised c~ and c~.
+ */
+ALWAYS_INLINE static inline void NAME(vln_forward_row)(int act, int peep, int coupled, long H, REAL *restrict zr,
+                                                      const REAL *restrict r0, const REAL *restrict r1,
+                                                      const REAL *restrict r2, const REAL *restrict r3,
+                                                      const REAL *restrict ghh, const REAL *restrict bhh,
+                                                      REAL *restrict rhat, REAL *rrstd, const REAL *restrict cp,
+                                                      REAL *restrict cc, REAL *restrict co, REAL *restrict ctb,
+                                                      REAL *restrict chat, REAL *crstd, const REAL *restrict gc,
+                                                      const REAL *restrict bc, REAL *restrict hc,
+                                                      const REAL *restrict pw, REAL fbias, REAL gb, REAL cb,
+                                                      const REAL *restrict zw, REAL eps) {
+    const REAL G = (REAL)(4 * H);
+    const REAL mean = (NAME(vsum)(r0, H) + NAME(vsum)(r1, H) + NAME(vsum)(r2, H) + NAME(vsum)(r3, H)) / G;
+    const REAL var = (NAME(vsumsq)(r0, mean, H) + NAME(vsumsq)(r1, mean, H) + NAME(vsumsq)(r2, mean, H) +
+                      NAME(vsumsq)(r3, mean, H)) / G;
+    const REAL rstd = (REAL)1.0 / (REAL)sqrt((double)(var + eps));
+    *rrstd = rstd;
+#pragma GCC ivdep
+    for (long j = 0; j < H; j++) {
+        const REAL hi = (r0[j] - mean) * rstd, hf = (r1[j] - mean) * rstd;
+        const REAL hg = (r2[j] - mean) * rstd, ho = (r3[j] - mean) * rstd;
+        rhat[j] = hi;
+        rhat[H + j] = hf;
+        rhat[2 * H + j] = hg;
+        rhat[3 * H + j] = ho;
+        REAL zi = zr[j] + hi * ghh[j] + bhh[j];
+        REAL zf = zr[H + j] + hf * ghh[H + j] + bhh[H + j] + fbias;
+        const REAL zg = zr[2 * H + j] + hg * ghh[2 * H + j] + bhh[2 * H + j];
+        REAL zo = zr[3 * H + j] + ho * ghh[3 * H + j] + bhh[3 * H + j];
+        if (peep) {
+            zi += pw[j] * cp[j];
+            zf += pw[H + j] * cp[j];
+        }
+        const REAL i = NAME(act_one)(ACT_SIGMOID, NAME(vclamp)(zi, gb));
+        const REAL f = coupled ? (REAL)1.0 - i : NAME(act_one)(ACT_SIGMOID, NAME(vclamp)(zf, gb));
+        const REAL c = f * cp[j] + i * NAME(act_one)(act, NAME(vclamp)(zg, gb));
+        const REAL ct = NAME(vclamp)(c, cb);
+        if (peep) zo += pw[2 * H + j] * ct;
+        zr[j] = zi;
+        zr[H + j] = zf;
+        zr[2 * H + j] = zg;
+        zr[3 * H + j] = zo;
+        cc[j] = c;
+        ctb[j] = ct;
+        co[j] = ct + zw[j] * (cp[j] - ct);
+    }
+    const REAL cm = NAME(vsum)(ctb, H) / (REAL)H;
+    const REAL cs = (REAL)1.0 / (REAL)sqrt((double)(NAME(vsumsq)(ctb, cm, H) / (REAL)H + eps));
+    *crstd = cs;
+#pragma GCC ivdep
+    for (long j = 0; j < H; j++) {
+        const REAL ch = (ctb[j] - cm) * cs;
+        chat[j] = ch;
+        hc[j] = NAME(act_one)(ACT_SIGMOID, NAME(vclamp)(zr[3 * H + j], gb)) * NAME(act_one)(act, ch * gc[j] + bc[j]);
+    }
+}
+
+/*
+ * The backward of vln_forward_row: from d (the gradient of h~) and dcr (of c_t; becomes that of c_{t-1}), z
+ * becomes dz and d0..d3 receive the gradient of rec (LN_hh's backward of dz). tmp: H scratch. acc (per
+ * thread, summed over its rows): [the peepholes' 3H][LN_hh's gain 4H][LN_c's gain H][LN_c's bias H].
+ */
+ALWAYS_INLINE static inline void NAME(vln_backward_row)(int act, int peep, int coupled, long H, REAL *restrict zr,
+                                                       const REAL *restrict cp, const REAL *restrict cc,
+                                                       const REAL *restrict chat, REAL crstd,
+                                                       const REAL *restrict gc, const REAL *restrict bc,
+                                                       const REAL *restrict d, REAL *restrict dcr,
+                                                       const REAL *restrict pw, REAL gb, REAL cb,
+                                                       const REAL *restrict zw, const REAL *restrict rhat,
+                                                       REAL rrstd, const REAL *restrict ghh, REAL *restrict d0,
+                                                       REAL *restrict d1, REAL *restrict d2, REAL *restrict d3,
+                                                       REAL *restrict tmp, REAL *restrict acc) {
+    REAL *restrict ap = acc, *restrict agh = acc + 3 * H, *restrict agc = acc + 7 * H, *restrict abc = acc + 8 * H;
+#pragma GCC ivdep
+    for (long j = 0; j < H; j++) { /* the output gate and LN_c's output */
+        const REAL zo = zr[3 * H + j];
+        const REAL yo = NAME(act_one)(ACT_SIGMOID, NAME(vclamp)(zo, gb));
+        const REAL ac = NAME(act_one)(act, chat[j] * gc[j] + bc[j]);
+        const REAL dcn = NAME(act_grad_one)(act, ac, d[j] * yo);
+        tmp[j] = dcn;
+        agc[j] += dcn * chat[j];
+        abc[j] += dcn;
+        zr[3 * H + j] = NAME(vpass)(zo, gb, NAME(act_grad_one)(ACT_SIGMOID, yo, d[j] * ac));
+    }
+    REAL m1 = 0, m2 = 0;
+    NAME(vgrad_sums)(tmp, chat, gc, H, &m1, &m2);
+    m1 /= (REAL)H;
+    m2 /= (REAL)H;
+#pragma GCC ivdep
+    for (long j = 0; j < H; j++) {
+        const REAL zi = zr[j], zf = zr[H + j], zg = zr[2 * H + j], dzo = zr[3 * H + j];
+        const REAL yi = NAME(act_one)(ACT_SIGMOID, NAME(vclamp)(zi, gb));
+        const REAL yf = coupled ? (REAL)1.0 - yi : NAME(act_one)(ACT_SIGMOID, NAME(vclamp)(zf, gb));
+        const REAL yg = NAME(act_one)(act, NAME(vclamp)(zg, gb));
+        REAL dct = crstd * (gc[j] * tmp[j] - m1 - chat[j] * m2) + ((REAL)1.0 - zw[j]) * dcr[j];
+        if (peep) dct += dzo * pw[2 * H + j];
+        dct = NAME(vpass)(cc[j], cb, dct);
+        const REAL di = coupled ? dct * (yg - cp[j]) : dct * yg;
+        const REAL dzi = NAME(vpass)(zi, gb, NAME(act_grad_one)(ACT_SIGMOID, yi, di));
+        const REAL dzf = coupled ? (REAL)0.0 : NAME(vpass)(zf, gb, NAME(act_grad_one)(ACT_SIGMOID, yf, dct * cp[j]));
+        const REAL dzg = NAME(vpass)(zg, gb, NAME(act_grad_one)(act, yg, dct * yi));
+        REAL dcp = zw[j] * dcr[j] + dct * yf;
+        if (peep) {
+            dcp += dzi * pw[j] + dzf * pw[H + j];
+            ap[j] += dzi * cp[j];
+            ap[H + j] += dzf * cp[j];
+            ap[2 * H + j] += dzo * NAME(vclamp)(cc[j], cb);
+        }
+        dcr[j] = dcp;
+        zr[j] = dzi;
+        zr[H + j] = dzf;
+        zr[2 * H + j] = dzg;
+    }
+    REAL n1 = 0, n2 = 0; /* LN_hh's backward over the 4H gate gradients */
+    NAME(vgrad_sums)(zr, rhat, ghh, 4 * H, &n1, &n2);
+    n1 /= (REAL)(4 * H);
+    n2 /= (REAL)(4 * H);
+    REAL *restrict dk[4] = {d0, d1, d2, d3};
+    for (int k = 0; k < 4; k++) {
+        const REAL *restrict zk = zr + k * H, *restrict hk = rhat + k * H, *restrict gk = ghh + k * H;
+        REAL *restrict out = dk[k], *restrict ak = agh + k * H;
+#pragma GCC ivdep
+        for (long j = 0; j < H; j++) {
+            out[j] = rrstd * (gk[j] * zk[j] - n1 - hk[j] * n2);
+            ak[j] += zk[j] * hk[j];
+        }
+    }
+}
+
 /* one forward step's cell on rows [b0, b1): scratch 12H */
 VHOT static void NAME(vfwd_rows)(const NAME(vfwd_t) * p, long t, const uint8_t *kp, long b0, long b1,
                                 REAL *scratch) {
@@ -268,9 +491,10 @@ VHOT static void NAME(vfwd_rows)(const NAME(vfwd_t) * p, long t, const uint8_t *
     REAL *restrict ct = scratch + 3 * G, *restrict cn = ct + H, *restrict ac = cn + H, *restrict cc = ac + H;
     const size_t bytes = (size_t)H * sizeof(REAL);
     const int fused = NAME(vfused_ok)(p->flags, p->act, p->ract, p->oact);
+    const int lnfused = NAME(vln_fused_ok)(p->flags, p->act, p->ract, p->oact);
     const REAL gb = gclip ? fp[FP_GATE_CLIP] : (REAL)INFINITY, cb = cclip ? fp[FP_CELL_CLIP] : (REAL)INFINITY;
-    REAL *zfill = cc + H; /* the zoneout rate repeated (a weight row), and 3H zeros for absent peepholes */
-    if (fused) {
+    REAL *zfill = cc + H; /* the zoneout rate repeated (a weight row) */
+    if (fused || lnfused) {
         for (long j = 0; j < H; j++) zfill[j] = fp[FP_ZC];
     }
     for (long b = b0; b < b1; b++) {
@@ -282,6 +506,7 @@ VHOT static void NAME(vfwd_rows)(const NAME(vfwd_t) * p, long t, const uint8_t *
             if (p->RHAT != NULL) memset(p->RHAT + row * G, 0, 4 * bytes);
             if (p->CC != NULL) memset(p->CC + row * H, 0, bytes);
             if (p->CHAT != NULL) memset(p->CHAT + row * H, 0, bytes);
+            if (p->XHAT != NULL) memset(p->XHAT + row * G, 0, 4 * bytes);
             if (proj) {
                 memset(p->rbuf + b * H, 0, bytes);
                 if (p->R != NULL) memset(p->R + row * H, 0, bytes);
@@ -289,6 +514,32 @@ VHOT static void NAME(vfwd_rows)(const NAME(vfwd_t) * p, long t, const uint8_t *
             continue;
         }
         REAL *restrict z = p->Z + row * G;
+        if (p->g_ih != NULL) { /* LN_ih of the row's input part (X W_ih^T on entry) */
+            const REAL rs = NAME(vln_input_row)(z, p->XHAT != NULL ? p->XHAT + row * G : NULL, p->g_ih, p->xbias, G,
+                                                fp[FP_EPS]);
+            if (p->XRSTD != NULL) p->XRSTD[row] = rs;
+        }
+        if (lnfused) {
+            const REAL *rk[4];
+            for (int k = 0; k < 4; k++) rk[k] = p->n_masks == 4 ? p->rec + (k * B + b) * H : p->rec + b * G + k * H;
+            REAL *hc = proj ? p->rbuf + b * H : p->Hp + (ho * B + b) * P;
+            REAL *ccr = p->CC != NULL ? p->CC + row * H : cc;
+            const REAL *zw = p->ZC != NULL ? p->ZC + row * H : zfill;
+            REAL rs, cs;
+            VFUSED_CALL(NAME(vln_forward_row), p->act, peep, coupled, H, z, rk[0], rk[1], rk[2], rk[3], p->g_hh,
+                        p->b_hh, p->RHAT != NULL ? p->RHAT + row * G : y4, &rs, cp, ccr, co, ct,
+                        p->CHAT != NULL ? p->CHAT + row * H : cn, &cs, p->g_c, p->b_c, hc, p->peep,
+                        fp[FP_FORGET_BIAS], gb, cb, zw, fp[FP_EPS]);
+            if (p->RRSTD != NULL) p->RRSTD[row] = rs;
+            if (p->CRSTD != NULL) p->CRSTD[row] = cs;
+            if (proj) {
+                if (p->R != NULL) memcpy(p->R + row * H, hc, bytes);
+            } else if (p->ZH != NULL || fp[FP_ZH] != (REAL)0.0) {
+                const REAL *restrict hp = p->Hp + (hi * B + b) * P;
+                for (long j = 0; j < H; j++) hc[j] = hc[j] + VZONE(p->ZH, fp[FP_ZH], t, b, P, j) * (hp[j] - hc[j]);
+            }
+            continue;
+        }
         if (fused) {
             const REAL *rk[4];
             for (int k = 0; k < 4; k++) rk[k] = p->n_masks == 4 ? p->rec + (k * B + b) * H : p->rec + b * G + k * H;
@@ -483,8 +734,10 @@ typedef struct {
     long T, B, H, P;
     int reverse, n_masks, threads, flags, act, ract, oact;
     REAL fp[FP_COUNT];
-    REAL *Z, *dh, *dc, *carry, *dh_new, *DH, *dr, *DREC, *dh_tmp, *scratch, *DCN, *zdir;
+    REAL *Z, *dh, *dc, *carry, *dh_new, *DH, *dr, *DREC, *dh_tmp, *scratch, *ACC, *zdir;
     const REAL *Cp, *dout, *w_hr, *Wrec, *mh, *peep, *g_hh, *g_c, *b_c, *RHAT, *RRSTD, *CC, *CHAT, *CRSTD, *HPU;
+    REAL *XHAT; /* LN_ih's normalised input, becoming the gradient of its input */
+    const REAL *XRSTD, *g_ih;
     const REAL *ZH, *ZC;
     const uint8_t *keep;
     long dstride, drec_step; /* drec_step: elements between steps of DREC (0: one per-step buffer) */
@@ -548,11 +801,13 @@ VHOT static void NAME(vbwd_head_rows)(const NAME(vbwd_t) * p, int phases, long t
 }
 
 /* the backward cell on rows [b0, b1): from dr (the gradient of h~ before the projection) and dc (of c_t,
- * becoming that of c_{t-1}), Z_t becomes the gate gradients dz, DCN_t the gradient of LN_c's output, and
- * the recurrent GEMM operand (DREC_t, or the per-step buffer) that of rec (LN_hh's backward of dz).
+ * becoming that of c_{t-1}), Z_t becomes the gate gradients dz and the recurrent GEMM operand (DREC_t, or
+ * the per-step buffer) that of rec (LN_hh's backward of dz); acc (this thread's, 9H) sums the gradients of
+ * the peepholes [3H], LN_hh's gain [4H], LN_c's gain and bias [H each] and LN_ih's gain [4H] over the rows;
+ * XHAT_t (LN_ih's normalised input) becomes the gradient of LN_ih's input.
  * scratch 24H */
 VHOT static void NAME(vbwd_cell_rows)(const NAME(vbwd_t) * p, long t, const uint8_t *kp, long b0, long b1,
-                                 REAL *scratch) {
+                                 REAL *scratch, REAL *acc) {
     const long B = p->B, H = p->H, G = 4 * H;
     const long hi = p->reverse ? t + 1 : t;
     const int ln = p->flags & VF_LAYER_NORM, peep = p->flags & VF_PEEPHOLES, gclip = p->flags & VF_GATE_CLIP;
@@ -564,9 +819,11 @@ VHOT static void NAME(vbwd_cell_rows)(const NAME(vbwd_t) * p, long t, const uint
     const size_t bytes = (size_t)H * sizeof(REAL);
     REAL *drec_base = p->DREC + t * p->drec_step;
     const int fused = NAME(vfused_ok)(p->flags, p->act, p->ract, p->oact);
+    const int lnfused = NAME(vln_fused_ok)(p->flags, p->act, p->ract, p->oact);
     const REAL gb = gclip ? fp[FP_GATE_CLIP] : (REAL)INFINITY, cb = cclip ? fp[FP_CELL_CLIP] : (REAL)INFINITY;
     REAL *zfill = drec + G; /* the zoneout rate repeated (a weight row) */
-    if (fused) {
+    REAL *restrict ap = acc, *restrict agh = acc + 3 * H, *restrict agc = acc + 7 * H, *restrict abc = acc + 8 * H;
+    if (fused || lnfused) {
         for (long j = 0; j < H; j++) zfill[j] = fp[FP_ZC];
     }
     for (long b = b0; b < b1; b++) {
@@ -574,17 +831,27 @@ VHOT static void NAME(vbwd_cell_rows)(const NAME(vbwd_t) * p, long t, const uint
         REAL *restrict z = p->Z + row * G;
         if (kp != NULL && !kp[b]) {
             memset(z, 0, 4 * bytes);
+            if (p->XHAT != NULL) memset(p->XHAT + row * G, 0, 4 * bytes);
             for (int k = 0; k < 4; k++)
                 memset(p->n_masks == 4 ? drec_base + (k * B + b) * H : drec_base + b * G + k * H, 0, bytes);
-            if (p->DCN != NULL) memset(p->DCN + row * H, 0, bytes);
             continue;
         }
         const REAL *restrict cp = p->Cp + (hi * B + b) * H, *restrict d = p->dr + b * H;
         REAL *restrict dcr = p->dc + b * H;
+        if (lnfused) {
+            REAL *dk[4];
+            for (int k = 0; k < 4; k++) dk[k] = p->n_masks == 4 ? drec_base + (k * B + b) * H : drec_base + b * G + k * H;
+            const REAL *zw = p->ZC != NULL ? p->ZC + row * H : zfill;
+            VFUSED_CALL(NAME(vln_backward_row), p->act, peep, coupled, H, z, cp, p->CC + row * H, p->CHAT + row * H,
+                        p->CRSTD[row], p->g_c, p->b_c, d, dcr, p->peep, gb, cb, zw, p->RHAT + row * G, p->RRSTD[row],
+                        p->g_hh, dk[0], dk[1], dk[2], dk[3], t1, acc);
+            if (p->XHAT != NULL) NAME(vln_input_grad)(z, p->XHAT + row * G, p->g_ih, p->XRSTD[row], acc + 9 * H, G);
+            continue;
+        }
         if (fused) {
             const REAL *zw = p->ZC != NULL ? p->ZC + row * H : zfill;
             VFUSED_CALL(NAME(vfused_backward_row), p->act, peep, coupled, H, z, cp, p->CC + row * H, d, dcr, p->peep,
-                        gb, cb, zw);
+                        gb, cb, zw, acc);
             for (int k = 0; k < 4; k++)
                 memcpy(p->n_masks == 4 ? drec_base + (k * B + b) * H : drec_base + b * G + k * H, z + k * H, bytes);
             continue;
@@ -611,7 +878,11 @@ VHOT static void NAME(vbwd_cell_rows)(const NAME(vbwd_t) * p, long t, const uint
         for (long j = 0; j < H; j++) t1[j] = d[j] * yo[j];
         NAME(vact_backward)(p->oact, fp[FP_OACT_A], fp[FP_OACT_B], cnr, ac, t1, dcn, H);
         if (ln) {
-            memcpy(p->DCN + row * H, dcn, bytes);
+            const REAL *restrict chat = p->CHAT + row * H;
+            for (long j = 0; j < H; j++) {
+                agc[j] += dcn[j] * chat[j];
+                abc[j] += dcn[j];
+            }
             NAME(vnormalise_grad)(dcn, p->CHAT + row * H, p->g_c, p->CRSTD[row], dct, H);
         } else {
             memcpy(dct, dcn, bytes);
@@ -646,10 +917,20 @@ VHOT static void NAME(vbwd_cell_rows)(const NAME(vbwd_t) * p, long t, const uint
             if (peep) v += dzi[j] * p->peep[j] + dzf[j] * p->peep[H + j];
             dcr[j] = v;
         }
+        if (peep) {
+            for (long j = 0; j < H; j++) {
+                ap[j] += dzi[j] * cp[j];
+                ap[H + j] += dzf[j] * cp[j];
+                ap[2 * H + j] += dzo[j] * ctr[j];
+            }
+        }
         memcpy(z, dz4, 4 * bytes);
+        if (p->XHAT != NULL) NAME(vln_input_grad)(z, p->XHAT + row * G, p->g_ih, p->XRSTD[row], acc + 9 * H, G);
         const REAL *src = dz4;
         if (ln) {
-            NAME(vnormalise_grad)(dz4, p->RHAT + row * G, p->g_hh, p->RRSTD[row], drec, G);
+            const REAL *restrict rhat = p->RHAT + row * G;
+            for (long j = 0; j < G; j++) agh[j] += dz4[j] * rhat[j];
+            NAME(vnormalise_grad)(dz4, rhat, p->g_hh, p->RRSTD[row], drec, G);
             src = drec;
         }
         for (int k = 0; k < 4; k++)
@@ -671,7 +952,8 @@ static void NAME(vtask_rows)(const NAME(vtask_t) * task, long b0, long b1, long 
     if (task->kind == 2) {
         NAME(vbwd_head_rows)(p, task->phases, task->t, task->kp, task->prev_kp, b0, b1);
     } else {
-        NAME(vbwd_cell_rows)(p, task->t, task->kp, b0, b1, p->scratch + index * VARIANT_SCRATCH_PER_HIDDEN * p->H);
+        NAME(vbwd_cell_rows)(p, task->t, task->kp, b0, b1, p->scratch + index * VARIANT_SCRATCH_PER_HIDDEN * p->H,
+                             p->ACC != NULL ? p->ACC + index * VARIANT_ACC_PER_HIDDEN * p->H : NULL);
     }
 }
 

@@ -10,22 +10,21 @@ The standard cell keeps its own loops (:mod:`._loops`); a run comes here only wh
 BLAS gemm was found (the variants have no per-step Python loop; without the gemm they run on the other
 kernels).
 
-The C cell has single-pass rows (one loop over the hidden units, vectorised) for the runs without layer
-normalisation whose activations are (tanh or relu, sigmoid) with the output activation g: the clips,
-peepholes, coupled gates, forget bias and zoneout enter them branch-free. The other runs (layer
-normalisation, other or parametric activations) take rows with a pass per gate and operation.
+The C cell has single-pass rows (one loop over the hidden units, vectorised) for the runs whose
+activations are (tanh or relu, sigmoid) with the output activation g: the clips, peepholes, coupled gates,
+forget bias and zoneout enter them branch-free; with layer normalisation a row is the statistics of rec in
+partial sums, one fused loop (LN_hh, the gates, c), the statistics of c~ and one loop for LN_c and h~. The
+other runs (other or parametric activations) take rows with a pass per gate and operation.
 
-* forward: Z = X W_ih^T for all steps in one GEMM; with layer normalisation its normalisation over the 4H
-  axis for all steps at once (``native_layer_norm``: the mean and 1/std are kept; the biases join its
-  bias). Per
-  step, in C: rec = h_{t-1} W_hh^T, its normalisation (the normalised values and 1/std kept), the cell with
-  every variant, the projection and its clip, zoneout and the step mask. Z keeps the final
-  pre-activations (before the gate clip), CC the unclipped cell candidates, CHAT / CRSTD the cell's
-  normalisation.
-* backward: per step in C the gate gradients dZ overwrite Z, and the gradient of rec (LN_hh's backward of
-  dZ) feeds dh_{t-1} = drec W_hh; after the loop the input normalisation's backward for all steps
-  (``native_layer_norm_backward``), then dW_ih, dW_hh, dW_hr, the bias, peephole and gain gradients as
-  one torch product or sum each over all steps.
+* forward: Z = X W_ih^T for all steps in one GEMM (with layer normalisation without the biases). Per step,
+  in C: rec = h_{t-1} W_hh^T; per row LN_ih of Z_t (its normalised values XHAT and 1/std XRSTD kept; the
+  biases b_ih + b_hh join its bias), LN_hh of rec (RHAT / RRSTD kept), the cell with every variant, the
+  projection and its clip, zoneout and the step mask. Z keeps the final pre-activations (before the gate
+  clip), CC the unclipped cell candidates, CHAT / CRSTD the cell's normalisation.
+* backward: per step in C the gate gradients dZ overwrite Z, XHAT becomes the gradient of LN_ih's input
+  and the gradient of rec (LN_hh's backward of dZ) feeds dh_{t-1} = drec W_hh; each thread sums the
+  peephole and gain gradients of its rows (ACC). After the loop dW_ih, dW_hh, dW_hr and the bias gradients
+  are one torch product or sum each over all steps.
 
 A backward that autograd records (``create_graph=True``: second derivatives) computes through the
 reference loop (:func:`~unilstm.kernels.reference.differentiable_gradients`); a second backward through
@@ -35,6 +34,7 @@ gradients over the saved pre-activations.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -67,6 +67,54 @@ FLOAT_PARAMETERS = (
 
 _IDS: dict[Callable, int] = A.kernel_ids(ACTIVATION_IDS)
 _DTYPES = (torch.float32, torch.float64)
+#: the backward loop's gradient sums per thread and hidden unit (VARIANT_ACC_PER_HIDDEN in _lstm_cell.c)
+ACC_PER_HIDDEN = 13
+
+
+#: zoneout's hash (Wellons' lowbias32): shifts and odd multipliers, a bijection of 32-bit words
+_MIX_SHIFTS, _MIX_MULTIPLIERS = (16, 15, 16), (0x7FEB352D, 0x846CA68B)
+_LOW32 = 0xFFFFFFFF
+
+
+def _mul32(x: Tensor, m: int) -> Tensor:
+    """x m mod 2^32 for int64 words x < 2^32, in two 16-bit halves of m (each product < 2^48: no int64
+    overflow on any device)."""
+    return (x * (m & 0xFFFF) + (((x * (m >> 16)) & 0xFFFF) << 16)) & _LOW32
+
+
+def _mix32(x: Tensor) -> Tensor:
+    x = x ^ (x >> _MIX_SHIFTS[0])
+    x = _mul32(x, _MIX_MULTIPLIERS[0])
+    x = x ^ (x >> _MIX_SHIFTS[1])
+    x = _mul32(x, _MIX_MULTIPLIERS[1])
+    return x ^ (x >> _MIX_SHIFTS[2])
+
+
+def zoneout_keep(
+    rate: float, steps: int, state: Tensor, generator: torch.Generator | None, in_c: bool = True
+) -> Tensor:
+    """Zoneout's draws in training: a (steps, *state.shape) tensor of state's dtype and device, 1 where a
+    unit keeps its previous value (probability ``rate``, to 2^-33), else 0.
+
+    Counter-based: two 32-bit keys k0, k1 come from ``generator`` (torch's default one without it, so that
+    ``torch.manual_seed`` reproduces the draws); element i (row-major) is 1 where
+    ``mix(mix(lo(i) ^ k0) ^ k1 ^ hi(i)) < round(rate 2^32)``, mix the 32-bit hash lowbias32 and lo, hi the
+    low and high 32 bits of i. The C extension computes it for CPU states (0.07 ms for
+    (50, 32, 128) against 0.6 ms for torch's uniform_ and lt_), torch's integer ops everywhere else: the
+    same bits on every device and build (``in_c=False`` takes the torch ops on the CPU too; they take 12 ms
+    there: the fallback without the extension)."""
+    shape = (steps, *state.shape)
+    threshold = min(round(rate * 2.0**32), 2**32)
+    keys = torch.empty(2, dtype=torch.int64, device=state.device).random_(0, 2**32, generator=generator)
+    if in_c and state.device.type == "cpu" and C.zoneout_draws_available():
+        # other dtypes (bfloat16 ...) are drawn in float32 and cast: 0 and 1 are exact in every float
+        out = torch.empty(shape, dtype=state.dtype if state.dtype in _DTYPES else torch.float32)
+        k0, k1 = keys.tolist()
+        C.zoneout_draws(out, k0, k1, threshold)
+        return out.to(state.dtype)
+    index = torch.arange(math.prod(shape), dtype=torch.int64, device=state.device)
+    bits = _mix32(_mix32((index & _LOW32) ^ keys[0]) ^ keys[1] ^ (index >> 32))
+    return (bits < threshold).to(state.dtype).view(shape)
 
 
 def variant_activation(fn: Callable | None) -> tuple[int, float, float] | None:
@@ -195,19 +243,13 @@ def forward_pass(cfg: VariantConfig, threads: int, args: Arguments, save: bool =
     H, P = c0.shape[-1], h0.shape[-1]
     proj, ln = w_hr is not None, bool(cfg.flags & LAYER_NORM)
     gate_masks = 4 if mh is not None and mh.dim() == 3 else 1
-    Zraw = mean = rstd = None
-    if ln:  # the biases b_ih + b_hh join the normalisation's own bias: one pass over Z fewer
-        Zraw = _input_part(x, w_ih, mx)
-        bias = summed_bias(b_ih, b_hh)
-        Z, mean, rstd = torch.native_layer_norm(
-            Zraw, [GATES * H], g_ih, bt_ih if bias is None else bt_ih + bias, cfg.floats[10]
-        )
-    else:
-        Z = _input_part(x, w_ih, mx)
-        bias = summed_bias(b_ih, b_hh)
-        if bias is not None:
-            Z += bias
-    Z = Z.contiguous()
+    Z = _input_part(x, w_ih, mx).contiguous()
+    bias = summed_bias(b_ih, b_hh)
+    xbias = None
+    if ln:  # LN_ih per row in the C loop; b_ih + b_hh join its own bias
+        xbias = (bt_ih if bias is None else bt_ih + bias).contiguous()
+    elif bias is not None:
+        Z += bias
     Hp, Cp = x.new_empty(T + 1, B, P), x.new_empty(T + 1, B, H)
     masked = step_mask is not None
     keep = step_mask.to(torch.uint8).contiguous() if masked else None
@@ -224,6 +266,8 @@ def forward_pass(cfg: VariantConfig, threads: int, args: Arguments, save: bool =
     RHAT, RRSTD = history(ln, T, B, GATES * H), history(ln, T, B)
     CHAT, CRSTD = history(ln, T, B, H), history(ln, T, B)
     HPU = history(bool(cfg.flags & PROJ_CLIP), T, B, P)
+    XHAT, XRSTD = history(ln, T, B, GATES * H), history(ln, T, B)
+    g_ih_c = None if g_ih is None or not ln else g_ih.contiguous()
     copy = T >= policy.COPY_MIN_STEPS and B >= policy.COPY_MIN_BATCH
     w_hh_c = w_hh.contiguous()
     if gate_masks == 4:
@@ -249,18 +293,19 @@ def forward_pass(cfg: VariantConfig, threads: int, args: Arguments, save: bool =
         h0=h0.data_ptr(), c0=c0.data_ptr(), peephole=address(peep), g_hh=address(g_hh), b_hh=address(bt_hh),
         g_c=address(g_c), b_c=address(bt_c), ZH=address(zh), ZC=address(zc), RHAT=address(RHAT),
         RRSTD=address(RRSTD), CC=address(CC), CHAT=address(CHAT), CRSTD=address(CRSTD), HPU=address(HPU),
-        ostride=0 if Obuf is None else Obuf.stride(0),
+        ostride=0 if Obuf is None else Obuf.stride(0), g_ih=address(g_ih_c), xbias=address(xbias),
+        XHAT=address(XHAT), XRSTD=address(XRSTD),
     )
     if defer is None:
         C.variant_forward_loop(**loop)
     else:
         buffers = (x, h0, c0, Z, Hp, Cp, Obuf, keep, zeros, mh, R, HM, CC, RHAT, RRSTD, CHAT, CRSTD, HPU,
                    Wrec, Whr, w_hh_c, hnext, rec, rbuf, hcand, scratch, floats, peep, g_hh, bt_hh, g_c, bt_c,
-                   zh, zc)
+                   zh, zc, g_ih_c, xbias, XHAT, XRSTD)
         defer.append((C.variant_forward_arguments(**loop), buffers))
     last = 0 if cfg.reverse else T
     out = Obuf if Obuf is not None else (Hp[:T] if cfg.reverse else Hp[1:])
-    record = (Z, Zraw, mean, rstd, Hp, Cp, R, HM, CC, RHAT, RRSTD, CHAT, CRSTD, HPU, keep)
+    record = (Z, XHAT, XRSTD, None, Hp, Cp, R, HM, CC, RHAT, RRSTD, CHAT, CRSTD, HPU, keep)
     return (out, Hp[last], Cp[last]), record
 
 
@@ -272,7 +317,7 @@ def backward_pass(cfg: VariantConfig, threads: int, args: Arguments, record: tup
     :func:`forward_pass`): the function is to be called once the caller has run it."""
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, g_ih, bt_ih, g_hh, bt_hh, g_c, bt_c = args[:15]
     mx, mh, _, zh, zc = args[15:]
-    Z, Zraw, mean, rstd, Hp, Cp, R, HM, CC, RHAT, RRSTD, CHAT, CRSTD, HPU, keep = record
+    Z, XHAT, XRSTD, _, Hp, Cp, R, HM, CC, RHAT, RRSTD, CHAT, CRSTD, HPU, keep = record
     T, B, Fdim = x.shape
     H, P = c0.shape[-1], h0.shape[-1]
     proj, ln = w_hr is not None, bool(cfg.flags & LAYER_NORM)
@@ -286,14 +331,17 @@ def backward_pass(cfg: VariantConfig, threads: int, args: Arguments, record: tup
     DREC = x.new_empty(T, B, GATES * H) if ln else x.new_empty(B, GATES * H)
     dh_tmp = x.new_empty(gate_masks, B, P)
     carry = x.new_zeros(B, P) if keep is not None and not cfg.zero_out else None
-    DCN = x.new_empty(T, B, H) if ln else None
+    # the gradient sums of the peepholes and the gains over the rows, per thread (summed in _gradients)
+    ACC = x.new_zeros(max(threads, 1), ACC_PER_HIDDEN * H) if ln or cfg.flags & PEEPHOLES else None
     zone_h = zh is not None or cfg.floats[11] != 0.0
     zdir = x.new_empty(B, P) if zone_h else None
     scratch = x.new_empty(C.VARIANT_SCRATCH_PER_HIDDEN * H * max(threads, 1))
     floats = torch.tensor(cfg.floats, dtype=torch.float64)
     w_hh_c = w_hh.contiguous()
     w_hr_c = None if w_hr is None else w_hr.contiguous()
-    peep_c, g_hh_c, g_c_c, bt_c_c = (None if t is None else t.contiguous() for t in (peep, g_hh, g_c, bt_c))
+    peep_c, g_hh_c, g_c_c, bt_c_c, g_ih_c = (
+        None if t is None else t.contiguous() for t in (peep, g_hh, g_c, bt_c, g_ih if ln else None)
+    )
     loop = dict(
         **_blas_arguments(x), T=T, B=B, H=H, P=P, reverse=int(cfg.reverse), n_masks=gate_masks,
         threads=threads, flags=cfg.flags, act=cfg.act[0], ract=cfg.ract[0], oact=cfg.oact[0],
@@ -303,26 +351,35 @@ def backward_pass(cfg: VariantConfig, threads: int, args: Arguments, record: tup
         DREC=DREC.data_ptr(), drec_step=B * GATES * H if ln else 0, dh_tmp=dh_tmp.data_ptr(),
         Wrec=w_hh_c.data_ptr(), mh=address(mh), scratch=scratch.data_ptr(), peephole=address(peep_c),
         g_hh=address(g_hh_c), g_c=address(g_c_c), b_c=address(bt_c_c), RHAT=address(RHAT),
-        RRSTD=address(RRSTD), CC=address(CC), CHAT=address(CHAT), CRSTD=address(CRSTD), DCN=address(DCN),
-        HPU=address(HPU), ZH=address(zh), ZC=address(zc), zdir=address(zdir),
+        RRSTD=address(RRSTD), CC=address(CC), CHAT=address(CHAT), CRSTD=address(CRSTD), ACC=address(ACC),
+        HPU=address(HPU), ZH=address(zh), ZC=address(zc), zdir=address(zdir), XHAT=address(XHAT),
+        XRSTD=address(XRSTD), g_ih=address(g_ih_c),
     )
     if defer is None:
         C.variant_backward_loop(**loop)
     else:
-        buffers = (dout, dh, dc, DH, dh_new, dr, DREC, dh_tmp, carry, DCN, zdir, scratch, floats, w_hh_c,
-                   w_hr_c, mh, peep_c, g_hh_c, g_c_c, bt_c_c, zh, zc, *record)
+        buffers = (dout, dh, dc, DH, dh_new, dr, DREC, dh_tmp, carry, ACC, zdir, scratch, floats, w_hh_c,
+                   w_hr_c, mh, peep_c, g_hh_c, g_c_c, bt_c_c, g_ih_c, zh, zc, *record)
         defer.append((C.variant_backward_arguments(**loop), buffers))
-    return lambda: _gradients(cfg, args, record, needs, (dh, dc, DH, DREC, DCN))
+    return lambda: _gradients(cfg, args, record, needs, (dh, dc, DH, DREC, ACC))
 
 
 def _gradients(
     cfg: VariantConfig, args: Arguments, record: tuple, needs: tuple[bool, ...], found: tuple
 ) -> tuple:
-    """backward_pass's gradients, from what its loop found: dh0, dc0, DH, DREC, DCN and Z (now dZ)."""
+    """backward_pass's gradients, from what its loop found: dh0, dc0, DH, DREC, the per-thread sums ACC
+    (peepholes [3H], LN_hh's gain [4H], LN_c's gain and bias [H each], LN_ih's gain [4H]), Z (now dZ) and
+    XHAT (now the gradient of LN_ih's input)."""
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, g_ih, bt_ih, g_hh, bt_hh, g_c, bt_c = args[:15]
     mx, mh = args[15:17]
-    Z, Zraw, mean, rstd, Hp, Cp, R, HM, CC, RHAT, RRSTD, CHAT, CRSTD, HPU, keep = record
-    dh, dc, DH, DREC, DCN = found
+    Z, XHAT, _, _, Hp, Cp, R, HM, CC, RHAT, RRSTD, CHAT, CRSTD, HPU, keep = record
+    dh, dc, DH, DREC, ACC = found
+    sums = None if ACC is None else ACC.sum(0)
+
+    def part(start: int, stop: int) -> Tensor:  # each gradient its own tensor: autograd may add into it
+        assert sums is not None
+        return sums[start:stop].clone()
+
     T, B, Fdim = x.shape
     H, P = c0.shape[-1], h0.shape[-1]
     ln = bool(cfg.flags & LAYER_NORM)
@@ -334,21 +391,15 @@ def _gradients(
     # the gradient of every bias added to z (b_ih, b_hh, and the two normalisations' biases of the gates)
     dz_sum = dZ.sum(0) if any(needs[i] for i in (5, 6, 10, 12)) else None
     if ln:
-        assert Zraw is not None and RHAT is not None and CHAT is not None and DCN is not None
-        dZraw, dg_ih, _ = torch.ops.aten.native_layer_norm_backward(
-            Z, Zraw, [GATES * H], mean, rstd, g_ih, bt_ih, [needs[0] or needs[3], needs[9], False]
-        )
-        dZin = dZraw.reshape(T * B, GATES * H) if dZraw is not None else dZ
-        grads[9] = dg_ih
+        assert XHAT is not None and sums is not None
+        dZin = XHAT.view(T * B, GATES * H)
+        grads[9] = part(9 * H, 13 * H) if needs[9] else None
         grads[10] = dz_sum if needs[10] else None
-        if needs[11]:
-            grads[11] = (dZ * RHAT.view(T * B, -1)).sum(0)
+        grads[11] = part(3 * H, 7 * H) if needs[11] else None
         if needs[12]:
             grads[12] = None if dz_sum is None else dz_sum.clone()
-        if needs[13]:
-            grads[13] = (DCN * CHAT).sum((0, 1))
-        if needs[14]:
-            grads[14] = DCN.sum((0, 1))
+        grads[13] = part(7 * H, 8 * H) if needs[13] else None
+        grads[14] = part(8 * H, 9 * H) if needs[14] else None
     dZ4 = dZin.view(T * B, GATES, H).transpose(0, 1)
     if needs[3]:
         if mx is not None and mx.dim() == 3:
@@ -382,14 +433,7 @@ def _gradients(
         grads[6] = dz_sum.clone() if needs[6] else None
     if needs[7] and DH is not None and R is not None:
         grads[7] = torch.mm(DH.view(T * B, P).t(), R.view(T * B, H))
-    if needs[8]:
-        Cprev = (Cp[1:] if cfg.reverse else Cp[:T]).reshape(T * B, H)
-        ct = CC.view(T * B, H)
-        if cfg.flags & CELL_CLIP:
-            ct = ct.clamp(-cfg.floats[7], cfg.floats[7])
-        grads[8] = torch.cat([
-            (dZ[:, :H] * Cprev).sum(0), (dZ[:, H:2 * H] * Cprev).sum(0), (dZ[:, 3 * H:] * ct).sum(0),
-        ])
+    grads[8] = part(0, 3 * H) if needs[8] else None  # [p_i, p_f, p_o]: dz_i c_{t-1}, dz_f c_{t-1}, dz_o c~
     return tuple(grads)
 
 
