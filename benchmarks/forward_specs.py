@@ -19,7 +19,6 @@ loop packs them::
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from collections.abc import Callable
 import torch
 
 import unilstm
-from unilstm.bench import make_mask, right_padded_mask
+from unilstm.bench import cpu_model, make_mask, right_padded_mask
 
 SHAPES = ((50, 32, 64, 128), (100, 64, 512, 512), (100, 1, 512, 512))
 #: spec name -> (unilstm keyword arguments, mask kind: None | "gaps" | "right")
@@ -38,17 +37,6 @@ SPECS: dict[str, tuple[dict, str | None]] = {
     "go_backwards": ({"go_backwards": True}, None),
     "go_backwards_mask": ({"go_backwards": True, "masked_output": "previous"}, "right"),
 }
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def blas_info() -> str:
