@@ -10,6 +10,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from test_onnx_import import ort_run
 
 import unilstm
 from unilstm.formats.onnx_import import OnnxFileError, read_onnx_lstms
@@ -22,22 +23,8 @@ F, H, B, T = 3, 4, 3, 5
 TOL = 2e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tensors of a few hundred numbers: more intra-op threads only wait on each other (measured 2.5x slower
-    with two threads on a busy two-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
-
-def ort_run(model, feed) -> dict[str, np.ndarray]:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feed), strict=True))
 
 
 class Graph:

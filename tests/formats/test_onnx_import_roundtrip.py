@@ -24,14 +24,7 @@ pytest.importorskip("onnxruntime")
 TOL = 2e-6  # float32, as the other ONNX import tests
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tensors of a few hundred numbers: more intra-op threads only wait on each other (measured 2.5x slower
-    with two threads on a busy two-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 F, H, B, T = 3, 4, 4, 5
