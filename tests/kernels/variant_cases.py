@@ -11,7 +11,7 @@ import torch
 from kernel_cases import make_case
 
 from unilstm.activations import parametric, resolve
-from unilstm.kernels.reference import WEIGHT_FIELDS, DirectionRun, DirectionWeights
+from unilstm.kernels.reference import WEIGHT_FIELDS, DirectionRun, DirectionWeights, run_direction_reference
 
 #: one entry per variant, alone: the keyword arguments of :func:`make_variant_case`
 SINGLE_VARIANTS: dict[str, dict] = {
@@ -146,3 +146,15 @@ def variant_results(kernel, x, h0, c0, w, run, *, seed=123):
     for (name, leaf), grad in zip(leaves, grads, strict=True):
         found["d" + name] = torch.zeros_like(leaf) if grad is None else grad
     return {k: v.detach() for k, v in found.items()}
+
+
+def results_with_overflowing_padding(kernel, x, h0, c0, w, run):
+    """(kernel's, reference's) :func:`variant_results` of a masked case whose masked steps hold 1e4 for the
+    kernel and 0 for the reference: an unbounded activation of the padding overflows to inf, which must stay
+    out of every value and gradient (``x`` is changed in place)."""
+    with torch.no_grad():
+        x[~run.step_mask] = 0.0
+    want = variant_results(run_direction_reference, x, h0, c0, w, run)
+    with torch.no_grad():
+        x[~run.step_mask] = 1e4
+    return variant_results(kernel, x, h0, c0, w, run), want
